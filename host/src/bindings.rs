@@ -1,0 +1,29 @@
+//! The one place that turns `wit/` into Rust: host-side bindings for the worlds `toka:agent/agent` and
+//! `toka:agent/tool`. WASI interfaces come from wasmtime-wasi, so they are mapped rather than generated again.
+
+/// Bindings for the `agent` world: the `run` export and the `log` import.
+pub mod agent {
+    wasmtime::component::bindgen!({
+        world: "toka:agent/agent",
+        path: "../wit",
+        exports: { default: async },
+        with: { "wasi": wasmtime_wasi::p2::bindings },
+    });
+}
+
+/// Bindings for the `tool` world: `describe` and `invoke`.
+pub mod tool {
+    wasmtime::component::bindgen!({
+        world: "toka:agent/tool",
+        path: "../wit",
+        exports: { default: async },
+        with: {
+            "wasi": wasmtime_wasi::p2::bindings,
+            "toka:agent/log": crate::bindings::agent::toka::agent::log,
+            "toka:agent/types": crate::bindings::agent::toka::agent::types,
+        },
+    });
+}
+
+pub use agent::toka::agent::log::Level as LogLevel;
+pub use agent::toka::agent::types::{AgentError, Task};

@@ -1,0 +1,28 @@
+//! The `toka-host` command line: one file per subcommand, each a `clap` type with an `execute` method.
+
+pub mod run;
+
+use clap::{Parser, Subcommand};
+
+/// toka-host: run AI agents and tools as WebAssembly components in a deny-by-default sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "toka-host", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an agent component, a wasi:cli/command component, or a WASI preview 1 module.
+    Run(run::RunCommand),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand and returns the process exit code.
+    pub fn execute(self) -> i32 {
+        match self.command {
+            Command::Run(cmd) => cmd.execute(),
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! `toka-host run`: load a component, authorize the grants it is given, run it in a fresh sandbox, report.
+
+use crate::engine::EngineOptions;
+use crate::error::RunError;
+use crate::grants::{self, DirGrant, EnvGrant, GrantRequest, NetGrant};
+use crate::report::RunReport;
+use crate::run::{Invocation, Limits, MAX_INPUT, Runner};
+use crate::sandbox::OutputMode;
+use crate::units::{parse_duration, parse_size};
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Run an agent component, a wasi:cli/command component, or a WASI preview 1 module.
+///
+/// Nothing is granted unless asked for: no files, no environment, no network, stdin closed. Exit codes: 0 success,
+/// the guest's own status for commands, 65 agent error, 66 trap, 67 stack overflow, 68 out of fuel, 69 timeout,
+/// 70 memory limit, 71 output limit, 72 grant refused, 73 invalid wasm, 74 not a component, 75 wrong world,
+/// 76 file not found, 77 invalid input, 79 host error.
+#[derive(Debug, Args)]
+pub struct RunCommand {
+    /// Grant a host directory: HOST[::GUEST][:ro]. Read-write unless `:ro`. Repeatable.
+    #[arg(long = "dir", value_name = "HOST[::GUEST][:ro]", value_parser = DirGrant::parse)]
+    pub dirs: Vec<DirGrant>,
+
+    /// Grant an environment variable: NAME=VALUE, or NAME to pass the host's value. Repeatable.
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = EnvGrant::parse)]
+    pub env: Vec<EnvGrant>,
+
+    /// Allow TCP connections and UDP traffic to HOST:PORT (and nothing else). Repeatable.
+    #[arg(long = "allow-net", value_name = "HOST:PORT", value_parser = NetGrant::parse)]
+    pub net: Vec<NetGrant>,
+
+    /// Give the guest the host's stdin (closed otherwise).
+    #[arg(long)]
+    pub inherit_stdin: bool,
+
+    /// Fuel budget (about one unit per instruction), or `unlimited`.
+    #[arg(long, value_name = "N", default_value = "10000000000", value_parser = parse_fuel)]
+    pub fuel: u64,
+
+    /// Wall-clock limit, e.g. 500ms, 30s, 2m.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Cap on the guest's total linear memory, e.g. 64MiB.
+    #[arg(long, value_name = "SIZE", default_value = "512MiB", value_parser = parse_size)]
+    pub max_memory: u64,
+
+    /// Cap on each of the guest's stdout and stderr, e.g. 1MiB.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
+    pub max_output: u64,
+
+    /// Task id handed to an agent (default: a fresh id).
+    #[arg(long, value_name = "ID")]
+    pub task_id: Option<String>,
+
+    /// Task input for an agent, as JSON (default `{}`).
+    #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
+    pub input: Option<String>,
+
+    /// Read the task input from a file (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub input_file: Option<PathBuf>,
+
+    /// Print a JSON run report on stdout instead of the guest's output.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Run the task N times in this process, each in a fresh sandbox (for load tests); reports the last run and
+    /// the process's memory before and after.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+
+    /// Directory for compiled components (default $TOKA_CACHE_DIR, else ~/.cache/toka-host).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Do not read or write the compile cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// The component (or preview 1 module) to run.
+    pub component: PathBuf,
+
+    /// Arguments for a command component (after the component path; use `--` before ones that start with `-`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+fn parse_fuel(text: &str) -> Result<u64, String> {
+    if text.eq_ignore_ascii_case("unlimited") {
+        return Ok(u64::MAX);
+    }
+    text.replace('_', "").parse().map_err(|_| format!("invalid fuel `{text}`: expected a number or `unlimited`"))
+}
+
+impl RunCommand {
+    pub fn execute(self) -> i32 {
+        let json = self.json;
+        let report = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(self.run()),
+            Err(e) => Err(RunError::host(format!("cannot start the async runtime: {e}"))),
+        };
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("toka-host: {e}");
+                let r = RunReport::refused(&e);
+                if json {
+                    print_json(&serde_json::json!(r));
+                }
+                return r.exit_code;
+            }
+        };
+        report.exit_code
+    }
+
+    async fn run(self) -> Result<RunReport, RunError> {
+        let options = EngineOptions {
+            fuel: true,
+            cache_dir: if self.no_cache { None } else { self.cache_dir.clone().or_else(crate::engine::default_cache_dir) },
+            pooling: self.repeat > 1,
+        };
+        let limits = Limits {
+            fuel: self.fuel,
+            timeout: self.timeout,
+            max_memory: self.max_memory,
+            max_output: self.max_output,
+            ..Limits::default()
+        };
+        let invocation = self.invocation()?;
+        let mut runner = Runner::new(&options)?;
+        let program = runner.load(&self.component)?;
+        let request = GrantRequest {
+            dirs: self.dirs.clone(),
+            env: self.env.clone(),
+            net: self.net.clone(),
+            inherit_stdin: self.inherit_stdin,
+        };
+        let authorized = grants::authorize(&request)?;
+        let output = OutputMode { echo: !self.json, capture: self.json };
+
+        let rss_before = crate::run::resident_set_bytes();
+        let mut report = runner.run(&program, &authorized, &limits, &invocation, output).await;
+        let mut failures = u32::from(report.exit_code != 0);
+        let rss_first = crate::run::resident_set_bytes();
+        for _ in 1..self.repeat {
+            report = runner.run(&program, &authorized, &limits, &invocation, output).await;
+            failures += u32::from(report.exit_code != 0);
+        }
+        let rss_after = crate::run::resident_set_bytes();
+
+        if self.json {
+            let mut value = serde_json::json!(report);
+            if self.repeat > 1 {
+                value["repeat"] = serde_json::json!({
+                    "runs": self.repeat,
+                    "failures": failures,
+                    "rss_before_bytes": rss_before,
+                    "rss_after_first_bytes": rss_first,
+                    "rss_after_last_bytes": rss_after,
+                });
+            }
+            print_json(&value);
+        } else {
+            if let Some(result) = &report.result {
+                let mut out = std::io::stdout().lock();
+                // A closed stdout (e.g. `| head`) is not the guest's failure; nothing useful to do about it.
+                drop(writeln!(out, "{result}").and_then(|()| out.flush()));
+            }
+            if let Some(error) = &report.error {
+                if report.outcome != crate::error::Outcome::Exited {
+                    eprintln!("toka-host: {error}");
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn invocation(&self) -> Result<Invocation, RunError> {
+        let raw_input = match (&self.input, &self.input_file) {
+            (Some(text), _) => Some(text.clone()),
+            (None, Some(path)) => Some(read_input(path)?),
+            (None, None) => None,
+        };
+        if raw_input.is_none() && self.task_id.is_none() && !self.args.is_empty() {
+            return Ok(Invocation::Command { args: self.args.clone() });
+        }
+        if !self.args.is_empty() && raw_input.is_some() {
+            return Err(RunError::InvalidInput("give either a task (--input) or command arguments, not both".into()));
+        }
+        let input = raw_input.unwrap_or_else(|| "{}".into());
+        if input.len() > MAX_INPUT {
+            return Err(RunError::InvalidInput(format!("task input is {} bytes, over the {MAX_INPUT} byte limit", input.len())));
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&input) {
+            return Err(RunError::InvalidInput(format!("task input is not valid JSON: {e}")));
+        }
+        let id = self.task_id.clone().unwrap_or_else(crate::run::fresh_task_id);
+        Ok(Invocation::Task { id, input })
+    }
+}
+
+fn read_input(path: &std::path::Path) -> Result<String, RunError> {
+    use std::io::Read;
+    let mut text = String::new();
+    let limit = MAX_INPUT as u64 + 1;
+    let result = if path.as_os_str() == "-" {
+        std::io::stdin().take(limit).read_to_string(&mut text)
+    } else {
+        match std::fs::File::open(path) {
+            Ok(f) => f.take(limit).read_to_string(&mut text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RunError::InvalidInput(format!("input file {} not found", path.display())));
+            }
+            Err(e) => Err(e),
+        }
+    };
+    result.map_err(|e| RunError::InvalidInput(format!("cannot read input file {}: {e}", path.display())))?;
+    Ok(text)
+}
+
+fn print_json(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    drop(writeln!(out, "{value:#}").and_then(|()| out.flush()));
+}

@@ -1,0 +1,164 @@
+//! Loading: read the file, tell what it is, compile it (through the on-disk cache) and check that it is a world the
+//! host can run.
+//!
+//! Accepted: components of the world `toka:agent/agent` (export `run`), `wasi:cli/command` components (export
+//! `wasi:cli/run`), and WASI preview 1 core modules with a `_start` export, which are adapted into command components
+//! in-process with the preview 1 adapter that matches this wasmtime. Everything else is refused with the reason.
+//! This module never runs guest code.
+
+use crate::engine::HostEngine;
+use crate::error::{RunError, one_line};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, InstancePre};
+use wasmparser::{Parser, Payload};
+
+/// Largest file the host will read as a component.
+pub const MAX_WASM_SIZE: u64 = 256 << 20;
+
+/// Which world a component implements, judged by its exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    /// `toka:agent/agent`: exports `run(task)`.
+    Agent,
+    /// `wasi:cli/command`: exports `wasi:cli/run`.
+    Command,
+    /// `toka:agent/tool`: exports `describe` and `invoke`.
+    Tool,
+}
+
+/// A compiled component ready to be instantiated many times.
+pub struct Loaded {
+    pub path: PathBuf,
+    /// sha256 of the file's bytes, hex.
+    pub sha256: String,
+    pub world: World,
+    /// Whether the file was a preview 1 core module adapted into a component.
+    pub adapted: bool,
+    /// Time spent compiling, or loading from the cache.
+    pub compile_time: Duration,
+    pub cache_hit: bool,
+    pub component: Component,
+    pub pre: InstancePre<crate::sandbox::SandboxState>,
+}
+
+/// Reads, classifies, compiles and links `path`.
+pub fn load(host: &HostEngine, path: &Path) -> Result<Loaded, RunError> {
+    let shown = path.display().to_string();
+    let bytes = read(path)?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let (bytes, adapted) = if Parser::is_component(&bytes) {
+        (bytes, false)
+    } else if Parser::is_core_wasm(&bytes) {
+        (adapt_preview1(&shown, &bytes)?, true)
+    } else {
+        return Err(RunError::InvalidWasm { path: shown, reason: "not a WebAssembly binary (bad magic number)".into() });
+    };
+
+    let hits_before = host.cache_hits();
+    let started = Instant::now();
+    let component = Component::new(&host.engine, &bytes)
+        .map_err(|e| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) })?;
+    let compile_time = started.elapsed();
+    let cache_hit = host.cache_hits() > hits_before;
+
+    let world = classify(host, &component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
+    let pre = host
+        .linker
+        .instantiate_pre(&component)
+        .map_err(|e| RunError::WrongWorld { path: shown.clone(), reason: root_cause(&e) })?;
+    Ok(Loaded { path: path.to_path_buf(), sha256, world, adapted, compile_time, cache_hit, component, pre })
+}
+
+/// Reads a wasm file with a size cap, mapping "not there" to its own error.
+pub fn read(path: &Path) -> Result<Vec<u8>, RunError> {
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => RunError::FileNotFound { path: shown.clone() },
+        _ => RunError::Unreadable { path: shown.clone(), reason: one_line(&e.to_string()) },
+    })?;
+    if meta.is_dir() {
+        return Err(RunError::Unreadable { path: shown, reason: "is a directory".into() });
+    }
+    if meta.len() > MAX_WASM_SIZE {
+        return Err(RunError::InvalidWasm {
+            path: shown,
+            reason: format!("file is {} bytes, over the {} byte limit", meta.len(), MAX_WASM_SIZE),
+        });
+    }
+    std::fs::read(path).map_err(|e| RunError::Unreadable { path: shown, reason: one_line(&e.to_string()) })
+}
+
+fn classify(host: &HostEngine, component: &Component) -> Result<World, String> {
+    let ty = component.component_type();
+    let mut names = Vec::new();
+    let (mut run, mut cli_run, mut describe, mut invoke) = (false, false, false, false);
+    for (name, item) in ty.exports(&host.engine) {
+        match (name, &item.ty) {
+            ("run", ComponentItem::ComponentFunc(_)) => run = true,
+            ("describe", ComponentItem::ComponentFunc(_)) => describe = true,
+            ("invoke", ComponentItem::ComponentFunc(_)) => invoke = true,
+            (n, ComponentItem::ComponentInstance(_)) if n.starts_with("wasi:cli/run@0.2.") => cli_run = true,
+            _ => {}
+        }
+        names.push(name.to_string());
+    }
+    match (run, cli_run, describe && invoke) {
+        (true, false, false) => Ok(World::Agent),
+        (false, true, false) => Ok(World::Command),
+        (false, false, true) => Ok(World::Tool),
+        _ => Err(format!(
+            "expected a toka:agent/agent (export `run`), toka:agent/tool or wasi:cli/command component; it exports [{}]",
+            names.join(", ")
+        )),
+    }
+}
+
+/// Turns a WASI preview 1 core module with `_start` into a command component.
+fn adapt_preview1(shown: &str, bytes: &[u8]) -> Result<Vec<u8>, RunError> {
+    let invalid = |reason: String| RunError::InvalidWasm { path: shown.to_string(), reason };
+    let not_component = |reason: String| RunError::NotAComponent { path: shown.to_string(), reason };
+    let mut has_start = false;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| invalid(e.to_string()))? {
+            Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    let import = import.map_err(|e| invalid(e.to_string()))?;
+                    if import.module != "wasi_snapshot_preview1" {
+                        return Err(not_component(format!(
+                            "core module imports `{}::{}`; only WASI preview 1 (`wasi_snapshot_preview1`) imports can be \
+                             provided",
+                            import.module, import.name
+                        )));
+                    }
+                }
+            }
+            Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export.map_err(|e| invalid(e.to_string()))?;
+                    has_start |= export.name == "_start";
+                }
+            }
+            _ => {}
+        }
+    }
+    if !has_start {
+        return Err(not_component("core module has no `_start` export; only WASI commands can be adapted".into()));
+    }
+    let adapter = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER;
+    wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(bytes)
+        .and_then(|e| e.adapter("wasi_snapshot_preview1", adapter))
+        .and_then(|mut e| e.encode())
+        .map_err(|e| not_component(format!("cannot adapt preview 1 module: {}", one_line(&format!("{e:#}")))))
+}
+
+/// The innermost message of a wasmtime error chain, on one line.
+pub fn root_cause(err: &wasmtime::Error) -> String {
+    one_line(&err.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "))
+}

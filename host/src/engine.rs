@@ -1,0 +1,142 @@
+//! The wasmtime engine, its linker and the epoch ticker: settings that every run of a host process shares.
+//!
+//! Fuel metering and epoch interruption are always compiled in, so one compiled artifact serves every run and a
+//! run's fuel budget and deadline are per-store settings. Compiled components are cached on disk by wasmtime's
+//! cache, keyed by the sha256 of the wasm bytes together with the engine's compiler settings, so a second run of the
+//! same file skips Cranelift entirely.
+
+use crate::sandbox::SandboxState;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances. Deadlines are precise to about this much.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The number of epoch ticks that covers `timeout` (at least one, plus one for the partial tick now under way).
+pub fn ticks_for(timeout: Duration) -> u64 {
+    let ticks = timeout.as_nanos() / EPOCH_TICK.as_nanos();
+    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1).max(2)
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Meter fuel (on by default; off only for comparisons).
+    pub fuel: bool,
+    /// Where compiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Use the pooling instance allocator: pre-reserved slots make repeated instantiation cheap. Worth it when one
+    /// process runs many instances (`--repeat`, servers, benches); a single run is faster without the reservation.
+    pub pooling: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { fuel: true, cache_dir: default_cache_dir(), pooling: false }
+    }
+}
+
+/// `$TOKA_CACHE_DIR`, else `$XDG_CACHE_HOME/toka-host`, else `~/.cache/toka-host`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("TOKA_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(Path::new(&dir).join("toka-host"));
+    }
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache").join("toka-host"))
+}
+
+/// Largest linear memory a single memory may reach in the pooling allocator (the per-run `--max-memory` applies
+/// on top, through the store's limiter).
+const POOL_MAX_MEMORY: usize = 1 << 32;
+
+/// An engine with its linker. Dropping it stops the epoch ticker.
+pub struct HostEngine {
+    pub engine: Engine,
+    pub linker: Linker<SandboxState>,
+    cache: Option<Cache>,
+}
+
+impl HostEngine {
+    pub fn new(options: &EngineOptions) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.consume_fuel(options.fuel);
+        config.epoch_interruption(true);
+        let cache = match &options.cache_dir {
+            Some(dir) => {
+                let mut cc = CacheConfig::new();
+                cc.with_directory(absolute(dir)?);
+                let cache = Cache::new(cc)?;
+                config.cache(Some(cache.clone()));
+                Some(cache)
+            }
+            None => None,
+        };
+        if options.pooling {
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(64)
+                .total_core_instances(512)
+                .total_memories(256)
+                .total_tables(512)
+                .total_stacks(64)
+                .max_memories_per_component(16)
+                .max_tables_per_component(32)
+                .max_core_instances_per_component(64)
+                .max_component_instance_size(1 << 20)
+                .max_core_instance_size(1 << 20)
+                .table_elements(100_000)
+                .max_memory_size(POOL_MAX_MEMORY);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        crate::bindings::agent::toka::agent::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s: &mut SandboxState| {
+            &mut s.log
+        })?;
+        start_epoch_ticker(&engine)?;
+        Ok(HostEngine { engine, linker, cache })
+    }
+
+    /// Compilations served from the on-disk cache so far in this process.
+    pub fn cache_hits(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.cache_hits())
+    }
+}
+
+fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if dir.is_absolute() { dir.to_path_buf() } else { std::env::current_dir()?.join(dir) })
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("toka-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_cover_the_timeout() {
+        assert_eq!(ticks_for(Duration::from_millis(0)), 2);
+        assert_eq!(ticks_for(Duration::from_millis(100)), 11);
+        assert_eq!(ticks_for(Duration::from_secs(3600 * 24 * 365 * 1000)), 3_153_600_000_001);
+    }
+}

@@ -1,0 +1,148 @@
+//! Every way a run can end, each with its own exit code, and the errors that stop a run before the guest starts.
+//!
+//! Exit codes are part of the CLI's contract: scripts branch on them. A `wasi:cli/command` guest's own exit status
+//! (from `proc_exit` or `std::process::exit`) is passed through unchanged, as `wasmtime run` does; the host's own
+//! outcomes use 65..=79 so that they are easy to tell apart in practice. `--json` reports name the outcome exactly.
+
+use serde::Serialize;
+
+/// How a run ended (or why it never started). The serialized name is what `--json` reports as `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The agent returned `ok`, or the command exited with status 0.
+    Success,
+    /// A command exited with a non-zero status of its own.
+    Exited,
+    /// The agent returned `err(agent-error)`.
+    AgentError,
+    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access ...).
+    Trap,
+    /// The guest exhausted its call stack (unbounded recursion).
+    StackOverflow,
+    /// The guest used up its fuel budget.
+    OutOfFuel,
+    /// The guest ran past its wall-clock deadline.
+    Timeout,
+    /// The guest tried to grow its memory (or tables) past the limit and then failed.
+    MemoryLimit,
+    /// The guest wrote more to stdout or stderr than `--max-output` allows.
+    OutputLimit,
+    /// A grant the run asked for was refused.
+    GrantRefused,
+    /// The file is not valid WebAssembly.
+    InvalidWasm,
+    /// The file is a core module that cannot be run as a component.
+    NotAComponent,
+    /// The component is valid but is neither a `toka:agent/agent` nor a `wasi:cli/command` (or imports what the
+    /// host does not provide).
+    WrongWorld,
+    /// The component file does not exist or cannot be read.
+    FileNotFound,
+    /// The task input (`--input`, `--input-file`) is not valid JSON or is too large.
+    InvalidInput,
+    /// A fault of the host itself. Never expected; reported rather than crashing.
+    HostError,
+}
+
+impl Outcome {
+    /// The process exit code for this outcome. `Exited` carries the guest's own status instead.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Exited => 1,
+            Outcome::AgentError => 65,
+            Outcome::Trap => 66,
+            Outcome::StackOverflow => 67,
+            Outcome::OutOfFuel => 68,
+            Outcome::Timeout => 69,
+            Outcome::MemoryLimit => 70,
+            Outcome::OutputLimit => 71,
+            Outcome::GrantRefused => 72,
+            Outcome::InvalidWasm => 73,
+            Outcome::NotAComponent => 74,
+            Outcome::WrongWorld => 75,
+            Outcome::FileNotFound => 76,
+            Outcome::InvalidInput => 77,
+            Outcome::HostError => 79,
+        }
+    }
+
+    /// Every outcome, for documentation and for tests that check the codes are distinct.
+    pub const ALL: [Outcome; 16] = [
+        Outcome::Success,
+        Outcome::Exited,
+        Outcome::AgentError,
+        Outcome::Trap,
+        Outcome::StackOverflow,
+        Outcome::OutOfFuel,
+        Outcome::Timeout,
+        Outcome::MemoryLimit,
+        Outcome::OutputLimit,
+        Outcome::GrantRefused,
+        Outcome::InvalidWasm,
+        Outcome::NotAComponent,
+        Outcome::WrongWorld,
+        Outcome::FileNotFound,
+        Outcome::InvalidInput,
+        Outcome::HostError,
+    ];
+}
+
+/// An error that stops a run before or instead of running the guest. Its `Display` is the one-line message the CLI
+/// prints after `toka-host: `.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    #[error("{path}: file not found")]
+    FileNotFound { path: String },
+    #[error("{path}: cannot read: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("{path}: invalid WebAssembly: {reason}")]
+    InvalidWasm { path: String, reason: String },
+    #[error("{path}: not a component: {reason}")]
+    NotAComponent { path: String, reason: String },
+    #[error("{path}: wrong world: {reason}")]
+    WrongWorld { path: String, reason: String },
+    #[error("grant refused: {grant}: {reason}")]
+    GrantRefused { grant: String, reason: String },
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("host error: {0}")]
+    Host(String),
+}
+
+impl RunError {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            RunError::FileNotFound { .. } | RunError::Unreadable { .. } => Outcome::FileNotFound,
+            RunError::InvalidWasm { .. } => Outcome::InvalidWasm,
+            RunError::NotAComponent { .. } => Outcome::NotAComponent,
+            RunError::WrongWorld { .. } => Outcome::WrongWorld,
+            RunError::GrantRefused { .. } => Outcome::GrantRefused,
+            RunError::InvalidInput(_) => Outcome::InvalidInput,
+            RunError::Host(_) => Outcome::HostError,
+        }
+    }
+
+    pub(crate) fn host(err: impl std::fmt::Display) -> Self {
+        RunError::Host(one_line(&err.to_string()))
+    }
+}
+
+/// Folds a multi-line message (wasmtime's errors often span lines) into one line.
+pub fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn exit_codes_are_distinct() {
+        let codes: HashSet<i32> = Outcome::ALL.iter().map(|o| o.exit_code()).collect();
+        assert_eq!(codes.len(), Outcome::ALL.len());
+    }
+}

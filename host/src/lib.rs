@@ -1,0 +1,21 @@
+//! toka-host: runs AI agents and their tools as WebAssembly components, each in a deny-by-default sandbox whose
+//! every right is an explicit grant, with fuel, time, memory and output limits.
+//!
+//! The modules follow the path a run takes:
+//! [`component`] (load, validate, compile through the on-disk cache, classify the world) ->
+//! [`grants`] (what the run asks for, checked before the guest starts) ->
+//! [`sandbox`] (the `Store`: WASI context built from grants only, limits, captured output) ->
+//! [`run`] (instantiate from a cached `InstancePre`, call the export, classify the outcome) ->
+//! [`report`] (what the run did, for people and for `--json`).
+#![forbid(unsafe_code)]
+
+pub mod bindings;
+pub mod commands;
+pub mod component;
+pub mod engine;
+pub mod error;
+pub mod grants;
+pub mod report;
+pub mod run;
+pub mod sandbox;
+pub mod units;

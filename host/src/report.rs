@@ -1,0 +1,82 @@
+//! What a run did, as `--json` prints it and as the CLI summarizes it.
+
+use crate::component::World;
+use crate::error::Outcome;
+use crate::sandbox::log::LogRecord;
+use serde::Serialize;
+
+/// The run report. Fields that do not apply are omitted from the JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    /// The process exit code `toka-host run` ends with.
+    pub exit_code: i32,
+    /// One-line description of a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What an agent's `run` returned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_error: Option<AgentErrorReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub component: Option<ComponentReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    pub fuel_consumed: u64,
+    pub wall_time_ms: f64,
+    pub peak_memory_bytes: u64,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub logs: Vec<LogRecord>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub logs_dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentErrorReport {
+    /// `invalid-input`, `failed` or `denied`.
+    pub kind: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentReport {
+    pub path: String,
+    pub sha256: String,
+    pub world: World,
+    pub adapted_from_core_module: bool,
+    pub compile_ms: f64,
+    pub cache_hit: bool,
+}
+
+impl RunReport {
+    /// A report for a run that ended before the guest started.
+    pub fn refused(err: &crate::error::RunError) -> Self {
+        let outcome = err.outcome();
+        RunReport {
+            outcome,
+            exit_code: outcome.exit_code(),
+            error: Some(err.to_string()),
+            result: None,
+            agent_error: None,
+            component: None,
+            task_id: None,
+            fuel_consumed: 0,
+            wall_time_ms: 0.0,
+            peak_memory_bytes: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            logs: Vec::new(),
+            logs_dropped: 0,
+        }
+    }
+}

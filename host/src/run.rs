@@ -1,0 +1,344 @@
+//! Running a loaded component in a fresh sandbox and classifying how it ended.
+//!
+//! A [`Runner`] keeps every component it has loaded (compiled code and a type-checked `InstancePre`), so running the
+//! same file again in the process only instantiates. Each run gets its own store: nothing a guest does survives into
+//! the next run. A guest can end a run in many ways (trap, fuel, deadline, memory, output flood, `proc_exit`); each is
+//! told apart here by host-side facts (trap codes, limiter and output flags), never by parsing guest text.
+
+use crate::bindings::agent::{Agent, AgentPre};
+use crate::bindings::{AgentError, Task};
+use crate::component::{self, Loaded, World};
+use crate::engine::{EngineOptions, HostEngine};
+use crate::error::{Outcome, RunError, one_line};
+use crate::grants::Authorized;
+use crate::report::{AgentErrorReport, ComponentReport, RunReport};
+use crate::sandbox::{self, OutputMode, Sandbox};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::Trap;
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+/// Per-run limits. Every one has a default that a caller can lower or raise.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Fuel budget (roughly one unit per wasm instruction). Default 10 billion.
+    pub fuel: u64,
+    /// Wall-clock deadline, from the start of instantiation. Default 30 s.
+    pub timeout: Duration,
+    /// Cap on the total linear memory of the run's instances, in bytes. Default 512 MiB.
+    pub max_memory: u64,
+    /// Cap on each of stdout and stderr (and on the log), in bytes. Default 1 MiB.
+    pub max_output: u64,
+    /// Cap on any one table's elements. Default 1 million.
+    pub max_table_elements: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 10_000_000_000,
+            timeout: Duration::from_secs(30),
+            max_memory: 512 << 20,
+            max_output: 1 << 20,
+            max_table_elements: 1_000_000,
+        }
+    }
+}
+
+/// Largest task input accepted, in bytes.
+pub const MAX_INPUT: usize = 16 << 20;
+
+/// What to call in the component.
+#[derive(Debug, Clone)]
+pub enum Invocation {
+    /// Call an agent's `run` with this task.
+    Task { id: String, input: String },
+    /// Call a command's `wasi:cli/run` with these arguments (not counting the program name).
+    Command { args: Vec<String> },
+}
+
+enum Prepared {
+    Agent(AgentPre<sandbox::SandboxState>),
+    Command(CommandPre<sandbox::SandboxState>),
+}
+
+/// A component loaded once, runnable many times.
+pub struct Program {
+    pub loaded: Loaded,
+    prepared: Prepared,
+    name: String,
+}
+
+impl Program {
+    pub fn world(&self) -> World {
+        self.loaded.world
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Loads components and runs them.
+pub struct Runner {
+    host: HostEngine,
+    programs: HashMap<std::path::PathBuf, Arc<Program>>,
+}
+
+impl Runner {
+    pub fn new(options: &EngineOptions) -> Result<Self, RunError> {
+        let host = HostEngine::new(options).map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))?;
+        Ok(Runner { host, programs: HashMap::new() })
+    }
+
+    pub fn engine(&self) -> &HostEngine {
+        &self.host
+    }
+
+    /// Loads `path` (or returns the copy loaded before in this process).
+    pub fn load(&mut self, path: &Path) -> Result<Arc<Program>, RunError> {
+        if let Some(p) = self.programs.get(path) {
+            return Ok(p.clone());
+        }
+        let loaded = component::load(&self.host, path)?;
+        let shown = path.display().to_string();
+        let wrong = |e: wasmtime::Error| RunError::WrongWorld { path: shown.clone(), reason: component::root_cause(&e) };
+        let prepared = match loaded.world {
+            World::Agent => Prepared::Agent(AgentPre::new(loaded.pre.clone()).map_err(wrong)?),
+            World::Command => Prepared::Command(CommandPre::new(loaded.pre.clone()).map_err(wrong)?),
+            World::Tool => {
+                return Err(RunError::WrongWorld {
+                    path: shown,
+                    reason: "this is a toka:agent/tool component; tools are called by agents, not run".into(),
+                });
+            }
+        };
+        let name = path.file_stem().map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned());
+        let program = Arc::new(Program { loaded, prepared, name });
+        self.programs.insert(path.to_path_buf(), program.clone());
+        Ok(program)
+    }
+
+    /// Runs `program` once in a fresh sandbox. Never panics on guest behaviour; every ending is a report.
+    pub async fn run(
+        &self,
+        program: &Program,
+        grants: &Authorized,
+        limits: &Limits,
+        invocation: &Invocation,
+        output: OutputMode,
+    ) -> RunReport {
+        let argv: Vec<String> = match invocation {
+            Invocation::Command { args } => std::iter::once(program.name.clone()).chain(args.iter().cloned()).collect(),
+            Invocation::Task { .. } => vec![program.name.clone()],
+        };
+        let mut sandbox = match sandbox::build(&self.host.engine, grants, limits, output, &program.name, &argv) {
+            Ok(s) => s,
+            Err(e) => return RunReport::refused(&e),
+        };
+        let started = Instant::now();
+        // The epoch deadline stops guest code; this outer deadline also stops a guest parked in a host call.
+        let grace = limits.timeout.saturating_add(Duration::from_millis(250));
+        let ending = match (&program.prepared, invocation) {
+            (Prepared::Agent(pre), Invocation::Task { id, input }) => {
+                let task = Task { id: id.clone(), input: input.clone() };
+                let call = call_agent(pre, &mut sandbox, &task);
+                match tokio::time::timeout(grace, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Ending::Deadline),
+                }
+            }
+            (Prepared::Command(pre), Invocation::Command { .. }) => {
+                let call = call_command(pre, &mut sandbox);
+                match tokio::time::timeout(grace, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Ending::Deadline),
+                }
+            }
+            (Prepared::Agent(_), Invocation::Command { .. }) => Ok(Returned::Invalid(
+                "this is an agent: it takes a task (--input), not command-line arguments".into(),
+            )),
+            (Prepared::Command(_), Invocation::Task { .. }) => {
+                Ok(Returned::Invalid("this is a command: it takes arguments, not a task".into()))
+            }
+        };
+        let wall = started.elapsed();
+        self.report(program, invocation, limits, sandbox, ending, wall)
+    }
+
+    fn report(
+        &self,
+        program: &Program,
+        invocation: &Invocation,
+        limits: &Limits,
+        sandbox: Sandbox,
+        ending: Result<Returned, Ending>,
+        wall: Duration,
+    ) -> RunReport {
+        let Sandbox { store, stdout, stderr } = sandbox;
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let (mut outcome, mut exit_code, mut error, mut result, mut agent_error) = (Outcome::Success, 0, None, None, None);
+        match ending {
+            Ok(Returned::Value(v)) => result = Some(v),
+            Ok(Returned::AgentError(e)) => {
+                let (kind, message) = match e {
+                    AgentError::InvalidInput(m) => ("invalid-input", m),
+                    AgentError::Failed(m) => ("failed", m),
+                    AgentError::Denied(m) => ("denied", m),
+                };
+                outcome = Outcome::AgentError;
+                error = Some(format!("agent error ({kind}): {}", one_line(&message)));
+                agent_error = Some(AgentErrorReport { kind, message });
+            }
+            Ok(Returned::Exit(0)) => {}
+            Ok(Returned::Exit(code)) => {
+                outcome = Outcome::Exited;
+                exit_code = code;
+                error = Some(format!("exited with status {code}"));
+            }
+            Ok(Returned::Invalid(m)) => {
+                outcome = Outcome::InvalidInput;
+                error = Some(format!("invalid input: {m}"));
+            }
+            Err(Ending::Deadline) => {
+                outcome = Outcome::Timeout;
+                error = Some(format!("timeout: still running after {}", humantime::format_duration(limits.timeout)));
+            }
+            Err(Ending::Error(e)) => {
+                let (o, m) = classify(&e, &store, &stdout, &stderr, limits);
+                outcome = o;
+                error = Some(m);
+            }
+        }
+        if outcome != Outcome::Exited {
+            exit_code = outcome.exit_code();
+        }
+        let state = store.data();
+        RunReport {
+            outcome,
+            exit_code,
+            error,
+            result,
+            agent_error,
+            component: Some(ComponentReport {
+                path: program.loaded.path.display().to_string(),
+                sha256: program.loaded.sha256.clone(),
+                world: program.loaded.world,
+                adapted_from_core_module: program.loaded.adapted,
+                compile_ms: program.loaded.compile_time.as_secs_f64() * 1e3,
+                cache_hit: program.loaded.cache_hit,
+            }),
+            task_id: match invocation {
+                Invocation::Task { id, .. } => Some(id.clone()),
+                Invocation::Command { .. } => None,
+            },
+            fuel_consumed: limits.fuel.saturating_sub(fuel_left),
+            wall_time_ms: wall.as_secs_f64() * 1e3,
+            peak_memory_bytes: state.limiter.peak(),
+            stdout: stdout.captured(),
+            stderr: stderr.captured(),
+            stdout_bytes: stdout.bytes_written(),
+            stderr_bytes: stderr.bytes_written(),
+            logs: state.log.records().to_vec(),
+            logs_dropped: state.log.dropped(),
+        }
+    }
+}
+
+/// How a call returned normally.
+enum Returned {
+    Value(String),
+    AgentError(AgentError),
+    Exit(i32),
+    Invalid(String),
+}
+
+/// How a call failed.
+enum Ending {
+    Error(wasmtime::Error),
+    Deadline,
+}
+
+async fn call_agent(pre: &AgentPre<sandbox::SandboxState>, sb: &mut Sandbox, task: &Task) -> Result<Returned, Ending> {
+    let agent: Agent = pre.instantiate_async(&mut sb.store).await.map_err(Ending::Error)?;
+    match agent.call_run(&mut sb.store, task).await {
+        Ok(Ok(v)) => Ok(Returned::Value(v)),
+        Ok(Err(e)) => Ok(Returned::AgentError(e)),
+        Err(e) => exit_or(e),
+    }
+}
+
+async fn call_command(pre: &CommandPre<sandbox::SandboxState>, sb: &mut Sandbox) -> Result<Returned, Ending> {
+    let command = pre.instantiate_async(&mut sb.store).await.map_err(Ending::Error)?;
+    match command.wasi_cli_run().call_run(&mut sb.store).await {
+        Ok(Ok(())) => Ok(Returned::Exit(0)),
+        Ok(Err(())) => Ok(Returned::Exit(1)),
+        Err(e) => exit_or(e),
+    }
+}
+
+/// `proc_exit` reaches the host as an error carrying the status; it is a normal ending, not a failure.
+fn exit_or(e: wasmtime::Error) -> Result<Returned, Ending> {
+    match e.downcast_ref::<I32Exit>() {
+        Some(I32Exit(code)) => Ok(Returned::Exit(*code)),
+        None => Err(Ending::Error(e)),
+    }
+}
+
+fn classify(
+    e: &wasmtime::Error,
+    store: &wasmtime::Store<sandbox::SandboxState>,
+    stdout: &sandbox::output::CappedOutput,
+    stderr: &sandbox::output::CappedOutput,
+    limits: &Limits,
+) -> (Outcome, String) {
+    if stdout.exceeded() || stderr.exceeded() {
+        let which = if stdout.exceeded() { "stdout" } else { "stderr" };
+        return (Outcome::OutputLimit, format!("output limit: {which} passed {} bytes", limits.max_output));
+    }
+    let trap = e.downcast_ref::<Trap>().copied();
+    match trap {
+        Some(Trap::OutOfFuel) => (Outcome::OutOfFuel, format!("out of fuel: used all {} units", limits.fuel)),
+        Some(Trap::Interrupt) => (
+            Outcome::Timeout,
+            format!("timeout: stopped after {}", humantime::format_duration(limits.timeout)),
+        ),
+        Some(Trap::StackOverflow) => (Outcome::StackOverflow, "stack overflow: call stack exhausted".into()),
+        _ if store.data().limiter.refused() => (
+            Outcome::MemoryLimit,
+            format!(
+                "memory limit: guest tried to grow past {} bytes ({})",
+                limits.max_memory,
+                component::root_cause(e)
+            ),
+        ),
+        Some(t) => (Outcome::Trap, format!("trap: {t}")),
+        None => (Outcome::Trap, format!("trap: {}", component::root_cause(e))),
+    }
+}
+
+/// The process's resident set size in bytes, from `/proc/self/status` (0 where unavailable).
+pub fn resident_set_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A task id unique enough to correlate a run's records: time, process and a per-process counter.
+pub fn fresh_task_id() -> String {
+    use sha2::{Digest, Sha256};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seed = format!("{}-{}-{}", now.as_nanos(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let digest = Sha256::digest(seed.as_bytes());
+    format!("task-{}", hex::encode(&digest[..8]))
+}

@@ -1,0 +1,110 @@
+//! Memory, table and instance caps for one store, through wasmtime's `ResourceLimiter`.
+//!
+//! The cap is on the sum of all linear memories of the store (a component built with the preview1 adapter has at
+//! least two), counted from their initial size on. Growth past the cap is refused the way the spec allows
+//! (`memory.grow` returns -1), so a guest that handles allocation failure can recover; the limiter remembers the
+//! refusal, so a guest that traps afterwards is reported as having hit the memory limit rather than a plain trap.
+
+use wasmtime::ResourceLimiter;
+
+/// Caps for one store. Defaults are documented on [`crate::run::Limits`].
+#[derive(Debug, Clone)]
+pub struct MemoryLimiter {
+    max_memory: u64,
+    max_table_elements: usize,
+    max_instances: usize,
+    total: u64,
+    peak: u64,
+    refused: bool,
+    /// Size of the last permitted growth, taken back if the growth then fails.
+    pending: u64,
+}
+
+impl MemoryLimiter {
+    pub fn new(max_memory: u64, max_table_elements: usize) -> Self {
+        MemoryLimiter { max_memory, max_table_elements, max_instances: 64, total: 0, peak: 0, refused: false, pending: 0 }
+    }
+
+    /// The largest total of linear memory the store ever held, in bytes.
+    pub fn peak(&self) -> u64 {
+        self.peak
+    }
+
+    /// Whether a growth of memory or of a table was refused at any point.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let grow = (desired as u64).saturating_sub(current as u64);
+        let new_total = self.total.saturating_add(grow);
+        if new_total > self.max_memory || maximum.is_some_and(|m| desired > m) {
+            self.refused = true;
+            return Ok(false);
+        }
+        self.total = new_total;
+        self.pending = grow;
+        self.peak = self.peak.max(self.total);
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.total = self.total.saturating_sub(self.pending);
+        self.pending = 0;
+        self.refused = true;
+        Ok(())
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_table_elements || maximum.is_some_and(|m| desired > m) {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        self.max_instances
+    }
+
+    fn tables(&self) -> usize {
+        self.max_instances
+    }
+
+    fn memories(&self) -> usize {
+        self.max_instances
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_the_sum_of_memories_and_tracks_peak() {
+        let mut l = MemoryLimiter::new(10 << 16, 1000);
+        assert!(l.memory_growing(0, 4 << 16, None).unwrap());
+        assert!(l.memory_growing(0, 4 << 16, None).unwrap());
+        assert!(!l.memory_growing(4 << 16, 7 << 16, None).unwrap());
+        assert!(l.refused());
+        assert!(l.memory_growing(4 << 16, 6 << 16, None).unwrap());
+        assert_eq!(l.peak(), 10 << 16);
+    }
+
+    #[test]
+    fn failed_growth_is_taken_back() {
+        let mut l = MemoryLimiter::new(10 << 16, 1000);
+        assert!(l.memory_growing(0, 8 << 16, None).unwrap());
+        l.memory_grow_failed(wasmtime::format_err!("os said no")).unwrap();
+        assert!(l.memory_growing(0, 9 << 16, None).unwrap());
+    }
+
+    #[test]
+    fn tables_are_capped() {
+        let mut l = MemoryLimiter::new(1 << 30, 100);
+        assert!(l.table_growing(0, 100, None).unwrap());
+        assert!(!l.table_growing(100, 101, None).unwrap());
+    }
+}

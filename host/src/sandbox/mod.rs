@@ -1,0 +1,132 @@
+//! Builds the `Store` a guest runs in, from authorized grants only.
+//!
+//! Defaults (what a guest gets when nothing is granted): no preopened directory, no environment variable, stdin
+//! closed, stdout and stderr captured and capped, no socket address reachable and no name lookup, host clocks and
+//! random. Every field set here comes from [`crate::grants::Authorized`] or from the run's limits; this module must
+//! never add a right of its own.
+
+pub mod limits;
+pub mod log;
+pub mod output;
+
+use crate::error::RunError;
+use crate::grants::Authorized;
+use crate::run::Limits;
+use limits::MemoryLimiter;
+use log::LogSink;
+use output::{CappedOutput, Echo};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// The per-run state inside a `Store`.
+pub struct SandboxState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub log: LogSink,
+}
+
+impl WasiView for SandboxState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// How a run's output is handled.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputMode {
+    /// Echo guest stdout/stderr and logs live to the host's streams.
+    pub echo: bool,
+    /// Keep them for the run report.
+    pub capture: bool,
+}
+
+/// A ready-to-run store and handles on what the guest writes.
+pub struct Sandbox {
+    pub store: Store<SandboxState>,
+    pub stdout: CappedOutput,
+    pub stderr: CappedOutput,
+}
+
+/// Builds a sandbox. `argv` is the guest's argument vector, program name first.
+pub fn build(
+    engine: &Engine,
+    grants: &Authorized,
+    limits: &Limits,
+    output: OutputMode,
+    name: &str,
+    argv: &[String],
+) -> Result<Sandbox, RunError> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.args(argv);
+    wasi.envs(&grants.env);
+    for dir in &grants.dirs {
+        let perms = if dir.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        wasi.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| RunError::GrantRefused {
+            grant: format!("dir {}::{}", dir.host.display(), dir.guest),
+            reason: crate::error::one_line(&format!("{e:#}")),
+        })?;
+    }
+    if grants.inherit_stdin {
+        wasi.inherit_stdin();
+    }
+    let stdout = CappedOutput::new(if output.echo { Echo::Stdout } else { Echo::None }, output.capture, limits.max_output);
+    let stderr = CappedOutput::new(if output.echo { Echo::Stderr } else { Echo::None }, output.capture, limits.max_output);
+    wasi.stdout(stdout.clone());
+    wasi.stderr(stderr.clone());
+
+    let has_net = !grants.net.is_empty();
+    wasi.allow_tcp(has_net).allow_udp(has_net).allow_ip_name_lookup(has_net);
+    let allowed = Arc::new(grants.net.clone());
+    wasi.socket_addr_check(move |addr, usage| {
+        let ok = socket_allowed(&allowed, addr, usage);
+        Box::pin(async move { ok })
+    });
+
+    let state = SandboxState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        limiter: MemoryLimiter::new(limits.max_memory, limits.max_table_elements),
+        log: LogSink::new(name, output.echo, output.capture, limits.max_output),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_fuel(limits.fuel).map_err(RunError::host)?;
+    // The epoch ticker advances every `EPOCH_TICK`; the deadline is counted in ticks from now.
+    store.set_epoch_deadline(crate::engine::ticks_for(limits.timeout));
+    Ok(Sandbox { store, stdout, stderr })
+}
+
+/// The socket policy: connect or send only to a granted peer; bind only the implicit wildcard bind that a
+/// connect or a UDP send performs; receive datagrams only from a granted peer; never listen or accept.
+fn socket_allowed(allowed: &BTreeSet<SocketAddr>, addr: SocketAddr, usage: SocketAddrUse) -> bool {
+    match usage {
+        SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => allowed.contains(&addr),
+        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+            !allowed.is_empty() && addr.ip().is_unspecified() && addr.port() == 0
+        }
+        SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_policy() {
+        let granted: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let allowed = BTreeSet::from([granted]);
+        assert!(socket_allowed(&allowed, granted, SocketAddrUse::TcpConnect));
+        assert!(!socket_allowed(&allowed, "127.0.0.1:8081".parse().unwrap(), SocketAddrUse::TcpConnect));
+        assert!(!socket_allowed(&allowed, granted, SocketAddrUse::TcpListen));
+        assert!(socket_allowed(&allowed, "0.0.0.0:0".parse().unwrap(), SocketAddrUse::TcpBind));
+        assert!(!socket_allowed(&allowed, "0.0.0.0:8080".parse().unwrap(), SocketAddrUse::TcpBind));
+        assert!(!socket_allowed(&BTreeSet::new(), "0.0.0.0:0".parse().unwrap(), SocketAddrUse::TcpBind));
+    }
+}
