@@ -1,1 +1,10 @@
-//! e2e
+//! End-to-end tests: the real `toka-host` binary on real components built from source (one binary, one module per
+//! area, so that linking happens once).
+
+mod cache;
+mod cli;
+mod command;
+mod dirstat;
+mod hello;
+mod hostile;
+mod soak;

@@ -1,0 +1,159 @@
+//! Hostile agents: each is stopped with its own outcome and exit code, and the host process survives to report it.
+
+use std::net::TcpListener;
+use toka_tests::{agent, toka, toka_with};
+
+fn hostile() -> String {
+    agent("hostile").to_str().unwrap().to_string()
+}
+
+fn attack(input: &str, extra: &[&str]) -> toka_tests::Ran {
+    let h = hostile();
+    let mut args = vec!["run", "--json", "--input", input];
+    args.extend_from_slice(extra);
+    args.push(&h);
+    toka(&args)
+}
+
+#[test]
+fn infinite_loop_runs_out_of_fuel() {
+    let r = attack(r#"{"attack":"spin"}"#, &["--fuel", "50000000"]);
+    r.expect_code(68);
+    let rep = r.report();
+    assert_eq!(rep["outcome"], "out-of-fuel");
+    assert_eq!(rep["fuel_consumed"], 50_000_000);
+}
+
+#[test]
+fn infinite_loop_hits_the_deadline_without_fuel() {
+    let r = attack(r#"{"attack":"spin"}"#, &["--fuel", "unlimited", "--timeout", "300ms"]);
+    r.expect_code(69);
+    let rep = r.report();
+    assert_eq!(rep["outcome"], "timeout");
+    // Epoch interruption stops the loop itself; a generous bound only catches a deadline that is not enforced.
+    assert!(rep["wall_time_ms"].as_f64().unwrap() < 10_000.0, "{rep}");
+}
+
+#[test]
+fn memory_bomb_hits_the_memory_limit() {
+    let r = attack(r#"{"attack":"membomb"}"#, &["--max-memory", "64MiB"]);
+    r.expect_code(70);
+    let rep = r.report();
+    assert_eq!(rep["outcome"], "memory-limit");
+    let peak = rep["peak_memory_bytes"].as_u64().unwrap();
+    assert!(peak <= 64 << 20 && peak > 32 << 20, "peak {peak}");
+}
+
+#[test]
+fn unbounded_recursion_overflows_the_stack() {
+    let r = attack(r#"{"attack":"recurse"}"#, &[]);
+    r.expect_code(67);
+    assert_eq!(r.report()["outcome"], "stack-overflow");
+}
+
+#[test]
+fn stdout_flood_hits_the_output_cap() {
+    let r = attack(r#"{"attack":"flood"}"#, &["--max-output", "64KiB"]);
+    r.expect_code(71);
+    let rep = r.report();
+    assert_eq!(rep["outcome"], "output-limit");
+    assert_eq!(rep["stdout_bytes"], 64 * 1024);
+    assert_eq!(rep["stdout"].as_str().unwrap().len(), 64 * 1024);
+}
+
+#[test]
+fn stdout_flood_is_capped_when_streaming_too() {
+    let h = hostile();
+    let r = toka(&["run", "--max-output", "10KiB", "--input", r#"{"attack":"flood"}"#, &h]);
+    r.expect_code(71);
+    assert_eq!(r.stdout.len(), 10 * 1024);
+    assert!(r.stderr.contains("output limit: stdout passed 10240 bytes"), "{}", r.stderr);
+}
+
+/// A tree with a granted `data/`, a secret beside it, and a symlink inside `data/` pointing at the secret.
+fn escape_tree() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("data")).unwrap();
+    std::fs::write(tmp.path().join("secret.txt"), "TOP-SECRET-CONTENT").unwrap();
+    std::fs::write(tmp.path().join("data/existing.txt"), "original").unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("secret.txt"), tmp.path().join("data/link-out")).unwrap();
+    tmp
+}
+
+#[test]
+fn path_escapes_are_blocked() {
+    let tmp = escape_tree();
+    let grant = format!("{}::/data", tmp.path().join("data").display());
+    let r = attack(r#"{"attack":"escape","dir":"/data"}"#, &["--dir", &grant]);
+    r.expect_code(65);
+    let rep = r.report();
+    assert_eq!(rep["agent_error"]["kind"], "denied", "{rep}");
+    let msg = rep["agent_error"]["message"].as_str().unwrap();
+    for path in ["/data/../secret.txt", "../secret.txt", "/etc/passwd", "/data/link-out", "/secret.txt"] {
+        assert!(msg.contains(&format!("{path}:")), "attempt {path} missing from: {msg}");
+    }
+    assert!(!r.stdout.contains("TOP-SECRET") && !r.stderr.contains("TOP-SECRET"));
+}
+
+#[test]
+fn read_only_grant_refuses_writes() {
+    let tmp = escape_tree();
+    let grant = format!("{}::/data:ro", tmp.path().join("data").display());
+    let r = attack(r#"{"attack":"write-ro","dir":"/data"}"#, &["--dir", &grant]);
+    r.expect_code(65);
+    assert_eq!(r.report()["agent_error"]["kind"], "denied");
+    assert_eq!(std::fs::read_to_string(tmp.path().join("data/existing.txt")).unwrap(), "original");
+    assert!(!tmp.path().join("data/new.txt").exists());
+}
+
+#[test]
+fn read_write_grant_allows_the_same_writes() {
+    let tmp = escape_tree();
+    let grant = format!("{}::/data", tmp.path().join("data").display());
+    let r = attack(r#"{"attack":"write-ro","dir":"/data"}"#, &["--dir", &grant]);
+    r.expect_code(0);
+    assert!(tmp.path().join("data/new.txt").exists());
+}
+
+#[test]
+fn env_vars_are_not_visible_unless_granted() {
+    let h = hostile();
+    let input = r#"{"attack":"env","name":"TOKA_TEST_SECRET"}"#;
+    let env = [("TOKA_TEST_SECRET", "hunter2")];
+    let r = toka_with(&["run", "--json", "--env", "OTHER=1", "--input", input, &h], None, &env);
+    r.expect_code(65);
+    assert_eq!(r.report()["agent_error"]["message"], "env var TOKA_TEST_SECRET not granted");
+    let r = toka_with(&["run", "--json", "--env", "TOKA_TEST_SECRET", "--input", input, &h], None, &env);
+    r.expect_code(0);
+    assert_eq!(r.report()["result"], r#"{"value":"hunter2"}"#);
+}
+
+#[test]
+fn sockets_reach_only_granted_peers() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_addr = other.local_addr().unwrap().to_string();
+    let input = format!(r#"{{"attack":"net","addr":"{addr}"}}"#);
+
+    let r = attack(&input, &[]);
+    r.expect_code(65);
+    let msg = r.report()["agent_error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.starts_with(&format!("connect {addr}:")), "{msg}");
+
+    let r = attack(&input, &["--allow-net", &other_addr]);
+    r.expect_code(65);
+
+    let r = attack(&input, &["--allow-net", &addr]);
+    r.expect_code(0);
+    assert_eq!(r.report()["result"], format!(r#"{{"connected":"{addr}"}}"#));
+}
+
+#[test]
+fn host_survives_repeated_attacks_in_one_process() {
+    let r = attack(r#"{"attack":"membomb"}"#, &["--max-memory", "32MiB", "--repeat", "5"]);
+    r.expect_code(70);
+    let rep = r.report();
+    assert_eq!(rep["repeat"]["runs"], 5);
+    assert_eq!(rep["repeat"]["failures"], 5);
+}
