@@ -1,1 +1,148 @@
-fn main() {}
+//! Run benches for the foundation:
+//! (a) `hello` from a warm `InstancePre` through toka-host's runner vs the same component instantiated and called
+//!     with plain wasmtime and the same engine settings;
+//! (b) a cold run (new engine, load, run) with and without the on-disk compile cache;
+//! (c) a CPU-bound guest with fuel metering on vs off.
+//! Ratios are printed after each group. Run with `cargo bench -p toka-benches --bench run`.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::time::{Duration, Instant};
+use toka_benches::{Plain, agent};
+use toka_host::bindings::Task;
+use toka_host::bindings::agent::Agent;
+use toka_host::engine::{EngineOptions, HostEngine};
+use toka_host::grants::Authorized;
+use toka_host::run::{Invocation, Limits, Runner};
+use toka_host::sandbox::OutputMode;
+use wasmtime::Store;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+const QUIET: OutputMode = OutputMode { echo: false, capture: false };
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn task(name: &str) -> Invocation {
+    Invocation::Task { id: "bench".into(), input: format!(r#"{{"name":"{name}"}}"#) }
+}
+
+/// Mean time of `f` over `iters` calls, for the printed ratio (criterion's own estimates are in its report).
+fn mean(iters: u32, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed() / iters
+}
+
+fn warm_run_vs_plain_wasmtime(c: &mut Criterion) {
+    let rt = rt();
+    let options = EngineOptions { fuel: true, cache_dir: None, pooling: true };
+    let mut runner = Runner::new(&options).unwrap();
+    let program = runner.load(&agent("hello-rust")).unwrap();
+    let grants = Authorized::default();
+    let limits = Limits::default();
+    let inv = task("bench");
+    let toka_once = || {
+        let r = rt.block_on(runner.run(&program, &grants, &limits, &inv, QUIET));
+        assert_eq!(r.exit_code, 0, "{:?}", r.error);
+    };
+
+    // Plain wasmtime: same engine settings, no InstancePre, no sandbox building beyond a default WASI context.
+    let plain_host = HostEngine::new(&options).unwrap();
+    let engine = plain_host.engine.clone();
+    let component = Component::from_file(&engine, agent("hello-rust")).unwrap();
+    let mut linker: Linker<Plain> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    toka_host::bindings::agent::toka::agent::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s: &mut Plain| s).unwrap();
+    let plain_once = || {
+        let mut store = Store::new(
+            &engine,
+            Plain { wasi: wasmtime_wasi::WasiCtx::builder().build(), table: wasmtime::component::ResourceTable::new() },
+        );
+        store.set_fuel(u64::MAX / 2).unwrap();
+        store.set_epoch_deadline(u64::MAX / 2);
+        rt.block_on(async {
+            let agent = Agent::instantiate_async(&mut store, &component, &linker).await.unwrap();
+            let task = Task { id: "bench".into(), input: r#"{"name":"bench"}"#.into() };
+            agent.call_run(&mut store, &task).await.unwrap().unwrap();
+        });
+    };
+
+    let mut g = c.benchmark_group("a_warm_run");
+    g.bench_function("toka_instance_pre", |b| b.iter(toka_once));
+    g.bench_function("plain_wasmtime", |b| b.iter(plain_once));
+    g.finish();
+    let t = mean(300, toka_once);
+    let p = mean(300, plain_once);
+    println!(
+        "RATIO a_warm_run: toka-host {:.1} us, plain wasmtime {:.1} us, toka/plain = {:.2}",
+        t.as_secs_f64() * 1e6,
+        p.as_secs_f64() * 1e6,
+        t.as_secs_f64() / p.as_secs_f64()
+    );
+}
+
+fn cold_run_with_and_without_cache(c: &mut Criterion) {
+    let rt = rt();
+    let cache = tempfile::tempdir().unwrap();
+    let path = agent("hello-rust");
+    let grants = Authorized::default();
+    let limits = Limits::default();
+    let inv = task("cold");
+    let cold = |cache_dir: Option<std::path::PathBuf>| {
+        let options = EngineOptions { fuel: true, cache_dir, pooling: false };
+        let mut runner = Runner::new(&options).unwrap();
+        let program = runner.load(&path).unwrap();
+        let r = rt.block_on(runner.run(&program, &grants, &limits, &inv, QUIET));
+        assert_eq!(r.exit_code, 0);
+    };
+    cold(Some(cache.path().to_path_buf())); // fill the cache
+    let mut g = c.benchmark_group("b_cold_run");
+    g.sample_size(10);
+    g.bench_function("with_cache", |b| b.iter(|| cold(Some(cache.path().to_path_buf()))));
+    g.bench_function("without_cache", |b| b.iter(|| cold(None)));
+    g.finish();
+    let with = mean(10, || cold(Some(cache.path().to_path_buf())));
+    let without = mean(10, || cold(None));
+    println!(
+        "RATIO b_cold_run: with cache {:.1} ms, without {:.1} ms, without/with = {:.1}",
+        with.as_secs_f64() * 1e3,
+        without.as_secs_f64() * 1e3,
+        without.as_secs_f64() / with.as_secs_f64()
+    );
+}
+
+fn fuel_on_vs_off(c: &mut Criterion) {
+    let rt = rt();
+    let grants = Authorized::default();
+    let limits = Limits { fuel: u64::MAX, ..Limits::default() };
+    let inv = Invocation::Task { id: "bench".into(), input: r#"{"n":3000000}"#.into() };
+    let mut on = Runner::new(&EngineOptions { fuel: true, cache_dir: None, pooling: false }).unwrap();
+    let mut off = Runner::new(&EngineOptions { fuel: false, cache_dir: None, pooling: false }).unwrap();
+    let p_on = on.load(&agent("busy")).unwrap();
+    let p_off = off.load(&agent("busy")).unwrap();
+    let once = |runner: &Runner, program: &toka_host::run::Program| {
+        let r = rt.block_on(runner.run(program, &grants, &limits, &inv, QUIET));
+        assert_eq!(r.exit_code, 0, "{:?}", r.error);
+        r.result
+    };
+    assert_eq!(once(&on, &p_on), once(&off, &p_off), "metering must not change the result");
+    let mut g = c.benchmark_group("c_cpu_bound");
+    g.sample_size(10);
+    g.bench_function("fuel_on", |b| b.iter(|| once(&on, &p_on)));
+    g.bench_function("fuel_off", |b| b.iter(|| once(&off, &p_off)));
+    g.finish();
+    let t_on = mean(10, || drop(once(&on, &p_on)));
+    let t_off = mean(10, || drop(once(&off, &p_off)));
+    println!(
+        "RATIO c_cpu_bound: fuel on {:.1} ms, off {:.1} ms, on/off = {:.2}",
+        t_on.as_secs_f64() * 1e3,
+        t_off.as_secs_f64() * 1e3,
+        t_on.as_secs_f64() / t_off.as_secs_f64()
+    );
+}
+
+criterion_group!(benches, warm_run_vs_plain_wasmtime, cold_run_with_and_without_cache, fuel_on_vs_off);
+criterion_main!(benches);

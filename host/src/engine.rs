@@ -57,6 +57,8 @@ const POOL_MAX_MEMORY: usize = 1 << 32;
 pub struct HostEngine {
     pub engine: Engine,
     pub linker: Linker<SandboxState>,
+    /// Whether stores of this engine meter fuel.
+    pub fuel: bool,
     cache: Option<Cache>,
 }
 
@@ -99,7 +101,7 @@ impl HostEngine {
             &mut s.log
         })?;
         start_epoch_ticker(&engine)?;
-        Ok(HostEngine { engine, linker, cache })
+        Ok(HostEngine { engine, linker, fuel: options.fuel, cache })
     }
 
     /// Compilations served from the on-disk cache so far in this process.

@@ -135,7 +135,7 @@ impl Runner {
             Invocation::Command { args } => std::iter::once(program.name.clone()).chain(args.iter().cloned()).collect(),
             Invocation::Task { .. } => vec![program.name.clone()],
         };
-        let mut sandbox = match sandbox::build(&self.host.engine, grants, limits, output, &program.name, &argv) {
+        let mut sandbox = match sandbox::build(&self.host, grants, limits, output, &program.name, &argv) {
             Ok(s) => s,
             Err(e) => return RunReport::refused(&e),
         };
@@ -179,7 +179,7 @@ impl Runner {
         wall: Duration,
     ) -> RunReport {
         let Sandbox { store, stdout, stderr } = sandbox;
-        let fuel_left = store.get_fuel().unwrap_or(0);
+        let fuel_consumed = if self.host.fuel { limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)) } else { 0 };
         let (mut outcome, mut exit_code, mut error, mut result, mut agent_error) = (Outcome::Success, 0, None, None, None);
         match ending {
             Ok(Returned::Value(v)) => result = Some(v),
@@ -235,7 +235,7 @@ impl Runner {
                 Invocation::Task { id, .. } => Some(id.clone()),
                 Invocation::Command { .. } => None,
             },
-            fuel_consumed: limits.fuel.saturating_sub(fuel_left),
+            fuel_consumed,
             wall_time_ms: wall.as_secs_f64() * 1e3,
             peak_memory_bytes: state.limiter.peak(),
             stdout: stdout.captured(),

@@ -19,7 +19,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store};
+use crate::engine::HostEngine;
+use wasmtime::Store;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -55,7 +56,7 @@ pub struct Sandbox {
 
 /// Builds a sandbox. `argv` is the guest's argument vector, program name first.
 pub fn build(
-    engine: &Engine,
+    host: &HostEngine,
     grants: &Authorized,
     limits: &Limits,
     output: OutputMode,
@@ -94,9 +95,11 @@ pub fn build(
         limiter: MemoryLimiter::new(limits.max_memory, limits.max_table_elements),
         log: LogSink::new(name, output.echo, output.capture, limits.max_output),
     };
-    let mut store = Store::new(engine, state);
+    let mut store = Store::new(&host.engine, state);
     store.limiter(|s| &mut s.limiter);
-    store.set_fuel(limits.fuel).map_err(RunError::host)?;
+    if host.fuel {
+        store.set_fuel(limits.fuel).map_err(RunError::host)?;
+    }
     // The epoch ticker advances every `EPOCH_TICK`; the deadline is counted in ticks from now.
     store.set_epoch_deadline(crate::engine::ticks_for(limits.timeout));
     Ok(Sandbox { store, stdout, stderr })
