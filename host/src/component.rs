@@ -12,9 +12,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use wasmparser::{Parser, Payload};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre};
-use wasmparser::{Parser, Payload};
 
 /// Largest file the host will read as a component.
 pub const MAX_WASM_SIZE: u64 = 256 << 20;
@@ -56,41 +56,76 @@ pub fn load(host: &HostEngine, path: &Path) -> Result<Loaded, RunError> {
     } else if Parser::is_core_wasm(&bytes) {
         (adapt_preview1(&shown, &bytes)?, true)
     } else {
-        return Err(RunError::InvalidWasm { path: shown, reason: "not a WebAssembly binary (bad magic number)".into() });
+        return Err(RunError::InvalidWasm {
+            path: shown,
+            reason: "not a WebAssembly binary (bad magic number)".into(),
+        });
     };
 
     let hits_before = host.cache_hits();
     let started = Instant::now();
-    let component = Component::new(&host.engine, &bytes)
-        .map_err(|e| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) })?;
+    let component = Component::new(&host.engine, &bytes).map_err(|e| RunError::InvalidWasm {
+        path: shown.clone(),
+        reason: root_cause(&e),
+    })?;
     let compile_time = started.elapsed();
     let cache_hit = host.cache_hits() > hits_before;
 
-    let world = classify(host, &component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
+    let world = classify(host, &component).map_err(|reason| RunError::WrongWorld {
+        path: shown.clone(),
+        reason,
+    })?;
     let pre = host
         .linker
         .instantiate_pre(&component)
-        .map_err(|e| RunError::WrongWorld { path: shown.clone(), reason: root_cause(&e) })?;
-    Ok(Loaded { path: path.to_path_buf(), sha256, world, adapted, compile_time, cache_hit, component, pre })
+        .map_err(|e| RunError::WrongWorld {
+            path: shown.clone(),
+            reason: root_cause(&e),
+        })?;
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        sha256,
+        world,
+        adapted,
+        compile_time,
+        cache_hit,
+        component,
+        pre,
+    })
 }
 
 /// Reads a wasm file with a size cap, mapping "not there" to its own error.
 pub fn read(path: &Path) -> Result<Vec<u8>, RunError> {
     let shown = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => RunError::FileNotFound { path: shown.clone() },
-        _ => RunError::Unreadable { path: shown.clone(), reason: one_line(&e.to_string()) },
+        std::io::ErrorKind::NotFound => RunError::FileNotFound {
+            path: shown.clone(),
+        },
+        _ => RunError::Unreadable {
+            path: shown.clone(),
+            reason: one_line(&e.to_string()),
+        },
     })?;
     if meta.is_dir() {
-        return Err(RunError::Unreadable { path: shown, reason: "is a directory".into() });
+        return Err(RunError::Unreadable {
+            path: shown,
+            reason: "is a directory".into(),
+        });
     }
     if meta.len() > MAX_WASM_SIZE {
         return Err(RunError::InvalidWasm {
             path: shown,
-            reason: format!("file is {} bytes, over the {} byte limit", meta.len(), MAX_WASM_SIZE),
+            reason: format!(
+                "file is {} bytes, over the {} byte limit",
+                meta.len(),
+                MAX_WASM_SIZE
+            ),
         });
     }
-    std::fs::read(path).map_err(|e| RunError::Unreadable { path: shown, reason: one_line(&e.to_string()) })
+    std::fs::read(path).map_err(|e| RunError::Unreadable {
+        path: shown,
+        reason: one_line(&e.to_string()),
+    })
 }
 
 fn classify(host: &HostEngine, component: &Component) -> Result<World, String> {
@@ -102,7 +137,9 @@ fn classify(host: &HostEngine, component: &Component) -> Result<World, String> {
             ("run", ComponentItem::ComponentFunc(_)) => run = true,
             ("describe", ComponentItem::ComponentFunc(_)) => describe = true,
             ("invoke", ComponentItem::ComponentFunc(_)) => invoke = true,
-            (n, ComponentItem::ComponentInstance(_)) if n.starts_with("wasi:cli/run@0.2.") => cli_run = true,
+            (n, ComponentItem::ComponentInstance(_)) if n.starts_with("wasi:cli/run@0.2.") => {
+                cli_run = true
+            }
             _ => {}
         }
         names.push(name.to_string());
@@ -120,8 +157,14 @@ fn classify(host: &HostEngine, component: &Component) -> Result<World, String> {
 
 /// Turns a WASI preview 1 core module with `_start` into a command component.
 fn adapt_preview1(shown: &str, bytes: &[u8]) -> Result<Vec<u8>, RunError> {
-    let invalid = |reason: String| RunError::InvalidWasm { path: shown.to_string(), reason };
-    let not_component = |reason: String| RunError::NotAComponent { path: shown.to_string(), reason };
+    let invalid = |reason: String| RunError::InvalidWasm {
+        path: shown.to_string(),
+        reason,
+    };
+    let not_component = |reason: String| RunError::NotAComponent {
+        path: shown.to_string(),
+        reason,
+    };
     let mut has_start = false;
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(|e| invalid(e.to_string()))? {
@@ -147,7 +190,9 @@ fn adapt_preview1(shown: &str, bytes: &[u8]) -> Result<Vec<u8>, RunError> {
         }
     }
     if !has_start {
-        return Err(not_component("core module has no `_start` export; only WASI commands can be adapted".into()));
+        return Err(not_component(
+            "core module has no `_start` export; only WASI commands can be adapted".into(),
+        ));
     }
     let adapter = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER;
     wit_component::ComponentEncoder::default()
@@ -155,10 +200,20 @@ fn adapt_preview1(shown: &str, bytes: &[u8]) -> Result<Vec<u8>, RunError> {
         .module(bytes)
         .and_then(|e| e.adapter("wasi_snapshot_preview1", adapter))
         .and_then(|mut e| e.encode())
-        .map_err(|e| not_component(format!("cannot adapt preview 1 module: {}", one_line(&format!("{e:#}")))))
+        .map_err(|e| {
+            not_component(format!(
+                "cannot adapt preview 1 module: {}",
+                one_line(&format!("{e:#}"))
+            ))
+        })
 }
 
 /// The innermost message of a wasmtime error chain, on one line.
 pub fn root_cause(err: &wasmtime::Error) -> String {
-    one_line(&err.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "))
+    one_line(
+        &err.chain()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(": "),
+    )
 }

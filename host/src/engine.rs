@@ -9,7 +9,9 @@ use crate::sandbox::SandboxState;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 /// How often the epoch advances. Deadlines are precise to about this much.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -17,7 +19,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// The number of epoch ticks that covers `timeout` (at least one, plus one for the partial tick now under way).
 pub fn ticks_for(timeout: Duration) -> u64 {
     let ticks = timeout.as_nanos() / EPOCH_TICK.as_nanos();
-    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1).max(2)
+    u64::try_from(ticks)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+        .max(2)
 }
 
 /// Engine settings.
@@ -34,7 +39,11 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { fuel: true, cache_dir: default_cache_dir(), pooling: false }
+        EngineOptions {
+            fuel: true,
+            cache_dir: default_cache_dir(),
+            pooling: false,
+        }
     }
 }
 
@@ -97,11 +106,17 @@ impl HostEngine {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        crate::bindings::agent::toka::agent::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s: &mut SandboxState| {
-            &mut s.log
-        })?;
+        crate::bindings::agent::toka::agent::log::add_to_linker::<_, HasSelf<_>>(
+            &mut linker,
+            |s: &mut SandboxState| &mut s.log,
+        )?;
         start_epoch_ticker(&engine)?;
-        Ok(HostEngine { engine, linker, fuel: options.fuel, cache })
+        Ok(HostEngine {
+            engine,
+            linker,
+            fuel: options.fuel,
+            cache,
+        })
     }
 
     /// Compilations served from the on-disk cache so far in this process.
@@ -111,7 +126,11 @@ impl HostEngine {
 }
 
 fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
-    Ok(if dir.is_absolute() { dir.to_path_buf() } else { std::env::current_dir()?.join(dir) })
+    Ok(if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(dir)
+    })
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
@@ -139,6 +158,9 @@ mod tests {
     fn ticks_cover_the_timeout() {
         assert_eq!(ticks_for(Duration::from_millis(0)), 2);
         assert_eq!(ticks_for(Duration::from_millis(100)), 11);
-        assert_eq!(ticks_for(Duration::from_secs(3600 * 24 * 365 * 1000)), 3_153_600_000_001);
+        assert_eq!(
+            ticks_for(Duration::from_secs(3600 * 24 * 365 * 1000)),
+            3_153_600_000_001
+        );
     }
 }

@@ -90,8 +90,12 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(options: &EngineOptions) -> Result<Self, RunError> {
-        let host = HostEngine::new(options).map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))?;
-        Ok(Runner { host, programs: HashMap::new() })
+        let host = HostEngine::new(options)
+            .map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))?;
+        Ok(Runner {
+            host,
+            programs: HashMap::new(),
+        })
     }
 
     pub fn engine(&self) -> &HostEngine {
@@ -105,19 +109,32 @@ impl Runner {
         }
         let loaded = component::load(&self.host, path)?;
         let shown = path.display().to_string();
-        let wrong = |e: wasmtime::Error| RunError::WrongWorld { path: shown.clone(), reason: component::root_cause(&e) };
+        let wrong = |e: wasmtime::Error| RunError::WrongWorld {
+            path: shown.clone(),
+            reason: component::root_cause(&e),
+        };
         let prepared = match loaded.world {
             World::Agent => Prepared::Agent(AgentPre::new(loaded.pre.clone()).map_err(wrong)?),
-            World::Command => Prepared::Command(CommandPre::new(loaded.pre.clone()).map_err(wrong)?),
+            World::Command => {
+                Prepared::Command(CommandPre::new(loaded.pre.clone()).map_err(wrong)?)
+            }
             World::Tool => {
                 return Err(RunError::WrongWorld {
                     path: shown,
-                    reason: "this is a toka:agent/tool component; tools are called by agents, not run".into(),
+                    reason:
+                        "this is a toka:agent/tool component; tools are called by agents, not run"
+                            .into(),
                 });
             }
         };
-        let name = path.file_stem().map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned());
-        let program = Arc::new(Program { loaded, prepared, name });
+        let name = path
+            .file_stem()
+            .map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned());
+        let program = Arc::new(Program {
+            loaded,
+            prepared,
+            name,
+        });
         self.programs.insert(path.to_path_buf(), program.clone());
         Ok(program)
     }
@@ -132,19 +149,25 @@ impl Runner {
         output: OutputMode,
     ) -> RunReport {
         let argv: Vec<String> = match invocation {
-            Invocation::Command { args } => std::iter::once(program.name.clone()).chain(args.iter().cloned()).collect(),
+            Invocation::Command { args } => std::iter::once(program.name.clone())
+                .chain(args.iter().cloned())
+                .collect(),
             Invocation::Task { .. } => vec![program.name.clone()],
         };
-        let mut sandbox = match sandbox::build(&self.host, grants, limits, output, &program.name, &argv) {
-            Ok(s) => s,
-            Err(e) => return RunReport::refused(&e),
-        };
+        let mut sandbox =
+            match sandbox::build(&self.host, grants, limits, output, &program.name, &argv) {
+                Ok(s) => s,
+                Err(e) => return RunReport::refused(&e),
+            };
         let started = Instant::now();
         // The epoch deadline stops guest code; this outer deadline also stops a guest parked in a host call.
         let grace = limits.timeout.saturating_add(Duration::from_millis(250));
         let ending = match (&program.prepared, invocation) {
             (Prepared::Agent(pre), Invocation::Task { id, input }) => {
-                let task = Task { id: id.clone(), input: input.clone() };
+                let task = Task {
+                    id: id.clone(),
+                    input: input.clone(),
+                };
                 let call = call_agent(pre, &mut sandbox, &task);
                 match tokio::time::timeout(grace, call).await {
                     Ok(r) => r,
@@ -161,9 +184,9 @@ impl Runner {
             (Prepared::Agent(_), Invocation::Command { .. }) => Ok(Returned::Invalid(
                 "this is an agent: it takes a task (--input), not command-line arguments".into(),
             )),
-            (Prepared::Command(_), Invocation::Task { .. }) => {
-                Ok(Returned::Invalid("this is a command: it takes arguments, not a task".into()))
-            }
+            (Prepared::Command(_), Invocation::Task { .. }) => Ok(Returned::Invalid(
+                "this is a command: it takes arguments, not a task".into(),
+            )),
         };
         let wall = started.elapsed();
         self.report(program, invocation, limits, sandbox, ending, wall)
@@ -178,9 +201,18 @@ impl Runner {
         ending: Result<Returned, Ending>,
         wall: Duration,
     ) -> RunReport {
-        let Sandbox { store, stdout, stderr } = sandbox;
-        let fuel_consumed = if self.host.fuel { limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)) } else { 0 };
-        let (mut outcome, mut exit_code, mut error, mut result, mut agent_error) = (Outcome::Success, 0, None, None, None);
+        let Sandbox {
+            store,
+            stdout,
+            stderr,
+        } = sandbox;
+        let fuel_consumed = if self.host.fuel {
+            limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))
+        } else {
+            0
+        };
+        let (mut outcome, mut exit_code, mut error, mut result, mut agent_error) =
+            (Outcome::Success, 0, None, None, None);
         match ending {
             Ok(Returned::Value(v)) => result = Some(v),
             Ok(Returned::AgentError(e)) => {
@@ -205,7 +237,10 @@ impl Runner {
             }
             Err(Ending::Deadline) => {
                 outcome = Outcome::Timeout;
-                error = Some(format!("timeout: still running after {}", humantime::format_duration(limits.timeout)));
+                error = Some(format!(
+                    "timeout: still running after {}",
+                    humantime::format_duration(limits.timeout)
+                ));
             }
             Err(Ending::Error(e)) => {
                 let (o, m) = classify(&e, &store, &stdout, &stderr, limits);
@@ -262,8 +297,15 @@ enum Ending {
     Deadline,
 }
 
-async fn call_agent(pre: &AgentPre<sandbox::SandboxState>, sb: &mut Sandbox, task: &Task) -> Result<Returned, Ending> {
-    let agent: Agent = pre.instantiate_async(&mut sb.store).await.map_err(Ending::Error)?;
+async fn call_agent(
+    pre: &AgentPre<sandbox::SandboxState>,
+    sb: &mut Sandbox,
+    task: &Task,
+) -> Result<Returned, Ending> {
+    let agent: Agent = pre
+        .instantiate_async(&mut sb.store)
+        .await
+        .map_err(Ending::Error)?;
     match agent.call_run(&mut sb.store, task).await {
         Ok(Ok(v)) => Ok(Returned::Value(v)),
         Ok(Err(e)) => Ok(Returned::AgentError(e)),
@@ -271,8 +313,14 @@ async fn call_agent(pre: &AgentPre<sandbox::SandboxState>, sb: &mut Sandbox, tas
     }
 }
 
-async fn call_command(pre: &CommandPre<sandbox::SandboxState>, sb: &mut Sandbox) -> Result<Returned, Ending> {
-    let command = pre.instantiate_async(&mut sb.store).await.map_err(Ending::Error)?;
+async fn call_command(
+    pre: &CommandPre<sandbox::SandboxState>,
+    sb: &mut Sandbox,
+) -> Result<Returned, Ending> {
+    let command = pre
+        .instantiate_async(&mut sb.store)
+        .await
+        .map_err(Ending::Error)?;
     match command.wasi_cli_run().call_run(&mut sb.store).await {
         Ok(Ok(())) => Ok(Returned::Exit(0)),
         Ok(Err(())) => Ok(Returned::Exit(1)),
@@ -296,17 +344,33 @@ fn classify(
     limits: &Limits,
 ) -> (Outcome, String) {
     if stdout.exceeded() || stderr.exceeded() {
-        let which = if stdout.exceeded() { "stdout" } else { "stderr" };
-        return (Outcome::OutputLimit, format!("output limit: {which} passed {} bytes", limits.max_output));
+        let which = if stdout.exceeded() {
+            "stdout"
+        } else {
+            "stderr"
+        };
+        return (
+            Outcome::OutputLimit,
+            format!("output limit: {which} passed {} bytes", limits.max_output),
+        );
     }
     let trap = e.downcast_ref::<Trap>().copied();
     match trap {
-        Some(Trap::OutOfFuel) => (Outcome::OutOfFuel, format!("out of fuel: used all {} units", limits.fuel)),
+        Some(Trap::OutOfFuel) => (
+            Outcome::OutOfFuel,
+            format!("out of fuel: used all {} units", limits.fuel),
+        ),
         Some(Trap::Interrupt) => (
             Outcome::Timeout,
-            format!("timeout: stopped after {}", humantime::format_duration(limits.timeout)),
+            format!(
+                "timeout: stopped after {}",
+                humantime::format_duration(limits.timeout)
+            ),
         ),
-        Some(Trap::StackOverflow) => (Outcome::StackOverflow, "stack overflow: call stack exhausted".into()),
+        Some(Trap::StackOverflow) => (
+            Outcome::StackOverflow,
+            "stack overflow: call stack exhausted".into(),
+        ),
         _ if store.data().limiter.refused() => (
             Outcome::MemoryLimit,
             format!(
@@ -337,8 +401,15 @@ pub fn fresh_task_id() -> String {
     use sha2::{Digest, Sha256};
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let seed = format!("{}-{}-{}", now.as_nanos(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seed = format!(
+        "{}-{}-{}",
+        now.as_nanos(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
     let digest = Sha256::digest(seed.as_bytes());
     format!("task-{}", hex::encode(&digest[..8]))
 }

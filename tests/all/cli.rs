@@ -11,8 +11,16 @@ fn temp_file(bytes: &[u8]) -> tempfile::NamedTempFile {
 
 fn one_line_error(stderr: &str, prefix: &str) {
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected exactly one line on stderr, got:\n{stderr}");
-    assert!(lines[0].starts_with(prefix), "expected `{prefix}...`, got `{}`", lines[0]);
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one line on stderr, got:\n{stderr}"
+    );
+    assert!(
+        lines[0].starts_with(prefix),
+        "expected `{prefix}...`, got `{}`",
+        lines[0]
+    );
 }
 
 #[test]
@@ -27,7 +35,12 @@ fn not_wasm_at_all() {
     let f = temp_file(b"#!/bin/sh\necho definitely not wasm\n");
     let r = toka(&["run", f.path().to_str().unwrap()]);
     r.expect_code(73);
-    assert!(r.stderr.contains("invalid WebAssembly: not a WebAssembly binary"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("invalid WebAssembly: not a WebAssembly binary"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -46,7 +59,8 @@ fn core_module_with_foreign_import() {
     let module: &[u8] = &[
         0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
         0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type section: one func type () -> ()
-        0x02, 0x0b, 0x01, 0x03, b'e', b'n', b'v', 0x04, b's', b'p', b'a', b'm', 0x00, 0x00, // import env::spam
+        0x02, 0x0b, 0x01, 0x03, b'e', b'n', b'v', 0x04, b's', b'p', b'a', b'm', 0x00,
+        0x00, // import env::spam
     ];
     let f = temp_file(module);
     let r = toka(&["run", f.path().to_str().unwrap()]);
@@ -68,23 +82,47 @@ fn wrong_world() {
 
 #[test]
 fn input_must_be_json() {
-    let r = toka(&["run", "--input", "{not json", agent("hello-rust").to_str().unwrap()]);
+    let r = toka(&[
+        "run",
+        "--input",
+        "{not json",
+        agent("hello-rust").to_str().unwrap(),
+    ]);
     r.expect_code(77);
-    one_line_error(&r.stderr, "toka-host: invalid input: task input is not valid JSON");
+    one_line_error(
+        &r.stderr,
+        "toka-host: invalid input: task input is not valid JSON",
+    );
 }
 
 #[test]
 fn dir_grant_of_missing_directory_is_refused() {
-    let r = toka(&["run", "--dir", "/no/such/dir::/data", agent("hello-rust").to_str().unwrap()]);
+    let r = toka(&[
+        "run",
+        "--dir",
+        "/no/such/dir::/data",
+        agent("hello-rust").to_str().unwrap(),
+    ]);
     r.expect_code(72);
-    one_line_error(&r.stderr, "toka-host: grant refused: dir /no/such/dir::/data:rw: cannot open host directory");
+    one_line_error(
+        &r.stderr,
+        "toka-host: grant refused: dir /no/such/dir::/data:rw: cannot open host directory",
+    );
 }
 
 #[test]
 fn env_grant_of_unset_variable_is_refused() {
-    let r = toka(&["run", "--env", "TOKA_TEST_SURELY_UNSET", agent("hello-rust").to_str().unwrap()]);
+    let r = toka(&[
+        "run",
+        "--env",
+        "TOKA_TEST_SURELY_UNSET",
+        agent("hello-rust").to_str().unwrap(),
+    ]);
     r.expect_code(72);
-    one_line_error(&r.stderr, "toka-host: grant refused: env TOKA_TEST_SURELY_UNSET: not set");
+    one_line_error(
+        &r.stderr,
+        "toka-host: grant refused: env TOKA_TEST_SURELY_UNSET: not set",
+    );
 }
 
 #[test]
@@ -98,7 +136,12 @@ fn refusals_are_reported_in_json_too() {
 
 #[test]
 fn agents_do_not_take_arguments() {
-    let r = toka(&["run", agent("hello-rust").to_str().unwrap(), "extra", "args"]);
+    let r = toka(&[
+        "run",
+        agent("hello-rust").to_str().unwrap(),
+        "extra",
+        "args",
+    ]);
     r.expect_code(77);
     assert!(r.stderr.contains("this is an agent"), "{}", r.stderr);
 }

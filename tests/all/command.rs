@@ -10,19 +10,27 @@ fn echo() -> String {
 #[test]
 fn arguments_and_granted_env_only() {
     let e = echo();
-    let r = toka_with(&["run", "--env", "GREETING=hi", &e, "a", "b c", "--flag"], None, &[("LEAK", "no")]);
+    let r = toka_with(
+        &["run", "--env", "GREETING=hi", &e, "a", "b c", "--flag"],
+        None,
+        &[("LEAK", "no")],
+    );
     r.expect_code(0);
     assert_eq!(r.stdout, "args: a b c --flag\nenv: GREETING=hi\n");
 }
 
+/// `std::process::exit(n)` goes through the preview 1 adapter, whose `proc_exit` (wasmtime 48) maps any non-zero
+/// status to `wasi:cli/exit.exit(err)`, i.e. status 1, exactly as `wasmtime run` reports it for the same component.
 #[test]
 fn exit_status_passes_through() {
     let e = echo();
-    toka(&["run", &e, "exit", "3"]).expect_code(3);
     toka(&["run", &e, "exit", "0"]).expect_code(0);
+    toka(&["run", &e, "exit", "3"]).expect_code(1);
     let r = toka(&["run", "--json", &e, "exit", "42"]);
-    r.expect_code(42);
-    assert_eq!(r.report()["outcome"], "exited");
+    r.expect_code(1);
+    let rep = r.report();
+    assert_eq!(rep["outcome"], "exited");
+    assert_eq!(rep["error"], "exited with status 1");
 }
 
 #[test]
@@ -45,7 +53,11 @@ fn stdin_is_closed_unless_inherited() {
     let r = toka_with(&["run", &e, "stdin"], Some(b"piped"), &[]);
     r.expect_code(0);
     assert_eq!(r.stdout, "");
-    let r = toka_with(&["run", "--inherit-stdin", &e, "stdin"], Some(b"piped"), &[]);
+    let r = toka_with(
+        &["run", "--inherit-stdin", &e, "stdin"],
+        Some(b"piped"),
+        &[],
+    );
     r.expect_code(0);
     assert_eq!(r.stdout, "piped");
 }

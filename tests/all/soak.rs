@@ -9,7 +9,15 @@ const GROWTH_BOUND: u64 = 8 << 20;
 
 #[test]
 fn two_hundred_runs_without_memory_growth() {
-    let r = toka(&["run", "--json", "--repeat", "200", "--input", r#"{"name":"soak"}"#, agent("hello-rust").to_str().unwrap()]);
+    let r = toka(&[
+        "run",
+        "--json",
+        "--repeat",
+        "200",
+        "--input",
+        r#"{"name":"soak"}"#,
+        agent("hello-rust").to_str().unwrap(),
+    ]);
     r.expect_code(0);
     let rep = r.report();
     assert_eq!(rep["repeat"]["runs"], 200);
@@ -17,5 +25,8 @@ fn two_hundred_runs_without_memory_growth() {
     let first = rep["repeat"]["rss_after_first_bytes"].as_u64().unwrap();
     let last = rep["repeat"]["rss_after_last_bytes"].as_u64().unwrap();
     assert!(first > 0);
-    assert!(last <= first + GROWTH_BOUND, "RSS grew from {first} to {last} bytes over 200 runs");
+    assert!(
+        last <= first + GROWTH_BOUND,
+        "RSS grew from {first} to {last} bytes over 200 runs"
+    );
 }

@@ -93,15 +93,22 @@ fn parse_fuel(text: &str) -> Result<u64, String> {
     if text.eq_ignore_ascii_case("unlimited") {
         return Ok(u64::MAX);
     }
-    text.replace('_', "").parse().map_err(|_| format!("invalid fuel `{text}`: expected a number or `unlimited`"))
+    text.replace('_', "")
+        .parse()
+        .map_err(|_| format!("invalid fuel `{text}`: expected a number or `unlimited`"))
 }
 
 impl RunCommand {
     pub fn execute(self) -> i32 {
         let json = self.json;
-        let report = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        let report = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt.block_on(self.run()),
-            Err(e) => Err(RunError::host(format!("cannot start the async runtime: {e}"))),
+            Err(e) => Err(RunError::host(format!(
+                "cannot start the async runtime: {e}"
+            ))),
         };
         let report = match report {
             Ok(r) => r,
@@ -120,7 +127,13 @@ impl RunCommand {
     async fn run(self) -> Result<RunReport, RunError> {
         let options = EngineOptions {
             fuel: true,
-            cache_dir: if self.no_cache { None } else { self.cache_dir.clone().or_else(crate::engine::default_cache_dir) },
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir
+                    .clone()
+                    .or_else(crate::engine::default_cache_dir)
+            },
             pooling: self.repeat > 1,
         };
         let limits = Limits {
@@ -140,14 +153,21 @@ impl RunCommand {
             inherit_stdin: self.inherit_stdin,
         };
         let authorized = grants::authorize(&request)?;
-        let output = OutputMode { echo: !self.json, capture: self.json };
+        let output = OutputMode {
+            echo: !self.json,
+            capture: self.json,
+        };
 
         let rss_before = crate::run::resident_set_bytes();
-        let mut report = runner.run(&program, &authorized, &limits, &invocation, output).await;
+        let mut report = runner
+            .run(&program, &authorized, &limits, &invocation, output)
+            .await;
         let mut failures = u32::from(report.exit_code != 0);
         let rss_first = crate::run::resident_set_bytes();
         for _ in 1..self.repeat {
-            report = runner.run(&program, &authorized, &limits, &invocation, output).await;
+            report = runner
+                .run(&program, &authorized, &limits, &invocation, output)
+                .await;
             failures += u32::from(report.exit_code != 0);
         }
         let rss_after = crate::run::resident_set_bytes();
@@ -170,10 +190,13 @@ impl RunCommand {
                 // A closed stdout (e.g. `| head`) is not the guest's failure; nothing useful to do about it.
                 drop(writeln!(out, "{result}").and_then(|()| out.flush()));
             }
-            if let Some(error) = &report.error {
-                if report.outcome != crate::error::Outcome::Exited {
-                    eprintln!("toka-host: {error}");
-                }
+            // A command's non-zero status is its own business, as with `wasmtime run`: no extra line.
+            if let Some(error) = report
+                .error
+                .as_ref()
+                .filter(|_| report.outcome != crate::error::Outcome::Exited)
+            {
+                eprintln!("toka-host: {error}");
             }
         }
         Ok(report)
@@ -186,19 +209,31 @@ impl RunCommand {
             (None, None) => None,
         };
         if raw_input.is_none() && self.task_id.is_none() && !self.args.is_empty() {
-            return Ok(Invocation::Command { args: self.args.clone() });
+            return Ok(Invocation::Command {
+                args: self.args.clone(),
+            });
         }
         if !self.args.is_empty() && raw_input.is_some() {
-            return Err(RunError::InvalidInput("give either a task (--input) or command arguments, not both".into()));
+            return Err(RunError::InvalidInput(
+                "give either a task (--input) or command arguments, not both".into(),
+            ));
         }
         let input = raw_input.unwrap_or_else(|| "{}".into());
         if input.len() > MAX_INPUT {
-            return Err(RunError::InvalidInput(format!("task input is {} bytes, over the {MAX_INPUT} byte limit", input.len())));
+            return Err(RunError::InvalidInput(format!(
+                "task input is {} bytes, over the {MAX_INPUT} byte limit",
+                input.len()
+            )));
         }
         if let Err(e) = serde_json::from_str::<serde_json::Value>(&input) {
-            return Err(RunError::InvalidInput(format!("task input is not valid JSON: {e}")));
+            return Err(RunError::InvalidInput(format!(
+                "task input is not valid JSON: {e}"
+            )));
         }
-        let id = self.task_id.clone().unwrap_or_else(crate::run::fresh_task_id);
+        let id = self
+            .task_id
+            .clone()
+            .unwrap_or_else(crate::run::fresh_task_id);
         Ok(Invocation::Task { id, input })
     }
 }
@@ -213,12 +248,17 @@ fn read_input(path: &std::path::Path) -> Result<String, RunError> {
         match std::fs::File::open(path) {
             Ok(f) => f.take(limit).read_to_string(&mut text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RunError::InvalidInput(format!("input file {} not found", path.display())));
+                return Err(RunError::InvalidInput(format!(
+                    "input file {} not found",
+                    path.display()
+                )));
             }
             Err(e) => Err(e),
         }
     };
-    result.map_err(|e| RunError::InvalidInput(format!("cannot read input file {}: {e}", path.display())))?;
+    result.map_err(|e| {
+        RunError::InvalidInput(format!("cannot read input file {}: {e}", path.display()))
+    })?;
     Ok(text)
 }
 
