@@ -12,7 +12,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use wasmparser::{Parser, Payload};
+use wasmparser::Parser;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre};
 
@@ -54,7 +54,7 @@ pub fn load(host: &HostEngine, path: &Path) -> Result<Loaded, RunError> {
     let (bytes, adapted) = if Parser::is_component(&bytes) {
         (bytes, false)
     } else if Parser::is_core_wasm(&bytes) {
-        (adapt_preview1(&shown, &bytes)?, true)
+        (crate::adapt::preview1_command(&shown, &bytes)?, true)
     } else {
         return Err(RunError::InvalidWasm {
             path: shown,
@@ -153,59 +153,6 @@ fn classify(host: &HostEngine, component: &Component) -> Result<World, String> {
             names.join(", ")
         )),
     }
-}
-
-/// Turns a WASI preview 1 core module with `_start` into a command component.
-fn adapt_preview1(shown: &str, bytes: &[u8]) -> Result<Vec<u8>, RunError> {
-    let invalid = |reason: String| RunError::InvalidWasm {
-        path: shown.to_string(),
-        reason,
-    };
-    let not_component = |reason: String| RunError::NotAComponent {
-        path: shown.to_string(),
-        reason,
-    };
-    let mut has_start = false;
-    for payload in Parser::new(0).parse_all(bytes) {
-        match payload.map_err(|e| invalid(e.to_string()))? {
-            Payload::ImportSection(reader) => {
-                for import in reader.into_imports() {
-                    let import = import.map_err(|e| invalid(e.to_string()))?;
-                    if import.module != "wasi_snapshot_preview1" {
-                        return Err(not_component(format!(
-                            "core module imports `{}::{}`; only WASI preview 1 (`wasi_snapshot_preview1`) imports can be \
-                             provided",
-                            import.module, import.name
-                        )));
-                    }
-                }
-            }
-            Payload::ExportSection(reader) => {
-                for export in reader {
-                    let export = export.map_err(|e| invalid(e.to_string()))?;
-                    has_start |= export.name == "_start";
-                }
-            }
-            _ => {}
-        }
-    }
-    if !has_start {
-        return Err(not_component(
-            "core module has no `_start` export; only WASI commands can be adapted".into(),
-        ));
-    }
-    let adapter = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER;
-    wit_component::ComponentEncoder::default()
-        .validate(true)
-        .module(bytes)
-        .and_then(|e| e.adapter("wasi_snapshot_preview1", adapter))
-        .and_then(|mut e| e.encode())
-        .map_err(|e| {
-            not_component(format!(
-                "cannot adapt preview 1 module: {}",
-                one_line(&format!("{e:#}"))
-            ))
-        })
 }
 
 /// The innermost message of a wasmtime error chain, on one line.

@@ -9,6 +9,7 @@
 //! [`report`] (what the run did, for people and for `--json`).
 #![forbid(unsafe_code)]
 
+pub mod adapt;
 pub mod bindings;
 pub mod commands;
 pub mod component;
