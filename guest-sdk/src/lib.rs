@@ -93,7 +93,8 @@ use serde::de::DeserializeOwned;
 /// serializes its output as compact JSON.
 ///
 /// Input that does not deserialize into `In` (invalid JSON, wrong shape, missing field) becomes
-/// [`AgentError::InvalidInput`] with serde_json's message; an output that cannot be serialized becomes
+/// [`AgentError::InvalidInput`] with serde_json's message, prefixed `bad input JSON: ` for syntax errors and
+/// `unexpected input: ` for a well-formed document of the wrong shape; an output that cannot be serialized becomes
 /// [`AgentError::Failed`]. Useful directly for agents that implement [`bindings::Guest`] by hand.
 pub fn run_json<In, Out, F>(task: &Task, handler: F) -> Result<String, AgentError>
 where
@@ -101,8 +102,12 @@ where
     Out: Serialize,
     F: FnOnce(&Task, In) -> Result<Out, AgentError>,
 {
-    let input: In = serde_json::from_str(&task.input)
-        .map_err(|err| AgentError::InvalidInput(format!("bad input JSON: {err}")))?;
+    let input: In = serde_json::from_str(&task.input).map_err(|err| {
+        AgentError::InvalidInput(match err.classify() {
+            serde_json::error::Category::Data => format!("unexpected input: {err}"),
+            _ => format!("bad input JSON: {err}"),
+        })
+    })?;
     let output = handler(task, input)?;
     serde_json::to_string(&output)
         .map_err(|err| AgentError::Failed(format!("cannot serialize the output as JSON: {err}")))

@@ -1,0 +1,3 @@
+module toka.example/go-echo
+
+go 1.24

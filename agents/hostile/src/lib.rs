@@ -1,0 +1,240 @@
+//! `hostile`: misbehaves on purpose so that the host's limits and grants can be tested.
+//!
+//! Input `{"attack": NAME, ...}`; an unknown or missing attack is `invalid-input`.
+//!
+//! | attack     | extra fields              | behaviour                                                              |
+//! |------------|---------------------------|------------------------------------------------------------------------|
+//! | `spin`     |                           | loops forever (fuel / epoch deadline)                                  |
+//! | `membomb`  |                           | allocates and touches 1 MiB chunks forever (memory limit)             |
+//! | `recurse`  |                           | unbounded non-tail recursion (stack limit)                            |
+//! | `escape`   | `dir` (default `/data`)   | reads files outside the granted directory                             |
+//! | `write-ro` | `dir` (default `/data`)   | creates `<dir>/new.txt`, appends to `<dir>/existing.txt`               |
+//! | `env`      | `name`                    | reads an environment variable                                          |
+//! | `net`      | `addr` (`127.0.0.1:PORT`) | opens a TCP connection through `wasi:sockets`                          |
+//! | `flood`    |                           | writes 1 KiB lines to stdout forever (output limit)                   |
+//!
+//! The probing attacks (`escape`, `write-ro`, `env`, `net`) return `denied` with every attempt and its error when
+//! the host blocks them all, and `Ok` with what got through otherwise, so a test can tell a leak from a block.
+
+use std::fs::{self, OpenOptions};
+use std::hint::black_box;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use toka_sdk::bindings::wasi::sockets::network::{
+    ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress,
+};
+use toka_sdk::bindings::wasi::sockets::{instance_network, tcp_create_socket};
+use toka_sdk::{AgentError, Task};
+
+fn default_dir() -> String {
+    "/data".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "attack", rename_all = "kebab-case")]
+enum Attack {
+    Spin,
+    Membomb,
+    Recurse,
+    Escape {
+        #[serde(default = "default_dir")]
+        dir: String,
+    },
+    WriteRo {
+        #[serde(default = "default_dir")]
+        dir: String,
+    },
+    Env {
+        name: String,
+    },
+    Net {
+        addr: String,
+    },
+    Flood,
+}
+
+fn hostile(_task: &Task, attack: Attack) -> Result<Value, AgentError> {
+    match attack {
+        Attack::Spin => spin(),
+        Attack::Membomb => membomb(),
+        Attack::Recurse => Ok(json!({ "depth": recurse(0) })),
+        Attack::Escape { dir } => escape(&dir),
+        Attack::WriteRo { dir } => write_ro(&dir),
+        Attack::Env { name } => env(&name),
+        Attack::Net { addr } => net(&addr),
+        Attack::Flood => flood(),
+    }
+}
+
+/// Counts forever; `black_box` keeps the loop body observable so the optimizer cannot drop or shorten it.
+fn spin() -> ! {
+    toka_sdk::log::warn("spinning forever");
+    let mut counter = 0u64;
+    loop {
+        counter = black_box(counter.wrapping_add(1));
+    }
+}
+
+/// Allocates 1 MiB chunks and writes into every page of each one, so the memory is really committed, forever.
+fn membomb() -> ! {
+    const CHUNK: usize = 1 << 20;
+    toka_sdk::log::warn("allocating 1 MiB chunks forever");
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        for (i, byte) in chunk.iter_mut().enumerate().step_by(4096) {
+            *byte = (i >> 12) as u8 | 1;
+        }
+        chunks.push(black_box(chunk));
+    }
+}
+
+/// Recurses until the stack runs out. The multiply-add after the call keeps it out of tail position (and is not a
+/// plain accumulator LLVM could turn into a loop); `black_box` hides the fact that the end condition never holds.
+fn recurse(depth: u64) -> u64 {
+    let next = black_box(depth.wrapping_add(1));
+    if next == 0 {
+        return depth;
+    }
+    recurse(next).wrapping_mul(31).wrapping_add(depth)
+}
+
+/// Joins `attempts` (path, error) into `blocked: PATH: ERR; PATH: ERR`.
+fn blocked(attempts: &[(String, String)]) -> AgentError {
+    let list: Vec<String> = attempts
+        .iter()
+        .map(|(path, err)| format!("{path}: {err}"))
+        .collect();
+    AgentError::Denied(format!("blocked: {}", list.join("; ")))
+}
+
+fn escape(dir: &str) -> Result<Value, AgentError> {
+    let dir = dir.trim_end_matches('/');
+    let targets = [
+        format!("{dir}/../secret.txt"),
+        "../secret.txt".to_owned(),
+        "/etc/passwd".to_owned(),
+        format!("{dir}/link-out"),
+        "/secret.txt".to_owned(),
+    ];
+    let mut leaked = Vec::new();
+    let mut attempts = Vec::new();
+    for path in targets {
+        match fs::read(&path) {
+            Ok(bytes) => {
+                toka_sdk::warn!("read {path}: {} bytes", bytes.len());
+                leaked.push(path);
+            }
+            Err(err) => attempts.push((path, err.to_string())),
+        }
+    }
+    if leaked.is_empty() {
+        Err(blocked(&attempts))
+    } else {
+        Ok(json!({ "leaked": leaked }))
+    }
+}
+
+fn write_ro(dir: &str) -> Result<Value, AgentError> {
+    let dir = dir.trim_end_matches('/');
+    let create = format!("{dir}/new.txt");
+    let append = format!("{dir}/existing.txt");
+    let mut written = Vec::new();
+    let mut attempts = Vec::new();
+    let created = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&create)
+        .and_then(|mut file| file.write_all(b"written by hostile\n"));
+    match created {
+        Ok(()) => written.push(create),
+        Err(err) => attempts.push((create, err.to_string())),
+    }
+    let appended = OpenOptions::new()
+        .append(true)
+        .open(&append)
+        .and_then(|mut file| file.write_all(b"appended by hostile\n"));
+    match appended {
+        Ok(()) => written.push(append),
+        Err(err) => attempts.push((append, err.to_string())),
+    }
+    if written.is_empty() {
+        Err(blocked(&attempts))
+    } else {
+        Ok(json!({ "written": written }))
+    }
+}
+
+fn env(name: &str) -> Result<Value, AgentError> {
+    match std::env::var_os(name) {
+        Some(value) => Ok(json!({ "value": value.to_string_lossy() })),
+        None => Err(AgentError::Denied(format!("env var {name} not granted"))),
+    }
+}
+
+/// Connects over TCP with the raw `wasi:sockets` bindings (Debian's wasi-libc, hence `std::net`, has no sockets).
+fn net(addr: &str) -> Result<Value, AgentError> {
+    let target: SocketAddr = addr.parse().map_err(|err| {
+        AgentError::InvalidInput(format!("\"addr\" {addr:?} is not IP:PORT: {err}"))
+    })?;
+    let denied = |code: ErrorCode| AgentError::Denied(format!("connect {addr}: {}", code.name()));
+    let (family, remote) = match target.ip() {
+        IpAddr::V4(ip) => {
+            let [a, b, c, d] = ip.octets();
+            (
+                IpAddressFamily::Ipv4,
+                IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                    port: target.port(),
+                    address: (a, b, c, d),
+                }),
+            )
+        }
+        IpAddr::V6(ip) => {
+            let [a, b, c, d, e, f, g, h] = ip.segments();
+            (
+                IpAddressFamily::Ipv6,
+                IpSocketAddress::Ipv6(Ipv6SocketAddress {
+                    port: target.port(),
+                    address: (a, b, c, d, e, f, g, h),
+                    flow_info: 0,
+                    scope_id: 0,
+                }),
+            )
+        }
+    };
+    let network = instance_network::instance_network();
+    let socket = tcp_create_socket::create_tcp_socket(family).map_err(denied)?;
+    socket.start_connect(&network, remote).map_err(denied)?;
+    let ready = socket.subscribe();
+    let (input, output) = loop {
+        match socket.finish_connect() {
+            Ok(streams) => break streams,
+            Err(ErrorCode::WouldBlock) => ready.block(),
+            Err(code) => return Err(denied(code)),
+        }
+    };
+    drop((input, output));
+    Ok(json!({ "connected": addr }))
+}
+
+/// Writes 1 KiB lines to stdout until a write fails (then the host has cut the stream off: report it).
+fn flood() -> Result<Value, AgentError> {
+    let mut line = vec![b'x'; 1023];
+    line.push(b'\n');
+    let mut stdout = std::io::stdout().lock();
+    let mut written = 0u64;
+    loop {
+        if let Err(err) = stdout.write_all(&line) {
+            return Err(AgentError::Failed(format!(
+                "stdout write failed after {written} bytes: {err}"
+            )));
+        }
+        written += line.len() as u64;
+    }
+}
+
+toka_sdk::agent!(hostile);

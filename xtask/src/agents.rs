@@ -1,0 +1,267 @@
+//! The agent catalogue and the `build-agents` command.
+//!
+//! | agent          | source                         | pipeline                                                      |
+//! |----------------|--------------------------------|---------------------------------------------------------------|
+//! | `hello-rust`   | `agents/hello-rust` (cdylib)   | Debian cargo → core wasm → component (reactor adapter)        |
+//! | `dirstat`      | `agents/dirstat` (cdylib)      | same                                                          |
+//! | `hostile`      | `agents/hostile` (cdylib)      | same                                                          |
+//! | `busy`         | `agents/busy` (cdylib)         | same (CPU-bound agent for the fuel benchmark)                 |
+//! | `echo-cmd`     | `agents/echo-cmd` (`fn main`)  | Debian cargo → core wasm → `wasi:cli/command` (command adapter) |
+//! | `hello-python` | `agents/hello-python/agent.py` | componentize-py                                               |
+//! | `hello-js`     | `agents/hello-js/agent.js`     | componentize-js                                               |
+//! | `hello-c`      | `agents/hello-c/hello.c`       | wit-bindgen-c → clang → component (reactor adapter)           |
+//!
+//! The Rust agents are built by one cargo invocation (cargo decides what is stale); the others are rebuilt only
+//! when a file in their directory or in `wit/` is newer than their output. Every output is validated and checked
+//! for the export the host calls (`run`, or `wasi:cli/run` for commands) before it replaces the previous one.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+
+use crate::Layout;
+use crate::component::{self, Adapter, Expect};
+
+/// How an agent is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A Rust `cdylib` crate using toka-sdk, componentized with the reactor adapter.
+    RustReactor,
+    /// A Rust `fn main` program, componentized with the command adapter.
+    RustCommand,
+    /// A Python module (`agent.py`) built with componentize-py.
+    Python,
+    /// A JavaScript module (`agent.js`) built with componentize-js.
+    JavaScript,
+    /// A C source (`hello.c`) built with wit-bindgen-c bindings, clang and the reactor adapter.
+    C,
+}
+
+/// One agent: its directory under `agents/` and the component `target/agents/NAME.wasm` share its name.
+#[derive(Debug, Clone, Copy)]
+pub struct Agent {
+    pub name: &'static str,
+    pub kind: Kind,
+}
+
+impl Agent {
+    const fn new(name: &'static str, kind: Kind) -> Self {
+        Agent { name, kind }
+    }
+
+    fn expect(&self) -> Expect {
+        match self.kind {
+            Kind::RustCommand => Expect::Command,
+            _ => Expect::Agent,
+        }
+    }
+}
+
+/// Every agent, in build order.
+pub const AGENTS: &[Agent] = &[
+    Agent::new("hello-rust", Kind::RustReactor),
+    Agent::new("dirstat", Kind::RustReactor),
+    Agent::new("hostile", Kind::RustReactor),
+    Agent::new("busy", Kind::RustReactor),
+    Agent::new("echo-cmd", Kind::RustCommand),
+    Agent::new("hello-c", Kind::C),
+    Agent::new("hello-python", Kind::Python),
+    Agent::new("hello-js", Kind::JavaScript),
+];
+
+/// `build-agents [NAME...]`: builds the named agents, or all of them.
+pub fn build(layout: &Layout, names: &[String]) -> Result<()> {
+    let selected = select(names)?;
+    fs::create_dir_all(&layout.build)
+        .with_context(|| format!("creating {}", layout.build.display()))?;
+    let started = Instant::now();
+    let mut failures = Vec::new();
+
+    let rust: Vec<&Agent> = selected
+        .iter()
+        .filter(|a| matches!(a.kind, Kind::RustReactor | Kind::RustCommand))
+        .collect();
+    if !rust.is_empty() {
+        let crates: Vec<&str> = rust.iter().map(|a| a.name).collect();
+        match crate::rust::cargo_build(layout, &crates) {
+            Ok(elapsed) => {
+                println!(
+                    "{:<14} {:>10} {:>8}  (cargo build of {} crates)",
+                    "rust",
+                    "",
+                    secs(elapsed),
+                    crates.len()
+                );
+                for agent in rust {
+                    let started = Instant::now();
+                    let result = crate::rust::componentize(layout, agent).and_then(|bytes| {
+                        install(layout, agent, &bytes)?;
+                        Ok(bytes.len())
+                    });
+                    report(agent, result, started.elapsed(), &mut failures);
+                }
+            }
+            Err(err) => {
+                eprintln!("xtask: cargo build failed: {err:#}");
+                failures.extend(rust.iter().map(|a| a.name));
+            }
+        }
+    }
+
+    for agent in selected
+        .iter()
+        .filter(|a| matches!(a.kind, Kind::Python | Kind::JavaScript | Kind::C))
+    {
+        let out = output_path(layout, agent);
+        let inputs = [layout.agents.join(agent.name), layout.wit.clone()];
+        if is_fresh(&out, &inputs)? {
+            let size = fs::metadata(&out).map(|m| m.len() as usize).unwrap_or(0);
+            println!(
+                "{:<14} {:>10} {:>8}  (up to date)",
+                agent.name,
+                size_str(size),
+                "-"
+            );
+            continue;
+        }
+        let started = Instant::now();
+        let result = build_one(layout, agent).and_then(|bytes| {
+            install(layout, agent, &bytes)?;
+            Ok(bytes.len())
+        });
+        report(agent, result, started.elapsed(), &mut failures);
+    }
+
+    println!(
+        "{} agent(s) in {}; components in {}",
+        selected.len(),
+        secs(started.elapsed()),
+        layout.out.display()
+    );
+    if !failures.is_empty() {
+        bail!("failed to build: {}", failures.join(", "));
+    }
+    Ok(())
+}
+
+/// Builds one non-Rust agent and returns the component's bytes.
+fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
+    let scratch = layout.build.join(agent.name);
+    fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    match agent.kind {
+        Kind::Python => crate::scripted::componentize_py(layout, agent.name, &scratch),
+        Kind::JavaScript => crate::scripted::componentize_js(layout, agent.name, &scratch),
+        Kind::C => {
+            let core = crate::c::build_core(layout, agent.name, &scratch)?;
+            component::encode(&core, Adapter::Reactor)
+        }
+        Kind::RustReactor | Kind::RustCommand => {
+            bail!("{} is a Rust agent: it is built by cargo", agent.name)
+        }
+    }
+}
+
+/// Checks `bytes` and, if they are the component the host expects, writes them to `target/agents/NAME.wasm`
+/// (through a temporary file, so a failed build never leaves a half-written or unchecked output behind).
+fn install(layout: &Layout, agent: &Agent, bytes: &[u8]) -> Result<()> {
+    component::check(bytes, agent.expect())
+        .with_context(|| format!("checking the {} component", agent.name))?;
+    let out = output_path(layout, agent);
+    let tmp = out.with_extension("wasm.tmp");
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
+}
+
+fn report(
+    agent: &Agent,
+    result: Result<usize>,
+    elapsed: Duration,
+    failures: &mut Vec<&'static str>,
+) {
+    match result {
+        Ok(size) => println!(
+            "{:<14} {:>10} {:>8}",
+            agent.name,
+            size_str(size),
+            secs(elapsed)
+        ),
+        Err(err) => {
+            println!(
+                "{:<14} {:>10} {:>8}  FAILED",
+                agent.name,
+                "-",
+                secs(elapsed)
+            );
+            eprintln!("xtask: {}: {err:#}", agent.name);
+            failures.push(agent.name);
+        }
+    }
+}
+
+fn select(names: &[String]) -> Result<Vec<Agent>> {
+    if names.is_empty() {
+        return Ok(AGENTS.to_vec());
+    }
+    let mut selected: Vec<Agent> = Vec::new();
+    for name in names {
+        let Some(agent) = AGENTS.iter().find(|a| a.name == name) else {
+            let known: Vec<&str> = AGENTS.iter().map(|a| a.name).collect();
+            bail!("unknown agent {name:?}; known agents: {}", known.join(", "));
+        };
+        if !selected.iter().any(|a| a.name == agent.name) {
+            selected.push(*agent);
+        }
+    }
+    // Keep the catalogue's order whatever the order on the command line.
+    selected.sort_by_key(|a| AGENTS.iter().position(|b| b.name == a.name));
+    Ok(selected)
+}
+
+pub fn output_path(layout: &Layout, agent: &Agent) -> PathBuf {
+    layout.out.join(format!("{}.wasm", agent.name))
+}
+
+/// True if `out` exists and is newer than every file under `inputs`.
+fn is_fresh(out: &Path, inputs: &[PathBuf]) -> Result<bool> {
+    let Ok(built) = fs::metadata(out).and_then(|m| m.modified()) else {
+        return Ok(false);
+    };
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for input in inputs {
+        newest = newest.max(newest_mtime(input)?);
+    }
+    Ok(built > newest)
+}
+
+/// The newest modification time of `path` and, for a directory, of everything below it (caches excluded).
+fn newest_mtime(path: &Path) -> Result<SystemTime> {
+    let meta = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut newest = meta.modified()?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == "__pycache__" || name == "node_modules" {
+                continue;
+            }
+            newest = newest.max(newest_mtime(&entry.path())?);
+        }
+    }
+    Ok(newest)
+}
+
+fn secs(elapsed: Duration) -> String {
+    format!("{:.1} s", elapsed.as_secs_f64())
+}
+
+fn size_str(bytes: usize) -> String {
+    let bytes = bytes as f64;
+    if bytes >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", bytes / 1024.0)
+    }
+}

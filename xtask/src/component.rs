@@ -1,0 +1,238 @@
+//! Components: encoding core modules with the WASI preview 1 adapter, checking the results, and describing them.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use wasi_preview1_component_adapter_provider::{
+    WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+    WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+};
+use wit_component::{ComponentEncoder, DecodedWasm};
+use wit_parser::{Function, Resolve, Type, TypeDefKind, WorldId, WorldItem, WorldKey};
+
+/// Which preview 1 adapter (from the crate pinned to the host's wasmtime version) a core module is wrapped with.
+#[derive(Debug, Clone, Copy)]
+pub enum Adapter {
+    /// For libraries (`cdylib`, `-mexec-model=reactor`): the component exports what the module exports.
+    Reactor,
+    /// For programs with a `_start`: the component exports `wasi:cli/run`.
+    Command,
+}
+
+/// What the host calls, hence what a built component must export.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    /// A `toka:agent/agent` world: a top-level `run` function.
+    Agent,
+    /// A `wasi:cli/command`: the `wasi:cli/run` interface.
+    Command,
+}
+
+/// Wraps `core` (a module carrying its WIT world in a `component-type` custom section) into a component.
+pub fn encode(core: &[u8], adapter: Adapter) -> Result<Vec<u8>> {
+    let adapter_bytes = match adapter {
+        Adapter::Reactor => WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+        Adapter::Command => WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+    };
+    ComponentEncoder::default()
+        .validate(true)
+        .module(core)
+        .context("reading the core module and its component-type section")?
+        .adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, adapter_bytes)
+        .context("adding the WASI preview 1 adapter")?
+        .encode()
+        .context("encoding the component")
+}
+
+/// A component's world, decoded.
+struct Decoded {
+    resolve: Resolve,
+    world: WorldId,
+}
+
+impl Decoded {
+    fn new(bytes: &[u8]) -> Result<Self> {
+        match wit_component::decode(bytes).context("decoding the component's WIT")? {
+            DecodedWasm::Component(resolve, world) => Ok(Decoded { resolve, world }),
+            DecodedWasm::WitPackage(..) => bail!("this is a WIT package, not a component"),
+        }
+    }
+
+    fn imports(&self) -> Vec<String> {
+        let world = &self.resolve.worlds[self.world];
+        world
+            .imports
+            .iter()
+            .map(|(key, item)| self.describe(key, item))
+            .collect()
+    }
+
+    fn exports(&self) -> Vec<String> {
+        let world = &self.resolve.worlds[self.world];
+        world
+            .exports
+            .iter()
+            .map(|(key, item)| self.describe(key, item))
+            .collect()
+    }
+
+    fn describe(&self, key: &WorldKey, item: &WorldItem) -> String {
+        let name = self.resolve.name_world_key(key);
+        match item {
+            WorldItem::Interface { .. } => name,
+            WorldItem::Function(func) => format!("{name}: {}", signature(&self.resolve, func)),
+            WorldItem::Type { .. } => format!("type {name}"),
+        }
+    }
+
+    fn exports_run_function(&self) -> bool {
+        let world = &self.resolve.worlds[self.world];
+        world.exports.iter().any(|(key, item)| {
+            matches!(item, WorldItem::Function(_))
+                && matches!(key, WorldKey::Name(name) if name == "run")
+        })
+    }
+
+    fn exports_cli_run(&self) -> bool {
+        let world = &self.resolve.worlds[self.world];
+        world.exports.iter().any(|(key, item)| {
+            matches!(item, WorldItem::Interface { .. })
+                && self
+                    .resolve
+                    .name_world_key(key)
+                    .starts_with("wasi:cli/run@0.2.")
+        })
+    }
+}
+
+/// Validates `bytes` as a component and checks that it exports what the host calls.
+pub fn check(bytes: &[u8], expect: Expect) -> Result<()> {
+    wasmparser::Validator::new()
+        .validate_all(bytes)
+        .context("the component does not validate")?;
+    let decoded = Decoded::new(bytes)?;
+    match expect {
+        Expect::Agent if !decoded.exports_run_function() => {
+            bail!(
+                "no top-level `run` export; exports: {:?}",
+                decoded.exports()
+            )
+        }
+        Expect::Command if !decoded.exports_cli_run() => {
+            bail!(
+                "no `wasi:cli/run@0.2.x` export; exports: {:?}",
+                decoded.exports()
+            )
+        }
+        Expect::Agent | Expect::Command => Ok(()),
+    }
+}
+
+/// `inspect FILE [--wit]`: prints the component's imports and exports, or with `full_wit` its whole decoded WIT.
+pub fn inspect(path: &Path, full_wit: bool) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if wasmparser::Parser::is_core_wasm(&bytes) {
+        bail!("{} is a core module, not a component", path.display());
+    }
+    let decoded = Decoded::new(&bytes).with_context(|| format!("inspecting {}", path.display()))?;
+    if full_wit {
+        let package = decoded.resolve.worlds[decoded.world]
+            .package
+            .context("the decoded world has no package")?;
+        let mut printer = wit_component::WitPrinter::default();
+        printer.print(&decoded.resolve, package, &[])?;
+        println!("{}", printer.output);
+        return Ok(());
+    }
+    let valid = match wasmparser::Validator::new().validate_all(&bytes) {
+        Ok(_) => "valid".to_owned(),
+        Err(err) => format!("INVALID: {err}"),
+    };
+    println!(
+        "{}: component, {} bytes, {valid}",
+        path.display(),
+        bytes.len()
+    );
+    println!("imports:");
+    for import in decoded.imports() {
+        println!("  {import}");
+    }
+    println!("exports:");
+    for export in decoded.exports() {
+        println!("  {export}");
+    }
+    Ok(())
+}
+
+/// `func(name: type, ...) -> type` for a WIT function.
+fn signature(resolve: &Resolve, func: &Function) -> String {
+    let params: Vec<String> = func
+        .params
+        .iter()
+        .map(|param| format!("{}: {}", param.name, type_name(resolve, &param.ty)))
+        .collect();
+    match &func.result {
+        Some(result) => format!(
+            "func({}) -> {}",
+            params.join(", "),
+            type_name(resolve, result)
+        ),
+        None => format!("func({})", params.join(", ")),
+    }
+}
+
+/// A WIT type as it would be written in WIT: named types by name, anonymous ones structurally.
+fn type_name(resolve: &Resolve, ty: &Type) -> String {
+    let id = match ty {
+        Type::Bool => return "bool".into(),
+        Type::U8 => return "u8".into(),
+        Type::U16 => return "u16".into(),
+        Type::U32 => return "u32".into(),
+        Type::U64 => return "u64".into(),
+        Type::S8 => return "s8".into(),
+        Type::S16 => return "s16".into(),
+        Type::S32 => return "s32".into(),
+        Type::S64 => return "s64".into(),
+        Type::F32 => return "f32".into(),
+        Type::F64 => return "f64".into(),
+        Type::Char => return "char".into(),
+        Type::String => return "string".into(),
+        Type::ErrorContext => return "error-context".into(),
+        Type::Id(id) => *id,
+    };
+    let def = &resolve.types[id];
+    if let Some(name) = &def.name {
+        return name.clone();
+    }
+    let opt = |ty: &Option<Type>| {
+        ty.as_ref()
+            .map_or_else(|| "_".to_owned(), |t| type_name(resolve, t))
+    };
+    match &def.kind {
+        TypeDefKind::Type(inner) => type_name(resolve, inner),
+        TypeDefKind::List(inner) => format!("list<{}>", type_name(resolve, inner)),
+        TypeDefKind::FixedLengthList(inner, len) => {
+            format!("list<{}, {len}>", type_name(resolve, inner))
+        }
+        TypeDefKind::Map(k, v) => {
+            format!("map<{}, {}>", type_name(resolve, k), type_name(resolve, v))
+        }
+        TypeDefKind::Option(inner) => format!("option<{}>", type_name(resolve, inner)),
+        TypeDefKind::Result(r) => match (&r.ok, &r.err) {
+            (None, None) => "result".to_owned(),
+            (ok, None) => format!("result<{}>", opt(ok)),
+            (ok, err) => format!("result<{}, {}>", opt(ok), opt(err)),
+        },
+        TypeDefKind::Tuple(t) => {
+            let items: Vec<String> = t.types.iter().map(|t| type_name(resolve, t)).collect();
+            format!("tuple<{}>", items.join(", "))
+        }
+        TypeDefKind::Future(inner) => format!("future<{}>", opt(inner)),
+        TypeDefKind::Stream(inner) => format!("stream<{}>", opt(inner)),
+        TypeDefKind::Handle(wit_parser::Handle::Own(res)) => type_name(resolve, &Type::Id(*res)),
+        TypeDefKind::Handle(wit_parser::Handle::Borrow(res)) => {
+            format!("borrow<{}>", type_name(resolve, &Type::Id(*res)))
+        }
+        other => format!("<anonymous {}>", other.as_str()),
+    }
+}

@@ -1,0 +1,103 @@
+//! Rust agents: one `cargo build` of the `agents/` workspace for wasm32-wasip1, then in-process componentization.
+//!
+//! The build uses Debian's toolchain (`/usr/bin/cargo`, Rust with its std source) rather than rustup's, because
+//! wasm32-wasip1's std is built from source (`-Zbuild-std`, hence `RUSTC_BOOTSTRAP=1`) against Debian's wasi-libc
+//! and linked with `wasm-ld`. Cargo's own variables inherited from `cargo run -p xtask` are removed so that they
+//! cannot point the inner build at rustup's toolchain or at the host's target directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::Layout;
+use crate::agents::{Agent, Kind};
+use crate::component::{self, Adapter};
+
+const CARGO: &str = "/usr/bin/cargo";
+const WASI_LIBC: &str = "/usr/lib/wasm32-wasi";
+const TARGET: &str = "wasm32-wasip1";
+
+/// Variables set by rustup or by the outer `cargo run` that would redirect or reconfigure the inner build.
+const INHERITED_BUILD_VARS: &[&str] = &[
+    "CARGO",
+    "CARGO_BUILD_RUSTC",
+    "CARGO_BUILD_RUSTC_WRAPPER",
+    "CARGO_BUILD_RUSTFLAGS",
+    "CARGO_BUILD_TARGET",
+    "CARGO_BUILD_TARGET_DIR",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_MAKEFLAGS",
+    "CARGO_TARGET_DIR",
+    "RUSTC",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTC_WRAPPER",
+    "RUSTDOC",
+    "RUSTDOCFLAGS",
+    "RUSTUP_TOOLCHAIN",
+];
+
+/// The cargo target directory of the agents workspace.
+fn target_dir(layout: &Layout) -> PathBuf {
+    layout.agents.join("target")
+}
+
+/// Builds the given crates of the agents workspace in release mode; returns how long cargo took.
+pub fn cargo_build(layout: &Layout, crates: &[&str]) -> Result<Duration> {
+    for (path, what) in [
+        (CARGO, "Debian's cargo (cargo-web)"),
+        (WASI_LIBC, "wasi-libc"),
+    ] {
+        if !Path::new(path).exists() {
+            bail!("{what} is missing ({path} not found): run scripts/setup-toolchains");
+        }
+    }
+    let mut cargo = Command::new(CARGO);
+    cargo
+        .current_dir(&layout.agents)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            TARGET,
+            "-Zbuild-std=std,panic_abort",
+        ])
+        .args(crates.iter().flat_map(|name| ["-p", name]));
+    for var in INHERITED_BUILD_VARS {
+        cargo.env_remove(var);
+    }
+    cargo
+        .env("PATH", "/usr/bin:/bin")
+        .env("CARGO_TARGET_DIR", target_dir(layout))
+        .env("CARGO_TARGET_WASM32_WASIP1_LINKER", "wasm-ld")
+        .env("RUSTFLAGS", format!("-L native={WASI_LIBC}"))
+        .env("RUSTC_BOOTSTRAP", "1");
+    let started = Instant::now();
+    let status = cargo.status().with_context(|| format!("running {CARGO}"))?;
+    if !status.success() {
+        bail!(
+            "`cargo build` of {} exited with {status}",
+            crates.join(", ")
+        );
+    }
+    Ok(started.elapsed())
+}
+
+/// Turns the agent's freshly built core module into a component.
+pub fn componentize(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
+    // A cdylib's artifact is named after its lib target (dashes become underscores), a binary after the package.
+    let (file, adapter) = match agent.kind {
+        Kind::RustReactor => (
+            format!("{}.wasm", agent.name.replace('-', "_")),
+            Adapter::Reactor,
+        ),
+        Kind::RustCommand => (format!("{}.wasm", agent.name), Adapter::Command),
+        other => bail!("{} is not a Rust agent ({other:?})", agent.name),
+    };
+    let core_path = target_dir(layout).join(TARGET).join("release").join(file);
+    let core =
+        std::fs::read(&core_path).with_context(|| format!("reading {}", core_path.display()))?;
+    component::encode(&core, adapter)
+        .with_context(|| format!("componentizing {}", core_path.display()))
+}
