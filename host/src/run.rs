@@ -355,6 +355,12 @@ fn classify(
         );
     }
     let trap = e.downcast_ref::<Trap>().copied();
+    // The trap itself, or the innermost error; the wasm backtrace that wasmtime attaches as context is left out so
+    // the message stays one short line.
+    let cause = match trap {
+        Some(t) => t.to_string(),
+        None => one_line(&e.root_cause().to_string()),
+    };
     match trap {
         Some(Trap::OutOfFuel) => (
             Outcome::OutOfFuel,
@@ -374,13 +380,11 @@ fn classify(
         _ if store.data().limiter.refused() => (
             Outcome::MemoryLimit,
             format!(
-                "memory limit: guest tried to grow past {} bytes ({})",
-                limits.max_memory,
-                component::root_cause(e)
+                "memory limit: guest tried to grow past {} bytes, then failed: {cause}",
+                limits.max_memory
             ),
         ),
-        Some(t) => (Outcome::Trap, format!("trap: {t}")),
-        None => (Outcome::Trap, format!("trap: {}", component::root_cause(e))),
+        _ => (Outcome::Trap, format!("trap: {cause}")),
     }
 }
 

@@ -43,6 +43,12 @@ fn memory_bomb_hits_the_memory_limit() {
     r.expect_code(70);
     let rep = r.report();
     assert_eq!(rep["outcome"], "memory-limit");
+    assert!(
+        rep["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("memory limit: guest tried to grow past 67108864 bytes")
+    );
     let peak = rep["peak_memory_bytes"].as_u64().unwrap();
     assert!(peak <= 64 << 20 && peak > 32 << 20, "peak {peak}");
 }
@@ -52,6 +58,24 @@ fn unbounded_recursion_overflows_the_stack() {
     let r = attack(r#"{"attack":"recurse"}"#, &[]);
     r.expect_code(67);
     assert_eq!(r.report()["outcome"], "stack-overflow");
+}
+
+#[test]
+fn a_panic_is_a_trap() {
+    let r = attack(r#"{"attack":"panic"}"#, &[]);
+    r.expect_code(66);
+    let rep = r.report();
+    assert_eq!(rep["outcome"], "trap");
+    assert_eq!(
+        rep["error"],
+        "trap: wasm trap: wasm `unreachable` instruction executed"
+    );
+    assert!(
+        rep["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("hostile agent panics on purpose")
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! | `env`      | `name`                    | reads an environment variable                                          |
 //! | `net`      | `addr` (`127.0.0.1:PORT`) | opens a TCP connection through `wasi:sockets`                          |
 //! | `flood`    |                           | writes 1 KiB lines to stdout forever (output limit)                   |
+//! | `panic`    |                           | panics (a trap: `unreachable` after the panic message on stderr)      |
 //!
 //! The probing attacks (`escape`, `write-ro`, `env`, `net`) return `denied` with every attempt and its error when
 //! the host blocks them all, and `Ok` with what got through otherwise, so a test can tell a leak from a block.
@@ -54,6 +55,7 @@ enum Attack {
         addr: String,
     },
     Flood,
+    Panic,
 }
 
 fn hostile(_task: &Task, attack: Attack) -> Result<Value, AgentError> {
@@ -66,6 +68,7 @@ fn hostile(_task: &Task, attack: Attack) -> Result<Value, AgentError> {
         Attack::Env { name } => env(&name),
         Attack::Net { addr } => net(&addr),
         Attack::Flood => flood(),
+        Attack::Panic => panic!("hostile agent panics on purpose"),
     }
 }
 
