@@ -150,23 +150,50 @@ fn agents_do_not_take_arguments() {
 fn input_from_a_file_and_from_stdin() {
     let f = temp_file(br#"{"name":"File"}"#);
     let a = agent("hello-rust");
-    let r = toka(&["run", "--input-file", f.path().to_str().unwrap(), a.to_str().unwrap()]);
+    let r = toka(&[
+        "run",
+        "--input-file",
+        f.path().to_str().unwrap(),
+        a.to_str().unwrap(),
+    ]);
     r.expect_code(0);
     assert_eq!(r.stdout, "{\"greeting\":\"Hello, File!\"}\n");
-    let r = toka_tests::toka_with(&["run", "--input-file", "-", a.to_str().unwrap()], Some(br#"{"name":"Pipe"}"#), &[]);
+    let r = toka_tests::toka_with(
+        &["run", "--input-file", "-", a.to_str().unwrap()],
+        Some(br#"{"name":"Pipe"}"#),
+        &[],
+    );
     r.expect_code(0);
     assert_eq!(r.stdout, "{\"greeting\":\"Hello, Pipe!\"}\n");
-    let r = toka(&["run", "--input-file", "/no/such/input.json", a.to_str().unwrap()]);
+    let r = toka(&[
+        "run",
+        "--input-file",
+        "/no/such/input.json",
+        a.to_str().unwrap(),
+    ]);
     r.expect_code(77);
-    one_line_error(&r.stderr, "toka-host: invalid input: input file /no/such/input.json not found");
+    one_line_error(
+        &r.stderr,
+        "toka-host: invalid input: input file /no/such/input.json not found",
+    );
 }
 
 #[test]
 fn bad_flag_values_are_usage_errors() {
     let a = agent("hello-rust");
-    for (flag, value) in [("--fuel", "lots"), ("--timeout", "soon"), ("--max-memory", "12 parsecs"), ("--dir", "::/x")] {
+    for (flag, value) in [
+        ("--fuel", "lots"),
+        ("--timeout", "soon"),
+        ("--max-memory", "12 parsecs"),
+        ("--dir", "::/x"),
+    ] {
         let r = toka(&["run", flag, value, a.to_str().unwrap()]);
         r.expect_code(2);
-        assert!(r.stderr.contains(&format!("invalid value '{value}' for '{flag}")), "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("invalid value '{value}' for '{flag}")),
+            "{}",
+            r.stderr
+        );
     }
 }

@@ -10,10 +10,15 @@
 //! | `hello-python` | `agents/hello-python/agent.py` | componentize-py                                               |
 //! | `hello-js`     | `agents/hello-js/agent.js`     | componentize-js                                               |
 //! | `hello-c`      | `agents/hello-c/hello.c`       | wit-bindgen-c → clang → component (reactor adapter)           |
+//! | `go-echo`      | `agents/go-echo` (Go `main`)   | `GOOS=wasip1 go build` → preview 1 **core module**            |
+//! | `zig-echo`     | `agents/zig-echo/main.zig`     | `zig build-exe -target wasm32-wasi` → preview 1 **core module** |
 //!
 //! The Rust agents are built by one cargo invocation (cargo decides what is stale); the others are rebuilt only
-//! when a file in their directory or in `wit/` is newer than their output. Every output is validated and checked
-//! for the export the host calls (`run`, or `wasi:cli/run` for commands) before it replaces the previous one.
+//! when a file in their directory (or, for those built against the toka WIT, in `wit/`) is newer than their output.
+//! Every output is validated and checked for the export the host calls (`run`, or `wasi:cli/run` for commands)
+//! before it replaces the previous one. `go-echo` and `zig-echo` stay core modules on purpose (toka-host adapts
+//! preview 1 modules into components when it runs them): their check is a valid core module that exports `_start`
+//! and imports nothing but `wasi_snapshot_preview1`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,6 +42,10 @@ pub enum Kind {
     JavaScript,
     /// A C source (`hello.c`) built with wit-bindgen-c bindings, clang and the reactor adapter.
     C,
+    /// A Go main package built for `GOOS=wasip1`: a WASI preview 1 core module, not componentized.
+    Go,
+    /// A Zig program (`main.zig`) built for wasm32-wasi: a WASI preview 1 core module, not componentized.
+    Zig,
 }
 
 /// One agent: its directory under `agents/` and the component `target/agents/NAME.wasm` share its name.
@@ -54,8 +63,18 @@ impl Agent {
     fn expect(&self) -> Expect {
         match self.kind {
             Kind::RustCommand => Expect::Command,
-            _ => Expect::Agent,
+            Kind::Go | Kind::Zig => Expect::Preview1Command,
+            Kind::RustReactor | Kind::Python | Kind::JavaScript | Kind::C => Expect::Agent,
         }
+    }
+
+    /// What a build reads besides the toolchain: the agent's directory, and `wit/` for agents built against it.
+    fn inputs(&self, layout: &Layout) -> Vec<PathBuf> {
+        let mut inputs = vec![layout.agents.join(self.name)];
+        if !matches!(self.kind, Kind::Go | Kind::Zig) {
+            inputs.push(layout.wit.clone());
+        }
+        inputs
     }
 }
 
@@ -69,6 +88,8 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("hello-c", Kind::C),
     Agent::new("hello-python", Kind::Python),
     Agent::new("hello-js", Kind::JavaScript),
+    Agent::new("go-echo", Kind::Go),
+    Agent::new("zig-echo", Kind::Zig),
 ];
 
 /// `build-agents [NAME...]`: builds the named agents, or all of them.
@@ -112,11 +133,10 @@ pub fn build(layout: &Layout, names: &[String]) -> Result<()> {
 
     for agent in selected
         .iter()
-        .filter(|a| matches!(a.kind, Kind::Python | Kind::JavaScript | Kind::C))
+        .filter(|a| !matches!(a.kind, Kind::RustReactor | Kind::RustCommand))
     {
         let out = output_path(layout, agent);
-        let inputs = [layout.agents.join(agent.name), layout.wit.clone()];
-        if is_fresh(&out, &inputs)? {
+        if is_fresh(&out, &agent.inputs(layout))? {
             let size = fs::metadata(&out).map(|m| m.len() as usize).unwrap_or(0);
             println!(
                 "{:<14} {:>10} {:>8}  (up to date)",
@@ -146,7 +166,7 @@ pub fn build(layout: &Layout, names: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Builds one non-Rust agent and returns the component's bytes.
+/// Builds one non-Rust agent and returns the component's bytes (for Go and Zig, the core module's).
 fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
     let scratch = layout.build.join(agent.name);
     fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
@@ -157,13 +177,15 @@ fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
             let core = crate::c::build_core(layout, agent.name, &scratch)?;
             component::encode(&core, Adapter::Reactor)
         }
+        Kind::Go => crate::preview1::go_build(layout, agent.name, &scratch),
+        Kind::Zig => crate::preview1::zig_build(layout, agent.name, &scratch),
         Kind::RustReactor | Kind::RustCommand => {
             bail!("{} is a Rust agent: it is built by cargo", agent.name)
         }
     }
 }
 
-/// Checks `bytes` and, if they are the component the host expects, writes them to `target/agents/NAME.wasm`
+/// Checks `bytes` and, if they are the component (or preview 1 module) the host expects, writes them to `target/agents/NAME.wasm`
 /// (through a temporary file, so a failed build never leaves a half-written or unchecked output behind).
 fn install(layout: &Layout, agent: &Agent, bytes: &[u8]) -> Result<()> {
     component::check(bytes, agent.expect())

@@ -1,4 +1,5 @@
 //! Components: encoding core modules with the WASI preview 1 adapter, checking the results, and describing them.
+//! Also the check of the agents that stay WASI preview 1 core modules (toka-host adapts those when it runs them).
 
 use std::path::Path;
 
@@ -26,6 +27,8 @@ pub enum Expect {
     Agent,
     /// A `wasi:cli/command`: the `wasi:cli/run` interface.
     Command,
+    /// Not a component but a WASI preview 1 command module: exports `_start`, imports `wasi_snapshot_preview1` only.
+    Preview1Command,
 }
 
 /// Wraps `core` (a module carrying its WIT world in a `component-type` custom section) into a component.
@@ -105,8 +108,12 @@ impl Decoded {
     }
 }
 
-/// Validates `bytes` as a component and checks that it exports what the host calls.
+/// Validates `bytes` as a component (or, for [`Expect::Preview1Command`], a core module) and checks that it exports
+/// what the host calls.
 pub fn check(bytes: &[u8], expect: Expect) -> Result<()> {
+    if let Expect::Preview1Command = expect {
+        return check_preview1_command(bytes);
+    }
     wasmparser::Validator::new()
         .validate_all(bytes)
         .context("the component does not validate")?;
@@ -124,8 +131,50 @@ pub fn check(bytes: &[u8], expect: Expect) -> Result<()> {
                 decoded.exports()
             )
         }
-        Expect::Agent | Expect::Command => Ok(()),
+        Expect::Agent | Expect::Command | Expect::Preview1Command => Ok(()),
     }
+}
+
+/// Checks that `bytes` are a valid core module that exports a `_start` function and imports nothing but WASI
+/// preview 1, i.e. a module that toka-host (like `wasmtime run`) can run as a command.
+fn check_preview1_command(bytes: &[u8]) -> Result<()> {
+    if !wasmparser::Parser::is_core_wasm(bytes) {
+        bail!("not a core wasm module");
+    }
+    wasmparser::Validator::new()
+        .validate_all(bytes)
+        .context("the core module does not validate")?;
+    let mut start = false;
+    let mut exports = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload? {
+            wasmparser::Payload::ImportSection(reader) => {
+                for import in reader.into_imports() {
+                    let import = import?;
+                    if import.module != "wasi_snapshot_preview1" {
+                        bail!(
+                            "imports `{}::{}`; only `wasi_snapshot_preview1` imports are allowed",
+                            import.module,
+                            import.name
+                        );
+                    }
+                }
+            }
+            wasmparser::Payload::ExportSection(reader) => {
+                for export in reader {
+                    let export = export?;
+                    start |= export.name == "_start"
+                        && matches!(export.kind, wasmparser::ExternalKind::Func);
+                    exports.push(export.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    if !start {
+        bail!("no `_start` function export; exports: {exports:?}");
+    }
+    Ok(())
 }
 
 /// `inspect FILE [--wit]`: prints the component's imports and exports, or with `full_wit` its whole decoded WIT.

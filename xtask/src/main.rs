@@ -6,14 +6,16 @@
 //! ```
 //!
 //! `build-agents` builds every agent (or the named ones) from source with the guest toolchains that
-//! `scripts/setup-toolchains` installs, turns each into a component and checks that it validates and has the
-//! expected exports. See [`agents`] for the catalogue and the per-language pipelines.
+//! `scripts/setup-toolchains` installs, turns each into a component (the Go and Zig agents stay WASI preview 1 core
+//! modules, which toka-host adapts at run time) and checks that it validates and has the expected exports. See
+//! [`agents`] for the catalogue and the per-language pipelines.
 
 #![forbid(unsafe_code)]
 
 mod agents;
 mod c;
 mod component;
+mod preview1;
 mod rust;
 mod scripted;
 
@@ -76,11 +78,11 @@ pub struct Layout {
     pub wit: PathBuf,
     /// `agents/`: one directory per agent, and the cargo workspace of the Rust agents.
     pub agents: PathBuf,
-    /// `target/agents/`: the built components, `NAME.wasm`.
+    /// `target/agents/`: the built components (or, for Go and Zig, preview 1 core modules), `NAME.wasm`.
     pub out: PathBuf,
-    /// `target/agents/.build/`: intermediate files (generated C bindings, core modules).
+    /// `target/agents/.build/`: intermediate files (generated C bindings, core modules) and the Go and Zig caches.
     pub build: PathBuf,
-    /// `.tools/`: the Python and JavaScript toolchains installed by `scripts/setup-toolchains`.
+    /// `.tools/`: the Python, JavaScript, Go and Zig toolchains installed by `scripts/setup-toolchains`.
     pub tools: PathBuf,
 }
 

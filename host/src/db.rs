@@ -1,0 +1,95 @@
+//! The one redb database of a toka home (`$TOKA_HOME/toka.redb`, or `--db PATH`): events, and later kernel
+//! operations, agent state and token revocations.
+//!
+//! Opened in redb's multi-writer mode, so that several `toka-host` processes (two runs in two shells, `events
+//! --follow` beside them) share the file: write transactions are serialized across processes by redb's byte-range
+//! locks, and every write transaction reads the current tail before appending. This module must never hold a write
+//! transaction open longer than one batch.
+
+use redb::{ConcurrencyMode, Database, TableDefinition};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Events by sequence number; the value is a 32-byte hash followed by the record's JSON body.
+pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+/// Errors opening the database.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {path}: {source}")]
+    Open { path: String, source: redb::Error },
+}
+
+/// `$TOKA_HOME`, else `$XDG_DATA_HOME/toka`, else `~/.local/share/toka`.
+pub fn default_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("TOKA_HOME") {
+        return PathBuf::from(home);
+    }
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME") {
+        return Path::new(&data).join("toka");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local").join("share").join("toka")
+}
+
+/// The database path: `--db PATH` if given, else `<home>/toka.redb`.
+pub fn default_path() -> PathBuf {
+    default_home().join("toka.redb")
+}
+
+/// A shared handle on the open database.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`, and makes sure every table exists.
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let shown = path.display().to_string();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| OpenError::CreateDir {
+                path: parent.display().to_string(),
+                source,
+            })?;
+        }
+        let open = || -> Result<Database, redb::Error> {
+            let mut builder = Database::builder();
+            builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
+            let db = builder.create(path)?;
+            let txn = db.begin_write()?;
+            txn.open_table(EVENTS)?;
+            txn.commit()?;
+            Ok(db)
+        };
+        let db = open().map_err(|source| OpenError::Open {
+            path: shown,
+            source,
+        })?;
+        Ok(Db {
+            inner: Arc::new(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn redb(&self) -> &Database {
+        &self.inner
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

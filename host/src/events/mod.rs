@@ -1,0 +1,295 @@
+//! The tamper-evident event log: every step of every run, in order, hash-chained, durable before acknowledged.
+//!
+//! A record is stored as `hash(32 bytes) ++ body`, where `body` is the record's JSON (sequence number, time, kind,
+//! agent, run id, payload, previous hash) and `hash = sha256(previous hash ++ body)`. Verification recomputes the
+//! chain from the stored bytes, so a record written by an older schema (fewer fields) verifies as it was written;
+//! new fields are only ever added, with defaults, so old records stay readable.
+
+pub mod log;
+
+use crate::db::{Db, EVENTS};
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use log::{AppendError, EventLog, GroupCommit};
+
+/// The current body schema version, stored in every record as `v`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Largest payload accepted, in bytes of JSON.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+
+/// The hash that precedes the first record.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// Event kinds the host writes. Stored as strings, so kinds can be added without a schema change.
+pub mod kind {
+    pub const RUN_STARTED: &str = "run.started";
+    pub const RUN_COMPLETED: &str = "run.completed";
+    pub const RUN_FAILED: &str = "run.failed";
+    pub const GRANT_REFUSED: &str = "grant.refused";
+    pub const FUEL_CONSUMED: &str = "fuel.consumed";
+    pub const OBSERVATION: &str = "observation";
+    pub const STATE_WRITE: &str = "state.write";
+}
+
+/// An event before it is appended: everything but its place in the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventDraft {
+    /// Unix time in milliseconds, taken by the caller (the log never reads the clock itself).
+    pub time_ms: u64,
+    pub kind: String,
+    #[serde(default)]
+    pub agent: String,
+    #[serde(default)]
+    pub run_id: String,
+    #[serde(default)]
+    pub payload: serde_json::Value,
+}
+
+impl EventDraft {
+    pub fn new(kind: &str, agent: &str, run_id: &str, payload: serde_json::Value) -> Self {
+        EventDraft {
+            time_ms: now_ms(),
+            kind: kind.into(),
+            agent: agent.into(),
+            run_id: run_id.into(),
+            payload,
+        }
+    }
+}
+
+/// The JSON body of a stored record. Fields may be added (with `#[serde(default)]`), never removed or renamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Body {
+    v: u32,
+    seq: u64,
+    time_ms: u64,
+    kind: String,
+    #[serde(default)]
+    agent: String,
+    #[serde(default)]
+    run_id: String,
+    #[serde(default)]
+    payload: serde_json::Value,
+    /// Hex of the previous record's hash.
+    prev: String,
+}
+
+/// A stored event, as read back.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub kind: String,
+    pub agent: String,
+    pub run_id: String,
+    pub payload: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Encodes the stored value of record `seq` after `prev`; returns the value and the record's hash.
+fn encode(seq: u64, prev: &[u8; 32], draft: &EventDraft) -> (Vec<u8>, [u8; 32]) {
+    let body = Body {
+        v: SCHEMA_VERSION,
+        seq,
+        time_ms: draft.time_ms,
+        kind: draft.kind.clone(),
+        agent: draft.agent.clone(),
+        run_id: draft.run_id.clone(),
+        payload: draft.payload.clone(),
+        prev: hex::encode(prev),
+    };
+    let body = serde_json::to_vec(&body).expect("a JSON value always serializes");
+    let hash = chain_hash(prev, &body);
+    let mut value = Vec::with_capacity(32 + body.len());
+    value.extend_from_slice(&hash);
+    value.extend_from_slice(&body);
+    (value, hash)
+}
+
+fn chain_hash(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(body);
+    h.finalize().into()
+}
+
+/// Splits a stored value into its hash and body.
+fn split(value: &[u8]) -> Option<([u8; 32], &[u8])> {
+    let (hash, body) = value.split_at_checked(32)?;
+    Some((hash.try_into().ok()?, body))
+}
+
+fn decode(seq: u64, value: &[u8]) -> Result<EventRecord, String> {
+    let (hash, body) = split(value).ok_or("record shorter than its hash")?;
+    let body: Body =
+        serde_json::from_slice(body).map_err(|e| format!("body is not a record: {e}"))?;
+    Ok(EventRecord {
+        seq,
+        time_ms: body.time_ms,
+        kind: body.kind,
+        agent: body.agent,
+        run_id: body.run_id,
+        payload: body.payload,
+        prev_hash: body.prev,
+        hash: hex::encode(hash),
+    })
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub agent: Option<String>,
+    pub run_id: Option<String>,
+    pub kind: Option<String>,
+    /// Only events with a sequence number greater than this.
+    pub after: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    fn matches(&self, r: &EventRecord) -> bool {
+        self.agent.as_ref().is_none_or(|a| *a == r.agent)
+            && self.run_id.as_ref().is_none_or(|x| *x == r.run_id)
+            && self
+                .kind
+                .as_ref()
+                .is_none_or(|k| *k == r.kind || r.kind.starts_with(&format!("{k}.")))
+    }
+}
+
+/// Reads events in sequence order.
+pub fn read(db: &Db, filter: &Filter) -> Result<Vec<EventRecord>, redb::Error> {
+    let txn = db.redb().begin_read()?;
+    let table = txn.open_table(EVENTS)?;
+    let start = filter.after.map_or(0, |a| a.saturating_add(1));
+    let mut out = Vec::new();
+    for entry in table.range(start..)? {
+        let (k, v) = entry?;
+        let record = match decode(k.value(), v.value()) {
+            Ok(r) => r,
+            // An unreadable record is shown as such rather than hiding the rest of the log; `verify` explains it.
+            Err(e) => EventRecord {
+                seq: k.value(),
+                time_ms: 0,
+                kind: "invalid".into(),
+                agent: String::new(),
+                run_id: String::new(),
+                payload: serde_json::json!({ "error": e }),
+                prev_hash: String::new(),
+                hash: String::new(),
+            },
+        };
+        if filter.matches(&record) {
+            out.push(record);
+            if filter.limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The result of walking the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    pub records: u64,
+    /// The first record that does not verify, and why.
+    pub first_bad: Option<(u64, String)>,
+    /// Hex of the last good record's hash (the head of the chain).
+    pub head: String,
+}
+
+/// Walks the whole chain from the first record.
+pub fn verify(db: &Db) -> Result<Verification, redb::Error> {
+    let txn = db.redb().begin_read()?;
+    let table = txn.open_table(EVENTS)?;
+    let mut prev = GENESIS;
+    let mut expected_seq = 1u64;
+    let mut records = 0u64;
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        let seq = k.value();
+        records += 1;
+        let bad = |why: String| Verification {
+            records,
+            first_bad: Some((seq, why)),
+            head: hex::encode(prev),
+        };
+        if seq != expected_seq {
+            return Ok(bad(format!("expected sequence number {expected_seq}")));
+        }
+        let Some((hash, body)) = split(v.value()) else {
+            return Ok(bad("record shorter than its hash".into()));
+        };
+        let parsed: Body = match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => return Ok(bad(format!("body is not a record: {e}"))),
+        };
+        if parsed.seq != seq {
+            return Ok(bad(format!("body says sequence number {}", parsed.seq)));
+        }
+        if parsed.prev != hex::encode(prev) {
+            return Ok(bad(
+                "previous-hash field does not match the previous record".into(),
+            ));
+        }
+        if chain_hash(&prev, body) != hash {
+            return Ok(bad("hash does not match the record's bytes".into()));
+        }
+        prev = hash;
+        expected_seq += 1;
+    }
+    Ok(Verification {
+        records,
+        first_bad: None,
+        head: hex::encode(prev),
+    })
+}
+
+/// Unix time now, in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_covers_prev_and_body() {
+        let d = EventDraft {
+            time_ms: 5,
+            kind: "k".into(),
+            agent: "a".into(),
+            run_id: "r".into(),
+            payload: 1.into(),
+        };
+        let (v1, h1) = encode(1, &GENESIS, &d);
+        let (_, h2) = encode(1, &[1; 32], &d);
+        assert_ne!(h1, h2);
+        let (hash, body) = split(&v1).unwrap();
+        assert_eq!(hash, h1);
+        assert_eq!(chain_hash(&GENESIS, body), h1);
+        let r = decode(1, &v1).unwrap();
+        assert_eq!(
+            (r.kind.as_str(), r.agent.as_str(), r.payload.clone()),
+            ("k", "a", serde_json::json!(1))
+        );
+    }
+
+    #[test]
+    fn old_bodies_without_new_fields_decode() {
+        let body = br#"{"v":0,"seq":1,"time_ms":1,"kind":"run.started","prev":"00"}"#;
+        let mut value = chain_hash(&GENESIS, body).to_vec();
+        value.extend_from_slice(body);
+        let r = decode(1, &value).unwrap();
+        assert_eq!(r.agent, "");
+        assert_eq!(r.payload, serde_json::Value::Null);
+    }
+}
