@@ -10,10 +10,7 @@ use std::sync::OnceLock;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// The `toka-host` binary built in the same profile as this test binary.
@@ -38,10 +35,7 @@ pub fn toka_host() -> PathBuf {
 
 /// A component built from `agents/<name>`.
 pub fn agent(name: &str) -> PathBuf {
-    let path = root()
-        .join("target")
-        .join("agents")
-        .join(format!("{name}.wasm"));
+    let path = root().join("target").join("agents").join(format!("{name}.wasm"));
     assert!(
         path.exists(),
         "{} is missing: build the agents with `cargo run --release -p xtask -- build-agents`",
@@ -55,6 +49,12 @@ pub fn shared_cache() -> PathBuf {
     root().join("target").join("test-cache")
 }
 
+/// The toka home (and so the event database) shared by tests that do not inspect events: many test processes
+/// append to it at once, which exercises the multi-process writer on every run of the suite.
+pub fn shared_home() -> PathBuf {
+    root().join("target").join("test-home")
+}
+
 /// A finished `toka-host` process.
 #[derive(Debug)]
 pub struct Ran {
@@ -66,33 +66,19 @@ pub struct Ran {
 impl Ran {
     /// The `--json` report.
     pub fn report(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not a JSON report ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not a JSON report ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
 
     #[track_caller]
     pub fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.code,
-            code,
-            "exit code\nstdout:\n{}\nstderr:\n{}",
-            trim(&self.stdout),
-            trim(&self.stderr)
-        );
+        assert_eq!(self.code, code, "exit code\nstdout:\n{}\nstderr:\n{}", trim(&self.stdout), trim(&self.stderr));
         self
     }
 }
 
 fn trim(s: &str) -> &str {
-    if s.len() > 4000 {
-        &s[..s.floor_char_boundary(4000)]
-    } else {
-        s
-    }
+    if s.len() > 4000 { &s[..s.floor_char_boundary(4000)] } else { s }
 }
 
 /// Runs `toka-host` with `args` and the shared compile cache.
@@ -103,17 +89,11 @@ pub fn toka(args: &[&str]) -> Ran {
 /// Runs `toka-host` with `args`, optional stdin and extra environment.
 pub fn toka_with(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Ran {
     let mut cmd = Command::new(toka_host());
-    cmd.args(args)
-        .env("TOKA_CACHE_DIR", shared_cache())
-        .env_remove("RUST_LOG");
+    cmd.args(args).env("TOKA_CACHE_DIR", shared_cache()).env("TOKA_HOME", shared_home()).env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn toka-host");
     if let Some(data) = stdin {
@@ -121,11 +101,7 @@ pub fn toka_with(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> R
         let mut pipe = child.stdin.take().expect("stdin pipe");
         pipe.write_all(data).expect("write stdin");
     }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().expect("wait for toka-host");
+    let Output { status, stdout, stderr } = child.wait_with_output().expect("wait for toka-host");
     Ran {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),

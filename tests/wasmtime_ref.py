@@ -12,7 +12,8 @@ The options are spelled as toka-host's `run` grants, so a test passes the same l
 
 The module sees ARGS with MODULE (as given) as argv[0], like `wasmtime run`, and nothing else of this process.
 Prints one JSON object: {"stdout": ..., "stderr": ..., "exit_code": N}. N is the status given to `proc_exit`, 0 if
-`_start` returns, or 134 for a trap (what `wasmtime run` exits with on Unix), with the trap's text in "trap".
+`_start` returns, 134 for a trap (what `wasmtime run` exits with on Unix), with the trap's text in "trap", or 1 if
+the module cannot run at all (e.g. an import wasmtime does not provide), with the reason in "error".
 stdout and stderr are captured through files in a temporary directory and decoded as UTF-8 (invalid bytes replaced).
 """
 
@@ -26,7 +27,8 @@ import tempfile
 
 import wasmtime
 
-TRAP_EXIT_CODE = 134  # 128 + SIGABRT
+TRAP_EXIT_CODE = 134  # 128 + SIGABRT, as `wasmtime run` on Unix
+ERROR_EXIT_CODE = 1  # any other failure to run, as `wasmtime run`
 
 
 def parse_dir(text):
@@ -100,9 +102,12 @@ def run(options):
             exit_code = 0
         except wasmtime.ExitTrap as e:
             exit_code = e.code
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+        except wasmtime.Trap as e:
             exit_code = TRAP_EXIT_CODE
             report["trap"] = str(e)
+        except wasmtime.WasmtimeError as e:  # e.g. an import wasmtime cannot provide
+            exit_code = ERROR_EXIT_CODE
+            report["error"] = str(e)
         del store  # closes the stdio files
 
         for name, path in (("stdout", stdout_path), ("stderr", stderr_path)):

@@ -16,7 +16,10 @@
 //!
 //! WASI preview 1 has no absolute paths: a program opens files relative to a preopened directory. Without libc,
 //! Zig's std leaves the mapping to the program (`Dir.cwd()` is simply descriptor 3), so `resolve` below does what
-//! Go's runtime and wasi-libc do: the longest preopen name that is a prefix of the path, the rest relative to it.
+//! Go's runtime does: a relative path is taken from `$PWD`, or else from the first preopen; the longest preopen name
+//! that is a prefix of the path holds it, and the rest is opened relative to that directory. Two deliberate
+//! differences from Go, as in wasi-libc: prefixes match whole path components only (Go would look for `/database`
+//! in a preopen named `/data`), and a preopen name without a leading slash (`data`) stands for `/data`.
 
 const std = @import("std");
 const Io = std.Io;
@@ -58,6 +61,14 @@ const Echo = struct {
         e.fail("stdout: {t}", .{e.out.err orelse error.WriteFailed});
     }
 
+    /// The working directory relative paths start from, as in Go's runtime: `$PWD`, or else the name of the first
+    /// preopened directory, or else `/`.
+    fn cwd(e: *Echo) []const u8 {
+        if (e.environ.get("PWD")) |pwd| if (pwd.len > 0) return pwd;
+        const names = e.preopens.map.keys();
+        return if (names.len > 3) names[3] else "/";
+    }
+
     /// The argument at `index` of the subcommand's arguments, or a usage error.
     fn arg(e: *Echo, args: []const [:0]const u8, index: usize) [:0]const u8 {
         if (index >= args.len) e.fail("{s}", .{usage});
@@ -71,10 +82,14 @@ const Resolved = struct {
     sub_path: []const u8,
 };
 
-/// Maps a guest path to (preopen, relative path): relative paths are taken from `/`, as Go's runtime does when
-/// no working directory is set; the longest preopen name that is a whole-component prefix wins.
-fn resolve(preopens: std.process.Preopens, path: []const u8) error{NotCapable}!Resolved {
-    const absolute = mem.trimStart(u8, path, "/");
+/// Maps a guest path to (preopen, relative path): relative paths are joined to `cwd`; the longest preopen name
+/// that is a whole-component prefix wins.
+fn resolve(e: *Echo, path: []const u8) error{ InvalidArgument, NotCapable, OutOfMemory }!Resolved {
+    if (path.len == 0) return error.InvalidArgument;
+    const preopens = e.preopens;
+    const full = if (mem.startsWith(u8, path, "/")) path else try mem.concat(e.arena, u8, &.{ e.cwd(), "/", path });
+    // Compared without leading slashes, as the preopen names are.
+    const absolute = mem.trimStart(u8, full, "/");
     var best: ?Resolved = null;
     var best_len: usize = 0;
     // Descriptors 0-2 are stdio; directories start at 3 and their names are the map's keys, in descriptor order.
@@ -134,14 +149,14 @@ pub fn main(init: std.process.Init) void {
         for (pairs) |pair| e.print("env: {s}\n", .{pair});
     } else if (mem.eql(u8, command, "cat")) {
         const path = e.arg(args, 0);
-        const at = resolve(e.preopens, path) catch |err| e.fail("cat {s}: {t}", .{ path, err });
+        const at = resolve(&e, path) catch |err| e.fail("cat {s}: {t}", .{ path, err });
         // Read all, then write, as Go's os.ReadFile does: a failed read prints nothing.
         const data = at.dir.readFileAlloc(io, at.sub_path, e.arena, .unlimited) catch |err|
             e.fail("cat {s}: {t}", .{ path, err });
         e.write(data);
     } else if (mem.eql(u8, command, "ls")) {
         const path = e.arg(args, 0);
-        const at = resolve(e.preopens, path) catch |err| e.fail("ls {s}: {t}", .{ path, err });
+        const at = resolve(&e, path) catch |err| e.fail("ls {s}: {t}", .{ path, err });
         var dir = at.dir.openDir(io, at.sub_path, .{ .iterate = true }) catch |err|
             e.fail("ls {s}: {t}", .{ path, err });
         defer dir.close(io);
@@ -161,7 +176,7 @@ pub fn main(init: std.process.Init) void {
     } else if (mem.eql(u8, command, "write")) {
         const path = e.arg(args, 0);
         const text = e.arg(args, 1);
-        const at = resolve(e.preopens, path) catch |err| e.fail("write {s}: {t}", .{ path, err });
+        const at = resolve(&e, path) catch |err| e.fail("write {s}: {t}", .{ path, err });
         at.dir.writeFile(io, .{ .sub_path = at.sub_path, .data = text }) catch |err|
             e.fail("write {s}: {t}", .{ path, err });
         e.print("wrote {d} bytes\n", .{text.len});

@@ -17,23 +17,14 @@ use toka_host::sandbox::OutputMode;
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker};
 
-const QUIET: OutputMode = OutputMode {
-    echo: false,
-    capture: false,
-};
+const QUIET: OutputMode = OutputMode { echo: false, capture: false };
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 fn task(name: &str) -> Invocation {
-    Invocation::Task {
-        id: "bench".into(),
-        input: format!(r#"{{"name":"{name}"}}"#),
-    }
+    Invocation::Task { id: "bench".into(), input: format!(r#"{{"name":"{name}"}}"#) }
 }
 
 /// Mean time of `f` over `iters` calls, for the printed ratio (criterion's own estimates are in its report).
@@ -47,11 +38,7 @@ fn mean(iters: u32, mut f: impl FnMut()) -> Duration {
 
 fn warm_run_vs_plain_wasmtime(c: &mut Criterion) {
     let rt = rt();
-    let options = EngineOptions {
-        fuel: true,
-        cache_dir: None,
-        pooling: true,
-    };
+    let options = EngineOptions { fuel: true, cache_dir: None, pooling: true };
     let mut runner = Runner::new(&options).unwrap();
     let program = runner.load(&agent("hello-rust")).unwrap();
     let grants = Authorized::default();
@@ -68,29 +55,18 @@ fn warm_run_vs_plain_wasmtime(c: &mut Criterion) {
     let component = Component::from_file(&engine, agent("hello-rust")).unwrap();
     let mut linker: Linker<Plain> = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    toka_host::bindings::agent::toka::agent::log::add_to_linker::<_, HasSelf<_>>(
-        &mut linker,
-        |s: &mut Plain| s,
-    )
-    .unwrap();
+    toka_host::bindings::agent::toka::agent::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s: &mut Plain| s)
+        .unwrap();
     let plain_once = || {
         let mut store = Store::new(
             &engine,
-            Plain {
-                wasi: wasmtime_wasi::WasiCtx::builder().build(),
-                table: wasmtime::component::ResourceTable::new(),
-            },
+            Plain { wasi: wasmtime_wasi::WasiCtx::builder().build(), table: wasmtime::component::ResourceTable::new() },
         );
         store.set_fuel(u64::MAX / 2).unwrap();
         store.set_epoch_deadline(u64::MAX / 2);
         rt.block_on(async {
-            let agent = Agent::instantiate_async(&mut store, &component, &linker)
-                .await
-                .unwrap();
-            let task = Task {
-                id: "bench".into(),
-                input: r#"{"name":"bench"}"#.into(),
-            };
+            let agent = Agent::instantiate_async(&mut store, &component, &linker).await.unwrap();
+            let task = Task { id: "bench".into(), input: r#"{"name":"bench"}"#.into() };
             agent.call_run(&mut store, &task).await.unwrap().unwrap();
         });
     };
@@ -117,11 +93,7 @@ fn cold_run_with_and_without_cache(c: &mut Criterion) {
     let limits = Limits::default();
     let inv = task("cold");
     let cold = |cache_dir: Option<std::path::PathBuf>| {
-        let options = EngineOptions {
-            fuel: true,
-            cache_dir,
-            pooling: false,
-        };
+        let options = EngineOptions { fuel: true, cache_dir, pooling: false };
         let mut runner = Runner::new(&options).unwrap();
         let program = runner.load(&path).unwrap();
         let r = rt.block_on(runner.run(&program, &grants, &limits, &inv, QUIET));
@@ -130,9 +102,7 @@ fn cold_run_with_and_without_cache(c: &mut Criterion) {
     cold(Some(cache.path().to_path_buf())); // fill the cache
     let mut g = c.benchmark_group("b_cold_run");
     g.sample_size(10);
-    g.bench_function("with_cache", |b| {
-        b.iter(|| cold(Some(cache.path().to_path_buf())))
-    });
+    g.bench_function("with_cache", |b| b.iter(|| cold(Some(cache.path().to_path_buf()))));
     g.bench_function("without_cache", |b| b.iter(|| cold(None)));
     g.finish();
     let with = mean(10, || cold(Some(cache.path().to_path_buf())));
@@ -148,26 +118,10 @@ fn cold_run_with_and_without_cache(c: &mut Criterion) {
 fn fuel_on_vs_off(c: &mut Criterion) {
     let rt = rt();
     let grants = Authorized::default();
-    let limits = Limits {
-        fuel: u64::MAX,
-        ..Limits::default()
-    };
-    let inv = Invocation::Task {
-        id: "bench".into(),
-        input: r#"{"n":3000000}"#.into(),
-    };
-    let mut on = Runner::new(&EngineOptions {
-        fuel: true,
-        cache_dir: None,
-        pooling: false,
-    })
-    .unwrap();
-    let mut off = Runner::new(&EngineOptions {
-        fuel: false,
-        cache_dir: None,
-        pooling: false,
-    })
-    .unwrap();
+    let limits = Limits { fuel: u64::MAX, ..Limits::default() };
+    let inv = Invocation::Task { id: "bench".into(), input: r#"{"n":3000000}"#.into() };
+    let mut on = Runner::new(&EngineOptions { fuel: true, cache_dir: None, pooling: false }).unwrap();
+    let mut off = Runner::new(&EngineOptions { fuel: false, cache_dir: None, pooling: false }).unwrap();
     let p_on = on.load(&agent("busy")).unwrap();
     let p_off = off.load(&agent("busy")).unwrap();
     let once = |runner: &Runner, program: &toka_host::run::Program| {
@@ -175,11 +129,7 @@ fn fuel_on_vs_off(c: &mut Criterion) {
         assert_eq!(r.exit_code, 0, "{:?}", r.error);
         r.result
     };
-    assert_eq!(
-        once(&on, &p_on),
-        once(&off, &p_off),
-        "metering must not change the result"
-    );
+    assert_eq!(once(&on, &p_on), once(&off, &p_off), "metering must not change the result");
     let mut g = c.benchmark_group("c_cpu_bound");
     g.sample_size(10);
     g.bench_function("fuel_on", |b| b.iter(|| once(&on, &p_on)));
@@ -195,10 +145,5 @@ fn fuel_on_vs_off(c: &mut Criterion) {
     );
 }
 
-criterion_group!(
-    benches,
-    warm_run_vs_plain_wasmtime,
-    cold_run_with_and_without_cache,
-    fuel_on_vs_off
-);
+criterion_group!(benches, warm_run_vs_plain_wasmtime, cold_run_with_and_without_cache, fuel_on_vs_off);
 criterion_main!(benches);

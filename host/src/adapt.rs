@@ -19,10 +19,7 @@ const WASI_WIT: [(&str, &str); 6] = [
     ("io.wit", include_str!("../../wit/deps/io.wit")),
     ("clocks.wit", include_str!("../../wit/deps/clocks.wit")),
     ("random.wit", include_str!("../../wit/deps/random.wit")),
-    (
-        "filesystem.wit",
-        include_str!("../../wit/deps/filesystem.wit"),
-    ),
+    ("filesystem.wit", include_str!("../../wit/deps/filesystem.wit")),
     ("sockets.wit", include_str!("../../wit/deps/sockets.wit")),
     ("cli.wit", include_str!("../../wit/deps/cli.wit")),
 ];
@@ -39,17 +36,12 @@ pub fn preview1_command(shown: &str, bytes: &[u8]) -> Result<Vec<u8>, RunError> 
     if !scan.has_start {
         return Err(RunError::NotAComponent {
             path: shown.to_string(),
-            reason:
-                "core module has no `_start` export; only WASI preview 1 commands can be adapted"
-                    .into(),
+            reason: "core module has no `_start` export; only WASI preview 1 commands can be adapted".into(),
         });
     }
     let failed = |what: &str, e: &dyn std::fmt::Display| RunError::NotAComponent {
         path: shown.to_string(),
-        reason: format!(
-            "cannot adapt preview 1 module: {what}: {}",
-            one_line(&e.to_string())
-        ),
+        reason: format!("cannot adapt preview 1 module: {what}: {}", one_line(&e.to_string())),
     };
     let module = if scan.imports_proc_exit {
         reroute_proc_exit(bytes).map_err(|e| failed("rewriting imports", &e))?
@@ -63,26 +55,15 @@ pub fn preview1_command(shown: &str, bytes: &[u8]) -> Result<Vec<u8>, RunError> 
         .and_then(|e| e.adapter("wasi_snapshot_preview1", adapter))
         .map_err(|e| failed("encoding", &format!("{e:#}")))?;
     if scan.imports_proc_exit {
-        let shim =
-            exit_shim().map_err(|e| failed("building the exit adapter", &format!("{e:#}")))?;
-        encoder = encoder
-            .adapter(EXIT_SHIM_MODULE, &shim)
-            .map_err(|e| failed("encoding", &format!("{e:#}")))?;
+        let shim = exit_shim().map_err(|e| failed("building the exit adapter", &format!("{e:#}")))?;
+        encoder = encoder.adapter(EXIT_SHIM_MODULE, &shim).map_err(|e| failed("encoding", &format!("{e:#}")))?;
     }
-    encoder
-        .encode()
-        .map_err(|e| failed("encoding", &format!("{e:#}")))
+    encoder.encode().map_err(|e| failed("encoding", &format!("{e:#}")))
 }
 
 fn scan(shown: &str, bytes: &[u8]) -> Result<Scan, RunError> {
-    let invalid = |reason: String| RunError::InvalidWasm {
-        path: shown.to_string(),
-        reason,
-    };
-    let mut scan = Scan {
-        has_start: false,
-        imports_proc_exit: false,
-    };
+    let invalid = |reason: String| RunError::InvalidWasm { path: shown.to_string(), reason };
+    let mut scan = Scan { has_start: false, imports_proc_exit: false };
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(|e| invalid(e.to_string()))? {
             Payload::ImportSection(reader) => {
@@ -125,8 +106,7 @@ impl Reencode for RerouteProcExit {
     ) -> Result<(), ReencodeError<Self::Error>> {
         for import in section.into_imports() {
             let import = import?;
-            let module = if import.module == "wasi_snapshot_preview1" && import.name == "proc_exit"
-            {
+            let module = if import.module == "wasi_snapshot_preview1" && import.name == "proc_exit" {
                 EXIT_SHIM_MODULE
             } else {
                 import.module
@@ -150,25 +130,23 @@ fn exit_shim() -> anyhow::Result<Vec<u8>> {
     for (name, text) in WASI_WIT {
         resolve.push_str(name, text)?;
     }
-    let pkg = resolve.push_str(
-        "toka-exit-shim.wit",
-        "package toka:exit-shim; world exit-shim { import wasi:cli/exit@0.2.12; }",
-    )?;
+    let pkg = resolve
+        .push_str("toka-exit-shim.wit", "package toka:exit-shim; world exit-shim { import wasi:cli/exit@0.2.12; }")?;
     let world = resolve.select_world(&[pkg], Some("exit-shim"))?;
-    // Status codes are truncated to 8 bits, as a POSIX exit status is.
+    // As `wasmtime run` does for preview 1 programs: a status in 0..126 is the process's exit status; anything else
+    // (126 and up are the shell's, and negative or wide values have no meaning) is refused, ending with status 1.
+    // `exit(err)` lowers `result<_, _>` to one i32: 1 is `err`.
     let mut wasm = wat::parse_str(
         r#"(module
+            (import "wasi:cli/exit@0.2.12" "exit" (func $exit (param i32)))
             (import "wasi:cli/exit@0.2.12" "exit-with-code" (func $exit_with_code (param i32)))
-            (func (export "proc_exit") (param i32)
-                (call $exit_with_code (i32.and (local.get 0) (i32.const 255)))
+            (func (export "proc_exit") (param $status i32)
+                (if (i32.lt_u (local.get $status) (i32.const 126))
+                    (then (call $exit_with_code (local.get $status)))
+                    (else (call $exit (i32.const 1))))
                 unreachable))"#,
     )?;
-    wit_component::embed_component_metadata(
-        &mut wasm,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-    )?;
+    wit_component::embed_component_metadata(&mut wasm, &resolve, world, wit_component::StringEncoding::UTF8)?;
     Ok(wasm)
 }
 
@@ -184,19 +162,15 @@ mod tests {
 
     #[test]
     fn foreign_imports_are_named() {
-        let module =
-            wat::parse_str(r#"(module (import "env" "spam" (func)) (func (export "_start")))"#)
-                .unwrap();
+        let module = wat::parse_str(r#"(module (import "env" "spam" (func)) (func (export "_start")))"#).unwrap();
         let err = preview1_command("m.wasm", &module).unwrap_err().to_string();
         assert!(err.contains("imports `env::spam`"), "{err}");
     }
 
     #[test]
     fn modules_without_start_are_refused() {
-        let module = wat::parse_str(
-            r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func (param i32))))"#,
-        )
-        .unwrap();
+        let module =
+            wat::parse_str(r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func (param i32))))"#).unwrap();
         let err = preview1_command("m.wasm", &module).unwrap_err().to_string();
         assert!(err.contains("no `_start` export"), "{err}");
     }

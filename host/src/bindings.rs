@@ -6,6 +6,11 @@ pub mod agent {
     wasmtime::component::bindgen!({
         world: "toka:agent/agent",
         path: "../wit",
+        imports: {
+            "toka:agent/events.emit": async,
+            "toka:agent/state.set": async,
+            "toka:agent/state.delete": async,
+        },
         exports: { default: async },
         with: { "wasi": wasmtime_wasi::p2::bindings },
     });

@@ -64,68 +64,36 @@ pub fn load(host: &HostEngine, path: &Path) -> Result<Loaded, RunError> {
 
     let hits_before = host.cache_hits();
     let started = Instant::now();
-    let component = Component::new(&host.engine, &bytes).map_err(|e| RunError::InvalidWasm {
-        path: shown.clone(),
-        reason: root_cause(&e),
-    })?;
+    let component = Component::new(&host.engine, &bytes)
+        .map_err(|e| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) })?;
     let compile_time = started.elapsed();
     let cache_hit = host.cache_hits() > hits_before;
 
-    let world = classify(host, &component).map_err(|reason| RunError::WrongWorld {
-        path: shown.clone(),
-        reason,
-    })?;
+    let world = classify(host, &component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
     let pre = host
         .linker
         .instantiate_pre(&component)
-        .map_err(|e| RunError::WrongWorld {
-            path: shown.clone(),
-            reason: root_cause(&e),
-        })?;
-    Ok(Loaded {
-        path: path.to_path_buf(),
-        sha256,
-        world,
-        adapted,
-        compile_time,
-        cache_hit,
-        component,
-        pre,
-    })
+        .map_err(|e| RunError::WrongWorld { path: shown.clone(), reason: root_cause(&e) })?;
+    Ok(Loaded { path: path.to_path_buf(), sha256, world, adapted, compile_time, cache_hit, component, pre })
 }
 
 /// Reads a wasm file with a size cap, mapping "not there" to its own error.
 pub fn read(path: &Path) -> Result<Vec<u8>, RunError> {
     let shown = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => RunError::FileNotFound {
-            path: shown.clone(),
-        },
-        _ => RunError::Unreadable {
-            path: shown.clone(),
-            reason: one_line(&e.to_string()),
-        },
+        std::io::ErrorKind::NotFound => RunError::FileNotFound { path: shown.clone() },
+        _ => RunError::Unreadable { path: shown.clone(), reason: one_line(&e.to_string()) },
     })?;
     if meta.is_dir() {
-        return Err(RunError::Unreadable {
-            path: shown,
-            reason: "is a directory".into(),
-        });
+        return Err(RunError::Unreadable { path: shown, reason: "is a directory".into() });
     }
     if meta.len() > MAX_WASM_SIZE {
         return Err(RunError::InvalidWasm {
             path: shown,
-            reason: format!(
-                "file is {} bytes, over the {} byte limit",
-                meta.len(),
-                MAX_WASM_SIZE
-            ),
+            reason: format!("file is {} bytes, over the {} byte limit", meta.len(), MAX_WASM_SIZE),
         });
     }
-    std::fs::read(path).map_err(|e| RunError::Unreadable {
-        path: shown,
-        reason: one_line(&e.to_string()),
-    })
+    std::fs::read(path).map_err(|e| RunError::Unreadable { path: shown, reason: one_line(&e.to_string()) })
 }
 
 fn classify(host: &HostEngine, component: &Component) -> Result<World, String> {
@@ -137,9 +105,7 @@ fn classify(host: &HostEngine, component: &Component) -> Result<World, String> {
             ("run", ComponentItem::ComponentFunc(_)) => run = true,
             ("describe", ComponentItem::ComponentFunc(_)) => describe = true,
             ("invoke", ComponentItem::ComponentFunc(_)) => invoke = true,
-            (n, ComponentItem::ComponentInstance(_)) if n.starts_with("wasi:cli/run@0.2.") => {
-                cli_run = true
-            }
+            (n, ComponentItem::ComponentInstance(_)) if n.starts_with("wasi:cli/run@0.2.") => cli_run = true,
             _ => {}
         }
         names.push(name.to_string());
@@ -157,10 +123,5 @@ fn classify(host: &HostEngine, component: &Component) -> Result<World, String> {
 
 /// The innermost message of a wasmtime error chain, on one line.
 pub fn root_cause(err: &wasmtime::Error) -> String {
-    one_line(
-        &err.chain()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(": "),
-    )
+    one_line(&err.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "))
 }

@@ -13,15 +13,18 @@ use std::sync::Arc;
 /// Events by sequence number; the value is a 32-byte hash followed by the record's JSON body.
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
+/// Agent state: (agent, key) -> value.
+pub const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("state");
+
+/// Bytes of state held per agent (keys plus values), kept in step with [`STATE`] in the same transactions.
+pub const STATE_USAGE: TableDefinition<&str, u64> = TableDefinition::new("state_usage");
+
 /// Errors opening the database.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
     #[error("cannot create directory {path}: {source}")]
-    CreateDir {
-        path: String,
-        source: std::io::Error,
-    },
+    CreateDir { path: String, source: std::io::Error },
     #[error("cannot open database {path}: {source}")]
     Open { path: String, source: redb::Error },
 }
@@ -61,10 +64,8 @@ impl Db {
     pub fn open(path: &Path) -> Result<Self, OpenError> {
         let shown = path.display().to_string();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| OpenError::CreateDir {
-                path: parent.display().to_string(),
-                source,
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|source| OpenError::CreateDir { path: parent.display().to_string(), source })?;
         }
         let open = || -> Result<Database, redb::Error> {
             let mut builder = Database::builder();
@@ -72,17 +73,13 @@ impl Db {
             let db = builder.create(path)?;
             let txn = db.begin_write()?;
             txn.open_table(EVENTS)?;
+            txn.open_table(STATE)?;
+            txn.open_table(STATE_USAGE)?;
             txn.commit()?;
             Ok(db)
         };
-        let db = open().map_err(|source| OpenError::Open {
-            path: shown,
-            source,
-        })?;
-        Ok(Db {
-            inner: Arc::new(db),
-            path: path.to_path_buf(),
-        })
+        let db = open().map_err(|source| OpenError::Open { path: shown, source })?;
+        Ok(Db { inner: Arc::new(db), path: path.to_path_buf() })
     }
 
     pub fn redb(&self) -> &Database {

@@ -9,9 +9,7 @@ use crate::sandbox::SandboxState;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
-};
+use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances. Deadlines are precise to about this much.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -19,10 +17,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// The number of epoch ticks that covers `timeout` (at least one, plus one for the partial tick now under way).
 pub fn ticks_for(timeout: Duration) -> u64 {
     let ticks = timeout.as_nanos() / EPOCH_TICK.as_nanos();
-    u64::try_from(ticks)
-        .unwrap_or(u64::MAX)
-        .saturating_add(1)
-        .max(2)
+    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1).max(2)
 }
 
 /// Engine settings.
@@ -39,11 +34,7 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            fuel: true,
-            cache_dir: default_cache_dir(),
-            pooling: false,
-        }
+        EngineOptions { fuel: true, cache_dir: default_cache_dir(), pooling: false }
     }
 }
 
@@ -110,13 +101,16 @@ impl HostEngine {
             &mut linker,
             |s: &mut SandboxState| &mut s.log,
         )?;
+        crate::bindings::agent::toka::agent::events::add_to_linker::<_, HasSelf<_>>(
+            &mut linker,
+            |s: &mut SandboxState| &mut s.observer,
+        )?;
+        crate::bindings::agent::toka::agent::state::add_to_linker::<_, HasSelf<_>>(
+            &mut linker,
+            |s: &mut SandboxState| &mut s.state,
+        )?;
         start_epoch_ticker(&engine)?;
-        Ok(HostEngine {
-            engine,
-            linker,
-            fuel: options.fuel,
-            cache,
-        })
+        Ok(HostEngine { engine, linker, fuel: options.fuel, cache })
     }
 
     /// Compilations served from the on-disk cache so far in this process.
@@ -126,11 +120,7 @@ impl HostEngine {
 }
 
 fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
-    Ok(if dir.is_absolute() {
-        dir.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(dir)
-    })
+    Ok(if dir.is_absolute() { dir.to_path_buf() } else { std::env::current_dir()?.join(dir) })
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
@@ -158,9 +148,6 @@ mod tests {
     fn ticks_cover_the_timeout() {
         assert_eq!(ticks_for(Duration::from_millis(0)), 2);
         assert_eq!(ticks_for(Duration::from_millis(100)), 11);
-        assert_eq!(
-            ticks_for(Duration::from_secs(3600 * 24 * 365 * 1000)),
-            3_153_600_000_001
-        );
+        assert_eq!(ticks_for(Duration::from_secs(3600 * 24 * 365 * 1000)), 3_153_600_000_001);
     }
 }

@@ -6,6 +6,7 @@
 //! the [`Authorized`] set only. This module must never grant anything that was not asked for.
 
 use crate::error::RunError;
+pub use crate::sandbox::state::StateGrant;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -67,18 +68,12 @@ impl DirGrant {
             None => (spec, spec.to_string()),
         };
         if host.is_empty() || guest.is_empty() {
-            return Err(format!(
-                "invalid --dir `{text}`: expected HOST[::GUEST][:ro]"
-            ));
+            return Err(format!("invalid --dir `{text}`: expected HOST[::GUEST][:ro]"));
         }
         if guest.contains('\0') || host.contains('\0') {
             return Err(format!("invalid --dir `{text}`: NUL byte in path"));
         }
-        Ok(DirGrant {
-            host: PathBuf::from(host),
-            guest,
-            read_only,
-        })
+        Ok(DirGrant { host: PathBuf::from(host), guest, read_only })
     }
 }
 
@@ -88,36 +83,23 @@ impl EnvGrant {
             Some((n, v)) => (n, Some(v.to_string())),
             None => (text, None),
         };
-        if name.is_empty()
-            || name.contains('\0')
-            || value.as_deref().is_some_and(|v| v.contains('\0'))
-        {
+        if name.is_empty() || name.contains('\0') || value.as_deref().is_some_and(|v| v.contains('\0')) {
             return Err(format!("invalid --env `{text}`: expected NAME[=VALUE]"));
         }
-        Ok(EnvGrant {
-            name: name.to_string(),
-            value,
-        })
+        Ok(EnvGrant { name: name.to_string(), value })
     }
 }
 
 impl NetGrant {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let bad =
-            || format!("invalid --allow-net `{text}`: expected HOST:PORT (for IPv6, [ADDR]:PORT)");
+        let bad = || format!("invalid --allow-net `{text}`: expected HOST:PORT (for IPv6, [ADDR]:PORT)");
         let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
         let port: u16 = port.parse().map_err(|_| bad())?;
         if host.is_empty() || port == 0 {
             return Err(bad());
         }
-        Ok(NetGrant {
-            host: host.to_string(),
-            port,
-        })
+        Ok(NetGrant { host: host.to_string(), port })
     }
 }
 
@@ -128,6 +110,8 @@ pub struct GrantRequest {
     pub env: Vec<EnvGrant>,
     pub net: Vec<NetGrant>,
     pub inherit_stdin: bool,
+    /// Access to the agent's persistent state (`--state ro|rw`).
+    pub state: StateGrant,
 }
 
 /// A directory grant checked against the host filesystem.
@@ -147,40 +131,48 @@ pub struct Authorized {
     /// Every socket address the granted `HOST:PORT`s resolved to.
     pub net: BTreeSet<SocketAddr>,
     pub inherit_stdin: bool,
+    pub state: StateGrant,
+}
+
+impl Authorized {
+    /// The grants as the event log records them.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "dirs": self.dirs.iter().map(|d| format!("{}::{}:{}", d.host.display(), d.guest, if d.read_only { "ro" } else { "rw" })).collect::<Vec<_>>(),
+            "env": self.env.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            "net": self.net.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "stdin": self.inherit_stdin,
+            "state": match self.state { StateGrant::None => "none", StateGrant::ReadOnly => "ro", StateGrant::ReadWrite => "rw" },
+        })
+    }
+}
+
+/// Parses `--state ro|rw`.
+pub fn parse_state(text: &str) -> Result<StateGrant, String> {
+    match text {
+        "ro" => Ok(StateGrant::ReadOnly),
+        "rw" => Ok(StateGrant::ReadWrite),
+        _ => Err(format!("invalid --state `{text}`: expected ro or rw")),
+    }
 }
 
 /// Checks each requested grant and resolves it to exactly what the sandbox will hold.
 pub fn authorize(request: &GrantRequest) -> Result<Authorized, RunError> {
-    let mut out = Authorized {
-        inherit_stdin: request.inherit_stdin,
-        ..Default::default()
-    };
+    let mut out = Authorized { inherit_stdin: request.inherit_stdin, state: request.state, ..Default::default() };
     let mut guests = BTreeSet::new();
     for dir in &request.dirs {
-        let refuse = |reason: String| RunError::GrantRefused {
-            grant: dir.to_string(),
-            reason,
-        };
-        let host = dir.host.canonicalize().map_err(|e| {
-            refuse(format!(
-                "cannot open host directory: {}",
-                crate::error::one_line(&e.to_string())
-            ))
-        })?;
+        let refuse = |reason: String| RunError::GrantRefused { grant: dir.to_string(), reason };
+        let host = dir
+            .host
+            .canonicalize()
+            .map_err(|e| refuse(format!("cannot open host directory: {}", crate::error::one_line(&e.to_string()))))?;
         if !host.is_dir() {
             return Err(refuse("host path is not a directory".into()));
         }
         if !guests.insert(dir.guest.clone()) {
-            return Err(refuse(format!(
-                "guest path `{}` is granted twice",
-                dir.guest
-            )));
+            return Err(refuse(format!("guest path `{}` is granted twice", dir.guest)));
         }
-        out.dirs.push(AuthorizedDir {
-            host,
-            guest: dir.guest.clone(),
-            read_only: dir.read_only,
-        });
+        out.dirs.push(AuthorizedDir { host, guest: dir.guest.clone(), read_only: dir.read_only });
     }
     for env in &request.env {
         let value = match &env.value {
@@ -194,12 +186,10 @@ pub fn authorize(request: &GrantRequest) -> Result<Authorized, RunError> {
         out.env.push((env.name.clone(), value));
     }
     for net in &request.net {
-        let addrs = (net.host.as_str(), net.port)
-            .to_socket_addrs()
-            .map_err(|e| RunError::GrantRefused {
-                grant: net.to_string(),
-                reason: format!("cannot resolve: {}", crate::error::one_line(&e.to_string())),
-            })?;
+        let addrs = (net.host.as_str(), net.port).to_socket_addrs().map_err(|e| RunError::GrantRefused {
+            grant: net.to_string(),
+            reason: format!("cannot resolve: {}", crate::error::one_line(&e.to_string())),
+        })?;
         out.net.extend(addrs);
     }
     Ok(out)
@@ -214,10 +204,7 @@ mod tests {
         let d = DirGrant::parse("/srv/data").unwrap();
         assert_eq!((d.guest.as_str(), d.read_only), ("/srv/data", false));
         let d = DirGrant::parse("/srv/data::/data:ro").unwrap();
-        assert_eq!(
-            (d.host.to_str().unwrap(), d.guest.as_str(), d.read_only),
-            ("/srv/data", "/data", true)
-        );
+        assert_eq!((d.host.to_str().unwrap(), d.guest.as_str(), d.read_only), ("/srv/data", "/data", true));
         let d = DirGrant::parse(".::/").unwrap();
         assert_eq!(d.guest, "/");
         assert!(DirGrant::parse("::/data").is_err());
@@ -226,10 +213,7 @@ mod tests {
 
     #[test]
     fn env_and_net_forms() {
-        assert_eq!(
-            EnvGrant::parse("A=b=c").unwrap().value.as_deref(),
-            Some("b=c")
-        );
+        assert_eq!(EnvGrant::parse("A=b=c").unwrap().value.as_deref(), Some("b=c"));
         assert_eq!(EnvGrant::parse("LANG").unwrap().value, None);
         assert!(EnvGrant::parse("=x").is_err());
         assert_eq!(NetGrant::parse("example.com:443").unwrap().port, 443);
@@ -241,25 +225,12 @@ mod tests {
 
     #[test]
     fn refusals_name_the_grant() {
-        let req = GrantRequest {
-            dirs: vec![DirGrant::parse("/definitely/not/here::/data").unwrap()],
-            ..Default::default()
-        };
+        let req =
+            GrantRequest { dirs: vec![DirGrant::parse("/definitely/not/here::/data").unwrap()], ..Default::default() };
         let err = authorize(&req).unwrap_err().to_string();
-        assert!(
-            err.starts_with("grant refused: dir /definitely/not/here::/data:rw: cannot open"),
-            "{err}"
-        );
-        let req = GrantRequest {
-            env: vec![EnvGrant::parse("TOKA_SURELY_UNSET_VAR").unwrap()],
-            ..Default::default()
-        };
-        assert!(
-            authorize(&req)
-                .unwrap_err()
-                .to_string()
-                .contains("env TOKA_SURELY_UNSET_VAR")
-        );
+        assert!(err.starts_with("grant refused: dir /definitely/not/here::/data:rw: cannot open"), "{err}");
+        let req = GrantRequest { env: vec![EnvGrant::parse("TOKA_SURELY_UNSET_VAR").unwrap()], ..Default::default() };
+        assert!(authorize(&req).unwrap_err().to_string().contains("env TOKA_SURELY_UNSET_VAR"));
     }
 
     #[test]

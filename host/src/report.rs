@@ -23,6 +23,9 @@ pub struct RunReport {
     pub component: Option<ComponentReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// The run's id in the event log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     pub fuel_consumed: u64,
     pub wall_time_ms: f64,
     pub peak_memory_bytes: u64,
@@ -68,6 +71,7 @@ impl RunReport {
             agent_error: None,
             component: None,
             task_id: None,
+            run_id: None,
             fuel_consumed: 0,
             wall_time_ms: 0.0,
             peak_memory_bytes: 0,

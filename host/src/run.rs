@@ -10,9 +10,10 @@ use crate::bindings::{AgentError, Task};
 use crate::component::{self, Loaded, World};
 use crate::engine::{EngineOptions, HostEngine};
 use crate::error::{Outcome, RunError, one_line};
+use crate::events::{AppendError, EventDraft, EventLog, kind};
 use crate::grants::Authorized;
 use crate::report::{AgentErrorReport, ComponentReport, RunReport};
-use crate::sandbox::{self, OutputMode, Sandbox};
+use crate::sandbox::{self, OutputMode, RunContext, Sandbox};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -86,16 +87,35 @@ impl Program {
 pub struct Runner {
     host: HostEngine,
     programs: HashMap<std::path::PathBuf, Arc<Program>>,
+    events: Option<Arc<EventLog>>,
 }
 
 impl Runner {
     pub fn new(options: &EngineOptions) -> Result<Self, RunError> {
-        let host = HostEngine::new(options)
-            .map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))?;
-        Ok(Runner {
-            host,
-            programs: HashMap::new(),
-        })
+        let host = HostEngine::new(options).map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))?;
+        Ok(Runner { host, programs: HashMap::new(), events: None })
+    }
+
+    /// Records every run in `log` from now on (and gives agents their `events` and `state` interfaces).
+    pub fn with_events(mut self, log: Arc<EventLog>) -> Self {
+        self.events = Some(log);
+        self
+    }
+
+    /// Records a run that was refused before it started (bad file, refused grant, bad input).
+    pub async fn record_refusal(&self, component: &Path, err: &RunError) -> Result<(), AppendError> {
+        let Some(log) = &self.events else {
+            return Ok(());
+        };
+        let kind = if matches!(err, RunError::GrantRefused { .. }) { kind::GRANT_REFUSED } else { kind::RUN_FAILED };
+        let agent = agent_name(component);
+        let payload = serde_json::json!({
+            "component": component.display().to_string(),
+            "outcome": err.outcome(),
+            "exit_code": err.outcome().exit_code(),
+            "error": err.to_string(),
+        });
+        log.append_async(EventDraft::new(kind, &agent, "", payload)).await.map(drop)
     }
 
     pub fn engine(&self) -> &HostEngine {
@@ -109,37 +129,28 @@ impl Runner {
         }
         let loaded = component::load(&self.host, path)?;
         let shown = path.display().to_string();
-        let wrong = |e: wasmtime::Error| RunError::WrongWorld {
-            path: shown.clone(),
-            reason: component::root_cause(&e),
-        };
+        let wrong =
+            |e: wasmtime::Error| RunError::WrongWorld { path: shown.clone(), reason: component::root_cause(&e) };
         let prepared = match loaded.world {
             World::Agent => Prepared::Agent(AgentPre::new(loaded.pre.clone()).map_err(wrong)?),
-            World::Command => {
-                Prepared::Command(CommandPre::new(loaded.pre.clone()).map_err(wrong)?)
-            }
+            World::Command => Prepared::Command(CommandPre::new(loaded.pre.clone()).map_err(wrong)?),
             World::Tool => {
                 return Err(RunError::WrongWorld {
                     path: shown,
-                    reason:
-                        "this is a toka:agent/tool component; tools are called by agents, not run"
-                            .into(),
+                    reason: "this is a toka:agent/tool component; tools are called by agents, not run".into(),
                 });
             }
         };
-        let name = path
-            .file_stem()
-            .map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned());
-        let program = Arc::new(Program {
-            loaded,
-            prepared,
-            name,
-        });
+        let name = agent_name(path);
+        let program = Arc::new(Program { loaded, prepared, name });
         self.programs.insert(path.to_path_buf(), program.clone());
         Ok(program)
     }
 
     /// Runs `program` once in a fresh sandbox. Never panics on guest behaviour; every ending is a report.
+    ///
+    /// With an event log, `run.started` is durable before the guest starts (a run that cannot be recorded does not
+    /// run), and `fuel.consumed` plus `run.completed` or `run.failed` are durable before the report is returned.
     pub async fn run(
         &self,
         program: &Program,
@@ -148,26 +159,62 @@ impl Runner {
         invocation: &Invocation,
         output: OutputMode,
     ) -> RunReport {
+        let context = RunContext {
+            agent: program.name.clone(),
+            run_id: fresh_id("run"),
+            events: self.events.clone(),
+            state: grants.state,
+        };
+        if let Some(log) = &self.events {
+            let payload = serde_json::json!({
+                "component": program.loaded.path.display().to_string(),
+                "sha256": program.loaded.sha256,
+                "world": program.loaded.world,
+                "task_id": match invocation { Invocation::Task { id, .. } => Some(id.as_str()), Invocation::Command { .. } => None },
+                "grants": grants.summary(),
+                "limits": { "fuel": limits.fuel, "timeout_ms": limits.timeout.as_millis() as u64,
+                            "max_memory": limits.max_memory, "max_output": limits.max_output },
+            });
+            let draft = EventDraft::new(kind::RUN_STARTED, &context.agent, &context.run_id, payload);
+            if let Err(e) = log.append_async(draft).await {
+                return RunReport::refused(&RunError::host(format!("cannot record the run's start: {e}")));
+            }
+        }
+        let mut report = self.run_in_sandbox(program, grants, limits, invocation, output, &context).await;
+        report.run_id = Some(context.run_id.clone());
+        if let Some(log) = &self.events {
+            if let Err(e) = record_ending(log, &context, &report).await {
+                report.outcome = Outcome::HostError;
+                report.exit_code = Outcome::HostError.exit_code();
+                report.error = Some(format!("the run ended but its ending could not be recorded: {e}"));
+            }
+        }
+        report
+    }
+
+    async fn run_in_sandbox(
+        &self,
+        program: &Program,
+        grants: &Authorized,
+        limits: &Limits,
+        invocation: &Invocation,
+        output: OutputMode,
+        context: &RunContext,
+    ) -> RunReport {
         let argv: Vec<String> = match invocation {
-            Invocation::Command { args } => std::iter::once(program.name.clone())
-                .chain(args.iter().cloned())
-                .collect(),
+            Invocation::Command { args } => std::iter::once(program.name.clone()).chain(args.iter().cloned()).collect(),
             Invocation::Task { .. } => vec![program.name.clone()],
         };
-        let mut sandbox =
-            match sandbox::build(&self.host, grants, limits, output, &program.name, &argv) {
-                Ok(s) => s,
-                Err(e) => return RunReport::refused(&e),
-            };
+        let mut sandbox = match sandbox::build(&self.host, grants, limits, output, context, &argv) {
+            Ok(s) => s,
+            Err(e) => return RunReport::refused(&e),
+        };
         let started = Instant::now();
         // The epoch deadline stops guest code; this outer deadline also stops a guest parked in a host call.
         let grace = limits.timeout.saturating_add(Duration::from_millis(250));
         let ending = match (&program.prepared, invocation) {
             (Prepared::Agent(pre), Invocation::Task { id, input }) => {
-                let task = Task {
-                    id: id.clone(),
-                    input: input.clone(),
-                };
+                let task = Task { id: id.clone(), input: input.clone() };
                 let call = call_agent(pre, &mut sandbox, &task);
                 match tokio::time::timeout(grace, call).await {
                     Ok(r) => r,
@@ -181,12 +228,12 @@ impl Runner {
                     Err(_) => Err(Ending::Deadline),
                 }
             }
-            (Prepared::Agent(_), Invocation::Command { .. }) => Ok(Returned::Invalid(
-                "this is an agent: it takes a task (--input), not command-line arguments".into(),
-            )),
-            (Prepared::Command(_), Invocation::Task { .. }) => Ok(Returned::Invalid(
-                "this is a command: it takes arguments, not a task".into(),
-            )),
+            (Prepared::Agent(_), Invocation::Command { .. }) => {
+                Ok(Returned::Invalid("this is an agent: it takes a task (--input), not command-line arguments".into()))
+            }
+            (Prepared::Command(_), Invocation::Task { .. }) => {
+                Ok(Returned::Invalid("this is a command: it takes arguments, not a task".into()))
+            }
         };
         let wall = started.elapsed();
         self.report(program, invocation, limits, sandbox, ending, wall)
@@ -201,16 +248,8 @@ impl Runner {
         ending: Result<Returned, Ending>,
         wall: Duration,
     ) -> RunReport {
-        let Sandbox {
-            store,
-            stdout,
-            stderr,
-        } = sandbox;
-        let fuel_consumed = if self.host.fuel {
-            limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))
-        } else {
-            0
-        };
+        let Sandbox { store, stdout, stderr } = sandbox;
+        let fuel_consumed = if self.host.fuel { limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)) } else { 0 };
         let (mut outcome, mut exit_code, mut error, mut result, mut agent_error) =
             (Outcome::Success, 0, None, None, None);
         match ending {
@@ -237,10 +276,7 @@ impl Runner {
             }
             Err(Ending::Deadline) => {
                 outcome = Outcome::Timeout;
-                error = Some(format!(
-                    "timeout: still running after {}",
-                    humantime::format_duration(limits.timeout)
-                ));
+                error = Some(format!("timeout: still running after {}", humantime::format_duration(limits.timeout)));
             }
             Err(Ending::Error(e)) => {
                 let (o, m) = classify(&e, &store, &stdout, &stderr, limits);
@@ -270,6 +306,7 @@ impl Runner {
                 Invocation::Task { id, .. } => Some(id.clone()),
                 Invocation::Command { .. } => None,
             },
+            run_id: None,
             fuel_consumed,
             wall_time_ms: wall.as_secs_f64() * 1e3,
             peak_memory_bytes: state.limiter.peak(),
@@ -297,15 +334,8 @@ enum Ending {
     Deadline,
 }
 
-async fn call_agent(
-    pre: &AgentPre<sandbox::SandboxState>,
-    sb: &mut Sandbox,
-    task: &Task,
-) -> Result<Returned, Ending> {
-    let agent: Agent = pre
-        .instantiate_async(&mut sb.store)
-        .await
-        .map_err(Ending::Error)?;
+async fn call_agent(pre: &AgentPre<sandbox::SandboxState>, sb: &mut Sandbox, task: &Task) -> Result<Returned, Ending> {
+    let agent: Agent = pre.instantiate_async(&mut sb.store).await.map_err(Ending::Error)?;
     match agent.call_run(&mut sb.store, task).await {
         Ok(Ok(v)) => Ok(Returned::Value(v)),
         Ok(Err(e)) => Ok(Returned::AgentError(e)),
@@ -313,14 +343,8 @@ async fn call_agent(
     }
 }
 
-async fn call_command(
-    pre: &CommandPre<sandbox::SandboxState>,
-    sb: &mut Sandbox,
-) -> Result<Returned, Ending> {
-    let command = pre
-        .instantiate_async(&mut sb.store)
-        .await
-        .map_err(Ending::Error)?;
+async fn call_command(pre: &CommandPre<sandbox::SandboxState>, sb: &mut Sandbox) -> Result<Returned, Ending> {
+    let command = pre.instantiate_async(&mut sb.store).await.map_err(Ending::Error)?;
     match command.wasi_cli_run().call_run(&mut sb.store).await {
         Ok(Ok(())) => Ok(Returned::Exit(0)),
         Ok(Err(())) => Ok(Returned::Exit(1)),
@@ -344,15 +368,8 @@ fn classify(
     limits: &Limits,
 ) -> (Outcome, String) {
     if stdout.exceeded() || stderr.exceeded() {
-        let which = if stdout.exceeded() {
-            "stdout"
-        } else {
-            "stderr"
-        };
-        return (
-            Outcome::OutputLimit,
-            format!("output limit: {which} passed {} bytes", limits.max_output),
-        );
+        let which = if stdout.exceeded() { "stdout" } else { "stderr" };
+        return (Outcome::OutputLimit, format!("output limit: {which} passed {} bytes", limits.max_output));
     }
     let trap = e.downcast_ref::<Trap>().copied();
     // The trap itself, or the innermost error; the wasm backtrace that wasmtime attaches as context is left out so
@@ -362,27 +379,14 @@ fn classify(
         None => one_line(&e.root_cause().to_string()),
     };
     match trap {
-        Some(Trap::OutOfFuel) => (
-            Outcome::OutOfFuel,
-            format!("out of fuel: used all {} units", limits.fuel),
-        ),
-        Some(Trap::Interrupt) => (
-            Outcome::Timeout,
-            format!(
-                "timeout: stopped after {}",
-                humantime::format_duration(limits.timeout)
-            ),
-        ),
-        Some(Trap::StackOverflow) => (
-            Outcome::StackOverflow,
-            "stack overflow: call stack exhausted".into(),
-        ),
+        Some(Trap::OutOfFuel) => (Outcome::OutOfFuel, format!("out of fuel: used all {} units", limits.fuel)),
+        Some(Trap::Interrupt) => {
+            (Outcome::Timeout, format!("timeout: stopped after {}", humantime::format_duration(limits.timeout)))
+        }
+        Some(Trap::StackOverflow) => (Outcome::StackOverflow, "stack overflow: call stack exhausted".into()),
         _ if store.data().limiter.refused() => (
             Outcome::MemoryLimit,
-            format!(
-                "memory limit: guest tried to grow past {} bytes, then failed: {cause}",
-                limits.max_memory
-            ),
+            format!("memory limit: guest tried to grow past {} bytes, then failed: {cause}", limits.max_memory),
         ),
         _ => (Outcome::Trap, format!("trap: {cause}")),
     }
@@ -400,20 +404,51 @@ pub fn resident_set_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// A task id unique enough to correlate a run's records: time, process and a per-process counter.
+/// A fresh task id.
 pub fn fresh_task_id() -> String {
+    fresh_id("task")
+}
+
+/// The name an agent is known by: its file name without the extension.
+pub fn agent_name(path: &Path) -> String {
+    path.file_stem().map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned())
+}
+
+async fn record_ending(log: &EventLog, context: &RunContext, report: &RunReport) -> Result<(), AppendError> {
+    let fuel = EventDraft::new(
+        kind::FUEL_CONSUMED,
+        &context.agent,
+        &context.run_id,
+        serde_json::json!({ "fuel": report.fuel_consumed }),
+    );
+    let kind = if report.outcome == Outcome::Success { kind::RUN_COMPLETED } else { kind::RUN_FAILED };
+    let ending = EventDraft::new(
+        kind,
+        &context.agent,
+        &context.run_id,
+        serde_json::json!({
+            "outcome": report.outcome,
+            "exit_code": report.exit_code,
+            "error": report.error,
+            "fuel": report.fuel_consumed,
+            "wall_time_ms": report.wall_time_ms,
+            "peak_memory_bytes": report.peak_memory_bytes,
+            "stdout_bytes": report.stdout_bytes,
+            "stderr_bytes": report.stderr_bytes,
+        }),
+    );
+    // Both are queued before either is awaited, so they share one group commit.
+    let (a, b) = tokio::join!(log.append_async(fuel), log.append_async(ending));
+    a.and(b).map(drop)
+}
+
+/// An id unique enough to correlate a run's records: time, process and a per-process counter.
+fn fresh_id(prefix: &str) -> String {
     use sha2::{Digest, Sha256};
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let seed = format!(
-        "{}-{}-{}",
-        now.as_nanos(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seed = format!("{}-{}-{}", now.as_nanos(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     let digest = Sha256::digest(seed.as_bytes());
-    format!("task-{}", hex::encode(&digest[..8]))
+    format!("{prefix}-{}", hex::encode(&digest[..8]))
 }

@@ -6,14 +6,10 @@ use std::time::Duration;
 /// without `iB`/`B`) such as `512KiB`, `64M`, `1.5GiB`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, suffix) = t.split_at(split);
     if number.is_empty() {
-        return Err(format!(
-            "invalid size `{text}`: expected a number such as 64MiB"
-        ));
+        return Err(format!("invalid size `{text}`: expected a number such as 64MiB"));
     }
     let multiplier: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -22,14 +18,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
         other => {
-            return Err(format!(
-                "invalid size `{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB)"
-            ));
+            return Err(format!("invalid size `{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB)"));
         }
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid size `{text}`"))?;
+    let value: f64 = number.parse().map_err(|_| format!("invalid size `{text}`"))?;
     let bytes = value * multiplier as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
         return Err(format!("invalid size `{text}`: out of range"));

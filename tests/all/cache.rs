@@ -22,11 +22,7 @@ fn second_run_hits_the_cache() {
 fn no_cache_never_hits() {
     let a = agent("hello-rust");
     for _ in 0..2 {
-        let r = toka_with(
-            &["run", "--json", "--no-cache", a.to_str().unwrap()],
-            None,
-            &[],
-        );
+        let r = toka_with(&["run", "--json", "--no-cache", a.to_str().unwrap()], None, &[]);
         r.expect_code(0);
         assert_eq!(r.report()["component"]["cache_hit"], false);
     }

@@ -11,16 +11,8 @@ fn temp_file(bytes: &[u8]) -> tempfile::NamedTempFile {
 
 fn one_line_error(stderr: &str, prefix: &str) {
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected exactly one line on stderr, got:\n{stderr}"
-    );
-    assert!(
-        lines[0].starts_with(prefix),
-        "expected `{prefix}...`, got `{}`",
-        lines[0]
-    );
+    assert_eq!(lines.len(), 1, "expected exactly one line on stderr, got:\n{stderr}");
+    assert!(lines[0].starts_with(prefix), "expected `{prefix}...`, got `{}`", lines[0]);
 }
 
 #[test]
@@ -35,12 +27,7 @@ fn not_wasm_at_all() {
     let f = temp_file(b"#!/bin/sh\necho definitely not wasm\n");
     let r = toka(&["run", f.path().to_str().unwrap()]);
     r.expect_code(73);
-    assert!(
-        r.stderr
-            .contains("invalid WebAssembly: not a WebAssembly binary"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("invalid WebAssembly: not a WebAssembly binary"), "{}", r.stderr);
 }
 
 #[test]
@@ -59,8 +46,7 @@ fn core_module_with_foreign_import() {
     let module: &[u8] = &[
         0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
         0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type section: one func type () -> ()
-        0x02, 0x0c, 0x01, 0x03, b'e', b'n', b'v', 0x04, b's', b'p', b'a', b'm', 0x00,
-        0x00, // import env::spam
+        0x02, 0x0c, 0x01, 0x03, b'e', b'n', b'v', 0x04, b's', b'p', b'a', b'm', 0x00, 0x00, // import env::spam
     ];
     let f = temp_file(module);
     let r = toka(&["run", f.path().to_str().unwrap()]);
@@ -82,47 +68,23 @@ fn wrong_world() {
 
 #[test]
 fn input_must_be_json() {
-    let r = toka(&[
-        "run",
-        "--input",
-        "{not json",
-        agent("hello-rust").to_str().unwrap(),
-    ]);
+    let r = toka(&["run", "--input", "{not json", agent("hello-rust").to_str().unwrap()]);
     r.expect_code(77);
-    one_line_error(
-        &r.stderr,
-        "toka-host: invalid input: task input is not valid JSON",
-    );
+    one_line_error(&r.stderr, "toka-host: invalid input: task input is not valid JSON");
 }
 
 #[test]
 fn dir_grant_of_missing_directory_is_refused() {
-    let r = toka(&[
-        "run",
-        "--dir",
-        "/no/such/dir::/data",
-        agent("hello-rust").to_str().unwrap(),
-    ]);
+    let r = toka(&["run", "--dir", "/no/such/dir::/data", agent("hello-rust").to_str().unwrap()]);
     r.expect_code(72);
-    one_line_error(
-        &r.stderr,
-        "toka-host: grant refused: dir /no/such/dir::/data:rw: cannot open host directory",
-    );
+    one_line_error(&r.stderr, "toka-host: grant refused: dir /no/such/dir::/data:rw: cannot open host directory");
 }
 
 #[test]
 fn env_grant_of_unset_variable_is_refused() {
-    let r = toka(&[
-        "run",
-        "--env",
-        "TOKA_TEST_SURELY_UNSET",
-        agent("hello-rust").to_str().unwrap(),
-    ]);
+    let r = toka(&["run", "--env", "TOKA_TEST_SURELY_UNSET", agent("hello-rust").to_str().unwrap()]);
     r.expect_code(72);
-    one_line_error(
-        &r.stderr,
-        "toka-host: grant refused: env TOKA_TEST_SURELY_UNSET: not set",
-    );
+    one_line_error(&r.stderr, "toka-host: grant refused: env TOKA_TEST_SURELY_UNSET: not set");
 }
 
 #[test]
@@ -136,12 +98,7 @@ fn refusals_are_reported_in_json_too() {
 
 #[test]
 fn agents_do_not_take_arguments() {
-    let r = toka(&[
-        "run",
-        agent("hello-rust").to_str().unwrap(),
-        "extra",
-        "args",
-    ]);
+    let r = toka(&["run", agent("hello-rust").to_str().unwrap(), "extra", "args"]);
     r.expect_code(77);
     assert!(r.stderr.contains("this is an agent"), "{}", r.stderr);
 }
@@ -150,50 +107,24 @@ fn agents_do_not_take_arguments() {
 fn input_from_a_file_and_from_stdin() {
     let f = temp_file(br#"{"name":"File"}"#);
     let a = agent("hello-rust");
-    let r = toka(&[
-        "run",
-        "--input-file",
-        f.path().to_str().unwrap(),
-        a.to_str().unwrap(),
-    ]);
+    let r = toka(&["run", "--input-file", f.path().to_str().unwrap(), a.to_str().unwrap()]);
     r.expect_code(0);
     assert_eq!(r.stdout, "{\"greeting\":\"Hello, File!\"}\n");
-    let r = toka_tests::toka_with(
-        &["run", "--input-file", "-", a.to_str().unwrap()],
-        Some(br#"{"name":"Pipe"}"#),
-        &[],
-    );
+    let r = toka_tests::toka_with(&["run", "--input-file", "-", a.to_str().unwrap()], Some(br#"{"name":"Pipe"}"#), &[]);
     r.expect_code(0);
     assert_eq!(r.stdout, "{\"greeting\":\"Hello, Pipe!\"}\n");
-    let r = toka(&[
-        "run",
-        "--input-file",
-        "/no/such/input.json",
-        a.to_str().unwrap(),
-    ]);
+    let r = toka(&["run", "--input-file", "/no/such/input.json", a.to_str().unwrap()]);
     r.expect_code(77);
-    one_line_error(
-        &r.stderr,
-        "toka-host: invalid input: input file /no/such/input.json not found",
-    );
+    one_line_error(&r.stderr, "toka-host: invalid input: input file /no/such/input.json not found");
 }
 
 #[test]
 fn bad_flag_values_are_usage_errors() {
     let a = agent("hello-rust");
-    for (flag, value) in [
-        ("--fuel", "lots"),
-        ("--timeout", "soon"),
-        ("--max-memory", "12 parsecs"),
-        ("--dir", "::/x"),
-    ] {
+    for (flag, value) in [("--fuel", "lots"), ("--timeout", "soon"), ("--max-memory", "12 parsecs"), ("--dir", "::/x")]
+    {
         let r = toka(&["run", flag, value, a.to_str().unwrap()]);
         r.expect_code(2);
-        assert!(
-            r.stderr
-                .contains(&format!("invalid value '{value}' for '{flag}")),
-            "{}",
-            r.stderr
-        );
+        assert!(r.stderr.contains(&format!("invalid value '{value}' for '{flag}")), "{}", r.stderr);
     }
 }

@@ -10,11 +10,7 @@ fn echo() -> String {
 #[test]
 fn arguments_and_granted_env_only() {
     let e = echo();
-    let r = toka_with(
-        &["run", "--env", "GREETING=hi", &e, "a", "b c", "--flag"],
-        None,
-        &[("LEAK", "no")],
-    );
+    let r = toka_with(&["run", "--env", "GREETING=hi", &e, "a", "b c", "--flag"], None, &[("LEAK", "no")]);
     r.expect_code(0);
     assert_eq!(r.stdout, "args: a b c --flag\nenv: GREETING=hi\n");
 }
@@ -53,11 +49,7 @@ fn stdin_is_closed_unless_inherited() {
     let r = toka_with(&["run", &e, "stdin"], Some(b"piped"), &[]);
     r.expect_code(0);
     assert_eq!(r.stdout, "");
-    let r = toka_with(
-        &["run", "--inherit-stdin", &e, "stdin"],
-        Some(b"piped"),
-        &[],
-    );
+    let r = toka_with(&["run", "--inherit-stdin", &e, "stdin"], Some(b"piped"), &[]);
     r.expect_code(0);
     assert_eq!(r.stdout, "piped");
 }

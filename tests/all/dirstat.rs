@@ -12,14 +12,8 @@ fn summarizes_a_granted_tree() {
     std::fs::write(d.join("a/b/big.bin"), vec![1u8; 5000]).unwrap();
     std::fs::write(d.join("a/b/also-300.bin"), vec![2u8; 300]).unwrap();
     let grant = format!("{}::/data:ro", d.display());
-    let r = toka(&[
-        "run",
-        "--dir",
-        &grant,
-        "--input",
-        r#"{"path":"/data","top":3}"#,
-        agent("dirstat").to_str().unwrap(),
-    ]);
+    let r =
+        toka(&["run", "--dir", &grant, "--input", r#"{"path":"/data","top":3}"#, agent("dirstat").to_str().unwrap()]);
     r.expect_code(0);
     let out: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!(out["files"], 4);
@@ -29,12 +23,7 @@ fn summarizes_a_granted_tree() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| {
-            (
-                e["path"].as_str().unwrap().to_string(),
-                e["bytes"].as_u64().unwrap(),
-            )
-        })
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e["bytes"].as_u64().unwrap()))
         .collect();
     assert_eq!(
         largest,
@@ -48,20 +37,9 @@ fn summarizes_a_granted_tree() {
 
 #[test]
 fn without_the_grant_it_fails_cleanly() {
-    let r = toka(&[
-        "run",
-        "--json",
-        "--input",
-        r#"{"path":"/data"}"#,
-        agent("dirstat").to_str().unwrap(),
-    ]);
+    let r = toka(&["run", "--json", "--input", r#"{"path":"/data"}"#, agent("dirstat").to_str().unwrap()]);
     r.expect_code(65);
     let rep = r.report();
     assert_eq!(rep["agent_error"]["kind"], "failed");
-    assert!(
-        rep["agent_error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("/data")
-    );
+    assert!(rep["agent_error"]["message"].as_str().unwrap().contains("/data"));
 }

@@ -8,19 +8,10 @@ const LANGS: [&str; 4] = ["hello-rust", "hello-python", "hello-js", "hello-c"];
 #[test]
 fn greets_in_every_language() {
     for name in LANGS {
-        let r = toka(&[
-            "run",
-            "--input",
-            r#"{"name":"Ada"}"#,
-            agent(name).to_str().unwrap(),
-        ]);
+        let r = toka(&["run", "--input", r#"{"name":"Ada"}"#, agent(name).to_str().unwrap()]);
         r.expect_code(0);
         assert_eq!(r.stdout, "{\"greeting\":\"Hello, Ada!\"}\n", "{name}");
-        assert!(
-            r.stderr.contains("[") && r.stderr.contains("info: greeting Ada"),
-            "{name} log: {}",
-            r.stderr
-        );
+        assert!(r.stderr.contains("[") && r.stderr.contains("info: greeting Ada"), "{name} log: {}", r.stderr);
     }
 }
 
@@ -44,10 +35,7 @@ fn report_shows_result_log_and_meters() {
         assert_eq!(rep["logs"][0]["level"], "info", "{name}: {rep}");
         assert_eq!(rep["logs"][0]["message"], "greeting Grace", "{name}");
         assert!(rep["fuel_consumed"].as_u64().unwrap() > 0, "{name}");
-        assert!(
-            rep["peak_memory_bytes"].as_u64().unwrap() >= 65536,
-            "{name}"
-        );
+        assert!(rep["peak_memory_bytes"].as_u64().unwrap() >= 65536, "{name}");
         assert_eq!(rep["component"]["world"], "agent");
     }
 }
@@ -64,13 +52,7 @@ fn default_name_is_world() {
 #[test]
 fn non_object_input_is_the_agents_invalid_input_error() {
     for name in LANGS {
-        let r = toka(&[
-            "run",
-            "--json",
-            "--input",
-            "[1,2]",
-            agent(name).to_str().unwrap(),
-        ]);
+        let r = toka(&["run", "--json", "--input", "[1,2]", agent(name).to_str().unwrap()]);
         r.expect_code(65);
         let rep = r.report();
         assert_eq!(rep["outcome"], "agent-error", "{name}");

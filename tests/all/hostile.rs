@@ -26,10 +26,7 @@ fn infinite_loop_runs_out_of_fuel() {
 
 #[test]
 fn infinite_loop_hits_the_deadline_without_fuel() {
-    let r = attack(
-        r#"{"attack":"spin"}"#,
-        &["--fuel", "unlimited", "--timeout", "300ms"],
-    );
+    let r = attack(r#"{"attack":"spin"}"#, &["--fuel", "unlimited", "--timeout", "300ms"]);
     r.expect_code(69);
     let rep = r.report();
     assert_eq!(rep["outcome"], "timeout");
@@ -43,12 +40,7 @@ fn memory_bomb_hits_the_memory_limit() {
     r.expect_code(70);
     let rep = r.report();
     assert_eq!(rep["outcome"], "memory-limit");
-    assert!(
-        rep["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("memory limit: guest tried to grow past 67108864 bytes")
-    );
+    assert!(rep["error"].as_str().unwrap().starts_with("memory limit: guest tried to grow past 67108864 bytes"));
     let peak = rep["peak_memory_bytes"].as_u64().unwrap();
     assert!(peak <= 64 << 20 && peak > 32 << 20, "peak {peak}");
 }
@@ -66,16 +58,8 @@ fn a_panic_is_a_trap() {
     r.expect_code(66);
     let rep = r.report();
     assert_eq!(rep["outcome"], "trap");
-    assert_eq!(
-        rep["error"],
-        "trap: wasm trap: wasm `unreachable` instruction executed"
-    );
-    assert!(
-        rep["stderr"]
-            .as_str()
-            .unwrap()
-            .contains("hostile agent panics on purpose")
-    );
+    assert_eq!(rep["error"], "trap: wasm trap: wasm `unreachable` instruction executed");
+    assert!(rep["stderr"].as_str().unwrap().contains("hostile agent panics on purpose"));
 }
 
 #[test]
@@ -91,21 +75,10 @@ fn stdout_flood_hits_the_output_cap() {
 #[test]
 fn stdout_flood_is_capped_when_streaming_too() {
     let h = hostile();
-    let r = toka(&[
-        "run",
-        "--max-output",
-        "10KiB",
-        "--input",
-        r#"{"attack":"flood"}"#,
-        &h,
-    ]);
+    let r = toka(&["run", "--max-output", "10KiB", "--input", r#"{"attack":"flood"}"#, &h]);
     r.expect_code(71);
     assert_eq!(r.stdout.len(), 10 * 1024);
-    assert!(
-        r.stderr.contains("output limit: stdout passed 10240 bytes"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("output limit: stdout passed 10240 bytes"), "{}", r.stderr);
 }
 
 /// A tree with a granted `data/`, a secret beside it, and a symlink inside `data/` pointing at the secret.
@@ -114,11 +87,7 @@ fn escape_tree() -> tempfile::TempDir {
     std::fs::create_dir(tmp.path().join("data")).unwrap();
     std::fs::write(tmp.path().join("secret.txt"), "TOP-SECRET-CONTENT").unwrap();
     std::fs::write(tmp.path().join("data/existing.txt"), "original").unwrap();
-    std::os::unix::fs::symlink(
-        tmp.path().join("secret.txt"),
-        tmp.path().join("data/link-out"),
-    )
-    .unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("secret.txt"), tmp.path().join("data/link-out")).unwrap();
     tmp
 }
 
@@ -131,17 +100,8 @@ fn path_escapes_are_blocked() {
     let rep = r.report();
     assert_eq!(rep["agent_error"]["kind"], "denied", "{rep}");
     let msg = rep["agent_error"]["message"].as_str().unwrap();
-    for path in [
-        "/data/../secret.txt",
-        "../secret.txt",
-        "/etc/passwd",
-        "/data/link-out",
-        "/secret.txt",
-    ] {
-        assert!(
-            msg.contains(&format!("{path}:")),
-            "attempt {path} missing from: {msg}"
-        );
+    for path in ["/data/../secret.txt", "../secret.txt", "/etc/passwd", "/data/link-out", "/secret.txt"] {
+        assert!(msg.contains(&format!("{path}:")), "attempt {path} missing from: {msg}");
     }
     assert!(!r.stdout.contains("TOP-SECRET") && !r.stderr.contains("TOP-SECRET"));
 }
@@ -153,10 +113,7 @@ fn read_only_grant_refuses_writes() {
     let r = attack(r#"{"attack":"write-ro","dir":"/data"}"#, &["--dir", &grant]);
     r.expect_code(65);
     assert_eq!(r.report()["agent_error"]["kind"], "denied");
-    assert_eq!(
-        std::fs::read_to_string(tmp.path().join("data/existing.txt")).unwrap(),
-        "original"
-    );
+    assert_eq!(std::fs::read_to_string(tmp.path().join("data/existing.txt")).unwrap(), "original");
     assert!(!tmp.path().join("data/new.txt").exists());
 }
 
@@ -174,29 +131,10 @@ fn env_vars_are_not_visible_unless_granted() {
     let h = hostile();
     let input = r#"{"attack":"env","name":"TOKA_TEST_SECRET"}"#;
     let env = [("TOKA_TEST_SECRET", "hunter2")];
-    let r = toka_with(
-        &["run", "--json", "--env", "OTHER=1", "--input", input, &h],
-        None,
-        &env,
-    );
+    let r = toka_with(&["run", "--json", "--env", "OTHER=1", "--input", input, &h], None, &env);
     r.expect_code(65);
-    assert_eq!(
-        r.report()["agent_error"]["message"],
-        "env var TOKA_TEST_SECRET not granted"
-    );
-    let r = toka_with(
-        &[
-            "run",
-            "--json",
-            "--env",
-            "TOKA_TEST_SECRET",
-            "--input",
-            input,
-            &h,
-        ],
-        None,
-        &env,
-    );
+    assert_eq!(r.report()["agent_error"]["message"], "env var TOKA_TEST_SECRET not granted");
+    let r = toka_with(&["run", "--json", "--env", "TOKA_TEST_SECRET", "--input", input, &h], None, &env);
     r.expect_code(0);
     assert_eq!(r.report()["result"], r#"{"value":"hunter2"}"#);
 }
@@ -211,10 +149,7 @@ fn sockets_reach_only_granted_peers() {
 
     let r = attack(&input, &[]);
     r.expect_code(65);
-    let msg = r.report()["agent_error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let msg = r.report()["agent_error"]["message"].as_str().unwrap().to_string();
     assert!(msg.starts_with(&format!("connect {addr}:")), "{msg}");
 
     let r = attack(&input, &["--allow-net", &other_addr]);
@@ -227,10 +162,7 @@ fn sockets_reach_only_granted_peers() {
 
 #[test]
 fn host_survives_repeated_attacks_in_one_process() {
-    let r = attack(
-        r#"{"attack":"membomb"}"#,
-        &["--max-memory", "32MiB", "--repeat", "5"],
-    );
+    let r = attack(r#"{"attack":"membomb"}"#, &["--max-memory", "32MiB", "--repeat", "5"]);
     r.expect_code(70);
     let rep = r.report();
     assert_eq!(rep["repeat"]["runs"], 5);

@@ -7,4 +7,5 @@ mod command;
 mod dirstat;
 mod hello;
 mod hostile;
+mod preview1;
 mod soak;

@@ -25,8 +25,5 @@ fn two_hundred_runs_without_memory_growth() {
     let first = rep["repeat"]["rss_after_first_bytes"].as_u64().unwrap();
     let last = rep["repeat"]["rss_after_last_bytes"].as_u64().unwrap();
     assert!(first > 0);
-    assert!(
-        last <= first + GROWTH_BOUND,
-        "RSS grew from {first} to {last} bytes over 200 runs"
-    );
+    assert!(last <= first + GROWTH_BOUND, "RSS grew from {first} to {last} bytes over 200 runs");
 }

@@ -10,8 +10,8 @@
 //! | `hello-python` | `agents/hello-python/agent.py` | componentize-py                                               |
 //! | `hello-js`     | `agents/hello-js/agent.js`     | componentize-js                                               |
 //! | `hello-c`      | `agents/hello-c/hello.c`       | wit-bindgen-c → clang → component (reactor adapter)           |
-//! | `go-echo`      | `agents/go-echo` (Go `main`)   | `GOOS=wasip1 go build` → preview 1 **core module**            |
-//! | `zig-echo`     | `agents/zig-echo/main.zig`     | `zig build-exe -target wasm32-wasi` → preview 1 **core module** |
+//! | `go-echo`      | `agents/go-echo` (Go `main`)   | `GOOS=wasip1 go build` → preview 1 core module (not adapted)  |
+//! | `zig-echo`     | `agents/zig-echo/main.zig`     | `zig build-exe`, wasm32-wasi → preview 1 core module (same)   |
 //!
 //! The Rust agents are built by one cargo invocation (cargo decides what is stale); the others are rebuilt only
 //! when a file in their directory (or, for those built against the toka WIT, in `wit/`) is newer than their output.
@@ -95,26 +95,17 @@ pub const AGENTS: &[Agent] = &[
 /// `build-agents [NAME...]`: builds the named agents, or all of them.
 pub fn build(layout: &Layout, names: &[String]) -> Result<()> {
     let selected = select(names)?;
-    fs::create_dir_all(&layout.build)
-        .with_context(|| format!("creating {}", layout.build.display()))?;
+    fs::create_dir_all(&layout.build).with_context(|| format!("creating {}", layout.build.display()))?;
     let started = Instant::now();
     let mut failures = Vec::new();
 
-    let rust: Vec<&Agent> = selected
-        .iter()
-        .filter(|a| matches!(a.kind, Kind::RustReactor | Kind::RustCommand))
-        .collect();
+    let rust: Vec<&Agent> =
+        selected.iter().filter(|a| matches!(a.kind, Kind::RustReactor | Kind::RustCommand)).collect();
     if !rust.is_empty() {
         let crates: Vec<&str> = rust.iter().map(|a| a.name).collect();
         match crate::rust::cargo_build(layout, &crates) {
             Ok(elapsed) => {
-                println!(
-                    "{:<14} {:>10} {:>8}  (cargo build of {} crates)",
-                    "rust",
-                    "",
-                    secs(elapsed),
-                    crates.len()
-                );
+                println!("{:<14} {:>10} {:>8}  (cargo build of {} crates)", "rust", "", secs(elapsed), crates.len());
                 for agent in rust {
                     let started = Instant::now();
                     let result = crate::rust::componentize(layout, agent).and_then(|bytes| {
@@ -131,19 +122,11 @@ pub fn build(layout: &Layout, names: &[String]) -> Result<()> {
         }
     }
 
-    for agent in selected
-        .iter()
-        .filter(|a| !matches!(a.kind, Kind::RustReactor | Kind::RustCommand))
-    {
+    for agent in selected.iter().filter(|a| !matches!(a.kind, Kind::RustReactor | Kind::RustCommand)) {
         let out = output_path(layout, agent);
         if is_fresh(&out, &agent.inputs(layout))? {
             let size = fs::metadata(&out).map(|m| m.len() as usize).unwrap_or(0);
-            println!(
-                "{:<14} {:>10} {:>8}  (up to date)",
-                agent.name,
-                size_str(size),
-                "-"
-            );
+            println!("{:<14} {:>10} {:>8}  (up to date)", agent.name, size_str(size), "-");
             continue;
         }
         let started = Instant::now();
@@ -154,12 +137,7 @@ pub fn build(layout: &Layout, names: &[String]) -> Result<()> {
         report(agent, result, started.elapsed(), &mut failures);
     }
 
-    println!(
-        "{} agent(s) in {}; components in {}",
-        selected.len(),
-        secs(started.elapsed()),
-        layout.out.display()
-    );
+    println!("{} agent(s) in {}; components in {}", selected.len(), secs(started.elapsed()), layout.out.display());
     if !failures.is_empty() {
         bail!("failed to build: {}", failures.join(", "));
     }
@@ -185,38 +163,22 @@ fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
     }
 }
 
-/// Checks `bytes` and, if they are the component (or preview 1 module) the host expects, writes them to `target/agents/NAME.wasm`
-/// (through a temporary file, so a failed build never leaves a half-written or unchecked output behind).
+/// Checks `bytes` and, if they are the component (or preview 1 module) the host expects, writes them to
+/// `target/agents/NAME.wasm` (through a temporary file, so a failed build never leaves a half-written or unchecked
+/// output behind).
 fn install(layout: &Layout, agent: &Agent, bytes: &[u8]) -> Result<()> {
-    component::check(bytes, agent.expect())
-        .with_context(|| format!("checking the {} component", agent.name))?;
+    component::check(bytes, agent.expect()).with_context(|| format!("checking the {} component", agent.name))?;
     let out = output_path(layout, agent);
     let tmp = out.with_extension("wasm.tmp");
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, &out)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
+    fs::rename(&tmp, &out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
 }
 
-fn report(
-    agent: &Agent,
-    result: Result<usize>,
-    elapsed: Duration,
-    failures: &mut Vec<&'static str>,
-) {
+fn report(agent: &Agent, result: Result<usize>, elapsed: Duration, failures: &mut Vec<&'static str>) {
     match result {
-        Ok(size) => println!(
-            "{:<14} {:>10} {:>8}",
-            agent.name,
-            size_str(size),
-            secs(elapsed)
-        ),
+        Ok(size) => println!("{:<14} {:>10} {:>8}", agent.name, size_str(size), secs(elapsed)),
         Err(err) => {
-            println!(
-                "{:<14} {:>10} {:>8}  FAILED",
-                agent.name,
-                "-",
-                secs(elapsed)
-            );
+            println!("{:<14} {:>10} {:>8}  FAILED", agent.name, "-", secs(elapsed));
             eprintln!("xtask: {}: {err:#}", agent.name);
             failures.push(agent.name);
         }

@@ -22,14 +22,11 @@ fn generate_bindings(layout: &Layout, dir: &Path) -> Result<()> {
     // wit-bindgen-c links its own wit-parser (re-exported by wit-bindgen-core), distinct from the one used to
     // decode components elsewhere in xtask: the `Resolve` here must come from that copy.
     let mut resolve = Resolve::default();
-    let (package, _) = resolve
-        .push_dir(&layout.wit)
-        .with_context(|| format!("parsing WIT in {}", layout.wit.display()))?;
+    let (package, _) =
+        resolve.push_dir(&layout.wit).with_context(|| format!("parsing WIT in {}", layout.wit.display()))?;
     let world = resolve.select_world(&[package], Some("agent"))?;
     let mut files = Files::default();
-    wit_bindgen_c::Opts::default()
-        .build()
-        .generate(&mut resolve, world, &mut files)?;
+    wit_bindgen_c::Opts::default().build().generate(&mut resolve, world, &mut files)?;
     for (name, contents) in files.iter() {
         let path = dir.join(name);
         fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
@@ -40,9 +37,7 @@ fn generate_bindings(layout: &Layout, dir: &Path) -> Result<()> {
 /// Compiles `agents/NAME/*.c` with fresh bindings into a core module; returns its bytes.
 pub fn build_core(layout: &Layout, name: &str, scratch: &Path) -> Result<Vec<u8>> {
     if !Path::new(WASI_SYSROOT_LIB).join("libc.a").exists() {
-        bail!(
-            "wasi-libc is missing ({WASI_SYSROOT_LIB}/libc.a not found): run scripts/setup-toolchains"
-        );
+        bail!("wasi-libc is missing ({WASI_SYSROOT_LIB}/libc.a not found): run scripts/setup-toolchains");
     }
     let gen_dir = scratch.join("gen");
     fs::create_dir_all(&gen_dir).with_context(|| format!("creating {}", gen_dir.display()))?;
@@ -62,12 +57,7 @@ pub fn build_core(layout: &Layout, name: &str, scratch: &Path) -> Result<Vec<u8>
     let core = scratch.join("core.wasm");
     let mut clang = Command::new(CLANG);
     clang
-        .args([
-            "--target=wasm32-wasi",
-            "-mexec-model=reactor",
-            "-O2",
-            "-std=c11",
-        ])
+        .args(["--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-std=c11"])
         .args(["-Wall", "-Wextra", "-Wno-unused-parameter"])
         .arg("-I")
         .arg(&gen_dir)
@@ -76,9 +66,8 @@ pub fn build_core(layout: &Layout, name: &str, scratch: &Path) -> Result<Vec<u8>
         .arg(gen_dir.join("agent_component_type.o"))
         .args(["-Wl,--strip-debug", "-o"])
         .arg(&core);
-    let status = clang
-        .status()
-        .with_context(|| format!("running {CLANG} (install it with scripts/setup-toolchains)"))?;
+    let status =
+        clang.status().with_context(|| format!("running {CLANG} (install it with scripts/setup-toolchains)"))?;
     if !status.success() {
         bail!("{CLANG} exited with {status}");
     }

@@ -5,8 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use wasi_preview1_component_adapter_provider::{
-    WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
-    WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+    WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
 };
 use wit_component::{ComponentEncoder, DecodedWasm};
 use wit_parser::{Function, Resolve, Type, TypeDefKind, WorldId, WorldItem, WorldKey};
@@ -63,20 +62,12 @@ impl Decoded {
 
     fn imports(&self) -> Vec<String> {
         let world = &self.resolve.worlds[self.world];
-        world
-            .imports
-            .iter()
-            .map(|(key, item)| self.describe(key, item))
-            .collect()
+        world.imports.iter().map(|(key, item)| self.describe(key, item)).collect()
     }
 
     fn exports(&self) -> Vec<String> {
         let world = &self.resolve.worlds[self.world];
-        world
-            .exports
-            .iter()
-            .map(|(key, item)| self.describe(key, item))
-            .collect()
+        world.exports.iter().map(|(key, item)| self.describe(key, item)).collect()
     }
 
     fn describe(&self, key: &WorldKey, item: &WorldItem) -> String {
@@ -91,8 +82,7 @@ impl Decoded {
     fn exports_run_function(&self) -> bool {
         let world = &self.resolve.worlds[self.world];
         world.exports.iter().any(|(key, item)| {
-            matches!(item, WorldItem::Function(_))
-                && matches!(key, WorldKey::Name(name) if name == "run")
+            matches!(item, WorldItem::Function(_)) && matches!(key, WorldKey::Name(name) if name == "run")
         })
     }
 
@@ -100,10 +90,7 @@ impl Decoded {
         let world = &self.resolve.worlds[self.world];
         world.exports.iter().any(|(key, item)| {
             matches!(item, WorldItem::Interface { .. })
-                && self
-                    .resolve
-                    .name_world_key(key)
-                    .starts_with("wasi:cli/run@0.2.")
+                && self.resolve.name_world_key(key).starts_with("wasi:cli/run@0.2.")
         })
     }
 }
@@ -114,22 +101,14 @@ pub fn check(bytes: &[u8], expect: Expect) -> Result<()> {
     if let Expect::Preview1Command = expect {
         return check_preview1_command(bytes);
     }
-    wasmparser::Validator::new()
-        .validate_all(bytes)
-        .context("the component does not validate")?;
+    wasmparser::Validator::new().validate_all(bytes).context("the component does not validate")?;
     let decoded = Decoded::new(bytes)?;
     match expect {
         Expect::Agent if !decoded.exports_run_function() => {
-            bail!(
-                "no top-level `run` export; exports: {:?}",
-                decoded.exports()
-            )
+            bail!("no top-level `run` export; exports: {:?}", decoded.exports())
         }
         Expect::Command if !decoded.exports_cli_run() => {
-            bail!(
-                "no `wasi:cli/run@0.2.x` export; exports: {:?}",
-                decoded.exports()
-            )
+            bail!("no `wasi:cli/run@0.2.x` export; exports: {:?}", decoded.exports())
         }
         Expect::Agent | Expect::Command | Expect::Preview1Command => Ok(()),
     }
@@ -141,9 +120,7 @@ fn check_preview1_command(bytes: &[u8]) -> Result<()> {
     if !wasmparser::Parser::is_core_wasm(bytes) {
         bail!("not a core wasm module");
     }
-    wasmparser::Validator::new()
-        .validate_all(bytes)
-        .context("the core module does not validate")?;
+    wasmparser::Validator::new().validate_all(bytes).context("the core module does not validate")?;
     let mut start = false;
     let mut exports = Vec::new();
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
@@ -163,8 +140,7 @@ fn check_preview1_command(bytes: &[u8]) -> Result<()> {
             wasmparser::Payload::ExportSection(reader) => {
                 for export in reader {
                     let export = export?;
-                    start |= export.name == "_start"
-                        && matches!(export.kind, wasmparser::ExternalKind::Func);
+                    start |= export.name == "_start" && matches!(export.kind, wasmparser::ExternalKind::Func);
                     exports.push(export.name.to_owned());
                 }
             }
@@ -185,9 +161,7 @@ pub fn inspect(path: &Path, full_wit: bool) -> Result<()> {
     }
     let decoded = Decoded::new(&bytes).with_context(|| format!("inspecting {}", path.display()))?;
     if full_wit {
-        let package = decoded.resolve.worlds[decoded.world]
-            .package
-            .context("the decoded world has no package")?;
+        let package = decoded.resolve.worlds[decoded.world].package.context("the decoded world has no package")?;
         let mut printer = wit_component::WitPrinter::default();
         printer.print(&decoded.resolve, package, &[])?;
         println!("{}", printer.output);
@@ -197,11 +171,7 @@ pub fn inspect(path: &Path, full_wit: bool) -> Result<()> {
         Ok(_) => "valid".to_owned(),
         Err(err) => format!("INVALID: {err}"),
     };
-    println!(
-        "{}: component, {} bytes, {valid}",
-        path.display(),
-        bytes.len()
-    );
+    println!("{}: component, {} bytes, {valid}", path.display(), bytes.len());
     println!("imports:");
     for import in decoded.imports() {
         println!("  {import}");
@@ -215,17 +185,10 @@ pub fn inspect(path: &Path, full_wit: bool) -> Result<()> {
 
 /// `func(name: type, ...) -> type` for a WIT function.
 fn signature(resolve: &Resolve, func: &Function) -> String {
-    let params: Vec<String> = func
-        .params
-        .iter()
-        .map(|param| format!("{}: {}", param.name, type_name(resolve, &param.ty)))
-        .collect();
+    let params: Vec<String> =
+        func.params.iter().map(|param| format!("{}: {}", param.name, type_name(resolve, &param.ty))).collect();
     match &func.result {
-        Some(result) => format!(
-            "func({}) -> {}",
-            params.join(", "),
-            type_name(resolve, result)
-        ),
+        Some(result) => format!("func({}) -> {}", params.join(", "), type_name(resolve, result)),
         None => format!("func({})", params.join(", ")),
     }
 }
@@ -253,10 +216,7 @@ fn type_name(resolve: &Resolve, ty: &Type) -> String {
     if let Some(name) = &def.name {
         return name.clone();
     }
-    let opt = |ty: &Option<Type>| {
-        ty.as_ref()
-            .map_or_else(|| "_".to_owned(), |t| type_name(resolve, t))
-    };
+    let opt = |ty: &Option<Type>| ty.as_ref().map_or_else(|| "_".to_owned(), |t| type_name(resolve, t));
     match &def.kind {
         TypeDefKind::Type(inner) => type_name(resolve, inner),
         TypeDefKind::List(inner) => format!("list<{}>", type_name(resolve, inner)),

@@ -49,8 +49,7 @@ fn run(args: Vec<String>) -> Result<()> {
     match command.as_str() {
         "build-agents" => agents::build(&Layout::from_manifest_dir(), rest),
         "inspect" => {
-            let (flags, files): (Vec<&String>, Vec<&String>) =
-                rest.iter().partition(|a| a.starts_with("--"));
+            let (flags, files): (Vec<&String>, Vec<&String>) = rest.iter().partition(|a| a.starts_with("--"));
             let full_wit = match flags.as_slice() {
                 [] => false,
                 [flag] if flag.as_str() == "--wit" => true,
@@ -88,10 +87,7 @@ pub struct Layout {
 
 impl Layout {
     fn from_manifest_dir() -> Self {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).to_path_buf();
         let out = root.join("target").join("agents");
         Layout {
             wit: root.join("wit"),

@@ -18,19 +18,14 @@ use crate::Layout;
 fn tool(layout: &Layout, relative: &str, what: &str) -> Result<PathBuf> {
     let path = layout.tools.join(relative);
     if !path.exists() {
-        bail!(
-            "{what} is missing ({} not found): run scripts/setup-toolchains",
-            path.display()
-        );
+        bail!("{what} is missing ({} not found): run scripts/setup-toolchains", path.display());
     }
     Ok(path)
 }
 
 /// Runs `command` (its output goes to the terminal) and returns the bytes it wrote to `out`.
 fn run(mut command: Command, what: &str, out: &Path) -> Result<Vec<u8>> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {what}"))?;
+    let status = command.status().with_context(|| format!("running {what}"))?;
     if !status.success() {
         bail!("{what} exited with {status}");
     }

@@ -45,10 +45,7 @@ fn target_dir(layout: &Layout) -> PathBuf {
 
 /// Builds the given crates of the agents workspace in release mode; returns how long cargo took.
 pub fn cargo_build(layout: &Layout, crates: &[&str]) -> Result<Duration> {
-    for (path, what) in [
-        (CARGO, "Debian's cargo (cargo-web)"),
-        (WASI_LIBC, "wasi-libc"),
-    ] {
+    for (path, what) in [(CARGO, "Debian's cargo (cargo-web)"), (WASI_LIBC, "wasi-libc")] {
         if !Path::new(path).exists() {
             bail!("{what} is missing ({path} not found): run scripts/setup-toolchains");
         }
@@ -56,13 +53,7 @@ pub fn cargo_build(layout: &Layout, crates: &[&str]) -> Result<Duration> {
     let mut cargo = Command::new(CARGO);
     cargo
         .current_dir(&layout.agents)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            TARGET,
-            "-Zbuild-std=std,panic_abort",
-        ])
+        .args(["build", "--release", "--target", TARGET, "-Zbuild-std=std,panic_abort"])
         .args(crates.iter().flat_map(|name| ["-p", name]));
     for var in INHERITED_BUILD_VARS {
         cargo.env_remove(var);
@@ -76,10 +67,7 @@ pub fn cargo_build(layout: &Layout, crates: &[&str]) -> Result<Duration> {
     let started = Instant::now();
     let status = cargo.status().with_context(|| format!("running {CARGO}"))?;
     if !status.success() {
-        bail!(
-            "`cargo build` of {} exited with {status}",
-            crates.join(", ")
-        );
+        bail!("`cargo build` of {} exited with {status}", crates.join(", "));
     }
     Ok(started.elapsed())
 }
@@ -88,16 +76,11 @@ pub fn cargo_build(layout: &Layout, crates: &[&str]) -> Result<Duration> {
 pub fn componentize(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
     // A cdylib's artifact is named after its lib target (dashes become underscores), a binary after the package.
     let (file, adapter) = match agent.kind {
-        Kind::RustReactor => (
-            format!("{}.wasm", agent.name.replace('-', "_")),
-            Adapter::Reactor,
-        ),
+        Kind::RustReactor => (format!("{}.wasm", agent.name.replace('-', "_")), Adapter::Reactor),
         Kind::RustCommand => (format!("{}.wasm", agent.name), Adapter::Command),
         other => bail!("{} is not a Rust agent ({other:?})", agent.name),
     };
     let core_path = target_dir(layout).join(TARGET).join("release").join(file);
-    let core =
-        std::fs::read(&core_path).with_context(|| format!("reading {}", core_path.display()))?;
-    component::encode(&core, adapter)
-        .with_context(|| format!("componentizing {}", core_path.display()))
+    let core = std::fs::read(&core_path).with_context(|| format!("reading {}", core_path.display()))?;
+    component::encode(&core, adapter).with_context(|| format!("componentizing {}", core_path.display()))
 }

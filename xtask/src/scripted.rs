@@ -10,9 +10,7 @@ use crate::Layout;
 
 /// Runs `command`, failing with its exit status, and returns the bytes it wrote to `out`.
 fn run_tool(mut command: Command, what: &str, out: &Path) -> Result<Vec<u8>> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {what}"))?;
+    let status = command.status().with_context(|| format!("running {what}"))?;
     if !status.success() {
         bail!("{what} exited with {status}");
     }
@@ -22,10 +20,7 @@ fn run_tool(mut command: Command, what: &str, out: &Path) -> Result<Vec<u8>> {
 fn tool(layout: &Layout, relative: &str) -> Result<PathBuf> {
     let path = layout.tools.join(relative);
     if !path.exists() {
-        bail!(
-            "{} is missing: run scripts/setup-toolchains",
-            path.display()
-        );
+        bail!("{} is missing: run scripts/setup-toolchains", path.display());
     }
     Ok(path)
 }
@@ -38,13 +33,7 @@ pub fn componentize_py(layout: &Layout, name: &str, scratch: &Path) -> Result<Ve
     command
         .arg("--wit-path")
         .arg(&layout.wit)
-        .args([
-            "--world",
-            "toka:agent/agent",
-            "--quiet",
-            "componentize",
-            "--python-path",
-        ])
+        .args(["--world", "toka:agent/agent", "--quiet", "componentize", "--python-path"])
         .arg(layout.agents.join(name))
         .arg("--output")
         .arg(&out)
@@ -65,14 +54,7 @@ pub fn componentize_js(layout: &Layout, name: &str, scratch: &Path) -> Result<Ve
         .arg(layout.agents.join(name).join("agent.js"))
         .arg("--wit")
         .arg(&layout.wit)
-        .args([
-            "--world-name",
-            "agent",
-            "--disable",
-            "http",
-            "fetch-event",
-            "--out",
-        ])
+        .args(["--world-name", "agent", "--disable", "http", "fetch-event", "--out"])
         .arg(&out);
     run_tool(command, "componentize-js", &out)
 }

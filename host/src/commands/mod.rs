@@ -1,6 +1,9 @@
 //! The `toka-host` command line: one file per subcommand, each a `clap` type with an `execute` method.
 
+pub mod events;
 pub mod run;
+pub mod runs;
+pub mod state;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +19,12 @@ pub struct Cli {
 pub enum Command {
     /// Run an agent component, a wasi:cli/command component, or a WASI preview 1 module.
     Run(run::RunCommand),
+    /// Show, follow or verify the event log.
+    Events(events::EventsCommand),
+    /// Recent runs with outcome, fuel and wall time.
+    Runs(runs::RunsCommand),
+    /// Read or write agents' persistent state (operators).
+    State(state::StateCommand),
 }
 
 impl Cli {
@@ -23,6 +32,9 @@ impl Cli {
     pub fn execute(self) -> i32 {
         match self.command {
             Command::Run(cmd) => cmd.execute(),
+            Command::Events(cmd) => cmd.execute(),
+            Command::Runs(cmd) => cmd.execute(),
+            Command::State(cmd) => cmd.execute(),
         }
     }
 }

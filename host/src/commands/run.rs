@@ -1,15 +1,19 @@
 //! `toka-host run`: load a component, authorize the grants it is given, run it in a fresh sandbox, report.
 
+use crate::component::World;
+use crate::db::Db;
 use crate::engine::EngineOptions;
 use crate::error::RunError;
+use crate::events::{EventLog, GroupCommit};
 use crate::grants::{self, DirGrant, EnvGrant, GrantRequest, NetGrant};
 use crate::report::RunReport;
-use crate::run::{Invocation, Limits, MAX_INPUT, Runner};
+use crate::run::{Invocation, Limits, MAX_INPUT, Program, Runner};
 use crate::sandbox::OutputMode;
 use crate::units::{parse_duration, parse_size};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Run an agent component, a wasi:cli/command component, or a WASI preview 1 module.
@@ -35,6 +39,14 @@ pub struct RunCommand {
     /// Give the guest the host's stdin (closed otherwise).
     #[arg(long)]
     pub inherit_stdin: bool,
+
+    /// Let the agent read (`ro`) or read and write (`rw`) its persistent state.
+    #[arg(long, value_name = "ro|rw", value_parser = grants::parse_state)]
+    pub state: Option<grants::StateGrant>,
+
+    /// The database the run is recorded in (default $TOKA_HOME/toka.redb, ~/.local/share/toka/toka.redb).
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
 
     /// Fuel budget (about one unit per instruction), or `unlimited`.
     #[arg(long, value_name = "N", default_value = "10000000000", value_parser = parse_fuel)]
@@ -93,22 +105,15 @@ fn parse_fuel(text: &str) -> Result<u64, String> {
     if text.eq_ignore_ascii_case("unlimited") {
         return Ok(u64::MAX);
     }
-    text.replace('_', "")
-        .parse()
-        .map_err(|_| format!("invalid fuel `{text}`: expected a number or `unlimited`"))
+    text.replace('_', "").parse().map_err(|_| format!("invalid fuel `{text}`: expected a number or `unlimited`"))
 }
 
 impl RunCommand {
     pub fn execute(self) -> i32 {
         let json = self.json;
-        let report = match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
+        let report = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(rt) => rt.block_on(self.run()),
-            Err(e) => Err(RunError::host(format!(
-                "cannot start the async runtime: {e}"
-            ))),
+            Err(e) => Err(RunError::host(format!("cannot start the async runtime: {e}"))),
         };
         let report = match report {
             Ok(r) => r,
@@ -130,9 +135,7 @@ impl RunCommand {
             cache_dir: if self.no_cache {
                 None
             } else {
-                self.cache_dir
-                    .clone()
-                    .or_else(crate::engine::default_cache_dir)
+                self.cache_dir.clone().or_else(crate::engine::default_cache_dir)
             },
             pooling: self.repeat > 1,
         };
@@ -143,31 +146,30 @@ impl RunCommand {
             max_output: self.max_output,
             ..Limits::default()
         };
-        let invocation = self.invocation()?;
-        let mut runner = Runner::new(&options)?;
-        let program = runner.load(&self.component)?;
-        let request = GrantRequest {
-            dirs: self.dirs.clone(),
-            env: self.env.clone(),
-            net: self.net.clone(),
-            inherit_stdin: self.inherit_stdin,
+        let db_path = self.db.clone().unwrap_or_else(crate::db::default_path);
+        let db = Db::open(&db_path).map_err(|e| RunError::host(format!("event log: {e}")))?;
+        let log = EventLog::open(db, GroupCommit::default())
+            .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;
+        let mut runner = Runner::new(&options)?.with_events(Arc::new(log));
+        let prepared = self.prepare(&mut runner);
+        let (program, invocation, authorized) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                // The refusal is recorded too; failing to record it must not hide the refusal itself.
+                if let Err(record) = runner.record_refusal(&self.component, &e).await {
+                    eprintln!("toka-host: warning: could not record the refusal: {record}");
+                }
+                return Err(e);
+            }
         };
-        let authorized = grants::authorize(&request)?;
-        let output = OutputMode {
-            echo: !self.json,
-            capture: self.json,
-        };
+        let output = OutputMode { echo: !self.json, capture: self.json };
 
         let rss_before = crate::run::resident_set_bytes();
-        let mut report = runner
-            .run(&program, &authorized, &limits, &invocation, output)
-            .await;
+        let mut report = runner.run(&program, &authorized, &limits, &invocation, output).await;
         let mut failures = u32::from(report.exit_code != 0);
         let rss_first = crate::run::resident_set_bytes();
         for _ in 1..self.repeat {
-            report = runner
-                .run(&program, &authorized, &limits, &invocation, output)
-                .await;
+            report = runner.run(&program, &authorized, &limits, &invocation, output).await;
             failures += u32::from(report.exit_code != 0);
         }
         let rss_after = crate::run::resident_set_bytes();
@@ -191,34 +193,35 @@ impl RunCommand {
                 drop(writeln!(out, "{result}").and_then(|()| out.flush()));
             }
             // A command's non-zero status is its own business, as with `wasmtime run`: no extra line.
-            if let Some(error) = report
-                .error
-                .as_ref()
-                .filter(|_| report.outcome != crate::error::Outcome::Exited)
-            {
+            if let Some(error) = report.error.as_ref().filter(|_| report.outcome != crate::error::Outcome::Exited) {
                 eprintln!("toka-host: {error}");
             }
         }
         Ok(report)
     }
 
-    fn invocation(&self) -> Result<Invocation, RunError> {
-        let raw_input = match (&self.input, &self.input_file) {
-            (Some(text), _) => Some(text.clone()),
-            (None, Some(path)) => Some(read_input(path)?),
-            (None, None) => None,
+    /// Everything that can refuse the run before the guest starts, in order.
+    fn prepare(&self, runner: &mut Runner) -> Result<(Arc<Program>, Invocation, grants::Authorized), RunError> {
+        let input = self.read_task_input()?;
+        let program = runner.load(&self.component)?;
+        let invocation = self.invocation(program.world(), input)?;
+        let request = GrantRequest {
+            dirs: self.dirs.clone(),
+            env: self.env.clone(),
+            net: self.net.clone(),
+            inherit_stdin: self.inherit_stdin,
+            state: self.state.unwrap_or_default(),
         };
-        if raw_input.is_none() && self.task_id.is_none() && !self.args.is_empty() {
-            return Ok(Invocation::Command {
-                args: self.args.clone(),
-            });
-        }
-        if !self.args.is_empty() && raw_input.is_some() {
-            return Err(RunError::InvalidInput(
-                "give either a task (--input) or command arguments, not both".into(),
-            ));
-        }
-        let input = raw_input.unwrap_or_else(|| "{}".into());
+        Ok((program, invocation, grants::authorize(&request)?))
+    }
+
+    /// The task input from `--input` or `--input-file`, checked to be JSON of a bounded size.
+    fn read_task_input(&self) -> Result<Option<String>, RunError> {
+        let input = match (&self.input, &self.input_file) {
+            (Some(text), _) => text.clone(),
+            (None, Some(path)) => read_input(path)?,
+            (None, None) => return Ok(None),
+        };
         if input.len() > MAX_INPUT {
             return Err(RunError::InvalidInput(format!(
                 "task input is {} bytes, over the {MAX_INPUT} byte limit",
@@ -226,15 +229,32 @@ impl RunCommand {
             )));
         }
         if let Err(e) = serde_json::from_str::<serde_json::Value>(&input) {
-            return Err(RunError::InvalidInput(format!(
-                "task input is not valid JSON: {e}"
-            )));
+            return Err(RunError::InvalidInput(format!("task input is not valid JSON: {e}")));
         }
-        let id = self
-            .task_id
-            .clone()
-            .unwrap_or_else(crate::run::fresh_task_id);
-        Ok(Invocation::Task { id, input })
+        Ok(Some(input))
+    }
+
+    /// What to call, decided by the component's world: an agent takes a task, a command takes arguments.
+    fn invocation(&self, world: World, input: Option<String>) -> Result<Invocation, RunError> {
+        match world {
+            World::Command => {
+                if input.is_some() || self.task_id.is_some() {
+                    return Err(RunError::InvalidInput(
+                        "this is a command: it takes arguments, not a task (--input, --task-id)".into(),
+                    ));
+                }
+                Ok(Invocation::Command { args: self.args.clone() })
+            }
+            World::Agent | World::Tool => {
+                if !self.args.is_empty() {
+                    return Err(RunError::InvalidInput(
+                        "this is an agent: it takes a task (--input), not command-line arguments".into(),
+                    ));
+                }
+                let id = self.task_id.clone().unwrap_or_else(crate::run::fresh_task_id);
+                Ok(Invocation::Task { id, input: input.unwrap_or_else(|| "{}".into()) })
+            }
+        }
     }
 }
 
@@ -248,17 +268,12 @@ fn read_input(path: &std::path::Path) -> Result<String, RunError> {
         match std::fs::File::open(path) {
             Ok(f) => f.take(limit).read_to_string(&mut text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RunError::InvalidInput(format!(
-                    "input file {} not found",
-                    path.display()
-                )));
+                return Err(RunError::InvalidInput(format!("input file {} not found", path.display())));
             }
             Err(e) => Err(e),
         }
     };
-    result.map_err(|e| {
-        RunError::InvalidInput(format!("cannot read input file {}: {e}", path.display()))
-    })?;
+    result.map_err(|e| RunError::InvalidInput(format!("cannot read input file {}: {e}", path.display())))?;
     Ok(text)
 }
 

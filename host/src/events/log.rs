@@ -83,11 +83,7 @@ impl EventLog {
         let writer = std::thread::Builder::new()
             .name("toka-events".into())
             .spawn(move || write_loop(&writer_db, &inbox, max_batch))?;
-        Ok(EventLog {
-            queue: Some(queue),
-            writer: Some(writer),
-            db,
-        })
+        Ok(EventLog { queue: Some(queue), writer: Some(writer), db })
     }
 
     pub fn db(&self) -> &Db {
@@ -100,9 +96,7 @@ impl EventLog {
             return Err(AppendError::PayloadTooLarge(size));
         }
         let queue = self.queue.as_ref().ok_or(AppendError::Closed)?;
-        queue
-            .send(Request { draft, reply })
-            .map_err(|_| AppendError::Closed)
+        queue.send(Request { draft, reply }).map_err(|_| AppendError::Closed)
     }
 
     /// Appends and blocks until the event is durable. Not for use on an async runtime's thread.
@@ -148,9 +142,7 @@ fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize) {
             Err(e) => {
                 let message = crate::error::one_line(&e.to_string());
                 for request in batch {
-                    request
-                        .reply
-                        .send(Err(AppendError::Storage(message.clone())));
+                    request.reply.send(Err(AppendError::Storage(message.clone())));
                 }
             }
         }
@@ -167,9 +159,8 @@ pub(crate) fn commit(db: &Db, drafts: &[&EventDraft]) -> Result<Vec<Ack>, redb::
             None => (0, GENESIS),
             Some((k, v)) => {
                 // Never extend a chain whose head cannot be read: fail closed instead of forking the chain.
-                let (hash, _) = split(v.value()).ok_or_else(|| {
-                    redb::Error::Corrupted(format!("event {} is shorter than its hash", k.value()))
-                })?;
+                let (hash, _) = split(v.value())
+                    .ok_or_else(|| redb::Error::Corrupted(format!("event {} is shorter than its hash", k.value())))?;
                 (k.value(), hash)
             }
         };
@@ -191,13 +182,7 @@ mod tests {
     use crate::events::{Filter, read, verify};
 
     fn draft(i: u64) -> EventDraft {
-        EventDraft {
-            time_ms: i,
-            kind: "test".into(),
-            agent: "a".into(),
-            run_id: "r".into(),
-            payload: i.into(),
-        }
+        EventDraft { time_ms: i, kind: "test".into(), agent: "a".into(), run_id: "r".into(), payload: i.into() }
     }
 
     #[test]
@@ -212,9 +197,7 @@ mod tests {
                 let threads: Vec<_> = (0..8)
                     .map(|t| {
                         s.spawn(move || {
-                            (0..25)
-                                .map(|i| log.append(draft(t * 100 + i)).unwrap().seq)
-                                .collect::<Vec<_>>()
+                            (0..25).map(|i| log.append(draft(t * 100 + i)).unwrap().seq).collect::<Vec<_>>()
                         })
                     })
                     .collect();
@@ -231,33 +214,16 @@ mod tests {
         let log = EventLog::open(db.clone(), GroupCommit { max_batch: 1 }).unwrap();
         assert_eq!(log.append(draft(7)).unwrap().seq, 201);
         assert_eq!(verify(&db).unwrap().records, 201);
-        let only = read(
-            &db,
-            &Filter {
-                after: Some(199),
-                ..Filter::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            only.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            vec![200, 201]
-        );
+        let only = read(&db, &Filter { after: Some(199), ..Filter::default() }).unwrap();
+        assert_eq!(only.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![200, 201]);
     }
 
     #[test]
     fn oversized_payloads_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(
-            Db::open(&dir.path().join("t.redb")).unwrap(),
-            GroupCommit::default(),
-        )
-        .unwrap();
+        let log = EventLog::open(Db::open(&dir.path().join("t.redb")).unwrap(), GroupCommit::default()).unwrap();
         let mut d = draft(1);
         d.payload = "x".repeat(MAX_PAYLOAD + 1).into();
-        assert!(matches!(
-            log.append(d),
-            Err(AppendError::PayloadTooLarge(_))
-        ));
+        assert!(matches!(log.append(d), Err(AppendError::PayloadTooLarge(_))));
     }
 }

@@ -50,13 +50,7 @@ pub struct EventDraft {
 
 impl EventDraft {
     pub fn new(kind: &str, agent: &str, run_id: &str, payload: serde_json::Value) -> Self {
-        EventDraft {
-            time_ms: now_ms(),
-            kind: kind.into(),
-            agent: agent.into(),
-            run_id: run_id.into(),
-            payload,
-        }
+        EventDraft { time_ms: now_ms(), kind: kind.into(), agent: agent.into(), run_id: run_id.into(), payload }
     }
 }
 
@@ -125,8 +119,7 @@ fn split(value: &[u8]) -> Option<([u8; 32], &[u8])> {
 
 fn decode(seq: u64, value: &[u8]) -> Result<EventRecord, String> {
     let (hash, body) = split(value).ok_or("record shorter than its hash")?;
-    let body: Body =
-        serde_json::from_slice(body).map_err(|e| format!("body is not a record: {e}"))?;
+    let body: Body = serde_json::from_slice(body).map_err(|e| format!("body is not a record: {e}"))?;
     Ok(EventRecord {
         seq,
         time_ms: body.time_ms,
@@ -154,10 +147,7 @@ impl Filter {
     fn matches(&self, r: &EventRecord) -> bool {
         self.agent.as_ref().is_none_or(|a| *a == r.agent)
             && self.run_id.as_ref().is_none_or(|x| *x == r.run_id)
-            && self
-                .kind
-                .as_ref()
-                .is_none_or(|k| *k == r.kind || r.kind.starts_with(&format!("{k}.")))
+            && self.kind.as_ref().is_none_or(|k| *k == r.kind || r.kind.starts_with(&format!("{k}.")))
     }
 }
 
@@ -214,11 +204,7 @@ pub fn verify(db: &Db) -> Result<Verification, redb::Error> {
         let (k, v) = entry?;
         let seq = k.value();
         records += 1;
-        let bad = |why: String| Verification {
-            records,
-            first_bad: Some((seq, why)),
-            head: hex::encode(prev),
-        };
+        let bad = |why: String| Verification { records, first_bad: Some((seq, why)), head: hex::encode(prev) };
         if seq != expected_seq {
             return Ok(bad(format!("expected sequence number {expected_seq}")));
         }
@@ -233,9 +219,7 @@ pub fn verify(db: &Db) -> Result<Verification, redb::Error> {
             return Ok(bad(format!("body says sequence number {}", parsed.seq)));
         }
         if parsed.prev != hex::encode(prev) {
-            return Ok(bad(
-                "previous-hash field does not match the previous record".into(),
-            ));
+            return Ok(bad("previous-hash field does not match the previous record".into()));
         }
         if chain_hash(&prev, body) != hash {
             return Ok(bad("hash does not match the record's bytes".into()));
@@ -243,11 +227,7 @@ pub fn verify(db: &Db) -> Result<Verification, redb::Error> {
         prev = hash;
         expected_seq += 1;
     }
-    Ok(Verification {
-        records,
-        first_bad: None,
-        head: hex::encode(prev),
-    })
+    Ok(Verification { records, first_bad: None, head: hex::encode(prev) })
 }
 
 /// Unix time now, in milliseconds.
@@ -263,13 +243,7 @@ mod tests {
 
     #[test]
     fn hash_covers_prev_and_body() {
-        let d = EventDraft {
-            time_ms: 5,
-            kind: "k".into(),
-            agent: "a".into(),
-            run_id: "r".into(),
-            payload: 1.into(),
-        };
+        let d = EventDraft { time_ms: 5, kind: "k".into(), agent: "a".into(), run_id: "r".into(), payload: 1.into() };
         let (v1, h1) = encode(1, &GENESIS, &d);
         let (_, h2) = encode(1, &[1; 32], &d);
         assert_ne!(h1, h2);
@@ -277,10 +251,7 @@ mod tests {
         assert_eq!(hash, h1);
         assert_eq!(chain_hash(&GENESIS, body), h1);
         let r = decode(1, &v1).unwrap();
-        assert_eq!(
-            (r.kind.as_str(), r.agent.as_str(), r.payload.clone()),
-            ("k", "a", serde_json::json!(1))
-        );
+        assert_eq!((r.kind.as_str(), r.agent.as_str(), r.payload.clone()), ("k", "a", serde_json::json!(1)));
     }
 
     #[test]

@@ -45,12 +45,7 @@ impl MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let grow = (desired as u64).saturating_sub(current as u64);
         let new_total = self.total.saturating_add(grow);
         if new_total > self.max_memory || maximum.is_some_and(|m| desired > m) {
@@ -70,12 +65,7 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(())
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.max_table_elements || maximum.is_some_and(|m| desired > m) {
             self.refused = true;
             return Ok(false);
@@ -115,8 +105,7 @@ mod tests {
     fn failed_growth_is_taken_back() {
         let mut l = MemoryLimiter::new(10 << 16, 1000);
         assert!(l.memory_growing(0, 8 << 16, None).unwrap());
-        l.memory_grow_failed(wasmtime::format_err!("os said no"))
-            .unwrap();
+        l.memory_grow_failed(wasmtime::format_err!("os said no")).unwrap();
         assert!(l.memory_growing(0, 9 << 16, None).unwrap());
     }
 

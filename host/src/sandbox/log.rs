@@ -31,14 +31,7 @@ pub struct LogSink {
 
 impl LogSink {
     pub fn new(name: impl Into<String>, echo: bool, capture: bool, budget: u64) -> Self {
-        LogSink {
-            name: name.into(),
-            echo,
-            capture,
-            budget,
-            records: Vec::new(),
-            dropped: 0,
-        }
+        LogSink { name: name.into(), echo, capture, budget, records: Vec::new(), dropped: 0 }
     }
 
     pub fn records(&self) -> &[LogRecord] {
@@ -67,10 +60,7 @@ impl LogSink {
         self.budget -= cost;
         let level = level_name(level);
         if self.echo {
-            let safe: String = message
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect();
+            let safe: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
             eprintln!("[{}] {level}: {safe}", self.name);
         }
         if self.capture {
@@ -103,11 +93,7 @@ mod tests {
     fn truncates_and_caps() {
         let mut sink = LogSink::new("t", false, true, 100);
         sink.log(LogLevel::Info, "é".repeat(MAX_MESSAGE));
-        assert_eq!(
-            sink.records().len(),
-            0,
-            "a 4 KiB record does not fit a 100-byte budget"
-        );
+        assert_eq!(sink.records().len(), 0, "a 4 KiB record does not fit a 100-byte budget");
         assert_eq!(sink.dropped(), 1);
         let mut sink = LogSink::new("t", false, true, 1 << 20);
         sink.log(LogLevel::Warn, "é".repeat(MAX_MESSAGE));

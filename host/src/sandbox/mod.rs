@@ -7,7 +7,9 @@
 
 pub mod limits;
 pub mod log;
+pub mod observe;
 pub mod output;
+pub mod state;
 
 use crate::engine::HostEngine;
 use crate::error::RunError;
@@ -30,14 +32,22 @@ pub struct SandboxState {
     table: ResourceTable,
     pub limiter: MemoryLimiter,
     pub log: LogSink,
+    pub observer: observe::Observer,
+    pub state: state::StateAccess,
+}
+
+/// Who is running and where its records go.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub agent: String,
+    pub run_id: String,
+    pub events: Option<std::sync::Arc<crate::events::EventLog>>,
+    pub state: state::StateGrant,
 }
 
 impl WasiView for SandboxState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -63,52 +73,32 @@ pub fn build(
     grants: &Authorized,
     limits: &Limits,
     output: OutputMode,
-    name: &str,
+    context: &RunContext,
     argv: &[String],
 ) -> Result<Sandbox, RunError> {
+    let name = context.agent.as_str();
     let mut wasi = WasiCtxBuilder::new();
     wasi.args(argv);
     wasi.envs(&grants.env);
     for dir in &grants.dirs {
-        let perms = if dir.read_only {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        };
-        wasi.preopened_dir(&dir.host, &dir.guest, perms)
-            .map_err(|e| RunError::GrantRefused {
-                grant: format!("dir {}::{}", dir.host.display(), dir.guest),
-                reason: crate::error::one_line(&format!("{e:#}")),
-            })?;
+        let perms = if dir.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        wasi.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| RunError::GrantRefused {
+            grant: format!("dir {}::{}", dir.host.display(), dir.guest),
+            reason: crate::error::one_line(&format!("{e:#}")),
+        })?;
     }
     if grants.inherit_stdin {
         wasi.inherit_stdin();
     }
-    let stdout = CappedOutput::new(
-        if output.echo {
-            Echo::Stdout
-        } else {
-            Echo::None
-        },
-        output.capture,
-        limits.max_output,
-    );
-    let stderr = CappedOutput::new(
-        if output.echo {
-            Echo::Stderr
-        } else {
-            Echo::None
-        },
-        output.capture,
-        limits.max_output,
-    );
+    let stdout =
+        CappedOutput::new(if output.echo { Echo::Stdout } else { Echo::None }, output.capture, limits.max_output);
+    let stderr =
+        CappedOutput::new(if output.echo { Echo::Stderr } else { Echo::None }, output.capture, limits.max_output);
     wasi.stdout(stdout.clone());
     wasi.stderr(stderr.clone());
 
     let has_net = !grants.net.is_empty();
-    wasi.allow_tcp(has_net)
-        .allow_udp(has_net)
-        .allow_ip_name_lookup(has_net);
+    wasi.allow_tcp(has_net).allow_udp(has_net).allow_ip_name_lookup(has_net);
     let allowed = Arc::new(grants.net.clone());
     wasi.socket_addr_check(move |addr, usage| {
         let ok = socket_allowed(&allowed, addr, usage);
@@ -120,6 +110,19 @@ pub fn build(
         table: ResourceTable::new(),
         limiter: MemoryLimiter::new(limits.max_memory, limits.max_table_elements),
         log: LogSink::new(name, output.echo, output.capture, limits.max_output),
+        observer: observe::Observer {
+            agent: context.agent.clone(),
+            run_id: context.run_id.clone(),
+            log: context.events.clone(),
+            emitted: 0,
+        },
+        state: state::StateAccess {
+            agent: context.agent.clone(),
+            run_id: context.run_id.clone(),
+            grant: context.state,
+            db: context.events.as_ref().map(|e| e.db().clone()),
+            log: context.events.clone(),
+        },
     };
     let mut store = Store::new(&host.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -128,20 +131,14 @@ pub fn build(
     }
     // The epoch ticker advances every `EPOCH_TICK`; the deadline is counted in ticks from now.
     store.set_epoch_deadline(crate::engine::ticks_for(limits.timeout));
-    Ok(Sandbox {
-        store,
-        stdout,
-        stderr,
-    })
+    Ok(Sandbox { store, stdout, stderr })
 }
 
 /// The socket policy: connect or send only to a granted peer; bind only the implicit wildcard bind that a
 /// connect or a UDP send performs; receive datagrams only from a granted peer; never listen or accept.
 fn socket_allowed(allowed: &BTreeSet<SocketAddr>, addr: SocketAddr, usage: SocketAddrUse) -> bool {
     match usage {
-        SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
-            allowed.contains(&addr)
-        }
+        SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => allowed.contains(&addr),
         SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
             !allowed.is_empty() && addr.ip().is_unspecified() && addr.port() == 0
         }
@@ -158,26 +155,10 @@ mod tests {
         let granted: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let allowed = BTreeSet::from([granted]);
         assert!(socket_allowed(&allowed, granted, SocketAddrUse::TcpConnect));
-        assert!(!socket_allowed(
-            &allowed,
-            "127.0.0.1:8081".parse().unwrap(),
-            SocketAddrUse::TcpConnect
-        ));
+        assert!(!socket_allowed(&allowed, "127.0.0.1:8081".parse().unwrap(), SocketAddrUse::TcpConnect));
         assert!(!socket_allowed(&allowed, granted, SocketAddrUse::TcpListen));
-        assert!(socket_allowed(
-            &allowed,
-            "0.0.0.0:0".parse().unwrap(),
-            SocketAddrUse::TcpBind
-        ));
-        assert!(!socket_allowed(
-            &allowed,
-            "0.0.0.0:8080".parse().unwrap(),
-            SocketAddrUse::TcpBind
-        ));
-        assert!(!socket_allowed(
-            &BTreeSet::new(),
-            "0.0.0.0:0".parse().unwrap(),
-            SocketAddrUse::TcpBind
-        ));
+        assert!(socket_allowed(&allowed, "0.0.0.0:0".parse().unwrap(), SocketAddrUse::TcpBind));
+        assert!(!socket_allowed(&allowed, "0.0.0.0:8080".parse().unwrap(), SocketAddrUse::TcpBind));
+        assert!(!socket_allowed(&BTreeSet::new(), "0.0.0.0:0".parse().unwrap(), SocketAddrUse::TcpBind));
     }
 }

@@ -124,8 +124,7 @@ const WRITE_BUDGET: u64 = 64 * 1024;
 
 impl OutputStream for CappedOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.accept(&bytes)
-            .map_err(|e| StreamError::Trap(wasmtime::Error::new(e)))
+        self.accept(&bytes).map_err(|e| StreamError::Trap(wasmtime::Error::new(e)))
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -151,16 +150,8 @@ impl Pollable for CappedOutput {
 }
 
 impl tokio::io::AsyncWrite for CappedOutput {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(
-            self.accept(buf)
-                .map(|()| buf.len())
-                .map_err(std::io::Error::other),
-        )
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(self.accept(buf).map(|()| buf.len()).map_err(std::io::Error::other))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -1,0 +1,95 @@
+//! `toka-host state`: an operator's view of (and hand on) agents' persistent state.
+
+use crate::events::{EventDraft, EventLog, GroupCommit, kind};
+use crate::sandbox::state as store;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct StateCommand {
+    #[command(subcommand)]
+    pub action: StateAction,
+
+    /// The database (default $TOKA_HOME/toka.redb).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub db: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateAction {
+    /// Print the value of KEY (as text if it is UTF-8, else as hex).
+    Get {
+        #[arg(long)]
+        agent: String,
+        key: String,
+    },
+    /// Store VALUE under KEY (recorded as a `state.write` event by the operator).
+    Set {
+        #[arg(long)]
+        agent: String,
+        key: String,
+        value: String,
+    },
+    /// List keys, optionally only those starting with PREFIX.
+    List {
+        #[arg(long)]
+        agent: String,
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+}
+
+impl StateCommand {
+    pub fn execute(self) -> i32 {
+        let db = match super::events::open_db(self.db.as_ref()) {
+            Ok(db) => db,
+            Err(e) => {
+                eprintln!("toka-host: {e}");
+                return 79;
+            }
+        };
+        let result = match &self.action {
+            StateAction::Get { agent, key } => store::get(&db, agent, key).map(|v| match v {
+                Some(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => println!("{}", hex::encode(e.into_bytes())),
+                },
+                None => {
+                    eprintln!("toka-host: agent {agent} has no key {key}");
+                    std::process::exit(1);
+                }
+            }),
+            StateAction::Set { agent, key, value } => {
+                if key.is_empty() || key.len() > store::MAX_KEY || value.len() > store::MAX_VALUE {
+                    eprintln!(
+                        "toka-host: keys are 1 to {} bytes, values at most {} bytes",
+                        store::MAX_KEY,
+                        store::MAX_VALUE
+                    );
+                    return 2;
+                }
+                store::write(&db, agent, key, Some(value.as_bytes())).map(drop).and_then(|()| {
+                    let log = EventLog::open(db.clone(), GroupCommit::default())
+                        .map_err(|e| crate::bindings::agent::toka::agent::state::StateError::Storage(e.to_string()))?;
+                    let payload =
+                        serde_json::json!({ "op": "set", "key": key, "bytes": value.len(), "by": "operator" });
+                    log.append(EventDraft::new(kind::STATE_WRITE, agent, "", payload))
+                        .map(drop)
+                        .map_err(|e| crate::bindings::agent::toka::agent::state::StateError::Storage(e.to_string()))
+                })
+            }
+            StateAction::List { agent, prefix } => store::list(&db, agent, prefix).map(|keys| {
+                for k in keys {
+                    println!("{k}");
+                }
+            }),
+        };
+        match result {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("toka-host: state: {e:?}");
+                79
+            }
+        }
+    }
+}

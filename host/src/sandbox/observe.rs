@@ -1,0 +1,67 @@
+//! The host side of `toka:agent/events`: an agent's observations, appended to the event log as `observation`
+//! events of its run, durable before `emit` returns.
+//!
+//! Without an event log (a library caller that runs without one), `emit` fails with a message rather than
+//! pretending: an agent must never believe an observation was recorded when it was not.
+
+use crate::bindings::agent::toka::agent::events::Host;
+use crate::events::{EventDraft, EventLog, MAX_PAYLOAD, kind};
+use std::sync::Arc;
+
+/// Longest observation kind accepted.
+pub const MAX_KIND: usize = 128;
+
+/// One run's observation channel.
+#[derive(Debug)]
+pub struct Observer {
+    pub agent: String,
+    pub run_id: String,
+    pub log: Option<Arc<EventLog>>,
+    /// Observations recorded so far in this run.
+    pub emitted: u64,
+}
+
+impl Observer {
+    fn check(kind: &str, payload: &str) -> Result<serde_json::Value, String> {
+        if kind.is_empty() || kind.len() > MAX_KIND || kind.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!("invalid observation kind: must be 1 to {MAX_KIND} characters, no spaces or controls"));
+        }
+        if payload.len() > MAX_PAYLOAD {
+            return Err(format!("payload is {} bytes, over the {MAX_PAYLOAD} byte limit", payload.len()));
+        }
+        serde_json::from_str(payload).map_err(|e| format!("payload is not JSON: {e}"))
+    }
+}
+
+impl Host for Observer {
+    async fn emit(&mut self, observed: String, payload: String) -> Result<u64, String> {
+        let payload = Self::check(&observed, &payload)?;
+        let Some(log) = self.log.clone() else {
+            return Err("this run has no event log".into());
+        };
+        let draft = EventDraft::new(
+            kind::OBSERVATION,
+            &self.agent,
+            &self.run_id,
+            serde_json::json!({ "kind": observed, "payload": payload }),
+        );
+        let ack = log.append_async(draft).await.map_err(|e| e.to_string())?;
+        self.emitted += 1;
+        Ok(ack.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_payloads_are_checked() {
+        assert!(Observer::check("file.summarized", r#"{"n":1}"#).is_ok());
+        assert!(Observer::check("", "{}").unwrap_err().contains("invalid observation kind"));
+        assert!(Observer::check("two words", "{}").is_err());
+        assert!(Observer::check("k", "{nope").unwrap_err().contains("not JSON"));
+        let big = format!("\"{}\"", "x".repeat(MAX_PAYLOAD));
+        assert!(Observer::check("k", &big).unwrap_err().contains("over the"));
+    }
+}

@@ -1,0 +1,319 @@
+//! Any WASI program: preview 1 core modules compiled by other toolchains (Go's `GOOS=wasip1`, Zig's `wasm32-wasi`)
+//! run under toka-host, adapted into components on the fly, exactly as under wasmtime.
+//!
+//! Every subcommand of `go-echo` and `zig-echo` runs twice with the same grants, arguments, environment and stdin:
+//! once under toka-host, once under the reference runner `tests/wasmtime_ref.py` (wasmtime-py's WASI preview 1, no
+//! adapter in between). Their stdout and exit status must be identical, and equal to the expected text where the
+//! output is deterministic.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use toka_tests::{Ran, agent, root, toka_with};
+
+/// The preview 1 agents, one per toolchain.
+const AGENTS: [&str; 2] = ["go-echo", "zig-echo"];
+
+/// The Python of `.tools/venv`, where `scripts/setup-toolchains` installs wasmtime-py.
+fn python() -> PathBuf {
+    let python = root().join(".tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: the reference runner needs wasmtime-py from .tools/venv; run scripts/setup-toolchains",
+        python.display()
+    );
+    python
+}
+
+/// Runs `module ARGS` under wasmtime-py with the same options toka-host's `run` takes (`--dir`, `--env`,
+/// `--inherit-stdin`); returns its report as a [`Ran`].
+fn reference(options: &[String], module: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Ran {
+    let mut cmd = Command::new(python());
+    cmd.arg(root().join("tests/wasmtime_ref.py"))
+        .arg("--cache-dir")
+        .arg(root().join("target/wasmtime-ref-cache"))
+        .args(options)
+        .arg(module)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn the reference runner");
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        pipe.write_all(data).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait for the reference runner");
+    assert!(
+        out.status.success(),
+        "tests/wasmtime_ref.py failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("the reference runner printed no JSON report ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
+    });
+    let text = |key: &str| report[key].as_str().unwrap_or_default().to_owned();
+    Ran {
+        code: report["exit_code"].as_i64().and_then(|c| i32::try_from(c).ok()).expect("exit_code in the report"),
+        stdout: text("stdout"),
+        stderr: text("stderr") + &text("trap") + &text("error"),
+    }
+}
+
+/// Runs `NAME ARGS` with `options` under toka-host and under wasmtime-py, asserts that stdout and the exit status
+/// agree, and returns toka-host's run.
+#[track_caller]
+fn compare(name: &str, options: &[String], args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Ran {
+    let module = agent(name);
+    let mut toka_args = vec!["run".to_owned()];
+    toka_args.extend(options.iter().cloned());
+    toka_args.push(module.to_str().unwrap().to_owned());
+    toka_args.extend(args.iter().map(|a| a.to_string()));
+    let toka_args: Vec<&str> = toka_args.iter().map(String::as_str).collect();
+    let toka = toka_with(&toka_args, stdin, env);
+    let wasmtime = reference(options, &module, args, stdin, env);
+    let context = format!(
+        "{name} {args:?} with {options:?}\ntoka-host: status {}, stderr:\n{}\nwasmtime-py: status {}, stderr:\n{}",
+        toka.code, toka.stderr, wasmtime.code, wasmtime.stderr
+    );
+    assert_eq!(toka.stdout, wasmtime.stdout, "stdout differs: {context}");
+    assert_eq!(toka.code, wasmtime.code, "exit status differs: {context}");
+    toka
+}
+
+/// `--dir HOST::GUEST[:ro]`.
+fn dir(host: &Path, guest: &str, read_only: bool) -> String {
+    format!("--dir={}::{guest}{}", host.display(), if read_only { ":ro" } else { "" })
+}
+
+#[track_caller]
+fn expect(ran: &Ran, code: i32, stdout: &str) {
+    ran.expect_code(code);
+    assert_eq!(ran.stdout, stdout, "stderr:\n{}", ran.stderr);
+}
+
+#[test]
+fn arguments() {
+    for name in AGENTS {
+        let r = compare(name, &[], &["args", "a", "b", "c"], None, &[]);
+        expect(&r, 0, "args: a b c\n");
+        let r = compare(name, &[], &["args", "one two", "--flag"], None, &[]);
+        expect(&r, 0, "args: one two --flag\n");
+    }
+}
+
+#[test]
+fn only_granted_environment() {
+    for name in AGENTS {
+        let r = compare(name, &["--env=K=V".into()], &["env"], None, &[]);
+        expect(&r, 0, "env: K=V\n");
+        // `--env NAME` passes the host's value; variables that were not granted stay out.
+        let options = ["--env=K=V".into(), "--env=A_B=1".into(), "--env=FROM_HOST".into()];
+        let r = compare(name, &options, &["env"], None, &[("FROM_HOST", "yes"), ("LEAK", "no")]);
+        expect(&r, 0, "env: A_B=1\nenv: FROM_HOST=yes\nenv: K=V\n");
+    }
+}
+
+#[test]
+fn read_and_list_a_granted_directory() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("b.txt"), "bee\n").unwrap();
+    std::fs::write(data.path().join("a.txt"), "from the host\n").unwrap();
+    std::fs::create_dir(data.path().join("sub")).unwrap();
+    std::fs::write(data.path().join("sub/inner.txt"), "").unwrap();
+    for name in AGENTS {
+        let grant = [dir(data.path(), "/data", true)];
+        let r = compare(name, &grant, &["cat", "/data/a.txt"], None, &[]);
+        expect(&r, 0, "from the host\n");
+        let r = compare(name, &grant, &["ls", "/data"], None, &[]);
+        expect(&r, 0, "a.txt\nb.txt\nsub\n");
+        // A relative path starts from the first preopen (Go's rule, which zig-echo follows), or from $PWD.
+        let r = compare(name, &grant, &["cat", "b.txt"], None, &[]);
+        expect(&r, 0, "bee\n");
+        let with_pwd = [grant[0].clone(), "--env=PWD=/data/sub".into()];
+        let r = compare(name, &with_pwd, &["ls", "."], None, &[]);
+        expect(&r, 0, "inner.txt\n");
+        let r = compare(name, &grant, &["cat", "/data/missing"], None, &[]);
+        expect(&r, 1, "");
+        assert!(r.stderr.starts_with(&format!("{name}: cat /data/missing: ")));
+    }
+}
+
+#[test]
+fn whole_root_preopen() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("file"), "at the root\n").unwrap();
+    std::fs::create_dir(data.path().join("dir")).unwrap();
+    for name in AGENTS {
+        let grant = [dir(data.path(), "/", true)];
+        let r = compare(name, &grant, &["ls", "/"], None, &[]);
+        expect(&r, 0, "dir\nfile\n");
+        let r = compare(name, &grant, &["cat", "/file"], None, &[]);
+        expect(&r, 0, "at the root\n");
+    }
+}
+
+#[test]
+fn a_directory_only_through_its_grant() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("x"), "granted\n").unwrap();
+    for name in AGENTS {
+        let r = compare(name, &[], &["cat", "/data/x"], None, &[]);
+        assert_ne!(r.code, 0, "{name} read /data/x without a grant");
+        assert_eq!(r.stdout, "", "{name}");
+        assert!(r.stderr.starts_with(&format!("{name}: cat /data/x: ")));
+        let r = compare(name, &[dir(data.path(), "/data", true)], &["cat", "/data/x"], None, &[]);
+        expect(&r, 0, "granted\n");
+    }
+}
+
+#[test]
+fn write_needs_a_read_write_grant() {
+    for name in AGENTS {
+        // One directory per runtime, so that each run's effect is seen on its own.
+        let (for_toka, for_wasmtime) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let module = agent(name);
+        let args = ["write", "/out/new.txt", "hello"];
+
+        let mut toka_args = vec!["run".to_owned(), dir(for_toka.path(), "/out", false)];
+        toka_args.push(module.to_str().unwrap().to_owned());
+        toka_args.extend(args.iter().map(|a| a.to_string()));
+        let toka_args: Vec<&str> = toka_args.iter().map(String::as_str).collect();
+        let toka = toka_with(&toka_args, None, &[]);
+        expect(&toka, 0, "wrote 5 bytes\n");
+        let wasmtime = reference(&[dir(for_wasmtime.path(), "/out", false)], &module, &args, None, &[]);
+        expect(&wasmtime, 0, "wrote 5 bytes\n");
+        for d in [&for_toka, &for_wasmtime] {
+            let written = std::fs::read_to_string(d.path().join("new.txt")).unwrap();
+            assert_eq!(written, "hello", "{name}");
+        }
+
+        // Read-only: refused, and no file appears.
+        let ro = tempfile::tempdir().unwrap();
+        let r = compare(name, &[dir(ro.path(), "/out", true)], &args, None, &[]);
+        assert_ne!(r.code, 0, "{name} wrote into a read-only grant");
+        assert_eq!(r.stdout, "", "{name}");
+        assert!(!ro.path().join("new.txt").exists(), "{name} left a file in a read-only grant");
+    }
+}
+
+#[test]
+fn stdin_only_when_inherited() {
+    let data = b"line one\nline two\n";
+    for name in AGENTS {
+        let r = compare(name, &["--inherit-stdin".into()], &["stdin"], Some(data), &[]);
+        expect(&r, 0, "line one\nline two\n");
+        let r = compare(name, &[], &["stdin"], Some(data), &[]);
+        expect(&r, 0, "");
+    }
+}
+
+#[test]
+fn clocks_and_randomness() {
+    for name in AGENTS {
+        expect(&compare(name, &[], &["clock"], None, &[]), 0, "clock ok\n");
+        expect(&compare(name, &[], &["random"], None, &[]), 0, "random ok\n");
+    }
+}
+
+/// `proc_exit(n)` ends the run with status n, not the 1 that the stock preview 1 adapter would report.
+#[test]
+fn exit_status_is_the_guests() {
+    for name in AGENTS {
+        // 125 is the largest status wasmtime's preview 1 `proc_exit` accepts.
+        for code in [0, 3, 42, 125] {
+            let r = compare(name, &[], &["exit", &code.to_string()], None, &[]);
+            expect(&r, code, "");
+        }
+        // Out of wasmtime's range: refused by both, ending with status 1 (never a wrapped-around 0).
+        for code in ["126", "255", "256", "-1"] {
+            let r = compare(name, &[], &["exit", code], None, &[]);
+            assert_eq!(r.code, 1, "{name} exit {code}");
+        }
+    }
+}
+
+/// A command needs no arguments: it runs and reports its own usage error, as under wasmtime.
+#[test]
+fn no_arguments_is_the_programs_business() {
+    for name in AGENTS {
+        let r = compare(name, &[], &[], None, &[]);
+        assert_ne!(r.code, 77, "{name}: the host must not refuse a command without arguments");
+    }
+}
+
+#[test]
+fn adapted_module_is_cached() {
+    for name in AGENTS {
+        let cache = tempfile::tempdir().unwrap();
+        let module = agent(name);
+        let args = [
+            "run",
+            "--json",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+            module.to_str().unwrap(),
+            "args",
+            "cached",
+        ];
+        let first = toka_with(&args, None, &[]);
+        first.expect_code(0);
+        let first = first.report();
+        assert_eq!(first["component"]["adapted_from_core_module"], true, "{name}");
+        assert_eq!(first["component"]["cache_hit"], false, "{name}");
+        assert_eq!(first["stdout"], "args: cached\n", "{name}");
+        let second = toka_with(&args, None, &[]);
+        second.expect_code(0);
+        let second = second.report();
+        assert_eq!(second["component"]["adapted_from_core_module"], true, "{name}");
+        assert_eq!(second["component"]["cache_hit"], true, "{name}");
+        assert_eq!(second["stdout"], "args: cached\n", "{name}");
+    }
+}
+
+/// A core module that imports `env::host_fn` and exports a `_start` calling it, written out byte by byte.
+fn module_with_env_import() -> Vec<u8> {
+    let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+    // Type section: one type, func() -> ().
+    wasm.extend([0x01, 0x04, 0x01, 0x60, 0x00, 0x00]);
+    // Import section: "env" "host_fn", a function of type 0.
+    wasm.extend([0x02, 0x0f, 0x01, 0x03]);
+    wasm.extend(b"env");
+    wasm.push(0x07);
+    wasm.extend(b"host_fn");
+    wasm.extend([0x00, 0x00]);
+    // Function section: one function of type 0 (function index 1, after the import).
+    wasm.extend([0x03, 0x02, 0x01, 0x00]);
+    // Export section: "_start" is function 1.
+    wasm.extend([0x07, 0x0a, 0x01, 0x06]);
+    wasm.extend(b"_start");
+    wasm.extend([0x00, 0x01]);
+    // Code section: one body, no locals, `call 0; end`.
+    wasm.extend([0x0a, 0x06, 0x01, 0x04, 0x00, 0x10, 0x00, 0x0b]);
+    wasm
+}
+
+#[test]
+fn non_wasi_import_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("imports-env.wasm");
+    std::fs::write(&path, module_with_env_import()).unwrap();
+    let path = path.to_str().unwrap();
+
+    let r = toka_with(&["run", path], None, &[]);
+    r.expect_code(74);
+    assert!(r.stderr.contains("env::host_fn"), "stderr:\n{}", r.stderr);
+    let r = toka_with(&["run", "--json", path], None, &[]);
+    r.expect_code(74);
+    let report = r.report();
+    assert_eq!(report["outcome"], "not-a-component");
+    assert!(report["error"].as_str().unwrap().contains("env::host_fn"), "{report}");
+
+    // wasmtime cannot link it either (a well-formed module: the refusal is about the import alone).
+    let wasmtime = reference(&[], Path::new(path), &[], None, &[]);
+    assert_eq!(wasmtime.code, 1, "{}", wasmtime.stderr);
+    assert!(wasmtime.stderr.contains("env::host_fn"), "{}", wasmtime.stderr);
+}
