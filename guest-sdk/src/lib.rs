@@ -10,6 +10,8 @@
 //!   handler runs.
 //! * [`log`]: structured logging through the host's `toka:agent/log` import (records carry the run id and agent
 //!   name on the host side), as functions ([`log::info`] ...) and `format!`-style macros ([`info!`] ...).
+//! * [`events`]: observations recorded in the host's tamper-evident event log ([`events::emit`]).
+//! * [`state`]: persistent per-agent key-value state ([`state::get`], [`state::set`] ...), granted by the run.
 //! * [`bindings`]: the raw generated bindings for every interface the world imports, including those that Rust's
 //!   `std` cannot reach on wasm32-wasip1, e.g. [`bindings::wasi::sockets`] for TCP/UDP.
 //!
@@ -82,7 +84,9 @@ pub mod bindings {
     });
 }
 
+pub mod events;
 pub mod log;
+pub mod state;
 
 pub use bindings::toka::agent::types::{AgentError, Task};
 

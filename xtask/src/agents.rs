@@ -6,6 +6,7 @@
 //! | `dirstat`      | `agents/dirstat` (cdylib)      | same                                                          |
 //! | `hostile`      | `agents/hostile` (cdylib)      | same                                                          |
 //! | `busy`         | `agents/busy` (cdylib)         | same (CPU-bound agent for the fuel benchmark)                 |
+//! | `notes`        | `agents/notes` (cdylib)        | same (uses the host's `state` and `events` interfaces)         |
 //! | `echo-cmd`     | `agents/echo-cmd` (`fn main`)  | Debian cargo → core wasm → `wasi:cli/command` (command adapter) |
 //! | `hello-python` | `agents/hello-python/agent.py` | componentize-py                                               |
 //! | `hello-js`     | `agents/hello-js/agent.js`     | componentize-js                                               |
@@ -84,6 +85,7 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("dirstat", Kind::RustReactor),
     Agent::new("hostile", Kind::RustReactor),
     Agent::new("busy", Kind::RustReactor),
+    Agent::new("notes", Kind::RustReactor),
     Agent::new("echo-cmd", Kind::RustCommand),
     Agent::new("hello-c", Kind::C),
     Agent::new("hello-python", Kind::Python),

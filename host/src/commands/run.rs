@@ -85,6 +85,10 @@ pub struct RunCommand {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
 
+    /// Run P copies concurrently (each `--repeat` times), on the host's worker threads (for load tests).
+    #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub parallel: u32,
+
     /// Directory for compiled components (default $TOKA_CACHE_DIR, else ~/.cache/toka-host).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -137,7 +141,7 @@ impl RunCommand {
             } else {
                 self.cache_dir.clone().or_else(crate::engine::default_cache_dir)
             },
-            pooling: self.repeat > 1,
+            pooling: self.repeat > 1 || self.parallel > 1,
         };
         let limits = Limits {
             fuel: self.fuel,
@@ -168,17 +172,38 @@ impl RunCommand {
         let mut report = runner.run(&program, &authorized, &limits, &invocation, output).await;
         let mut failures = u32::from(report.exit_code != 0);
         let rss_first = crate::run::resident_set_bytes();
-        for _ in 1..self.repeat {
-            report = runner.run(&program, &authorized, &limits, &invocation, output).await;
-            failures += u32::from(report.exit_code != 0);
+        let runner = Arc::new(runner);
+        let mut copies = tokio::task::JoinSet::new();
+        for copy in 0..self.parallel {
+            let (runner, program, authorized, limits, invocation) =
+                (runner.clone(), program.clone(), authorized.clone(), limits.clone(), invocation.clone());
+            // The first copy's first run already ran above.
+            let runs = if copy == 0 { self.repeat - 1 } else { self.repeat };
+            copies.spawn(async move {
+                let (mut last, mut failed) = (None, 0u32);
+                for _ in 0..runs {
+                    let r = runner.run(&program, &authorized, &limits, &invocation, output).await;
+                    failed += u32::from(r.exit_code != 0);
+                    last = Some(r);
+                }
+                (last, failed)
+            });
+        }
+        while let Some(joined) = copies.join_next().await {
+            let (last, failed) = joined.map_err(|e| RunError::host(format!("a parallel run panicked: {e}")))?;
+            failures += failed;
+            if let Some(last) = last {
+                report = last;
+            }
         }
         let rss_after = crate::run::resident_set_bytes();
+        let total_runs = self.repeat * self.parallel;
 
         if self.json {
             let mut value = serde_json::json!(report);
-            if self.repeat > 1 {
+            if total_runs > 1 {
                 value["repeat"] = serde_json::json!({
-                    "runs": self.repeat,
+                    "runs": total_runs,
                     "failures": failures,
                     "rss_before_bytes": rss_before,
                     "rss_after_first_bytes": rss_first,
