@@ -13,6 +13,10 @@ use std::sync::Arc;
 /// Events by sequence number; the value is a 32-byte hash followed by the record's JSON body.
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
+/// The kernel's operation log: operation sequence number -> the operation's JSON. The source of truth that the
+/// kernel's state is rebuilt from; events are what applying each operation produced.
+pub const OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("ops");
+
 /// Agent state: (agent, key) -> value.
 pub const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("state");
 
@@ -73,6 +77,7 @@ impl Db {
             let db = builder.create(path)?;
             let txn = db.begin_write()?;
             txn.open_table(EVENTS)?;
+            txn.open_table(OPS)?;
             txn.open_table(STATE)?;
             txn.open_table(STATE_USAGE)?;
             txn.commit()?;

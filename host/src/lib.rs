@@ -18,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod grants;
+pub mod kernel;
 pub mod report;
 pub mod run;
 pub mod sandbox;

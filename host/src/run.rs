@@ -10,8 +10,9 @@ use crate::bindings::{AgentError, Task};
 use crate::component::{self, Loaded, World};
 use crate::engine::{EngineOptions, HostEngine};
 use crate::error::{Outcome, RunError, one_line};
-use crate::events::{AppendError, EventDraft, EventLog, kind};
+use crate::events::{AppendError, EventLog};
 use crate::grants::Authorized;
+use crate::kernel::{LOCAL_TOKEN, Op, Operation};
 use crate::report::{AgentErrorReport, ComponentReport, RunReport};
 use crate::sandbox::{self, OutputMode, RunContext, Sandbox};
 use std::collections::HashMap;
@@ -107,15 +108,18 @@ impl Runner {
         let Some(log) = &self.events else {
             return Ok(());
         };
-        let kind = if matches!(err, RunError::GrantRefused { .. }) { kind::GRANT_REFUSED } else { kind::RUN_FAILED };
-        let agent = agent_name(component);
-        let payload = serde_json::json!({
+        let detail = serde_json::json!({
             "component": component.display().to_string(),
             "outcome": err.outcome(),
             "exit_code": err.outcome().exit_code(),
             "error": err.to_string(),
         });
-        log.append_async(EventDraft::new(kind, &agent, "", payload)).await.map(drop)
+        let op = Op::RefuseRun {
+            agent: agent_name(component),
+            grant_refused: matches!(err, RunError::GrantRefused { .. }),
+            detail,
+        };
+        log.submit_accepted(operation(op)).await.map(drop)
     }
 
     pub fn engine(&self) -> &HostEngine {
@@ -166,17 +170,20 @@ impl Runner {
             state: grants.state,
         };
         if let Some(log) = &self.events {
-            let payload = serde_json::json!({
+            let detail = serde_json::json!({
                 "component": program.loaded.path.display().to_string(),
                 "sha256": program.loaded.sha256,
                 "world": program.loaded.world,
-                "task_id": match invocation { Invocation::Task { id, .. } => Some(id.as_str()), Invocation::Command { .. } => None },
                 "grants": grants.summary(),
                 "limits": { "fuel": limits.fuel, "timeout_ms": limits.timeout.as_millis() as u64,
                             "max_memory": limits.max_memory, "max_output": limits.max_output },
             });
-            let draft = EventDraft::new(kind::RUN_STARTED, &context.agent, &context.run_id, payload);
-            if let Err(e) = log.append_async(draft).await {
+            let task_id = match invocation {
+                Invocation::Task { id, .. } => Some(id.clone()),
+                Invocation::Command { .. } => None,
+            };
+            let op = Op::StartRun { run_id: context.run_id.clone(), agent: context.agent.clone(), task_id, detail };
+            if let Err(e) = log.submit_accepted(operation(op)).await {
                 return RunReport::refused(&RunError::host(format!("cannot record the run's start: {e}")));
             }
         }
@@ -415,31 +422,29 @@ pub fn agent_name(path: &Path) -> String {
 }
 
 async fn record_ending(log: &EventLog, context: &RunContext, report: &RunReport) -> Result<(), AppendError> {
-    let fuel = EventDraft::new(
-        kind::FUEL_CONSUMED,
-        &context.agent,
-        &context.run_id,
-        serde_json::json!({ "fuel": report.fuel_consumed }),
-    );
-    let kind = if report.outcome == Outcome::Success { kind::RUN_COMPLETED } else { kind::RUN_FAILED };
-    let ending = EventDraft::new(
-        kind,
-        &context.agent,
-        &context.run_id,
-        serde_json::json!({
-            "outcome": report.outcome,
-            "exit_code": report.exit_code,
-            "error": report.error,
-            "fuel": report.fuel_consumed,
-            "wall_time_ms": report.wall_time_ms,
-            "peak_memory_bytes": report.peak_memory_bytes,
-            "stdout_bytes": report.stdout_bytes,
-            "stderr_bytes": report.stderr_bytes,
-        }),
-    );
-    // Both are queued before either is awaited, so they share one group commit.
-    let (a, b) = tokio::join!(log.append_async(fuel), log.append_async(ending));
-    a.and(b).map(drop)
+    let detail = serde_json::json!({
+        "outcome": report.outcome,
+        "exit_code": report.exit_code,
+        "error": report.error,
+        "fuel": report.fuel_consumed,
+        "wall_time_ms": report.wall_time_ms,
+        "peak_memory_bytes": report.peak_memory_bytes,
+        "stdout_bytes": report.stdout_bytes,
+        "stderr_bytes": report.stderr_bytes,
+    });
+    let (run_id, fuel) = (context.run_id.clone(), report.fuel_consumed);
+    let op = if report.outcome == Outcome::Success {
+        Op::CompleteRun { run_id, fuel, detail }
+    } else {
+        let reason = serde_json::to_value(report.outcome).ok().and_then(|v| v.as_str().map(String::from));
+        Op::FailRun { run_id, reason: reason.unwrap_or_default(), fuel, detail }
+    };
+    log.submit_accepted(operation(op)).await.map(drop)
+}
+
+/// An operation submitted now under the local operator's authority (tokens arrive with the capability-token work).
+pub fn operation(op: Op) -> Operation {
+    Operation { time_ms: crate::events::now_ms(), token: LOCAL_TOKEN.into(), op }
 }
 
 /// An id unique enough to correlate a run's records: time, process and a per-process counter.

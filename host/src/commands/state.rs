@@ -1,6 +1,7 @@
 //! `toka-host state`: an operator's view of (and hand on) agents' persistent state.
 
-use crate::events::{EventDraft, EventLog, GroupCommit, kind};
+use crate::events::{EventLog, GroupCommit};
+use crate::kernel::Op;
 use crate::sandbox::state as store;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -73,7 +74,8 @@ impl StateCommand {
                         .map_err(|e| crate::bindings::agent::toka::agent::state::StateError::Storage(e.to_string()))?;
                     let payload =
                         serde_json::json!({ "op": "set", "key": key, "bytes": value.len(), "by": "operator" });
-                    log.append(EventDraft::new(kind::STATE_WRITE, agent, "", payload))
+                    let op = Op::OperatorWriteState { agent: agent.clone(), detail: payload };
+                    log.submit(crate::run::operation(op))
                         .map(drop)
                         .map_err(|e| crate::bindings::agent::toka::agent::state::StateError::Storage(e.to_string()))
                 })

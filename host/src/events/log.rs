@@ -1,12 +1,16 @@
-//! Appending with group commit: one writer thread per process batches the appends of every run into one durable
-//! redb transaction and acknowledges each append only after its batch has committed.
+//! Submitting operations with group commit: one writer thread per process batches the operations of every run into
+//! one durable redb transaction, applies each through the kernel, appends the operation and the events it produced,
+//! and acknowledges each submission only after its batch has committed.
 //!
-//! Callers block (or await) until their event is on disk; while one batch is being made durable, the next one
-//! gathers in the queue, so the cost of a durable commit is shared by every append waiting for it. Each batch reads
-//! the chain's head inside its write transaction, so appends from other processes interleave correctly.
+//! Callers block (or await) until their events are on disk; while one batch is being made durable, the next one
+//! gathers in the queue, so the cost of a durable commit is shared by every submission waiting for it. Several
+//! processes may share the database: each batch first applies, to this process's kernel state, the operations other
+//! processes committed since (the operation log is the source of truth), then extends both logs from their current
+//! heads, all inside one write transaction.
 
-use super::{EVENTS, EventDraft, GENESIS, MAX_PAYLOAD, encode, split};
-use crate::db::Db;
+use super::{EVENTS, GENESIS, MAX_PAYLOAD, encode, split};
+use crate::db::{Db, OPS};
+use crate::kernel::{self, Operation, State};
 use redb::ReadableTable;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -14,7 +18,7 @@ use std::thread::JoinHandle;
 /// Batching policy.
 #[derive(Debug, Clone, Copy)]
 pub struct GroupCommit {
-    /// Most appends in one transaction; 1 means one durable transaction per event.
+    /// Most operations in one transaction; 1 means one durable transaction per operation.
     pub max_batch: usize,
 }
 
@@ -24,11 +28,22 @@ impl Default for GroupCommit {
     }
 }
 
-/// Where an append stands once acknowledged.
+/// One event's place in the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
     pub seq: u64,
     pub hash: [u8; 32],
+}
+
+/// What a durable operation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The operation's sequence number in the operation log.
+    pub op_seq: u64,
+    /// The events it produced, in order.
+    pub events: Vec<Ack>,
+    /// Why the kernel rejected it (then its only event is `op.rejected`).
+    pub rejected: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,16 +55,18 @@ pub enum AppendError {
     Closed,
     #[error("event log storage failed: {0}")]
     Storage(String),
+    #[error("operation rejected: {0}")]
+    Rejected(String),
 }
 
 enum Reply {
-    Blocking(mpsc::SyncSender<Result<Ack, AppendError>>),
-    Async(tokio::sync::oneshot::Sender<Result<Ack, AppendError>>),
+    Blocking(mpsc::SyncSender<Result<Applied, AppendError>>),
+    Async(tokio::sync::oneshot::Sender<Result<Applied, AppendError>>),
 }
 
 impl Reply {
-    fn send(self, result: Result<Ack, AppendError>) {
-        // A caller that stopped waiting (its run was cancelled) still has its event durably written.
+    fn send(self, result: Result<Applied, AppendError>) {
+        // A caller that stopped waiting (its run was cancelled) still has its operation durably applied.
         match self {
             Reply::Blocking(s) => drop(s.send(result)),
             Reply::Async(s) => drop(s.send(result)),
@@ -58,11 +75,11 @@ impl Reply {
 }
 
 struct Request {
-    draft: EventDraft,
+    op: Operation,
     reply: Reply,
 }
 
-/// The process's appender. Dropping it drains the queue and stops the writer.
+/// The process's submitter. Dropping it drains the queue and stops the writer.
 pub struct EventLog {
     queue: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
@@ -90,27 +107,36 @@ impl EventLog {
         &self.db
     }
 
-    fn enqueue(&self, draft: EventDraft, reply: Reply) -> Result<(), AppendError> {
-        let size = serde_json::to_vec(&draft.payload).map_or(usize::MAX, |v| v.len());
-        if size > MAX_PAYLOAD {
+    fn enqueue(&self, op: Operation, reply: Reply) -> Result<(), AppendError> {
+        let size = serde_json::to_vec(&op).map_or(usize::MAX, |v| v.len());
+        if size > MAX_PAYLOAD + 4096 {
             return Err(AppendError::PayloadTooLarge(size));
         }
         let queue = self.queue.as_ref().ok_or(AppendError::Closed)?;
-        queue.send(Request { draft, reply }).map_err(|_| AppendError::Closed)
+        queue.send(Request { op, reply }).map_err(|_| AppendError::Closed)
     }
 
-    /// Appends and blocks until the event is durable. Not for use on an async runtime's thread.
-    pub fn append(&self, draft: EventDraft) -> Result<Ack, AppendError> {
+    /// Submits and blocks until the operation and its events are durable. Not for an async runtime's thread.
+    pub fn submit(&self, op: Operation) -> Result<Applied, AppendError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.enqueue(draft, Reply::Blocking(tx))?;
+        self.enqueue(op, Reply::Blocking(tx))?;
         rx.recv().map_err(|_| AppendError::Closed)?
     }
 
-    /// Appends and resolves once the event is durable.
-    pub async fn append_async(&self, draft: EventDraft) -> Result<Ack, AppendError> {
+    /// Submits and resolves once the operation and its events are durable.
+    pub async fn submit_async(&self, op: Operation) -> Result<Applied, AppendError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.enqueue(draft, Reply::Async(tx))?;
+        self.enqueue(op, Reply::Async(tx))?;
         rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Like [`Self::submit_async`], but a rejection is an error.
+    pub async fn submit_accepted(&self, op: Operation) -> Result<Applied, AppendError> {
+        let applied = self.submit_async(op).await?;
+        match applied.rejected {
+            Some(reason) => Err(AppendError::Rejected(reason)),
+            None => Ok(applied),
+        }
     }
 }
 
@@ -124,6 +150,7 @@ impl Drop for EventLog {
 }
 
 fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize) {
+    let mut state = State::default();
     while let Ok(first) = inbox.recv() {
         let mut batch = vec![first];
         while batch.len() < max_batch {
@@ -132,14 +159,16 @@ fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize) {
                 Err(_) => break,
             }
         }
-        let drafts: Vec<&EventDraft> = batch.iter().map(|r| &r.draft).collect();
-        match commit(db, &drafts) {
-            Ok(acks) => {
-                for (request, ack) in batch.into_iter().zip(acks) {
-                    request.reply.send(Ok(ack));
+        let ops: Vec<&Operation> = batch.iter().map(|r| &r.op).collect();
+        match commit(db, &mut state, &ops) {
+            Ok(applied) => {
+                for (request, applied) in batch.into_iter().zip(applied) {
+                    request.reply.send(Ok(applied));
                 }
             }
             Err(e) => {
+                // The in-memory state may hold operations that never committed: rebuild it from the log next time.
+                state = State::default();
                 let message = crate::error::one_line(&e.to_string());
                 for request in batch {
                     request.reply.send(Err(AppendError::Storage(message.clone())));
@@ -149,13 +178,20 @@ fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize) {
     }
 }
 
-/// Appends `drafts` after the current head in one durable transaction.
-pub(crate) fn commit(db: &Db, drafts: &[&EventDraft]) -> Result<Vec<Ack>, redb::Error> {
+/// Catches `state` up with the operation log, then applies and appends `ops` in one durable transaction.
+pub(crate) fn commit(db: &Db, state: &mut State, ops: &[&Operation]) -> Result<Vec<Applied>, redb::Error> {
     let txn = db.redb().begin_write()?;
-    let mut acks = Vec::with_capacity(drafts.len());
+    let mut applied = Vec::with_capacity(ops.len());
     {
-        let mut table = txn.open_table(EVENTS)?;
-        let (mut seq, mut prev) = match table.last()? {
+        let mut op_table = txn.open_table(OPS)?;
+        let mut events = txn.open_table(EVENTS)?;
+        for entry in op_table.range(state.applied + 1..)? {
+            let (k, v) = entry?;
+            let op: Operation = serde_json::from_slice(v.value())
+                .map_err(|e| redb::Error::Corrupted(format!("operation {} is unreadable: {e}", k.value())))?;
+            kernel::apply(state, &op);
+        }
+        let (mut seq, mut prev) = match events.last()? {
             None => (0, GENESIS),
             Some((k, v)) => {
                 // Never extend a chain whose head cannot be read: fail closed instead of forking the chain.
@@ -164,40 +200,64 @@ pub(crate) fn commit(db: &Db, drafts: &[&EventDraft]) -> Result<Vec<Ack>, redb::
                 (k.value(), hash)
             }
         };
-        for draft in drafts {
-            seq += 1;
-            let (value, hash) = encode(seq, &prev, draft);
-            table.insert(seq, value.as_slice())?;
-            acks.push(Ack { seq, hash });
-            prev = hash;
+        for op in ops {
+            let drafts = kernel::apply(state, op);
+            let encoded = serde_json::to_vec(op).expect("an operation always serializes");
+            op_table.insert(state.applied, encoded.as_slice())?;
+            let rejected = drafts
+                .first()
+                .filter(|d| d.kind == kernel::kind::OP_REJECTED)
+                .map(|d| d.payload["reason"].as_str().unwrap_or("rejected").to_string());
+            let mut acks = Vec::with_capacity(drafts.len());
+            for draft in &drafts {
+                seq += 1;
+                let (value, hash) = encode(seq, &prev, draft);
+                events.insert(seq, value.as_slice())?;
+                acks.push(Ack { seq, hash });
+                prev = hash;
+            }
+            applied.push(Applied { op_seq: state.applied, events: acks, rejected });
         }
     }
     txn.commit()?;
-    Ok(acks)
+    Ok(applied)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::events::{Filter, read, verify};
+    use crate::kernel::Op;
+    use serde_json::json;
 
-    fn draft(i: u64) -> EventDraft {
-        EventDraft { time_ms: i, kind: "test".into(), agent: "a".into(), run_id: "r".into(), payload: i.into() }
+    fn op(o: Op) -> Operation {
+        Operation { time_ms: 1, token: "t".into(), op: o }
+    }
+
+    fn start(run: &str) -> Operation {
+        op(Op::StartRun { run_id: run.into(), agent: "a".into(), task_id: None, detail: json!({}) })
+    }
+
+    fn emit(run: &str, i: u64) -> Operation {
+        op(Op::EmitObservation { run_id: run.into(), kind: "k".into(), payload: json!(i) })
     }
 
     #[test]
-    fn appends_are_sequenced_chained_and_durable_across_reopen() {
+    fn submissions_are_sequenced_chained_and_durable_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
         {
             let log = EventLog::open(Db::open(&path).unwrap(), GroupCommit::default()).unwrap();
+            log.submit(start("r")).unwrap();
             let mut seqs = Vec::new();
             std::thread::scope(|s| {
                 let log = &log;
                 let threads: Vec<_> = (0..8)
                     .map(|t| {
                         s.spawn(move || {
-                            (0..25).map(|i| log.append(draft(t * 100 + i)).unwrap().seq).collect::<Vec<_>>()
+                            (0..25)
+                                .map(|i| log.submit(emit("r", t * 100 + i)).unwrap().events[0].seq)
+                                .collect::<Vec<_>>()
                         })
                     })
                     .collect();
@@ -206,24 +266,44 @@ mod tests {
                 }
             });
             seqs.sort_unstable();
-            assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+            assert_eq!(seqs, (2..=201).collect::<Vec<_>>());
         }
         let db = Db::open(&path).unwrap();
         let v = verify(&db).unwrap();
-        assert_eq!((v.records, v.first_bad.clone()), (200, None));
+        assert_eq!((v.records, v.first_bad.clone()), (201, None));
+        // A new process: its kernel state is rebuilt from the operation log, so it knows run `r` is running.
         let log = EventLog::open(db.clone(), GroupCommit { max_batch: 1 }).unwrap();
-        assert_eq!(log.append(draft(7)).unwrap().seq, 201);
-        assert_eq!(verify(&db).unwrap().records, 201);
-        let only = read(&db, &Filter { after: Some(199), ..Filter::default() }).unwrap();
-        assert_eq!(only.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![200, 201]);
+        let applied = log.submit(emit("r", 7)).unwrap();
+        assert_eq!((applied.op_seq, applied.events[0].seq, applied.rejected), (202, 202, None));
+        let rejected = log.submit(emit("never-started", 1)).unwrap();
+        assert_eq!(rejected.rejected.as_deref(), Some("run never-started does not exist"));
+        assert_eq!(verify(&db).unwrap().records, 203);
+        let only = read(&db, &Filter { after: Some(201), ..Filter::default() }).unwrap();
+        assert_eq!(only.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(), vec!["observation", "op.rejected"]);
     }
 
     #[test]
-    fn oversized_payloads_are_refused() {
+    fn two_processes_share_one_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let db = Db::open(&path).unwrap();
+        let one = EventLog::open(db.clone(), GroupCommit::default()).unwrap();
+        let two = EventLog::open(db.clone(), GroupCommit::default()).unwrap();
+        one.submit(start("r")).unwrap();
+        // `two` has never seen `r` start; it catches up from the operation log inside its transaction.
+        assert_eq!(two.submit(emit("r", 1)).unwrap().rejected, None);
+        assert_eq!(verify(&db).unwrap().first_bad, None);
+    }
+
+    #[test]
+    fn oversized_operations_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let log = EventLog::open(Db::open(&dir.path().join("t.redb")).unwrap(), GroupCommit::default()).unwrap();
-        let mut d = draft(1);
-        d.payload = "x".repeat(MAX_PAYLOAD + 1).into();
-        assert!(matches!(log.append(d), Err(AppendError::PayloadTooLarge(_))));
+        let big = op(Op::EmitObservation {
+            run_id: "r".into(),
+            kind: "k".into(),
+            payload: json!("x".repeat(MAX_PAYLOAD + 5000)),
+        });
+        assert!(matches!(log.submit(big), Err(AppendError::PayloadTooLarge(_))));
     }
 }

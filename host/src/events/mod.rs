@@ -7,12 +7,13 @@
 
 pub mod log;
 
-use crate::db::{Db, EVENTS};
+use crate::db::Db;
+pub(crate) use crate::db::EVENTS;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use log::{AppendError, EventLog, GroupCommit};
+pub use log::{Ack, AppendError, Applied, EventLog, GroupCommit};
 
 /// The current body schema version, stored in every record as `v`.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -5,7 +5,8 @@
 //! pretending: an agent must never believe an observation was recorded when it was not.
 
 use crate::bindings::agent::toka::agent::events::Host;
-use crate::events::{EventDraft, EventLog, MAX_PAYLOAD, kind};
+use crate::events::{EventLog, MAX_PAYLOAD};
+use crate::kernel::Op;
 use std::sync::Arc;
 
 /// Longest observation kind accepted.
@@ -39,15 +40,10 @@ impl Host for Observer {
         let Some(log) = self.log.clone() else {
             return Err("this run has no event log".into());
         };
-        let draft = EventDraft::new(
-            kind::OBSERVATION,
-            &self.agent,
-            &self.run_id,
-            serde_json::json!({ "kind": observed, "payload": payload }),
-        );
-        let ack = log.append_async(draft).await.map_err(|e| e.to_string())?;
+        let op = Op::EmitObservation { run_id: self.run_id.clone(), kind: observed, payload };
+        let applied = log.submit_accepted(crate::run::operation(op)).await.map_err(|e| e.to_string())?;
         self.emitted += 1;
-        Ok(ack.seq)
+        applied.events.first().map(|a| a.seq).ok_or_else(|| "the observation produced no event".to_string())
     }
 }
 

@@ -6,7 +6,8 @@
 
 use crate::bindings::agent::toka::agent::state::{Host, StateError};
 use crate::db::{Db, STATE, STATE_USAGE};
-use crate::events::{EventDraft, EventLog, kind};
+use crate::events::EventLog;
+use crate::kernel::Op;
 use redb::{ReadableDatabase, ReadableTable};
 use std::sync::Arc;
 
@@ -63,8 +64,8 @@ impl StateAccess {
 
     async fn record(&self, payload: serde_json::Value) -> Result<(), StateError> {
         if let Some(log) = &self.log {
-            let draft = EventDraft::new(kind::STATE_WRITE, &self.agent, &self.run_id, payload);
-            log.append_async(draft).await.map_err(storage)?;
+            let op = Op::WriteState { run_id: self.run_id.clone(), detail: payload };
+            log.submit_accepted(crate::run::operation(op)).await.map_err(storage)?;
         }
         Ok(())
     }
