@@ -194,3 +194,43 @@ fn next(state: &mut u64) -> u64 {
     *state ^= *state << 17;
     *state
 }
+
+#[test]
+fn follow_streams_new_events_as_they_commit() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    toka_in(h, &["run", agent("hello-rust").to_str().unwrap()]).expect_code(0);
+    let mut follower = Command::new(toka_host())
+        .args(["events", "--json", "--follow"])
+        .env("TOKA_HOME", h)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_for = |seen: &mut Vec<u64>, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.len() < n && Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                seen.push(serde_json::from_str::<serde_json::Value>(&line).unwrap()["seq"].as_u64().unwrap());
+            }
+        }
+    };
+    wait_for(&mut seen, 3);
+    assert_eq!(seen, vec![1, 2, 3], "the existing events first");
+    toka_in(h, &["run", agent("hello-rust").to_str().unwrap()]).expect_code(0);
+    wait_for(&mut seen, 6);
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    reader.join().unwrap();
+    assert_eq!(seen, vec![1, 2, 3, 4, 5, 6], "then the new ones as they commit");
+}

@@ -9,5 +9,6 @@ mod events;
 mod hello;
 mod hostile;
 mod preview1;
+mod schema;
 mod soak;
 mod state;
