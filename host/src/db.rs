@@ -17,6 +17,9 @@ pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// kernel's state is rebuilt from; events are what applying each operation produced.
 pub const OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("ops");
 
+/// Kernel bookkeeping: the latest state snapshot (`snapshot` -> JSON).
+pub const KERNEL: TableDefinition<&str, &[u8]> = TableDefinition::new("kernel");
+
 /// Agent state: (agent, key) -> value.
 pub const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("state");
 
@@ -78,6 +81,7 @@ impl Db {
             let txn = db.begin_write()?;
             txn.open_table(EVENTS)?;
             txn.open_table(OPS)?;
+            txn.open_table(KERNEL)?;
             txn.open_table(STATE)?;
             txn.open_table(STATE_USAGE)?;
             txn.commit()?;

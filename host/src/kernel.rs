@@ -58,23 +58,12 @@ pub enum Op {
     RevokeToken { token_id: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RunStatus {
-    Running,
-    Completed,
-    Failed,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunState {
     pub agent: String,
-    pub status: RunStatus,
     pub task_id: Option<String>,
     pub parent: Option<String>,
     pub started_ms: u64,
-    pub ended_ms: Option<u64>,
-    pub fuel: u64,
     pub observations: u64,
 }
 
@@ -83,8 +72,6 @@ pub struct RunState {
 pub enum TaskStatus {
     Scheduled,
     Running,
-    Done,
-    Failed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,12 +81,19 @@ pub struct TaskState {
 }
 
 /// Everything the kernel knows. Ordered maps only, so that equal histories give byte-equal states.
+///
+/// Only live things are kept: a run leaves `runs` when it ends and its task leaves `tasks`, so the state stays as
+/// small as the work in flight, and a snapshot of it is cheap (the history itself is in the logs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Operations applied so far (the next operation's sequence number minus one).
     pub applied: u64,
+    /// Running runs.
     pub runs: BTreeMap<String, RunState>,
+    /// Scheduled and running tasks.
     pub tasks: BTreeMap<String, TaskState>,
+    /// Runs that have ended, completed or failed.
+    pub ended_runs: (u64, u64),
     pub revoked: BTreeSet<String>,
     /// Runs per agent, ever started.
     pub agent_runs: BTreeMap<String, u64>,
@@ -145,8 +139,7 @@ pub fn replay<'a>(ops: impl IntoIterator<Item = &'a Operation>) -> State {
 
 fn running<'a>(state: &'a State, run_id: &str) -> Result<&'a RunState, String> {
     match state.runs.get(run_id) {
-        None => Err(format!("run {run_id} does not exist")),
-        Some(r) if r.status != RunStatus::Running => Err(format!("run {run_id} has already ended")),
+        None => Err(format!("run {run_id} is not running")),
         Some(r) => Ok(r),
     }
 }
@@ -176,16 +169,18 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
     }
 }
 
-fn end_run(state: &mut State, run_id: &str, status: RunStatus, time_ms: u64, fuel: u64) -> String {
-    let run = state.runs.get_mut(run_id).expect("checked: the run exists");
-    run.status = status;
-    run.ended_ms = Some(time_ms);
-    run.fuel = fuel;
-    let agent = run.agent.clone();
-    if let Some(task) = run.task_id.clone().and_then(|t| state.tasks.get_mut(&t)) {
-        task.status = if status == RunStatus::Completed { TaskStatus::Done } else { TaskStatus::Failed };
+/// Ends a running run: it leaves the live state, and so does its task.
+fn end_run(state: &mut State, run_id: &str, completed: bool) -> String {
+    let run = state.runs.remove(run_id).expect("checked: the run exists");
+    if let Some(task) = &run.task_id {
+        state.tasks.remove(task);
     }
-    agent
+    if completed {
+        state.ended_runs.0 += 1;
+    } else {
+        state.ended_runs.1 += 1;
+    }
+    run.agent
 }
 
 fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
@@ -202,12 +197,9 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                 run_id.clone(),
                 RunState {
                     agent: agent.clone(),
-                    status: RunStatus::Running,
                     task_id: task_id.clone(),
                     parent: None,
                     started_ms: op.time_ms,
-                    ended_ms: None,
-                    fuel: 0,
                     observations: 0,
                 },
             );
@@ -224,12 +216,9 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                 run_id.clone(),
                 RunState {
                     agent: agent.clone(),
-                    status: RunStatus::Running,
                     task_id: None,
                     parent: Some(parent_run.clone()),
                     started_ms: op.time_ms,
-                    ended_ms: None,
-                    fuel: 0,
                     observations: 0,
                 },
             );
@@ -255,14 +244,14 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
         }
         Op::OperatorWriteState { agent, detail } => vec![event(op, kind::STATE_WRITE, agent, "", detail.clone())],
         Op::CompleteRun { run_id, fuel, detail } => {
-            let agent = end_run(state, run_id, RunStatus::Completed, op.time_ms, *fuel);
+            let agent = end_run(state, run_id, true);
             vec![
                 event(op, kind::FUEL_CONSUMED, &agent, run_id, json!({ "fuel": fuel })),
                 event(op, kind::RUN_COMPLETED, &agent, run_id, detail.clone()),
             ]
         }
         Op::FailRun { run_id, reason, fuel, detail } => {
-            let agent = end_run(state, run_id, RunStatus::Failed, op.time_ms, *fuel);
+            let agent = end_run(state, run_id, false);
             let mut payload = detail.clone();
             if let Some(map) = payload.as_object_mut() {
                 map.insert("reason".into(), json!(reason));
@@ -304,10 +293,8 @@ mod tests {
         assert_eq!(apply(&mut s, &op(3, start))[0].kind, "op.rejected", "a run starts once");
         let ev = apply(&mut s, &op(4, Op::CompleteRun { run_id: "r".into(), fuel: 9, detail: json!({}) }));
         assert_eq!(ev.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["fuel.consumed", "run.completed"]);
-        assert_eq!(
-            (s.runs["r"].status, s.runs["r"].fuel, s.tasks["t"].status),
-            (RunStatus::Completed, 9, TaskStatus::Done)
-        );
+        assert!(s.runs.is_empty() && s.tasks.is_empty(), "ended work leaves the live state");
+        assert_eq!(s.ended_runs, (1, 0));
         let late = Op::EmitObservation { run_id: "r".into(), kind: "k".into(), payload: json!(1) };
         assert_eq!(apply(&mut s, &op(5, late))[0].kind, "op.rejected", "an ended run emits nothing");
         assert_eq!(s.applied, 5);

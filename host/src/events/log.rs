@@ -6,14 +6,22 @@
 //! gathers in the queue, so the cost of a durable commit is shared by every submission waiting for it. Several
 //! processes may share the database: each batch first applies, to this process's kernel state, the operations other
 //! processes committed since (the operation log is the source of truth), then extends both logs from their current
-//! heads, all inside one write transaction.
+//! heads, all inside one write transaction. A snapshot of the kernel state (only live runs and tasks, so it stays
+//! small) is stored every [`SNAPSHOT_EVERY`] operations, so a new process starts from it instead of replaying the
+//! whole log; the snapshot equals what replay from empty would give (the kernel is deterministic).
 
 use super::{EVENTS, GENESIS, MAX_PAYLOAD, encode, split};
-use crate::db::{Db, OPS};
+use crate::db::{Db, KERNEL, OPS};
 use crate::kernel::{self, Operation, State};
 use redb::ReadableTable;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+
+/// A snapshot of the kernel state is stored each time the operation log passes a multiple of this.
+const SNAPSHOT_EVERY: u64 = 1024;
+
+/// The key of the kernel snapshot in [`KERNEL`].
+const SNAPSHOT: &str = "snapshot";
 
 /// Batching policy.
 #[derive(Debug, Clone, Copy)]
@@ -185,6 +193,15 @@ pub(crate) fn commit(db: &Db, state: &mut State, ops: &[&Operation]) -> Result<V
     {
         let mut op_table = txn.open_table(OPS)?;
         let mut events = txn.open_table(EVENTS)?;
+        let mut kernel_table = txn.open_table(KERNEL)?;
+        if state.applied == 0 {
+            // Start from the latest snapshot rather than from the first operation ever.
+            if let Some(snapshot) = kernel_table.get(SNAPSHOT)? {
+                *state = serde_json::from_slice(snapshot.value())
+                    .map_err(|e| redb::Error::Corrupted(format!("kernel snapshot is unreadable: {e}")))?;
+            }
+        }
+        let before = state.applied;
         for entry in op_table.range(state.applied + 1..)? {
             let (k, v) = entry?;
             let op: Operation = serde_json::from_slice(v.value())
@@ -217,6 +234,10 @@ pub(crate) fn commit(db: &Db, state: &mut State, ops: &[&Operation]) -> Result<V
                 prev = hash;
             }
             applied.push(Applied { op_seq: state.applied, events: acks, rejected });
+        }
+        if before / SNAPSHOT_EVERY != state.applied / SNAPSHOT_EVERY {
+            let snapshot = serde_json::to_vec(&*state).expect("the kernel state always serializes");
+            kernel_table.insert(SNAPSHOT, snapshot.as_slice())?;
         }
     }
     txn.commit()?;
@@ -276,10 +297,38 @@ mod tests {
         let applied = log.submit(emit("r", 7)).unwrap();
         assert_eq!((applied.op_seq, applied.events[0].seq, applied.rejected), (202, 202, None));
         let rejected = log.submit(emit("never-started", 1)).unwrap();
-        assert_eq!(rejected.rejected.as_deref(), Some("run never-started does not exist"));
+        assert_eq!(rejected.rejected.as_deref(), Some("run never-started is not running"));
         assert_eq!(verify(&db).unwrap().records, 203);
         let only = read(&db, &Filter { after: Some(201), ..Filter::default() }).unwrap();
         assert_eq!(only.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(), vec!["observation", "op.rejected"]);
+    }
+
+    #[test]
+    fn a_new_process_starts_from_the_snapshot_and_agrees_with_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.redb")).unwrap();
+        {
+            let log = EventLog::open(db.clone(), GroupCommit::default()).unwrap();
+            log.submit(start("r")).unwrap();
+            for i in 0..(SNAPSHOT_EVERY + 10) {
+                log.submit(emit("r", i)).unwrap();
+            }
+        }
+        let txn = redb::ReadableDatabase::begin_read(db.redb()).unwrap();
+        let snapshot: State =
+            serde_json::from_slice(txn.open_table(KERNEL).unwrap().get(SNAPSHOT).unwrap().unwrap().value()).unwrap();
+        assert_eq!(snapshot.applied, SNAPSHOT_EVERY);
+        let ops: Vec<Operation> = txn
+            .open_table(OPS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .take(SNAPSHOT_EVERY as usize)
+            .map(|e| serde_json::from_slice(e.unwrap().1.value()).unwrap())
+            .collect();
+        assert_eq!(kernel::replay(&ops), snapshot);
+        let log = EventLog::open(db.clone(), GroupCommit::default()).unwrap();
+        assert_eq!(log.submit(emit("r", 0)).unwrap().rejected, None, "run r is known from snapshot + catch-up");
     }
 
     #[test]
