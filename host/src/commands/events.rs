@@ -93,12 +93,11 @@ impl EventsCommand {
             limit: if self.since.is_some() { self.limit } else { None },
         };
         let mut records = events::read(db, &filter)?;
-        if self.since.is_none() {
-            if let Some(n) = self.limit {
+        if self.since.is_none()
+            && let Some(n) = self.limit {
                 let skip = records.len().saturating_sub(n);
                 records.drain(..skip);
             }
-        }
         let mut last = self.since.map_or(0, |s| s.saturating_sub(1));
         for r in &records {
             self.print(r);

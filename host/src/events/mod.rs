@@ -199,12 +199,11 @@ pub fn verify(db: &Db) -> Result<Verification, redb::Error> {
     let txn = db.redb().begin_read()?;
     let table = txn.open_table(EVENTS)?;
     let mut prev = GENESIS;
-    let mut expected_seq = 1u64;
     let mut records = 0u64;
-    for entry in table.iter()? {
+    for (expected_seq, entry) in (1u64..).zip(table.iter()?) {
         let (k, v) = entry?;
         let seq = k.value();
-        records += 1;
+        records = expected_seq;
         let bad = |why: String| Verification { records, first_bad: Some((seq, why)), head: hex::encode(prev) };
         if seq != expected_seq {
             return Ok(bad(format!("expected sequence number {expected_seq}")));
@@ -226,7 +225,6 @@ pub fn verify(db: &Db) -> Result<Verification, redb::Error> {
             return Ok(bad("hash does not match the record's bytes".into()));
         }
         prev = hash;
-        expected_seq += 1;
     }
     Ok(Verification { records, first_bad: None, head: hex::encode(prev) })
 }
