@@ -54,12 +54,42 @@ fn burst(log: &EventLog, per_thread: usize) -> (Duration, Vec<Duration>) {
     (start.elapsed(), latencies)
 }
 
+/// The same burst from `APPENDERS` async tasks on a two-worker runtime, the way runs submit (no OS thread each).
+fn burst_async(
+    rt: &tokio::runtime::Runtime,
+    log: &std::sync::Arc<EventLog>,
+    per_task: usize,
+) -> (Duration, Vec<Duration>) {
+    let start = Instant::now();
+    let latencies = rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..APPENDERS {
+            let log = log.clone();
+            tasks.spawn(async move {
+                let mut lat = Vec::with_capacity(per_task);
+                for i in 0..per_task {
+                    let t0 = Instant::now();
+                    let applied = log.submit_async(observation(t * per_task + i)).await.expect("submit");
+                    assert!(applied.rejected.is_none());
+                    lat.push(t0.elapsed());
+                }
+                lat
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(lat) = tasks.join_next().await {
+            all.extend(lat.unwrap());
+        }
+        all
+    });
+    (start.elapsed(), latencies)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn summary(name: &str, log: &EventLog, per_thread: usize) -> f64 {
-    let (wall, mut lat) = burst(log, per_thread);
+fn summary(name: &str, (wall, mut lat): (Duration, Vec<Duration>)) -> f64 {
     lat.sort_unstable();
     let rate = lat.len() as f64 / wall.as_secs_f64();
     println!(
@@ -83,9 +113,21 @@ fn appends(c: &mut Criterion) {
     g.bench_function("one_txn_per_event_x1", |b| b.iter_custom(|iters| (0..iters).map(|_| burst(&single, 1).0).sum()));
     g.finish();
 
-    let group_rate = summary("group commit", &grouped, 200);
-    let single_rate = summary("one transaction per event", &single, 8);
-    println!("RATIO event_append: group commit / one-per-transaction = {:.1}x", group_rate / single_rate);
+    let group_rate = summary("threads, group commit", burst(&grouped, 200));
+    let single_rate = summary("threads, one transaction per event", burst(&single, 8));
+    println!(
+        "RATIO event_append (64 OS threads): group commit / one-per-transaction = {:.1}x",
+        group_rate / single_rate
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (grouped, single) = (std::sync::Arc::new(grouped), std::sync::Arc::new(single));
+    let group_rate = summary("async tasks, group commit", burst_async(&rt, &grouped, 200));
+    let single_rate = summary("async tasks, one transaction per event", burst_async(&rt, &single, 8));
+    println!(
+        "RATIO event_append (64 async tasks): group commit / one-per-transaction = {:.1}x",
+        group_rate / single_rate
+    );
 }
 
 criterion_group!(benches, appends);

@@ -190,11 +190,12 @@ impl Runner {
         let mut report = self.run_in_sandbox(program, grants, limits, invocation, output, &context).await;
         report.run_id = Some(context.run_id.clone());
         if let Some(log) = &self.events
-            && let Err(e) = record_ending(log, &context, &report).await {
-                report.outcome = Outcome::HostError;
-                report.exit_code = Outcome::HostError.exit_code();
-                report.error = Some(format!("the run ended but its ending could not be recorded: {e}"));
-            }
+            && let Err(e) = record_ending(log, &context, &report).await
+        {
+            report.outcome = Outcome::HostError;
+            report.exit_code = Outcome::HostError.exit_code();
+            report.error = Some(format!("the run ended but its ending could not be recorded: {e}"));
+        }
         report
     }
 

@@ -148,9 +148,10 @@ fn crash_safety_every_acknowledged_event_survives_sigkill() {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(seq) = line.strip_prefix("ack ").and_then(|s| s.parse::<u64>().ok())
-                    && tx.send(seq).is_err() {
-                        break;
-                    }
+                    && tx.send(seq).is_err()
+                {
+                    break;
+                }
             }
         });
         // Wait for the first acknowledgements, then kill after a random 0-400 ms.

@@ -94,10 +94,11 @@ impl EventsCommand {
         };
         let mut records = events::read(db, &filter)?;
         if self.since.is_none()
-            && let Some(n) = self.limit {
-                let skip = records.len().saturating_sub(n);
-                records.drain(..skip);
-            }
+            && let Some(n) = self.limit
+        {
+            let skip = records.len().saturating_sub(n);
+            records.drain(..skip);
+        }
         let mut last = self.since.map_or(0, |s| s.saturating_sub(1));
         for r in &records {
             self.print(r);
