@@ -11,6 +11,22 @@ use wasm_encoder::reencode::{Error as ReencodeError, Reencode};
 use wasmparser::{Parser, Payload};
 use wit_parser::Resolve;
 
+/// Revision of the exit shim below; bump it when the shim changes.
+const SHIM_REVISION: &str = "exit-shim-2";
+
+/// Names this adaptation (a digest of the preview 1 adapter's bytes and the shim's revision), so that cached
+/// adaptations are never reused across adapters. Part of the key under which adapted modules are cached.
+pub fn adapter_id() -> &'static str {
+    use sha2::{Digest, Sha256};
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut h = Sha256::new();
+        h.update(wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER);
+        h.update(SHIM_REVISION);
+        hex::encode(&h.finalize()[..8])
+    })
+}
+
 /// The core module name `proc_exit` is routed to.
 const EXIT_SHIM_MODULE: &str = "toka_proc_exit";
 

@@ -54,7 +54,7 @@ pub fn load(host: &HostEngine, path: &Path) -> Result<Loaded, RunError> {
     let (bytes, adapted) = if Parser::is_component(&bytes) {
         (bytes, false)
     } else if Parser::is_core_wasm(&bytes) {
-        (crate::adapt::preview1_command(&shown, &bytes)?, true)
+        (adapt_cached(host, &shown, &sha256, &bytes)?, true)
     } else {
         return Err(RunError::InvalidWasm {
             path: shown,
@@ -75,6 +75,33 @@ pub fn load(host: &HostEngine, path: &Path) -> Result<Loaded, RunError> {
         .instantiate_pre(&component)
         .map_err(|e| RunError::WrongWorld { path: shown.clone(), reason: root_cause(&e) })?;
     Ok(Loaded { path: path.to_path_buf(), sha256, world, adapted, compile_time, cache_hit, component, pre })
+}
+
+/// Adapts a preview 1 module, reusing the adapted component stored under the module's digest by an earlier run.
+/// The key also names the adapter (the host's wasmtime-wasi version and the exit shim's revision), so a host with a
+/// different adapter never picks up another's output. The compiled artifact is then cached by wasmtime as usual.
+fn adapt_cached(host: &HostEngine, shown: &str, sha256: &str, module: &[u8]) -> Result<Vec<u8>, RunError> {
+    let Some(dir) = &host.cache_dir else {
+        return crate::adapt::preview1_command(shown, module);
+    };
+    let path = dir.join("adapted").join(format!("{sha256}-{}.wasm", crate::adapt::adapter_id()));
+    if let Ok(cached) = std::fs::read(&path) {
+        if Parser::is_component(&cached) {
+            return Ok(cached);
+        }
+    }
+    let adapted = crate::adapt::preview1_command(shown, module)?;
+    // The cache is an optimization: failing to write it never fails the run.
+    if let Some(parent) = path.parent() {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = std::fs::create_dir_all(parent)
+            .and_then(|()| std::fs::write(&tmp, &adapted))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if written.is_err() {
+            drop(std::fs::remove_file(&tmp));
+        }
+    }
+    Ok(adapted)
 }
 
 /// Reads a wasm file with a size cap, mapping "not there" to its own error.

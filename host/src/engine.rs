@@ -59,6 +59,8 @@ pub struct HostEngine {
     pub linker: Linker<SandboxState>,
     /// Whether stores of this engine meter fuel.
     pub fuel: bool,
+    /// Where compiled components (and adapted preview 1 modules) are cached, if anywhere.
+    pub cache_dir: Option<PathBuf>,
     cache: Option<Cache>,
 }
 
@@ -110,7 +112,7 @@ impl HostEngine {
             |s: &mut SandboxState| &mut s.state,
         )?;
         start_epoch_ticker(&engine)?;
-        Ok(HostEngine { engine, linker, fuel: options.fuel, cache })
+        Ok(HostEngine { engine, linker, fuel: options.fuel, cache_dir: options.cache_dir.clone(), cache })
     }
 
     /// Compilations served from the on-disk cache so far in this process.

@@ -265,6 +265,13 @@ fn adapted_module_is_cached() {
         assert_eq!(first["component"]["adapted_from_core_module"], true, "{name}");
         assert_eq!(first["component"]["cache_hit"], false, "{name}");
         assert_eq!(first["stdout"], "args: cached\n", "{name}");
+        // The adapted component is stored under the module's digest, so the next run skips adaptation too.
+        let sha = first["component"]["sha256"].as_str().unwrap();
+        let adapted: Vec<String> = std::fs::read_dir(cache.path().join("adapted"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(adapted.len() == 1 && adapted[0].starts_with(sha), "{name}: {adapted:?}");
         let second = toka_with(&args, None, &[]);
         second.expect_code(0);
         let second = second.report();
