@@ -73,7 +73,8 @@ impl HostEngine {
         let cache = match &options.cache_dir {
             Some(dir) => {
                 let mut cc = CacheConfig::new();
-                cc.with_directory(absolute(dir)?);
+                // wasmtime owns (and garbage-collects) its own subdirectory; adapted modules live beside it.
+                cc.with_directory(absolute(dir)?.join("compiled"));
                 let cache = Cache::new(cc)?;
                 config.cache(Some(cache.clone()));
                 Some(cache)
