@@ -58,19 +58,20 @@ pub enum EventsAction {
 /// Exit code of `events verify` when the chain does not verify.
 pub const CHAIN_BROKEN: i32 = 80;
 
-pub(crate) fn open_db(path: Option<&PathBuf>) -> Result<Db, String> {
+/// Opens `--db PATH` (or the default database); on failure prints the one-line error and gives the exit code.
+pub(crate) fn open_db(path: Option<&PathBuf>) -> Result<Db, i32> {
     let path = path.cloned().unwrap_or_else(crate::db::default_path);
-    Db::open(&path).map_err(|e| e.to_string())
+    Db::open(&path).map_err(|e| {
+        eprintln!("toka-host: {e}");
+        crate::error::Outcome::HostError.exit_code()
+    })
 }
 
 impl EventsCommand {
     pub fn execute(self) -> i32 {
         let db = match open_db(self.db.as_ref()) {
             Ok(db) => db,
-            Err(e) => {
-                eprintln!("toka-host: {e}");
-                return 79;
-            }
+            Err(code) => return code,
         };
         match &self.action {
             Some(EventsAction::Verify { json }) => verify(&db, *json),

@@ -42,10 +42,7 @@ impl RunsCommand {
     pub fn execute(self) -> i32 {
         let db = match super::events::open_db(self.db.as_ref()) {
             Ok(db) => db,
-            Err(e) => {
-                eprintln!("toka-host: {e}");
-                return 79;
-            }
+            Err(code) => return code,
         };
         let filter = Filter { agent: self.agent.clone(), kind: Some("run".into()), ..Filter::default() };
         let records = match events::read(&db, &filter) {

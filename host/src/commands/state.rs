@@ -44,10 +44,7 @@ impl StateCommand {
     pub fn execute(self) -> i32 {
         let db = match super::events::open_db(self.db.as_ref()) {
             Ok(db) => db,
-            Err(e) => {
-                eprintln!("toka-host: {e}");
-                return 79;
-            }
+            Err(code) => return code,
         };
         let result = match &self.action {
             StateAction::Get { agent, key } => store::get(&db, agent, key).map(|v| match v {
