@@ -20,6 +20,9 @@ pub const OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("ops");
 /// Kernel bookkeeping: the latest state snapshot (`snapshot` -> JSON).
 pub const KERNEL: TableDefinition<&str, &[u8]> = TableDefinition::new("kernel");
 
+/// Revoked token revocation ids (hex) -> time of revocation, kept in step with the kernel's `RevokeToken` operations.
+pub const REVOKED: TableDefinition<&str, u64> = TableDefinition::new("revoked");
+
 /// Agent state: (agent, key) -> value.
 pub const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("state");
 
@@ -82,6 +85,7 @@ impl Db {
             txn.open_table(EVENTS)?;
             txn.open_table(OPS)?;
             txn.open_table(KERNEL)?;
+            txn.open_table(REVOKED)?;
             txn.open_table(STATE)?;
             txn.open_table(STATE_USAGE)?;
             txn.commit()?;

@@ -41,6 +41,8 @@ pub enum Outcome {
     FileNotFound,
     /// The task input (`--input`, `--input-file`) is not valid JSON or is too large.
     InvalidInput,
+    /// The capability token is malformed, forged, expired, revoked or signed by an unknown or retired key.
+    TokenRefused,
     /// A fault of the host itself. Never expected; reported rather than crashing.
     HostError,
 }
@@ -64,12 +66,13 @@ impl Outcome {
             Outcome::WrongWorld => 75,
             Outcome::FileNotFound => 76,
             Outcome::InvalidInput => 77,
+            Outcome::TokenRefused => 78,
             Outcome::HostError => 79,
         }
     }
 
     /// Every outcome, for documentation and for tests that check the codes are distinct.
-    pub const ALL: [Outcome; 16] = [
+    pub const ALL: [Outcome; 17] = [
         Outcome::Success,
         Outcome::Exited,
         Outcome::AgentError,
@@ -85,6 +88,7 @@ impl Outcome {
         Outcome::WrongWorld,
         Outcome::FileNotFound,
         Outcome::InvalidInput,
+        Outcome::TokenRefused,
         Outcome::HostError,
     ];
 }
@@ -108,6 +112,8 @@ pub enum RunError {
     GrantRefused { grant: String, reason: String },
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("token refused: {0}")]
+    TokenRefused(String),
     #[error("host error: {0}")]
     Host(String),
 }
@@ -121,6 +127,7 @@ impl RunError {
             RunError::WrongWorld { .. } => Outcome::WrongWorld,
             RunError::GrantRefused { .. } => Outcome::GrantRefused,
             RunError::InvalidInput(_) => Outcome::InvalidInput,
+            RunError::TokenRefused(_) => Outcome::TokenRefused,
             RunError::Host(_) => Outcome::HostError,
         }
     }

@@ -22,4 +22,5 @@ pub mod kernel;
 pub mod report;
 pub mod run;
 pub mod sandbox;
+pub mod token;
 pub mod units;

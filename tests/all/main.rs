@@ -12,3 +12,4 @@ mod preview1;
 mod schema;
 mod soak;
 mod state;
+mod tokens;

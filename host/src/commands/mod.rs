@@ -1,9 +1,11 @@
 //! The `toka-host` command line: one file per subcommand, each a `clap` type with an `execute` method.
 
 pub mod events;
+pub mod key;
 pub mod run;
 pub mod runs;
 pub mod state;
+pub mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,10 @@ pub enum Command {
     Runs(runs::RunsCommand),
     /// Read or write agents' persistent state (operators).
     State(state::StateCommand),
+    /// Root keys that sign capability tokens: init, rotate, list, retire.
+    Key(key::KeyCommand),
+    /// Capability tokens: mint, attenuate, inspect, revoke.
+    Token(token::TokenCommand),
 }
 
 impl Cli {
@@ -35,6 +41,8 @@ impl Cli {
             Command::Events(cmd) => cmd.execute(),
             Command::Runs(cmd) => cmd.execute(),
             Command::State(cmd) => cmd.execute(),
+            Command::Key(cmd) => cmd.execute(),
+            Command::Token(cmd) => cmd.execute(),
         }
     }
 }

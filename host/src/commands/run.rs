@@ -44,21 +44,26 @@ pub struct RunCommand {
     #[arg(long, value_name = "ro|rw", value_parser = grants::parse_state)]
     pub state: Option<grants::StateGrant>,
 
+    /// The capability token that authorizes the run (a file, `-` for stdin, or the base64 itself). Without it, the
+    /// operator's own flags are minted into a short-lived token with the local root key.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+
     /// The database the run is recorded in (default $TOKA_HOME/toka.redb, ~/.local/share/toka/toka.redb).
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
 
-    /// Fuel budget (about one unit per instruction), or `unlimited`.
-    #[arg(long, value_name = "N", default_value = "10000000000", value_parser = parse_fuel)]
-    pub fuel: u64,
+    /// Fuel budget (about one unit per instruction), or `unlimited` [default: the token's, else 10000000000].
+    #[arg(long, value_name = "N", value_parser = parse_fuel)]
+    pub fuel: Option<u64>,
 
-    /// Wall-clock limit, e.g. 500ms, 30s, 2m.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub timeout: Duration,
+    /// Wall-clock limit, e.g. 500ms, 30s, 2m [default: the token's, else 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
 
-    /// Cap on the guest's total linear memory, e.g. 64MiB.
-    #[arg(long, value_name = "SIZE", default_value = "512MiB", value_parser = parse_size)]
-    pub max_memory: u64,
+    /// Cap on the guest's total linear memory, e.g. 64MiB [default: the token's, else 512MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
 
     /// Cap on each of the guest's stdout and stderr, e.g. 1MiB.
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
@@ -143,20 +148,17 @@ impl RunCommand {
             },
             pooling: self.repeat > 1 || self.parallel > 1,
         };
-        let limits = Limits {
-            fuel: self.fuel,
-            timeout: self.timeout,
-            max_memory: self.max_memory,
-            max_output: self.max_output,
-            ..Limits::default()
-        };
         let db_path = self.db.clone().unwrap_or_else(crate::db::default_path);
         let db = Db::open(&db_path).map_err(|e| RunError::host(format!("event log: {e}")))?;
         let log = EventLog::open(db, GroupCommit::default())
             .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;
+        let db = log.db().clone();
         let mut runner = Runner::new(&options)?.with_events(Arc::new(log));
-        let prepared = self.prepare(&mut runner);
-        let (program, invocation, authorized) = match prepared {
+        let prepared = self.limits().and_then(|limits| {
+            let (program, invocation, authorized) = self.prepare(&mut runner, &db, &limits)?;
+            Ok((program, invocation, authorized, limits))
+        });
+        let (program, invocation, authorized, limits) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 // The refusal is recorded too; failing to record it must not hide the refusal itself.
@@ -225,8 +227,36 @@ impl RunCommand {
         Ok(report)
     }
 
+    /// The run's limits: each flag given, else the token's ceiling (with `--token`), else the default.
+    fn limits(&self) -> Result<Limits, RunError> {
+        let defaults = Limits::default();
+        let ceiling = match &self.token {
+            Some(arg) if self.fuel.is_none() || self.timeout.is_none() || self.max_memory.is_none() => {
+                let text = crate::commands::token::read_token(arg).map_err(RunError::TokenRefused)?;
+                Some(crate::token::limits_of(&crate::db::default_home(), &text)?)
+            }
+            _ => None,
+        };
+        Ok(Limits {
+            fuel: self.fuel.or(ceiling.map(|c| c.fuel)).unwrap_or(defaults.fuel),
+            timeout: self.timeout.or(ceiling.map(|c| Duration::from_millis(c.timeout_ms))).unwrap_or(defaults.timeout),
+            max_memory: self.max_memory.or(ceiling.map(|c| c.memory)).unwrap_or(defaults.max_memory),
+            max_output: self.max_output,
+            ..defaults
+        })
+    }
+
     /// Everything that can refuse the run before the guest starts, in order.
-    fn prepare(&self, runner: &mut Runner) -> Result<(Arc<Program>, Invocation, grants::Authorized), RunError> {
+    fn prepare(
+        &self,
+        runner: &mut Runner,
+        db: &Db,
+        limits: &Limits,
+    ) -> Result<(Arc<Program>, Invocation, grants::Authorized), RunError> {
+        let token_text = match &self.token {
+            Some(arg) => Some(crate::commands::token::read_token(arg).map_err(RunError::TokenRefused)?),
+            None => None,
+        };
         let input = self.read_task_input()?;
         let program = runner.load(&self.component)?;
         let invocation = self.invocation(program.world(), input)?;
@@ -237,7 +267,10 @@ impl RunCommand {
             inherit_stdin: self.inherit_stdin,
             state: self.state.unwrap_or_default(),
         };
-        Ok((program, invocation, grants::authorize(&request)?))
+        let authorized = grants::authorize(&request)?;
+        let run_request = token_request(program.name(), &self.net, &authorized, limits);
+        crate::token::authorize_run(&crate::db::default_home(), db, token_text.as_deref(), &run_request)?;
+        Ok((program, invocation, authorized))
     }
 
     /// The task input from `--input` or `--input-file`, checked to be JSON of a bounded size.
@@ -280,6 +313,37 @@ impl RunCommand {
                 Ok(Invocation::Task { id, input: input.unwrap_or_else(|| "{}".into()) })
             }
         }
+    }
+}
+
+/// The run's requested rights in the token's terms: each granted directory by its canonical host path.
+fn token_request(agent: &str, net: &[NetGrant], a: &grants::Authorized, limits: &Limits) -> crate::token::RunRequest {
+    use crate::token::Grant;
+    let grant = |kind: &str, value: String, mode: &str| Grant { kind: kind.into(), value, mode: mode.into() };
+    let mut requested = Vec::new();
+    for d in &a.dirs {
+        let path =
+            crate::token::normalize_dir(&d.host.to_string_lossy()).unwrap_or_else(|_| d.host.display().to_string());
+        requested.push(grant("fs", path, if d.read_only { "ro" } else { "rw" }));
+    }
+    requested.extend(a.env.iter().map(|(name, _)| grant("env", name.clone(), "")));
+    requested.extend(net.iter().map(|n| grant("net", format!("{}:{}", n.host, n.port), "")));
+    match a.state {
+        grants::StateGrant::None => {}
+        grants::StateGrant::ReadOnly => requested.push(grant("state", String::new(), "ro")),
+        grants::StateGrant::ReadWrite => requested.push(grant("state", String::new(), "rw")),
+    }
+    if a.inherit_stdin {
+        requested.push(grant("stdin", String::new(), ""));
+    }
+    crate::token::RunRequest {
+        agent: agent.to_string(),
+        grants: requested,
+        limits: crate::token::TokenLimits {
+            fuel: limits.fuel,
+            memory: limits.max_memory,
+            timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+        },
     }
 }
 

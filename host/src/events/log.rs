@@ -11,7 +11,7 @@
 //! whole log; the snapshot equals what replay from empty would give (the kernel is deterministic).
 
 use super::{EVENTS, GENESIS, MAX_PAYLOAD, encode, split};
-use crate::db::{Db, KERNEL, OPS};
+use crate::db::{Db, KERNEL, OPS, REVOKED};
 use crate::kernel::{self, Operation, State};
 use redb::ReadableTable;
 use std::sync::mpsc;
@@ -214,6 +214,7 @@ pub(crate) fn commit(db: &Db, state: &mut State, ops: &[&Operation]) -> Result<V
         let mut op_table = txn.open_table(OPS)?;
         let mut events = txn.open_table(EVENTS)?;
         let mut kernel_table = txn.open_table(KERNEL)?;
+        let mut revoked = txn.open_table(REVOKED)?;
         if state.applied == 0 {
             // Start from the latest snapshot rather than from the first operation ever.
             if let Some(snapshot) = kernel_table.get(SNAPSHOT)? {
@@ -245,6 +246,9 @@ pub(crate) fn commit(db: &Db, state: &mut State, ops: &[&Operation]) -> Result<V
                 .first()
                 .filter(|d| d.kind == kernel::kind::OP_REJECTED)
                 .map(|d| d.payload["reason"].as_str().unwrap_or("rejected").to_string());
+            if let (None, kernel::Op::RevokeToken { token_id }) = (&rejected, &op.op) {
+                revoked.insert(token_id.as_str(), op.time_ms)?;
+            }
             let mut acks = Vec::with_capacity(drafts.len());
             for draft in &drafts {
                 seq += 1;

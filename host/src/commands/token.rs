@@ -1,0 +1,162 @@
+//! `toka-host token`: mint, attenuate, inspect and revoke capability tokens.
+
+use crate::events::{EventLog, GroupCommit};
+use crate::kernel::Op;
+use crate::token::keys::KeyStore;
+use crate::token::{self, Attenuation, Grant, MintRequest, TokenLimits};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, Args)]
+pub struct TokenCommand {
+    #[command(subcommand)]
+    pub action: TokenAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Mint a token for an agent, signed by the active root key; prints it as base64.
+    Mint {
+        #[arg(long)]
+        agent: String,
+        /// KIND:VALUE: fs:PATH:ro|rw, env:NAME, net:HOST:PORT, tool:NAME, llm:MODEL, spawn:AGENT, state:ro|rw, stdin.
+        #[arg(long = "grant", value_parser = Grant::parse)]
+        grants: Vec<Grant>,
+        #[arg(long, default_value_t = 10_000_000_000)]
+        fuel: u64,
+        #[arg(long, default_value = "512MiB", value_parser = crate::units::parse_size)]
+        memory: u64,
+        #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration)]
+        timeout: Duration,
+        /// Lifetime, e.g. 1h (default: 24h).
+        #[arg(long, default_value = "24h", value_parser = crate::units::parse_duration)]
+        ttl: Duration,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Narrow a token offline (no key needed): only these grants, less fuel, a shorter life.
+    Attenuate {
+        /// The token: a file, `-` for stdin, or the base64 itself.
+        token: String,
+        #[arg(long = "only", value_parser = Grant::parse)]
+        only: Vec<Grant>,
+        #[arg(long)]
+        fuel: Option<u64>,
+        #[arg(long, value_parser = crate::units::parse_duration)]
+        ttl: Option<Duration>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show a token's blocks, root key id, revocation ids and whether it verifies now.
+    Inspect {
+        token: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token (and every token attenuated from it) by the token or one of its revocation ids.
+    Revoke { token: String },
+}
+
+/// Reads a token argument: a file, `-` for stdin, or the base64 text itself.
+pub fn read_token(arg: &str) -> Result<String, String> {
+    use std::io::Read;
+    if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .take(1 << 20)
+            .read_to_string(&mut s)
+            .map_err(|e| format!("reading the token from stdin: {e}"))?;
+        return Ok(s.trim().to_string());
+    }
+    let path = std::path::Path::new(arg);
+    if path.is_file() {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{arg}: {e}"))?;
+        if meta.len() > 1 << 20 {
+            return Err(format!("{arg}: token file over 1 MiB"));
+        }
+        return std::fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|e| format!("{arg}: {e}"));
+    }
+    Ok(arg.trim().to_string())
+}
+
+fn emit(text: &str, out: Option<&PathBuf>) -> Result<(), String> {
+    match out {
+        Some(p) => std::fs::write(p, format!("{text}\n")).map_err(|e| format!("{}: {e}", p.display())),
+        None => {
+            println!("{text}");
+            Ok(())
+        }
+    }
+}
+
+impl TokenCommand {
+    pub fn execute(self) -> i32 {
+        match self.run() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("toka-host: {e}");
+                1
+            }
+        }
+    }
+
+    fn run(self) -> Result<(), String> {
+        let home = crate::db::default_home();
+        let keys = || KeyStore::load(&home).map_err(|e| e.to_string());
+        let now = SystemTime::now();
+        match self.action {
+            TokenAction::Mint { agent, grants, fuel, memory, timeout, ttl, out } => {
+                let limits =
+                    TokenLimits { fuel, memory, timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX) };
+                let t = token::mint(&keys()?, &MintRequest { agent, grants, limits, ttl: Some(ttl) }, now)
+                    .map_err(|e| e.to_string())?;
+                emit(&t.to_base64().map_err(|e| e.to_string())?, out.as_ref())
+            }
+            TokenAction::Attenuate { token, only, fuel, ttl, out } => {
+                let parsed = token::parse_unverified(&read_token(&token)?).map_err(|e| e.to_string())?;
+                let narrowed =
+                    token::attenuate(&parsed, &Attenuation { only, fuel, ttl }, now).map_err(|e| e.to_string())?;
+                emit(&narrowed.to_base64().map_err(|e| e.to_string())?, out.as_ref())
+            }
+            TokenAction::Inspect { token, json } => {
+                let text = read_token(&token)?;
+                let mut i = token::inspect(&keys()?, &text, now).map_err(|e| e.to_string())?;
+                if i.verifies == "ok" {
+                    let db =
+                        crate::commands::events::open_db(None).map_err(|_| "cannot open the database".to_string())?;
+                    if let Some(id) = crate::token::revoked_among(&db, &i.revocation_ids).map_err(|e| e.to_string())? {
+                        i.verifies = format!("token is revoked (revocation id {id})");
+                    }
+                }
+                if json {
+                    println!("{}", serde_json::json!(i));
+                } else {
+                    println!("root key id: {}", i.root_key_id.map_or("none".into(), |id| id.to_string()));
+                    for (n, block) in i.blocks.iter().enumerate() {
+                        println!("block {n}{}:\n{}", if n == 0 { " (authority)" } else { "" }, block.trim_end());
+                    }
+                    println!("revocation ids: {}", i.revocation_ids.join(" "));
+                    println!("verifies now: {}", i.verifies);
+                }
+                Ok(())
+            }
+            TokenAction::Revoke { token } => {
+                let text = read_token(&token)?;
+                let id = if text.len() == 128 && text.chars().all(|c| c.is_ascii_hexdigit()) {
+                    text
+                } else {
+                    // The first block's id: revoking it revokes the token and every token attenuated from it.
+                    let t = token::parse_unverified(&text).map_err(|e| e.to_string())?;
+                    hex::encode(t.revocation_identifiers().first().ok_or("token has no blocks")?)
+                };
+                let db = crate::commands::events::open_db(None).map_err(|_| "cannot open the database".to_string())?;
+                let log = EventLog::open(db, GroupCommit::default()).map_err(|e| e.to_string())?;
+                log.submit(crate::run::operation(Op::RevokeToken { token_id: id.clone() }))
+                    .map_err(|e| e.to_string())?;
+                println!("revoked {id}");
+                Ok(())
+            }
+        }
+    }
+}

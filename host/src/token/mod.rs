@@ -1,0 +1,525 @@
+//! Capability tokens: every right a run has comes from a Biscuit token, checked with Datalog before the guest starts.
+//!
+//! A minted token's authority block states the agent, its grants and its limits as facts (`grant("fs",
+//! "/srv/data/", "ro")`, `fuel(1000000)`), and checks for expiry and for the limits a run may ask for. Attenuation
+//! appends blocks that hold only checks, so a token can only narrow: a fact written in a later block is not trusted by
+//! the host's policies (Biscuit's default scope is the authority block and the authorizer), so trying to add a right
+//! adds nothing. The host authorizes each requested grant in its own authorizer, so a refusal names the grant and the
+//! check that failed. This module never grants anything by itself: no token, no run.
+
+pub mod keys;
+
+use biscuit_auth::builder::BlockBuilder;
+use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit, UnverifiedBiscuit};
+use keys::{KeyError, KeyStore};
+use serde::Serialize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Kinds of grant a token can carry.
+pub const KINDS: [&str; 8] = ["fs", "env", "net", "tool", "llm", "spawn", "state", "stdin"];
+
+/// One grant, as a token states it and as a run requests it: `(kind, value, mode)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grant {
+    pub kind: String,
+    pub value: String,
+    /// `ro` or `rw` for `fs` and `state`; empty otherwise.
+    pub mode: String,
+}
+
+impl std::fmt::Display for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.value.is_empty(), self.mode.is_empty()) {
+            (true, true) => write!(f, "{}", self.kind),
+            (true, false) => write!(f, "{}:{}", self.kind, self.mode),
+            (false, true) => write!(f, "{}:{}", self.kind, self.value),
+            (false, false) => write!(f, "{}:{}:{}", self.kind, self.value, self.mode),
+        }
+    }
+}
+
+/// Makes a directory path comparable by prefix: absolute, single slashes, no `.`/`..`, one trailing `/`.
+pub fn normalize_dir(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!("fs path `{path}` must be absolute"));
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("fs path `{path}` must not contain `..`")),
+            p => parts.push(p),
+        }
+    }
+    Ok(format!("/{}{}", parts.join("/"), if parts.is_empty() { "" } else { "/" }))
+}
+
+impl Grant {
+    /// Parses `KIND:VALUE`: `fs:PATH:ro|rw`, `env:NAME`, `net:HOST:PORT`, `tool:NAME`, `llm:MODEL`, `spawn:AGENT`,
+    /// `state:ro|rw`, `stdin`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
+        let g = |value: &str, mode: &str| Grant { kind: kind.into(), value: value.into(), mode: mode.into() };
+        let bad = |why: &str| format!("invalid grant `{text}`: {why}");
+        match kind {
+            "fs" => {
+                let (path, mode) = rest.rsplit_once(':').ok_or_else(|| bad("expected fs:PATH:ro or fs:PATH:rw"))?;
+                if mode != "ro" && mode != "rw" {
+                    return Err(bad("mode must be ro or rw"));
+                }
+                Ok(g(&normalize_dir(path).map_err(|e| bad(&e))?, mode))
+            }
+            "state" if rest == "ro" || rest == "rw" => Ok(g("", rest)),
+            "state" => Err(bad("expected state:ro or state:rw")),
+            "stdin" if rest.is_empty() => Ok(g("", "")),
+            "net" => {
+                let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("expected net:HOST:PORT"))?;
+                if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                    return Err(bad("expected net:HOST:PORT"));
+                }
+                Ok(g(rest, ""))
+            }
+            "env" | "tool" | "llm" | "spawn" if !rest.is_empty() && !rest.contains('"') => Ok(g(rest, "")),
+            k if KINDS.contains(&k) => Err(bad("missing or invalid value")),
+            _ => Err(bad(&format!("unknown kind `{kind}` (kinds: {})", KINDS.join(", ")))),
+        }
+    }
+
+    fn datalog_fact(&self) -> String {
+        format!("grant({:?}, {:?}, {:?})", self.kind, self.value, self.mode)
+    }
+}
+
+/// Limits stated in a token: ceilings for what a run may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TokenLimits {
+    pub fuel: u64,
+    pub memory: u64,
+    pub timeout_ms: u64,
+}
+
+/// What to mint.
+#[derive(Debug, Clone)]
+pub struct MintRequest {
+    pub agent: String,
+    pub grants: Vec<Grant>,
+    pub limits: TokenLimits,
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("token signature does not verify: {0}")]
+    Signature(String),
+    #[error("token is revoked (revocation id {0})")]
+    Revoked(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Datalog integers are i64: larger limits (`--fuel unlimited` is u64::MAX) are stated as i64::MAX, which reads
+/// back as unlimited.
+fn dl(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn from_dl(n: i64) -> Option<u64> {
+    if n == i64::MAX { Some(u64::MAX) } else { u64::try_from(n).ok() }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Mints a token signed by the active root key.
+pub fn mint(keys: &KeyStore, request: &MintRequest, now: SystemTime) -> Result<Biscuit, TokenError> {
+    let (id, pair) = keys.signing()?;
+    let invalid = |e: biscuit_auth::error::Token| TokenError::Invalid(e.to_string());
+    let mut code = format!("agent({:?});\n", request.agent);
+    for g in &request.grants {
+        code.push_str(&g.datalog_fact());
+        code.push_str(";\n");
+    }
+    let TokenLimits { fuel, memory, timeout_ms } = request.limits;
+    let (fuel, memory, timeout_ms) = (dl(fuel), dl(memory), dl(timeout_ms));
+    code.push_str(&format!("fuel({fuel});\nmemory({memory});\ntimeout_ms({timeout_ms});\n"));
+    // A run may ask for less, never more.
+    code.push_str("check if fuel_request($f), fuel($max), $f <= $max;\n");
+    code.push_str("check if memory_request($m), memory($max), $m <= $max;\n");
+    code.push_str("check if timeout_request($t), timeout_ms($max), $t <= $max;\n");
+    if let Some(ttl) = request.ttl {
+        code.push_str(&format!("check if time($t), $t <= {};\n", rfc3339(now + ttl)));
+    }
+    Biscuit::builder().code(&code).map_err(invalid)?.root_key_id(id).build(&pair).map_err(invalid)
+}
+
+/// What an attenuation block narrows.
+#[derive(Debug, Clone, Default)]
+pub struct Attenuation {
+    /// Only these grants (or narrower ones) remain usable.
+    pub only: Vec<Grant>,
+    pub fuel: Option<u64>,
+    pub ttl: Option<Duration>,
+}
+
+/// Appends a block of checks; needs no key.
+pub fn attenuate(token: &UnverifiedBiscuit, a: &Attenuation, now: SystemTime) -> Result<UnverifiedBiscuit, TokenError> {
+    let mut code = String::new();
+    if !a.only.is_empty() {
+        // Each requested grant must fall inside one of the listed grants; "none" is the request of a run that asks
+        // for no grant at all (its limits are still checked).
+        let mut alternatives = vec![r#"request("none", "", "")"#.to_string()];
+        for g in &a.only {
+            alternatives.push(match g.kind.as_str() {
+                "fs" if g.mode == "rw" => format!(r#"request("fs", $p, $m), $p.starts_with({:?})"#, g.value),
+                "fs" => format!(r#"request("fs", $p, "ro"), $p.starts_with({:?})"#, g.value),
+                "state" if g.mode == "rw" => r#"request("state", "", $m)"#.to_string(),
+                _ => format!("request({:?}, {:?}, {:?})", g.kind, g.value, g.mode),
+            });
+        }
+        code.push_str(&format!("check if {};\n", alternatives.join(" or ")));
+    }
+    if let Some(fuel) = a.fuel {
+        code.push_str(&format!("check if fuel_request($f), $f <= {};\n", dl(fuel)));
+    }
+    if let Some(ttl) = a.ttl {
+        code.push_str(&format!("check if time($t), $t <= {};\n", rfc3339(now + ttl)));
+    }
+    if code.is_empty() {
+        return Err(TokenError::Invalid("nothing to attenuate: give --only, --fuel or --ttl".into()));
+    }
+    let block = BlockBuilder::new().code(&code).map_err(|e| TokenError::Invalid(e.to_string()))?;
+    token.append(block).map_err(|e| TokenError::Invalid(e.to_string()))
+}
+
+/// Parses a token's base64 (whitespace around it is ignored) without verifying it.
+pub fn parse_unverified(text: &str) -> Result<UnverifiedBiscuit, TokenError> {
+    UnverifiedBiscuit::from_base64(text.trim()).map_err(|e| TokenError::Malformed(e.to_string()))
+}
+
+/// Verifies the signature chain against the root key the token names.
+pub fn verify(keys: &KeyStore, text: &str, now: SystemTime) -> Result<Biscuit, TokenError> {
+    let unverified = parse_unverified(text)?;
+    let id = unverified.root_key_id().ok_or_else(|| TokenError::Malformed("token names no root key id".into()))?;
+    let public = keys.verifying(id, ms(now))?;
+    Biscuit::from_base64(text.trim(), public).map_err(|e| TokenError::Signature(e.to_string()))
+}
+
+/// Hex revocation ids of every block: revoking any of them revokes this token and everything attenuated from it.
+pub fn revocation_ids(token: &Biscuit) -> Vec<String> {
+    token.revocation_identifiers().iter().map(hex::encode).collect()
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The first of `ids` that has been revoked, if any.
+pub fn revoked_among(db: &crate::db::Db, ids: &[String]) -> Result<Option<String>, redb::Error> {
+    use redb::ReadableDatabase;
+    let txn = db.redb().begin_read()?;
+    let table = txn.open_table(crate::db::REVOKED)?;
+    for id in ids {
+        if table.get(id.as_str())?.is_some() {
+            return Ok(Some(id.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// What a run asks for, checked against a token.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub agent: String,
+    pub grants: Vec<Grant>,
+    pub limits: TokenLimits,
+}
+
+/// The host's policies: how a grant in the token covers a requested grant.
+const POLICIES: &str = r#"
+allow if request("none", "", "");
+allow if request("fs", $p, $m), grant("fs", $g, "rw"), $p.starts_with($g);
+allow if request("fs", $p, "ro"), grant("fs", $g, "ro"), $p.starts_with($g);
+allow if request("state", "", "ro"), grant("state", "", "rw");
+allow if request($k, $v, $m), grant($k, $v, $m), $k != "fs";
+"#;
+
+/// Authorizes every requested grant (and the limits) against a verified token; the first refusal names the grant
+/// and the checks that failed.
+pub fn authorize(token: &Biscuit, request: &RunRequest, now: SystemTime) -> Result<(), (String, String)> {
+    let agent_ok = format!("check if agent({:?});", request.agent);
+    let none = Grant { kind: "none".into(), value: String::new(), mode: String::new() };
+    let grants: Vec<&Grant> = if request.grants.is_empty() { vec![&none] } else { request.grants.iter().collect() };
+    for grant in grants {
+        let TokenLimits { fuel, memory, timeout_ms } = request.limits;
+        let (fuel, memory, timeout_ms) = (dl(fuel), dl(memory), dl(timeout_ms));
+        let code = format!(
+            "time({});\nrequest({:?}, {:?}, {:?});\nfuel_request({fuel});\nmemory_request({memory});\ntimeout_request({timeout_ms});\n{agent_ok}\n{POLICIES}",
+            rfc3339(now),
+            grant.kind,
+            grant.value,
+            grant.mode
+        );
+        let name = if grant.kind == "none" { "limits".to_string() } else { grant.to_string() };
+        let fail = |e: biscuit_auth::error::Token| (name.clone(), e.to_string());
+        let mut authorizer = AuthorizerBuilder::new()
+            .code(&code)
+            .map_err(fail)?
+            .set_limits(AuthorizerLimits { max_time: Duration::from_millis(50), ..AuthorizerLimits::default() })
+            .build(token)
+            .map_err(fail)?;
+        authorizer.authorize().map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// The limits stated in a verified token's authority block.
+pub fn token_limits(token: &Biscuit) -> Result<TokenLimits, TokenError> {
+    let invalid = |e: biscuit_auth::error::Token| TokenError::Invalid(e.to_string());
+    let mut authorizer = AuthorizerBuilder::new().build(token).map_err(invalid)?;
+    let mut one = |rule: &str| -> Result<u64, TokenError> {
+        let found: Vec<(i64,)> = authorizer.query(rule).map_err(invalid)?;
+        found
+            .first()
+            .and_then(|(n,)| from_dl(*n))
+            .ok_or_else(|| TokenError::Invalid(format!("token states no limit for `{rule}`")))
+    };
+    Ok(TokenLimits {
+        fuel: one("limit($n) <- fuel($n)")?,
+        memory: one("limit($n) <- memory($n)")?,
+        timeout_ms: one("limit($n) <- timeout_ms($n)")?,
+    })
+}
+
+/// Reads the limits a token allows, for a run that did not ask for its own (the token's ceilings become the run's
+/// limits). Fails as the run would if the token does not verify.
+pub fn limits_of(home: &std::path::Path, text: &str) -> Result<TokenLimits, crate::error::RunError> {
+    let refused =
+        |e: &dyn std::fmt::Display| crate::error::RunError::TokenRefused(crate::error::one_line(&e.to_string()));
+    let keys = KeyStore::load(home).map_err(|e| refused(&e))?;
+    let token = verify(&keys, text, SystemTime::now()).map_err(|e| refused(&e))?;
+    token_limits(&token).map_err(|e| refused(&e))
+}
+
+/// Lifetime of the token minted on the spot from the operator's own CLI flags (no `--token`).
+pub const LOCAL_TTL: Duration = Duration::from_secs(60);
+
+/// Authorizes a run: verifies `token` (or, without one, mints one on the spot from the operator's flags with the
+/// local root key, creating it if this home has none, so that every run's rights flow through the same check),
+/// refuses revoked tokens, then authorizes each requested grant and the limits. Returns the token's revocation id.
+pub fn authorize_run(
+    home: &std::path::Path,
+    db: &crate::db::Db,
+    token_text: Option<&str>,
+    request: &RunRequest,
+) -> Result<String, crate::error::RunError> {
+    use crate::error::RunError;
+    let now = SystemTime::now();
+    let refused = |e: &dyn std::fmt::Display| RunError::TokenRefused(crate::error::one_line(&e.to_string()));
+    let mut keys = KeyStore::load(home).map_err(|e| refused(&e))?;
+    let text = match token_text {
+        Some(t) => t.to_string(),
+        None => {
+            if keys.keys.is_empty() {
+                keys.init(ms(now)).map_err(|e| refused(&e))?;
+                keys.save(home).map_err(|e| refused(&e))?;
+            }
+            let mint_request = MintRequest {
+                agent: request.agent.clone(),
+                grants: request.grants.clone(),
+                limits: request.limits,
+                ttl: Some(LOCAL_TTL),
+            };
+            mint(&keys, &mint_request, now)
+                .and_then(|t| t.to_base64().map_err(|e| TokenError::Invalid(e.to_string())))
+                .map_err(|e| refused(&e))?
+        }
+    };
+    let token = verify(&keys, &text, now).map_err(|e| refused(&e))?;
+    let ids = revocation_ids(&token);
+    if let Some(id) = revoked_among(db, &ids).map_err(|e| RunError::host(format!("reading revocations: {e}")))? {
+        return Err(refused(&TokenError::Revoked(id)));
+    }
+    // The token as a whole first (its time checks, its agent, the limits), so that an expired token or one for
+    // another agent is refused as a token, and a refused grant is named as such afterwards.
+    let base = RunRequest { grants: Vec::new(), ..request.clone() };
+    authorize(&token, &base, now).map_err(|(grant, reason)| {
+        if reason.contains("time(") {
+            RunError::TokenRefused(format!("token has expired or is not valid yet: {reason}"))
+        } else if reason.contains("agent(") {
+            RunError::TokenRefused(format!("token is not for agent {}: {reason}", request.agent))
+        } else {
+            RunError::GrantRefused { grant, reason }
+        }
+    })?;
+    authorize(&token, request, now).map_err(|(grant, reason)| RunError::GrantRefused { grant, reason })?;
+    Ok(ids.into_iter().next().unwrap_or_default())
+}
+
+/// A token described for `token inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub root_key_id: Option<u32>,
+    pub blocks: Vec<String>,
+    pub revocation_ids: Vec<String>,
+    /// `ok`, or why the token does not verify now.
+    pub verifies: String,
+}
+
+pub fn inspect(keys: &KeyStore, text: &str, now: SystemTime) -> Result<Inspection, TokenError> {
+    let unverified = parse_unverified(text)?;
+    let blocks = (0..unverified.block_count())
+        .map(|i| unverified.print_block_source(i).unwrap_or_else(|e| format!("<unreadable block: {e}>")))
+        .collect();
+    let revocation_ids = unverified.revocation_identifiers().iter().map(hex::encode).collect();
+    let verifies = match verify(keys, text, now) {
+        Ok(_) => "ok".into(),
+        Err(e) => e.to_string(),
+    };
+    Ok(Inspection { root_key_id: unverified.root_key_id(), blocks, revocation_ids, verifies })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> KeyStore {
+        let mut k = KeyStore::default();
+        k.init(0).unwrap();
+        k
+    }
+
+    fn limits() -> TokenLimits {
+        TokenLimits { fuel: 1_000_000, memory: 64 << 20, timeout_ms: 10_000 }
+    }
+
+    fn g(s: &str) -> Grant {
+        Grant::parse(s).unwrap()
+    }
+
+    fn minted(keys: &KeyStore, grants: &[&str]) -> String {
+        let req = MintRequest {
+            agent: "a".into(),
+            grants: grants.iter().map(|s| g(s)).collect(),
+            limits: limits(),
+            ttl: Some(Duration::from_secs(60)),
+        };
+        mint(keys, &req, SystemTime::now()).unwrap().to_base64().unwrap()
+    }
+
+    fn check(keys: &KeyStore, token: &str, grants: &[&str], fuel: u64) -> Result<(), (String, String)> {
+        let now = SystemTime::now();
+        let t = verify(keys, token, now).unwrap();
+        let req = RunRequest {
+            agent: "a".into(),
+            grants: grants.iter().map(|s| g(s)).collect(),
+            limits: TokenLimits { fuel, ..limits() },
+        };
+        authorize(&t, &req, now)
+    }
+
+    #[test]
+    fn grants_cover_what_they_should_and_nothing_else() {
+        let keys = store();
+        let t = minted(&keys, &["fs:/srv/data:ro", "fs:/work:rw", "env:LANG", "net:example.com:443", "state:rw"]);
+        for ok in [
+            "fs:/srv/data:ro",
+            "fs:/srv/data/sub:ro",
+            "fs:/work/x:rw",
+            "fs:/work:ro",
+            "env:LANG",
+            "net:example.com:443",
+            "state:ro",
+            "state:rw",
+        ] {
+            assert!(check(&keys, &t, &[ok], 1).is_ok(), "{ok}");
+        }
+        for refused in [
+            "fs:/srv/data:rw",
+            "fs:/srv/database:ro",
+            "fs:/srv:ro",
+            "env:HOME",
+            "net:example.com:80",
+            "tool:x",
+            "stdin",
+        ] {
+            let (name, _) = check(&keys, &t, &[refused], 1).unwrap_err();
+            assert_eq!(name, g(refused).to_string());
+        }
+        let (name, why) = check(&keys, &t, &[], 2_000_000).unwrap_err();
+        assert_eq!(name, "limits");
+        assert!(why.contains("fuel"), "{why}");
+    }
+
+    #[test]
+    fn attenuation_only_narrows() {
+        let keys = store();
+        let t = minted(&keys, &["fs:/srv:rw", "env:LANG"]);
+        let narrowed = attenuate(
+            &parse_unverified(&t).unwrap(),
+            &Attenuation { only: vec![g("fs:/srv/data:ro")], fuel: Some(10), ttl: None },
+            SystemTime::now(),
+        )
+        .unwrap()
+        .to_base64()
+        .unwrap();
+        assert!(check(&keys, &narrowed, &["fs:/srv/data/x:ro"], 5).is_ok());
+        assert!(check(&keys, &narrowed, &["fs:/srv/data:rw"], 5).is_err());
+        assert!(check(&keys, &narrowed, &["env:LANG"], 5).is_err());
+        assert!(check(&keys, &narrowed, &[], 11).is_err());
+
+        // A block that states a new grant adds nothing: the host only trusts the authority block.
+        let widened = parse_unverified(&t)
+            .unwrap()
+            .append(BlockBuilder::new().code(r#"grant("env", "HOME", ""); grant("fs", "/", "rw");"#).unwrap())
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert!(check(&keys, &widened, &["env:HOME"], 1).is_err());
+        assert!(check(&keys, &widened, &["fs:/etc:ro"], 1).is_err());
+    }
+
+    #[test]
+    fn forged_and_mangled_tokens_are_refused() {
+        let keys = store();
+        let t = minted(&keys, &["env:LANG"]);
+        let mut bytes = t.clone().into_bytes();
+        let i = bytes.len() / 2;
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        assert!(verify(&keys, std::str::from_utf8(&bytes).unwrap(), SystemTime::now()).is_err());
+        assert!(verify(&keys, &t[..t.len() / 2], SystemTime::now()).is_err());
+        let other = store();
+        assert!(matches!(verify(&other, &t, SystemTime::now()), Err(TokenError::Signature(_))));
+    }
+
+    #[test]
+    fn expiry_and_key_rotation() {
+        let mut keys = store();
+        let t = minted(&keys, &["env:LANG"]);
+        let later = SystemTime::now() + Duration::from_secs(120);
+        let token = verify(&keys, &t, later).unwrap();
+        let req = RunRequest { agent: "a".into(), grants: vec![g("env:LANG")], limits: limits() };
+        assert!(authorize(&token, &req, later).is_err(), "expired after its ttl");
+        let now = ms(SystemTime::now());
+        keys.rotate(now, 60_000).unwrap();
+        assert!(verify(&keys, &t, SystemTime::now()).is_ok(), "the previous key verifies within the overlap");
+        assert!(matches!(verify(&keys, &t, later), Err(TokenError::Key(KeyError::OverlapEnded(1)))));
+        keys.retire(1).unwrap();
+        assert!(matches!(verify(&keys, &t, SystemTime::now()), Err(TokenError::Key(KeyError::Retired(1)))));
+        assert!(keys.retire(2).is_err(), "the active key cannot be retired");
+    }
+
+    #[test]
+    fn grant_syntax() {
+        assert_eq!(g("fs:/srv//data/./x:ro").value, "/srv/data/x/");
+        assert_eq!(g("net:api.example.com:443").value, "api.example.com:443");
+        for bad in ["fs:relative:ro", "fs:/a/../b:ro", "fs:/a:rx", "net:host", "env:", "bogus:x", "state:maybe"] {
+            assert!(Grant::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
