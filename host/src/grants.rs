@@ -132,6 +132,8 @@ pub struct Authorized {
     pub net: BTreeSet<SocketAddr>,
     pub inherit_stdin: bool,
     pub state: StateGrant,
+    /// The revocation id of the token that authorized these grants (empty until a token has been checked).
+    pub token_id: String,
 }
 
 impl Authorized {

@@ -168,6 +168,7 @@ impl Runner {
             run_id: fresh_id("run"),
             events: self.events.clone(),
             state: grants.state,
+            token: if grants.token_id.is_empty() { LOCAL_TOKEN.to_string() } else { grants.token_id.clone() },
         };
         if let Some(log) = &self.events {
             let detail = serde_json::json!({
@@ -183,7 +184,7 @@ impl Runner {
                 Invocation::Command { .. } => None,
             };
             let op = Op::StartRun { run_id: context.run_id.clone(), agent: context.agent.clone(), task_id, detail };
-            if let Err(e) = log.submit_accepted(operation(op)).await {
+            if let Err(e) = log.submit_accepted(operation_by(&context.token, op)).await {
                 return RunReport::refused(&RunError::host(format!("cannot record the run's start: {e}")));
             }
         }
@@ -439,12 +440,17 @@ async fn record_ending(log: &EventLog, context: &RunContext, report: &RunReport)
         let reason = serde_json::to_value(report.outcome).ok().and_then(|v| v.as_str().map(String::from));
         Op::FailRun { run_id, reason: reason.unwrap_or_default(), fuel, detail }
     };
-    log.submit_accepted(operation(op)).await.map(drop)
+    log.submit_accepted(operation_by(&context.token, op)).await.map(drop)
 }
 
-/// An operation submitted now under the local operator's authority (tokens arrive with the capability-token work).
+/// An operation submitted now under the local operator's authority (`toka-host state set`, `token revoke` ...).
 pub fn operation(op: Op) -> Operation {
-    Operation { time_ms: crate::events::now_ms(), token: LOCAL_TOKEN.into(), op }
+    operation_by(LOCAL_TOKEN, op)
+}
+
+/// An operation submitted now under the authority of the token with revocation id `token`.
+pub fn operation_by(token: &str, op: Op) -> Operation {
+    Operation { time_ms: crate::events::now_ms(), token: token.into(), op }
 }
 
 /// An id unique enough to correlate a run's records: time, process and a per-process counter.

@@ -185,3 +185,18 @@ fn without_a_token_the_flags_are_minted_locally() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(h.join("keys.json")).unwrap().permissions().mode() & 0o777, 0o600);
 }
+
+/// Every operation of a run names the token that authorized it (its first revocation id).
+#[test]
+fn runs_are_recorded_under_their_token() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    t(h, &["key", "init"]).expect_code(0);
+    let token = mint(h, &[]);
+    let inspect = t(h, &["token", "inspect", "--json", &token]);
+    let id = serde_json::from_str::<serde_json::Value>(&inspect.stdout).unwrap()["revocation_ids"][0].clone();
+    t(h, &["run", "--token", &token, &echo(), "args"]).expect_code(0);
+    let ev = t(h, &["events", "--json", "--kind", "run.started"]);
+    let started: serde_json::Value = serde_json::from_str(ev.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(started["payload"]["token"], id);
+}

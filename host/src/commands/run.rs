@@ -267,9 +267,10 @@ impl RunCommand {
             inherit_stdin: self.inherit_stdin,
             state: self.state.unwrap_or_default(),
         };
-        let authorized = grants::authorize(&request)?;
+        let mut authorized = grants::authorize(&request)?;
         let run_request = token_request(program.name(), &self.net, &authorized, limits);
-        crate::token::authorize_run(&crate::db::default_home(), db, token_text.as_deref(), &run_request)?;
+        authorized.token_id =
+            crate::token::authorize_run(&crate::db::default_home(), db, token_text.as_deref(), &run_request)?;
         Ok((program, invocation, authorized))
     }
 

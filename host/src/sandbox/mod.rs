@@ -43,6 +43,8 @@ pub struct RunContext {
     pub run_id: String,
     pub events: Option<std::sync::Arc<crate::events::EventLog>>,
     pub state: state::StateGrant,
+    /// The revocation id of the token that authorized the run; every operation of the run names it.
+    pub token: String,
 }
 
 impl WasiView for SandboxState {
@@ -113,6 +115,7 @@ pub fn build(
         observer: observe::Observer {
             agent: context.agent.clone(),
             run_id: context.run_id.clone(),
+            token: context.token.clone(),
             log: context.events.clone(),
             emitted: 0,
         },
@@ -120,6 +123,7 @@ pub fn build(
             agent: context.agent.clone(),
             run_id: context.run_id.clone(),
             grant: context.state,
+            token: context.token.clone(),
             db: context.events.as_ref().map(|e| e.db().clone()),
             log: context.events.clone(),
         },

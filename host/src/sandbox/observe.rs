@@ -17,6 +17,8 @@ pub const MAX_KIND: usize = 128;
 pub struct Observer {
     pub agent: String,
     pub run_id: String,
+    /// The authorizing token's revocation id.
+    pub token: String,
     pub log: Option<Arc<EventLog>>,
     /// Observations recorded so far in this run.
     pub emitted: u64,
@@ -41,7 +43,8 @@ impl Host for Observer {
             return Err("this run has no event log".into());
         };
         let op = Op::EmitObservation { run_id: self.run_id.clone(), kind: observed, payload };
-        let applied = log.submit_accepted(crate::run::operation(op)).await.map_err(|e| e.to_string())?;
+        let applied =
+            log.submit_accepted(crate::run::operation_by(&self.token, op)).await.map_err(|e| e.to_string())?;
         self.emitted += 1;
         applied.events.first().map(|a| a.seq).ok_or_else(|| "the observation produced no event".to_string())
     }

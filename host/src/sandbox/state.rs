@@ -30,6 +30,8 @@ pub struct StateAccess {
     pub agent: String,
     pub run_id: String,
     pub grant: StateGrant,
+    /// The authorizing token's revocation id.
+    pub token: String,
     pub db: Option<Db>,
     pub log: Option<Arc<EventLog>>,
 }
@@ -65,7 +67,7 @@ impl StateAccess {
     async fn record(&self, payload: serde_json::Value) -> Result<(), StateError> {
         if let Some(log) = &self.log {
             let op = Op::WriteState { run_id: self.run_id.clone(), detail: payload };
-            log.submit_accepted(crate::run::operation(op)).await.map_err(storage)?;
+            log.submit_accepted(crate::run::operation_by(&self.token, op)).await.map_err(storage)?;
         }
         Ok(())
     }
