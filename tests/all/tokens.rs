@@ -200,3 +200,24 @@ fn runs_are_recorded_under_their_token() {
     let started: serde_json::Value = serde_json::from_str(ev.stdout.lines().next().unwrap()).unwrap();
     assert_eq!(started["payload"]["token"], id);
 }
+
+#[test]
+fn not_before_expires_and_depth() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    t(h, &["key", "init"]).expect_code(0);
+    let future = mint(h, &["--not-before", "2999-01-01T00:00:00Z"]);
+    let r = t(h, &["run", "--token", &future, &echo(), "args"]);
+    r.expect_code(78);
+    assert!(r.stderr.contains("not valid yet"), "{}", r.stderr);
+    let past = mint(h, &["--expires", "2001-01-01T00:00:00Z"]);
+    t(h, &["run", "--token", &past, &echo(), "args"]).expect_code(78);
+
+    let shallow = mint(h, &["--max-depth", "1", "--grant", "env:A"]);
+    let once = t(h, &["token", "attenuate", &shallow, "--fuel", "100000000"]).stdout.trim().to_string();
+    t(h, &["run", "--token", &once, "--fuel", "1000000", &echo(), "args"]).expect_code(0);
+    let twice = t(h, &["token", "attenuate", &once, "--fuel", "100000000"]).stdout.trim().to_string();
+    let r = t(h, &["run", "--token", &twice, "--fuel", "1000000", &echo(), "args"]);
+    r.expect_code(78);
+    assert!(r.stderr.contains("more attenuation blocks than it allows"), "{}", r.stderr);
+}

@@ -32,6 +32,15 @@ pub enum TokenAction {
         /// Lifetime, e.g. 1h (default: 24h).
         #[arg(long, default_value = "24h", value_parser = crate::units::parse_duration)]
         ttl: Duration,
+        /// An absolute expiry, RFC 3339 (e.g. 2026-12-01T00:00:00Z); the earlier of this and --ttl applies.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        expires: Option<SystemTime>,
+        /// Not valid before this time, RFC 3339.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        not_before: Option<SystemTime>,
+        /// At most N attenuation blocks may be appended to this token.
+        #[arg(long, value_name = "N")]
+        max_depth: Option<u32>,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -106,11 +115,11 @@ impl TokenCommand {
         let keys = || KeyStore::load(&home).map_err(|e| e.to_string());
         let now = SystemTime::now();
         match self.action {
-            TokenAction::Mint { agent, grants, fuel, memory, timeout, ttl, out } => {
+            TokenAction::Mint { agent, grants, fuel, memory, timeout, ttl, expires, not_before, max_depth, out } => {
                 let limits =
                     TokenLimits { fuel, memory, timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX) };
-                let t = token::mint(&keys()?, &MintRequest { agent, grants, limits, ttl: Some(ttl) }, now)
-                    .map_err(|e| e.to_string())?;
+                let request = MintRequest { agent, grants, limits, ttl: Some(ttl), expires, not_before, max_depth };
+                let t = token::mint(&keys()?, &request, now).map_err(|e| e.to_string())?;
                 emit(&t.to_base64().map_err(|e| e.to_string())?, out.as_ref())
             }
             TokenAction::Attenuate { token, only, fuel, ttl, out } => {

@@ -105,6 +105,12 @@ pub struct MintRequest {
     pub grants: Vec<Grant>,
     pub limits: TokenLimits,
     pub ttl: Option<Duration>,
+    /// An absolute expiry (the earlier of this and `ttl` applies).
+    pub expires: Option<SystemTime>,
+    /// Not valid before this time.
+    pub not_before: Option<SystemTime>,
+    /// At most this many attenuation blocks may be appended.
+    pub max_depth: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +160,17 @@ pub fn mint(keys: &KeyStore, request: &MintRequest, now: SystemTime) -> Result<B
     code.push_str("check if timeout_request($t), timeout_ms($max), $t <= $max;\n");
     if let Some(ttl) = request.ttl {
         code.push_str(&format!("check if time($t), $t <= {};\n", rfc3339(now + ttl)));
+    }
+    if let Some(expires) = request.expires {
+        code.push_str(&format!("check if time($t), $t <= {};\n", rfc3339(expires)));
+    }
+    if let Some(not_before) = request.not_before {
+        code.push_str(&format!("check if time($t), $t >= {};\n", rfc3339(not_before)));
+    }
+    if let Some(depth) = request.max_depth {
+        // The host states each token's depth as `depth(N)`; this check is the token's own, so it holds whatever
+        // the blocks after it say.
+        code.push_str(&format!("max_depth({depth});\ncheck if depth($d), $d <= {depth};\n"));
     }
     Biscuit::builder().code(&code).map_err(invalid)?.root_key_id(id).build(&pair).map_err(invalid)
 }
@@ -259,7 +276,8 @@ pub fn authorize(token: &Biscuit, request: &RunRequest, now: SystemTime) -> Resu
         let TokenLimits { fuel, memory, timeout_ms } = request.limits;
         let (fuel, memory, timeout_ms) = (dl(fuel), dl(memory), dl(timeout_ms));
         let code = format!(
-            "time({});\nrequest({:?}, {:?}, {:?});\nfuel_request({fuel});\nmemory_request({memory});\ntimeout_request({timeout_ms});\n{agent_ok}\n{POLICIES}",
+            "depth({});\ntime({});\nrequest({:?}, {:?}, {:?});\nfuel_request({fuel});\nmemory_request({memory});\ntimeout_request({timeout_ms});\n{agent_ok}\n{POLICIES}",
+            token.block_count().saturating_sub(1),
             rfc3339(now),
             grant.kind,
             grant.value,
@@ -334,6 +352,9 @@ pub fn authorize_run(
                 grants: request.grants.clone(),
                 limits: request.limits,
                 ttl: Some(LOCAL_TTL),
+                expires: None,
+                not_before: None,
+                max_depth: None,
             };
             mint(&keys, &mint_request, now)
                 .and_then(|t| t.to_base64().map_err(|e| TokenError::Invalid(e.to_string())))
@@ -349,7 +370,9 @@ pub fn authorize_run(
     // another agent is refused as a token, and a refused grant is named as such afterwards.
     let base = RunRequest { grants: Vec::new(), ..request.clone() };
     authorize(&token, &base, now).map_err(|(grant, reason)| {
-        if reason.contains("time(") {
+        if reason.contains("depth(") {
+            RunError::TokenRefused(format!("token carries more attenuation blocks than it allows: {reason}"))
+        } else if reason.contains("time(") {
             RunError::TokenRefused(format!("token has expired or is not valid yet: {reason}"))
         } else if reason.contains("agent(") {
             RunError::TokenRefused(format!("token is not for agent {}: {reason}", request.agent))
@@ -408,6 +431,9 @@ mod tests {
             grants: grants.iter().map(|s| g(s)).collect(),
             limits: limits(),
             ttl: Some(Duration::from_secs(60)),
+            expires: None,
+            not_before: None,
+            max_depth: Some(2),
         };
         mint(keys, &req, SystemTime::now()).unwrap().to_base64().unwrap()
     }
@@ -512,6 +538,23 @@ mod tests {
         keys.retire(1).unwrap();
         assert!(matches!(verify(&keys, &t, SystemTime::now()), Err(TokenError::Key(KeyError::Retired(1)))));
         assert!(keys.retire(2).is_err(), "the active key cannot be retired");
+    }
+
+    #[test]
+    fn depth_limit() {
+        let keys = store();
+        let mut t = minted(&keys, &["env:LANG"]);
+        for depth in 1..=3 {
+            t = attenuate(
+                &parse_unverified(&t).unwrap(),
+                &Attenuation { only: vec![g("env:LANG")], ..Default::default() },
+                SystemTime::now(),
+            )
+            .unwrap()
+            .to_base64()
+            .unwrap();
+            assert_eq!(check(&keys, &t, &["env:LANG"], 1).is_ok(), depth <= 2, "depth {depth}");
+        }
     }
 
     #[test]
