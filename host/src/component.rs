@@ -85,10 +85,10 @@ fn adapt_cached(host: &HostEngine, shown: &str, sha256: &str, module: &[u8]) -> 
         return crate::adapt::preview1_command(shown, module);
     };
     let path = dir.join("adapted").join(format!("{sha256}-{}.wasm", crate::adapt::adapter_id()));
-    if let Ok(cached) = std::fs::read(&path) {
-        if Parser::is_component(&cached) {
-            return Ok(cached);
-        }
+    if let Ok(cached) =
+        std::fs::read(&path).map_err(drop).and_then(|c| if Parser::is_component(&c) { Ok(c) } else { Err(()) })
+    {
+        return Ok(cached);
     }
     let adapted = crate::adapt::preview1_command(shown, module)?;
     // The cache is an optimization: failing to write it never fails the run.
