@@ -85,8 +85,9 @@ fn adapt_cached(host: &HostEngine, shown: &str, sha256: &str, module: &[u8]) -> 
         return crate::adapt::preview1_command(shown, module);
     };
     let path = dir.join("adapted").join(format!("{sha256}-{}.wasm", crate::adapt::adapter_id()));
-    if let Ok(cached) =
-        std::fs::read(&path).map_err(drop).and_then(|c| if Parser::is_component(&c) { Ok(c) } else { Err(()) })
+    // A cached file that is not a component (truncated by a crash, say) is simply redone.
+    if let Ok(cached) = std::fs::read(&path)
+        && Parser::is_component(&cached)
     {
         return Ok(cached);
     }
