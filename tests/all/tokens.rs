@@ -221,3 +221,16 @@ fn not_before_expires_and_depth() {
     r.expect_code(78);
     assert!(r.stderr.contains("more attenuation blocks than it allows"), "{}", r.stderr);
 }
+
+/// `--token -` reads the token from stdin once, even when the run takes its limits from the token.
+#[test]
+fn token_from_stdin() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    t(h, &["key", "init"]).expect_code(0);
+    let token = mint(h, &["--grant", "env:A"]);
+    let env = [("TOKA_HOME", h.to_str().unwrap())];
+    let r = toka_with(&["run", "--token", "-", "--env", "A=1", &echo(), "args"], Some(token.as_bytes()), &env);
+    r.expect_code(0);
+    assert_eq!(r.stdout, "args: args\nenv: A=1\n");
+}

@@ -154,8 +154,10 @@ impl RunCommand {
             .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;
         let db = log.db().clone();
         let mut runner = Runner::new(&options)?.with_events(Arc::new(log));
-        let prepared = self.limits().and_then(|limits| {
-            let (program, invocation, authorized) = self.prepare(&mut runner, &db, &limits)?;
+        // The token is read once: `--token -` reads stdin, which cannot be read twice.
+        let prepared = self.token_text().and_then(|token| {
+            let limits = self.limits(token.as_deref())?;
+            let (program, invocation, authorized) = self.prepare(&mut runner, &db, &limits, token.as_deref())?;
             Ok((program, invocation, authorized, limits))
         });
         let (program, invocation, authorized, limits) = match prepared {
@@ -227,13 +229,17 @@ impl RunCommand {
         Ok(report)
     }
 
+    /// The `--token` argument's text (a file, stdin or the base64 itself), if given.
+    fn token_text(&self) -> Result<Option<String>, RunError> {
+        self.token.as_deref().map(crate::commands::token::read_token).transpose().map_err(RunError::TokenRefused)
+    }
+
     /// The run's limits: each flag given, else the token's ceiling (with `--token`), else the default.
-    fn limits(&self) -> Result<Limits, RunError> {
+    fn limits(&self, token: Option<&str>) -> Result<Limits, RunError> {
         let defaults = Limits::default();
-        let ceiling = match &self.token {
-            Some(arg) if self.fuel.is_none() || self.timeout.is_none() || self.max_memory.is_none() => {
-                let text = crate::commands::token::read_token(arg).map_err(RunError::TokenRefused)?;
-                Some(crate::token::limits_of(&crate::db::default_home(), &text)?)
+        let ceiling = match token {
+            Some(text) if self.fuel.is_none() || self.timeout.is_none() || self.max_memory.is_none() => {
+                Some(crate::token::limits_of(&crate::db::default_home(), text)?)
             }
             _ => None,
         };
@@ -252,11 +258,8 @@ impl RunCommand {
         runner: &mut Runner,
         db: &Db,
         limits: &Limits,
+        token_text: Option<&str>,
     ) -> Result<(Arc<Program>, Invocation, grants::Authorized), RunError> {
-        let token_text = match &self.token {
-            Some(arg) => Some(crate::commands::token::read_token(arg).map_err(RunError::TokenRefused)?),
-            None => None,
-        };
         let input = self.read_task_input()?;
         let program = runner.load(&self.component)?;
         let invocation = self.invocation(program.world(), input)?;
@@ -269,8 +272,7 @@ impl RunCommand {
         };
         let mut authorized = grants::authorize(&request)?;
         let run_request = token_request(program.name(), &self.net, &authorized, limits);
-        authorized.token_id =
-            crate::token::authorize_run(&crate::db::default_home(), db, token_text.as_deref(), &run_request)?;
+        authorized.token_id = crate::token::authorize_run(&crate::db::default_home(), db, token_text, &run_request)?;
         Ok((program, invocation, authorized))
     }
 
