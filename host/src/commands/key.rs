@@ -28,22 +28,26 @@ pub enum KeyAction {
 impl KeyCommand {
     pub fn execute(self) -> i32 {
         let home = crate::db::default_home();
-        let mut store = match KeyStore::load(&home) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("toka-host: {e}");
-                return 79;
-            }
-        };
         let now = crate::events::now_ms();
         let result = match self.action {
-            KeyAction::Init => store.init(now).map(|k| println!("root key {} created", k.id)),
+            KeyAction::Init => KeyStore::update(&home, |s| s.init(now).map(|k| format!("root key {} created", k.id))),
             KeyAction::Rotate { overlap } => {
                 let overlap_ms = u64::try_from(overlap.as_millis()).unwrap_or(u64::MAX);
-                store.rotate(now, overlap_ms).map(|k| println!("root key {} is now active", k.id))
+                KeyStore::update(&home, |s| {
+                    s.rotate(now, overlap_ms).map(|k| format!("root key {} is now active", k.id))
+                })
             }
-            KeyAction::Retire { id } => store.retire(id).map(|()| println!("root key {id} retired")),
+            KeyAction::Retire { id } => {
+                KeyStore::update(&home, |s| s.retire(id).map(|()| format!("root key {id} retired")))
+            }
             KeyAction::List => {
+                let store = match KeyStore::load(&home) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("toka-host: {e}");
+                        return 79;
+                    }
+                };
                 for k in &store.keys {
                     let created =
                         humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_millis(k.created_ms));
@@ -59,8 +63,11 @@ impl KeyCommand {
                 return 0;
             }
         };
-        match result.and_then(|()| store.save(&home)) {
-            Ok(()) => 0,
+        match result {
+            Ok((_, message)) => {
+                println!("{message}");
+                0
+            }
             Err(e) => {
                 eprintln!("toka-host: {e}");
                 1

@@ -70,14 +70,49 @@ impl KeyStore {
         }
     }
 
-    /// Writes the file with mode 0600, through a temporary file so a crash never leaves half a key file.
-    pub fn save(&self, home: &Path) -> Result<(), KeyError> {
+    /// Loads, changes and saves the key file under an exclusive lock on `keys.lock`, so that concurrent processes
+    /// (two first runs creating the local root key, a rotation during a run) never lose or interleave an update.
+    pub fn update<T>(
+        home: &Path,
+        change: impl FnOnce(&mut KeyStore) -> Result<T, KeyError>,
+    ) -> Result<(KeyStore, T), KeyError> {
+        let lock_path = home.join("keys.lock");
+        let err = |e: std::io::Error| KeyError::File { path: lock_path.display().to_string(), reason: e.to_string() };
+        std::fs::create_dir_all(home).map_err(err)?;
+        let lock =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&lock_path).map_err(err)?;
+        lock.lock().map_err(err)?;
+        let mut store = KeyStore::load(home)?;
+        let value = change(&mut store)?;
+        store.save(home)?;
+        // The lock is released when `lock` is dropped.
+        Ok((store, value))
+    }
+
+    /// The key store, creating the first root key if this home has none.
+    pub fn load_or_init(home: &Path, now_ms: u64) -> Result<KeyStore, KeyError> {
+        let store = KeyStore::load(home)?;
+        if !store.keys.is_empty() {
+            return Ok(store);
+        }
+        let (store, ()) = KeyStore::update(home, |s| {
+            if s.keys.is_empty() {
+                s.init(now_ms)?;
+            }
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Writes the file with mode 0600, through a temporary file so a crash never leaves half a key file. Callers
+    /// that change the store hold the lock of [`KeyStore::update`].
+    fn save(&self, home: &Path) -> Result<(), KeyError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let p = path(home);
         let err = |e: std::io::Error| KeyError::File { path: p.display().to_string(), reason: e.to_string() };
         std::fs::create_dir_all(home).map_err(err)?;
-        let tmp = p.with_extension("json.tmp");
+        let tmp = p.with_extension(format!("json.{}.tmp", std::process::id()));
         let mut f =
             std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
         f.write_all(&serde_json::to_vec_pretty(self).expect("keys serialize")).map_err(err)?;
