@@ -27,6 +27,7 @@ fn open(path: &std::path::Path, policy: GroupCommit) -> EventLog {
         agent: "bench".into(),
         task_id: None,
         detail: serde_json::json!({}),
+        rate: None,
     };
     log.submit(operation(start)).unwrap();
     log

@@ -26,9 +26,10 @@ pub mod tool {
             "wasi": wasmtime_wasi::p2::bindings,
             "toka:agent/log": crate::bindings::agent::toka::agent::log,
             "toka:agent/types": crate::bindings::agent::toka::agent::types,
+            "toka:agent/tools": crate::bindings::agent::toka::agent::tools,
         },
     });
 }
 
 pub use agent::toka::agent::log::Level as LogLevel;
-pub use agent::toka::agent::types::{AgentError, Task};
+pub use agent::toka::agent::types::{AgentError, SideEffect, Task, ToolError, ToolSpec};

@@ -112,6 +112,18 @@ impl HostEngine {
             &mut linker,
             |s: &mut SandboxState| &mut s.state,
         )?;
+        // `toka:agent/tools` is defined by hand rather than through the generated trait: a call needs the caller's
+        // store itself, to charge the tool's fuel to the caller.
+        let mut tools = linker.instance("toka:agent/tools@0.1.0")?;
+        tools.func_wrap("list", |store: wasmtime::StoreContextMut<'_, SandboxState>, (): ()| {
+            Ok((crate::tools::call::list_from_guest(store),))
+        })?;
+        tools.func_wrap_async(
+            "call",
+            |store: wasmtime::StoreContextMut<'_, SandboxState>, (name, input): (String, String)| {
+                Box::new(crate::tools::call::call_from_guest(store, name, input))
+            },
+        )?;
         start_epoch_ticker(&engine)?;
         Ok(HostEngine { engine, linker, fuel: options.fuel, cache_dir: options.cache_dir.clone(), cache })
     }

@@ -45,6 +45,8 @@ pub enum Outcome {
     TokenRefused,
     /// A fault of the host itself. Never expected; reported rather than crashing.
     HostError,
+    /// The token's rate limit for this agent (`--rate`) is used up for now.
+    RateLimited,
 }
 
 impl Outcome {
@@ -68,11 +70,13 @@ impl Outcome {
             Outcome::InvalidInput => 77,
             Outcome::TokenRefused => 78,
             Outcome::HostError => 79,
+            // 80 is `toka-host events verify` finding a broken log.
+            Outcome::RateLimited => 81,
         }
     }
 
     /// Every outcome, for documentation and for tests that check the codes are distinct.
-    pub const ALL: [Outcome; 17] = [
+    pub const ALL: [Outcome; 18] = [
         Outcome::Success,
         Outcome::Exited,
         Outcome::AgentError,
@@ -90,6 +94,7 @@ impl Outcome {
         Outcome::InvalidInput,
         Outcome::TokenRefused,
         Outcome::HostError,
+        Outcome::RateLimited,
     ];
 }
 
@@ -116,6 +121,8 @@ pub enum RunError {
     TokenRefused(String),
     #[error("host error: {0}")]
     Host(String),
+    #[error("{0}")]
+    RateLimited(String),
 }
 
 impl RunError {
@@ -128,6 +135,7 @@ impl RunError {
             RunError::GrantRefused { .. } => Outcome::GrantRefused,
             RunError::InvalidInput(_) => Outcome::InvalidInput,
             RunError::TokenRefused(_) => Outcome::TokenRefused,
+            RunError::RateLimited(_) => Outcome::RateLimited,
             RunError::Host(_) => Outcome::HostError,
         }
     }

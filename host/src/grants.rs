@@ -134,6 +134,10 @@ pub struct Authorized {
     pub state: StateGrant,
     /// The revocation id of the token that authorized these grants (empty until a token has been checked).
     pub token_id: String,
+    /// The token's rate limit for the agent, if it has one.
+    pub rate: Option<crate::kernel::Rate>,
+    /// The verified token itself (checked again at each tool call).
+    pub token: Option<std::sync::Arc<crate::token::Verified>>,
 }
 
 impl Authorized {

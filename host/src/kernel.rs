@@ -26,6 +26,83 @@ pub struct Operation {
     pub op: Op,
 }
 
+/// A token-bucket rate: at most `n` actions in a burst, refilled at `n` per `period_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    pub n: u64,
+    pub period_ms: u64,
+}
+
+impl Rate {
+    pub const MAX_N: u64 = 1_000_000;
+    pub const MAX_PERIOD_MS: u64 = 7 * 24 * 3_600_000;
+
+    /// Parses `N/PERIOD`: `10/min`, `100/h`, `5/s`, `1000/day`, or a duration such as `30/10s`.
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        let bad = |why: &str| format!("invalid rate `{text}`: {why} (expected N/PERIOD, e.g. 10/min)");
+        let (n, period) = text.split_once('/').ok_or_else(|| bad("no `/`"))?;
+        let n: u64 = n.trim().parse().map_err(|_| bad("N is not a whole number"))?;
+        let period_ms = match period.trim() {
+            "s" | "sec" | "second" => 1_000,
+            "m" | "min" | "minute" => 60_000,
+            "h" | "hour" => 3_600_000,
+            "d" | "day" => 86_400_000,
+            other => humantime::parse_duration(other)
+                .map_err(|_| bad("PERIOD is not s, min, h, day or a duration"))?
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
+        };
+        if n == 0 || n > Self::MAX_N {
+            return Err(bad(&format!("N must be 1 to {}", Self::MAX_N)));
+        }
+        if period_ms == 0 || period_ms > Self::MAX_PERIOD_MS {
+            return Err(bad("PERIOD must be from 1 ms to 7 days"));
+        }
+        Ok(Rate { n, period_ms })
+    }
+
+    /// Which of two rates allows less: the lower sustained rate, then the smaller burst.
+    pub fn stricter(self, other: Rate) -> Rate {
+        let (a, b) =
+            (u128::from(self.n) * u128::from(other.period_ms), u128::from(other.n) * u128::from(self.period_ms));
+        match a.cmp(&b) {
+            std::cmp::Ordering::Less => self,
+            std::cmp::Ordering::Greater => other,
+            std::cmp::Ordering::Equal if self.n <= other.n => self,
+            std::cmp::Ordering::Equal => other,
+        }
+    }
+
+    /// One action's cost in bucket units (a full bucket holds `n * period_ms` units; each ms refills `n`).
+    fn cost(self) -> u64 {
+        self.period_ms
+    }
+
+    fn capacity(self) -> u64 {
+        self.n * self.period_ms
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.period_ms {
+            1_000 => write!(f, "{}/s", self.n),
+            60_000 => write!(f, "{}/min", self.n),
+            3_600_000 => write!(f, "{}/h", self.n),
+            86_400_000 => write!(f, "{}/day", self.n),
+            ms => write!(f, "{}/{}", self.n, humantime::format_duration(std::time::Duration::from_millis(ms))),
+        }
+    }
+}
+
+/// An agent's token bucket: its level in [`Rate`] units at `at_ms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub level: u64,
+    pub at_ms: u64,
+}
+
 /// What an operation does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -39,6 +116,9 @@ pub enum Op {
         task_id: Option<String>,
         #[serde(default)]
         detail: serde_json::Value,
+        /// The token's rate limit for this agent, shared by the run's start and its boundary host calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<Rate>,
     },
     /// Start a sub-agent's run on behalf of a running parent.
     SpawnAgent { parent_run: String, run_id: String, agent: String },
@@ -56,6 +136,27 @@ pub enum Op {
     RefuseRun { agent: String, grant_refused: bool, detail: serde_json::Value },
     /// Revoke a token: every later operation naming it is rejected.
     RevokeToken { token_id: String },
+    /// A tool call begins, once the caller's token allowed it: it takes from the caller's rate bucket (the run's
+    /// rate when `run_id` is a run, else `rate`).
+    StartToolCall {
+        call_id: String,
+        /// The calling agent's run, if the caller is a run (not `tool call` or the MCP server).
+        run_id: Option<String>,
+        agent: String,
+        tool: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<Rate>,
+        detail: serde_json::Value,
+    },
+    /// A tool call ended (`ok` false: refused, invalid input or output, trapped, out of fuel ...).
+    EndToolCall {
+        call_id: String,
+        run_id: Option<String>,
+        agent: String,
+        tool: String,
+        ok: bool,
+        detail: serde_json::Value,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +166,9 @@ pub struct RunState {
     pub parent: Option<String>,
     pub started_ms: u64,
     pub observations: u64,
+    /// The run's rate limit, if its token has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +201,45 @@ pub struct State {
     pub revoked: BTreeSet<String>,
     /// Runs per agent, ever started.
     pub agent_runs: BTreeMap<String, u64>,
+    /// Token buckets of rate-limited agents: runs and boundary host calls take from them.
+    #[serde(default)]
+    pub buckets: BTreeMap<String, Bucket>,
+}
+
+/// The level of `agent`'s bucket at `time_ms` under `rate` (a bucket never used is full).
+fn bucket_level(state: &State, agent: &str, rate: Rate, time_ms: u64) -> u64 {
+    match state.buckets.get(agent) {
+        None => rate.capacity(),
+        Some(b) => {
+            let refill = time_ms.saturating_sub(b.at_ms).saturating_mul(rate.n);
+            b.level.saturating_add(refill).min(rate.capacity())
+        }
+    }
+}
+
+/// Refuses the action if `agent`'s bucket is empty.
+fn check_rate(state: &State, agent: &str, rate: Option<Rate>, time_ms: u64, what: &str) -> Result<(), String> {
+    let Some(rate) = rate else { return Ok(()) };
+    let level = bucket_level(state, agent, rate, time_ms);
+    if level >= rate.cost() {
+        return Ok(());
+    }
+    let wait_ms = (rate.cost() - level).div_ceil(rate.n);
+    Err(format!(
+        "rate limit: agent {agent} is allowed {rate} runs and host calls; {what} refused, retry in {wait_ms} ms"
+    ))
+}
+
+fn take(state: &mut State, agent: &str, rate: Option<Rate>, time_ms: u64) {
+    let Some(rate) = rate else { return };
+    let level = bucket_level(state, agent, rate, time_ms);
+    let at_ms = state.buckets.get(agent).map_or(time_ms, |b| b.at_ms.max(time_ms));
+    state.buckets.insert(agent.to_string(), Bucket { level: level.saturating_sub(rate.cost()), at_ms });
+}
+
+/// The rate limit of a running run (checked beforehand: the run exists).
+fn run_rate(state: &State, run_id: &str) -> (String, Option<Rate>) {
+    state.runs.get(run_id).map_or((String::new(), None), |r| (r.agent.clone(), r.rate))
 }
 
 /// Event kinds the kernel emits.
@@ -106,6 +249,9 @@ pub mod kind {
     pub const AGENT_SPAWNED: &str = "agent.spawned";
     pub const TOKEN_REVOKED: &str = "token.revoked";
     pub const OP_REJECTED: &str = "op.rejected";
+    pub const TOOL_CALLED: &str = "tool.called";
+    pub const TOOL_COMPLETED: &str = "tool.completed";
+    pub const TOOL_FAILED: &str = "tool.failed";
 }
 
 fn event(op: &Operation, kind: &str, agent: &str, run_id: &str, payload: serde_json::Value) -> EventDraft {
@@ -155,16 +301,30 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
         Op::StartRun { run_id, .. } | Op::SpawnAgent { run_id, .. } if state.runs.contains_key(run_id) => {
             Err(format!("run {run_id} already exists"))
         }
-        Op::StartRun { task_id: Some(task), agent, .. } => match state.tasks.get(task) {
-            Some(t) if t.status != TaskStatus::Scheduled => Err(format!("task {task} is not waiting to run")),
-            Some(t) if t.agent != *agent => Err(format!("task {task} is for agent {}", t.agent)),
-            _ => Ok(()),
-        },
+        Op::StartRun { task_id, agent, rate, .. } => {
+            match task_id.as_ref().and_then(|task| state.tasks.get(task).map(|t| (task, t))) {
+                Some((task, t)) if t.status != TaskStatus::Scheduled => {
+                    return Err(format!("task {task} is not waiting to run"));
+                }
+                Some((task, t)) if t.agent != *agent => return Err(format!("task {task} is for agent {}", t.agent)),
+                _ => {}
+            }
+            check_rate(state, agent, *rate, op.time_ms, "run")
+        }
         Op::SpawnAgent { parent_run, .. } => running(state, parent_run).map(drop),
-        Op::EmitObservation { run_id, .. }
-        | Op::WriteState { run_id, .. }
-        | Op::CompleteRun { run_id, .. }
-        | Op::FailRun { run_id, .. } => running(state, run_id).map(drop),
+        Op::EmitObservation { run_id, .. } | Op::WriteState { run_id, .. } => {
+            let run = running(state, run_id)?;
+            let what = if matches!(op.op, Op::EmitObservation { .. }) { "events.emit" } else { "state write" };
+            check_rate(state, &run.agent, run.rate, op.time_ms, what)
+        }
+        Op::CompleteRun { run_id, .. } | Op::FailRun { run_id, .. } => running(state, run_id).map(drop),
+        Op::StartToolCall { run_id: Some(run_id), tool, .. } => {
+            let run = running(state, run_id)?;
+            check_rate(state, &run.agent, run.rate, op.time_ms, &format!("call of tool {tool}"))
+        }
+        Op::StartToolCall { run_id: None, agent, rate, tool, .. } => {
+            check_rate(state, agent, *rate, op.time_ms, &format!("call of tool {tool}"))
+        }
         _ => Ok(()),
     }
 }
@@ -189,10 +349,11 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             state.tasks.insert(task_id.clone(), TaskState { agent: agent.clone(), status: TaskStatus::Scheduled });
             vec![event(op, kind::TASK_SCHEDULED, agent, "", json!({ "task_id": task_id, "input_bytes": input.len() }))]
         }
-        Op::StartRun { run_id, agent, task_id, detail } => {
+        Op::StartRun { run_id, agent, task_id, detail, rate } => {
             if let Some(task) = task_id.as_ref().and_then(|t| state.tasks.get_mut(t)) {
                 task.status = TaskStatus::Running;
             }
+            take(state, agent, *rate, op.time_ms);
             state.runs.insert(
                 run_id.clone(),
                 RunState {
@@ -201,6 +362,7 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                     parent: None,
                     started_ms: op.time_ms,
                     observations: 0,
+                    rate: *rate,
                 },
             );
             *state.agent_runs.entry(agent.clone()).or_default() += 1;
@@ -220,6 +382,7 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                     parent: Some(parent_run.clone()),
                     started_ms: op.time_ms,
                     observations: 0,
+                    rate: state.runs[parent_run].rate,
                 },
             );
             *state.agent_runs.entry(agent.clone()).or_default() += 1;
@@ -233,13 +396,16 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             )]
         }
         Op::EmitObservation { run_id, kind: observed, payload } => {
+            let (agent, rate) = run_rate(state, run_id);
+            take(state, &agent, rate, op.time_ms);
             let run = state.runs.get_mut(run_id).expect("checked: the run exists");
             run.observations += 1;
             let agent = run.agent.clone();
             vec![event(op, kind::OBSERVATION, &agent, run_id, json!({ "kind": observed, "payload": payload }))]
         }
         Op::WriteState { run_id, detail } => {
-            let agent = state.runs[run_id].agent.clone();
+            let (agent, rate) = run_rate(state, run_id);
+            take(state, &agent, rate, op.time_ms);
             vec![event(op, kind::STATE_WRITE, &agent, run_id, detail.clone())]
         }
         Op::OperatorWriteState { agent, detail } => vec![event(op, kind::STATE_WRITE, agent, "", detail.clone())],
@@ -269,6 +435,28 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             state.revoked.insert(token_id.clone());
             vec![event(op, kind::TOKEN_REVOKED, "", "", json!({ "token_id": token_id }))]
         }
+        Op::StartToolCall { call_id, run_id, agent, tool, rate, detail } => {
+            let (agent, rate) = match run_id {
+                Some(run) => run_rate(state, run),
+                None => (agent.clone(), *rate),
+            };
+            take(state, &agent, rate, op.time_ms);
+            let mut payload = detail.clone();
+            if let Some(map) = payload.as_object_mut() {
+                map.insert("call_id".into(), json!(call_id));
+                map.insert("tool".into(), json!(tool));
+            }
+            vec![event(op, kind::TOOL_CALLED, &agent, run_id.as_deref().unwrap_or(""), payload)]
+        }
+        Op::EndToolCall { call_id, run_id, agent, tool, ok, detail } => {
+            let mut payload = detail.clone();
+            if let Some(map) = payload.as_object_mut() {
+                map.insert("call_id".into(), json!(call_id));
+                map.insert("tool".into(), json!(tool));
+            }
+            let k = if *ok { kind::TOOL_COMPLETED } else { kind::TOOL_FAILED };
+            vec![event(op, k, agent, run_id.as_deref().unwrap_or(""), payload)]
+        }
     }
 }
 
@@ -286,8 +474,13 @@ mod tests {
         let mut s = State::default();
         let ev = apply(&mut s, &op(1, Op::ScheduleTask { task_id: "t".into(), agent: "a".into(), input: "{}".into() }));
         assert_eq!(ev[0].kind, "task.scheduled");
-        let start =
-            Op::StartRun { run_id: "r".into(), agent: "a".into(), task_id: Some("t".into()), detail: json!({}) };
+        let start = Op::StartRun {
+            run_id: "r".into(),
+            agent: "a".into(),
+            task_id: Some("t".into()),
+            detail: json!({}),
+            rate: None,
+        };
         assert_eq!(apply(&mut s, &op(2, start.clone()))[0].kind, "run.started");
         assert_eq!(s.tasks["t"].status, TaskStatus::Running);
         assert_eq!(apply(&mut s, &op(3, start))[0].kind, "op.rejected", "a run starts once");
@@ -298,6 +491,47 @@ mod tests {
         let late = Op::EmitObservation { run_id: "r".into(), kind: "k".into(), payload: json!(1) };
         assert_eq!(apply(&mut s, &op(5, late))[0].kind, "op.rejected", "an ended run emits nothing");
         assert_eq!(s.applied, 5);
+    }
+
+    #[test]
+    fn rate_limits_runs_and_host_calls_per_agent() {
+        let mut s = State::default();
+        let rate = Some(Rate { n: 2, period_ms: 1_000 });
+        let start =
+            |run: &str| Op::StartRun { run_id: run.into(), agent: "a".into(), task_id: None, detail: json!({}), rate };
+        assert_eq!(apply(&mut s, &op(0, start("r1")))[0].kind, "run.started");
+        let emit = Op::EmitObservation { run_id: "r1".into(), kind: "k".into(), payload: json!(1) };
+        assert_eq!(apply(&mut s, &op(0, emit.clone()))[0].kind, "observation", "the second action of the burst");
+        let refused = apply(&mut s, &op(1, emit.clone()));
+        assert_eq!(refused[0].kind, "op.rejected");
+        let reason = refused[0].payload["reason"].as_str().unwrap();
+        assert!(reason.contains("rate limit") && reason.contains("2/s") && reason.contains("events.emit"), "{reason}");
+        assert_eq!(apply(&mut s, &op(1, start("r2")))[0].kind, "op.rejected", "runs share the agent's bucket");
+        assert_eq!(apply(&mut s, &op(500, emit.clone()))[0].kind, "observation", "half a period refills one");
+        assert_eq!(apply(&mut s, &op(500, emit))[0].kind, "op.rejected");
+        let other = Op::StartRun { run_id: "b1".into(), agent: "b".into(), task_id: None, detail: json!({}), rate };
+        assert_eq!(apply(&mut s, &op(500, other))[0].kind, "run.started", "another agent has its own bucket");
+        assert_eq!(apply(&mut s, &op(10_000, start("r3")))[0].kind, "run.started", "a full bucket after a pause");
+        let free = Op::StartRun { run_id: "u".into(), agent: "a".into(), task_id: None, detail: json!({}), rate: None };
+        assert_eq!(apply(&mut s, &op(10_000, free))[0].kind, "run.started", "a token without a rate is not limited");
+    }
+
+    #[test]
+    fn rates_parse_and_compare() {
+        assert_eq!(Rate::parse("10/min").unwrap(), Rate { n: 10, period_ms: 60_000 });
+        assert_eq!(Rate::parse("5/s").unwrap().to_string(), "5/s");
+        assert_eq!(Rate::parse("30/10s").unwrap(), Rate { n: 30, period_ms: 10_000 });
+        for bad in ["", "10", "0/s", "x/s", "10/fortnight", "10/0s", "2000000/s", "1/30days"] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
+        let (a, b) = (Rate::parse("10/min").unwrap(), Rate::parse("2/s").unwrap());
+        assert_eq!(a.stricter(b), a);
+        assert_eq!(b.stricter(a), a);
+        assert_eq!(
+            Rate::parse("60/min").unwrap().stricter(Rate::parse("1/s").unwrap()).n,
+            1,
+            "same rate, smaller burst"
+        );
     }
 
     #[test]
@@ -315,11 +549,8 @@ mod tests {
         let id = || prop::sample::select(vec!["a", "b", "c"]).prop_map(String::from);
         let op = prop_oneof![
             (id(), id()).prop_map(|(task_id, agent)| Op::ScheduleTask { task_id, agent, input: "{}".into() }),
-            (id(), id(), prop::option::of(id())).prop_map(|(run_id, agent, task_id)| Op::StartRun {
-                run_id,
-                agent,
-                task_id,
-                detail: json!({})
+            (id(), id(), prop::option::of(id()), prop::option::of(1u64..4)).prop_map(|(run_id, agent, task_id, n)| {
+                Op::StartRun { run_id, agent, task_id, detail: json!({}), rate: n.map(|n| Rate { n, period_ms: 10 }) }
             }),
             (id(), id(), id()).prop_map(|(parent_run, run_id, agent)| Op::SpawnAgent { parent_run, run_id, agent }),
             (id(), any::<u8>()).prop_map(|(run_id, n)| Op::EmitObservation {

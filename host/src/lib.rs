@@ -23,4 +23,5 @@ pub mod report;
 pub mod run;
 pub mod sandbox;
 pub mod token;
+pub mod tools;
 pub mod units;

@@ -15,6 +15,7 @@ use crate::grants::Authorized;
 use crate::kernel::{LOCAL_TOKEN, Op, Operation};
 use crate::report::{AgentErrorReport, ComponentReport, RunReport};
 use crate::sandbox::{self, OutputMode, RunContext, Sandbox};
+use crate::tools::call::{Caller, ToolHost, ToolSession};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -86,15 +87,27 @@ impl Program {
 
 /// Loads components and runs them.
 pub struct Runner {
-    host: HostEngine,
+    host: Arc<HostEngine>,
     programs: HashMap<std::path::PathBuf, Arc<Program>>,
     events: Option<Arc<EventLog>>,
+    tools: Option<Arc<ToolHost>>,
 }
 
 impl Runner {
     pub fn new(options: &EngineOptions) -> Result<Self, RunError> {
         let host = HostEngine::new(options).map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))?;
-        Ok(Runner { host, programs: HashMap::new(), events: None })
+        Ok(Runner { host: Arc::new(host), programs: HashMap::new(), events: None, tools: None })
+    }
+
+    /// Lets agents call the tools installed in `registry` (recorded in this runner's event log, if it has one).
+    pub fn with_tools(mut self, registry: crate::tools::registry::Registry) -> Self {
+        self.tools = Some(Arc::new(ToolHost::new(self.host.clone(), registry, self.events.clone())));
+        self
+    }
+
+    /// The tool host agents of this runner call tools through, if any.
+    pub fn tools(&self) -> Option<&Arc<ToolHost>> {
+        self.tools.as_ref()
     }
 
     /// Records every run in `log` from now on (and gives agents their `events` and `state` interfaces).
@@ -122,7 +135,7 @@ impl Runner {
         log.submit_accepted(operation(op)).await.map(drop)
     }
 
-    pub fn engine(&self) -> &HostEngine {
+    pub fn engine(&self) -> &Arc<HostEngine> {
         &self.host
     }
 
@@ -169,7 +182,23 @@ impl Runner {
             events: self.events.clone(),
             state: grants.state,
             token: if grants.token_id.is_empty() { LOCAL_TOKEN.to_string() } else { grants.token_id.clone() },
+            tools: None,
         };
+        let mut context = context;
+        if let (Some(host), Some(token)) = (&self.tools, &grants.token) {
+            let caller = Caller {
+                agent: context.agent.clone(),
+                run_id: Some(context.run_id.clone()),
+                token_id: context.token.clone(),
+                token: token.clone(),
+                grants: grants.clone(),
+                rate: grants.rate,
+                depth: 0,
+                deadline: Instant::now() + limits.timeout,
+                max_memory: limits.max_memory,
+            };
+            context.tools = Some(Arc::new(ToolSession { host: host.clone(), caller }));
+        }
         if let Some(log) = &self.events {
             let detail = serde_json::json!({
                 "component": program.loaded.path.display().to_string(),
@@ -183,9 +212,22 @@ impl Runner {
                 Invocation::Task { id, .. } => Some(id.clone()),
                 Invocation::Command { .. } => None,
             };
-            let op = Op::StartRun { run_id: context.run_id.clone(), agent: context.agent.clone(), task_id, detail };
-            if let Err(e) = log.submit_accepted(operation_by(&context.token, op)).await {
-                return RunReport::refused(&RunError::host(format!("cannot record the run's start: {e}")));
+            let op = Op::StartRun {
+                run_id: context.run_id.clone(),
+                agent: context.agent.clone(),
+                task_id,
+                detail,
+                rate: grants.rate,
+            };
+            match log.submit_accepted(operation_by(&context.token, op)).await {
+                Ok(_) => {}
+                // The kernel refused the start (the `op.rejected` event records why): a used-up rate limit, or a
+                // token revoked since it was checked.
+                Err(AppendError::Rejected(reason)) if reason.starts_with("rate limit") => {
+                    return RunReport::refused(&RunError::RateLimited(reason));
+                }
+                Err(AppendError::Rejected(reason)) => return RunReport::refused(&RunError::TokenRefused(reason)),
+                Err(e) => return RunReport::refused(&RunError::host(format!("cannot record the run's start: {e}"))),
             }
         }
         let mut report = self.run_in_sandbox(program, grants, limits, invocation, output, &context).await;
@@ -368,7 +410,7 @@ fn exit_or(e: wasmtime::Error) -> Result<Returned, Ending> {
     }
 }
 
-fn classify(
+pub(crate) fn classify(
     e: &wasmtime::Error,
     store: &wasmtime::Store<sandbox::SandboxState>,
     stdout: &sandbox::output::CappedOutput,
@@ -415,6 +457,11 @@ pub fn resident_set_bytes() -> u64 {
 /// A fresh task id.
 pub fn fresh_task_id() -> String {
     fresh_id("task")
+}
+
+/// A fresh tool call id.
+pub fn fresh_call_id() -> String {
+    fresh_id("call")
 }
 
 /// The name an agent is known by: its file name without the extension.

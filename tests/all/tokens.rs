@@ -118,7 +118,7 @@ fn revoking_a_parent_revokes_its_children_and_is_recorded() {
     assert!(ev.stdout.contains("token-refused"));
     assert_eq!(t(h, &["events", "--json", "--kind", "token.revoked"]).stdout.lines().count(), 1);
     let inspect = t(h, &["token", "inspect", &child]);
-    assert!(inspect.stdout.contains("verifies now: token is revoked"), "{}", inspect.stdout);
+    assert!(inspect.stdout.contains(": token is revoked (revocation id"), "{}", inspect.stdout);
 }
 
 #[test]
@@ -169,11 +169,18 @@ fn expired_tokens_are_refused() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     t(h, &["key", "init"]).expect_code(0);
-    let token = mint(h, &["--ttl", "1s"]);
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // Expired a minute ago: past the 30 s clock-skew tolerance.
+    let ago = humantime::format_rfc3339_seconds(std::time::SystemTime::now() - std::time::Duration::from_secs(60));
+    let token = mint(h, &["--expires", &ago.to_string()]);
     let r = t(h, &["run", "--token", &token, &echo(), "args"]);
     r.expect_code(78);
     assert!(r.stderr.starts_with("toka-host: token refused: token has expired"), "{}", r.stderr);
+    // A one-second ttl: fine now, expired once the tolerance has passed too.
+    let short = mint(h, &["--ttl", "1s"]);
+    t(h, &["run", "--token", &short, &echo(), "args"]).expect_code(0);
+    let later = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + std::time::Duration::from_secs(40));
+    let r = t(h, &["token", "inspect", "--at", &later.to_string(), &short]);
+    assert!(r.stdout.contains(": token refused: token has expired"), "{}", r.stdout);
 }
 
 #[test]
@@ -233,4 +240,220 @@ fn token_from_stdin() {
     let r = toka_with(&["run", "--token", "-", "--env", "A=1", &echo(), "args"], Some(token.as_bytes()), &env);
     r.expect_code(0);
     assert_eq!(r.stdout, "args: args\nenv: A=1\n");
+}
+
+/// Minutes since midnight and the weekday (Mon = 0) of the current UTC time, for windows built around now.
+fn utc_now() -> (u64, u64) {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // 1970-01-01 was a Thursday (Mon = 0, so Thursday = 3).
+    ((secs % 86_400) / 60, (secs / 86_400 + 3) % 7)
+}
+
+fn hhmm(minutes: u64) -> String {
+    format!("{:02}:{:02}", (minutes / 60) % 24, minutes % 60)
+}
+
+const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+
+/// A window from `start` to `end` minutes after today's UTC midnight (`end` may pass midnight; `start` too, and then
+/// the window is tomorrow's).
+fn utc_window(day: u64, start: u64, end: u64) -> String {
+    format!("{} {}-{} UTC", DAYS[((day + start / 1440) % 7) as usize], hhmm(start % 1440), hhmm(end % 1440))
+}
+
+/// A window is evaluated by `run` at the host's time: open now runs, closed now is refused with its own message,
+/// and a window on another day is closed whatever the hour.
+#[test]
+fn windows_open_and_closed_now() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    t(h, &["key", "init"]).expect_code(0);
+    let (minute, day) = utc_now();
+    // From 5 minutes ago to 15 minutes from now (shifted by a day so that it never starts before today).
+    let open = utc_window((day + 6) % 7, minute + 1440 - 5, minute + 1440 + 15);
+    let token = mint(h, &["--window", &open]);
+    let r = t(h, &["run", "--token", &token, &echo(), "args"]);
+    r.expect_code(0);
+
+    let later = utc_window(day, minute + 120, minute + 180);
+    let other_day = format!("{} 00:00-24:00 UTC", DAYS[((day + 3) % 7) as usize]);
+    for closed in [later, other_day.clone()] {
+        let token = mint(h, &["--window", &closed]);
+        let r = t(h, &["run", "--token", &token, &echo(), "args"]);
+        r.expect_code(78);
+        assert!(
+            r.stderr.starts_with("toka-host: token refused: token is used outside its time window"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("window_open("), "the failing check is named: {}", r.stderr);
+    }
+    // An attenuation block narrows with a window of its own; the parent stays usable.
+    let parent = mint(h, &[]);
+    let narrowed = t(h, &["token", "attenuate", &parent, "--window", &other_day]);
+    narrowed.expect_code(0);
+    t(h, &["run", "--token", narrowed.stdout.trim(), &echo(), "args"]).expect_code(78);
+    t(h, &["run", "--token", &parent, &echo(), "args"]).expect_code(0);
+    let r = t(h, &["token", "mint", "--agent", "x", "--window", "Mon-Fri 09:00-17:00 Mars/Olympus"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("unknown time zone"), "{}", r.stderr);
+}
+
+/// Windows follow the zone's wall clock across a daylight-saving change: the same UTC time is outside
+/// `09:00-17:00 America/New_York` on the Friday before the change (08:30 EST) and inside on the Monday after it
+/// (09:30 EDT). Checked with `token inspect --at`, which evaluates the token's own checks at a given instant.
+#[test]
+fn windows_across_a_daylight_saving_change() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    t(h, &["key", "init"]).expect_code(0);
+    let token = mint(
+        h,
+        &[
+            "--window",
+            "Mon-Fri 09:00-17:00 America/New_York",
+            "--not-before",
+            "2026-01-01T00:00:00Z",
+            "--ttl",
+            "3650days",
+        ],
+    );
+    let usable = |at: &str| {
+        let r = t(h, &["token", "inspect", "--json", "--at", at, &token]);
+        r.expect_code(0);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        v["verifies"].as_str().unwrap().to_string()
+    };
+    assert!(usable("2026-03-06T13:30:00Z").contains("outside its time window"), "08:30 EST, before the window");
+    assert_eq!(usable("2026-03-09T13:30:00Z"), "ok", "09:30 EDT, inside, after the spring change");
+    assert_eq!(usable("2026-03-06T21:59:00Z"), "ok", "16:59 EST");
+    assert!(usable("2026-03-09T21:00:00Z").contains("outside"), "17:00 EDT, the end is excluded");
+    assert!(usable("2026-03-07T15:00:00Z").contains("outside"), "a Saturday");
+    // The autumn change: inside at 13:30 UTC on the Friday (09:30 EDT), outside on the Monday (08:30 EST).
+    assert_eq!(usable("2026-10-30T13:30:00Z"), "ok");
+    assert!(usable("2026-11-02T13:30:00Z").contains("outside"));
+    let inspect = t(h, &["token", "inspect", "--json", &token]);
+    let v: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    assert_eq!(v["windows"][0], "Mon-Fri 09:00-17:00 America/New_York");
+    assert_eq!(v["agent"], "echo-cmd");
+    assert_eq!(v["not_before"], "2026-01-01T00:00:00Z");
+}
+
+/// The host tolerates 30 s of clock skew on expiry and not-before (README: Tokens), and no more.
+#[test]
+fn clock_skew_tolerance() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    t(h, &["key", "init"]).expect_code(0);
+    let at = |offset: i64| {
+        let now = std::time::SystemTime::now();
+        let t = if offset >= 0 {
+            now + std::time::Duration::from_secs(offset as u64)
+        } else {
+            now - std::time::Duration::from_secs(offset.unsigned_abs())
+        };
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    // Minted by a clock 10 s ahead of ours: usable at once. 5 minutes ahead: not yet.
+    t(h, &["run", "--token", &mint(h, &["--not-before", &at(10)]), &echo(), "args"]).expect_code(0);
+    let r = t(h, &["run", "--token", &mint(h, &["--not-before", &at(300)]), &echo(), "args"]);
+    r.expect_code(78);
+    assert!(r.stderr.contains("not valid yet"), "{}", r.stderr);
+    // Expired 10 s ago by our clock: still within the tolerance. 5 minutes ago: refused.
+    t(h, &["run", "--token", &mint(h, &["--expires", &at(-10)]), &echo(), "args"]).expect_code(0);
+    t(h, &["run", "--token", &mint(h, &["--expires", &at(-300)]), &echo(), "args"]).expect_code(78);
+}
+
+/// `--rate` is a token bucket per agent shared by runs and boundary host calls, across processes: a limited run is
+/// refused with its own exit code, a limited host call is an error the guest sees (here the agent turns it into an
+/// agent error), and both are events.
+#[test]
+fn rate_limits_runs_and_host_calls() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    t(h, &["key", "init"]).expect_code(0);
+    let r = t(h, &["token", "mint", "--agent", "notes", "--rate", "4/h"]);
+    r.expect_code(0);
+    let token = r.stdout.trim().to_string();
+    let notes = agent("notes");
+    let notes = notes.to_str().unwrap();
+    // The run takes one, two emits take two more, the fourth action is the third emit... the fifth is refused.
+    let r = t(h, &["run", "--json", "--token", &token, notes, "--input", r#"{"op":"emit","count":4}"#]);
+    r.expect_code(65);
+    let report = r.report();
+    assert!(report["error"].as_str().unwrap().contains("rate limit"), "{report}");
+    assert_eq!(report["stdout"], "ack 2\nack 3\nack 4\n", "three emits were acknowledged before the limit");
+    // The bucket is empty: the next run (a new process) is refused before the guest starts.
+    let r = t(h, &["run", "--token", &token, notes, "--input", r#"{"op":"emit","count":1}"#]);
+    r.expect_code(81);
+    assert!(r.stderr.starts_with("toka-host: rate limit: agent notes is allowed 4/h"), "{}", r.stderr);
+    let rejected = t(h, &["events", "--json", "--kind", "op.rejected"]);
+    let reasons: Vec<String> = rejected
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"]["reason"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains("events.emit refused") && reasons[1].contains("run refused"), "{reasons:?}");
+    // Another agent, or the same agent under a token without a rate, is not limited.
+    t(h, &["run", notes, "--input", r#"{"op":"emit","count":1}"#]).expect_code(0);
+    let inspect = t(h, &["token", "inspect", "--json", &token]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&inspect.stdout).unwrap()["rate"], "4/h");
+    // Attenuation can only make the rate stricter.
+    let looser = t(h, &["token", "attenuate", &token, "--rate", "100/s"]).stdout.trim().to_string();
+    let inspect = t(h, &["token", "inspect", "--json", &looser]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&inspect.stdout).unwrap()["rate"], "4/h");
+    let r = t(h, &["token", "mint", "--agent", "notes", "--rate", "0/s"]);
+    r.expect_code(2);
+}
+
+/// `token inspect` shows what the token states, in text and JSON.
+#[test]
+fn inspect_shows_everything_the_token_states() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    t(h, &["key", "init"]).expect_code(0);
+    let token = mint(
+        h,
+        &[
+            "--grant",
+            "env:A",
+            "--grant",
+            "tool:file-reader",
+            "--fuel",
+            "1000",
+            "--max-depth",
+            "3",
+            "--rate",
+            "10/min",
+            "--window",
+            "Sat,Sun 10:00-12:00 Europe/Paris",
+        ],
+    );
+    let narrowed = t(h, &["token", "attenuate", &token, "--only", "env:A", "--ttl", "1h"]).stdout.trim().to_string();
+    let r = t(h, &["token", "inspect", &narrowed]);
+    r.expect_code(0);
+    for expected in [
+        "agent:        echo-cmd",
+        "grants:       ",
+        "env:A",
+        "tool:file-reader",
+        "limits:       fuel 1000 memory 536870912 timeout 30000 ms",
+        "max depth:    3",
+        "windows:      Sat-Sun 10:00-12:00 Europe/Paris",
+        "rate:         10/min",
+        "root key id:  1",
+        "block 1:",
+        "check if request(\"none\", \"\", \"\") or request(\"env\", \"A\", \"\")",
+    ] {
+        assert!(r.stdout.contains(expected), "missing {expected:?} in\n{}", r.stdout);
+    }
+    let v: serde_json::Value = serde_json::from_str(&t(h, &["token", "inspect", "--json", &narrowed]).stdout).unwrap();
+    assert_eq!(v["revocation_ids"].as_array().unwrap().len(), 2);
+    let expires = humantime::parse_rfc3339(v["expires"].as_str().unwrap()).unwrap();
+    let in_an_hour = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    assert!(expires <= in_an_hour + std::time::Duration::from_secs(5), "the attenuation's 1 h beats the 24 h ttl");
+    assert!(v["not_before"].is_null());
 }

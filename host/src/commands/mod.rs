@@ -6,6 +6,7 @@ pub mod run;
 pub mod runs;
 pub mod state;
 pub mod token;
+pub mod tool;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,8 @@ pub enum Command {
     Key(key::KeyCommand),
     /// Capability tokens: mint, attenuate, inspect, revoke.
     Token(token::TokenCommand),
+    /// Tools: add, list, describe, remove, call.
+    Tool(tool::ToolCommand),
 }
 
 impl Cli {
@@ -43,6 +46,7 @@ impl Cli {
             Command::State(cmd) => cmd.execute(),
             Command::Key(cmd) => cmd.execute(),
             Command::Token(cmd) => cmd.execute(),
+            Command::Tool(cmd) => cmd.execute(),
         }
     }
 }

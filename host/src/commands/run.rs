@@ -153,7 +153,9 @@ impl RunCommand {
         let log = EventLog::open(db, GroupCommit::default())
             .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;
         let db = log.db().clone();
-        let mut runner = Runner::new(&options)?.with_events(Arc::new(log));
+        let mut runner = Runner::new(&options)?
+            .with_events(Arc::new(log))
+            .with_tools(crate::tools::registry::Registry::open(&crate::db::default_home()));
         // The token is read once: `--token -` reads stdin, which cannot be read twice.
         let prepared = self.token_text().and_then(|token| {
             let limits = self.limits(token.as_deref())?;
@@ -272,7 +274,10 @@ impl RunCommand {
         };
         let mut authorized = grants::authorize(&request)?;
         let run_request = token_request(program.name(), &self.net, &authorized, limits);
-        authorized.token_id = crate::token::authorize_run(&crate::db::default_home(), db, token_text, &run_request)?;
+        let authorization = crate::token::authorize_run(&crate::db::default_home(), db, token_text, &run_request)?;
+        authorized.token_id = authorization.token_id;
+        authorized.rate = authorization.rate;
+        authorized.token = Some(authorization.token);
         Ok((program, invocation, authorized))
     }
 
@@ -320,7 +325,12 @@ impl RunCommand {
 }
 
 /// The run's requested rights in the token's terms: each granted directory by its canonical host path.
-fn token_request(agent: &str, net: &[NetGrant], a: &grants::Authorized, limits: &Limits) -> crate::token::RunRequest {
+pub fn token_request(
+    agent: &str,
+    net: &[NetGrant],
+    a: &grants::Authorized,
+    limits: &Limits,
+) -> crate::token::RunRequest {
     use crate::token::Grant;
     let grant = |kind: &str, value: String, mode: &str| Grant { kind: kind.into(), value, mode: mode.into() };
     let mut requested = Vec::new();

@@ -3,7 +3,7 @@
 use crate::events::{EventLog, GroupCommit};
 use crate::kernel::Op;
 use crate::token::keys::KeyStore;
-use crate::token::{self, Attenuation, Grant, MintRequest, TokenLimits};
+use crate::token::{self, Attenuation, Grant, MintRequest, Rate, TokenLimits, Window};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -41,6 +41,13 @@ pub enum TokenAction {
         /// At most N attenuation blocks may be appended to this token.
         #[arg(long, value_name = "N")]
         max_depth: Option<u32>,
+        /// Usable only inside this window of an IANA time zone, e.g. "Mon-Fri 09:00-17:00 Europe/Paris"
+        /// (repeatable: every window must be open).
+        #[arg(long = "window", value_parser = Window::parse)]
+        windows: Vec<Window>,
+        /// At most N runs and boundary host calls of the agent per PERIOD (a token bucket): 10/min, 5/s, 100/h.
+        #[arg(long, value_parser = Rate::parse)]
+        rate: Option<Rate>,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -54,14 +61,24 @@ pub enum TokenAction {
         fuel: Option<u64>,
         #[arg(long, value_parser = crate::units::parse_duration)]
         ttl: Option<Duration>,
+        /// Usable only inside this window too (see `mint --window`).
+        #[arg(long = "window", value_parser = Window::parse)]
+        windows: Vec<Window>,
+        /// A stricter rate (the strictest rate in any block applies).
+        #[arg(long, value_parser = Rate::parse)]
+        rate: Option<Rate>,
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Show a token's blocks, root key id, revocation ids and whether it verifies now.
+    /// Show a token's agent, grants, limits, windows, rate, blocks and checks, root key id, revocation ids, and
+    /// whether it is usable now (or at --at).
     Inspect {
         token: String,
         #[arg(long)]
         json: bool,
+        /// Evaluate expiry, not-before and windows at this instant (RFC 3339) instead of now.
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        at: Option<SystemTime>,
     },
     /// Revoke a token (and every token attenuated from it) by the token or one of its revocation ids.
     Revoke { token: String },
@@ -115,22 +132,45 @@ impl TokenCommand {
         let keys = || KeyStore::load(&home).map_err(|e| e.to_string());
         let now = SystemTime::now();
         match self.action {
-            TokenAction::Mint { agent, grants, fuel, memory, timeout, ttl, expires, not_before, max_depth, out } => {
+            TokenAction::Mint {
+                agent,
+                grants,
+                fuel,
+                memory,
+                timeout,
+                ttl,
+                expires,
+                not_before,
+                max_depth,
+                windows,
+                rate,
+                out,
+            } => {
                 let limits =
                     TokenLimits { fuel, memory, timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX) };
-                let request = MintRequest { agent, grants, limits, ttl: Some(ttl), expires, not_before, max_depth };
+                let request = MintRequest {
+                    agent,
+                    grants,
+                    limits,
+                    ttl: Some(ttl),
+                    expires,
+                    not_before,
+                    max_depth,
+                    windows,
+                    rate,
+                };
                 let t = token::mint(&keys()?, &request, now).map_err(|e| e.to_string())?;
                 emit(&t.to_base64().map_err(|e| e.to_string())?, out.as_ref())
             }
-            TokenAction::Attenuate { token, only, fuel, ttl, out } => {
+            TokenAction::Attenuate { token, only, fuel, ttl, windows, rate, out } => {
                 let parsed = token::parse_unverified(&read_token(&token)?).map_err(|e| e.to_string())?;
-                let narrowed =
-                    token::attenuate(&parsed, &Attenuation { only, fuel, ttl }, now).map_err(|e| e.to_string())?;
+                let narrowed = token::attenuate(&parsed, &Attenuation { only, fuel, ttl, windows, rate }, now)
+                    .map_err(|e| e.to_string())?;
                 emit(&narrowed.to_base64().map_err(|e| e.to_string())?, out.as_ref())
             }
-            TokenAction::Inspect { token, json } => {
+            TokenAction::Inspect { token, json, at } => {
                 let text = read_token(&token)?;
-                let mut i = token::inspect(&keys()?, &text, now).map_err(|e| e.to_string())?;
+                let mut i = token::inspect(&keys()?, &text, at.unwrap_or(now)).map_err(|e| e.to_string())?;
                 if i.verifies == "ok" {
                     let db =
                         crate::commands::events::open_db(None).map_err(|_| "cannot open the database".to_string())?;
@@ -141,12 +181,26 @@ impl TokenCommand {
                 if json {
                     println!("{}", serde_json::json!(i));
                 } else {
-                    println!("root key id: {}", i.root_key_id.map_or("none".into(), |id| id.to_string()));
+                    let or_none = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+                    println!("agent:        {}", or_none(i.agent.clone()));
+                    println!("grants:       {}", if i.grants.is_empty() { "none".into() } else { i.grants.join(" ") });
+                    if let Some(l) = i.limits {
+                        println!("limits:       fuel {} memory {} timeout {} ms", l.fuel, l.memory, l.timeout_ms);
+                    }
+                    println!("expires:      {}", or_none(i.expires.clone()));
+                    println!("not before:   {}", or_none(i.not_before.clone()));
+                    println!("max depth:    {}", or_none(i.max_depth.map(|d| d.to_string())));
+                    println!(
+                        "windows:      {}",
+                        if i.windows.is_empty() { "none".into() } else { i.windows.join("; ") }
+                    );
+                    println!("rate:         {}", or_none(i.rate.clone()));
+                    println!("root key id:  {}", or_none(i.root_key_id.map(|id| id.to_string())));
+                    println!("revocation:   {}", i.revocation_ids.join(" "));
                     for (n, block) in i.blocks.iter().enumerate() {
                         println!("block {n}{}:\n{}", if n == 0 { " (authority)" } else { "" }, block.trim_end());
                     }
-                    println!("revocation ids: {}", i.revocation_ids.join(" "));
-                    println!("verifies now: {}", i.verifies);
+                    println!("usable at {}: {}", i.evaluated_at, i.verifies);
                 }
                 Ok(())
             }

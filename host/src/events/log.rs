@@ -280,7 +280,7 @@ mod tests {
     }
 
     fn start(run: &str) -> Operation {
-        op(Op::StartRun { run_id: run.into(), agent: "a".into(), task_id: None, detail: json!({}) })
+        op(Op::StartRun { run_id: run.into(), agent: "a".into(), task_id: None, detail: json!({}), rate: None })
     }
 
     fn emit(run: &str, i: u64) -> Operation {

@@ -34,6 +34,8 @@ pub struct SandboxState {
     pub log: LogSink,
     pub observer: observe::Observer,
     pub state: state::StateAccess,
+    /// What `toka:agent/tools` calls go through; `None`: the guest cannot call tools.
+    pub tools: Option<std::sync::Arc<crate::tools::call::ToolSession>>,
 }
 
 /// Who is running and where its records go.
@@ -45,6 +47,8 @@ pub struct RunContext {
     pub state: state::StateGrant,
     /// The revocation id of the token that authorized the run; every operation of the run names it.
     pub token: String,
+    /// The run's access to tools, if any.
+    pub tools: Option<std::sync::Arc<crate::tools::call::ToolSession>>,
 }
 
 impl WasiView for SandboxState {
@@ -127,6 +131,7 @@ pub fn build(
             db: context.events.as_ref().map(|e| e.db().clone()),
             log: context.events.clone(),
         },
+        tools: context.tools.clone(),
     };
     let mut store = Store::new(&host.engine, state);
     store.limiter(|s| &mut s.limiter);

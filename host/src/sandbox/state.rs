@@ -6,7 +6,7 @@
 
 use crate::bindings::agent::toka::agent::state::{Host, StateError};
 use crate::db::{Db, STATE, STATE_USAGE};
-use crate::events::EventLog;
+use crate::events::{AppendError, EventLog};
 use crate::kernel::Op;
 use redb::{ReadableDatabase, ReadableTable};
 use std::sync::Arc;
@@ -67,7 +67,10 @@ impl StateAccess {
     async fn record(&self, payload: serde_json::Value) -> Result<(), StateError> {
         if let Some(log) = &self.log {
             let op = Op::WriteState { run_id: self.run_id.clone(), detail: payload };
-            log.submit_accepted(crate::run::operation_by(&self.token, op)).await.map_err(storage)?;
+            log.submit_accepted(crate::run::operation_by(&self.token, op)).await.map_err(|e| match e {
+                AppendError::Rejected(reason) => StateError::Denied(reason),
+                e => storage(e),
+            })?;
         }
         Ok(())
     }
@@ -138,8 +141,10 @@ impl Host for StateAccess {
         let db = self.writable()?.clone();
         let agent = self.agent.clone();
         let (k, len) = (key.clone(), value.len());
+        // Recorded first: the kernel may refuse the write (rate limit, revoked token), and then nothing is written.
+        self.record(serde_json::json!({ "op": "set", "key": key, "bytes": len })).await?;
         tokio::task::spawn_blocking(move || write(&db, &agent, &k, Some(&value))).await.map_err(storage)??;
-        self.record(serde_json::json!({ "op": "set", "key": key, "bytes": len })).await
+        Ok(())
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, StateError> {
@@ -147,9 +152,8 @@ impl Host for StateAccess {
         let db = self.writable()?.clone();
         let agent = self.agent.clone();
         let k = key.clone();
-        let existed = tokio::task::spawn_blocking(move || write(&db, &agent, &k, None)).await.map_err(storage)??;
-        self.record(serde_json::json!({ "op": "delete", "key": key, "existed": existed })).await?;
-        Ok(existed)
+        self.record(serde_json::json!({ "op": "delete", "key": key })).await?;
+        tokio::task::spawn_blocking(move || write(&db, &agent, &k, None)).await.map_err(storage)?
     }
 
     fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, StateError> {

@@ -7,7 +7,13 @@
 //! adds nothing. The host authorizes each requested grant in its own authorizer, so a refusal names the grant and the
 //! check that failed. This module never grants anything by itself: no token, no run.
 
+pub mod cache;
 pub mod keys;
+pub mod window;
+
+pub use crate::kernel::Rate;
+pub use cache::{TokenCache, Verified};
+pub use window::Window;
 
 use biscuit_auth::builder::BlockBuilder;
 use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit, UnverifiedBiscuit};
@@ -91,15 +97,21 @@ impl Grant {
 }
 
 /// Limits stated in a token: ceilings for what a run may ask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TokenLimits {
     pub fuel: u64,
     pub memory: u64,
     pub timeout_ms: u64,
 }
 
+/// How far the host's clock may be from the clock of the machine that minted or attenuated a token. Expiry and
+/// not-before checks pass if they hold at any instant within this much of the host's time: a token minted on a
+/// machine 20 s ahead is usable at once, and one that expired 20 s ago still is. Time windows are evaluated at the
+/// host's own time, without tolerance.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
+
 /// What to mint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MintRequest {
     pub agent: String,
     pub grants: Vec<Grant>,
@@ -111,6 +123,10 @@ pub struct MintRequest {
     pub not_before: Option<SystemTime>,
     /// At most this many attenuation blocks may be appended.
     pub max_depth: Option<u32>,
+    /// The token is usable only inside every one of these windows.
+    pub windows: Vec<Window>,
+    /// Runs and boundary host calls of the agent, per time.
+    pub rate: Option<Rate>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +188,21 @@ pub fn mint(keys: &KeyStore, request: &MintRequest, now: SystemTime) -> Result<B
         // the blocks after it say.
         code.push_str(&format!("max_depth({depth});\ncheck if depth($d), $d <= {depth};\n"));
     }
+    window_code(&mut code, &request.windows);
+    if let Some(Rate { n, period_ms }) = request.rate {
+        code.push_str(&format!("rate({}, {});\n", dl(n), dl(period_ms)));
+    }
     Biscuit::builder().code(&code).map_err(invalid)?.root_key_id(id).build(&pair).map_err(invalid)
+}
+
+/// A window's check: the host states `window_open(TEXT)` for each window text it finds in the token (`window(TEXT)`
+/// facts, read from every block) whose window contains the current time. A block can state `window_open` itself, but
+/// only its own checks trust it; the authority block's checks trust only the authority block and the host.
+fn window_code(code: &mut String, windows: &[Window]) {
+    for w in windows {
+        let text = w.to_string();
+        code.push_str(&format!("window({text:?});\ncheck if window_open({text:?});\n"));
+    }
 }
 
 /// What an attenuation block narrows.
@@ -182,6 +212,10 @@ pub struct Attenuation {
     pub only: Vec<Grant>,
     pub fuel: Option<u64>,
     pub ttl: Option<Duration>,
+    /// Usable only inside these windows as well.
+    pub windows: Vec<Window>,
+    /// A stricter rate (the strictest rate stated in any block applies).
+    pub rate: Option<Rate>,
 }
 
 /// Appends a block of checks; needs no key.
@@ -207,8 +241,12 @@ pub fn attenuate(token: &UnverifiedBiscuit, a: &Attenuation, now: SystemTime) ->
     if let Some(ttl) = a.ttl {
         code.push_str(&format!("check if time($t), $t <= {};\n", rfc3339(now + ttl)));
     }
+    window_code(&mut code, &a.windows);
+    if let Some(Rate { n, period_ms }) = a.rate {
+        code.push_str(&format!("rate({}, {});\n", dl(n), dl(period_ms)));
+    }
     if code.is_empty() {
-        return Err(TokenError::Invalid("nothing to attenuate: give --only, --fuel or --ttl".into()));
+        return Err(TokenError::Invalid("nothing to attenuate: give --only, --fuel, --ttl, --window or --rate".into()));
     }
     let block = BlockBuilder::new().code(&code).map_err(|e| TokenError::Invalid(e.to_string()))?;
     token.append(block).map_err(|e| TokenError::Invalid(e.to_string()))
@@ -219,17 +257,9 @@ pub fn parse_unverified(text: &str) -> Result<UnverifiedBiscuit, TokenError> {
     UnverifiedBiscuit::from_base64(text.trim()).map_err(|e| TokenError::Malformed(e.to_string()))
 }
 
-/// Verifies the signature chain against the root key the token names.
-pub fn verify(keys: &KeyStore, text: &str, now: SystemTime) -> Result<Biscuit, TokenError> {
-    let unverified = parse_unverified(text)?;
-    let id = unverified.root_key_id().ok_or_else(|| TokenError::Malformed("token names no root key id".into()))?;
-    let public = keys.verifying(id, ms(now))?;
-    Biscuit::from_base64(text.trim(), public).map_err(|e| TokenError::Signature(e.to_string()))
-}
-
-/// Hex revocation ids of every block: revoking any of them revokes this token and everything attenuated from it.
-pub fn revocation_ids(token: &Biscuit) -> Vec<String> {
-    token.revocation_identifiers().iter().map(hex::encode).collect()
+/// Verifies the signature chain against the root key the token names, and reads what the token states.
+pub fn verify(keys: &KeyStore, text: &str, now: SystemTime) -> Result<Verified, TokenError> {
+    Verified::new(keys, text, now)
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -266,19 +296,37 @@ allow if request("state", "", "ro"), grant("state", "", "rw");
 allow if request($k, $v, $m), grant($k, $v, $m), $k != "fs";
 "#;
 
+/// The facts the host states about the moment of a check: `time` at both ends of the clock-skew tolerance, and
+/// `window_open` for each of the token's windows that contains `now`.
+fn time_facts(verified: &Verified, now: SystemTime) -> String {
+    let mut code = format!(
+        "time({});\ntime({});\n",
+        rfc3339(now.checked_sub(CLOCK_SKEW).unwrap_or(UNIX_EPOCH)),
+        rfc3339(now + CLOCK_SKEW)
+    );
+    let at = i64::try_from(ms(now)).unwrap_or(i64::MAX);
+    for (text, window) in &verified.windows {
+        if window.as_ref().is_some_and(|w| w.contains(at)) {
+            code.push_str(&format!("window_open({text:?});\n"));
+        }
+    }
+    code
+}
+
 /// Authorizes every requested grant (and the limits) against a verified token; the first refusal names the grant
 /// and the checks that failed.
-pub fn authorize(token: &Biscuit, request: &RunRequest, now: SystemTime) -> Result<(), (String, String)> {
+pub fn authorize(verified: &Verified, request: &RunRequest, now: SystemTime) -> Result<(), (String, String)> {
+    let token = &verified.token;
     let agent_ok = format!("check if agent({:?});", request.agent);
     let none = Grant { kind: "none".into(), value: String::new(), mode: String::new() };
     let grants: Vec<&Grant> = if request.grants.is_empty() { vec![&none] } else { request.grants.iter().collect() };
+    let time = time_facts(verified, now);
     for grant in grants {
         let TokenLimits { fuel, memory, timeout_ms } = request.limits;
         let (fuel, memory, timeout_ms) = (dl(fuel), dl(memory), dl(timeout_ms));
         let code = format!(
-            "depth({});\ntime({});\nrequest({:?}, {:?}, {:?});\nfuel_request({fuel});\nmemory_request({memory});\ntimeout_request({timeout_ms});\n{agent_ok}\n{POLICIES}",
+            "depth({});\n{time}request({:?}, {:?}, {:?});\nfuel_request({fuel});\nmemory_request({memory});\ntimeout_request({timeout_ms});\n{agent_ok}\n{POLICIES}",
             token.block_count().saturating_sub(1),
-            rfc3339(now),
             grant.kind,
             grant.value,
             grant.mode
@@ -288,7 +336,7 @@ pub fn authorize(token: &Biscuit, request: &RunRequest, now: SystemTime) -> Resu
         let mut authorizer = AuthorizerBuilder::new()
             .code(&code)
             .map_err(fail)?
-            .set_limits(AuthorizerLimits { max_time: Duration::from_millis(50), ..AuthorizerLimits::default() })
+            .set_limits(AUTHORIZER_LIMITS)
             .build(token)
             .map_err(fail)?;
         authorizer.authorize().map_err(fail)?;
@@ -296,23 +344,11 @@ pub fn authorize(token: &Biscuit, request: &RunRequest, now: SystemTime) -> Resu
     Ok(())
 }
 
-/// The limits stated in a verified token's authority block.
-pub fn token_limits(token: &Biscuit) -> Result<TokenLimits, TokenError> {
-    let invalid = |e: biscuit_auth::error::Token| TokenError::Invalid(e.to_string());
-    let mut authorizer = AuthorizerBuilder::new().build(token).map_err(invalid)?;
-    let mut one = |rule: &str| -> Result<u64, TokenError> {
-        let found: Vec<(i64,)> = authorizer.query(rule).map_err(invalid)?;
-        found
-            .first()
-            .and_then(|(n,)| from_dl(*n))
-            .ok_or_else(|| TokenError::Invalid(format!("token states no limit for `{rule}`")))
-    };
-    Ok(TokenLimits {
-        fuel: one("limit($n) <- fuel($n)")?,
-        memory: one("limit($n) <- memory($n)")?,
-        timeout_ms: one("limit($n) <- timeout_ms($n)")?,
-    })
-}
+/// Datalog limits for every authorizer the host runs. Biscuit's default time limit (1 ms) trips on a loaded
+/// machine; the fact and iteration limits stay at their defaults, which bound what a hostile block can make the host
+/// compute.
+const AUTHORIZER_LIMITS: AuthorizerLimits =
+    AuthorizerLimits { max_facts: 1000, max_iterations: 100, max_time: Duration::from_millis(50) };
 
 /// Reads the limits a token allows, for a run that did not ask for its own (the token's ceilings become the run's
 /// limits). Fails as the run would if the token does not verify.
@@ -320,91 +356,176 @@ pub fn limits_of(home: &std::path::Path, text: &str) -> Result<TokenLimits, crat
     let refused =
         |e: &dyn std::fmt::Display| crate::error::RunError::TokenRefused(crate::error::one_line(&e.to_string()));
     let keys = KeyStore::load(home).map_err(|e| refused(&e))?;
-    let token = verify(&keys, text, SystemTime::now()).map_err(|e| refused(&e))?;
-    token_limits(&token).map_err(|e| refused(&e))
+    let verified = cache::global().verify(&keys, text, SystemTime::now()).map_err(|e| refused(&e))?;
+    verified.limits.clone().map_err(|e| refused(&e))
 }
 
 /// Lifetime of the token minted on the spot from the operator's own CLI flags (no `--token`).
 pub const LOCAL_TTL: Duration = Duration::from_secs(60);
 
+/// What authorizing a run yields: the token's revocation id (recorded with every operation of the run) and its
+/// rate limit for the agent.
+#[derive(Debug, Clone)]
+pub struct RunAuthorization {
+    pub token_id: String,
+    pub rate: Option<Rate>,
+    pub token: std::sync::Arc<Verified>,
+}
+
 /// Authorizes a run: verifies `token` (or, without one, mints one on the spot from the operator's flags with the
 /// local root key, creating it if this home has none, so that every run's rights flow through the same check),
-/// refuses revoked tokens, then authorizes each requested grant and the limits. Returns the token's revocation id.
+/// refuses revoked tokens, then authorizes each requested grant and the limits. Verification goes through the
+/// process's [`TokenCache`]; revocation, key status and time are checked on every call.
 pub fn authorize_run(
     home: &std::path::Path,
     db: &crate::db::Db,
     token_text: Option<&str>,
     request: &RunRequest,
-) -> Result<String, crate::error::RunError> {
+) -> Result<RunAuthorization, crate::error::RunError> {
     use crate::error::RunError;
     let now = SystemTime::now();
     let refused = |e: &dyn std::fmt::Display| RunError::TokenRefused(crate::error::one_line(&e.to_string()));
-    let mut keys = KeyStore::load(home).map_err(|e| refused(&e))?;
+    let keys = match token_text {
+        Some(_) => KeyStore::load(home),
+        None => KeyStore::load_or_init(home, ms(now)),
+    }
+    .map_err(|e| refused(&e))?;
     let text = match token_text {
         Some(t) => t.to_string(),
         None => {
-            if keys.keys.is_empty() {
-                keys.init(ms(now)).map_err(|e| refused(&e))?;
-                keys.save(home).map_err(|e| refused(&e))?;
-            }
             let mint_request = MintRequest {
                 agent: request.agent.clone(),
                 grants: request.grants.clone(),
                 limits: request.limits,
                 ttl: Some(LOCAL_TTL),
-                expires: None,
-                not_before: None,
-                max_depth: None,
+                ..MintRequest::default()
             };
             mint(&keys, &mint_request, now)
                 .and_then(|t| t.to_base64().map_err(|e| TokenError::Invalid(e.to_string())))
                 .map_err(|e| refused(&e))?
         }
     };
-    let token = verify(&keys, &text, now).map_err(|e| refused(&e))?;
-    let ids = revocation_ids(&token);
-    if let Some(id) = revoked_among(db, &ids).map_err(|e| RunError::host(format!("reading revocations: {e}")))? {
+    let verified = cache::global().verify(&keys, &text, now).map_err(|e| refused(&e))?;
+    if let Some(id) =
+        revoked_among(db, &verified.revocation_ids).map_err(|e| RunError::host(format!("reading revocations: {e}")))?
+    {
         return Err(refused(&TokenError::Revoked(id)));
     }
     // The token as a whole first (its time checks, its agent, the limits), so that an expired token or one for
     // another agent is refused as a token, and a refused grant is named as such afterwards.
     let base = RunRequest { grants: Vec::new(), ..request.clone() };
-    authorize(&token, &base, now).map_err(|(grant, reason)| {
-        if reason.contains("depth(") {
-            RunError::TokenRefused(format!("token carries more attenuation blocks than it allows: {reason}"))
-        } else if reason.contains("time(") {
-            RunError::TokenRefused(format!("token has expired or is not valid yet: {reason}"))
-        } else if reason.contains("agent(") {
-            RunError::TokenRefused(format!("token is not for agent {}: {reason}", request.agent))
-        } else {
-            RunError::GrantRefused { grant, reason }
-        }
-    })?;
-    authorize(&token, request, now).map_err(|(grant, reason)| RunError::GrantRefused { grant, reason })?;
-    Ok(ids.into_iter().next().unwrap_or_default())
+    authorize(&verified, &base, now).map_err(|(grant, reason)| token_refusal(&request.agent, grant, reason))?;
+    authorize(&verified, request, now).map_err(|(grant, reason)| RunError::GrantRefused { grant, reason })?;
+    Ok(RunAuthorization {
+        token_id: verified.revocation_ids.first().cloned().unwrap_or_default(),
+        rate: verified.rate,
+        token: verified,
+    })
+}
+
+/// Names what a failed whole-token check was about.
+fn token_refusal(agent: &str, grant: String, reason: String) -> crate::error::RunError {
+    use crate::error::RunError;
+    if reason.contains("depth(") {
+        RunError::TokenRefused(format!("token carries more attenuation blocks than it allows: {reason}"))
+    } else if reason.contains("window_open(") {
+        RunError::TokenRefused(format!("token is used outside its time window: {reason}"))
+    } else if reason.contains("time(") {
+        RunError::TokenRefused(format!("token has expired or is not valid yet: {reason}"))
+    } else if reason.contains("agent(") {
+        RunError::TokenRefused(format!("token is not for agent {agent}: {reason}"))
+    } else {
+        RunError::GrantRefused { grant, reason }
+    }
 }
 
 /// A token described for `token inspect`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inspection {
     pub root_key_id: Option<u32>,
+    /// What the authority block states (present when the signature verifies).
+    pub agent: Option<String>,
+    pub grants: Vec<String>,
+    pub limits: Option<TokenLimits>,
+    pub max_depth: Option<u32>,
+    /// The earliest expiry and the latest not-before that any block's checks state (RFC 3339).
+    pub expires: Option<String>,
+    pub not_before: Option<String>,
+    /// Every window stated in any block, in canonical text.
+    pub windows: Vec<String>,
+    /// The strictest rate stated in any block, as `N/PERIOD`.
+    pub rate: Option<String>,
+    /// The Datalog of each block: facts, and the checks that expiry, not-before, windows and attenuation became.
     pub blocks: Vec<String>,
     pub revocation_ids: Vec<String>,
-    /// `ok`, or why the token does not verify now.
+    /// The instant the token was evaluated at (now, or `--at`).
+    pub evaluated_at: String,
+    /// `ok`, or why the token is not usable at `evaluated_at` (signature, key, expiry, window, depth).
     pub verifies: String,
 }
 
-pub fn inspect(keys: &KeyStore, text: &str, now: SystemTime) -> Result<Inspection, TokenError> {
+/// The tightest date in checks of the form `check if time($t), $t <= DATE` (or `>=`), as minting and attenuation
+/// write them.
+fn time_bound(blocks: &[String], op: &str, pick: fn(SystemTime, SystemTime) -> SystemTime) -> Option<String> {
+    let mut found: Option<SystemTime> = None;
+    for line in blocks.iter().flat_map(|b| b.lines()) {
+        let Some(rest) = line.trim().strip_prefix("check if time($t), ").and_then(|r| r.strip_prefix(op)) else {
+            continue;
+        };
+        if let Ok(t) = humantime::parse_rfc3339_weak(rest.trim_end_matches(';').trim()) {
+            found = Some(found.map_or(t, |f| pick(f, t)));
+        }
+    }
+    found.map(rfc3339)
+}
+
+/// Describes a token and whether it is usable at `at`: signature, root key, then its own checks (time, windows,
+/// depth) for a run of its own agent that asks for nothing. Revocation is the caller's to add (it needs the
+/// database).
+pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection, TokenError> {
     let unverified = parse_unverified(text)?;
-    let blocks = (0..unverified.block_count())
+    let blocks: Vec<String> = (0..unverified.block_count())
         .map(|i| unverified.print_block_source(i).unwrap_or_else(|e| format!("<unreadable block: {e}>")))
         .collect();
     let revocation_ids = unverified.revocation_identifiers().iter().map(hex::encode).collect();
-    let verifies = match verify(keys, text, now) {
-        Ok(_) => "ok".into(),
-        Err(e) => e.to_string(),
+    let mut inspection = Inspection {
+        root_key_id: unverified.root_key_id(),
+        agent: None,
+        grants: Vec::new(),
+        limits: None,
+        max_depth: None,
+        expires: time_bound(&blocks, "$t <= ", |a, b| a.min(b)),
+        not_before: time_bound(&blocks, "$t >= ", |a, b| a.max(b)),
+        windows: Vec::new(),
+        rate: None,
+        blocks,
+        revocation_ids,
+        evaluated_at: rfc3339(at),
+        verifies: String::new(),
     };
-    Ok(Inspection { root_key_id: unverified.root_key_id(), blocks, revocation_ids, verifies })
+    let verified = match cache::Verified::new(keys, text, at) {
+        Ok(v) => v,
+        Err(e) => {
+            inspection.verifies = e.to_string();
+            return Ok(inspection);
+        }
+    };
+    inspection.agent = verified.agent.clone();
+    inspection.grants = verified.grants.iter().map(Grant::to_string).collect();
+    inspection.limits = verified.limits.as_ref().ok().copied();
+    inspection.max_depth = verified.max_depth;
+    inspection.windows = verified.windows.iter().map(|(text, _)| text.clone()).collect();
+    inspection.rate = verified.rate.map(|r| r.to_string());
+    let request = RunRequest {
+        agent: verified.agent.clone().unwrap_or_default(),
+        grants: Vec::new(),
+        limits: TokenLimits { fuel: 0, memory: 0, timeout_ms: 0 },
+    };
+    inspection.verifies = match authorize(&verified, &request, at) {
+        Ok(()) => "ok".into(),
+        Err((grant, reason)) => token_refusal(&request.agent, grant, reason).to_string(),
+    };
+    Ok(inspection)
 }
 
 #[cfg(test)]
@@ -431,9 +552,8 @@ mod tests {
             grants: grants.iter().map(|s| g(s)).collect(),
             limits: limits(),
             ttl: Some(Duration::from_secs(60)),
-            expires: None,
-            not_before: None,
             max_depth: Some(2),
+            ..MintRequest::default()
         };
         mint(keys, &req, SystemTime::now()).unwrap().to_base64().unwrap()
     }
@@ -488,7 +608,7 @@ mod tests {
         let t = minted(&keys, &["fs:/srv:rw", "env:LANG"]);
         let narrowed = attenuate(
             &parse_unverified(&t).unwrap(),
-            &Attenuation { only: vec![g("fs:/srv/data:ro")], fuel: Some(10), ttl: None },
+            &Attenuation { only: vec![g("fs:/srv/data:ro")], fuel: Some(10), ..Default::default() },
             SystemTime::now(),
         )
         .unwrap()
@@ -527,7 +647,7 @@ mod tests {
     fn expiry_and_key_rotation() {
         let mut keys = store();
         let t = minted(&keys, &["env:LANG"]);
-        let later = SystemTime::now() + Duration::from_secs(120);
+        let later = SystemTime::now() + Duration::from_secs(60) + CLOCK_SKEW + Duration::from_secs(5);
         let token = verify(&keys, &t, later).unwrap();
         let req = RunRequest { agent: "a".into(), grants: vec![g("env:LANG")], limits: limits() };
         assert!(authorize(&token, &req, later).is_err(), "expired after its ttl");

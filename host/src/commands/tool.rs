@@ -1,0 +1,246 @@
+//! `toka-host tool`: install, list, describe, remove and call tools.
+
+use crate::db::Db;
+use crate::engine::{EngineOptions, HostEngine};
+use crate::error::{Outcome, RunError};
+use crate::events::{EventLog, GroupCommit};
+use crate::grants::{self, DirGrant, EnvGrant, GrantRequest, NetGrant};
+use crate::tools::call::{Caller, ToolHost};
+use crate::tools::registry::Registry;
+use crate::units::{parse_duration, parse_size};
+use clap::{Args, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+pub struct ToolCommand {
+    #[command(subcommand)]
+    pub action: ToolAction,
+}
+
+/// The rights and limits a caller brings to a tool call (`tool call`, `mcp`).
+#[derive(Debug, Clone, Args)]
+pub struct CallerArgs {
+    /// Grant a host directory to the call: HOST[::GUEST][:ro]. The tool gets it only if it declares a need for it.
+    #[arg(long = "dir", value_name = "HOST[::GUEST][:ro]", value_parser = DirGrant::parse)]
+    pub dirs: Vec<DirGrant>,
+    /// Grant an environment variable: NAME=VALUE, or NAME to pass the host's value.
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = EnvGrant::parse)]
+    pub env: Vec<EnvGrant>,
+    /// Allow connections to HOST:PORT.
+    #[arg(long = "allow-net", value_name = "HOST:PORT", value_parser = NetGrant::parse)]
+    pub net: Vec<NetGrant>,
+    /// The capability token of the caller (a file, `-` for stdin, or the base64 itself); it must grant `tool:NAME`
+    /// for each tool called and cover every grant above. Without it, the flags are minted into a short-lived token
+    /// for the agent `operator` that also grants the tools called.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Fuel for each call [default 10000000000].
+    #[arg(long, value_name = "N", default_value_t = 10_000_000_000)]
+    pub fuel: u64,
+    /// Wall-clock limit of each call [default 30s].
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Memory cap of each call's sandbox [default 256MiB].
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub max_memory: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ToolAction {
+    /// Install a tool component (it is asked to describe itself, in a sandbox with no rights).
+    Add {
+        path: PathBuf,
+        /// Install under this name instead of the one its describe() gives.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The installed tools.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A tool's description: version, schemas, side-effect class, declared grants, digest.
+    Describe { name: String },
+    /// Uninstall a tool.
+    Remove { name: String },
+    /// Call a tool once, in its own sandbox, with the caller's grants and token; prints its JSON output.
+    Call {
+        name: String,
+        /// The tool's input, as JSON.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        input: String,
+        #[command(flatten)]
+        caller: CallerArgs,
+        /// Print a JSON report (outcome, output or error, fuel, wall time) instead of the output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, RunError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::host(format!("cannot start the async runtime: {e}")))
+}
+
+/// An engine for tools: the compile cache as for runs, pooling for repeated calls.
+pub fn tool_engine() -> Result<Arc<HostEngine>, RunError> {
+    let options = EngineOptions { fuel: true, cache_dir: crate::engine::default_cache_dir(), pooling: false };
+    HostEngine::new(&options).map(Arc::new).map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))
+}
+
+impl CallerArgs {
+    /// The caller of `tools`: its grants checked on the host, authorized by its token (or, without one, a token
+    /// minted from these flags for the agent `operator` with `tool:NAME` for each of `tools`).
+    pub fn caller(&self, db: &Db, tools: &[String]) -> Result<Caller, RunError> {
+        let request = GrantRequest {
+            dirs: self.dirs.clone(),
+            env: self.env.clone(),
+            net: self.net.clone(),
+            inherit_stdin: false,
+            state: grants::StateGrant::None,
+        };
+        let mut authorized = grants::authorize(&request)?;
+        let home = crate::db::default_home();
+        let token_text = self.token.as_deref().map(crate::commands::token::read_token).transpose();
+        let token_text = token_text.map_err(RunError::TokenRefused)?;
+        // With a token, the caller is the token's own agent; without one, the local operator.
+        let agent = match &token_text {
+            Some(text) => {
+                let keys = crate::token::keys::KeyStore::load(&home)
+                    .map_err(|e| RunError::TokenRefused(crate::error::one_line(&e.to_string())))?;
+                let verified = crate::token::cache::global()
+                    .verify(&keys, text, std::time::SystemTime::now())
+                    .map_err(|e| RunError::TokenRefused(crate::error::one_line(&e.to_string())))?;
+                verified.agent.clone().unwrap_or_default()
+            }
+            None => "operator".to_string(),
+        };
+        let limits = crate::run::Limits {
+            fuel: self.fuel,
+            timeout: self.timeout,
+            max_memory: self.max_memory,
+            ..crate::run::Limits::default()
+        };
+        let mut run_request = crate::commands::run::token_request(&agent, &self.net, &authorized, &limits);
+        if token_text.is_none() {
+            for t in tools {
+                run_request.grants.push(crate::token::Grant { kind: "tool".into(), value: t.clone(), mode: "".into() });
+            }
+        }
+        let authorization = crate::token::authorize_run(&home, db, token_text.as_deref(), &run_request)?;
+        authorized.token_id = authorization.token_id.clone();
+        Ok(Caller {
+            agent,
+            run_id: None,
+            token_id: authorization.token_id,
+            token: authorization.token,
+            grants: authorized,
+            rate: authorization.rate,
+            depth: 0,
+            deadline: Instant::now() + self.timeout,
+            max_memory: self.max_memory,
+        })
+    }
+}
+
+impl ToolCommand {
+    pub fn execute(self) -> i32 {
+        match self.run() {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("toka-host: {e}");
+                e.outcome().exit_code()
+            }
+        }
+    }
+
+    fn run(self) -> Result<i32, RunError> {
+        let registry = Registry::open(&crate::db::default_home());
+        let io = |e: crate::tools::registry::RegistryError| match e {
+            crate::tools::registry::RegistryError::Unknown(_) => RunError::FileNotFound { path: e.to_string() },
+            e => RunError::host(e.to_string()),
+        };
+        match self.action {
+            ToolAction::Add { path, name } => {
+                let engine = tool_engine()?;
+                let host = ToolHost::new(engine, registry.clone(), None);
+                let (bytes, spec) = runtime()?.block_on(host.describe_file(&path))?;
+                let name = name.unwrap_or_else(|| spec.name.clone());
+                crate::tools::check_name(&name).map_err(RunError::InvalidInput)?;
+                let installed = registry.add(&name, &bytes, spec).map_err(io)?;
+                println!(
+                    "installed tool {} {} ({}, sha256 {})",
+                    installed.name,
+                    installed.spec.version,
+                    installed.spec.side_effect,
+                    &installed.sha256[..16]
+                );
+                Ok(0)
+            }
+            ToolAction::List { json } => {
+                let tools = registry.list().map_err(io)?;
+                if json {
+                    println!("{}", serde_json::json!(tools));
+                } else if tools.is_empty() {
+                    println!("no tools installed (toka-host tool add PATH)");
+                } else {
+                    println!("{:<16} {:<8} {:<11} {:<24} DESCRIPTION", "NAME", "VERSION", "SIDE-EFFECT", "GRANTS");
+                    for t in tools {
+                        let grants = if t.spec.grants.is_empty() { "-".into() } else { t.spec.grants.join(",") };
+                        println!(
+                            "{:<16} {:<8} {:<11} {:<24} {}",
+                            t.name, t.spec.version, t.spec.side_effect, grants, t.spec.description
+                        );
+                    }
+                }
+                Ok(0)
+            }
+            ToolAction::Describe { name } => {
+                let t = registry.get(&name).map_err(io)?;
+                println!("{:#}", serde_json::json!(t));
+                Ok(0)
+            }
+            ToolAction::Remove { name } => {
+                let t = registry.remove(&name).map_err(io)?;
+                println!("removed tool {}", t.name);
+                Ok(0)
+            }
+            ToolAction::Call { name, input, caller, json } => {
+                let db = Db::open(&crate::db::default_path()).map_err(|e| RunError::host(format!("event log: {e}")))?;
+                let log = EventLog::open(db, GroupCommit::default())
+                    .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;
+                let db = log.db().clone();
+                let fuel = caller.fuel;
+                let caller = caller.caller(&db, std::slice::from_ref(&name))?;
+                let host = Arc::new(ToolHost::new(tool_engine()?, registry, Some(Arc::new(log))));
+                let report = runtime()?.block_on(host.call(&caller, &name, &input, fuel));
+                let code = if report.result.is_ok() { 0 } else { report.outcome.exit_code() };
+                if json {
+                    let value = serde_json::json!({
+                        "call_id": report.call_id,
+                        "tool": report.tool,
+                        "outcome": report.outcome,
+                        "exit_code": code,
+                        "output": report.result.as_ref().ok().and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok()),
+                        "error": report.result.as_ref().err().map(|f| f.message().to_string()),
+                        "fuel_consumed": report.fuel_consumed,
+                        "wall_time_ms": report.wall.as_secs_f64() * 1e3,
+                    });
+                    let mut out = std::io::stdout().lock();
+                    drop(writeln!(out, "{value:#}"));
+                } else {
+                    match &report.result {
+                        Ok(output) => println!("{output}"),
+                        Err(f) => eprintln!("toka-host: {}", f.message()),
+                    }
+                }
+                Ok(if report.outcome == Outcome::Success { 0 } else { code })
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Verified tokens, and the process's cache of them.
+//!
+//! Verifying a token costs one Ed25519 signature check per block plus a Datalog pass to read what it states. A
+//! process that sees the same token again (`--repeat`, a tool call per agent call, the MCP server) keeps the result,
+//! keyed by the SHA-256 of the token's text. What can change between two uses is never cached: each hit re-checks
+//! that the root key still verifies (rotation overlap, retirement, or a different key file under the same id), and
+//! callers check revocation and the token's time checks on every use, because [`super::authorize`] states the
+//! current time each time.
+
+use super::keys::KeyStore;
+use super::{AUTHORIZER_LIMITS, Grant, Rate, TokenError, TokenLimits, Window, from_dl, ms, parse_unverified};
+use biscuit_auth::{AuthorizerBuilder, Biscuit};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::SystemTime;
+
+/// A token whose signature chain verified, with what it states read out once.
+#[derive(Debug)]
+pub struct Verified {
+    pub token: Biscuit,
+    pub root_key_id: u32,
+    /// The public key (hex) the signature verified against.
+    pub public_key: String,
+    /// Hex revocation ids of every block, authority first.
+    pub revocation_ids: Vec<String>,
+    /// What the authority block states.
+    pub agent: Option<String>,
+    pub grants: Vec<Grant>,
+    pub limits: Result<TokenLimits, String>,
+    pub max_depth: Option<u32>,
+    /// Every `window(TEXT)` fact of any block, with its parse (a text that does not parse never opens).
+    pub windows: Vec<(String, Option<Window>)>,
+    /// The strictest `rate(N, PERIOD_MS)` of any block.
+    pub rate: Option<Rate>,
+}
+
+impl Verified {
+    /// Verifies `text` against the root key it names and reads what it states.
+    pub fn new(keys: &KeyStore, text: &str, now: SystemTime) -> Result<Verified, TokenError> {
+        let unverified = parse_unverified(text)?;
+        let id = unverified.root_key_id().ok_or_else(|| TokenError::Malformed("token names no root key id".into()))?;
+        let public = keys.verifying(id, ms(now))?;
+        let token = Biscuit::from_base64(text.trim(), public).map_err(|e| TokenError::Signature(e.to_string()))?;
+        let invalid = |e: biscuit_auth::error::Token| TokenError::Invalid(e.to_string());
+        let mut authorizer = AuthorizerBuilder::new().set_limits(AUTHORIZER_LIMITS).build(&token).map_err(invalid)?;
+
+        // The authority block (the default scope of a query).
+        let agents: Vec<(String,)> = authorizer.query("a($a) <- agent($a)").map_err(invalid)?;
+        let grants: Vec<(String, String, String)> =
+            authorizer.query("g($k, $v, $m) <- grant($k, $v, $m)").map_err(invalid)?;
+        let depths: Vec<(i64,)> = authorizer.query("d($n) <- max_depth($n)").map_err(invalid)?;
+        let mut one = |rule: &str| -> Result<u64, String> {
+            let found: Vec<(i64,)> = authorizer.query(rule).map_err(|e| e.to_string())?;
+            found.first().and_then(|(n,)| from_dl(*n)).ok_or_else(|| format!("token states no limit for `{rule}`"))
+        };
+        let limits = (|| {
+            Ok(TokenLimits {
+                fuel: one("limit($n) <- fuel($n)")?,
+                memory: one("limit($n) <- memory($n)")?,
+                timeout_ms: one("limit($n) <- timeout_ms($n)")?,
+            })
+        })();
+
+        // Windows and rates narrow, so they are read from every block: a later block can only add restrictions.
+        let windows: Vec<(String,)> = authorizer.query_all("w($s) <- window($s)").map_err(invalid)?;
+        let rates: Vec<(i64, i64)> = authorizer.query_all("r($n, $p) <- rate($n, $p)").map_err(invalid)?;
+        let mut rate: Option<Rate> = None;
+        for (n, p) in rates {
+            let parsed = match (u64::try_from(n), u64::try_from(p)) {
+                (Ok(n), Ok(period_ms))
+                    if (1..=Rate::MAX_N).contains(&n) && (1..=Rate::MAX_PERIOD_MS).contains(&period_ms) =>
+                {
+                    Rate { n, period_ms }
+                }
+                // Fail closed: a rate the host cannot apply makes the token unusable, not unlimited.
+                _ => return Err(TokenError::Invalid(format!("token states an invalid rate({n}, {p})"))),
+            };
+            rate = Some(rate.map_or(parsed, |r| r.stricter(parsed)));
+        }
+        Ok(Verified {
+            root_key_id: id,
+            public_key: public.to_bytes_hex(),
+            revocation_ids: token.revocation_identifiers().iter().map(hex::encode).collect(),
+            agent: agents.into_iter().next().map(|(a,)| a),
+            grants: grants.into_iter().map(|(kind, value, mode)| Grant { kind, value, mode }).collect(),
+            limits,
+            max_depth: depths.first().and_then(|(n,)| u32::try_from(*n).ok()),
+            windows: windows.into_iter().map(|(text,)| (text.clone(), Window::parse(&text).ok())).collect(),
+            rate,
+            token,
+        })
+    }
+}
+
+/// Verified tokens by the SHA-256 of their text.
+#[derive(Debug)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<[u8; 32], Arc<Verified>>>,
+    capacity: usize,
+}
+
+/// The process-wide cache that `run`, tool calls and the MCP server share.
+pub fn global() -> &'static TokenCache {
+    static CACHE: LazyLock<TokenCache> = LazyLock::new(|| TokenCache::new(1024));
+    &CACHE
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> Self {
+        TokenCache { entries: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
+    }
+
+    /// The verified token for `text`: from the cache if its root key still verifies it, else verified now.
+    pub fn verify(&self, keys: &KeyStore, text: &str, now: SystemTime) -> Result<Arc<Verified>, TokenError> {
+        let digest: [u8; 32] = Sha256::digest(text.trim().as_bytes()).into();
+        let hit = self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&digest).cloned();
+        if let Some(v) = hit {
+            // The key may have been retired, its overlap may have ended, or the key file may have changed.
+            let public = keys.verifying(v.root_key_id, ms(now))?;
+            if public.to_bytes_hex() == v.public_key {
+                return Ok(v);
+            }
+        }
+        let verified = Arc::new(Verified::new(keys, text, now)?);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.capacity
+            && let Some(evicted) = entries.keys().next().copied()
+        {
+            entries.remove(&evicted);
+        }
+        entries.insert(digest, verified.clone());
+        Ok(verified)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,480 @@
+//! Calling a tool: checks, a fresh sandbox, the call, the record.
+//!
+//! Every call, from an agent (`tools.call`), an operator (`tool call`) or an MCP client, goes through
+//! [`ToolHost::call`]:
+//! 1. `tool.called` is recorded; the kernel refuses it if the caller's rate limit is used up;
+//! 2. the call depth, the caller's token (`tool:NAME`, re-checked with the current time and revocations) and the
+//!    input (JSON, against the tool's input schema) are checked;
+//! 3. the tool runs in a fresh sandbox whose grants are its declared needs intersected with the caller's, with the
+//!    caller's remaining fuel and time as its budget;
+//! 4. the output is checked against the output schema, and `tool.completed` or `tool.failed` is recorded with the
+//!    input and output sizes, fuel, wall time and outcome.
+//!
+//! Whatever the tool does (trap, loop, flood, bad output), the caller gets an error value, never a trap.
+
+use super::grants::{Declared, intersect};
+use super::registry::{Installed, Registry, RegistryError};
+use crate::bindings::ToolError as WitToolError;
+use crate::bindings::tool::ToolPre;
+use crate::engine::HostEngine;
+use crate::error::{Outcome, RunError, one_line};
+use crate::events::{AppendError, EventLog};
+use crate::grants::Authorized;
+use crate::kernel::{Op, Rate};
+use crate::run::Limits;
+use crate::sandbox::{self, OutputMode, RunContext, SandboxState};
+use crate::token::{self, Grant, RunRequest, TokenLimits, Verified};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use wasmtime::StoreContextMut;
+
+/// Deepest chain of tool calls (an agent calling a tool is depth 1; a tool calling another, 2 ...).
+pub const DEFAULT_MAX_DEPTH: u32 = 4;
+/// The longest one tool call may run, whatever time its caller has left.
+pub const MAX_CALL_TIME: Duration = Duration::from_secs(60);
+/// Largest tool input and output, in bytes.
+pub const MAX_IO: usize = 4 << 20;
+
+/// Who makes a call, with what rights.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The agent the caller's token is for (for `tool call` and MCP: the token's own agent).
+    pub agent: String,
+    /// The calling run, if the caller is a run.
+    pub run_id: Option<String>,
+    /// The token's revocation id, named by every operation of the call.
+    pub token_id: String,
+    pub token: Arc<Verified>,
+    /// The caller's own grants: a tool gets at most these.
+    pub grants: Authorized,
+    pub rate: Option<Rate>,
+    /// How many tool calls deep the caller already is (0 for an agent or an operator).
+    pub depth: u32,
+    /// When the caller's own time runs out.
+    pub deadline: Instant,
+    pub max_memory: u64,
+}
+
+/// A sandbox's access to tools: the host and the caller the sandbox's guest calls as.
+#[derive(Debug, Clone)]
+pub struct ToolSession {
+    pub host: Arc<ToolHost>,
+    pub caller: Caller,
+}
+
+/// Why a call did not return an output.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// Not allowed: no `tool:NAME` grant, revoked or expired token, depth or rate limit.
+    Denied(String),
+    /// Bad input: unknown tool, not JSON, against the input schema, too large.
+    InvalidInput(String),
+    /// The tool failed: its own error, a trap, fuel, time or memory, or an output against its schema.
+    Failed(String),
+}
+
+impl Failure {
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Denied(m) | Failure::InvalidInput(m) | Failure::Failed(m) => m,
+        }
+    }
+
+    pub fn into_wit(self) -> WitToolError {
+        match self {
+            Failure::Denied(m) => WitToolError::Denied(m),
+            Failure::InvalidInput(m) => WitToolError::InvalidInput(m),
+            Failure::Failed(m) => WitToolError::Failed(m),
+        }
+    }
+}
+
+/// How a call went.
+#[derive(Debug, Clone)]
+pub struct CallReport {
+    pub call_id: String,
+    pub tool: String,
+    pub outcome: Outcome,
+    pub result: Result<String, Failure>,
+    pub fuel_consumed: u64,
+    pub wall: Duration,
+}
+
+/// An installed tool, compiled and linked, with its schemas compiled.
+pub struct LoadedTool {
+    pub installed: Installed,
+    pre: ToolPre<SandboxState>,
+    input: jsonschema::Validator,
+    output: jsonschema::Validator,
+    declared: Vec<Declared>,
+}
+
+/// Runs tools for any number of callers; keeps every tool it loaded (by name and digest), so a second call only
+/// instantiates.
+pub struct ToolHost {
+    pub engine: Arc<HostEngine>,
+    pub registry: Registry,
+    events: Option<Arc<EventLog>>,
+    loaded: Mutex<HashMap<String, Arc<LoadedTool>>>,
+    pub max_depth: u32,
+}
+
+impl std::fmt::Debug for ToolHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolHost").field("registry", &self.registry).field("max_depth", &self.max_depth).finish()
+    }
+}
+
+fn run_failure(e: &RunError) -> Failure {
+    Failure::Failed(one_line(&e.to_string()))
+}
+
+/// The budget for a `describe()` call.
+const DESCRIBE_LIMITS: Limits = Limits {
+    fuel: 1_000_000_000,
+    timeout: Duration::from_secs(10),
+    max_memory: 256 << 20,
+    max_output: 64 << 10,
+    max_table_elements: 1_000_000,
+};
+
+impl ToolHost {
+    pub fn new(engine: Arc<HostEngine>, registry: Registry, events: Option<Arc<EventLog>>) -> Self {
+        ToolHost { engine, registry, events, loaded: Mutex::new(HashMap::new()), max_depth: DEFAULT_MAX_DEPTH }
+    }
+
+    /// Loads a tool component from `path` and asks it to describe itself, in a sandbox with no grants.
+    pub async fn describe_file(&self, path: &std::path::Path) -> Result<(Vec<u8>, super::Spec), RunError> {
+        let loaded = crate::component::load(&self.engine, path)?;
+        if loaded.world != crate::component::World::Tool {
+            return Err(RunError::WrongWorld {
+                path: path.display().to_string(),
+                reason: format!("expected a toka:agent/tool component, found {:?}", loaded.world).to_lowercase(),
+            });
+        }
+        let pre = ToolPre::new(loaded.pre.clone()).map_err(|e| RunError::WrongWorld {
+            path: path.display().to_string(),
+            reason: crate::component::root_cause(&e),
+        })?;
+        let context = RunContext {
+            agent: "tool-describe".into(),
+            run_id: "describe".into(),
+            events: None,
+            state: Default::default(),
+            token: String::new(),
+            tools: None,
+        };
+        let output = OutputMode { echo: false, capture: false };
+        let mut sb = sandbox::build(&self.engine, &Authorized::default(), &DESCRIBE_LIMITS, output, &context, &[])?;
+        let call = async {
+            let tool = pre.instantiate_async(&mut sb.store).await?;
+            tool.call_describe(&mut sb.store).await
+        };
+        let spec = match tokio::time::timeout(DESCRIBE_LIMITS.timeout + Duration::from_millis(250), call).await {
+            Ok(Ok(spec)) => spec,
+            Ok(Err(e)) => {
+                let (_, message) = crate::run::classify(&e, &sb.store, &sb.stdout, &sb.stderr, &DESCRIBE_LIMITS);
+                return Err(RunError::InvalidInput(format!("{}: describe() failed: {message}", path.display())));
+            }
+            Err(_) => return Err(RunError::InvalidInput(format!("{}: describe() did not return", path.display()))),
+        };
+        let spec = super::Spec::from_wit(spec)
+            .map_err(|e| RunError::InvalidInput(format!("{}: describe(): {e}", path.display())))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| RunError::Unreadable { path: path.display().to_string(), reason: e.to_string() })?;
+        Ok((bytes, spec))
+    }
+
+    /// The installed tool `name`, loaded (and its digest checked) on first use.
+    pub fn load(&self, name: &str) -> Result<Arc<LoadedTool>, Failure> {
+        let installed = self.registry.get(name).map_err(|e| match e {
+            RegistryError::Unknown(_) => Failure::InvalidInput(e.to_string()),
+            e => Failure::Failed(e.to_string()),
+        })?;
+        // By name and digest: a tool re-installed under the same name with new bytes is loaded again.
+        let key = format!("{}@{}", installed.name, installed.sha256);
+        if let Some(t) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(t.clone());
+        }
+        let path = self.registry.component_path(&installed.sha256);
+        let loaded = crate::component::load(&self.engine, &path).map_err(|e| run_failure(&e))?;
+        if loaded.sha256 != installed.sha256 {
+            return Err(Failure::Failed(format!(
+                "tool {name}: its component {} does not match the digest it was installed with",
+                path.display()
+            )));
+        }
+        let pre = ToolPre::new(loaded.pre.clone())
+            .map_err(|e| Failure::Failed(format!("tool {name}: {}", crate::component::root_cause(&e))))?;
+        let schema = |v: &serde_json::Value| {
+            jsonschema::validator_for(v).map_err(|e| Failure::Failed(format!("tool {name}: bad schema: {e}")))
+        };
+        let declared = installed
+            .spec
+            .grants
+            .iter()
+            .map(|g| Declared::parse(g))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Failure::Failed(format!("tool {name}: {e}")))?;
+        let tool = Arc::new(LoadedTool {
+            input: schema(&installed.spec.input_schema)?,
+            output: schema(&installed.spec.output_schema)?,
+            installed,
+            pre,
+            declared,
+        });
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(key, tool.clone());
+        Ok(tool)
+    }
+
+    /// Whether the caller's token allows `tool:NAME` now (and is not revoked).
+    pub fn allowed(&self, caller: &Caller, name: &str) -> Result<(), Failure> {
+        if let Some(log) = &self.events {
+            match token::revoked_among(log.db(), &caller.token.revocation_ids) {
+                Ok(None) => {}
+                Ok(Some(id)) => return Err(Failure::Denied(format!("token is revoked (revocation id {id})"))),
+                Err(e) => return Err(Failure::Failed(format!("reading revocations: {e}"))),
+            }
+        }
+        let request = RunRequest {
+            agent: caller.agent.clone(),
+            grants: vec![Grant { kind: "tool".into(), value: name.into(), mode: String::new() }],
+            limits: TokenLimits::default(),
+        };
+        token::authorize(&caller.token, &request, SystemTime::now())
+            .map_err(|(grant, reason)| Failure::Denied(format!("grant refused: {grant}: {}", one_line(&reason))))
+    }
+
+    /// The installed tools the caller may call.
+    pub fn list_for(&self, caller: &Caller) -> Vec<Installed> {
+        self.registry.list().unwrap_or_default().into_iter().filter(|t| self.allowed(caller, &t.name).is_ok()).collect()
+    }
+
+    async fn record(&self, caller: &Caller, op: Op) -> Result<(), AppendError> {
+        match &self.events {
+            Some(log) => log.submit_accepted(crate::run::operation_by(&caller.token_id, op)).await.map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Calls tool `name` for `caller` with at most `fuel` units of fuel. See the module documentation.
+    pub async fn call(self: &Arc<Self>, caller: &Caller, name: &str, input: &str, fuel: u64) -> CallReport {
+        let started = Instant::now();
+        let call_id = crate::run::fresh_call_id();
+        let mut report = CallReport {
+            call_id: call_id.clone(),
+            tool: name.to_string(),
+            outcome: Outcome::Success,
+            result: Err(Failure::Failed(String::new())),
+            fuel_consumed: 0,
+            wall: Duration::ZERO,
+        };
+        let start = Op::StartToolCall {
+            call_id: call_id.clone(),
+            run_id: caller.run_id.clone(),
+            agent: caller.agent.clone(),
+            tool: name.to_string(),
+            rate: caller.rate,
+            detail: serde_json::json!({ "input_bytes": input.len(), "depth": caller.depth + 1 }),
+        };
+        match self.record(caller, start).await {
+            Ok(()) => {}
+            Err(AppendError::Rejected(reason)) => {
+                report.outcome =
+                    if reason.starts_with("rate limit") { Outcome::RateLimited } else { Outcome::TokenRefused };
+                report.result = Err(Failure::Denied(reason));
+                report.wall = started.elapsed();
+                return report;
+            }
+            Err(e) => {
+                report.outcome = Outcome::HostError;
+                report.result = Err(Failure::Failed(format!("cannot record the call: {e}")));
+                report.wall = started.elapsed();
+                return report;
+            }
+        }
+        let (outcome, result, fuel_consumed) = self.checked_call(caller, name, input, fuel).await;
+        report.outcome = outcome;
+        report.fuel_consumed = fuel_consumed;
+        report.wall = started.elapsed();
+        let detail = serde_json::json!({
+            "outcome": outcome,
+            "input_bytes": input.len(),
+            "output_bytes": result.as_ref().map_or(0, |o| o.len()),
+            "fuel": fuel_consumed,
+            "wall_time_ms": report.wall.as_secs_f64() * 1e3,
+            "error": result.as_ref().err().map(|f| f.message().to_string()),
+        });
+        let end = Op::EndToolCall {
+            call_id,
+            run_id: caller.run_id.clone(),
+            agent: caller.agent.clone(),
+            tool: name.to_string(),
+            ok: result.is_ok(),
+            detail,
+        };
+        report.result = match self.record(caller, end).await {
+            Ok(()) => result,
+            Err(e) => {
+                report.outcome = Outcome::HostError;
+                Err(Failure::Failed(format!("the call ended but could not be recorded: {e}")))
+            }
+        };
+        report
+    }
+
+    async fn checked_call(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: &str,
+        input: &str,
+        fuel: u64,
+    ) -> (Outcome, Result<String, Failure>, u64) {
+        if caller.depth >= self.max_depth {
+            let m = format!("tool call depth limit reached: {} nested calls allowed", self.max_depth);
+            return (Outcome::GrantRefused, Err(Failure::Denied(m)), 0);
+        }
+        if let Err(f) = self.allowed(caller, name) {
+            return (Outcome::GrantRefused, Err(f), 0);
+        }
+        let tool = match self.load(name) {
+            Ok(t) => t,
+            Err(f @ Failure::InvalidInput(_)) => return (Outcome::FileNotFound, Err(f), 0),
+            Err(f) => return (Outcome::HostError, Err(f), 0),
+        };
+        if input.len() > MAX_IO {
+            let m = format!("input is {} bytes, over the {MAX_IO} byte limit", input.len());
+            return (Outcome::InvalidInput, Err(Failure::InvalidInput(m)), 0);
+        }
+        let value: serde_json::Value = match serde_json::from_str(input) {
+            Ok(v) => v,
+            Err(e) => return (Outcome::InvalidInput, Err(Failure::InvalidInput(format!("input is not JSON: {e}"))), 0),
+        };
+        if let Some(why) = schema_errors(&tool.input, &value) {
+            let m = format!("input does not match the input schema of tool {name}: {why}");
+            return (Outcome::InvalidInput, Err(Failure::InvalidInput(m)), 0);
+        }
+        let (outcome, result, fuel_consumed) = self.invoke(&tool, caller, input, fuel).await;
+        let result = result.and_then(|output| {
+            let value: serde_json::Value = serde_json::from_str(&output)
+                .map_err(|e| Failure::Failed(format!("tool {name} returned output that is not JSON: {e}")))?;
+            match schema_errors(&tool.output, &value) {
+                None => Ok(output),
+                Some(why) => {
+                    Err(Failure::Failed(format!("tool {name} returned output against its output schema: {why}")))
+                }
+            }
+        });
+        let outcome = if outcome == Outcome::Success && result.is_err() { Outcome::AgentError } else { outcome };
+        (outcome, result, fuel_consumed)
+    }
+
+    /// Runs the tool in a fresh sandbox.
+    async fn invoke(
+        self: &Arc<Self>,
+        tool: &LoadedTool,
+        caller: &Caller,
+        input: &str,
+        fuel: u64,
+    ) -> (Outcome, Result<String, Failure>, u64) {
+        let name = tool.installed.name.as_str();
+        let now = Instant::now();
+        let timeout = caller.deadline.saturating_duration_since(now).min(MAX_CALL_TIME);
+        if timeout.is_zero() || fuel == 0 {
+            let m = format!("tool {name} not started: the caller has no time or fuel left");
+            return (Outcome::Timeout, Err(Failure::Failed(m)), 0);
+        }
+        let limits = Limits { fuel, timeout, max_memory: caller.max_memory, max_output: 1 << 20, ..Limits::default() };
+        let grants = intersect(&tool.declared, &caller.grants);
+        let nested =
+            Caller { grants: grants.clone(), depth: caller.depth + 1, deadline: now + timeout, ..caller.clone() };
+        let context = RunContext {
+            agent: format!("tool:{name}"),
+            run_id: caller.run_id.clone().unwrap_or_default(),
+            events: None,
+            state: Default::default(),
+            token: caller.token_id.clone(),
+            tools: Some(Arc::new(ToolSession { host: self.clone(), caller: nested })),
+        };
+        let output = OutputMode { echo: false, capture: false };
+        let mut sb = match sandbox::build(&self.engine, &grants, &limits, output, &context, &[name.to_string()]) {
+            Ok(sb) => sb,
+            Err(e) => return (e.outcome(), Err(run_failure(&e)), 0),
+        };
+        let call = async {
+            let instance = tool.pre.instantiate_async(&mut sb.store).await?;
+            instance.call_invoke(&mut sb.store, input).await
+        };
+        let ended = tokio::time::timeout(timeout + Duration::from_millis(250), call).await;
+        let used = if self.engine.fuel { fuel.saturating_sub(sb.store.get_fuel().unwrap_or(0)) } else { 0 };
+        match ended {
+            Ok(Ok(Ok(output))) if output.len() > MAX_IO => {
+                let m = format!("tool {name} returned {} bytes, over the {MAX_IO} byte limit", output.len());
+                (Outcome::OutputLimit, Err(Failure::Failed(m)), used)
+            }
+            Ok(Ok(Ok(output))) => (Outcome::Success, Ok(output), used),
+            Ok(Ok(Err(e))) => {
+                let f = match e {
+                    WitToolError::InvalidInput(m) => Failure::InvalidInput(format!("tool {name}: {}", one_line(&m))),
+                    WitToolError::Failed(m) => Failure::Failed(format!("tool {name}: {}", one_line(&m))),
+                    WitToolError::Denied(m) => Failure::Denied(format!("tool {name}: {}", one_line(&m))),
+                };
+                (Outcome::AgentError, Err(f), used)
+            }
+            Ok(Err(e)) => {
+                let (outcome, message) = crate::run::classify(&e, &sb.store, &sb.stdout, &sb.stderr, &limits);
+                (outcome, Err(Failure::Failed(format!("tool {name}: {message}"))), used)
+            }
+            Err(_) => {
+                let m = format!("tool {name}: timeout: still running after {}", humantime::format_duration(timeout));
+                (Outcome::Timeout, Err(Failure::Failed(m)), used)
+            }
+        }
+    }
+}
+
+/// The first few schema violations of `value`, or `None` if it is valid.
+fn schema_errors(validator: &jsonschema::Validator, value: &serde_json::Value) -> Option<String> {
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .take(3)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            format!("{}{}", if at.is_empty() { String::new() } else { format!("at {at}: ") }, one_line(&e.to_string()))
+        })
+        .collect();
+    if errors.is_empty() { None } else { Some(errors.join("; ")) }
+}
+
+/// `toka:agent/tools.call`, from a guest: the caller is the sandbox's session; the tool's fuel comes out of the
+/// caller's store.
+pub async fn call_from_guest(
+    mut store: StoreContextMut<'_, SandboxState>,
+    name: String,
+    input: String,
+) -> wasmtime::Result<(Result<String, WitToolError>,)> {
+    let Some(session) = store.data().tools.clone() else {
+        return Ok((Err(WitToolError::Denied("this sandbox has no access to tools".into())),));
+    };
+    let metered = session.host.engine.fuel;
+    let fuel = if metered { store.get_fuel()? } else { u64::MAX };
+    let report = Box::pin(session.host.call(&session.caller, &name, &input, fuel)).await;
+    if metered {
+        store.set_fuel(fuel.saturating_sub(report.fuel_consumed))?;
+    }
+    Ok((report.result.map_err(Failure::into_wit),))
+}
+
+/// `toka:agent/tools.list`, from a guest.
+pub fn list_from_guest(store: StoreContextMut<'_, SandboxState>) -> Vec<crate::bindings::ToolSpec> {
+    match store.data().tools.clone() {
+        Some(session) => session
+            .host
+            .list_for(&session.caller)
+            .iter()
+            .map(|t| crate::bindings::ToolSpec { name: t.name.clone(), ..t.spec.to_wit() })
+            .collect(),
+        None => Vec::new(),
+    }
+}

@@ -1,0 +1,134 @@
+//! The tool registry: `$TOKA_HOME/tools/NAME.json` (what `describe()` said, the digest, when it was added) and
+//! `$TOKA_HOME/tools/SHA256.wasm` (the component, stored by content). Files are written through a temporary file and
+//! renamed, so a crash never leaves half a tool behind; a component is checked against its digest when loaded.
+
+use super::{Spec, check_name};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// An installed tool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Installed {
+    /// The name it is installed and called under (the spec's name unless `tool add --name` chose another).
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub added_ms: u64,
+    pub spec: Spec,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no tool named `{0}` is installed (see `toka-host tool list`)")]
+    Unknown(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("tool registry {path}: {reason}")]
+    Io { path: String, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> RegistryError + '_ {
+    move |e| RegistryError::Io { path: path.display().to_string(), reason: e.to_string() }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+impl Registry {
+    /// The registry of a toka home.
+    pub fn open(home: &Path) -> Registry {
+        Registry { dir: home.join("tools") }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn component_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.wasm"))
+    }
+
+    fn manifest_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// Installs `bytes` (already checked to be a tool whose `describe()` gave `spec`) under `name`, replacing a tool
+    /// of that name.
+    pub fn add(&self, name: &str, bytes: &[u8], spec: Spec) -> Result<Installed, RegistryError> {
+        use sha2::{Digest, Sha256};
+        check_name(name).map_err(RegistryError::Invalid)?;
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let component = self.component_path(&sha256);
+        if !component.exists() {
+            write_atomically(&component, bytes)?;
+        }
+        let installed = Installed {
+            name: name.to_string(),
+            sha256,
+            size: bytes.len() as u64,
+            added_ms: crate::events::now_ms(),
+            spec,
+        };
+        let manifest = serde_json::to_vec_pretty(&installed).expect("manifests serialize");
+        write_atomically(&self.manifest_path(name), &manifest)?;
+        Ok(installed)
+    }
+
+    pub fn get(&self, name: &str) -> Result<Installed, RegistryError> {
+        check_name(name).map_err(|_| RegistryError::Unknown(name.to_string()))?;
+        let path = self.manifest_path(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RegistryError::Unknown(name.into())),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| RegistryError::Io {
+            path: path.display().to_string(),
+            reason: format!("corrupt manifest: {e}"),
+        })
+    }
+
+    /// Every installed tool, by name.
+    pub fn list(&self) -> Result<Vec<Installed>, RegistryError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&self.dir)(e)),
+        };
+        let mut tools = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io(&self.dir))?;
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if let Some(name) = file.strip_suffix(".json")
+                && check_name(name).is_ok()
+            {
+                tools.push(self.get(name)?);
+            }
+        }
+        tools.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(tools)
+    }
+
+    /// Removes a tool; its component goes too unless another name still uses it.
+    pub fn remove(&self, name: &str) -> Result<Installed, RegistryError> {
+        let installed = self.get(name)?;
+        let manifest = self.manifest_path(name);
+        std::fs::remove_file(&manifest).map_err(io(&manifest))?;
+        if !self.list()?.iter().any(|t| t.sha256 == installed.sha256) {
+            let component = self.component_path(&installed.sha256);
+            std::fs::remove_file(&component).map_err(io(&component))?;
+        }
+        Ok(installed)
+    }
+}
