@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod key;
+pub mod mcp;
 pub mod run;
 pub mod runs;
 pub mod state;
@@ -34,6 +35,8 @@ pub enum Command {
     Token(token::TokenCommand),
     /// Tools: add, list, describe, remove, call.
     Tool(tool::ToolCommand),
+    /// Serve the installed tools to LLM clients over MCP (stdio or streamable HTTP).
+    Mcp(mcp::McpCommand),
 }
 
 impl Cli {
@@ -47,6 +50,7 @@ impl Cli {
             Command::Key(cmd) => cmd.execute(),
             Command::Token(cmd) => cmd.execute(),
             Command::Tool(cmd) => cmd.execute(),
+            Command::Mcp(cmd) => cmd.execute(),
         }
     }
 }

@@ -96,7 +96,7 @@ pub fn tool_engine() -> Result<Arc<HostEngine>, RunError> {
 impl CallerArgs {
     /// The caller of `tools`: its grants checked on the host, authorized by its token (or, without one, a token
     /// minted from these flags for the agent `operator` with `tool:NAME` for each of `tools`).
-    pub fn caller(&self, db: &Db, tools: &[String]) -> Result<Caller, RunError> {
+    pub fn caller(&self, db: &Db, tools: &[String], local_ttl: Duration) -> Result<Caller, RunError> {
         let request = GrantRequest {
             dirs: self.dirs.clone(),
             env: self.env.clone(),
@@ -132,7 +132,8 @@ impl CallerArgs {
                 run_request.grants.push(crate::token::Grant { kind: "tool".into(), value: t.clone(), mode: "".into() });
             }
         }
-        let authorization = crate::token::authorize_run(&home, db, token_text.as_deref(), &run_request)?;
+        let authorization =
+            crate::token::authorize_caller(&home, db, token_text.as_deref(), &run_request, local_ttl)?;
         authorized.token_id = authorization.token_id.clone();
         Ok(Caller {
             agent,
@@ -216,7 +217,7 @@ impl ToolCommand {
                     .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;
                 let db = log.db().clone();
                 let fuel = caller.fuel;
-                let caller = caller.caller(&db, std::slice::from_ref(&name))?;
+                let caller = caller.caller(&db, std::slice::from_ref(&name), crate::token::LOCAL_TTL)?;
                 let host = Arc::new(ToolHost::new(tool_engine()?, registry, Some(Arc::new(log))));
                 let report = runtime()?.block_on(host.call(&caller, &name, &input, fuel));
                 let code = if report.result.is_ok() { 0 } else { report.outcome.exit_code() };

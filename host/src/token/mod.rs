@@ -382,6 +382,18 @@ pub fn authorize_run(
     token_text: Option<&str>,
     request: &RunRequest,
 ) -> Result<RunAuthorization, crate::error::RunError> {
+    authorize_caller(home, db, token_text, request, LOCAL_TTL)
+}
+
+/// [`authorize_run`], with the lifetime of a token minted from local flags chosen by the caller (a long-running
+/// server needs more than a run's minute).
+pub fn authorize_caller(
+    home: &std::path::Path,
+    db: &crate::db::Db,
+    token_text: Option<&str>,
+    request: &RunRequest,
+    local_ttl: Duration,
+) -> Result<RunAuthorization, crate::error::RunError> {
     use crate::error::RunError;
     let now = SystemTime::now();
     let refused = |e: &dyn std::fmt::Display| RunError::TokenRefused(crate::error::one_line(&e.to_string()));
@@ -397,7 +409,7 @@ pub fn authorize_run(
                 agent: request.agent.clone(),
                 grants: request.grants.clone(),
                 limits: request.limits,
-                ttl: Some(LOCAL_TTL),
+                ttl: Some(local_ttl),
                 ..MintRequest::default()
             };
             mint(&keys, &mint_request, now)

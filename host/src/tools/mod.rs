@@ -10,6 +10,7 @@
 
 pub mod call;
 pub mod grants;
+pub mod mcp;
 pub mod registry;
 
 use serde::{Deserialize, Serialize};
