@@ -12,6 +12,7 @@
 //!   name on the host side), as functions ([`log::info`] ...) and `format!`-style macros ([`info!`] ...).
 //! * [`events`]: observations recorded in the host's tamper-evident event log ([`events::emit`]).
 //! * [`state`]: persistent per-agent key-value state ([`state::get`], [`state::set`] ...), granted by the run.
+//! * [`tools`]: calls to the tools installed in the host ([`tools::call`]), each in a sandbox of its own.
 //! * [`bindings`]: the raw generated bindings for every interface the world imports, including those that Rust's
 //!   `std` cannot reach on wasm32-wasip1, e.g. [`bindings::wasi::sockets`] for TCP/UDP.
 //!
@@ -87,8 +88,9 @@ pub mod bindings {
 pub mod events;
 pub mod log;
 pub mod state;
+pub mod tools;
 
-pub use bindings::toka::agent::types::{AgentError, Task};
+pub use bindings::toka::agent::types::{AgentError, Task, ToolError};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

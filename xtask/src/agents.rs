@@ -47,6 +47,22 @@ pub enum Kind {
     Go,
     /// A Zig program (`main.zig`) built for wasm32-wasi: a WASI preview 1 core module, not componentized.
     Zig,
+    /// A Rust `cdylib` tool using toka-tool (world `toka:agent/tool`), componentized with the reactor adapter;
+    /// installed in `target/tools/`.
+    RustTool,
+    /// A Python tool module (`tool.py`) built with componentize-py for world `toka:agent/tool`.
+    PythonTool,
+}
+
+impl Kind {
+    /// Whether this is a tool (built into `target/tools/`) rather than an agent.
+    pub fn is_tool(self) -> bool {
+        matches!(self, Kind::RustTool | Kind::PythonTool)
+    }
+
+    pub fn is_rust(self) -> bool {
+        matches!(self, Kind::RustReactor | Kind::RustCommand | Kind::RustTool)
+    }
 }
 
 /// One agent: its directory under `agents/` and the component `target/agents/NAME.wasm` share its name.
@@ -66,6 +82,7 @@ impl Agent {
             Kind::RustCommand => Expect::Command,
             Kind::Go | Kind::Zig => Expect::Preview1Command,
             Kind::RustReactor | Kind::Python | Kind::JavaScript | Kind::C => Expect::Agent,
+            Kind::RustTool | Kind::PythonTool => Expect::Tool,
         }
     }
 
@@ -92,6 +109,14 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("hello-js", Kind::JavaScript),
     Agent::new("go-echo", Kind::Go),
     Agent::new("zig-echo", Kind::Zig),
+    Agent::new("summarize", Kind::RustReactor),
+    Agent::new("echo", Kind::RustTool),
+    Agent::new("file-reader", Kind::RustTool),
+    Agent::new("file-writer", Kind::RustTool),
+    Agent::new("file-lister", Kind::RustTool),
+    Agent::new("json-query", Kind::RustTool),
+    Agent::new("fail-tool", Kind::RustTool),
+    Agent::new("date-validator", Kind::PythonTool),
 ];
 
 /// `build-agents [NAME...]`: builds the named agents, or all of them.
@@ -101,8 +126,7 @@ pub fn build(layout: &Layout, names: &[String]) -> Result<()> {
     let started = Instant::now();
     let mut failures = Vec::new();
 
-    let rust: Vec<&Agent> =
-        selected.iter().filter(|a| matches!(a.kind, Kind::RustReactor | Kind::RustCommand)).collect();
+    let rust: Vec<&Agent> = selected.iter().filter(|a| a.kind.is_rust()).collect();
     if !rust.is_empty() {
         let crates: Vec<&str> = rust.iter().map(|a| a.name).collect();
         match crate::rust::cargo_build(layout, &crates) {
@@ -124,7 +148,7 @@ pub fn build(layout: &Layout, names: &[String]) -> Result<()> {
         }
     }
 
-    for agent in selected.iter().filter(|a| !matches!(a.kind, Kind::RustReactor | Kind::RustCommand)) {
+    for agent in selected.iter().filter(|a| !a.kind.is_rust()) {
         let out = output_path(layout, agent);
         if is_fresh(&out, &agent.inputs(layout))? {
             let size = fs::metadata(&out).map(|m| m.len() as usize).unwrap_or(0);
@@ -151,7 +175,8 @@ fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
     let scratch = layout.build.join(agent.name);
     fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     match agent.kind {
-        Kind::Python => crate::scripted::componentize_py(layout, agent.name, &scratch),
+        Kind::Python => crate::scripted::componentize_py(layout, agent.name, &scratch, "agent"),
+        Kind::PythonTool => crate::scripted::componentize_py(layout, agent.name, &scratch, "tool"),
         Kind::JavaScript => crate::scripted::componentize_js(layout, agent.name, &scratch),
         Kind::C => {
             let core = crate::c::build_core(layout, agent.name, &scratch)?;
@@ -159,7 +184,7 @@ fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
         }
         Kind::Go => crate::preview1::go_build(layout, agent.name, &scratch),
         Kind::Zig => crate::preview1::zig_build(layout, agent.name, &scratch),
-        Kind::RustReactor | Kind::RustCommand => {
+        Kind::RustReactor | Kind::RustCommand | Kind::RustTool => {
             bail!("{} is a Rust agent: it is built by cargo", agent.name)
         }
     }
@@ -171,6 +196,9 @@ fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
 fn install(layout: &Layout, agent: &Agent, bytes: &[u8]) -> Result<()> {
     component::check(bytes, agent.expect()).with_context(|| format!("checking the {} component", agent.name))?;
     let out = output_path(layout, agent);
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let tmp = out.with_extension("wasm.tmp");
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, &out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
@@ -207,7 +235,11 @@ fn select(names: &[String]) -> Result<Vec<Agent>> {
 }
 
 pub fn output_path(layout: &Layout, agent: &Agent) -> PathBuf {
-    layout.out.join(format!("{}.wasm", agent.name))
+    if agent.kind.is_tool() {
+        layout.root.join("target").join("tools").join(format!("{}.wasm", agent.name))
+    } else {
+        layout.out.join(format!("{}.wasm", agent.name))
+    }
 }
 
 /// True if `out` exists and is newer than every file under `inputs`.

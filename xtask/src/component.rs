@@ -28,6 +28,8 @@ pub enum Expect {
     Command,
     /// Not a component but a WASI preview 1 command module: exports `_start`, imports `wasi_snapshot_preview1` only.
     Preview1Command,
+    /// A `toka:agent/tool` world: top-level `describe` and `invoke` functions.
+    Tool,
 }
 
 /// Wraps `core` (a module carrying its WIT world in a `component-type` custom section) into a component.
@@ -80,9 +82,13 @@ impl Decoded {
     }
 
     fn exports_run_function(&self) -> bool {
+        self.exports_function("run")
+    }
+
+    fn exports_function(&self, wanted: &str) -> bool {
         let world = &self.resolve.worlds[self.world];
         world.exports.iter().any(|(key, item)| {
-            matches!(item, WorldItem::Function(_)) && matches!(key, WorldKey::Name(name) if name == "run")
+            matches!(item, WorldItem::Function(_)) && matches!(key, WorldKey::Name(name) if name == wanted)
         })
     }
 
@@ -110,7 +116,10 @@ pub fn check(bytes: &[u8], expect: Expect) -> Result<()> {
         Expect::Command if !decoded.exports_cli_run() => {
             bail!("no `wasi:cli/run@0.2.x` export; exports: {:?}", decoded.exports())
         }
-        Expect::Agent | Expect::Command | Expect::Preview1Command => Ok(()),
+        Expect::Tool if !(decoded.exports_function("describe") && decoded.exports_function("invoke")) => {
+            bail!("no top-level `describe` and `invoke` exports; exports: {:?}", decoded.exports())
+        }
+        Expect::Agent | Expect::Command | Expect::Preview1Command | Expect::Tool => Ok(()),
     }
 }
 

@@ -76,7 +76,7 @@ pub fn cargo_build(layout: &Layout, crates: &[&str]) -> Result<Duration> {
 pub fn componentize(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
     // A cdylib's artifact is named after its lib target (dashes become underscores), a binary after the package.
     let (file, adapter) = match agent.kind {
-        Kind::RustReactor => (format!("{}.wasm", agent.name.replace('-', "_")), Adapter::Reactor),
+        Kind::RustReactor | Kind::RustTool => (format!("{}.wasm", agent.name.replace('-', "_")), Adapter::Reactor),
         Kind::RustCommand => (format!("{}.wasm", agent.name), Adapter::Command),
         other => bail!("{} is not a Rust agent ({other:?})", agent.name),
     };

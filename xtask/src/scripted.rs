@@ -25,19 +25,20 @@ fn tool(layout: &Layout, relative: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `agents/NAME/agent.py` (class `WitWorld`) → componentize-py for world `toka:agent/agent`.
-pub fn componentize_py(layout: &Layout, name: &str, scratch: &Path) -> Result<Vec<u8>> {
+/// `agents/NAME/agent.py` (class `WitWorld`) → componentize-py for world `toka:agent/agent`; for a tool,
+/// `agents/NAME/tool.py` → world `toka:agent/tool`.
+pub fn componentize_py(layout: &Layout, name: &str, scratch: &Path, world: &str) -> Result<Vec<u8>> {
     let componentize_py = tool(layout, "venv/bin/componentize-py")?;
     let out = scratch.join("component.wasm");
     let mut command = Command::new(componentize_py);
     command
         .arg("--wit-path")
         .arg(&layout.wit)
-        .args(["--world", "toka:agent/agent", "--quiet", "componentize", "--python-path"])
+        .args(["--world", &format!("toka:agent/{world}"), "--quiet", "componentize", "--python-path"])
         .arg(layout.agents.join(name))
         .arg("--output")
         .arg(&out)
-        .arg("agent")
+        .arg(world)
         // Only the agent's directory is searched for modules: no site-packages of an activated virtualenv.
         .env_remove("VIRTUAL_ENV")
         .env("PYTHONDONTWRITEBYTECODE", "1");
