@@ -13,3 +13,4 @@ mod schema;
 mod soak;
 mod state;
 mod tokens;
+mod tools;

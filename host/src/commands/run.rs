@@ -40,6 +40,10 @@ pub struct RunCommand {
     #[arg(long)]
     pub inherit_stdin: bool,
 
+    /// Let an agent call the installed tool NAME (`toka-host tool list`) through the host. Repeatable.
+    #[arg(long = "allow-tool", value_name = "NAME")]
+    pub tools: Vec<String>,
+
     /// Let the agent read (`ro`) or read and write (`rw`) its persistent state.
     #[arg(long, value_name = "ro|rw", value_parser = grants::parse_state)]
     pub state: Option<grants::StateGrant>,
@@ -273,7 +277,11 @@ impl RunCommand {
             state: self.state.unwrap_or_default(),
         };
         let mut authorized = grants::authorize(&request)?;
-        let run_request = token_request(program.name(), &self.net, &authorized, limits);
+        let mut run_request = token_request(program.name(), &self.net, &authorized, limits);
+        for tool in &self.tools {
+            crate::tools::check_name(tool).map_err(RunError::InvalidInput)?;
+            run_request.grants.push(crate::token::Grant { kind: "tool".into(), value: tool.clone(), mode: "".into() });
+        }
         let authorization = crate::token::authorize_run(&crate::db::default_home(), db, token_text, &run_request)?;
         authorized.token_id = authorization.token_id;
         authorized.rate = authorization.rate;
