@@ -13,6 +13,13 @@ pub fn agent(name: &str) -> PathBuf {
     p
 }
 
+/// A tool component built from `agents/<name>` into `target/tools/`.
+pub fn tool_component(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run `cargo run --release -p xtask -- build-agents` first", p.display());
+    p
+}
+
 /// The state of the baseline: what plain wasmtime needs to run the same agent, and nothing more.
 pub struct Plain {
     pub wasi: WasiCtx,
@@ -22,6 +29,18 @@ pub struct Plain {
 impl WasiView for Plain {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl Plain {
+    pub fn new() -> Self {
+        Plain { wasi: WasiCtx::builder().build(), table: ResourceTable::new() }
+    }
+}
+
+impl Default for Plain {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

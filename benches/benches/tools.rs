@@ -1,0 +1,150 @@
+//! Tool-call benches: one round trip through toka-host's tool host (token check, input and output schema
+//! validation, a fresh sandbox from the warm `InstancePre`, the call) vs the same `echo` tool component
+//! instantiated and called with plain wasmtime (same engine settings, no checks); and tool calls per second with a
+//! warm instance pool (pooling allocator), sequential and from 4 concurrent callers. Calls are not recorded here
+//! (no event log): the durable events of a recorded call are measured by the `events` bench.
+//! Run with `cargo bench -p toka-benches --bench tools`.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use toka_benches::{Plain, tool_component};
+use toka_host::engine::{EngineOptions, HostEngine};
+use toka_host::grants::Authorized;
+use toka_host::token::keys::KeyStore;
+use toka_host::token::{self, Grant, MintRequest, Verified};
+use toka_host::tools::call::{Caller, ToolHost};
+use toka_host::tools::registry::Registry;
+use wasmtime::Store;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+const INPUT: &str = r#"{"message":"hello","n":42}"#;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+struct Setup {
+    _home: tempfile::TempDir,
+    host: Arc<ToolHost>,
+    caller: Caller,
+}
+
+fn setup(rt: &tokio::runtime::Runtime) -> Setup {
+    let home = tempfile::tempdir().unwrap();
+    let options = EngineOptions { fuel: true, cache_dir: None, pooling: true };
+    let engine = Arc::new(HostEngine::new(&options).unwrap());
+    let registry = Registry::open(home.path());
+    let host = Arc::new(ToolHost::new(engine, registry.clone(), None));
+    let (bytes, spec) = rt.block_on(host.describe_file(&tool_component("echo"))).unwrap();
+    registry.add("echo", &bytes, spec).unwrap();
+    let mut keys = KeyStore::default();
+    keys.init(0).unwrap();
+    let request = MintRequest {
+        agent: "bench".into(),
+        grants: vec![Grant::parse("tool:echo").unwrap()],
+        ttl: Some(Duration::from_secs(3600)),
+        ..MintRequest::default()
+    };
+    let text = token::mint(&keys, &request, SystemTime::now()).unwrap().to_base64().unwrap();
+    let caller = Caller {
+        agent: "bench".into(),
+        run_id: None,
+        token_id: "bench".into(),
+        token: Arc::new(Verified::new(&keys, &text, SystemTime::now()).unwrap()),
+        grants: Authorized::default(),
+        rate: None,
+        depth: 0,
+        deadline: Instant::now() + Duration::from_secs(3600),
+        max_memory: 64 << 20,
+    };
+    Setup { _home: home, host, caller }
+}
+
+fn mean(iters: u32, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed() / iters
+}
+
+fn round_trip(c: &mut Criterion) {
+    let rt = rt();
+    let s = setup(&rt);
+    let toka_once = || {
+        let r = rt.block_on(s.host.call(&s.caller, "echo", INPUT, 1_000_000_000));
+        assert_eq!(r.result.as_deref().unwrap(), INPUT);
+    };
+
+    // Plain wasmtime: the same component, engine settings and WASI linker, instantiated and called directly.
+    let engine = s.host.engine.engine.clone();
+    let component = Component::from_file(&engine, tool_component("echo")).unwrap();
+    let mut linker: Linker<Plain> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    toka_host::bindings::agent::toka::agent::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s: &mut Plain| s)
+        .unwrap();
+    let pre = toka_host::bindings::tool::ToolPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+    let plain_once = || {
+        rt.block_on(async {
+            let mut store = Store::new(&engine, Plain::new());
+            store.set_fuel(1_000_000_000).unwrap();
+            store.set_epoch_deadline(u64::MAX / 2);
+            let tool = pre.instantiate_async(&mut store).await.unwrap();
+            let out = tool.call_invoke(&mut store, INPUT).await.unwrap().unwrap();
+            assert_eq!(out, INPUT);
+        })
+    };
+
+    let mut group = c.benchmark_group("tool call round trip (echo)");
+    group.bench_function("toka-host tool host", |b| b.iter(toka_once));
+    group.bench_function("plain wasmtime instantiate+invoke", |b| b.iter(plain_once));
+    group.finish();
+    let (t, p) = (mean(500, toka_once), mean(500, plain_once));
+    println!(
+        "tool call round trip: toka-host {:.1} us vs plain wasmtime {:.1} us: {:.2}x (checks, schemas, sandbox)",
+        t.as_secs_f64() * 1e6,
+        p.as_secs_f64() * 1e6,
+        t.as_secs_f64() / p.as_secs_f64()
+    );
+}
+
+fn calls_per_second(c: &mut Criterion) {
+    let rt = rt();
+    let s = setup(&rt);
+    let mut group = c.benchmark_group("tool calls per second (echo, warm pool)");
+    group.bench_function("sequential", |b| {
+        b.iter(|| rt.block_on(s.host.call(&s.caller, "echo", INPUT, 1_000_000_000)).result.unwrap())
+    });
+    group.finish();
+    let n = 2000u32;
+    let start = Instant::now();
+    for _ in 0..n {
+        rt.block_on(s.host.call(&s.caller, "echo", INPUT, 1_000_000_000)).result.unwrap();
+    }
+    let sequential = f64::from(n) / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (host, caller) = (s.host.clone(), s.caller.clone());
+            tasks.spawn(async move {
+                for _ in 0..n / 4 {
+                    host.call(&caller, "echo", INPUT, 1_000_000_000).await.result.unwrap();
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    });
+    let concurrent = f64::from(n) / start.elapsed().as_secs_f64();
+    println!("tool calls per second (echo, warm pool): {sequential:.0} sequential, {concurrent:.0} from 4 callers");
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = round_trip, calls_per_second
+}
+criterion_main!(benches);
