@@ -14,6 +14,7 @@ pub use crate::bindings::toka::agent::state::StateError;
 #[cfg(target_family = "wasm")]
 use crate::bindings::toka::agent::state as host;
 
+#[cfg(not(target_family = "wasm"))]
 fn outside() -> StateError {
     StateError::Storage("no host state outside a component".into())
 }

@@ -10,8 +10,8 @@
 //! # Ok::<(), toka_sdk::ToolError>(())
 //! ```
 
-pub use crate::bindings::toka::agent::types::{ToolError, ToolSpec};
 use crate::bindings::toka::agent::tools as host;
+pub use crate::bindings::toka::agent::types::{ToolError, ToolSpec};
 
 /// The tools this run may call (those its token grants).
 pub fn list() -> Vec<ToolSpec> {
@@ -21,5 +21,6 @@ pub fn list() -> Vec<ToolSpec> {
 /// Calls tool `name` with a JSON input; returns its JSON output.
 pub fn call(name: &str, input: &serde_json::Value) -> Result<serde_json::Value, ToolError> {
     let output = host::call(name, &input.to_string())?;
-    serde_json::from_str(&output).map_err(|e| ToolError::Failed(format!("{name} returned output that is not JSON: {e}")))
+    serde_json::from_str(&output)
+        .map_err(|e| ToolError::Failed(format!("{name} returned output that is not JSON: {e}")))
 }

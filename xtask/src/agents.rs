@@ -13,13 +13,28 @@
 //! | `hello-c`      | `agents/hello-c/hello.c`       | wit-bindgen-c → clang → component (reactor adapter)           |
 //! | `go-echo`      | `agents/go-echo` (Go `main`)   | `GOOS=wasip1 go build` → preview 1 core module (not adapted)  |
 //! | `zig-echo`     | `agents/zig-echo/main.zig`     | `zig build-exe`, wasm32-wasi → preview 1 core module (same)   |
+//! | `summarize`    | `agents/summarize` (cdylib)    | like `hello-rust` (an agent that works through three tools)    |
+//!
+//! Tools (world `toka:agent/tool`, `toka_sdk::tool!`), built into `target/tools/NAME.wasm`:
+//!
+//! | tool             | source                              | pipeline                                             |
+//! |------------------|-------------------------------------|------------------------------------------------------|
+//! | `echo`           | `agents/echo` (cdylib)              | like `hello-rust`                                    |
+//! | `file-reader`    | `agents/file-reader` (cdylib)       | same                                                 |
+//! | `file-writer`    | `agents/file-writer` (cdylib)       | same                                                 |
+//! | `file-lister`    | `agents/file-lister` (cdylib)       | same                                                 |
+//! | `json-query`     | `agents/json-query` (cdylib)        | same                                                 |
+//! | `http-fetch`     | `agents/http-fetch` (cdylib)        | same (raw `wasi:sockets` imports beside the adapter) |
+//! | `fail-tool`      | `agents/fail-tool` (cdylib)         | same (traps, spins, bad output: containment tests)   |
+//! | `date-validator` | `agents/date-validator/tool.py`     | componentize-py, world `toka:agent/tool`             |
 //!
 //! The Rust agents are built by one cargo invocation (cargo decides what is stale); the others are rebuilt only
 //! when a file in their directory (or, for those built against the toka WIT, in `wit/`) is newer than their output.
-//! Every output is validated and checked for the export the host calls (`run`, or `wasi:cli/run` for commands)
-//! before it replaces the previous one. `go-echo` and `zig-echo` stay core modules on purpose (toka-host adapts
-//! preview 1 modules into components when it runs them): their check is a valid core module that exports `_start`
-//! and imports nothing but `wasi_snapshot_preview1`.
+//! Every output is validated and checked for the export the host calls (`run`, `wasi:cli/run` for commands,
+//! `describe` and `invoke` for tools, whose imports must also all be in the tool world) before it replaces the
+//! previous one. `go-echo` and `zig-echo` stay core modules on purpose (toka-host adapts preview 1 modules into
+//! components when it runs them): their check is a valid core module that exports `_start` and imports nothing but
+//! `wasi_snapshot_preview1`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -47,10 +62,11 @@ pub enum Kind {
     Go,
     /// A Zig program (`main.zig`) built for wasm32-wasi: a WASI preview 1 core module, not componentized.
     Zig,
-    /// A Rust `cdylib` tool using toka-tool (world `toka:agent/tool`), componentized with the reactor adapter;
-    /// installed in `target/tools/`.
+    /// A Rust `cdylib` tool using toka-sdk's `tool!` (world `toka:agent/tool`), componentized with the reactor
+    /// adapter; built into `target/tools/`.
     RustTool,
-    /// A Python tool module (`tool.py`) built with componentize-py for world `toka:agent/tool`.
+    /// A Python tool module (`tool.py`, class `WitWorld` with `describe` and `invoke`) built with componentize-py
+    /// for world `toka:agent/tool`; built into `target/tools/`.
     PythonTool,
 }
 
@@ -60,12 +76,14 @@ impl Kind {
         matches!(self, Kind::RustTool | Kind::PythonTool)
     }
 
+    /// Whether cargo builds it (in one invocation over the `agents/` workspace).
     pub fn is_rust(self) -> bool {
         matches!(self, Kind::RustReactor | Kind::RustCommand | Kind::RustTool)
     }
 }
 
-/// One agent: its directory under `agents/` and the component `target/agents/NAME.wasm` share its name.
+/// One agent or tool: its directory under `agents/` and its output, `target/agents/NAME.wasm` or
+/// `target/tools/NAME.wasm`, share its name.
 #[derive(Debug, Clone, Copy)]
 pub struct Agent {
     pub name: &'static str,
@@ -96,7 +114,7 @@ impl Agent {
     }
 }
 
-/// Every agent, in build order.
+/// Every agent and tool, in build order.
 pub const AGENTS: &[Agent] = &[
     Agent::new("hello-rust", Kind::RustReactor),
     Agent::new("dirstat", Kind::RustReactor),
@@ -115,11 +133,12 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("file-writer", Kind::RustTool),
     Agent::new("file-lister", Kind::RustTool),
     Agent::new("json-query", Kind::RustTool),
+    Agent::new("http-fetch", Kind::RustTool),
     Agent::new("fail-tool", Kind::RustTool),
     Agent::new("date-validator", Kind::PythonTool),
 ];
 
-/// `build-agents [NAME...]`: builds the named agents, or all of them.
+/// `build-agents [NAME...]`: builds the named agents and tools, or all of them.
 pub fn build(layout: &Layout, names: &[String]) -> Result<()> {
     let selected = select(names)?;
     fs::create_dir_all(&layout.build).with_context(|| format!("creating {}", layout.build.display()))?;
@@ -163,7 +182,14 @@ pub fn build(layout: &Layout, names: &[String]) -> Result<()> {
         report(agent, result, started.elapsed(), &mut failures);
     }
 
-    println!("{} agent(s) in {}; components in {}", selected.len(), secs(started.elapsed()), layout.out.display());
+    let tools = selected.iter().filter(|a| a.kind.is_tool()).count();
+    println!(
+        "{} agent(s) and {tools} tool(s) in {}; components in {} and {}",
+        selected.len() - tools,
+        secs(started.elapsed()),
+        layout.out.display(),
+        layout.tools_out.display()
+    );
     if !failures.is_empty() {
         bail!("failed to build: {}", failures.join(", "));
     }
@@ -191,10 +217,11 @@ fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
 }
 
 /// Checks `bytes` and, if they are the component (or preview 1 module) the host expects, writes them to
-/// `target/agents/NAME.wasm` (through a temporary file, so a failed build never leaves a half-written or unchecked
-/// output behind).
+/// `target/agents/NAME.wasm` or `target/tools/NAME.wasm` (through a temporary file, so a failed build never leaves
+/// a half-written or unchecked output behind).
 fn install(layout: &Layout, agent: &Agent, bytes: &[u8]) -> Result<()> {
-    component::check(bytes, agent.expect()).with_context(|| format!("checking the {} component", agent.name))?;
+    component::check(layout, bytes, agent.expect())
+        .with_context(|| format!("checking the {} component", agent.name))?;
     let out = output_path(layout, agent);
     if let Some(dir) = out.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -223,7 +250,7 @@ fn select(names: &[String]) -> Result<Vec<Agent>> {
     for name in names {
         let Some(agent) = AGENTS.iter().find(|a| a.name == name) else {
             let known: Vec<&str> = AGENTS.iter().map(|a| a.name).collect();
-            bail!("unknown agent {name:?}; known agents: {}", known.join(", "));
+            bail!("unknown agent or tool {name:?}; known: {}", known.join(", "));
         };
         if !selected.iter().any(|a| a.name == agent.name) {
             selected.push(*agent);
@@ -235,11 +262,8 @@ fn select(names: &[String]) -> Result<Vec<Agent>> {
 }
 
 pub fn output_path(layout: &Layout, agent: &Agent) -> PathBuf {
-    if agent.kind.is_tool() {
-        layout.root.join("target").join("tools").join(format!("{}.wasm", agent.name))
-    } else {
-        layout.out.join(format!("{}.wasm", agent.name))
-    }
+    let dir = if agent.kind.is_tool() { &layout.tools_out } else { &layout.out };
+    dir.join(format!("{}.wasm", agent.name))
 }
 
 /// True if `out` exists and is newer than every file under `inputs`.

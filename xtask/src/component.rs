@@ -1,6 +1,7 @@
 //! Components: encoding core modules with the WASI preview 1 adapter, checking the results, and describing them.
 //! Also the check of the agents that stay WASI preview 1 core modules (toka-host adapts those when it runs them).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -9,6 +10,8 @@ use wasi_preview1_component_adapter_provider::{
 };
 use wit_component::{ComponentEncoder, DecodedWasm};
 use wit_parser::{Function, Resolve, Type, TypeDefKind, WorldId, WorldItem, WorldKey};
+
+use crate::Layout;
 
 /// Which preview 1 adapter (from the crate pinned to the host's wasmtime version) a core module is wrapped with.
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +31,8 @@ pub enum Expect {
     Command,
     /// Not a component but a WASI preview 1 command module: exports `_start`, imports `wasi_snapshot_preview1` only.
     Preview1Command,
-    /// A `toka:agent/tool` world: top-level `describe` and `invoke` functions.
+    /// A `toka:agent/tool` world: top-level `describe` and `invoke` functions, and no import the tool world lacks
+    /// (such as the agents' `events` and `state`, which a tool reaches by calling toka-sdk's functions for them).
     Tool,
 }
 
@@ -81,6 +85,12 @@ impl Decoded {
         }
     }
 
+    /// The names of the imported interfaces and functions (`wasi:io/streams@0.2` ...), versions cut to their
+    /// semver-compatible family.
+    fn import_names(&self) -> BTreeSet<String> {
+        world_import_names(&self.resolve, self.world)
+    }
+
     fn exports_run_function(&self) -> bool {
         self.exports_function("run")
     }
@@ -101,9 +111,44 @@ impl Decoded {
     }
 }
 
+/// The names of `world`'s imported interfaces and functions (what the host must provide; imported types are
+/// only names for types of those interfaces), with versions cut to their semver-compatible family
+/// (`@0.2.12` → `@0.2`): the preview 1 adapter and the bindings may import different patch versions of one
+/// interface, which the host links to the same implementation.
+fn world_import_names(resolve: &Resolve, world: WorldId) -> BTreeSet<String> {
+    resolve.worlds[world]
+        .imports
+        .iter()
+        .filter(|(_, item)| !matches!(item, WorldItem::Type { .. }))
+        .map(|(key, _)| {
+            let name = resolve.name_world_key(key);
+            match name.split_once('@') {
+                Some((interface, version)) => {
+                    let parts: Vec<&str> = version.split('.').collect();
+                    let family = if parts[0] == "0" {
+                        parts.iter().take(2).copied().collect::<Vec<_>>()
+                    } else {
+                        vec![parts[0]]
+                    };
+                    format!("{interface}@{}", family.join("."))
+                }
+                None => name,
+            }
+        })
+        .collect()
+}
+
+/// The imports of world `name` (`toka:agent/tool`) as `wit/` defines it, in the form of [`world_import_names`].
+fn reference_imports(layout: &Layout, name: &str) -> Result<BTreeSet<String>> {
+    let mut resolve = Resolve::default();
+    let (package, _) = resolve.push_dir(&layout.wit).with_context(|| format!("parsing {}", layout.wit.display()))?;
+    let world = resolve.select_world(&[package], Some(name))?;
+    Ok(world_import_names(&resolve, world))
+}
+
 /// Validates `bytes` as a component (or, for [`Expect::Preview1Command`], a core module) and checks that it exports
-/// what the host calls.
-pub fn check(bytes: &[u8], expect: Expect) -> Result<()> {
+/// what the host calls (and, for a tool, imports nothing the tool world does not offer).
+pub fn check(layout: &Layout, bytes: &[u8], expect: Expect) -> Result<()> {
     if let Expect::Preview1Command = expect {
         return check_preview1_command(bytes);
     }
@@ -119,7 +164,18 @@ pub fn check(bytes: &[u8], expect: Expect) -> Result<()> {
         Expect::Tool if !(decoded.exports_function("describe") && decoded.exports_function("invoke")) => {
             bail!("no top-level `describe` and `invoke` exports; exports: {:?}", decoded.exports())
         }
-        Expect::Agent | Expect::Command | Expect::Preview1Command | Expect::Tool => Ok(()),
+        Expect::Tool => {
+            let offered = reference_imports(layout, "toka:agent/tool")?;
+            let extra: Vec<String> = decoded.import_names().difference(&offered).cloned().collect();
+            if !extra.is_empty() {
+                bail!(
+                    "imports {extra:?}, which the toka:agent/tool world does not offer (`events` and `state` are for \
+                     agents only)"
+                );
+            }
+            Ok(())
+        }
+        Expect::Agent | Expect::Command | Expect::Preview1Command => Ok(()),
     }
 }
 

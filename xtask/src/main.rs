@@ -1,11 +1,11 @@
 //! Developer tasks for toka-host, run from the repository root:
 //!
 //! ```text
-//! cargo run --release -p xtask -- build-agents [NAME...]   # build agents/* into target/agents/NAME.wasm
+//! cargo run --release -p xtask -- build-agents [NAME...]   # agents/* -> target/agents/ and target/tools/NAME.wasm
 //! cargo run --release -p xtask -- inspect FILE.wasm         # print a component's imports and exports
 //! ```
 //!
-//! `build-agents` builds every agent (or the named ones) from source with the guest toolchains that
+//! `build-agents` builds every agent and tool (or the named ones) from source with the guest toolchains that
 //! `scripts/setup-toolchains` installs, turns each into a component (the Go and Zig agents stay WASI preview 1 core
 //! modules, which toka-host adapts at run time) and checks that it validates and has the expected exports. See
 //! [`agents`] for the catalogue and the per-language pipelines.
@@ -28,7 +28,8 @@ const USAGE: &str = "\
 usage: cargo run --release -p xtask -- <command>
 
 commands:
-  build-agents [NAME...]   build all agents (or the named ones) into target/agents/NAME.wasm
+  build-agents [NAME...]   build all agents and tools (or the named ones) into target/agents/NAME.wasm
+                           (agents) and target/tools/NAME.wasm (tools)
   inspect FILE [--wit]     print a component's imports and exports (--wit: the full decoded WIT)
   help                     print this message";
 
@@ -75,10 +76,12 @@ pub struct Layout {
     pub root: PathBuf,
     /// `wit/`: the toka:agent package and the vendored WASI packages in `wit/deps/`.
     pub wit: PathBuf,
-    /// `agents/`: one directory per agent, and the cargo workspace of the Rust agents.
+    /// `agents/`: one directory per agent or tool, and the cargo workspace of the Rust ones.
     pub agents: PathBuf,
-    /// `target/agents/`: the built components (or, for Go and Zig, preview 1 core modules), `NAME.wasm`.
+    /// `target/agents/`: the built agents (components or, for Go and Zig, preview 1 core modules), `NAME.wasm`.
     pub out: PathBuf,
+    /// `target/tools/`: the built tools (`toka:agent/tool` components), `NAME.wasm`.
+    pub tools_out: PathBuf,
     /// `target/agents/.build/`: intermediate files (generated C bindings, core modules) and the Go and Zig caches.
     pub build: PathBuf,
     /// `.tools/`: the Python, JavaScript, Go and Zig toolchains installed by `scripts/setup-toolchains`.
@@ -94,6 +97,7 @@ impl Layout {
             agents: root.join("agents"),
             build: out.join(".build"),
             tools: root.join(".tools"),
+            tools_out: root.join("target").join("tools"),
             out,
             root,
         }

@@ -1,54 +1,94 @@
-//! `fail-tool`: a tool that misbehaves on request, for the host's containment tests: it traps, spins until its
-//! fuel or time runs out, returns output against its own output schema, or calls itself until the host's depth
-//! limit stops it.
+//! `fail-tool`: misbehaves on request, for the host's containment tests. Input `{"mode": MODE}`:
+//!
+//! | mode         | behaviour                                                                                    |
+//! |--------------|----------------------------------------------------------------------------------------------|
+//! | `trap`       | panics: with `panic = "abort"` a wasm `unreachable` trap                                     |
+//! | `spin`       | loops forever, until the call's fuel or time runs out                                        |
+//! | `bad-output` | returns output that violates its own output schema (the host must not pass it on)            |
+//! | `error`      | returns `failed`, an ordinary tool error                                                     |
+//! | `recurse`    | calls itself through the host until the depth limit refuses a call; reports the chain       |
+//! | `ok`         | returns `{"ok": true}`                                                                       |
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use toka_tool::{SideEffect, Spec, ToolError};
+use toka_sdk::ToolError;
+use toka_sdk::tool::{SideEffect, Spec};
 
 fn spec() -> Spec {
     Spec {
         name: "fail-tool",
-        version: "1.0.0",
-        description: "Misbehaves on purpose: mode trap, spin, bad-output, recurse, error or ok.",
-        input_schema: r#"{"type":"object","properties":{"mode":{"enum":["trap","spin","bad-output","recurse","error","ok"]},
-            "depth":{"type":"integer"}},"required":["mode"],"additionalProperties":false}"#,
-        output_schema: r#"{"type":"object","properties":{"ok":{"type":"boolean"},"depth":{"type":"integer"},
-            "inner":{}},"required":["ok"],"additionalProperties":false}"#,
+        version: env!("CARGO_PKG_VERSION"),
+        description: "Misbehaves on purpose, for testing hosts: mode trap (panics), spin (loops forever), \
+                      bad-output (returns output against its own schema), error (fails), recurse (calls itself \
+                      until the call depth limit), ok.",
+        input_schema: json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "mode": { "enum": ["trap", "spin", "bad-output", "error", "recurse", "ok"] },
+                "depth": { "type": "integer", "minimum": 0, "description": "recurse: this call's level" },
+            },
+            "required": ["mode"],
+            "additionalProperties": false,
+        }),
+        output_schema: json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "ok": { "type": "boolean" },
+                "depth": { "type": "integer" },
+                "inner": { "description": "recurse: the next level's output, or the error that ended the chain" },
+            },
+            "required": ["ok"],
+            "additionalProperties": false,
+        }),
         side_effect: SideEffect::None,
         grants: &[],
     }
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Mode {
+    Trap,
+    Spin,
+    BadOutput,
+    Error,
+    Recurse,
+    Ok,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct In {
-    mode: String,
+    mode: Mode,
     #[serde(default)]
     depth: u64,
 }
 
 fn fail(input: In) -> Result<Value, ToolError> {
-    match input.mode.as_str() {
-        "trap" => panic!("fail-tool was asked to trap"),
-        "spin" => {
+    match input.mode {
+        Mode::Trap => panic!("fail-tool was asked to trap"),
+        Mode::Spin => {
             let mut x: u64 = 1;
             loop {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
         }
-        "bad-output" => Ok(json!({ "ok": "not a boolean", "extra": true })),
-        "error" => Err(ToolError::Failed("fail-tool was asked to fail".into())),
-        "recurse" => {
+        // `ok` must be a boolean and `extra` is not allowed.
+        Mode::BadOutput => Ok(json!({ "ok": "not a boolean", "extra": true })),
+        Mode::Error => Err(ToolError::Failed("fail-tool was asked to fail".into())),
+        Mode::Recurse => {
             // Each level calls the next; the host's depth limit ends the chain with an error that travels back up.
-            match toka_tool::tools::call("fail-tool", &json!({ "mode": "recurse", "depth": input.depth + 1 })) {
+            match toka_sdk::tools::call("fail-tool", &json!({ "mode": "recurse", "depth": input.depth + 1 })) {
                 Ok(inner) => Ok(json!({ "ok": true, "depth": input.depth, "inner": inner })),
-                Err(ToolError::Denied(m)) | Err(ToolError::Failed(m)) | Err(ToolError::InvalidInput(m)) => {
+                Err(ToolError::Denied(m) | ToolError::Failed(m) | ToolError::InvalidInput(m)) => {
                     Ok(json!({ "ok": false, "depth": input.depth, "inner": m }))
                 }
             }
         }
-        _ => Ok(json!({ "ok": true })),
+        Mode::Ok => Ok(json!({ "ok": true })),
     }
 }
 
-toka_tool::tool!(spec, fail);
+toka_sdk::tool!(spec, fail);
