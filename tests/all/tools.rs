@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use toka_tests::{Ran, agent, root, toka_host, toka_with};
 
-const TOOLS: [&str; 7] = ["echo", "file-reader", "file-writer", "file-lister", "json-query", "fail-tool", "date-validator"];
+const TOOLS: [&str; 8] =
+    ["echo", "file-reader", "file-writer", "file-lister", "json-query", "http-fetch", "fail-tool", "date-validator"];
 
 fn tool_path(name: &str) -> PathBuf {
     let p = root().join("target").join("tools").join(format!("{name}.wasm"));
@@ -119,6 +120,36 @@ fn every_builtin_tool_allowed_and_refused() {
     assert!(failed.stdout.lines().count() >= TOOLS.len(), "refused calls are events");
 }
 
+/// `http-fetch` reaches a server only when the caller may (`--allow-net`), over plain HTTP.
+#[test]
+fn http_fetch_only_where_the_caller_may_connect() {
+    use std::io::{Read, Write};
+    let home = home_with_tools();
+    let h = home.path();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        // One connection: the allowed call. The refused calls never connect.
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let n = conn.read(&mut request).unwrap();
+        assert!(request[..n].starts_with(b"GET /hello HTTP/1.1\r\n"));
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhi!\n\n").unwrap();
+    });
+    let url = format!(r#"{{"url":"http://{addr}/hello"}}"#);
+    let r = call(h, "http-fetch", &url, &["--allow-net", &addr.to_string()]);
+    r.expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["body"], "hi!\n\n");
+    server.join().unwrap();
+    let r = call(h, "http-fetch", &url, &[]);
+    r.expect_code(65);
+    let r = call(h, "http-fetch", r#"{"url":"https://example.com/"}"#, &["--allow-net", "127.0.0.1:443"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("TLS"), "{}", r.stderr);
+}
+
 #[test]
 fn schemas_are_checked_in_and_out() {
     let home = home_with_tools();
@@ -197,8 +228,8 @@ fn an_agent_summarizes_through_three_tools() {
         "--allow-tool",
         "file-reader",
     ];
-    let with_writer = [args.clone(), vec!["--allow-tool", "file-writer", summarize.to_str().unwrap(), "--input", &input]]
-        .concat();
+    let with_writer =
+        [args.clone(), vec!["--allow-tool", "file-writer", summarize.to_str().unwrap(), "--input", &input]].concat();
     let r = t(h, &with_writer);
     r.expect_code(0);
     assert_eq!(r.stdout.trim(), format!(r#"{{"files":2,"summary":"{}/summary.md"}}"#, o.display()));
@@ -267,8 +298,18 @@ mod mcp {
         t(h, &["key", "init"]).expect_code(0);
         let token = t(
             h,
-            &["token", "mint", "--agent", "llm", "--grant", "tool:file-reader", "--grant", "tool:echo", "--grant",
-              &format!("fs:{}:ro", d.display())],
+            &[
+                "token",
+                "mint",
+                "--agent",
+                "llm",
+                "--grant",
+                "tool:file-reader",
+                "--grant",
+                "tool:echo",
+                "--grant",
+                &format!("fs:{}:ro", d.display()),
+            ],
         );
         let token = token.stdout.trim().to_string();
         let ro = format!("{}:ro", d.display());
@@ -286,7 +327,9 @@ mod mcp {
 
             let path = format!("{}/n.txt", d.display());
             let result = client
-                .call_tool(CallToolRequestParams::new("file-reader").with_arguments(args(serde_json::json!({ "path": path }))))
+                .call_tool(
+                    CallToolRequestParams::new("file-reader").with_arguments(args(serde_json::json!({ "path": path }))),
+                )
                 .await
                 .unwrap();
             assert_eq!(result.is_error, Some(false));
@@ -294,7 +337,9 @@ mod mcp {
 
             // Refusals are tool errors, and the server keeps serving.
             let bad = client
-                .call_tool(CallToolRequestParams::new("file-reader").with_arguments(args(serde_json::json!({ "path": 1 }))))
+                .call_tool(
+                    CallToolRequestParams::new("file-reader").with_arguments(args(serde_json::json!({ "path": 1 }))),
+                )
                 .await
                 .unwrap();
             assert_eq!(bad.is_error, Some(true));
@@ -334,7 +379,8 @@ mod mcp {
             .unwrap();
         let mut line = String::new();
         std::io::BufReader::new(server.stderr.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("toka-host: serving MCP on ").unwrap_or_else(|| panic!("{line}")).to_string();
+        let url =
+            line.trim().strip_prefix("toka-host: serving MCP on ").unwrap_or_else(|| panic!("{line}")).to_string();
         // reqwest's rustls needs a crypto provider; the client's transport is plain http here.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let outcome = std::panic::catch_unwind(|| {
@@ -351,12 +397,17 @@ mod mcp {
                     .unwrap();
                 assert_eq!(r.structured_content.unwrap()["matches"], serde_json::json!([6]));
                 let trap = client
-                    .call_tool(CallToolRequestParams::new("fail-tool").with_arguments(args(serde_json::json!({ "mode": "trap" }))))
+                    .call_tool(
+                        CallToolRequestParams::new("fail-tool")
+                            .with_arguments(args(serde_json::json!({ "mode": "trap" }))),
+                    )
                     .await
                     .unwrap();
                 assert_eq!(trap.is_error, Some(true), "a trapping tool is an error result; the server lives on");
                 let again = client
-                    .call_tool(CallToolRequestParams::new("echo").with_arguments(args(serde_json::json!({ "ok": true }))))
+                    .call_tool(
+                        CallToolRequestParams::new("echo").with_arguments(args(serde_json::json!({ "ok": true }))),
+                    )
                     .await
                     .unwrap();
                 assert_eq!(again.is_error, Some(false));

@@ -62,10 +62,8 @@ impl McpCommand {
         let server = McpServer { host, caller, fuel: self.caller.fuel, timeout: self.caller.timeout };
         match self.http {
             None => {
-                let running = server
-                    .serve(rmcp::transport::stdio())
-                    .await
-                    .map_err(|e| RunError::host(format!("mcp: {e}")))?;
+                let running =
+                    server.serve(rmcp::transport::stdio()).await.map_err(|e| RunError::host(format!("mcp: {e}")))?;
                 running.waiting().await.map_err(|e| RunError::host(format!("mcp: {e}")))?;
                 Ok(())
             }

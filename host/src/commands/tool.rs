@@ -14,6 +14,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// `println!` that ignores a closed stdout (`tool list | head`): nothing useful is left to do about it.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let mut stdout = std::io::stdout().lock();
+        drop(writeln!(stdout, $($arg)*));
+    }};
+}
+
 #[derive(Debug, Args)]
 pub struct ToolCommand {
     #[command(subcommand)]
@@ -132,8 +140,7 @@ impl CallerArgs {
                 run_request.grants.push(crate::token::Grant { kind: "tool".into(), value: t.clone(), mode: "".into() });
             }
         }
-        let authorization =
-            crate::token::authorize_caller(&home, db, token_text.as_deref(), &run_request, local_ttl)?;
+        let authorization = crate::token::authorize_caller(&home, db, token_text.as_deref(), &run_request, local_ttl)?;
         authorized.token_id = authorization.token_id.clone();
         Ok(Caller {
             agent,
@@ -174,7 +181,7 @@ impl ToolCommand {
                 let name = name.unwrap_or_else(|| spec.name.clone());
                 crate::tools::check_name(&name).map_err(RunError::InvalidInput)?;
                 let installed = registry.add(&name, &bytes, spec).map_err(io)?;
-                println!(
+                out!(
                     "installed tool {} {} ({}, sha256 {})",
                     installed.name,
                     installed.spec.version,
@@ -186,16 +193,20 @@ impl ToolCommand {
             ToolAction::List { json } => {
                 let tools = registry.list().map_err(io)?;
                 if json {
-                    println!("{}", serde_json::json!(tools));
+                    out!("{}", serde_json::json!(tools));
                 } else if tools.is_empty() {
-                    println!("no tools installed (toka-host tool add PATH)");
+                    out!("no tools installed (toka-host tool add PATH)");
                 } else {
-                    println!("{:<16} {:<8} {:<11} {:<24} DESCRIPTION", "NAME", "VERSION", "SIDE-EFFECT", "GRANTS");
+                    out!("{:<16} {:<8} {:<11} {:<24} DESCRIPTION", "NAME", "VERSION", "SIDE-EFFECT", "GRANTS");
                     for t in tools {
                         let grants = if t.spec.grants.is_empty() { "-".into() } else { t.spec.grants.join(",") };
-                        println!(
+                        out!(
                             "{:<16} {:<8} {:<11} {:<24} {}",
-                            t.name, t.spec.version, t.spec.side_effect, grants, t.spec.description
+                            t.name,
+                            t.spec.version,
+                            t.spec.side_effect,
+                            grants,
+                            t.spec.description
                         );
                     }
                 }
@@ -203,12 +214,12 @@ impl ToolCommand {
             }
             ToolAction::Describe { name } => {
                 let t = registry.get(&name).map_err(io)?;
-                println!("{:#}", serde_json::json!(t));
+                out!("{:#}", serde_json::json!(t));
                 Ok(0)
             }
             ToolAction::Remove { name } => {
                 let t = registry.remove(&name).map_err(io)?;
-                println!("removed tool {}", t.name);
+                out!("removed tool {}", t.name);
                 Ok(0)
             }
             ToolAction::Call { name, input, caller, json } => {
@@ -236,7 +247,7 @@ impl ToolCommand {
                     drop(writeln!(out, "{value:#}"));
                 } else {
                     match &report.result {
-                        Ok(output) => println!("{output}"),
+                        Ok(output) => out!("{output}"),
                         Err(f) => eprintln!("toka-host: {}", f.message()),
                     }
                 }
