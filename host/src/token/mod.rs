@@ -584,7 +584,20 @@ mod tests {
     #[test]
     fn grants_cover_what_they_should_and_nothing_else() {
         let keys = store();
-        let t = minted(&keys, &["fs:/srv/data:ro", "fs:/work:rw", "env:LANG", "net:example.com:443", "state:rw"]);
+        let t = minted(
+            &keys,
+            &[
+                "fs:/srv/data:ro",
+                "fs:/work:rw",
+                "env:LANG",
+                "net:example.com:443",
+                "state:rw",
+                "tool:file-reader",
+                "llm:model-x",
+                "spawn:helper",
+                "stdin",
+            ],
+        );
         for ok in [
             "fs:/srv/data:ro",
             "fs:/srv/data/sub:ro",
@@ -594,6 +607,10 @@ mod tests {
             "net:example.com:443",
             "state:ro",
             "state:rw",
+            "tool:file-reader",
+            "llm:model-x",
+            "spawn:helper",
+            "stdin",
         ] {
             assert!(check(&keys, &t, &[ok], 1).is_ok(), "{ok}");
         }
@@ -604,7 +621,8 @@ mod tests {
             "env:HOME",
             "net:example.com:80",
             "tool:x",
-            "stdin",
+            "llm:model-y",
+            "spawn:other",
         ] {
             let (name, _) = check(&keys, &t, &[refused], 1).unwrap_err();
             assert_eq!(name, g(refused).to_string());
