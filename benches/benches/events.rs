@@ -1,10 +1,17 @@
 //! Event log append throughput and latency: group commit (one durable redb transaction per batch of waiting appends)
 //! vs one durable transaction per event, with 64 concurrent appenders on the same disk in the same run.
 //! Run with `cargo bench -p toka-benches --bench events`. Prints events/s, p50/p99 latency and the ratio.
+//!
+//! It also measures the storage floor under those figures, with none of toka-host's code in the way: the same bytes
+//! (one event record and one operation of the sizes the log really stores) written 1 and 64 at a time, first as
+//! pre-encoded inserts into redb (same concurrency mode, one durable transaction per batch), then as plain
+//! `pwrite` + `fdatasync` to a file. 64 x (time of 1) / (time of 64) is the highest group-commit ratio that storage
+//! allows on this disk.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::{Duration, Instant};
-use toka_host::db::Db;
+use redb::ReadableDatabase;
+use toka_host::db::{Db, EVENTS, OPS};
 use toka_host::events::{EventLog, GroupCommit};
 use toka_host::kernel::{Op, Operation};
 use toka_host::run::operation;
@@ -131,5 +138,97 @@ fn appends(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, appends);
+/// The sizes of the newest event record and operation stored in `db`.
+fn record_sizes(db: &Db) -> (usize, usize) {
+    let txn = db.redb().begin_read().unwrap();
+    let last = |table: redb::TableDefinition<u64, &[u8]>| {
+        let t = txn.open_table(table).unwrap();
+        redb::ReadableTable::last(&t).unwrap().map(|(_, v)| v.value().len()).unwrap()
+    };
+    (last(EVENTS), last(OPS))
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort_unstable();
+    times[times.len() / 2]
+}
+
+/// Median time of one durable redb transaction inserting `n` pre-encoded (event, operation) pairs.
+fn redb_floor(db: &redb::Database, n: usize, sizes: (usize, usize), seq: &mut u64) -> Duration {
+    let (event, op) = (vec![b'e'; sizes.0], vec![b'o'; sizes.1]);
+    let times = (0..200)
+        .map(|_| {
+            let t0 = Instant::now();
+            let txn = db.begin_write().unwrap();
+            {
+                let (mut events, mut ops) = (txn.open_table(EVENTS).unwrap(), txn.open_table(OPS).unwrap());
+                for _ in 0..n {
+                    *seq += 1;
+                    events.insert(*seq, event.as_slice()).unwrap();
+                    ops.insert(*seq, op.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            t0.elapsed()
+        })
+        .collect();
+    median(times)
+}
+
+/// Median time of one `pwrite` of `n` records' bytes after the previous ones, then `fdatasync`. The file is written
+/// out in full beforehand, so no write allocates blocks or changes the file's size (a preallocated write-ahead log,
+/// the cheapest durable append there is).
+fn file_floor(file: &std::fs::File, n: usize, sizes: (usize, usize), offset: &mut u64) -> Duration {
+    use std::os::unix::fs::FileExt;
+    let bytes = vec![b'x'; n * (sizes.0 + sizes.1)];
+    let times = (0..200)
+        .map(|_| {
+            let t0 = Instant::now();
+            file.write_all_at(&bytes, *offset).unwrap();
+            file.sync_data().unwrap();
+            *offset += bytes.len() as u64;
+            t0.elapsed()
+        })
+        .collect();
+    median(times)
+}
+
+/// The storage floor: what redb alone, and a plain file alone, allow for 64 vs 1 records per durable write.
+fn floor(_: &mut Criterion) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let log = open(&dir.path().join("sizes.redb"), GroupCommit::default());
+    log.submit(observation(0)).unwrap();
+    let sizes = record_sizes(log.db());
+    // The same database setup toka-host uses (multi-writer mode, all tables).
+    let db = Db::open(&dir.path().join("floor.redb")).unwrap();
+    let mut seq = 0;
+    let (one, many) = (redb_floor(db.redb(), 1, sizes, &mut seq), redb_floor(db.redb(), APPENDERS, sizes, &mut seq));
+    println!(
+        "floor, redb: {APPENDERS} records of {} + {} bytes per transaction {:.0} us, 1 record {:.0} us",
+        sizes.0,
+        sizes.1,
+        many.as_secs_f64() * 1e6,
+        one.as_secs_f64() * 1e6
+    );
+    println!(
+        "RATIO storage floor (redb, pre-encoded inserts): {APPENDERS} x t(1) / t({APPENDERS}) = {:.1}x",
+        APPENDERS as f64 * one.as_secs_f64() / many.as_secs_f64()
+    );
+    let file = std::fs::File::create(dir.path().join("floor.bin")).unwrap();
+    std::io::Write::write_all(&mut &file, &vec![0; 200 * (1 + APPENDERS) * (sizes.0 + sizes.1)]).unwrap();
+    file.sync_all().unwrap();
+    let mut offset = 0;
+    let (one, many) = (file_floor(&file, 1, sizes, &mut offset), file_floor(&file, APPENDERS, sizes, &mut offset));
+    println!(
+        "floor, file: pwrite+fdatasync of {APPENDERS} records {:.0} us, 1 record {:.0} us",
+        many.as_secs_f64() * 1e6,
+        one.as_secs_f64() * 1e6
+    );
+    println!(
+        "RATIO storage floor (preallocated file, pwrite + fdatasync): {APPENDERS} x t(1) / t({APPENDERS}) = {:.1}x",
+        APPENDERS as f64 * one.as_secs_f64() / many.as_secs_f64()
+    );
+}
+
+criterion_group!(benches, appends, floor);
 criterion_main!(benches);

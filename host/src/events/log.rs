@@ -90,6 +90,8 @@ impl Reply {
 
 struct Request {
     op: Operation,
+    /// The operation's JSON, made by the submitter (which checks its size) so the writer does not redo it.
+    encoded: Vec<u8>,
     reply: Reply,
 }
 
@@ -122,12 +124,12 @@ impl EventLog {
     }
 
     fn enqueue(&self, op: Operation, reply: Reply) -> Result<(), AppendError> {
-        let size = serde_json::to_vec(&op).map_or(usize::MAX, |v| v.len());
-        if size > MAX_PAYLOAD + 4096 {
-            return Err(AppendError::PayloadTooLarge(size));
+        let encoded = serde_json::to_vec(&op).map_err(|e| AppendError::Storage(e.to_string()))?;
+        if encoded.len() > MAX_PAYLOAD + 4096 {
+            return Err(AppendError::PayloadTooLarge(encoded.len()));
         }
         let queue = self.queue.as_ref().ok_or(AppendError::Closed)?;
-        queue.send(Request { op, reply }).map_err(|_| AppendError::Closed)
+        queue.send(Request { op, encoded, reply }).map_err(|_| AppendError::Closed)
     }
 
     /// Submits and blocks until the operation and its events are durable. Not for an async runtime's thread.
@@ -165,30 +167,38 @@ impl Drop for EventLog {
 
 fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize) {
     let mut state = State::default();
+    // The sizes of the last few batches: once a batch is as large as the largest of them and nothing more is
+    // queued, it commits at once instead of waiting out a gap for a submitter that is probably not coming.
+    let mut recent = [0usize; 8];
+    let mut batches = 0usize;
     while let Ok(first) = inbox.recv() {
-        let mut batch = vec![first];
-        // Gather: callers acknowledged by the previous batch resubmit within microseconds of each other, so wait
-        // while they keep arriving (a gap of GATHER_GAP ends the wait, GATHER_MAX caps it). A lone caller pays one
-        // gap; a busy log gets full batches instead of alternating small and large ones.
+        let target = recent.iter().copied().max().filter(|&m| m > 0).unwrap_or(usize::MAX);
         let deadline = std::time::Instant::now() + GATHER_MAX;
-        while batch.len() < max_batch {
+        // Gather: callers acknowledged by the previous batch resubmit within microseconds of each other, so wait
+        // while they keep arriving (a gap of GATHER_GAP ends the wait, GATHER_MAX caps it). Each arrival is applied
+        // and appended inside the open transaction as it comes, so that the batch's work overlaps the wait and only
+        // the durable commit remains once the last one is in.
+        let next = |len: usize| -> Option<Request> {
+            if len >= max_batch {
+                return None;
+            }
             match inbox.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(mpsc::TryRecvError::Disconnected) => break,
+                Ok(r) => Some(r),
+                Err(mpsc::TryRecvError::Disconnected) => None,
                 Err(mpsc::TryRecvError::Empty) => {
                     let now = std::time::Instant::now();
-                    if max_batch == 1 || now >= deadline {
-                        break;
+                    if len >= target || now >= deadline {
+                        return None;
                     }
-                    match inbox.recv_timeout(GATHER_GAP.min(deadline - now)) {
-                        Ok(r) => batch.push(r),
-                        Err(_) => break,
-                    }
+                    inbox.recv_timeout(GATHER_GAP.min(deadline - now)).ok()
                 }
             }
-        }
-        let ops: Vec<&Operation> = batch.iter().map(|r| &r.op).collect();
-        match commit(db, &mut state, &ops) {
+        };
+        let mut batch = Vec::new();
+        let result = commit(db, &mut state, first, &mut batch, next);
+        recent[batches % recent.len()] = batch.len();
+        batches += 1;
+        match result {
             Ok(applied) => {
                 for (request, applied) in batch.into_iter().zip(applied) {
                     request.reply.send(Ok(applied));
@@ -206,10 +216,19 @@ fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize) {
     }
 }
 
-/// Catches `state` up with the operation log, then applies and appends `ops` in one durable transaction.
-pub(crate) fn commit(db: &Db, state: &mut State, ops: &[&Operation]) -> Result<Vec<Applied>, redb::Error> {
+/// In one durable transaction: catches `state` up with the operation log, then applies and appends `first` and each
+/// further submission `next` yields (called with the batch's size so far, `None` ends the batch). Every submission
+/// taken is pushed onto `batch` before anything can fail, so the caller can answer each one.
+fn commit(
+    db: &Db,
+    state: &mut State,
+    first: Request,
+    batch: &mut Vec<Request>,
+    mut next: impl FnMut(usize) -> Option<Request>,
+) -> Result<Vec<Applied>, redb::Error> {
+    batch.push(first);
     let txn = db.redb().begin_write()?;
-    let mut applied = Vec::with_capacity(ops.len());
+    let mut applied = Vec::new();
     {
         let mut op_table = txn.open_table(OPS)?;
         let mut events = txn.open_table(EVENTS)?;
@@ -238,10 +257,11 @@ pub(crate) fn commit(db: &Db, state: &mut State, ops: &[&Operation]) -> Result<V
                 (k.value(), hash)
             }
         };
-        for op in ops {
+        loop {
+            let request = batch.last().expect("the batch holds at least the first submission");
+            let op = &request.op;
             let drafts = kernel::apply(state, op);
-            let encoded = serde_json::to_vec(op).expect("an operation always serializes");
-            op_table.insert(state.applied, encoded.as_slice())?;
+            op_table.insert(state.applied, request.encoded.as_slice())?;
             let rejected = drafts
                 .first()
                 .filter(|d| d.kind == kernel::kind::OP_REJECTED)
@@ -258,6 +278,10 @@ pub(crate) fn commit(db: &Db, state: &mut State, ops: &[&Operation]) -> Result<V
                 prev = hash;
             }
             applied.push(Applied { op_seq: state.applied, events: acks, rejected });
+            match next(batch.len()) {
+                Some(request) => batch.push(request),
+                None => break,
+            }
         }
         if before / SNAPSHOT_EVERY != state.applied / SNAPSHOT_EVERY {
             let snapshot = serde_json::to_vec(&*state).expect("the kernel state always serializes");

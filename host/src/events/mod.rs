@@ -72,6 +72,19 @@ struct Body {
     prev: String,
 }
 
+/// [`Body`] borrowed from a draft, for writing: the same fields in the same order, so the same JSON.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    v: u32,
+    seq: u64,
+    time_ms: u64,
+    kind: &'a str,
+    agent: &'a str,
+    run_id: &'a str,
+    payload: &'a serde_json::Value,
+    prev: &'a str,
+}
+
 /// A stored event, as read back.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventRecord {
@@ -87,21 +100,22 @@ pub struct EventRecord {
 
 /// Encodes the stored value of record `seq` after `prev`; returns the value and the record's hash.
 fn encode(seq: u64, prev: &[u8; 32], draft: &EventDraft) -> (Vec<u8>, [u8; 32]) {
-    let body = Body {
+    let body = BodyRef {
         v: SCHEMA_VERSION,
         seq,
         time_ms: draft.time_ms,
-        kind: draft.kind.clone(),
-        agent: draft.agent.clone(),
-        run_id: draft.run_id.clone(),
-        payload: draft.payload.clone(),
-        prev: hex::encode(prev),
+        kind: &draft.kind,
+        agent: &draft.agent,
+        run_id: &draft.run_id,
+        payload: &draft.payload,
+        prev: &hex::encode(prev),
     };
-    let body = serde_json::to_vec(&body).expect("a JSON value always serializes");
-    let hash = chain_hash(prev, &body);
-    let mut value = Vec::with_capacity(32 + body.len());
-    value.extend_from_slice(&hash);
-    value.extend_from_slice(&body);
+    // The hash goes first: write the body after a placeholder, then fill the hash in.
+    let mut value = Vec::with_capacity(512);
+    value.extend_from_slice(&[0; 32]);
+    serde_json::to_writer(&mut value, &body).expect("a JSON value always serializes");
+    let hash = chain_hash(prev, &value[32..]);
+    value[..32].copy_from_slice(&hash);
     (value, hash)
 }
 
@@ -251,6 +265,9 @@ mod tests {
         assert_eq!(chain_hash(&GENESIS, body), h1);
         let r = decode(1, &v1).unwrap();
         assert_eq!((r.kind.as_str(), r.agent.as_str(), r.payload.clone()), ("k", "a", serde_json::json!(1)));
+        // The borrowed body written is byte for byte the owned body read back.
+        let owned: Body = serde_json::from_slice(body).unwrap();
+        assert_eq!(serde_json::to_vec(&owned).unwrap(), body);
     }
 
     #[test]
