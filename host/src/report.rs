@@ -36,6 +36,9 @@ pub struct RunReport {
     pub logs: Vec<LogRecord>,
     #[serde(skip_serializing_if = "is_zero")]
     pub logs_dropped: u64,
+    /// What the guest tried without the grant for it, each naming the missing grant (see `sandbox::denied`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -81,6 +84,7 @@ impl RunReport {
             stderr_bytes: 0,
             logs: Vec::new(),
             logs_dropped: 0,
+            denied: Vec::new(),
         }
     }
 }

@@ -366,6 +366,7 @@ impl Runner {
             stderr_bytes: stderr.bytes_written(),
             logs: state.log.records().to_vec(),
             logs_dropped: state.log.dropped(),
+            denied: state.denied.list(),
         }
     }
 }
@@ -470,7 +471,7 @@ pub fn agent_name(path: &Path) -> String {
 }
 
 async fn record_ending(log: &EventLog, context: &RunContext, report: &RunReport) -> Result<(), AppendError> {
-    let detail = serde_json::json!({
+    let mut detail = serde_json::json!({
         "outcome": report.outcome,
         "exit_code": report.exit_code,
         "error": report.error,
@@ -480,6 +481,9 @@ async fn record_ending(log: &EventLog, context: &RunContext, report: &RunReport)
         "stdout_bytes": report.stdout_bytes,
         "stderr_bytes": report.stderr_bytes,
     });
+    if !report.denied.is_empty() {
+        detail["denied"] = serde_json::json!(report.denied);
+    }
     let (run_id, fuel) = (context.run_id.clone(), report.fuel_consumed);
     let op = if report.outcome == Outcome::Success {
         Op::CompleteRun { run_id, fuel, detail }

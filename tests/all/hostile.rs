@@ -154,6 +154,18 @@ fn sockets_reach_only_granted_peers() {
 
     let r = attack(&input, &["--allow-net", &other_addr]);
     r.expect_code(65);
+    // The host saw the refused address: the report names the grant that was missing, and so does the run's record.
+    let denied = format!("connect to {addr}: not granted (--allow-net {addr})");
+    let report = r.report();
+    assert_eq!(report["denied"], serde_json::json!([denied]));
+    let run = report["run_id"].as_str().expect("the report names the run");
+    let events = toka(&["events", "--json", "--run", run, "--kind", "run.failed"]);
+    events.expect_code(0);
+    let last: serde_json::Value = serde_json::from_str(events.stdout.lines().last().expect("run.failed")).unwrap();
+    assert_eq!(last["payload"]["denied"], serde_json::json!([denied]), "{last}");
+    let r = toka(&["run", "--allow-net", &other_addr, "--input", &input, &hostile()]);
+    r.expect_code(65);
+    assert!(r.stderr.contains(&format!("toka-host: denied: {denied}\n")), "stderr:\n{}", r.stderr);
 
     let r = attack(&input, &["--allow-net", &addr]);
     r.expect_code(0);

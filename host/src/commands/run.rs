@@ -228,6 +228,10 @@ impl RunCommand {
                 drop(writeln!(out, "{result}").and_then(|()| out.flush()));
             }
             // A command's non-zero status is its own business, as with `wasmtime run`: no extra line.
+            // What the guest could not do for want of a grant: after its own output, naming the grant.
+            for denied in &report.denied {
+                eprintln!("toka-host: denied: {denied}");
+            }
             if let Some(error) = report.error.as_ref().filter(|_| report.outcome != crate::error::Outcome::Exited) {
                 eprintln!("toka-host: {error}");
             }

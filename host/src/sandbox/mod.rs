@@ -5,6 +5,7 @@
 //! random. Every field set here comes from [`crate::grants::Authorized`] or from the run's limits; this module must
 //! never add a right of its own.
 
+pub mod denied;
 pub mod limits;
 pub mod log;
 pub mod observe;
@@ -36,6 +37,8 @@ pub struct SandboxState {
     pub state: state::StateAccess,
     /// What `toka:agent/tools` calls go through; `None`: the guest cannot call tools.
     pub tools: Option<std::sync::Arc<crate::tools::call::ToolSession>>,
+    /// What the guest tried without the grant for it.
+    pub denied: denied::Denied,
 }
 
 /// Who is running and where its records go.
@@ -93,8 +96,11 @@ pub fn build(
             reason: crate::error::one_line(&format!("{e:#}")),
         })?;
     }
+    let denied = denied::Denied::default();
     if grants.inherit_stdin {
         wasi.inherit_stdin();
+    } else {
+        wasi.stdin(denied::UngrantedStdin(denied.clone()));
     }
     let stdout =
         CappedOutput::new(if output.echo { Echo::Stdout } else { Echo::None }, output.capture, limits.max_output);
@@ -106,8 +112,12 @@ pub fn build(
     let has_net = !grants.net.is_empty();
     wasi.allow_tcp(has_net).allow_udp(has_net).allow_ip_name_lookup(has_net);
     let allowed = Arc::new(grants.net.clone());
+    let noted = denied.clone();
     wasi.socket_addr_check(move |addr, usage| {
         let ok = socket_allowed(&allowed, addr, usage);
+        if !ok {
+            noted.note(socket_denial(addr, usage));
+        }
         Box::pin(async move { ok })
     });
 
@@ -132,6 +142,7 @@ pub fn build(
             log: context.events.clone(),
         },
         tools: context.tools.clone(),
+        denied,
     };
     let mut store = Store::new(&host.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -152,6 +163,20 @@ fn socket_allowed(allowed: &BTreeSet<SocketAddr>, addr: SocketAddr, usage: Socke
             !allowed.is_empty() && addr.ip().is_unspecified() && addr.port() == 0
         }
         SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
+    }
+}
+
+/// What a refused socket address use is noted as (see [`denied`]).
+fn socket_denial(addr: SocketAddr, usage: SocketAddrUse) -> String {
+    let missing = format!("not granted (--allow-net {addr})");
+    match usage {
+        SocketAddrUse::TcpConnect => format!("connect to {addr}: {missing}"),
+        SocketAddrUse::UdpSend => format!("send to {addr}: {missing}"),
+        SocketAddrUse::UdpReceive => format!("receive from {addr}: {missing}"),
+        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+            format!("bind {addr}: only the wildcard bind of a granted connection is allowed")
+        }
+        SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => format!("listen on {addr}: never granted"),
     }
 }
 
