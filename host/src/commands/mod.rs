@@ -9,7 +9,32 @@ pub mod state;
 pub mod token;
 pub mod tool;
 
-use clap::{Parser, Subcommand};
+use crate::grants::{DirGrant, EnvGrant, GrantRequest, NetGrant, StateGrant};
+use clap::{Args, Parser, Subcommand};
+
+/// The grant flags of everything that runs a guest (`run`, `tool call`, `mcp`). A tool called with them gets only
+/// those it declares a need for.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GrantFlags {
+    /// Grant a host directory: HOST[::GUEST][:ro]. Read-write unless `:ro`. Repeatable.
+    #[arg(long = "dir", value_name = "HOST[::GUEST][:ro]", value_parser = DirGrant::parse)]
+    pub dirs: Vec<DirGrant>,
+
+    /// Grant an environment variable: NAME=VALUE, or NAME to pass the host's value. Repeatable.
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = EnvGrant::parse)]
+    pub env: Vec<EnvGrant>,
+
+    /// Allow TCP connections and UDP traffic to HOST:PORT (and nothing else). Repeatable.
+    #[arg(long = "allow-net", value_name = "HOST:PORT", value_parser = NetGrant::parse)]
+    pub net: Vec<NetGrant>,
+}
+
+impl GrantFlags {
+    /// The grant request these flags make, with the rights only some commands offer.
+    pub fn request(&self, inherit_stdin: bool, state: StateGrant) -> GrantRequest {
+        GrantRequest { dirs: self.dirs.clone(), env: self.env.clone(), net: self.net.clone(), inherit_stdin, state }
+    }
+}
 
 /// toka-host: run AI agents and tools as WebAssembly components in a deny-by-default sandbox.
 #[derive(Debug, Parser)]

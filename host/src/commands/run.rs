@@ -5,7 +5,7 @@ use crate::db::Db;
 use crate::engine::EngineOptions;
 use crate::error::RunError;
 use crate::events::{EventLog, GroupCommit};
-use crate::grants::{self, DirGrant, EnvGrant, GrantRequest, NetGrant};
+use crate::grants::{self, NetGrant};
 use crate::report::RunReport;
 use crate::run::{Invocation, Limits, MAX_INPUT, Program, Runner};
 use crate::sandbox::OutputMode;
@@ -24,17 +24,8 @@ use std::time::Duration;
 /// 76 file not found, 77 invalid input, 79 host error.
 #[derive(Debug, Args)]
 pub struct RunCommand {
-    /// Grant a host directory: HOST[::GUEST][:ro]. Read-write unless `:ro`. Repeatable.
-    #[arg(long = "dir", value_name = "HOST[::GUEST][:ro]", value_parser = DirGrant::parse)]
-    pub dirs: Vec<DirGrant>,
-
-    /// Grant an environment variable: NAME=VALUE, or NAME to pass the host's value. Repeatable.
-    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = EnvGrant::parse)]
-    pub env: Vec<EnvGrant>,
-
-    /// Allow TCP connections and UDP traffic to HOST:PORT (and nothing else). Repeatable.
-    #[arg(long = "allow-net", value_name = "HOST:PORT", value_parser = NetGrant::parse)]
-    pub net: Vec<NetGrant>,
+    #[command(flatten)]
+    pub grants: crate::commands::GrantFlags,
 
     /// Give the guest the host's stdin (closed otherwise).
     #[arg(long)]
@@ -273,15 +264,9 @@ impl RunCommand {
         let input = self.read_task_input()?;
         let program = runner.load(&self.component)?;
         let invocation = self.invocation(program.world(), input)?;
-        let request = GrantRequest {
-            dirs: self.dirs.clone(),
-            env: self.env.clone(),
-            net: self.net.clone(),
-            inherit_stdin: self.inherit_stdin,
-            state: self.state.unwrap_or_default(),
-        };
+        let request = self.grants.request(self.inherit_stdin, self.state.unwrap_or_default());
         let mut authorized = grants::authorize(&request)?;
-        let mut run_request = token_request(program.name(), &self.net, &authorized, limits);
+        let mut run_request = token_request(program.name(), &self.grants.net, &authorized, limits);
         for tool in &self.tools {
             crate::tools::check_name(tool).map_err(RunError::InvalidInput)?;
             run_request.grants.push(crate::token::Grant { kind: "tool".into(), value: tool.clone(), mode: "".into() });

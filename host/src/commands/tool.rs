@@ -4,7 +4,7 @@ use crate::db::Db;
 use crate::engine::{EngineOptions, HostEngine};
 use crate::error::{Outcome, RunError};
 use crate::events::{EventLog, GroupCommit};
-use crate::grants::{self, DirGrant, EnvGrant, GrantRequest, NetGrant};
+use crate::grants;
 use crate::tools::call::{Caller, ToolHost};
 use crate::tools::registry::Registry;
 use crate::units::{parse_duration, parse_size};
@@ -31,27 +31,20 @@ pub struct ToolCommand {
 /// The rights and limits a caller brings to a tool call (`tool call`, `mcp`).
 #[derive(Debug, Clone, Args)]
 pub struct CallerArgs {
-    /// Grant a host directory to the call: HOST[::GUEST][:ro]. The tool gets it only if it declares a need for it.
-    #[arg(long = "dir", value_name = "HOST[::GUEST][:ro]", value_parser = DirGrant::parse)]
-    pub dirs: Vec<DirGrant>,
-    /// Grant an environment variable: NAME=VALUE, or NAME to pass the host's value.
-    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = EnvGrant::parse)]
-    pub env: Vec<EnvGrant>,
-    /// Allow connections to HOST:PORT.
-    #[arg(long = "allow-net", value_name = "HOST:PORT", value_parser = NetGrant::parse)]
-    pub net: Vec<NetGrant>,
+    #[command(flatten)]
+    pub grants: crate::commands::GrantFlags,
     /// The capability token of the caller (a file, `-` for stdin, or the base64 itself); it must grant `tool:NAME`
     /// for each tool called and cover every grant above. Without it, the flags are minted into a short-lived token
     /// for the agent `operator` that also grants the tools called.
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
-    /// Fuel for each call [default 10000000000].
+    /// Fuel for each call.
     #[arg(long, value_name = "N", default_value_t = 10_000_000_000)]
     pub fuel: u64,
-    /// Wall-clock limit of each call [default 30s].
+    /// Wall-clock limit of each call.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Memory cap of each call's sandbox [default 256MiB].
+    /// Memory cap of each call's sandbox.
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
     pub max_memory: u64,
 }
@@ -105,14 +98,7 @@ impl CallerArgs {
     /// The caller of `tools`: its grants checked on the host, authorized by its token (or, without one, a token
     /// minted from these flags for the agent `operator` with `tool:NAME` for each of `tools`).
     pub fn caller(&self, db: &Db, tools: &[String], local_ttl: Duration) -> Result<Caller, RunError> {
-        let request = GrantRequest {
-            dirs: self.dirs.clone(),
-            env: self.env.clone(),
-            net: self.net.clone(),
-            inherit_stdin: false,
-            state: grants::StateGrant::None,
-        };
-        let mut authorized = grants::authorize(&request)?;
+        let mut authorized = grants::authorize(&self.grants.request(false, grants::StateGrant::None))?;
         let home = crate::db::default_home();
         let token_text = self.token.as_deref().map(crate::commands::token::read_token).transpose();
         let token_text = token_text.map_err(RunError::TokenRefused)?;
@@ -134,7 +120,7 @@ impl CallerArgs {
             max_memory: self.max_memory,
             ..crate::run::Limits::default()
         };
-        let mut run_request = crate::commands::run::token_request(&agent, &self.net, &authorized, &limits);
+        let mut run_request = crate::commands::run::token_request(&agent, &self.grants.net, &authorized, &limits);
         if token_text.is_none() {
             for t in tools {
                 run_request.grants.push(crate::token::Grant { kind: "tool".into(), value: t.clone(), mode: "".into() });
