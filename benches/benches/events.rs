@@ -9,8 +9,8 @@
 //! allows on this disk.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use std::time::{Duration, Instant};
 use redb::ReadableDatabase;
+use std::time::{Duration, Instant};
 use toka_host::db::{Db, EVENTS, OPS};
 use toka_host::events::{EventLog, GroupCommit};
 use toka_host::kernel::{Op, Operation};

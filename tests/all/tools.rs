@@ -252,6 +252,59 @@ fn an_agent_summarizes_through_three_tools() {
     assert!(!o.join("summary.md").exists());
 }
 
+/// What a tool burns comes out of its caller's fuel: the agent's run reports its own fuel plus its tools', and a
+/// budget that would cover the agent alone but not its tools as well is not enough.
+#[test]
+fn tool_fuel_is_charged_to_the_caller() {
+    let home = home_with_tools();
+    let h = home.path();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path().canonicalize().unwrap();
+    std::fs::write(d.join("one.txt"), "first line\nsecond\n".repeat(200)).unwrap();
+    let input = format!(r#"{{"dir":"{}","out":"{}/summary.md"}}"#, d.display(), d.display());
+    let summarize = agent("summarize");
+    let run = |fuel: &str| {
+        let args = [
+            "run",
+            "--json",
+            "--fuel",
+            fuel,
+            "--dir",
+            d.to_str().unwrap(),
+            "--allow-tool",
+            "file-lister",
+            "--allow-tool",
+            "file-reader",
+            "--allow-tool",
+            "file-writer",
+            summarize.to_str().unwrap(),
+            "--input",
+            &input,
+        ];
+        t(h, &args)
+    };
+    let r = run("10000000000");
+    r.expect_code(0);
+    let report = r.report();
+    let total = report["fuel_consumed"].as_u64().unwrap();
+    let run_id = report["run_id"].as_str().unwrap();
+    let events = t(h, &["events", "--json", "--run", run_id, "--kind", "tool.completed"]);
+    let tools: u64 = events
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"]["fuel"].as_u64().unwrap())
+        .sum();
+    assert_eq!(events.stdout.lines().count(), 3, "{}", events.stdout);
+    assert!(tools > 0 && total > tools, "run {total}, its tools {tools}");
+    // Enough for the agent's own work with half its tools' fuel to spare, were the tools free.
+    let own = total - tools;
+    let r = run(&(own + tools / 2).to_string());
+    r.expect_code(68);
+    let report = r.report();
+    assert_eq!(report["outcome"], "out-of-fuel", "{report}");
+    assert_eq!(report["fuel_consumed"].as_u64().unwrap(), own + tools / 2, "{report}");
+}
+
 /// `--rate` counts tool calls too: the third call in the hour is refused with its own exit code.
 #[test]
 fn tool_calls_are_rate_limited() {
