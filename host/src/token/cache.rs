@@ -5,7 +5,8 @@
 //! keyed by the SHA-256 of the token's text. What can change between two uses is never cached: each hit re-checks
 //! that the root key still verifies (rotation overlap, retirement, or a different key file under the same id), and
 //! callers check revocation and the token's time checks on every use, because [`super::authorize`] states the
-//! current time each time.
+//! current time each time. The one result kept per token is which authorizer programs accepted it in the current
+//! second: the program states that second (and the open windows), so the same program has the same answer.
 
 use super::keys::KeyStore;
 use super::{AUTHORIZER_LIMITS, Grant, Rate, TokenError, TokenLimits, Window, from_dl, ms, parse_unverified};
@@ -33,7 +34,19 @@ pub struct Verified {
     pub windows: Vec<(String, Option<Window>)>,
     /// The strictest `rate(N, PERIOD_MS)` of any block.
     pub rate: Option<Rate>,
+    /// Authorizations this token passed in the current second (see [`Verified::passed`]).
+    passed: Mutex<Passed>,
 }
+
+/// Authorizer programs that accepted the token, all stating the same time facts.
+#[derive(Debug, Default)]
+struct Passed {
+    time: String,
+    programs: std::collections::HashSet<String>,
+}
+
+/// Most programs remembered for one second of one token.
+const MAX_PASSED: usize = 256;
 
 impl Verified {
     /// Verifies `text` against the root key it names and reads what it states.
@@ -89,7 +102,29 @@ impl Verified {
             windows: windows.into_iter().map(|(text,)| (text.clone(), Window::parse(&text).ok())).collect(),
             rate,
             token,
+            passed: Mutex::new(Passed::default()),
         })
+    }
+
+    /// Whether `program`, stated with the time facts `time`, already accepted this token. Authorization is a pure
+    /// function of the token and the authorizer's program, and the program states the time to the second (and which
+    /// windows are open), so a repeat in the same second (a tool call per agent call, say) has the same answer.
+    pub(super) fn passed(&self, time: &str, program: &str) -> bool {
+        let passed = self.passed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        passed.time == time && passed.programs.contains(program)
+    }
+
+    /// Remembers that `program`, stated with the time facts `time`, accepted this token; forgets every program of
+    /// another time.
+    pub(super) fn remember(&self, time: &str, program: String) {
+        let mut passed = self.passed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if passed.time != time {
+            passed.time = time.to_string();
+            passed.programs.clear();
+        }
+        if passed.programs.len() < MAX_PASSED {
+            passed.programs.insert(program);
+        }
     }
 }
 

@@ -331,6 +331,9 @@ pub fn authorize(verified: &Verified, request: &RunRequest, now: SystemTime) -> 
             grant.value,
             grant.mode
         );
+        if verified.passed(&time, &code) {
+            continue;
+        }
         let name = if grant.kind == "none" { "limits".to_string() } else { grant.to_string() };
         let fail = |e: biscuit_auth::error::Token| (name.clone(), e.to_string());
         let mut authorizer = AuthorizerBuilder::new()
@@ -340,6 +343,7 @@ pub fn authorize(verified: &Verified, request: &RunRequest, now: SystemTime) -> 
             .build(token)
             .map_err(fail)?;
         authorizer.authorize().map_err(fail)?;
+        verified.remember(&time, code);
     }
     Ok(())
 }
@@ -568,6 +572,28 @@ mod tests {
             ..MintRequest::default()
         };
         mint(keys, &req, SystemTime::now()).unwrap().to_base64().unwrap()
+    }
+
+    /// A passed authorization is remembered for its exact program only: another grant, another agent or another
+    /// second is evaluated afresh.
+    #[test]
+    fn remembered_authorizations_answer_only_the_same_question() {
+        let keys = store();
+        let text = minted(&keys, &["tool:echo"]);
+        let now = SystemTime::now();
+        let t = verify(&keys, &text, now).unwrap();
+        let ask = |agent: &str, grant: &str, at: SystemTime| {
+            let req = RunRequest { agent: agent.into(), grants: vec![g(grant)], limits: limits() };
+            authorize(&t, &req, at)
+        };
+        for _ in 0..2 {
+            assert!(ask("a", "tool:echo", now).is_ok());
+            assert!(ask("a", "tool:other", now).is_err());
+            assert!(ask("b", "tool:echo", now).is_err());
+        }
+        // Expired a minute and a half later (60 s ttl, 30 s skew), though the same question passed before.
+        assert!(ask("a", "tool:echo", now + Duration::from_secs(91)).is_err());
+        assert!(ask("a", "tool:echo", now).is_ok());
     }
 
     fn check(keys: &KeyStore, token: &str, grants: &[&str], fuel: u64) -> Result<(), (String, String)> {
