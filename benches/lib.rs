@@ -1,6 +1,7 @@
 //! Shared pieces of the benches: where the components are, and a plain-wasmtime baseline host.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use toka_host::bindings::LogLevel;
 use toka_host::bindings::agent::toka::agent::log;
 use wasmtime::component::ResourceTable;
@@ -46,4 +47,70 @@ impl Default for Plain {
 
 impl log::Host for Plain {
     fn log(&mut self, _level: LogLevel, _message: String) {}
+}
+
+/// The mean time of `iters` calls of `f`.
+pub fn mean(iters: u32, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed() / iters
+}
+
+/// A toka-host tool host with the `echo` tool installed, and a caller whose token grants `tool:echo`: one tool-call
+/// round trip is `rt.block_on(host.call(&caller, "echo", INPUT, fuel))`.
+pub mod tool_call {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant, SystemTime};
+    use toka_host::engine::{EngineOptions, HostEngine};
+    use toka_host::grants::Authorized;
+    use toka_host::token::keys::KeyStore;
+    use toka_host::token::{self, Grant, MintRequest, Verified};
+    use toka_host::tools::call::{Caller, ToolHost};
+    use toka_host::tools::registry::Registry;
+
+    /// The input every echo call sends (and gets back).
+    pub const INPUT: &str = r#"{"message":"hello","n":42}"#;
+
+    pub fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    }
+
+    pub struct Setup {
+        _home: tempfile::TempDir,
+        pub host: Arc<ToolHost>,
+        pub caller: Caller,
+    }
+
+    pub fn setup(rt: &tokio::runtime::Runtime) -> Setup {
+        let home = tempfile::tempdir().unwrap();
+        let options = EngineOptions { fuel: true, cache_dir: None, pooling: true };
+        let engine = Arc::new(HostEngine::new(&options).unwrap());
+        let registry = Registry::open(home.path());
+        let host = Arc::new(ToolHost::new(engine, registry.clone(), None));
+        let (bytes, spec) = rt.block_on(host.describe_file(&super::tool_component("echo"))).unwrap();
+        registry.add("echo", &bytes, spec).unwrap();
+        let mut keys = KeyStore::default();
+        keys.init(0).unwrap();
+        let request = MintRequest {
+            agent: "bench".into(),
+            grants: vec![Grant::parse("tool:echo").unwrap()],
+            ttl: Some(Duration::from_secs(3600)),
+            ..MintRequest::default()
+        };
+        let text = token::mint(&keys, &request, SystemTime::now()).unwrap().to_base64().unwrap();
+        let caller = Caller {
+            agent: "bench".into(),
+            run_id: None,
+            token_id: "bench".into(),
+            token: Arc::new(Verified::new(&keys, &text, SystemTime::now()).unwrap()),
+            grants: Authorized::default(),
+            rate: None,
+            depth: 0,
+            deadline: Instant::now() + Duration::from_secs(3600),
+            max_memory: 64 << 20,
+        };
+        Setup { _home: home, host, caller }
+    }
 }

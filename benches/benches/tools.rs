@@ -6,68 +6,11 @@
 //! Run with `cargo bench -p toka-benches --bench tools`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
-use toka_benches::{Plain, tool_component};
-use toka_host::engine::{EngineOptions, HostEngine};
-use toka_host::grants::Authorized;
-use toka_host::token::keys::KeyStore;
-use toka_host::token::{self, Grant, MintRequest, Verified};
-use toka_host::tools::call::{Caller, ToolHost};
-use toka_host::tools::registry::Registry;
+use std::time::{Duration, Instant};
+use toka_benches::tool_call::{INPUT, rt, setup};
+use toka_benches::{Plain, mean, tool_component};
 use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker};
-
-const INPUT: &str = r#"{"message":"hello","n":42}"#;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-struct Setup {
-    _home: tempfile::TempDir,
-    host: Arc<ToolHost>,
-    caller: Caller,
-}
-
-fn setup(rt: &tokio::runtime::Runtime) -> Setup {
-    let home = tempfile::tempdir().unwrap();
-    let options = EngineOptions { fuel: true, cache_dir: None, pooling: true };
-    let engine = Arc::new(HostEngine::new(&options).unwrap());
-    let registry = Registry::open(home.path());
-    let host = Arc::new(ToolHost::new(engine, registry.clone(), None));
-    let (bytes, spec) = rt.block_on(host.describe_file(&tool_component("echo"))).unwrap();
-    registry.add("echo", &bytes, spec).unwrap();
-    let mut keys = KeyStore::default();
-    keys.init(0).unwrap();
-    let request = MintRequest {
-        agent: "bench".into(),
-        grants: vec![Grant::parse("tool:echo").unwrap()],
-        ttl: Some(Duration::from_secs(3600)),
-        ..MintRequest::default()
-    };
-    let text = token::mint(&keys, &request, SystemTime::now()).unwrap().to_base64().unwrap();
-    let caller = Caller {
-        agent: "bench".into(),
-        run_id: None,
-        token_id: "bench".into(),
-        token: Arc::new(Verified::new(&keys, &text, SystemTime::now()).unwrap()),
-        grants: Authorized::default(),
-        rate: None,
-        depth: 0,
-        deadline: Instant::now() + Duration::from_secs(3600),
-        max_memory: 64 << 20,
-    };
-    Setup { _home: home, host, caller }
-}
-
-fn mean(iters: u32, mut f: impl FnMut()) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    start.elapsed() / iters
-}
 
 fn round_trip(c: &mut Criterion) {
     let rt = rt();

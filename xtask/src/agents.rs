@@ -68,6 +68,8 @@ pub enum Kind {
     /// A Python tool module (`tool.py`, class `WitWorld` with `describe` and `invoke`) built with componentize-py
     /// for world `toka:agent/tool`; built into `target/tools/`.
     PythonTool,
+    /// A Rust `cdylib` Extism plugin (extism-pdk), left a core module: built into `target/extism/` for the benches.
+    ExtismPlugin,
 }
 
 impl Kind {
@@ -78,7 +80,7 @@ impl Kind {
 
     /// Whether cargo builds it (in one invocation over the `agents/` workspace).
     pub fn is_rust(self) -> bool {
-        matches!(self, Kind::RustReactor | Kind::RustCommand | Kind::RustTool)
+        matches!(self, Kind::RustReactor | Kind::RustCommand | Kind::RustTool | Kind::ExtismPlugin)
     }
 }
 
@@ -101,6 +103,7 @@ impl Agent {
             Kind::Go | Kind::Zig => Expect::Preview1Command,
             Kind::RustReactor | Kind::Python | Kind::JavaScript | Kind::C => Expect::Agent,
             Kind::RustTool | Kind::PythonTool => Expect::Tool,
+            Kind::ExtismPlugin => Expect::CoreModule,
         }
     }
 
@@ -136,6 +139,7 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("http-fetch", Kind::RustTool),
     Agent::new("fail-tool", Kind::RustTool),
     Agent::new("date-validator", Kind::PythonTool),
+    Agent::new("extism-echo", Kind::ExtismPlugin),
 ];
 
 /// `build-agents [NAME...]`: builds the named agents and tools, or all of them.
@@ -210,7 +214,7 @@ fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
         }
         Kind::Go => crate::preview1::go_build(layout, agent.name, &scratch),
         Kind::Zig => crate::preview1::zig_build(layout, agent.name, &scratch),
-        Kind::RustReactor | Kind::RustCommand | Kind::RustTool => {
+        Kind::RustReactor | Kind::RustCommand | Kind::RustTool | Kind::ExtismPlugin => {
             bail!("{} is a Rust agent: it is built by cargo", agent.name)
         }
     }
@@ -262,7 +266,11 @@ fn select(names: &[String]) -> Result<Vec<Agent>> {
 }
 
 pub fn output_path(layout: &Layout, agent: &Agent) -> PathBuf {
-    let dir = if agent.kind.is_tool() { &layout.tools_out } else { &layout.out };
+    let dir = match agent.kind {
+        Kind::ExtismPlugin => &layout.extism_out,
+        kind if kind.is_tool() => &layout.tools_out,
+        _ => &layout.out,
+    };
     dir.join(format!("{}.wasm", agent.name))
 }
 

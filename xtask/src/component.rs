@@ -31,6 +31,8 @@ pub enum Expect {
     Command,
     /// Not a component but a WASI preview 1 command module: exports `_start`, imports `wasi_snapshot_preview1` only.
     Preview1Command,
+    /// A core module that validates (an Extism plugin).
+    CoreModule,
     /// A `toka:agent/tool` world: top-level `describe` and `invoke` functions, and no import the tool world lacks
     /// (such as the agents' `events` and `state`, which a tool reaches by calling toka-sdk's functions for them).
     Tool,
@@ -152,6 +154,13 @@ pub fn check(layout: &Layout, bytes: &[u8], expect: Expect) -> Result<()> {
     if let Expect::Preview1Command = expect {
         return check_preview1_command(bytes);
     }
+    if let Expect::CoreModule = expect {
+        if !wasmparser::Parser::is_core_wasm(bytes) {
+            bail!("not a core WebAssembly module");
+        }
+        wasmparser::Validator::new().validate_all(bytes).context("the module does not validate")?;
+        return Ok(());
+    }
     wasmparser::Validator::new().validate_all(bytes).context("the component does not validate")?;
     let decoded = Decoded::new(bytes)?;
     match expect {
@@ -175,7 +184,7 @@ pub fn check(layout: &Layout, bytes: &[u8], expect: Expect) -> Result<()> {
             }
             Ok(())
         }
-        Expect::Agent | Expect::Command | Expect::Preview1Command => Ok(()),
+        Expect::Agent | Expect::Command | Expect::Preview1Command | Expect::CoreModule => Ok(()),
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Layout {
     pub out: PathBuf,
     /// `target/tools/`: the built tools (`toka:agent/tool` components), `NAME.wasm`.
     pub tools_out: PathBuf,
+    /// `target/extism/`: the Extism plugins of the comparison bench (core modules), `NAME.wasm`.
+    pub extism_out: PathBuf,
     /// `target/agents/.build/`: intermediate files (generated C bindings, core modules) and the Go and Zig caches.
     pub build: PathBuf,
     /// `.tools/`: the Python, JavaScript, Go and Zig toolchains installed by `scripts/setup-toolchains`.
@@ -98,6 +100,7 @@ impl Layout {
             build: out.join(".build"),
             tools: root.join(".tools"),
             tools_out: root.join("target").join("tools"),
+            extism_out: root.join("target").join("extism"),
             out,
             root,
         }

@@ -76,11 +76,20 @@ pub fn cargo_build(layout: &Layout, crates: &[&str]) -> Result<Duration> {
 pub fn componentize(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
     // A cdylib's artifact is named after its lib target (dashes become underscores), a binary after the package.
     let (file, adapter) = match agent.kind {
-        Kind::RustReactor | Kind::RustTool => (format!("{}.wasm", agent.name.replace('-', "_")), Adapter::Reactor),
-        Kind::RustCommand => (format!("{}.wasm", agent.name), Adapter::Command),
+        Kind::RustReactor | Kind::RustTool => {
+            (format!("{}.wasm", agent.name.replace('-', "_")), Some(Adapter::Reactor))
+        }
+        Kind::RustCommand => (format!("{}.wasm", agent.name), Some(Adapter::Command)),
+        // An Extism plugin stays a core module.
+        Kind::ExtismPlugin => (format!("{}.wasm", agent.name.replace('-', "_")), None),
         other => bail!("{} is not a Rust agent ({other:?})", agent.name),
     };
     let core_path = target_dir(layout).join(TARGET).join("release").join(file);
     let core = std::fs::read(&core_path).with_context(|| format!("reading {}", core_path.display()))?;
-    component::encode(&core, adapter).with_context(|| format!("componentizing {}", core_path.display()))
+    match adapter {
+        Some(adapter) => {
+            component::encode(&core, adapter).with_context(|| format!("componentizing {}", core_path.display()))
+        }
+        None => Ok(core),
+    }
 }

@@ -1,0 +1,80 @@
+//! Tool call vs Extism plugin call, same echo work, same machine, same run: one round trip through toka-host's tool
+//! host (token check, input and output schema validation, a fresh sandbox from the warm `InstancePre`, the `echo`
+//! tool component parsing its JSON input and returning it) vs an Extism plugin (`agents/extism-echo`, built with
+//! extism-pdk: parses its JSON input and returns it) called
+//! - live: one `extism::Plugin` kept and called again and again (Extism's usual way; the instance and its memory
+//!   carry over from call to call), and
+//! - fresh: a new `Plugin` from a precompiled `extism::CompiledPlugin` for every call, which is what toka-host gives
+//!   every tool call (a sandbox of its own).
+//!
+//! Both sides meter fuel and run with WASI. Extism 1.30 brings its own wasmtime (43); toka-host runs on 48.
+//! Run with `cargo bench -p toka-benches --features extism --bench extism` (after `cargo run --release -p xtask --
+//! build-agents`, which builds both the tool and the plugin).
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::path::Path;
+use std::time::Duration;
+use toka_benches::mean;
+use toka_benches::tool_call::{INPUT, rt, setup};
+
+/// Fuel for one call, on both sides: far more than an echo needs.
+const FUEL: u64 = 1_000_000_000;
+
+fn plugin_path() -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/extism/extism-echo.wasm");
+    assert!(p.exists(), "{} is missing: run `cargo run --release -p xtask -- build-agents` first", p.display());
+    p
+}
+
+fn builder() -> extism::PluginBuilder<'static> {
+    let wasm = std::fs::read(plugin_path()).unwrap();
+    extism::PluginBuilder::new(wasm).with_wasi(true).with_fuel_limit(FUEL)
+}
+
+fn round_trip(c: &mut Criterion) {
+    let rt = rt();
+    let s = setup(&rt);
+    let toka_once = || {
+        let r = rt.block_on(s.host.call(&s.caller, "echo", INPUT, FUEL));
+        assert_eq!(r.result.as_deref().unwrap(), INPUT);
+    };
+
+    let mut live = builder().build().unwrap();
+    let mut live_once = || {
+        let out: String = live.call("echo", INPUT).unwrap();
+        assert_eq!(out, INPUT);
+    };
+    let compiled = extism::CompiledPlugin::new(builder()).unwrap();
+    let fresh_once = || {
+        let mut plugin = extism::Plugin::new_from_compiled(&compiled).unwrap();
+        let out: String = plugin.call("echo", INPUT).unwrap();
+        assert_eq!(out, INPUT);
+    };
+
+    let mut group = c.benchmark_group("tool call vs Extism (echo)");
+    group.bench_function("toka-host tool call", |b| b.iter(toka_once));
+    group.bench_function("extism call, live plugin", |b| b.iter(&mut live_once));
+    group.bench_function("extism call, fresh plugin per call", |b| b.iter(fresh_once));
+    group.finish();
+
+    let (toka, live, fresh) = (mean(1000, toka_once), mean(1000, live_once), mean(1000, fresh_once));
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "tool call vs Extism (echo): toka-host {:.1} us, Extism live plugin {:.1} us, Extism fresh plugin {:.1} us",
+        us(toka),
+        us(live),
+        us(fresh)
+    );
+    println!(
+        "RATIO tool_call_vs_extism: toka/extism_live = {:.2}x, toka/extism_fresh = {:.2}x",
+        toka.as_secs_f64() / live.as_secs_f64(),
+        toka.as_secs_f64() / fresh.as_secs_f64()
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = round_trip
+}
+criterion_main!(benches);
