@@ -84,8 +84,8 @@ impl Kind {
     }
 }
 
-/// One agent or tool: its directory under `agents/` and its output, `target/agents/NAME.wasm` or
-/// `target/tools/NAME.wasm`, share its name.
+/// One agent or tool: its directory under `agents/` and its output, `target/agents/NAME.wasm`,
+/// `target/tools/NAME.wasm` or (an Extism plugin) `target/extism/NAME.wasm`, share its name.
 #[derive(Debug, Clone, Copy)]
 pub struct Agent {
     pub name: &'static str,
@@ -187,12 +187,14 @@ pub fn build(layout: &Layout, names: &[String]) -> Result<()> {
     }
 
     let tools = selected.iter().filter(|a| a.kind.is_tool()).count();
+    let plugins = selected.iter().filter(|a| a.kind == Kind::ExtismPlugin).count();
     println!(
-        "{} agent(s) and {tools} tool(s) in {}; components in {} and {}",
-        selected.len() - tools,
+        "{} agent(s), {tools} tool(s) and {plugins} Extism plugin(s) in {}; output in {}, {} and {}",
+        selected.len() - tools - plugins,
         secs(started.elapsed()),
         layout.out.display(),
-        layout.tools_out.display()
+        layout.tools_out.display(),
+        layout.extism_out.display()
     );
     if !failures.is_empty() {
         bail!("failed to build: {}", failures.join(", "));
@@ -220,9 +222,9 @@ fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
     }
 }
 
-/// Checks `bytes` and, if they are the component (or preview 1 module) the host expects, writes them to
-/// `target/agents/NAME.wasm` or `target/tools/NAME.wasm` (through a temporary file, so a failed build never leaves
-/// a half-written or unchecked output behind).
+/// Checks `bytes` and, if they are the component (or preview 1 or Extism core module) expected, writes them to
+/// [`output_path`] (through a temporary file, so a failed build never leaves a half-written or unchecked output
+/// behind).
 fn install(layout: &Layout, agent: &Agent, bytes: &[u8]) -> Result<()> {
     component::check(layout, bytes, agent.expect())
         .with_context(|| format!("checking the {} component", agent.name))?;
