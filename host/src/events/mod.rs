@@ -110,7 +110,8 @@ fn encode(seq: u64, prev: &[u8; 32], draft: &EventDraft) -> (Vec<u8>, [u8; 32]) 
         payload: &draft.payload,
         prev: &hex::encode(prev),
     };
-    // The hash goes first: write the body after a placeholder, then fill the hash in.
+    // A stored value is hash ++ body: reserve the 32 hash bytes, serialize the body after them, then hash the body
+    // and write the hash into the reserved bytes.
     let mut value = Vec::with_capacity(512);
     value.extend_from_slice(&[0; 32]);
     serde_json::to_writer(&mut value, &body).expect("a JSON value always serializes");
