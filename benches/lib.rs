@@ -110,6 +110,8 @@ pub mod tool_call {
             depth: 0,
             deadline: Instant::now() + Duration::from_secs(3600),
             max_memory: 64 << 20,
+            component: None,
+            budget: None,
         };
         Setup { _home: home, host, caller }
     }

@@ -39,7 +39,7 @@ fn mean(iters: u32, mut f: impl FnMut()) -> Duration {
 fn warm_run_vs_plain_wasmtime(c: &mut Criterion) {
     let rt = rt();
     let options = EngineOptions { fuel: true, cache_dir: None, pooling: true };
-    let mut runner = Runner::new(&options).unwrap();
+    let runner = Runner::new(&options).unwrap();
     let program = runner.load(&agent("hello-rust")).unwrap();
     let grants = Authorized::default();
     let limits = Limits::default();
@@ -94,7 +94,7 @@ fn cold_run_with_and_without_cache(c: &mut Criterion) {
     let inv = task("cold");
     let cold = |cache_dir: Option<std::path::PathBuf>| {
         let options = EngineOptions { fuel: true, cache_dir, pooling: false };
-        let mut runner = Runner::new(&options).unwrap();
+        let runner = Runner::new(&options).unwrap();
         let program = runner.load(&path).unwrap();
         let r = rt.block_on(runner.run(&program, &grants, &limits, &inv, QUIET));
         assert_eq!(r.exit_code, 0);
@@ -120,8 +120,8 @@ fn fuel_on_vs_off(c: &mut Criterion) {
     let grants = Authorized::default();
     let limits = Limits { fuel: u64::MAX, ..Limits::default() };
     let inv = Invocation::Task { id: "bench".into(), input: r#"{"n":3000000}"#.into() };
-    let mut on = Runner::new(&EngineOptions { fuel: true, cache_dir: None, pooling: false }).unwrap();
-    let mut off = Runner::new(&EngineOptions { fuel: false, cache_dir: None, pooling: false }).unwrap();
+    let on = Runner::new(&EngineOptions { fuel: true, cache_dir: None, pooling: false }).unwrap();
+    let off = Runner::new(&EngineOptions { fuel: false, cache_dir: None, pooling: false }).unwrap();
     let p_on = on.load(&agent("busy")).unwrap();
     let p_off = off.load(&agent("busy")).unwrap();
     let once = |runner: &Runner, program: &toka_host::run::Program| {

@@ -26,7 +26,12 @@ fn setup() -> (KeyStore, String, RunRequest) {
         ..MintRequest::default()
     };
     let text = token::mint(&keys, &request, SystemTime::now()).unwrap().to_base64().unwrap();
-    let run = RunRequest { agent: "bench".into(), grants: grants(&["fs:/srv/data/in:ro", "env:LANG"]), limits: LIMITS };
+    let run = RunRequest {
+        agent: "bench".into(),
+        grants: grants(&["fs:/srv/data/in:ro", "env:LANG"]),
+        limits: LIMITS,
+        component: None,
+    };
     (keys, text, run)
 }
 

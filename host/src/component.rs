@@ -64,10 +64,17 @@ pub fn load(host: &HostEngine, path: &Path) -> Result<Loaded, RunError> {
 
     let hits_before = host.cache_hits();
     let started = Instant::now();
+    if let Some(auth) = &host.cache_auth {
+        // Whatever the cache holds that the host cannot vouch for is removed before wasmtime may load it.
+        auth.before_load().map_err(|e| RunError::host(e.to_string()))?;
+    }
     let component = Component::new(&host.engine, &bytes)
         .map_err(|e| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) })?;
     let compile_time = started.elapsed();
     let cache_hit = host.cache_hits() > hits_before;
+    if let Some(auth) = host.cache_auth.as_ref().filter(|_| !cache_hit) {
+        auth.after_compile().map_err(|e| RunError::host(e.to_string()))?;
+    }
 
     let world = classify(host, &component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
     let pre = host
@@ -81,12 +88,13 @@ pub fn load(host: &HostEngine, path: &Path) -> Result<Loaded, RunError> {
 /// The key also names the adapter (the host's wasmtime-wasi version and the exit shim's revision), so a host with a
 /// different adapter never picks up another's output. The compiled artifact is then cached by wasmtime as usual.
 fn adapt_cached(host: &HostEngine, shown: &str, sha256: &str, module: &[u8]) -> Result<Vec<u8>, RunError> {
-    let Some(dir) = &host.cache_dir else {
+    let (Some(dir), Some(auth)) = (&host.cache_dir, &host.cache_auth) else {
         return crate::adapt::preview1_command(shown, module);
     };
     let path = dir.join("adapted").join(format!("{sha256}-{}.wasm", crate::adapt::adapter_id()));
-    // A cached file that is not a component (truncated by a crash, say) is simply redone.
-    if let Ok(cached) = std::fs::read(&path)
+    // A cached file whose HMAC does not verify (planted, edited, or truncated by a crash) is simply redone.
+    if let Ok(sealed) = std::fs::read(&path)
+        && let Some(cached) = auth.open_sealed(&sealed)
         && Parser::is_component(&cached)
     {
         return Ok(cached);
@@ -94,13 +102,10 @@ fn adapt_cached(host: &HostEngine, shown: &str, sha256: &str, module: &[u8]) -> 
     let adapted = crate::adapt::preview1_command(shown, module)?;
     // The cache is an optimization: failing to write it never fails the run.
     if let Some(parent) = path.parent() {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = std::fs::create_dir_all(parent)
-            .and_then(|()| std::fs::write(&tmp, &adapted))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if written.is_err() {
-            drop(std::fs::remove_file(&tmp));
-        }
+        let written = crate::home::private_dir(parent)
+            .map_err(std::io::Error::other)
+            .and_then(|()| crate::home::write_private(&path, &auth.seal(&adapted)));
+        drop(written);
     }
     Ok(adapted)
 }

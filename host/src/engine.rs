@@ -62,6 +62,8 @@ pub struct HostEngine {
     /// Where compiled components (and adapted preview 1 modules) are cached, if anywhere.
     pub cache_dir: Option<PathBuf>,
     cache: Option<Cache>,
+    /// What vouches for the cache's contents (see [`crate::cache_auth`]); present whenever the cache is.
+    pub cache_auth: Option<crate::cache_auth::CacheAuth>,
 }
 
 impl HostEngine {
@@ -70,7 +72,20 @@ impl HostEngine {
         config.wasm_component_model(true);
         config.consume_fuel(options.fuel);
         config.epoch_interruption(true);
-        let cache = match &options.cache_dir {
+        // A cache the host cannot authenticate is not used at all: compiled code is loaded only if the host vouches
+        // for it.
+        let cache_auth = match &options.cache_dir {
+            Some(dir) => match crate::cache_auth::CacheAuth::open(&absolute(dir)?) {
+                Ok(auth) => Some(auth),
+                Err(e) => {
+                    eprintln!("toka-host: warning: running without the compile cache: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let cache_dir = cache_auth.as_ref().and(options.cache_dir.clone());
+        let cache = match &cache_dir {
             Some(dir) => {
                 let mut cc = CacheConfig::new();
                 // wasmtime owns (and garbage-collects) its own subdirectory; adapted modules live beside it.
@@ -125,7 +140,7 @@ impl HostEngine {
             },
         )?;
         start_epoch_ticker(&engine)?;
-        Ok(HostEngine { engine, linker, fuel: options.fuel, cache_dir: options.cache_dir.clone(), cache })
+        Ok(HostEngine { engine, linker, fuel: options.fuel, cache_dir, cache, cache_auth })
     }
 
     /// Compilations served from the on-disk cache so far in this process.

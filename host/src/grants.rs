@@ -12,11 +12,13 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
-/// A directory preopen: `HOST[::GUEST][:ro|:rw]`. Without `::GUEST` the guest sees the host path itself.
+/// A directory preopen: `HOST[::GUEST][:ro|:rw]`. Without `::GUEST` the guest sees the host directory at its
+/// absolute host path (a relative HOST is resolved when the grant is authorized).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirGrant {
     pub host: PathBuf,
-    pub guest: String,
+    /// The guest path, absolute; `None`: the host directory's own absolute path.
+    pub guest: Option<String>,
     pub read_only: bool,
 }
 
@@ -37,7 +39,8 @@ pub struct NetGrant {
 impl fmt::Display for DirGrant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = if self.read_only { "ro" } else { "rw" };
-        write!(f, "dir {}::{}:{mode}", self.host.display(), self.guest)
+        let host = self.host.display();
+        write!(f, "dir {host}::{}:{mode}", self.guest.clone().unwrap_or_else(|| host.to_string()))
     }
 }
 
@@ -54,24 +57,33 @@ impl fmt::Display for NetGrant {
 }
 
 impl DirGrant {
-    /// Parses `HOST[::GUEST][:ro|:rw]` (read-write unless `:ro`, as with `wasmtime run --dir`).
+    /// Parses `HOST[::GUEST][:ro|:rw]` (read-write unless `:ro`, as with `wasmtime run --dir`). A trailing `:WORD`
+    /// must be `ro` or `rw`: anything else (`:RO`, `:readonly`) is refused rather than read as part of the path,
+    /// where it would silently grant read-write. GUEST must be absolute.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (spec, read_only) = if let Some(s) = text.strip_suffix(":ro") {
-            (s, true)
-        } else if let Some(s) = text.strip_suffix(":rw") {
-            (s, false)
-        } else {
-            (text, false)
+        let bad = |why: &str| format!("invalid --dir `{text}`: {why}");
+        let (spec, read_only) = match text.rsplit_once(':') {
+            Some((spec, mode)) if !spec.ends_with(':') && !mode.is_empty() && !mode.contains('/') => match mode {
+                "ro" => (spec, true),
+                "rw" => (spec, false),
+                other => return Err(bad(&format!("unknown mode `:{other}` (use :ro or :rw)"))),
+            },
+            _ => (text, false),
         };
         let (host, guest) = match spec.split_once("::") {
-            Some((h, g)) => (h, g.to_string()),
-            None => (spec, spec.to_string()),
+            Some((h, g)) => (h, Some(g.to_string())),
+            None => (spec, None),
         };
-        if host.is_empty() || guest.is_empty() {
-            return Err(format!("invalid --dir `{text}`: expected HOST[::GUEST][:ro]"));
+        if host.is_empty() || guest.as_deref() == Some("") {
+            return Err(bad("expected HOST[::GUEST][:ro]"));
         }
-        if guest.contains('\0') || host.contains('\0') {
-            return Err(format!("invalid --dir `{text}`: NUL byte in path"));
+        if text.contains('\0') {
+            return Err(bad("NUL byte in path"));
+        }
+        if let Some(g) = &guest
+            && !g.starts_with('/')
+        {
+            return Err(bad(&format!("guest path `{g}` must be absolute (for example {host}::/{g})")));
         }
         Ok(DirGrant { host: PathBuf::from(host), guest, read_only })
     }
@@ -114,13 +126,72 @@ pub struct GrantRequest {
     pub state: StateGrant,
 }
 
-/// A directory grant checked against the host filesystem.
+/// A directory grant checked against the host filesystem: the directory itself, opened once.
+///
+/// The grant is the open handle, never the path: every sandbox built from it (the run, each `--repeat` and
+/// `--parallel` copy, nested tool sandboxes, MCP calls) preopens this same directory through `/proc/self/fd`, so a
+/// guest that renames the directory or swaps a path component for a symlink after authorization cannot redirect any
+/// later sandbox. A granted directory nested inside another that the guest may write is safe for the same reason.
 #[derive(Debug, Clone)]
 pub struct AuthorizedDir {
-    /// The canonical host path (symlinks resolved once, here, so the preopen is exactly what was checked).
+    /// The directory's absolute path as the kernel names the open handle (what the token authorized).
     pub host: PathBuf,
     pub guest: String,
     pub read_only: bool,
+    handle: std::sync::Arc<std::fs::File>,
+}
+
+impl AuthorizedDir {
+    /// Opens `path` (following symlinks, as the operator meant) and names it by its handle. The handle's path is the
+    /// directory's canonical path at the moment it was opened, so what is authorized is what was opened.
+    pub fn open(path: &std::path::Path, guest: Option<&str>, read_only: bool) -> Result<AuthorizedDir, String> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot open host directory: {}", crate::error::one_line(&e.to_string())))?;
+        let meta = file.metadata().map_err(|e| format!("cannot open host directory: {e}"))?;
+        if !meta.is_dir() {
+            return Err("host path is not a directory".into());
+        }
+        let handle = std::sync::Arc::new(file);
+        let host = std::fs::read_link(fd_path(&handle))
+            .map_err(|e| format!("cannot name the opened directory through /proc/self/fd (is /proc mounted?): {e}"))?;
+        if !host.is_absolute() {
+            return Err(format!("the opened directory has no path ({})", host.display()));
+        }
+        let guest = guest.map_or_else(|| host.to_string_lossy().into_owned(), str::to_string);
+        Ok(AuthorizedDir { host, guest, read_only, handle })
+    }
+
+    /// The path a sandbox preopens: this process's descriptor of the directory opened at authorization.
+    pub fn preopen_path(&self) -> PathBuf {
+        fd_path(&self.handle)
+    }
+
+    /// The same directory with another mode (a tool's narrower view of its caller's grant).
+    pub fn with_mode(&self, read_only: bool) -> AuthorizedDir {
+        AuthorizedDir { read_only, ..self.clone() }
+    }
+}
+
+fn fd_path(file: &std::fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// Something toka-host keeps for itself, which no grant may cover.
+#[derive(Debug, Clone)]
+pub struct Protected {
+    /// What it is, for the refusal: `home`, `database`, `key file`, `compile cache`.
+    pub what: &'static str,
+    /// Its absolute path, symlinks resolved.
+    pub path: PathBuf,
+}
+
+impl Protected {
+    /// The protected locations of `home`.
+    pub fn of(home: &crate::home::Home) -> Vec<Protected> {
+        let what = ["home", "database", "key file", "compile cache"];
+        home.protected().into_iter().zip(what).map(|(path, what)| Protected { what, path }).collect()
+    }
 }
 
 /// The grants a sandbox is built from. Only [`authorize`] makes one.
@@ -162,23 +233,29 @@ pub fn parse_state(text: &str) -> Result<StateGrant, String> {
     }
 }
 
-/// Checks each requested grant and resolves it to exactly what the sandbox will hold.
-pub fn authorize(request: &GrantRequest) -> Result<Authorized, RunError> {
+/// Checks each requested grant and resolves it to exactly what the sandbox will hold. A directory that contains
+/// or lies inside one of `protected` (toka-host's own home, database, keys or cache) is refused.
+pub fn authorize(request: &GrantRequest, protected: &[Protected]) -> Result<Authorized, RunError> {
     let mut out = Authorized { inherit_stdin: request.inherit_stdin, state: request.state, ..Default::default() };
     let mut guests = BTreeSet::new();
     for dir in &request.dirs {
         let refuse = |reason: String| RunError::GrantRefused { grant: dir.to_string(), reason };
-        let host = dir
-            .host
-            .canonicalize()
-            .map_err(|e| refuse(format!("cannot open host directory: {}", crate::error::one_line(&e.to_string()))))?;
-        if !host.is_dir() {
-            return Err(refuse("host path is not a directory".into()));
+        let opened = AuthorizedDir::open(&dir.host, dir.guest.as_deref(), dir.read_only).map_err(refuse)?;
+        for p in protected {
+            if opened.host.starts_with(&p.path) || p.path.starts_with(&opened.host) {
+                let relation = if opened.host.starts_with(&p.path) { "lies inside" } else { "contains" };
+                return Err(refuse(format!(
+                    "{} {relation} toka-host's {} {}; toka-host's own state is never grantable",
+                    opened.host.display(),
+                    p.what,
+                    p.path.display()
+                )));
+            }
         }
-        if !guests.insert(dir.guest.clone()) {
-            return Err(refuse(format!("guest path `{}` is granted twice", dir.guest)));
+        if !guests.insert(opened.guest.clone()) {
+            return Err(refuse(format!("guest path `{}` is granted twice", opened.guest)));
         }
-        out.dirs.push(AuthorizedDir { host, guest: dir.guest.clone(), read_only: dir.read_only });
+        out.dirs.push(opened);
     }
     for env in &request.env {
         let value = match &env.value {
@@ -208,13 +285,68 @@ mod tests {
     #[test]
     fn dir_forms() {
         let d = DirGrant::parse("/srv/data").unwrap();
-        assert_eq!((d.guest.as_str(), d.read_only), ("/srv/data", false));
+        assert_eq!((d.guest.as_deref(), d.read_only), (None, false));
         let d = DirGrant::parse("/srv/data::/data:ro").unwrap();
-        assert_eq!((d.host.to_str().unwrap(), d.guest.as_str(), d.read_only), ("/srv/data", "/data", true));
+        assert_eq!((d.host.to_str().unwrap(), d.guest.as_deref(), d.read_only), ("/srv/data", Some("/data"), true));
         let d = DirGrant::parse(".::/").unwrap();
-        assert_eq!(d.guest, "/");
+        assert_eq!(d.guest.as_deref(), Some("/"));
+        assert!(!DirGrant::parse("/srv/data::/d:rw").unwrap().read_only);
         assert!(DirGrant::parse("::/data").is_err());
         assert!(DirGrant::parse("/x::").is_err());
+    }
+
+    #[test]
+    fn unknown_modes_and_relative_guests_are_refused() {
+        for (text, why) in [
+            ("/srv/data::/d:RO", "unknown mode `:RO`"),
+            ("/srv/data:readonly", "unknown mode `:readonly`"),
+            ("/srv/data::d", "guest path `d` must be absolute"),
+            ("./data::data:ro", "guest path `data` must be absolute"),
+        ] {
+            let err = DirGrant::parse(text).unwrap_err();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_grant_is_the_directory_opened_not_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (granted, other) = (tmp.path().join("granted"), tmp.path().join("other"));
+        std::fs::create_dir(&granted).unwrap();
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(granted.join("mine"), "").unwrap();
+        let req =
+            GrantRequest { dirs: vec![DirGrant::parse(granted.to_str().unwrap()).unwrap()], ..Default::default() };
+        let a = authorize(&req, &[]).unwrap();
+        assert_eq!(a.dirs[0].host, granted.canonicalize().unwrap());
+        assert_eq!(a.dirs[0].guest, granted.canonicalize().unwrap().to_str().unwrap());
+        // Swap the granted path for a symlink to another directory: the grant still opens the original.
+        std::fs::rename(&granted, tmp.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&other, &granted).unwrap();
+        assert!(a.dirs[0].preopen_path().join("mine").exists());
+        assert!(!granted.join("mine").exists(), "the path now leads elsewhere; the handle does not");
+    }
+
+    #[test]
+    fn own_state_is_never_grantable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::resolve(Some(&tmp.path().join("home")), None, None, true);
+        home.open_db().unwrap();
+        let protected = Protected::of(&home);
+        let outside = tmp.path().join("data");
+        std::fs::create_dir(&outside).unwrap();
+        for (dir, refused) in [(tmp.path().to_path_buf(), true), (home.dir.clone(), true), (outside, false)] {
+            let req =
+                GrantRequest { dirs: vec![DirGrant::parse(dir.to_str().unwrap()).unwrap()], ..Default::default() };
+            match authorize(&req, &protected) {
+                Ok(_) => assert!(!refused, "{} was granted", dir.display()),
+                Err(e) => {
+                    assert!(refused, "{}: {e}", dir.display());
+                    assert!(e.to_string().contains("toka-host's home"), "{e}");
+                    assert_eq!(e.outcome().exit_code(), 72);
+                }
+            }
+        }
     }
 
     #[test]
@@ -233,15 +365,15 @@ mod tests {
     fn refusals_name_the_grant() {
         let req =
             GrantRequest { dirs: vec![DirGrant::parse("/definitely/not/here::/data").unwrap()], ..Default::default() };
-        let err = authorize(&req).unwrap_err().to_string();
+        let err = authorize(&req, &[]).unwrap_err().to_string();
         assert!(err.starts_with("grant refused: dir /definitely/not/here::/data:rw: cannot open"), "{err}");
         let req = GrantRequest { env: vec![EnvGrant::parse("TOKA_SURELY_UNSET_VAR").unwrap()], ..Default::default() };
-        assert!(authorize(&req).unwrap_err().to_string().contains("env TOKA_SURELY_UNSET_VAR"));
+        assert!(authorize(&req, &[]).unwrap_err().to_string().contains("env TOKA_SURELY_UNSET_VAR"));
     }
 
     #[test]
     fn nothing_by_default() {
-        let a = authorize(&GrantRequest::default()).unwrap();
+        let a = authorize(&GrantRequest::default(), &[]).unwrap();
         assert!(a.dirs.is_empty() && a.env.is_empty() && a.net.is_empty() && !a.inherit_stdin);
     }
 }

@@ -20,8 +20,14 @@ pub const LOCAL_TOKEN: &str = "local-cli";
 pub struct Operation {
     /// Unix time in milliseconds, taken when the operation was submitted.
     pub time_ms: u64,
-    /// The token that authorized the operation (its revocation id; `local-cli` for the local operator).
+    /// The token that authorized the operation: the revocation id of its own (last) block; `local-cli` for the
+    /// local operator.
     pub token: String,
+    /// Every revocation id of that token, authority block first, on the operations that start something under it
+    /// (a run, a tool call outside a run): revoking any of them revokes the token. Operations inside a run are
+    /// checked against the chain its start recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
     #[serde(flatten)]
     pub op: Op,
 }
@@ -148,6 +154,8 @@ pub enum Op {
         rate: Option<Rate>,
         detail: serde_json::Value,
     },
+    /// A run hit one of its per-run caps (observations, tool calls, state writes); recorded once per cap.
+    ReachLimit { run_id: String, limit: String, cap: u64 },
     /// A tool call ended (`ok` false: refused, invalid input or output, trapped, out of fuel ...).
     EndToolCall {
         call_id: String,
@@ -169,6 +177,9 @@ pub struct RunState {
     /// The run's rate limit, if its token has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<Rate>,
+    /// The revocation ids of the token the run started under (see [`Operation::chain`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +263,7 @@ pub mod kind {
     pub const TOOL_CALLED: &str = "tool.called";
     pub const TOOL_COMPLETED: &str = "tool.completed";
     pub const TOOL_FAILED: &str = "tool.failed";
+    pub const LIMIT_REACHED: &str = "limit.reached";
 }
 
 fn event(op: &Operation, kind: &str, agent: &str, run_id: &str, payload: serde_json::Value) -> EventDraft {
@@ -290,9 +302,28 @@ fn running<'a>(state: &'a State, run_id: &str) -> Result<&'a RunState, String> {
     }
 }
 
+/// The first revoked id among the operation's token, its chain, and the chain of the run it acts in.
+fn revoked_id<'a>(state: &'a State, op: &'a Operation) -> Option<&'a str> {
+    let run_chain = match &op.op {
+        Op::EmitObservation { run_id, .. }
+        | Op::WriteState { run_id, .. }
+        | Op::SpawnAgent { parent_run: run_id, .. }
+        | Op::StartToolCall { run_id: Some(run_id), .. }
+        | Op::EndToolCall { run_id: Some(run_id), .. } => state.runs.get(run_id).map(|r| r.chain.as_slice()),
+        _ => None,
+    };
+    std::iter::once(&op.token)
+        .chain(&op.chain)
+        .chain(run_chain.unwrap_or_default())
+        .find(|id| state.revoked.contains(*id))
+        .map(String::as_str)
+}
+
 fn check(state: &State, op: &Operation) -> Result<(), String> {
-    if state.revoked.contains(&op.token) {
-        return Err(format!("token {} is revoked", op.token));
+    // A run's ending is recorded whatever happened to its token meanwhile: the log must never lose how a run ended.
+    let ending = matches!(op.op, Op::CompleteRun { .. } | Op::FailRun { .. } | Op::EndToolCall { .. });
+    if !ending && let Some(id) = revoked_id(state, op) {
+        return Err(format!("token {id} is revoked"));
     }
     match &op.op {
         Op::ScheduleTask { task_id, .. } if state.tasks.contains_key(task_id) => {
@@ -317,7 +348,9 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
             let what = if matches!(op.op, Op::EmitObservation { .. }) { "events.emit" } else { "state write" };
             check_rate(state, &run.agent, run.rate, op.time_ms, what)
         }
-        Op::CompleteRun { run_id, .. } | Op::FailRun { run_id, .. } => running(state, run_id).map(drop),
+        Op::CompleteRun { run_id, .. } | Op::FailRun { run_id, .. } | Op::ReachLimit { run_id, .. } => {
+            running(state, run_id).map(drop)
+        }
         Op::StartToolCall { run_id: Some(run_id), tool, .. } => {
             let run = running(state, run_id)?;
             check_rate(state, &run.agent, run.rate, op.time_ms, &format!("call of tool {tool}"))
@@ -363,6 +396,7 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                     started_ms: op.time_ms,
                     observations: 0,
                     rate: *rate,
+                    chain: op.chain.clone(),
                 },
             );
             *state.agent_runs.entry(agent.clone()).or_default() += 1;
@@ -383,6 +417,7 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                     started_ms: op.time_ms,
                     observations: 0,
                     rate: state.runs[parent_run].rate,
+                    chain: state.runs[parent_run].chain.clone(),
                 },
             );
             *state.agent_runs.entry(agent.clone()).or_default() += 1;
@@ -431,6 +466,10 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             let k = if *grant_refused { kind::GRANT_REFUSED } else { kind::RUN_FAILED };
             vec![event(op, k, agent, "", detail.clone())]
         }
+        Op::ReachLimit { run_id, limit, cap } => {
+            let agent = state.runs[run_id].agent.clone();
+            vec![event(op, kind::LIMIT_REACHED, &agent, run_id, json!({ "limit": limit, "cap": cap }))]
+        }
         Op::RevokeToken { token_id } => {
             state.revoked.insert(token_id.clone());
             vec![event(op, kind::TOKEN_REVOKED, "", "", json!({ "token_id": token_id }))]
@@ -466,7 +505,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn op(time_ms: u64, op: Op) -> Operation {
-        Operation { time_ms, token: "tok".into(), op }
+        Operation { time_ms, token: "tok".into(), chain: Vec::new(), op }
     }
 
     #[test]
@@ -535,6 +574,32 @@ mod tests {
     }
 
     #[test]
+    fn revoking_a_block_revokes_it_and_its_descendants_only() {
+        let mut s = State::default();
+        // A parent token (ids [p]) and two children attenuated from it (ids [p, c1] and [p, c2]).
+        let under = |token: &str, chain: &[&str], run: &str| Operation {
+            time_ms: 1,
+            token: token.into(),
+            chain: chain.iter().map(|c| c.to_string()).collect(),
+            op: Op::StartRun { run_id: run.into(), agent: "a".into(), task_id: None, detail: json!({}), rate: None },
+        };
+        let emit = |run: &str| op(2, Op::EmitObservation { run_id: run.into(), kind: "k".into(), payload: json!(1) });
+        assert_eq!(apply(&mut s, &under("c1", &["p", "c1"], "r1"))[0].kind, "run.started");
+        assert_eq!(apply(&mut s, &under("c2", &["p", "c2"], "r2"))[0].kind, "run.started");
+        apply(&mut s, &op(1, Op::RevokeToken { token_id: "c1".into() }));
+        assert_eq!(apply(&mut s, &emit("r1"))[0].kind, "op.rejected", "a run of the revoked child");
+        assert_eq!(apply(&mut s, &emit("r2"))[0].kind, "observation", "its sibling");
+        assert_eq!(apply(&mut s, &under("p", &["p"], "r3"))[0].kind, "run.started", "its parent");
+        assert_eq!(apply(&mut s, &under("c1", &["p", "c1"], "r4"))[0].kind, "op.rejected");
+        let grandchild = under("g", &["p", "c1", "g"], "r5");
+        assert_eq!(apply(&mut s, &grandchild)[0].kind, "op.rejected", "a descendant of the revoked child");
+        let end = op(3, Op::CompleteRun { run_id: "r1".into(), fuel: 1, detail: json!({}) });
+        assert_eq!(apply(&mut s, &end)[1].kind, "run.completed", "the ending of a revoked run is still recorded");
+        apply(&mut s, &op(4, Op::RevokeToken { token_id: "p".into() }));
+        assert_eq!(apply(&mut s, &emit("r2"))[0].kind, "op.rejected", "revoking the parent revokes every child");
+    }
+
+    #[test]
     fn revoked_tokens_authorize_nothing() {
         let mut s = State::default();
         apply(&mut s, &op(1, Op::RevokeToken { token_id: "tok".into() }));
@@ -571,11 +636,10 @@ mod tests {
             }),
             id().prop_map(|token_id| Op::RevokeToken { token_id }),
         ];
-        (any::<u32>(), prop::sample::select(vec!["a", "b", "tok"]), op).prop_map(|(time_ms, token, op)| Operation {
-            time_ms: time_ms.into(),
-            token: token.into(),
-            op,
-        })
+        let chain = prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]).prop_map(String::from), 0..3);
+        (any::<u32>(), prop::sample::select(vec!["a", "b", "tok"]), chain, op).prop_map(
+            |(time_ms, token, chain, op)| Operation { time_ms: time_ms.into(), token: token.into(), chain, op },
+        )
     }
 
     proptest! {

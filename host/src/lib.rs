@@ -11,6 +11,8 @@
 
 pub mod adapt;
 pub mod bindings;
+pub mod bounds;
+pub mod cache_auth;
 pub mod commands;
 pub mod component;
 pub mod db;
@@ -18,9 +20,11 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod grants;
+pub mod home;
 pub mod kernel;
 pub mod report;
 pub mod run;
+pub mod runtime;
 pub mod sandbox;
 pub mod token;
 pub mod tools;

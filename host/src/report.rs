@@ -36,6 +36,10 @@ pub struct RunReport {
     pub logs: Vec<LogRecord>,
     #[serde(skip_serializing_if = "is_zero")]
     pub logs_dropped: u64,
+    /// Bytes of the guest's stdout and stderr that were not echoed: the host's stream was not being read before
+    /// the run's deadline.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unechoed_bytes: u64,
     /// What the guest tried without the grant for it, each naming the missing grant (see `sandbox::denied`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub denied: Vec<String>,
@@ -84,6 +88,7 @@ impl RunReport {
             stderr_bytes: 0,
             logs: Vec::new(),
             logs_dropped: 0,
+            unechoed_bytes: 0,
             denied: Vec::new(),
         }
     }

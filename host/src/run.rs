@@ -37,6 +37,9 @@ pub struct Limits {
     pub max_output: u64,
     /// Cap on any one table's elements. Default 1 million.
     pub max_table_elements: usize,
+    /// Cap on the records of each kind (observations, tool calls, state writes) one run may add to the log.
+    /// Default 10,000.
+    pub max_records: u64,
 }
 
 impl Default for Limits {
@@ -47,6 +50,7 @@ impl Default for Limits {
             max_memory: 512 << 20,
             max_output: 1 << 20,
             max_table_elements: 1_000_000,
+            max_records: crate::sandbox::budget::DEFAULT_MAX_RECORDS,
         }
     }
 }
@@ -88,15 +92,23 @@ impl Program {
 /// Loads components and runs them.
 pub struct Runner {
     host: Arc<HostEngine>,
-    programs: HashMap<std::path::PathBuf, Arc<Program>>,
+    programs: std::sync::Mutex<HashMap<std::path::PathBuf, Arc<Program>>>,
     events: Option<Arc<EventLog>>,
     tools: Option<Arc<ToolHost>>,
 }
 
 impl Runner {
+    /// A runner with its own engine, no event log and no tools (library use and benches; commands use
+    /// [`crate::runtime::Host::runner`]).
     pub fn new(options: &EngineOptions) -> Result<Self, RunError> {
         let host = HostEngine::new(options).map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))?;
-        Ok(Runner { host: Arc::new(host), programs: HashMap::new(), events: None, tools: None })
+        Ok(Runner::from_parts(Arc::new(host), None, None))
+    }
+
+    /// A runner on a shared engine, recording in `events` (which also gives agents their `events` and `state`
+    /// interfaces), letting agents call tools through `tools`.
+    pub fn from_parts(host: Arc<HostEngine>, events: Option<Arc<EventLog>>, tools: Option<Arc<ToolHost>>) -> Self {
+        Runner { host, programs: std::sync::Mutex::new(HashMap::new()), events, tools }
     }
 
     /// Lets agents call the tools installed in `registry` (recorded in this runner's event log, if it has one).
@@ -140,8 +152,8 @@ impl Runner {
     }
 
     /// Loads `path` (or returns the copy loaded before in this process).
-    pub fn load(&mut self, path: &Path) -> Result<Arc<Program>, RunError> {
-        if let Some(p) = self.programs.get(path) {
+    pub fn load(&self, path: &Path) -> Result<Arc<Program>, RunError> {
+        if let Some(p) = self.programs.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
             return Ok(p.clone());
         }
         let loaded = component::load(&self.host, path)?;
@@ -160,7 +172,7 @@ impl Runner {
         };
         let name = agent_name(path);
         let program = Arc::new(Program { loaded, prepared, name });
-        self.programs.insert(path.to_path_buf(), program.clone());
+        self.programs.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf(), program.clone());
         Ok(program)
     }
 
@@ -183,6 +195,7 @@ impl Runner {
             state: grants.state,
             token: if grants.token_id.is_empty() { LOCAL_TOKEN.to_string() } else { grants.token_id.clone() },
             tools: None,
+            budget: Arc::new(crate::sandbox::budget::RunBudget::new(limits.max_records)),
         };
         let mut context = context;
         if let (Some(host), Some(token)) = (&self.tools, &grants.token) {
@@ -194,8 +207,10 @@ impl Runner {
                 grants: grants.clone(),
                 rate: grants.rate,
                 depth: 0,
-                deadline: Instant::now() + limits.timeout,
+                deadline: crate::units::deadline_after(limits.timeout),
                 max_memory: limits.max_memory,
+                component: Some(program.loaded.sha256.clone()),
+                budget: Some(context.budget.clone()),
             };
             context.tools = Some(Arc::new(ToolSession { host: host.clone(), caller }));
         }
@@ -219,7 +234,9 @@ impl Runner {
                 detail,
                 rate: grants.rate,
             };
-            match log.submit_accepted(operation_by(&context.token, op)).await {
+            let mut start = operation_by(&context.token, op);
+            start.chain = grants.token.as_ref().map(|t| t.revocation_ids.clone()).unwrap_or_default();
+            match log.submit_accepted(start).await {
                 Ok(_) => {}
                 // The kernel refused the start (the `op.rejected` event records why): a used-up rate limit, or a
                 // token revoked since it was checked.
@@ -366,6 +383,7 @@ impl Runner {
             stderr_bytes: stderr.bytes_written(),
             logs: state.log.records().to_vec(),
             logs_dropped: state.log.dropped(),
+            unechoed_bytes: stdout.unechoed() + stderr.unechoed(),
             denied: state.denied.list(),
         }
     }
@@ -501,7 +519,7 @@ pub fn operation(op: Op) -> Operation {
 
 /// An operation submitted now under the authority of the token with revocation id `token`.
 pub fn operation_by(token: &str, op: Op) -> Operation {
-    Operation { time_ms: crate::events::now_ms(), token: token.into(), op }
+    Operation { time_ms: crate::events::now_ms(), token: token.into(), chain: Vec::new(), op }
 }
 
 /// An id unique enough to correlate a run's records: time, process and a per-process counter.

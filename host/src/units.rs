@@ -29,6 +29,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// The instant `after` from now, or about thirty years from now for a duration too long to add (an "unlimited"
+/// timeout must not overflow the clock and panic).
+pub fn deadline_after(after: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(after).unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+}
+
 /// Parses a duration such as `500ms`, `30s`, `2m`, `1h 30m`; a bare number means seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();

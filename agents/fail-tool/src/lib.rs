@@ -7,6 +7,7 @@
 //! | `bad-output` | returns output that violates its own output schema (the host must not pass it on)            |
 //! | `error`      | returns `failed`, an ordinary tool error                                                     |
 //! | `recurse`    | calls itself through the host until the depth limit refuses a call; reports the chain       |
+//! | `alloc`      | allocates and touches `mib` MiB of memory, then returns `{"ok": true}` (memory caps)        |
 //! | `ok`         | returns `{"ok": true}`                                                                       |
 
 use serde::Deserialize;
@@ -25,8 +26,9 @@ fn spec() -> Spec {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "type": "object",
             "properties": {
-                "mode": { "enum": ["trap", "spin", "bad-output", "error", "recurse", "ok"] },
+                "mode": { "enum": ["trap", "spin", "bad-output", "error", "recurse", "alloc", "ok"] },
                 "depth": { "type": "integer", "minimum": 0, "description": "recurse: this call's level" },
+                "mib": { "type": "integer", "minimum": 0, "maximum": 4096, "description": "alloc: how much" },
             },
             "required": ["mode"],
             "additionalProperties": false,
@@ -55,6 +57,7 @@ enum Mode {
     BadOutput,
     Error,
     Recurse,
+    Alloc,
     Ok,
 }
 
@@ -64,6 +67,8 @@ struct In {
     mode: Mode,
     #[serde(default)]
     depth: u64,
+    #[serde(default)]
+    mib: u64,
 }
 
 fn fail(input: In) -> Result<Value, ToolError> {
@@ -86,6 +91,19 @@ fn fail(input: In) -> Result<Value, ToolError> {
                     Ok(json!({ "ok": false, "depth": input.depth, "inner": m }))
                 }
             }
+        }
+        Mode::Alloc => {
+            // Touch every page, so the memory is really committed; fail cleanly if the host refuses to grow.
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..input.mib {
+                let mut chunk: Vec<u8> = Vec::new();
+                chunk
+                    .try_reserve_exact(1 << 20)
+                    .map_err(|_| ToolError::Failed(format!("out of memory after {} MiB", held.len())))?;
+                chunk.resize(1 << 20, 1);
+                held.push(std::hint::black_box(chunk));
+            }
+            Ok(json!({ "ok": true, "depth": held.len() }))
         }
         Mode::Ok => Ok(json!({ "ok": true })),
     }

@@ -13,9 +13,16 @@
 //! | `net`      | `addr` (`127.0.0.1:PORT`) | opens a TCP connection through `wasi:sockets`                          |
 //! | `flood`    |                           | writes 1 KiB lines to stdout forever (output limit)                   |
 //! | `panic`    |                           | panics (a trap: `unreachable` after the panic message on stderr)      |
+//! | `calls`    | `calls`, `fail`           | makes each host call of the list in turn (see [`Call`]), records each  |
+//! |            |                           | answer, then fails with `fail` (a message of any size) if given        |
+//! | `swap`     | `sub`, `tool`, `path`     | replaces directory `sub` with a symlink to `../..`, then calls `tool`  |
+//! |            |                           | on `path`: a nested grant must still be the directory it was           |
 //!
 //! The probing attacks (`escape`, `write-ro`, `env`, `net`) return `denied` with every attempt and its error when
 //! the host blocks them all, and `Ok` with what got through otherwise, so a test can tell a leak from a block.
+
+// `std::os::wasi::fs::symlink_path` (the `swap` attack); guests are built with RUSTC_BOOTSTRAP=1 for -Zbuild-std.
+#![feature(wasi_ext)]
 
 use std::fs::{self, OpenOptions};
 use std::hint::black_box;
@@ -56,6 +63,41 @@ enum Attack {
     },
     Flood,
     Panic,
+    Calls {
+        calls: Vec<Call>,
+        #[serde(default)]
+        fail: Option<String>,
+    },
+    Swap {
+        sub: String,
+        tool: String,
+        path: String,
+    },
+}
+
+/// One guest-facing host call, with the guest's own (arbitrary) arguments; `times` repeats it.
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Call {
+    /// `events.emit(kind, payload)`: the payload is sent as the text given (valid JSON or not).
+    Emit {
+        kind: String,
+        payload: String,
+        #[serde(default)]
+        times: Option<u32>,
+    },
+    /// `state.set(key, value)`.
+    Set { key: String, value: String },
+    /// `state.delete(key)`.
+    Delete { key: String },
+    /// `tools.call(name, input)`: the input is sent as the text given.
+    Tool { name: String, input: String },
+    /// `log.log(warn, message)`.
+    Log { message: String },
+    /// Allocates and touches `mib` MiB that stay held until the run ends.
+    Alloc { mib: u64 },
+    /// Fails the whole run if the state key `key` is not set yet (and sets it): the first run fails, later ones go on.
+    FailIfNew { key: String },
 }
 
 fn hostile(_task: &Task, attack: Attack) -> Result<Value, AgentError> {
@@ -69,7 +111,80 @@ fn hostile(_task: &Task, attack: Attack) -> Result<Value, AgentError> {
         Attack::Net { addr } => net(&addr),
         Attack::Flood => flood(),
         Attack::Panic => panic!("hostile agent panics on purpose"),
+        Attack::Calls { calls, fail } => {
+            let answers = make_calls(calls)?;
+            match fail {
+                Some(message) => Err(AgentError::Failed(message)),
+                None => Ok(json!({ "answers": answers })),
+            }
+        }
+        Attack::Swap { sub, tool, path } => swap(&sub, &tool, &path),
     }
+}
+
+/// Makes each call; the answer of each is `ok: ...` or `err: ...` (for `times`, the first error and the count).
+fn make_calls(calls: Vec<Call>) -> Result<Vec<String>, AgentError> {
+    use toka_sdk::bindings::toka::agent::tools as host_tools;
+    calls
+        .into_iter()
+        .map(|call| {
+            Ok(match call {
+            Call::Emit { kind, payload, times } => {
+                let times = times.unwrap_or(1);
+                let mut ok = 0u32;
+                for _ in 0..times {
+                    match toka_sdk::events::emit_raw(&kind, &payload) {
+                        Ok(_) => ok += 1,
+                        Err(e) => return format!("err after {ok}: {e}"),
+                    }
+                }
+                format!("ok: {ok}")
+            }
+            Call::Set { key, value } => match toka_sdk::state::set(&key, value.as_bytes()) {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => format!("err: {e:?}"),
+            },
+            Call::Delete { key } => match toka_sdk::state::delete(&key) {
+                Ok(existed) => format!("ok: {existed}"),
+                Err(e) => format!("err: {e:?}"),
+            },
+            Call::Tool { name, input } => match host_tools::call(&name, &input) {
+                Ok(out) => format!("ok: {out}"),
+                Err(e) => format!("err: {e:?}"),
+            },
+            Call::Log { message } => {
+                toka_sdk::log::warn(&message);
+                "ok".to_owned()
+            }
+            Call::Alloc { mib } => {
+                for _ in 0..mib {
+                    let chunk: &'static mut [u8] = Box::leak(vec![1u8; 1 << 20].into_boxed_slice());
+                    black_box(chunk);
+                }
+                format!("ok: {mib} MiB held")
+            }
+            Call::FailIfNew { key } => match toka_sdk::state::get(&key) {
+                Ok(Some(_)) => "ok: seen before".to_owned(),
+                Ok(None) => {
+                    toka_sdk::state::set(&key, b"1").map_err(|e| AgentError::Failed(format!("{e:?}")))?;
+                    return Err(AgentError::Failed(format!("{key} was new")));
+                }
+                Err(e) => format!("err: {e:?}"),
+            },
+            })
+        })
+        .collect()
+}
+
+/// Replaces the directory `sub` with a symlink to `../..` (keeping the original under `sub.orig`), then asks `tool`
+/// about `path`, and reports what the tool saw.
+fn swap(sub: &str, tool: &str, path: &str) -> Result<Value, AgentError> {
+    let failed = |what: &str, e: std::io::Error| AgentError::Failed(format!("{what}: {e}"));
+    let moved = format!("{}.orig", sub.trim_end_matches('/'));
+    fs::rename(sub, &moved).map_err(|e| failed("rename", e))?;
+    std::os::wasi::fs::symlink_path("../..", sub).map_err(|e| failed("symlink", e))?;
+    let answer = toka_sdk::tools::call(tool, &json!({ "path": path }));
+    Ok(json!({ "tool": format!("{answer:?}") }))
 }
 
 /// Counts forever; `black_box` keeps the loop body observable so the optimizer cannot drop or shorten it.

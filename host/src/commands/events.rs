@@ -4,7 +4,6 @@ use crate::db::Db;
 use crate::events::{self, EventRecord, Filter};
 use clap::{Args, Subcommand};
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// Show the event log (oldest first), or verify its hash chain.
@@ -40,10 +39,6 @@ pub struct EventsCommand {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
-
-    /// The database (default $TOKA_HOME/toka.redb).
-    #[arg(long, value_name = "PATH", global = true)]
-    pub db: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,18 +53,9 @@ pub enum EventsAction {
 /// Exit code of `events verify` when the chain does not verify.
 pub const CHAIN_BROKEN: i32 = 80;
 
-/// Opens `--db PATH` (or the default database); on failure prints the one-line error and gives the exit code.
-pub(crate) fn open_db(path: Option<&PathBuf>) -> Result<Db, i32> {
-    let path = path.cloned().unwrap_or_else(crate::db::default_path);
-    Db::open(&path).map_err(|e| {
-        eprintln!("toka-host: {e}");
-        crate::error::Outcome::HostError.exit_code()
-    })
-}
-
 impl EventsCommand {
-    pub fn execute(self) -> i32 {
-        let db = match open_db(self.db.as_ref()) {
+    pub fn execute(self, home: &crate::home::Home) -> i32 {
+        let db = match super::existing_db(home) {
             Ok(db) => db,
             Err(code) => return code,
         };

@@ -26,8 +26,8 @@ pub enum KeyAction {
 }
 
 impl KeyCommand {
-    pub fn execute(self) -> i32 {
-        let home = crate::db::default_home();
+    pub fn execute(self, home: &crate::home::Home) -> i32 {
+        let home = home.dir.clone();
         let now = crate::events::now_ms();
         let result = match self.action {
             KeyAction::Init => KeyStore::update(&home, |s| s.init(now).map(|k| format!("root key {} created", k.id))),

@@ -1,15 +1,11 @@
 //! `toka-host mcp`: serve the installed tools to LLM clients over MCP, on stdio (default) or streamable HTTP.
 
-use crate::commands::tool::{CallerArgs, tool_engine};
-use crate::db::Db;
+use crate::commands::tool::CallerArgs;
 use crate::error::RunError;
-use crate::events::{EventLog, GroupCommit};
-use crate::tools::call::ToolHost;
+use crate::runtime::{Host, HostOptions};
 use crate::tools::mcp::McpServer;
-use crate::tools::registry::Registry;
 use clap::Args;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// Serve the installed tools over the Model Context Protocol.
 ///
@@ -27,7 +23,7 @@ pub struct McpCommand {
 }
 
 impl McpCommand {
-    pub fn execute(self) -> i32 {
+    pub fn execute(self, home: &crate::home::Home) -> i32 {
         let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -35,7 +31,7 @@ impl McpCommand {
                 return 79;
             }
         };
-        match rt.block_on(self.serve()) {
+        match rt.block_on(self.serve(home)) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("toka-host: {e}");
@@ -44,22 +40,23 @@ impl McpCommand {
         }
     }
 
-    async fn serve(self) -> Result<(), RunError> {
+    async fn serve(self, home: &crate::home::Home) -> Result<(), RunError> {
         use rmcp::ServiceExt;
-        let home = crate::db::default_home();
-        let registry = Registry::open(&home);
-        let db = Db::open(&crate::db::default_path()).map_err(|e| RunError::host(format!("event log: {e}")))?;
-        let log = EventLog::open(db, GroupCommit::default())
-            .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;
-        let db = log.db().clone();
-        let installed: Vec<String> =
-            registry.list().map_err(|e| RunError::host(e.to_string()))?.into_iter().map(|t| t.name).collect();
+        let host = Host::open(home.clone(), HostOptions::default())?;
+        let installed: Vec<String> = host
+            .tools()
+            .registry
+            .list()
+            .map_err(|e| RunError::host(e.to_string()))?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
         // The server lives for long: its own calls get their deadline per call, not from startup.
         // Without --token, the operator's flags are minted into a token that lives as long as a server may.
-        let mut caller = self.caller.caller(&db, &installed, std::time::Duration::from_secs(365 * 86_400))?;
+        let mut caller = self.caller.caller(&host, &installed, std::time::Duration::from_secs(365 * 86_400))?;
         caller.deadline = std::time::Instant::now();
-        let host = Arc::new(ToolHost::new(tool_engine()?, registry, Some(Arc::new(log))));
-        let server = McpServer { host, caller, fuel: self.caller.fuel, timeout: self.caller.timeout };
+        let server =
+            McpServer { host: host.tools().clone(), caller, fuel: self.caller.fuel, timeout: self.caller.timeout };
         match self.http {
             None => {
                 let running =

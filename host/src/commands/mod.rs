@@ -10,7 +10,9 @@ pub mod token;
 pub mod tool;
 
 use crate::grants::{DirGrant, EnvGrant, GrantRequest, NetGrant, StateGrant};
+use crate::home::Home;
 use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 
 /// The grant flags of everything that runs a guest (`run`, `tool call`, `mcp`). A tool called with them gets only
 /// those it declares a need for.
@@ -36,10 +38,43 @@ impl GrantFlags {
     }
 }
 
+/// Where toka-host keeps its state, shared by every subcommand with the same meaning (and usable before or after
+/// the subcommand's name).
+#[derive(Debug, Clone, Default, Args)]
+pub struct HomeArgs {
+    /// toka-host's home: root keys, revocations, installed tools, agent state and the event database [default:
+    /// $TOKA_HOME, else $XDG_DATA_HOME/toka, else ~/.local/share/toka].
+    #[arg(long, value_name = "DIR", global = true)]
+    pub home: Option<PathBuf>,
+
+    /// The event database (events, operations, revocations, agent state) [default: HOME/toka.redb].
+    #[arg(long, value_name = "PATH", global = true)]
+    pub db: Option<PathBuf>,
+
+    /// Directory for compiled components [default: $TOKA_CACHE_DIR, else $XDG_CACHE_HOME/toka-host, else
+    /// ~/.cache/toka-host].
+    #[arg(long, value_name = "DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Do not read or write the compile cache.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+}
+
+impl HomeArgs {
+    /// The locations these flags name.
+    pub fn home(&self) -> Home {
+        Home::resolve(self.home.as_deref(), self.db.as_deref(), self.cache_dir.as_deref(), self.no_cache)
+    }
+}
+
 /// toka-host: run AI agents and tools as WebAssembly components in a deny-by-default sandbox.
 #[derive(Debug, Parser)]
 #[command(name = "toka-host", version, about, long_about = None)]
 pub struct Cli {
+    #[command(flatten)]
+    pub home: HomeArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -67,15 +102,28 @@ pub enum Command {
 impl Cli {
     /// Runs the chosen subcommand and returns the process exit code.
     pub fn execute(self) -> i32 {
+        let home = self.home.home();
         match self.command {
-            Command::Run(cmd) => cmd.execute(),
-            Command::Events(cmd) => cmd.execute(),
-            Command::Runs(cmd) => cmd.execute(),
-            Command::State(cmd) => cmd.execute(),
-            Command::Key(cmd) => cmd.execute(),
-            Command::Token(cmd) => cmd.execute(),
-            Command::Tool(cmd) => cmd.execute(),
-            Command::Mcp(cmd) => cmd.execute(),
+            Command::Run(cmd) => cmd.execute(&home),
+            Command::Events(cmd) => cmd.execute(&home),
+            Command::Runs(cmd) => cmd.execute(&home),
+            Command::State(cmd) => cmd.execute(&home),
+            Command::Key(cmd) => cmd.execute(&home),
+            Command::Token(cmd) => cmd.execute(&home),
+            Command::Tool(cmd) => cmd.execute(&home),
+            Command::Mcp(cmd) => cmd.execute(&home),
         }
     }
+}
+
+/// Opens an existing database for a reading command; on failure prints the one-line error and gives the exit code
+/// (76 when it does not exist: reading never creates one).
+pub(crate) fn existing_db(home: &Home) -> Result<crate::db::Db, i32> {
+    home.existing_db().map_err(|e| {
+        eprintln!("toka-host: {e}");
+        match e {
+            crate::home::HomeError::NoDatabase { .. } => crate::error::Outcome::FileNotFound.exit_code(),
+            _ => crate::error::Outcome::HostError.exit_code(),
+        }
+    })
 }

@@ -1,16 +1,16 @@
 //! `toka-host run`: load a component, authorize the grants it is given, run it in a fresh sandbox, report.
 
 use crate::component::World;
-use crate::db::Db;
-use crate::engine::EngineOptions;
-use crate::error::RunError;
-use crate::events::{EventLog, GroupCommit};
+use crate::error::{Outcome, RunError};
 use crate::grants::{self, NetGrant};
+use crate::home::Home;
 use crate::report::RunReport;
 use crate::run::{Invocation, Limits, MAX_INPUT, Program, Runner};
+use crate::runtime::{Host, HostOptions};
 use crate::sandbox::OutputMode;
 use crate::units::{parse_duration, parse_size};
 use clap::Args;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,10 +44,6 @@ pub struct RunCommand {
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
 
-    /// The database the run is recorded in (default $TOKA_HOME/toka.redb, ~/.local/share/toka/toka.redb).
-    #[arg(long, value_name = "PATH")]
-    pub db: Option<PathBuf>,
-
     /// Fuel budget (about one unit per instruction), or `unlimited` [default: the token's, else 10000000000].
     #[arg(long, value_name = "N", value_parser = parse_fuel)]
     pub fuel: Option<u64>,
@@ -63,6 +59,11 @@ pub struct RunCommand {
     /// Cap on each of the guest's stdout and stderr, e.g. 1MiB.
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_size)]
     pub max_output: u64,
+
+    /// Cap on the records of each kind (observations, tool calls, state writes) the run may add to the event log;
+    /// the first call past it records one `limit.reached` event, later ones get an error value.
+    #[arg(long, value_name = "N", default_value_t = crate::sandbox::budget::DEFAULT_MAX_RECORDS)]
+    pub max_records: u64,
 
     /// Task id handed to an agent (default: a fresh id).
     #[arg(long, value_name = "ID")]
@@ -89,14 +90,6 @@ pub struct RunCommand {
     #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub parallel: u32,
 
-    /// Directory for compiled components (default $TOKA_CACHE_DIR, else ~/.cache/toka-host).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-
-    /// Do not read or write the compile cache.
-    #[arg(long)]
-    pub no_cache: bool,
-
     /// The component (or preview 1 module) to run.
     pub component: PathBuf,
 
@@ -113,10 +106,10 @@ fn parse_fuel(text: &str) -> Result<u64, String> {
 }
 
 impl RunCommand {
-    pub fn execute(self) -> i32 {
+    pub fn execute(self, home: &Home) -> i32 {
         let json = self.json;
         let report = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-            Ok(rt) => rt.block_on(self.run()),
+            Ok(rt) => rt.block_on(self.run(home)),
             Err(e) => Err(RunError::host(format!("cannot start the async runtime: {e}"))),
         };
         let report = match report {
@@ -133,28 +126,13 @@ impl RunCommand {
         report.exit_code
     }
 
-    async fn run(self) -> Result<RunReport, RunError> {
-        let options = EngineOptions {
-            fuel: true,
-            cache_dir: if self.no_cache {
-                None
-            } else {
-                self.cache_dir.clone().or_else(crate::engine::default_cache_dir)
-            },
-            pooling: self.repeat > 1 || self.parallel > 1,
-        };
-        let db_path = self.db.clone().unwrap_or_else(crate::db::default_path);
-        let db = Db::open(&db_path).map_err(|e| RunError::host(format!("event log: {e}")))?;
-        let log = EventLog::open(db, GroupCommit::default())
-            .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;
-        let db = log.db().clone();
-        let mut runner = Runner::new(&options)?
-            .with_events(Arc::new(log))
-            .with_tools(crate::tools::registry::Registry::open(&crate::db::default_home()));
+    async fn run(self, home: &Home) -> Result<RunReport, RunError> {
+        let host = Host::open(home.clone(), HostOptions { pooling: self.repeat > 1 || self.parallel > 1 })?;
+        let runner = host.runner();
         // The token is read once: `--token -` reads stdin, which cannot be read twice.
         let prepared = self.token_text().and_then(|token| {
-            let limits = self.limits(token.as_deref())?;
-            let (program, invocation, authorized) = self.prepare(&mut runner, &db, &limits, token.as_deref())?;
+            let limits = self.limits(&host, token.as_deref())?;
+            let (program, invocation, authorized) = self.prepare(&host, &runner, &limits, token.as_deref())?;
             Ok((program, invocation, authorized, limits))
         });
         let (program, invocation, authorized, limits) = match prepared {
@@ -170,9 +148,10 @@ impl RunCommand {
         let output = OutputMode { echo: !self.json, capture: self.json };
 
         let rss_before = crate::run::resident_set_bytes();
-        let mut report = runner.run(&program, &authorized, &limits, &invocation, output).await;
-        let mut failures = u32::from(report.exit_code != 0);
+        let first = runner.run(&program, &authorized, &limits, &invocation, output).await;
         let rss_first = crate::run::resident_set_bytes();
+        let mut tally = Tally::default();
+        tally.add(first);
         let runner = Arc::new(runner);
         let mut copies = tokio::task::JoinSet::new();
         for copy in 0..self.parallel {
@@ -181,24 +160,20 @@ impl RunCommand {
             // The first copy's first run already ran above.
             let runs = if copy == 0 { self.repeat - 1 } else { self.repeat };
             copies.spawn(async move {
-                let (mut last, mut failed) = (None, 0u32);
+                let mut tally = Tally::default();
                 for _ in 0..runs {
-                    let r = runner.run(&program, &authorized, &limits, &invocation, output).await;
-                    failed += u32::from(r.exit_code != 0);
-                    last = Some(r);
+                    tally.add(runner.run(&program, &authorized, &limits, &invocation, output).await);
                 }
-                (last, failed)
+                tally
             });
         }
         while let Some(joined) = copies.join_next().await {
-            let (last, failed) = joined.map_err(|e| RunError::host(format!("a parallel run panicked: {e}")))?;
-            failures += failed;
-            if let Some(last) = last {
-                report = last;
-            }
+            tally.merge(joined.map_err(|e| RunError::host(format!("a parallel run panicked: {e}")))?);
         }
         let rss_after = crate::run::resident_set_bytes();
-        let total_runs = self.repeat * self.parallel;
+        let total_runs = u64::from(self.repeat) * u64::from(self.parallel);
+        let Tally { worst, failures, outcomes, .. } = tally;
+        let report = worst.expect("at least one run");
 
         if self.json {
             let mut value = serde_json::json!(report);
@@ -206,6 +181,7 @@ impl RunCommand {
                 value["repeat"] = serde_json::json!({
                     "runs": total_runs,
                     "failures": failures,
+                    "outcomes": outcomes,
                     "rss_before_bytes": rss_before,
                     "rss_after_first_bytes": rss_first,
                     "rss_after_last_bytes": rss_after,
@@ -213,6 +189,8 @@ impl RunCommand {
             }
             print_json(&value);
         } else {
+            // The guest's echoed output first, then the host's own lines.
+            crate::sandbox::output::drain_echo();
             if let Some(result) = &report.result {
                 let mut out = std::io::stdout().lock();
                 // A closed stdout (e.g. `| head`) is not the guest's failure; nothing useful to do about it.
@@ -226,6 +204,23 @@ impl RunCommand {
             if let Some(error) = report.error.as_ref().filter(|_| report.outcome != crate::error::Outcome::Exited) {
                 eprintln!("toka-host: {error}");
             }
+            if report.unechoed_bytes > 0 {
+                eprintln!(
+                    "toka-host: warning: {} bytes of the guest's output were not echoed: the host's output was not \
+                     read before the run's deadline",
+                    report.unechoed_bytes
+                );
+            }
+            if total_runs > 1 {
+                let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+                eprintln!(
+                    "toka-host: {total_runs} runs, {failures} failed; resident memory {:.1} MiB before, {:.1} MiB \
+                     after the first run, {:.1} MiB after the last",
+                    mib(rss_before),
+                    mib(rss_first),
+                    mib(rss_after)
+                );
+            }
         }
         Ok(report)
     }
@@ -236,11 +231,11 @@ impl RunCommand {
     }
 
     /// The run's limits: each flag given, else the token's ceiling (with `--token`), else the default.
-    fn limits(&self, token: Option<&str>) -> Result<Limits, RunError> {
+    fn limits(&self, host: &Host, token: Option<&str>) -> Result<Limits, RunError> {
         let defaults = Limits::default();
         let ceiling = match token {
             Some(text) if self.fuel.is_none() || self.timeout.is_none() || self.max_memory.is_none() => {
-                Some(crate::token::limits_of(&crate::db::default_home(), text)?)
+                Some(host.token_limits(text)?)
             }
             _ => None,
         };
@@ -249,6 +244,7 @@ impl RunCommand {
             timeout: self.timeout.or(ceiling.map(|c| Duration::from_millis(c.timeout_ms))).unwrap_or(defaults.timeout),
             max_memory: self.max_memory.or(ceiling.map(|c| c.memory)).unwrap_or(defaults.max_memory),
             max_output: self.max_output,
+            max_records: self.max_records,
             ..defaults
         })
     }
@@ -256,8 +252,8 @@ impl RunCommand {
     /// Everything that can refuse the run before the guest starts, in order.
     fn prepare(
         &self,
-        runner: &mut Runner,
-        db: &Db,
+        host: &Host,
+        runner: &Runner,
         limits: &Limits,
         token_text: Option<&str>,
     ) -> Result<(Arc<Program>, Invocation, grants::Authorized), RunError> {
@@ -265,13 +261,14 @@ impl RunCommand {
         let program = runner.load(&self.component)?;
         let invocation = self.invocation(program.world(), input)?;
         let request = self.grants.request(self.inherit_stdin, self.state.unwrap_or_default());
-        let mut authorized = grants::authorize(&request)?;
-        let mut run_request = token_request(program.name(), &self.grants.net, &authorized, limits);
+        let mut authorized = host.authorize_grants(&request)?;
+        let digest = Some(program.loaded.sha256.clone());
+        let mut run_request = token_request(program.name(), &self.grants.net, &authorized, limits, digest);
         for tool in &self.tools {
             crate::tools::check_name(tool).map_err(RunError::InvalidInput)?;
             run_request.grants.push(crate::token::Grant { kind: "tool".into(), value: tool.clone(), mode: "".into() });
         }
-        let authorization = crate::token::authorize_run(&crate::db::default_home(), db, token_text, &run_request)?;
+        let authorization = host.authorize_token(token_text, &run_request, crate::token::LOCAL_TTL)?;
         authorized.token_id = authorization.token_id;
         authorized.rate = authorization.rate;
         authorized.token = Some(authorization.token);
@@ -327,6 +324,7 @@ pub fn token_request(
     net: &[NetGrant],
     a: &grants::Authorized,
     limits: &Limits,
+    component: Option<String>,
 ) -> crate::token::RunRequest {
     use crate::token::Grant;
     let grant = |kind: &str, value: String, mode: &str| Grant { kind: kind.into(), value, mode: mode.into() };
@@ -354,6 +352,7 @@ pub fn token_request(
             memory: limits.max_memory,
             timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
         },
+        component,
     }
 }
 
@@ -379,4 +378,47 @@ fn read_input(path: &std::path::Path) -> Result<String, RunError> {
 fn print_json(value: &serde_json::Value) {
     let mut out = std::io::stdout().lock();
     drop(writeln!(out, "{value:#}").and_then(|()| out.flush()));
+}
+
+/// What `--repeat`/`--parallel` runs came to: the worst report (the process exits with its code), the number of
+/// failures and a count per outcome.
+#[derive(Default)]
+struct Tally {
+    worst: Option<RunReport>,
+    failures: u64,
+    outcomes: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    /// How bad an ending is: success is best; a host fault is worst; then refusals and limits, in exit-code order.
+    fn severity(r: &RunReport) -> (u8, i32) {
+        match r.outcome {
+            Outcome::Success => (0, 0),
+            Outcome::HostError => (3, 0),
+            Outcome::Exited => (1, r.exit_code),
+            _ => (2, r.exit_code),
+        }
+    }
+
+    fn add(&mut self, report: RunReport) {
+        self.failures += u64::from(report.exit_code != 0);
+        let name = serde_json::to_value(report.outcome).ok().and_then(|v| v.as_str().map(String::from));
+        *self.outcomes.entry(name.unwrap_or_default()).or_default() += 1;
+        // The first report of the worst severity is kept, so equal failures report the earliest.
+        if self.worst.as_ref().is_none_or(|w| Self::severity(&report) > Self::severity(w)) {
+            self.worst = Some(report);
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.failures += other.failures;
+        for (k, n) in other.outcomes {
+            *self.outcomes.entry(k).or_default() += n;
+        }
+        if let Some(w) = other.worst
+            && self.worst.as_ref().is_none_or(|mine| Self::severity(&w) > Self::severity(mine))
+        {
+            self.worst = Some(w);
+        }
+    }
 }

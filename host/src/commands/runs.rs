@@ -3,7 +3,6 @@
 use crate::events::{self, Filter, kind};
 use clap::Args;
 use serde::Serialize;
-use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// A table of recent runs: outcome, fuel, wall time.
@@ -20,10 +19,6 @@ pub struct RunsCommand {
     /// JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
-
-    /// The database (default $TOKA_HOME/toka.redb).
-    #[arg(long, value_name = "PATH")]
-    pub db: Option<PathBuf>,
 }
 
 /// One run, as assembled from its `run.*` events.
@@ -39,8 +34,8 @@ pub struct RunRow {
 }
 
 impl RunsCommand {
-    pub fn execute(self) -> i32 {
-        let db = match super::events::open_db(self.db.as_ref()) {
+    pub fn execute(self, home: &crate::home::Home) -> i32 {
+        let db = match super::existing_db(home) {
             Ok(db) => db,
             Err(code) => return code,
         };

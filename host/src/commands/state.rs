@@ -4,16 +4,11 @@ use crate::events::{EventLog, GroupCommit};
 use crate::kernel::Op;
 use crate::sandbox::state as store;
 use clap::{Args, Subcommand};
-use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct StateCommand {
     #[command(subcommand)]
     pub action: StateAction,
-
-    /// The database (default $TOKA_HOME/toka.redb).
-    #[arg(long, value_name = "PATH", global = true)]
-    pub db: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,8 +36,16 @@ pub enum StateAction {
 }
 
 impl StateCommand {
-    pub fn execute(self) -> i32 {
-        let db = match super::events::open_db(self.db.as_ref()) {
+    pub fn execute(self, home: &crate::home::Home) -> i32 {
+        // Reading needs an existing database; `set` writes, and creates the home's database if needed.
+        let db = match &self.action {
+            StateAction::Set { .. } => home.open_db().map_err(|e| {
+                eprintln!("toka-host: {e}");
+                79
+            }),
+            _ => super::existing_db(home),
+        };
+        let db = match db {
             Ok(db) => db,
             Err(code) => return code,
         };

@@ -18,8 +18,16 @@ pub struct TokenCommand {
 pub enum TokenAction {
     /// Mint a token for an agent, signed by the active root key; prints it as base64.
     Mint {
-        #[arg(long)]
-        agent: String,
+        /// The agent the token is for (default: the name of the --component file).
+        #[arg(long, required_unless_present = "component")]
+        agent: Option<String>,
+        /// Pin the token to this component file: it can run only a component with the same sha256. The agent
+        /// defaults to the file's name.
+        #[arg(long, value_name = "FILE")]
+        component: Option<PathBuf>,
+        /// Pin the token to the component with this sha256 (hex), without the file.
+        #[arg(long, value_name = "SHA256", conflicts_with = "component")]
+        pin: Option<String>,
         /// KIND:VALUE: fs:PATH:ro|rw, env:NAME, net:HOST:PORT, tool:NAME, llm:MODEL, spawn:AGENT, state:ro|rw, stdin.
         #[arg(long = "grant", value_parser = Grant::parse)]
         grants: Vec<Grant>,
@@ -67,6 +75,12 @@ pub enum TokenAction {
         /// A stricter rate (the strictest rate in any block applies).
         #[arg(long, value_parser = Rate::parse)]
         rate: Option<Rate>,
+        /// Pin the narrowed token to this component file (see `mint --component`).
+        #[arg(long, value_name = "FILE")]
+        component: Option<PathBuf>,
+        /// Pin the narrowed token to the component with this sha256 (hex).
+        #[arg(long, value_name = "SHA256", conflicts_with = "component")]
+        pin: Option<String>,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -103,12 +117,27 @@ pub fn read_token(arg: &str) -> Result<String, String> {
         }
         return std::fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|e| format!("{arg}: {e}"));
     }
-    Ok(arg.trim().to_string())
+    // Tokens are URL-safe base64: anything with other characters was meant as a file name.
+    let text = arg.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=')) {
+        return Err(format!("token file {arg} not found (give a token file, `-` for stdin, or the token itself)"));
+    }
+    Ok(text.to_string())
+}
+
+/// The sha256 (hex) of a component file, as `run` computes it.
+fn component_digest(path: &std::path::Path) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let bytes = crate::component::read(path).map_err(|e| e.to_string())?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 fn emit(text: &str, out: Option<&PathBuf>) -> Result<(), String> {
     match out {
-        Some(p) => std::fs::write(p, format!("{text}\n")).map_err(|e| format!("{}: {e}", p.display())),
+        // A token is a bearer credential: its file is the owner's only.
+        Some(p) => {
+            crate::home::write_private(p, format!("{text}\n").as_bytes()).map_err(|e| format!("{}: {e}", p.display()))
+        }
         None => {
             println!("{text}");
             Ok(())
@@ -117,8 +146,8 @@ fn emit(text: &str, out: Option<&PathBuf>) -> Result<(), String> {
 }
 
 impl TokenCommand {
-    pub fn execute(self) -> i32 {
-        match self.run() {
+    pub fn execute(self, home: &crate::home::Home) -> i32 {
+        match self.run(home) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("toka-host: {e}");
@@ -127,13 +156,14 @@ impl TokenCommand {
         }
     }
 
-    fn run(self) -> Result<(), String> {
-        let home = crate::db::default_home();
-        let keys = || KeyStore::load(&home).map_err(|e| e.to_string());
+    fn run(self, home: &crate::home::Home) -> Result<(), String> {
+        let keys = || KeyStore::load(&home.dir).map_err(|e| e.to_string());
         let now = SystemTime::now();
         match self.action {
             TokenAction::Mint {
                 agent,
+                component,
+                pin,
                 grants,
                 fuel,
                 memory,
@@ -148,8 +178,18 @@ impl TokenCommand {
             } => {
                 let limits =
                     TokenLimits { fuel, memory, timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX) };
+                let digest = match (&component, pin) {
+                    (Some(file), _) => Some(component_digest(file)?),
+                    (None, pin) => pin,
+                };
+                let agent = match (agent, &component) {
+                    (Some(agent), _) => agent,
+                    (None, Some(file)) => crate::run::agent_name(file),
+                    (None, None) => return Err("give --agent NAME or --component FILE".into()),
+                };
                 let request = MintRequest {
                     agent,
+                    component: digest,
                     grants,
                     limits,
                     ttl: Some(ttl),
@@ -162,21 +202,26 @@ impl TokenCommand {
                 let t = token::mint(&keys()?, &request, now).map_err(|e| e.to_string())?;
                 emit(&t.to_base64().map_err(|e| e.to_string())?, out.as_ref())
             }
-            TokenAction::Attenuate { token, only, fuel, ttl, windows, rate, out } => {
+            TokenAction::Attenuate { token, only, fuel, ttl, windows, rate, component, pin, out } => {
                 let parsed = token::parse_unverified(&read_token(&token)?).map_err(|e| e.to_string())?;
-                let narrowed = token::attenuate(&parsed, &Attenuation { only, fuel, ttl, windows, rate }, now)
-                    .map_err(|e| e.to_string())?;
+                let component = match (&component, pin) {
+                    (Some(file), _) => Some(component_digest(file)?),
+                    (None, pin) => pin,
+                };
+                let narrowed =
+                    token::attenuate(&parsed, &Attenuation { only, fuel, ttl, windows, rate, component }, now)
+                        .map_err(|e| e.to_string())?;
                 emit(&narrowed.to_base64().map_err(|e| e.to_string())?, out.as_ref())
             }
             TokenAction::Inspect { token, json, at } => {
                 let text = read_token(&token)?;
                 let mut i = token::inspect(&keys()?, &text, at.unwrap_or(now)).map_err(|e| e.to_string())?;
-                if i.verifies == "ok" {
-                    let db =
-                        crate::commands::events::open_db(None).map_err(|_| "cannot open the database".to_string())?;
-                    if let Some(id) = crate::token::revoked_among(&db, &i.revocation_ids).map_err(|e| e.to_string())? {
-                        i.verifies = format!("token is revoked (revocation id {id})");
-                    }
+                // Revocations live in the home's database; without one, nothing has been revoked here.
+                if i.verifies == "ok"
+                    && let Ok(db) = home.existing_db()
+                    && let Some(id) = crate::token::revoked_among(&db, &i.revocation_ids).map_err(|e| e.to_string())?
+                {
+                    i.verifies = format!("token is revoked (revocation id {id})");
                 }
                 if json {
                     println!("{}", serde_json::json!(i));
@@ -195,6 +240,10 @@ impl TokenCommand {
                         if i.windows.is_empty() { "none".into() } else { i.windows.join("; ") }
                     );
                     println!("rate:         {}", or_none(i.rate.clone()));
+                    println!(
+                        "pinned to:    {}",
+                        if i.pinned.is_empty() { "any component".into() } else { i.pinned.join(" ") }
+                    );
                     println!("root key id:  {}", or_none(i.root_key_id.map(|id| id.to_string())));
                     println!("revocation:   {}", i.revocation_ids.join(" "));
                     for (n, block) in i.blocks.iter().enumerate() {
@@ -207,13 +256,14 @@ impl TokenCommand {
             TokenAction::Revoke { token } => {
                 let text = read_token(&token)?;
                 let id = if text.len() == 128 && text.chars().all(|c| c.is_ascii_hexdigit()) {
-                    text
+                    text.to_ascii_lowercase()
                 } else {
-                    // The first block's id: revoking it revokes the token and every token attenuated from it.
+                    // The token's own block (its last): revoking it revokes this token and every token attenuated
+                    // from it (they carry this block's id too), never its parent or its siblings.
                     let t = token::parse_unverified(&text).map_err(|e| e.to_string())?;
-                    hex::encode(t.revocation_identifiers().first().ok_or("token has no blocks")?)
+                    hex::encode(t.revocation_identifiers().last().ok_or("token has no blocks")?)
                 };
-                let db = crate::commands::events::open_db(None).map_err(|_| "cannot open the database".to_string())?;
+                let db = home.open_db().map_err(|e| e.to_string())?;
                 let log = EventLog::open(db, GroupCommit::default()).map_err(|e| e.to_string())?;
                 log.submit(crate::run::operation(Op::RevokeToken { token_id: id.clone() }))
                     .map_err(|e| e.to_string())?;

@@ -1,18 +1,16 @@
 //! `toka-host tool`: install, list, describe, remove and call tools.
 
-use crate::db::Db;
-use crate::engine::{EngineOptions, HostEngine};
 use crate::error::{Outcome, RunError};
-use crate::events::{EventLog, GroupCommit};
 use crate::grants;
-use crate::tools::call::{Caller, ToolHost};
+use crate::home::Home;
+use crate::runtime::{Host, HostOptions};
+use crate::tools::call::Caller;
 use crate::tools::registry::Registry;
 use crate::units::{parse_duration, parse_size};
 use clap::{Args, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `println!` that ignores a closed stdout (`tool list | head`): nothing useful is left to do about it.
 macro_rules! out {
@@ -88,24 +86,17 @@ fn runtime() -> Result<tokio::runtime::Runtime, RunError> {
         .map_err(|e| RunError::host(format!("cannot start the async runtime: {e}")))
 }
 
-/// An engine for tools: the compile cache as for runs, pooling for repeated calls.
-pub fn tool_engine() -> Result<Arc<HostEngine>, RunError> {
-    let options = EngineOptions { fuel: true, cache_dir: crate::engine::default_cache_dir(), pooling: false };
-    HostEngine::new(&options).map(Arc::new).map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))
-}
-
 impl CallerArgs {
     /// The caller of `tools`: its grants checked on the host, authorized by its token (or, without one, a token
     /// minted from these flags for the agent `operator` with `tool:NAME` for each of `tools`).
-    pub fn caller(&self, db: &Db, tools: &[String], local_ttl: Duration) -> Result<Caller, RunError> {
-        let mut authorized = grants::authorize(&self.grants.request(false, grants::StateGrant::None))?;
-        let home = crate::db::default_home();
+    pub fn caller(&self, host: &Host, tools: &[String], local_ttl: Duration) -> Result<Caller, RunError> {
+        let mut authorized = host.authorize_grants(&self.grants.request(false, grants::StateGrant::None))?;
         let token_text = self.token.as_deref().map(crate::commands::token::read_token).transpose();
         let token_text = token_text.map_err(RunError::TokenRefused)?;
         // With a token, the caller is the token's own agent; without one, the local operator.
         let agent = match &token_text {
             Some(text) => {
-                let keys = crate::token::keys::KeyStore::load(&home)
+                let keys = crate::token::keys::KeyStore::load(&host.home().dir)
                     .map_err(|e| RunError::TokenRefused(crate::error::one_line(&e.to_string())))?;
                 let verified = crate::token::cache::global()
                     .verify(&keys, text, std::time::SystemTime::now())
@@ -120,13 +111,13 @@ impl CallerArgs {
             max_memory: self.max_memory,
             ..crate::run::Limits::default()
         };
-        let mut run_request = crate::commands::run::token_request(&agent, &self.grants.net, &authorized, &limits);
+        let mut run_request = crate::commands::run::token_request(&agent, &self.grants.net, &authorized, &limits, None);
         if token_text.is_none() {
             for t in tools {
                 run_request.grants.push(crate::token::Grant { kind: "tool".into(), value: t.clone(), mode: "".into() });
             }
         }
-        let authorization = crate::token::authorize_caller(&home, db, token_text.as_deref(), &run_request, local_ttl)?;
+        let authorization = host.authorize_token(token_text.as_deref(), &run_request, local_ttl)?;
         authorized.token_id = authorization.token_id.clone();
         Ok(Caller {
             agent,
@@ -136,15 +127,17 @@ impl CallerArgs {
             grants: authorized,
             rate: authorization.rate,
             depth: 0,
-            deadline: Instant::now() + self.timeout,
+            deadline: crate::units::deadline_after(self.timeout),
             max_memory: self.max_memory,
+            component: None,
+            budget: None,
         })
     }
 }
 
 impl ToolCommand {
-    pub fn execute(self) -> i32 {
-        match self.run() {
+    pub fn execute(self, home: &Home) -> i32 {
+        match self.run(home) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("toka-host: {e}");
@@ -153,17 +146,16 @@ impl ToolCommand {
         }
     }
 
-    fn run(self) -> Result<i32, RunError> {
-        let registry = Registry::open(&crate::db::default_home());
+    fn run(self, home: &Home) -> Result<i32, RunError> {
+        let registry = Registry::open(&home.dir);
         let io = |e: crate::tools::registry::RegistryError| match e {
             crate::tools::registry::RegistryError::Unknown(_) => RunError::FileNotFound { path: e.to_string() },
             e => RunError::host(e.to_string()),
         };
         match self.action {
             ToolAction::Add { path, name } => {
-                let engine = tool_engine()?;
-                let host = ToolHost::new(engine, registry.clone(), None);
-                let (bytes, spec) = runtime()?.block_on(host.describe_file(&path))?;
+                let host = Host::open(home.clone(), HostOptions::default())?;
+                let (bytes, spec) = runtime()?.block_on(host.tools().describe_file(&path))?;
                 let name = name.unwrap_or_else(|| spec.name.clone());
                 crate::tools::check_name(&name).map_err(RunError::InvalidInput)?;
                 let installed = registry.add(&name, &bytes, spec).map_err(io)?;
@@ -209,14 +201,10 @@ impl ToolCommand {
                 Ok(0)
             }
             ToolAction::Call { name, input, caller, json } => {
-                let db = Db::open(&crate::db::default_path()).map_err(|e| RunError::host(format!("event log: {e}")))?;
-                let log = EventLog::open(db, GroupCommit::default())
-                    .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;
-                let db = log.db().clone();
+                let host = Host::open(home.clone(), HostOptions::default())?;
                 let fuel = caller.fuel;
-                let caller = caller.caller(&db, std::slice::from_ref(&name), crate::token::LOCAL_TTL)?;
-                let host = Arc::new(ToolHost::new(tool_engine()?, registry, Some(Arc::new(log))));
-                let report = runtime()?.block_on(host.call(&caller, &name, &input, fuel));
+                let caller = caller.caller(&host, std::slice::from_ref(&name), crate::token::LOCAL_TTL)?;
+                let report = runtime()?.block_on(host.tools().call(&caller, &name, &input, fuel));
                 let code = if report.result.is_ok() { 0 } else { report.outcome.exit_code() };
                 if json {
                     let value = serde_json::json!({

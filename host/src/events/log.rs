@@ -71,6 +71,8 @@ pub enum AppendError {
     Storage(String),
     #[error("operation rejected: {0}")]
     Rejected(String),
+    #[error("operation refused: {0}")]
+    Invalid(String),
 }
 
 enum Reply {
@@ -123,10 +125,17 @@ impl EventLog {
         &self.db
     }
 
-    fn enqueue(&self, op: Operation, reply: Reply) -> Result<(), AppendError> {
+    fn enqueue(&self, mut op: Operation, reply: Reply) -> Result<(), AppendError> {
+        // Whoever built the operation, it is bounded before it is encoded (see `crate::bounds`).
+        crate::bounds::bound_operation(&mut op).map_err(AppendError::Invalid)?;
         let encoded = serde_json::to_vec(&op).map_err(|e| AppendError::Storage(e.to_string()))?;
         if encoded.len() > MAX_PAYLOAD + 4096 {
             return Err(AppendError::PayloadTooLarge(encoded.len()));
+        }
+        // The exact bytes that will be stored must read back: a value that cannot be decoded would make the log
+        // unreadable for every later process.
+        if let Err(e) = serde_json::from_slice::<Operation>(&encoded) {
+            return Err(AppendError::Invalid(format!("operation does not read back: {e}")));
         }
         let queue = self.queue.as_ref().ok_or(AppendError::Closed)?;
         queue.send(Request { op, encoded, reply }).map_err(|_| AppendError::Closed)
@@ -300,7 +309,7 @@ mod tests {
     use serde_json::json;
 
     fn op(o: Op) -> Operation {
-        Operation { time_ms: 1, token: "t".into(), op: o }
+        Operation { time_ms: 1, token: "t".into(), chain: Vec::new(), op: o }
     }
 
     fn start(run: &str) -> Operation {

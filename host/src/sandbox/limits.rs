@@ -38,6 +38,16 @@ impl MemoryLimiter {
         self.peak
     }
 
+    /// The total of linear memory the store holds now, in bytes.
+    pub fn current(&self) -> u64 {
+        self.total
+    }
+
+    /// The cap on the store's total linear memory.
+    pub fn max(&self) -> u64 {
+        self.max_memory
+    }
+
     /// Whether a growth of memory or of a table was refused at any point.
     pub fn refused(&self) -> bool {
         self.refused

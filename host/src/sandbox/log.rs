@@ -23,6 +23,8 @@ pub struct LogRecord {
 pub struct LogSink {
     name: String,
     echo: bool,
+    /// Echo to stderr goes through the same queue as the guest's stderr, waiting for room no later than this.
+    deadline: std::time::Instant,
     capture: bool,
     budget: u64,
     records: Vec<LogRecord>,
@@ -30,8 +32,8 @@ pub struct LogSink {
 }
 
 impl LogSink {
-    pub fn new(name: impl Into<String>, echo: bool, capture: bool, budget: u64) -> Self {
-        LogSink { name: name.into(), echo, capture, budget, records: Vec::new(), dropped: 0 }
+    pub fn new(name: impl Into<String>, echo: bool, capture: bool, budget: u64, deadline: std::time::Instant) -> Self {
+        LogSink { name: name.into(), echo, deadline, capture, budget, records: Vec::new(), dropped: 0 }
     }
 
     pub fn records(&self) -> &[LogRecord] {
@@ -61,7 +63,8 @@ impl LogSink {
         let level = level_name(level);
         if self.echo {
             let safe: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-            eprintln!("[{}] {level}: {safe}", self.name);
+            let line = format!("[{}] {level}: {safe}\n", self.name);
+            super::output::echo(super::output::Echo::Stderr, line.as_bytes(), self.deadline);
         }
         if self.capture {
             self.records.push(LogRecord { level, message });
@@ -91,11 +94,11 @@ mod tests {
 
     #[test]
     fn truncates_and_caps() {
-        let mut sink = LogSink::new("t", false, true, 100);
+        let mut sink = LogSink::new("t", false, true, 100, std::time::Instant::now());
         sink.log(LogLevel::Info, "é".repeat(MAX_MESSAGE));
         assert_eq!(sink.records().len(), 0, "a 4 KiB record does not fit a 100-byte budget");
         assert_eq!(sink.dropped(), 1);
-        let mut sink = LogSink::new("t", false, true, 1 << 20);
+        let mut sink = LogSink::new("t", false, true, 1 << 20, std::time::Instant::now());
         sink.log(LogLevel::Warn, "é".repeat(MAX_MESSAGE));
         let m = &sink.records()[0].message;
         assert!(m.len() <= MAX_MESSAGE + 12 && m.ends_with("[truncated]"));

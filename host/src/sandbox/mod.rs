@@ -5,6 +5,7 @@
 //! random. Every field set here comes from [`crate::grants::Authorized`] or from the run's limits; this module must
 //! never add a right of its own.
 
+pub mod budget;
 pub mod denied;
 pub mod limits;
 pub mod log;
@@ -52,6 +53,8 @@ pub struct RunContext {
     pub token: String,
     /// The run's access to tools, if any.
     pub tools: Option<std::sync::Arc<crate::tools::call::ToolSession>>,
+    /// The run's caps on recorded host calls, shared with its nested tool calls.
+    pub budget: Arc<budget::RunBudget>,
 }
 
 impl WasiView for SandboxState {
@@ -91,7 +94,8 @@ pub fn build(
     wasi.envs(&grants.env);
     for dir in &grants.dirs {
         let perms = if dir.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-        wasi.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| RunError::GrantRefused {
+        // The directory opened at authorization, never the path looked up again (see `AuthorizedDir`).
+        wasi.preopened_dir(dir.preopen_path(), &dir.guest, perms).map_err(|e| RunError::GrantRefused {
             grant: format!("dir {}::{}", dir.host.display(), dir.guest),
             reason: crate::error::one_line(&format!("{e:#}")),
         })?;
@@ -102,10 +106,10 @@ pub fn build(
     } else {
         wasi.stdin(denied::UngrantedStdin(denied.clone()));
     }
-    let stdout =
-        CappedOutput::new(if output.echo { Echo::Stdout } else { Echo::None }, output.capture, limits.max_output);
-    let stderr =
-        CappedOutput::new(if output.echo { Echo::Stderr } else { Echo::None }, output.capture, limits.max_output);
+    let deadline = crate::units::deadline_after(limits.timeout);
+    let echo = |to: Echo| if output.echo { to } else { Echo::None };
+    let stdout = CappedOutput::new(echo(Echo::Stdout), output.capture, limits.max_output, deadline);
+    let stderr = CappedOutput::new(echo(Echo::Stderr), output.capture, limits.max_output, deadline);
     wasi.stdout(stdout.clone());
     wasi.stderr(stderr.clone());
 
@@ -125,13 +129,14 @@ pub fn build(
         wasi: wasi.build(),
         table: ResourceTable::new(),
         limiter: MemoryLimiter::new(limits.max_memory, limits.max_table_elements),
-        log: LogSink::new(name, output.echo, output.capture, limits.max_output),
+        log: LogSink::new(name, output.echo, output.capture, limits.max_output, deadline),
         observer: observe::Observer {
             agent: context.agent.clone(),
             run_id: context.run_id.clone(),
             token: context.token.clone(),
             log: context.events.clone(),
             emitted: 0,
+            budget: context.budget.clone(),
         },
         state: state::StateAccess {
             agent: context.agent.clone(),
@@ -140,6 +145,7 @@ pub fn build(
             token: context.token.clone(),
             db: context.events.as_ref().map(|e| e.db().clone()),
             log: context.events.clone(),
+            budget: context.budget.clone(),
         },
         tools: context.tools.clone(),
         denied,

@@ -22,6 +22,8 @@ pub struct Observer {
     pub log: Option<Arc<EventLog>>,
     /// Observations recorded so far in this run.
     pub emitted: u64,
+    /// The run's caps on recorded calls.
+    pub budget: Arc<super::budget::RunBudget>,
 }
 
 impl Observer {
@@ -32,12 +34,32 @@ impl Observer {
         if payload.len() > MAX_PAYLOAD {
             return Err(format!("payload is {} bytes, over the {MAX_PAYLOAD} byte limit", payload.len()));
         }
-        serde_json::from_str(payload).map_err(|e| format!("payload is not JSON: {e}"))
+        let value: serde_json::Value = serde_json::from_str(payload)
+            .map_err(|e| format!("payload is not JSON: {}", crate::error::one_line(&e.to_string())))?;
+        // Stored re-encoded: a payload can grow (`1e2` becomes `100.0`), so the stored size is what counts.
+        let stored = serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len());
+        if stored > MAX_PAYLOAD {
+            return Err(format!("payload is {stored} bytes once encoded, over the {MAX_PAYLOAD} byte limit"));
+        }
+        let depth = crate::bounds::depth(&value);
+        if depth > crate::bounds::MAX_DEPTH {
+            return Err(format!(
+                "payload is nested {depth} levels deep, over the {} level limit",
+                crate::bounds::MAX_DEPTH
+            ));
+        }
+        Ok(value)
     }
 }
 
 impl Host for Observer {
     async fn emit(&mut self, observed: String, payload: String) -> Result<u64, String> {
+        use super::budget::Counted;
+        let size = payload.len() as u64;
+        if let Err(over) = self.budget.take(&[(Counted::Observations, 1), (Counted::ObservationBytes, size)]) {
+            super::budget::report(self.log.as_deref(), &self.token, &self.run_id, &over).await;
+            return Err(over.to_string());
+        }
         let payload = Self::check(&observed, &payload)?;
         let Some(log) = self.log.clone() else {
             return Err("this run has no event log".into());
@@ -62,5 +84,10 @@ mod tests {
         assert!(Observer::check("k", "{nope").unwrap_err().contains("not JSON"));
         let big = format!("\"{}\"", "x".repeat(MAX_PAYLOAD));
         assert!(Observer::check("k", &big).unwrap_err().contains("over the"));
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(Observer::check("k", &deep(crate::bounds::MAX_DEPTH)).is_ok());
+        let err = Observer::check("k", &deep(crate::bounds::MAX_DEPTH + 1)).unwrap_err();
+        assert_eq!(err, "payload is nested 33 levels deep, over the 32 level limit");
+        assert!(Observer::check("k", &deep(126)).is_err(), "deep enough to break the log once wrapped");
     }
 }

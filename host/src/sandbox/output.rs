@@ -3,6 +3,10 @@
 //! Writing past the cap stores what fits, marks the stream as exceeded and traps the guest: a guest that floods its
 //! output is stopped, not allowed to fill the host's memory or disk. The host classifies the trap by the flag, not by
 //! parsing messages.
+//!
+//! Echoing never blocks a run past its deadline: bytes go to one writer thread per host stream through a bounded
+//! queue, and a guest write waits for room only until its run's deadline. If the host's stdout is a pipe nobody reads,
+//! the run still ends on time (what could not be echoed is counted, and reported, not written).
 
 use bytes::Bytes;
 use std::io::Write;
@@ -28,6 +32,81 @@ struct Shared {
     written: u64,
     limit: u64,
     exceeded: bool,
+    /// Echo waits for room in the writer's queue until then, no longer.
+    deadline: std::time::Instant,
+    /// Bytes not echoed because the host stream was not being read before the deadline.
+    unechoed: u64,
+}
+
+/// What the writer thread of a host stream is asked to do.
+enum Chunk {
+    Data(Vec<u8>),
+    /// Answer once everything queued before has been written.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Chunks queued for a host stream at most; a guest write beyond that waits (until its deadline).
+const ECHO_QUEUE: usize = 256;
+
+/// The queue of the writer thread for `which` (started on first use; it lives as long as the process).
+fn echo_queue(which: Echo) -> Option<&'static std::sync::mpsc::SyncSender<Chunk>> {
+    use std::sync::OnceLock;
+    static OUT: OnceLock<Option<std::sync::mpsc::SyncSender<Chunk>>> = OnceLock::new();
+    static ERR: OnceLock<Option<std::sync::mpsc::SyncSender<Chunk>>> = OnceLock::new();
+    let start = |stderr: bool| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(ECHO_QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name(if stderr { "toka-stderr" } else { "toka-stdout" }.into())
+            .spawn(move || {
+                for chunk in rx {
+                    match chunk {
+                        // A closed pipe on the host side is not the guest's failure: the bytes still counted.
+                        Chunk::Data(bytes) if stderr => drop(std::io::stderr().write_all(&bytes)),
+                        Chunk::Data(bytes) => drop(std::io::stdout().write_all(&bytes)),
+                        Chunk::Flush(done) => {
+                            drop(if stderr { std::io::stderr().flush() } else { std::io::stdout().flush() });
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        spawned.ok().map(|_| tx)
+    };
+    match which {
+        Echo::None => None,
+        Echo::Stdout => OUT.get_or_init(|| start(false)).as_ref(),
+        Echo::Stderr => ERR.get_or_init(|| start(true)).as_ref(),
+    }
+}
+
+/// Queues `bytes` for the host stream `which`, waiting for room until `deadline`. False if it could not.
+pub fn echo(which: Echo, bytes: &[u8], deadline: std::time::Instant) -> bool {
+    let Some(queue) = echo_queue(which) else { return true };
+    let mut chunk = Chunk::Data(bytes.to_vec());
+    loop {
+        match queue.try_send(chunk) {
+            Ok(()) => return true,
+            Err(std::sync::mpsc::TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                chunk = back;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Waits until everything echoed so far has been written to the host's streams (before the host prints its own
+/// lines, so they come after the guest's). This wait is the host's own, after the run: it may block like any
+/// program writing to a pipe nobody reads.
+pub fn drain_echo() {
+    for which in [Echo::Stdout, Echo::Stderr] {
+        if let Some(queue) = echo_queue(which) {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            if queue.send(Chunk::Flush(tx)).is_ok() {
+                let _ = rx.recv();
+            }
+        }
+    }
 }
 
 /// One guest output stream (stdout or stderr). Cloning shares the same buffer and counters.
@@ -42,7 +121,8 @@ pub struct OutputLimitExceeded {
 }
 
 impl CappedOutput {
-    pub fn new(echo: Echo, capture: bool, limit: u64) -> Self {
+    /// A stream capped at `limit` bytes whose echo never waits past `deadline`.
+    pub fn new(echo: Echo, capture: bool, limit: u64, deadline: std::time::Instant) -> Self {
         CappedOutput(Arc::new(Mutex::new(Shared {
             echo,
             capture,
@@ -50,7 +130,14 @@ impl CappedOutput {
             written: 0,
             limit,
             exceeded: false,
+            deadline,
+            unechoed: 0,
         })))
+    }
+
+    /// Bytes the guest wrote that could not be echoed before its deadline (the host stream was not being read).
+    pub fn unechoed(&self) -> u64 {
+        self.lock().unechoed
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -77,11 +164,9 @@ impl CappedOutput {
         let room = s.limit.saturating_sub(s.written);
         let take = (data.len() as u64).min(room) as usize;
         let part = &data[..take];
-        // Echo failures (a closed pipe on the host side) must not kill the guest; the bytes still count.
-        match s.echo {
-            Echo::None => {}
-            Echo::Stdout => drop(std::io::stdout().write_all(part)),
-            Echo::Stderr => drop(std::io::stderr().write_all(part)),
+        // Once echo has stalled, the rest of the run's output is counted, not queued.
+        if s.echo != Echo::None && !part.is_empty() && (s.unechoed > 0 || !echo(s.echo, part, s.deadline)) {
+            s.unechoed += part.len() as u64;
         }
         if s.capture {
             s.buffer.extend_from_slice(part);
@@ -94,13 +179,8 @@ impl CappedOutput {
         Ok(())
     }
 
-    fn flush_echo(&self) {
-        match self.lock().echo {
-            Echo::None => {}
-            Echo::Stdout => drop(std::io::stdout().flush()),
-            Echo::Stderr => drop(std::io::stderr().flush()),
-        }
-    }
+    /// Flushing is the writer thread's business; a guest's flush never waits on the host's stream.
+    fn flush_echo(&self) {}
 }
 
 impl IsTerminal for CappedOutput {
@@ -170,7 +250,7 @@ mod tests {
 
     #[test]
     fn keeps_what_fits_then_refuses() {
-        let out = CappedOutput::new(Echo::None, true, 10);
+        let out = CappedOutput::new(Echo::None, true, 10, std::time::Instant::now());
         out.accept(b"hello").unwrap();
         let err = out.accept(b" world!").unwrap_err();
         assert_eq!(err.limit, 10);
@@ -181,7 +261,7 @@ mod tests {
 
     #[test]
     fn counts_without_capturing() {
-        let out = CappedOutput::new(Echo::None, false, 100);
+        let out = CappedOutput::new(Echo::None, false, 100, std::time::Instant::now());
         out.accept(b"abc").unwrap();
         assert_eq!(out.captured(), "");
         assert_eq!(out.bytes_written(), 3);

@@ -34,6 +34,8 @@ pub struct StateAccess {
     pub token: String,
     pub db: Option<Db>,
     pub log: Option<Arc<EventLog>>,
+    /// The run's caps on recorded calls.
+    pub budget: Arc<super::budget::RunBudget>,
 }
 
 fn storage(e: impl std::fmt::Display) -> StateError {
@@ -64,6 +66,19 @@ impl StateAccess {
         Ok(db)
     }
 
+    /// Everything that can refuse a write without recording it: the run's cap on state writes, and the agent's
+    /// quota (so a write that cannot fit is refused before it is logged or takes from the rate budget).
+    async fn admit(&self, db: &Db, key: &str, new_len: Option<usize>) -> Result<(), StateError> {
+        let (db2, agent, k) = (db.clone(), self.agent.clone(), key.to_string());
+        let fits = tokio::task::spawn_blocking(move || quota_check(&db2, &agent, &k, new_len));
+        fits.await.map_err(storage)??;
+        if let Err(over) = self.budget.take(&[(super::budget::Counted::StateWrites, 1)]) {
+            super::budget::report(self.log.as_deref(), &self.token, &self.run_id, &over).await;
+            return Err(StateError::TooLarge(over.to_string()));
+        }
+        Ok(())
+    }
+
     async fn record(&self, payload: serde_json::Value) -> Result<(), StateError> {
         if let Some(log) = &self.log {
             let op = Op::WriteState { run_id: self.run_id.clone(), detail: payload };
@@ -76,6 +91,29 @@ impl StateAccess {
     }
 }
 
+/// The agent's state usage after replacing a value of `old` bytes (if any) under `key` with one of `new` bytes (or
+/// deleting it), refused if it would pass the quota while growing.
+fn new_usage(agent: &str, key: &str, used: u64, old: Option<u64>, new: Option<usize>) -> Result<u64, StateError> {
+    let freed = old.map_or(0, |len| len + key.len() as u64);
+    let added = new.map_or(0, |n| n as u64 + key.len() as u64);
+    let total = used.saturating_sub(freed) + added;
+    if total > MAX_TOTAL && added > freed {
+        return Err(StateError::TooLarge(format!(
+            "agent {agent} would hold {total} bytes of state, over its {MAX_TOTAL} byte quota"
+        )));
+    }
+    Ok(total)
+}
+
+/// Whether writing `new` bytes under `key` (or deleting it, `None`) would fit the agent's quota now.
+pub fn quota_check(db: &Db, agent: &str, key: &str, new: Option<usize>) -> Result<(), StateError> {
+    let txn = db.redb().begin_read().map_err(storage)?;
+    let old =
+        txn.open_table(STATE).map_err(storage)?.get((agent, key)).map_err(storage)?.map(|v| v.value().len() as u64);
+    let used = txn.open_table(STATE_USAGE).map_err(storage)?.get(agent).map_err(storage)?.map_or(0, |v| v.value());
+    new_usage(agent, key, used, old, new).map(drop)
+}
+
 /// Sets (`Some`) or deletes (`None`) a key, keeping the agent's usage in step. Returns whether the key existed.
 pub fn write(db: &Db, agent: &str, key: &str, value: Option<&[u8]>) -> Result<bool, StateError> {
     let txn = db.redb().begin_write().map_err(storage)?;
@@ -84,14 +122,7 @@ pub fn write(db: &Db, agent: &str, key: &str, value: Option<&[u8]>) -> Result<bo
         let mut usage = txn.open_table(STATE_USAGE).map_err(storage)?;
         let old = table.get((agent, key)).map_err(storage)?.map(|v| v.value().len() as u64);
         let used = usage.get(agent).map_err(storage)?.map_or(0, |v| v.value());
-        let freed = old.map_or(0, |len| len + key.len() as u64);
-        let added = value.map_or(0, |v| v.len() as u64 + key.len() as u64);
-        let total = used.saturating_sub(freed) + added;
-        if total > MAX_TOTAL && added > freed {
-            return Err(StateError::TooLarge(format!(
-                "agent {agent} would hold {total} bytes of state, over its {MAX_TOTAL} byte quota"
-            )));
-        }
+        let total = new_usage(agent, key, used, old, value.map(<[u8]>::len))?;
         match value {
             Some(v) => drop(table.insert((agent, key), v).map_err(storage)?),
             None => drop(table.remove((agent, key)).map_err(storage)?),
@@ -139,6 +170,7 @@ impl Host for StateAccess {
             )));
         }
         let db = self.writable()?.clone();
+        self.admit(&db, &key, Some(value.len())).await?;
         let agent = self.agent.clone();
         let (k, len) = (key.clone(), value.len());
         // Recorded first: the kernel may refuse the write (rate limit, revoked token), and then nothing is written.
@@ -150,6 +182,7 @@ impl Host for StateAccess {
     async fn delete(&mut self, key: String) -> Result<bool, StateError> {
         check_key(&key)?;
         let db = self.writable()?.clone();
+        self.admit(&db, &key, None).await?;
         let agent = self.agent.clone();
         let k = key.clone();
         self.record(serde_json::json!({ "op": "delete", "key": key })).await?;

@@ -34,6 +34,8 @@ pub struct Verified {
     pub windows: Vec<(String, Option<Window>)>,
     /// The strictest `rate(N, PERIOD_MS)` of any block.
     pub rate: Option<Rate>,
+    /// Every `pinned("sha256:HEX")` of any block: the components the token is limited to.
+    pub pinned: Vec<String>,
     /// Authorizations this token passed in the current second (see [`Verified::passed`]).
     passed: Mutex<Passed>,
 }
@@ -78,6 +80,7 @@ impl Verified {
         // Windows and rates narrow, so they are read from every block: a later block can only add restrictions.
         let windows: Vec<(String,)> = authorizer.query_all("w($s) <- window($s)").map_err(invalid)?;
         let rates: Vec<(i64, i64)> = authorizer.query_all("r($n, $p) <- rate($n, $p)").map_err(invalid)?;
+        let pinned: Vec<(String,)> = authorizer.query_all("p($d) <- pinned($d)").map_err(invalid)?;
         let mut rate: Option<Rate> = None;
         for (n, p) in rates {
             let parsed = match (u64::try_from(n), u64::try_from(p)) {
@@ -101,6 +104,7 @@ impl Verified {
             max_depth: depths.first().and_then(|(n,)| u32::try_from(*n).ok()),
             windows: windows.into_iter().map(|(text,)| (text.clone(), Window::parse(&text).ok())).collect(),
             rate,
+            pinned: pinned.into_iter().map(|(p,)| p).collect(),
             token,
             passed: Mutex::new(Passed::default()),
         })

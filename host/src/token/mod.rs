@@ -127,6 +127,8 @@ pub struct MintRequest {
     pub windows: Vec<Window>,
     /// Runs and boundary host calls of the agent, per time.
     pub rate: Option<Rate>,
+    /// The sha256 (hex) of the only component the token may run (see [`pin_code`]).
+    pub component: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +194,9 @@ pub fn mint(keys: &KeyStore, request: &MintRequest, now: SystemTime) -> Result<B
     if let Some(Rate { n, period_ms }) = request.rate {
         code.push_str(&format!("rate({}, {});\n", dl(n), dl(period_ms)));
     }
+    if let Some(digest) = &request.component {
+        pin_code(&mut code, digest)?;
+    }
     Biscuit::builder().code(&code).map_err(invalid)?.root_key_id(id).build(&pair).map_err(invalid)
 }
 
@@ -205,6 +210,18 @@ fn window_code(code: &mut String, windows: &[Window]) {
     }
 }
 
+/// A pin: the token (or block) names the one component it may run, by digest. The host states
+/// `component("sha256:HEX")` for the component a run loads (and for the calls that run makes), so the check holds only
+/// for that component; a request that runs no component (`tool call`, MCP) states none and is refused.
+fn pin_code(code: &mut String, digest: &str) -> Result<(), TokenError> {
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(TokenError::Invalid(format!("`{digest}` is not a sha256 digest (64 hex digits)")));
+    }
+    let pin = format!("sha256:{}", digest.to_ascii_lowercase());
+    code.push_str(&format!("pinned({pin:?});\ncheck if component({pin:?});\n"));
+    Ok(())
+}
+
 /// What an attenuation block narrows.
 #[derive(Debug, Clone, Default)]
 pub struct Attenuation {
@@ -216,6 +233,8 @@ pub struct Attenuation {
     pub windows: Vec<Window>,
     /// A stricter rate (the strictest rate stated in any block applies).
     pub rate: Option<Rate>,
+    /// Usable only to run the component with this sha256 (hex).
+    pub component: Option<String>,
 }
 
 /// Appends a block of checks; needs no key.
@@ -245,8 +264,13 @@ pub fn attenuate(token: &UnverifiedBiscuit, a: &Attenuation, now: SystemTime) ->
     if let Some(Rate { n, period_ms }) = a.rate {
         code.push_str(&format!("rate({}, {});\n", dl(n), dl(period_ms)));
     }
+    if let Some(digest) = &a.component {
+        pin_code(&mut code, digest)?;
+    }
     if code.is_empty() {
-        return Err(TokenError::Invalid("nothing to attenuate: give --only, --fuel, --ttl, --window or --rate".into()));
+        return Err(TokenError::Invalid(
+            "nothing to attenuate: give --only, --fuel, --ttl, --window, --rate or --component".into(),
+        ));
     }
     let block = BlockBuilder::new().code(&code).map_err(|e| TokenError::Invalid(e.to_string()))?;
     token.append(block).map_err(|e| TokenError::Invalid(e.to_string()))
@@ -285,6 +309,8 @@ pub struct RunRequest {
     pub agent: String,
     pub grants: Vec<Grant>,
     pub limits: TokenLimits,
+    /// The sha256 (hex) of the component that runs (for a pinned token); `None` when no component runs.
+    pub component: Option<String>,
 }
 
 /// The host's policies: how a grant in the token covers a requested grant.
@@ -320,7 +346,10 @@ pub fn authorize(verified: &Verified, request: &RunRequest, now: SystemTime) -> 
     let agent_ok = format!("check if agent({:?});", request.agent);
     let none = Grant { kind: "none".into(), value: String::new(), mode: String::new() };
     let grants: Vec<&Grant> = if request.grants.is_empty() { vec![&none] } else { request.grants.iter().collect() };
-    let time = time_facts(verified, now);
+    let mut time = time_facts(verified, now);
+    if let Some(digest) = &request.component {
+        time.push_str(&format!("component({:?});\n", format!("sha256:{digest}")));
+    }
     for grant in grants {
         let TokenLimits { fuel, memory, timeout_ms } = request.limits;
         let (fuel, memory, timeout_ms) = (dl(fuel), dl(memory), dl(timeout_ms));
@@ -414,6 +443,7 @@ pub fn authorize_caller(
                 grants: request.grants.clone(),
                 limits: request.limits,
                 ttl: Some(local_ttl),
+                component: request.component.clone(),
                 ..MintRequest::default()
             };
             mint(&keys, &mint_request, now)
@@ -433,7 +463,8 @@ pub fn authorize_caller(
     authorize(&verified, &base, now).map_err(|(grant, reason)| token_refusal(&request.agent, grant, reason))?;
     authorize(&verified, request, now).map_err(|(grant, reason)| RunError::GrantRefused { grant, reason })?;
     Ok(RunAuthorization {
-        token_id: verified.revocation_ids.first().cloned().unwrap_or_default(),
+        // The token's own block: what `token revoke` of this token revokes, and what its records name.
+        token_id: verified.revocation_ids.last().cloned().unwrap_or_default(),
         rate: verified.rate,
         token: verified,
     })
@@ -448,6 +479,8 @@ fn token_refusal(agent: &str, grant: String, reason: String) -> crate::error::Ru
         RunError::TokenRefused(format!("token is used outside its time window: {reason}"))
     } else if reason.contains("time(") {
         RunError::TokenRefused(format!("token has expired or is not valid yet: {reason}"))
+    } else if reason.contains("component(") {
+        RunError::TokenRefused(format!("token is pinned to another component: {reason}"))
     } else if reason.contains("agent(") {
         RunError::TokenRefused(format!("token is not for agent {agent}: {reason}"))
     } else {
@@ -471,6 +504,8 @@ pub struct Inspection {
     pub windows: Vec<String>,
     /// The strictest rate stated in any block, as `N/PERIOD`.
     pub rate: Option<String>,
+    /// The components (`sha256:HEX`) the token is pinned to, by any block.
+    pub pinned: Vec<String>,
     /// The Datalog of each block: facts, and the checks that expiry, not-before, windows and attenuation became.
     pub blocks: Vec<String>,
     pub revocation_ids: Vec<String>,
@@ -514,6 +549,7 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
         not_before: time_bound(&blocks, "$t >= ", |a, b| a.max(b)),
         windows: Vec::new(),
         rate: None,
+        pinned: Vec::new(),
         blocks,
         revocation_ids,
         evaluated_at: rfc3339(at),
@@ -532,10 +568,14 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
     inspection.max_depth = verified.max_depth;
     inspection.windows = verified.windows.iter().map(|(text, _)| text.clone()).collect();
     inspection.rate = verified.rate.map(|r| r.to_string());
+    inspection.pinned = verified.pinned.clone();
+    // Evaluated as a run of the pinned component would be (a token pinned to two components is usable for none).
+    let component = verified.pinned.first().and_then(|p| p.strip_prefix("sha256:")).map(str::to_string);
     let request = RunRequest {
         agent: verified.agent.clone().unwrap_or_default(),
         grants: Vec::new(),
         limits: TokenLimits { fuel: 0, memory: 0, timeout_ms: 0 },
+        component,
     };
     inspection.verifies = match authorize(&verified, &request, at) {
         Ok(()) => "ok".into(),
@@ -583,7 +623,7 @@ mod tests {
         let now = SystemTime::now();
         let t = verify(&keys, &text, now).unwrap();
         let ask = |agent: &str, grant: &str, at: SystemTime| {
-            let req = RunRequest { agent: agent.into(), grants: vec![g(grant)], limits: limits() };
+            let req = RunRequest { agent: agent.into(), grants: vec![g(grant)], limits: limits(), component: None };
             authorize(&t, &req, at)
         };
         for _ in 0..2 {
@@ -603,8 +643,48 @@ mod tests {
             agent: "a".into(),
             grants: grants.iter().map(|s| g(s)).collect(),
             limits: TokenLimits { fuel, ..limits() },
+            component: None,
         };
         authorize(&t, &req, now)
+    }
+
+    #[test]
+    fn a_pinned_token_runs_only_its_component() {
+        let keys = store();
+        let (mine, other) = ("a".repeat(64), "b".repeat(64));
+        let req = MintRequest {
+            agent: "a".into(),
+            limits: limits(),
+            ttl: Some(Duration::from_secs(60)),
+            component: Some(mine.clone()),
+            ..MintRequest::default()
+        };
+        let text = mint(&keys, &req, SystemTime::now()).unwrap().to_base64().unwrap();
+        let t = verify(&keys, &text, SystemTime::now()).unwrap();
+        assert_eq!(t.pinned, vec![format!("sha256:{mine}")]);
+        let ask = |component: Option<&String>| {
+            let req = RunRequest { agent: "a".into(), grants: vec![], limits: limits(), component: component.cloned() };
+            authorize(&t, &req, SystemTime::now())
+        };
+        assert!(ask(Some(&mine)).is_ok(), "its own component");
+        assert!(ask(Some(&other)).unwrap_err().1.contains("component("), "another component");
+        assert!(ask(None).is_err(), "no component at all");
+        // Unpinned tokens run any component; attenuation can pin them.
+        let free = minted(&keys, &[]);
+        let free_t = verify(&keys, &free, SystemTime::now()).unwrap();
+        let any = RunRequest { agent: "a".into(), grants: vec![], limits: limits(), component: Some(other.clone()) };
+        assert!(authorize(&free_t, &any, SystemTime::now()).is_ok());
+        let narrowed = attenuate(
+            &parse_unverified(&free).unwrap(),
+            &Attenuation { component: Some(mine.clone()), ..Attenuation::default() },
+            SystemTime::now(),
+        )
+        .unwrap()
+        .to_base64()
+        .unwrap();
+        let n = verify(&keys, &narrowed, SystemTime::now()).unwrap();
+        assert!(authorize(&n, &any, SystemTime::now()).is_err(), "the attenuated token is pinned");
+        assert!(mint(&keys, &MintRequest { component: Some("xyz".into()), ..req }, SystemTime::now()).is_err());
     }
 
     #[test]
@@ -705,7 +785,7 @@ mod tests {
         let t = minted(&keys, &["env:LANG"]);
         let later = SystemTime::now() + Duration::from_secs(60) + CLOCK_SKEW + Duration::from_secs(5);
         let token = verify(&keys, &t, later).unwrap();
-        let req = RunRequest { agent: "a".into(), grants: vec![g("env:LANG")], limits: limits() };
+        let req = RunRequest { agent: "a".into(), grants: vec![g("env:LANG")], limits: limits(), component: None };
         assert!(authorize(&token, &req, later).is_err(), "expired after its ttl");
         let now = ms(SystemTime::now());
         keys.rotate(now, 60_000).unwrap();

@@ -54,6 +54,11 @@ pub struct Caller {
     /// When the caller's own time runs out.
     pub deadline: Instant,
     pub max_memory: u64,
+    /// The sha256 (hex) of the calling run's component, checked against a token pinned to one (`None` outside a
+    /// run: a pinned token cannot call tools from `tool call` or MCP).
+    pub component: Option<String>,
+    /// The calling run's caps on recorded calls (`None` outside a run).
+    pub budget: Option<Arc<crate::sandbox::budget::RunBudget>>,
 }
 
 /// A sandbox's access to tools: the host and the caller the sandbox's guest calls as.
@@ -137,6 +142,7 @@ const DESCRIBE_LIMITS: Limits = Limits {
     max_memory: 256 << 20,
     max_output: 64 << 10,
     max_table_elements: 1_000_000,
+    max_records: 0,
 };
 
 impl ToolHost {
@@ -164,6 +170,7 @@ impl ToolHost {
             state: Default::default(),
             token: String::new(),
             tools: None,
+            budget: Arc::default(),
         };
         let output = OutputMode { echo: false, capture: false };
         let mut sb = sandbox::build(&self.engine, &Authorized::default(), &DESCRIBE_LIMITS, output, &context, &[])?;
@@ -241,6 +248,7 @@ impl ToolHost {
             agent: caller.agent.clone(),
             grants: vec![Grant { kind: "tool".into(), value: name.into(), mode: String::new() }],
             limits: TokenLimits::default(),
+            component: caller.component.clone(),
         };
         token::authorize(&caller.token, &request, SystemTime::now())
             .map_err(|(grant, reason)| Failure::Denied(format!("grant refused: {grant}: {}", one_line(&reason))))
@@ -252,10 +260,13 @@ impl ToolHost {
     }
 
     async fn record(&self, caller: &Caller, op: Op) -> Result<(), AppendError> {
-        match &self.events {
-            Some(log) => log.submit_accepted(crate::run::operation_by(&caller.token_id, op)).await.map(drop),
-            None => Ok(()),
+        let Some(log) = &self.events else { return Ok(()) };
+        let mut operation = crate::run::operation_by(&caller.token_id, op);
+        // A call outside a run names its token's whole chain; a run's calls are checked against the run's.
+        if caller.run_id.is_none() {
+            operation.chain = caller.token.revocation_ids.clone();
         }
+        log.submit_accepted(operation).await.map(drop)
     }
 
     /// Calls tool `name` for `caller` with at most `fuel` units of fuel. See the module documentation.
@@ -396,6 +407,7 @@ impl ToolHost {
             state: Default::default(),
             token: caller.token_id.clone(),
             tools: Some(Arc::new(ToolSession { host: self.clone(), caller: nested })),
+            budget: caller.budget.clone().unwrap_or_default(),
         };
         let output = OutputMode { echo: false, capture: false };
         let mut sb = match sandbox::build(&self.engine, &grants, &limits, output, &context, &[name.to_string()]) {
@@ -457,9 +469,22 @@ pub async fn call_from_guest(
     let Some(session) = store.data().tools.clone() else {
         return Ok((Err(WitToolError::Denied("this sandbox has no access to tools".into())),));
     };
+    if let Some(budget) = &session.caller.budget {
+        use crate::sandbox::budget::Counted;
+        if let Err(over) = budget.take(&[(Counted::ToolCalls, 1), (Counted::ToolInputBytes, input.len() as u64)]) {
+            let log = session.host.events.as_deref();
+            let run = session.caller.run_id.as_deref().unwrap_or_default();
+            crate::sandbox::budget::report(log, &session.caller.token_id, run, &over).await;
+            return Ok((Err(WitToolError::Denied(over.to_string())),));
+        }
+    }
+    // The tool gets what is left of the caller's memory, not a cap of its own on top of it.
+    let limiter = &store.data().limiter;
+    let left = limiter.max().saturating_sub(limiter.current());
+    let caller = Caller { max_memory: left.min(session.caller.max_memory), ..session.caller.clone() };
     let metered = session.host.engine.fuel;
     let fuel = if metered { store.get_fuel()? } else { u64::MAX };
-    let report = Box::pin(session.host.call(&session.caller, &name, &input, fuel)).await;
+    let report = Box::pin(session.host.call(&caller, &name, &input, fuel)).await;
     if metered {
         store.set_fuel(fuel.saturating_sub(report.fuel_consumed))?;
     }

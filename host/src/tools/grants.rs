@@ -6,7 +6,7 @@
 //! only if both sides are read-write. A caller's network address is passed on if a declared `net` pattern matches
 //! it. An environment variable is passed on if it is declared by name. State and stdin are never passed on.
 
-use crate::grants::{Authorized, AuthorizedDir};
+use crate::grants::Authorized;
 use std::net::SocketAddr;
 
 /// One declared need.
@@ -73,7 +73,7 @@ pub fn intersect(declared: &[Declared], caller: &Authorized) -> Authorized {
             }
         }
         if let Some(rw) = best {
-            out.dirs.push(AuthorizedDir { host: dir.host.clone(), guest: dir.guest.clone(), read_only: !rw });
+            out.dirs.push(dir.with_mode(!rw));
         }
     }
     for (name, value) in &caller.env {
@@ -104,13 +104,14 @@ fn net_matches(d: &Declared, addr: &SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use crate::grants::AuthorizedDir;
 
     fn caller() -> Authorized {
+        let tmp = std::env::temp_dir();
         Authorized {
             dirs: vec![
-                AuthorizedDir { host: PathBuf::from("/srv/data"), guest: "/data".into(), read_only: false },
-                AuthorizedDir { host: PathBuf::from("/srv/logs"), guest: "/logs".into(), read_only: true },
+                AuthorizedDir::open(&tmp, Some("/data"), false).unwrap(),
+                AuthorizedDir::open(&tmp, Some("/logs"), true).unwrap(),
             ],
             env: vec![("LANG".into(), "C".into()), ("SECRET".into(), "x".into())],
             net: ["127.0.0.1:8080".parse().unwrap(), "10.0.0.1:443".parse().unwrap()].into(),

@@ -75,7 +75,7 @@ impl ServerHandler for McpServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let input = serde_json::Value::Object(request.arguments.unwrap_or_default()).to_string();
-        let caller = Caller { deadline: std::time::Instant::now() + self.timeout, ..self.caller.clone() };
+        let caller = Caller { deadline: crate::units::deadline_after(self.timeout), ..self.caller.clone() };
         let report = self.host.call(&caller, &request.name, &input, self.fuel).await;
         let result = match report.result {
             Ok(output) => match serde_json::from_str::<serde_json::Value>(&output) {
