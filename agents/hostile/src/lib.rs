@@ -125,21 +125,10 @@ fn hostile(_task: &Task, attack: Attack) -> Result<Value, AgentError> {
 /// Makes each call; the answer of each is `ok: ...` or `err: ...` (for `times`, the first error and the count).
 fn make_calls(calls: Vec<Call>) -> Result<Vec<String>, AgentError> {
     use toka_sdk::bindings::toka::agent::tools as host_tools;
-    calls
-        .into_iter()
-        .map(|call| {
-            Ok(match call {
-            Call::Emit { kind, payload, times } => {
-                let times = times.unwrap_or(1);
-                let mut ok = 0u32;
-                for _ in 0..times {
-                    match toka_sdk::events::emit_raw(&kind, &payload) {
-                        Ok(_) => ok += 1,
-                        Err(e) => return format!("err after {ok}: {e}"),
-                    }
-                }
-                format!("ok: {ok}")
-            }
+    let mut answers = Vec::with_capacity(calls.len());
+    for call in calls {
+        let answer = match call {
+            Call::Emit { kind, payload, times } => emit_times(&kind, &payload, times.unwrap_or(1)),
             Call::Set { key, value } => match toka_sdk::state::set(&key, value.as_bytes()) {
                 Ok(()) => "ok".to_owned(),
                 Err(e) => format!("err: {e:?}"),
@@ -166,14 +155,26 @@ fn make_calls(calls: Vec<Call>) -> Result<Vec<String>, AgentError> {
             Call::FailIfNew { key } => match toka_sdk::state::get(&key) {
                 Ok(Some(_)) => "ok: seen before".to_owned(),
                 Ok(None) => {
-                    toka_sdk::state::set(&key, b"1").map_err(|e| AgentError::Failed(format!("{e:?}")))?;
+                    toka_sdk::state::set(&key, b"1")
+                        .map_err(|e| AgentError::Failed(format!("{e:?}")))?;
                     return Err(AgentError::Failed(format!("{key} was new")));
                 }
                 Err(e) => format!("err: {e:?}"),
             },
-            })
-        })
-        .collect()
+        };
+        answers.push(answer);
+    }
+    Ok(answers)
+}
+
+/// Emits `times` observations; `ok: N`, or the first error after how many succeeded.
+fn emit_times(kind: &str, payload: &str, times: u32) -> String {
+    for done in 0..times {
+        if let Err(e) = toka_sdk::events::emit_raw(kind, payload) {
+            return format!("err after {done}: {e}");
+        }
+    }
+    format!("ok: {times}")
 }
 
 /// Replaces the directory `sub` with a symlink to `../..` (keeping the original under `sub.orig`), then asks `tool`
