@@ -112,6 +112,7 @@ pub mod tool_call {
             max_memory: 64 << 20,
             component: None,
             budget: None,
+            cancel: None,
         };
         Setup { _home: home, host, caller }
     }

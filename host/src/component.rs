@@ -48,8 +48,18 @@ pub struct Loaded {
 
 /// Reads, classifies, compiles and links `path`.
 pub fn load(host: &HostEngine, path: &Path) -> Result<Loaded, RunError> {
+    load_bytes(host, path, read(path)?)
+}
+
+/// Classifies, compiles and links `bytes` (read from, or known as, `path`: a file or an upload's name).
+pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Loaded, RunError> {
     let shown = path.display().to_string();
-    let bytes = read(path)?;
+    if bytes.len() as u64 > MAX_WASM_SIZE {
+        return Err(RunError::InvalidWasm {
+            path: shown,
+            reason: format!("{} bytes, over the {MAX_WASM_SIZE} byte limit", bytes.len()),
+        });
+    }
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let (bytes, adapted) = if Parser::is_component(&bytes) {
         (bytes, false)

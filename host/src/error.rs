@@ -47,6 +47,8 @@ pub enum Outcome {
     HostError,
     /// The token's rate limit for this agent (`--rate`) is used up for now.
     RateLimited,
+    /// The run was cancelled (through the service's API, or its shutdown) before it ended.
+    Cancelled,
 }
 
 impl Outcome {
@@ -72,11 +74,12 @@ impl Outcome {
             Outcome::HostError => 79,
             // 80 is `toka-host events verify` finding a broken log.
             Outcome::RateLimited => 81,
+            Outcome::Cancelled => 82,
         }
     }
 
     /// Every outcome, for documentation and for tests that check the codes are distinct.
-    pub const ALL: [Outcome; 18] = [
+    pub const ALL: [Outcome; 19] = [
         Outcome::Success,
         Outcome::Exited,
         Outcome::AgentError,
@@ -95,6 +98,7 @@ impl Outcome {
         Outcome::TokenRefused,
         Outcome::HostError,
         Outcome::RateLimited,
+        Outcome::Cancelled,
     ];
 }
 
@@ -123,6 +127,8 @@ pub enum RunError {
     Host(String),
     #[error("{0}")]
     RateLimited(String),
+    #[error("cancelled before it started")]
+    Cancelled,
 }
 
 impl RunError {
@@ -137,6 +143,7 @@ impl RunError {
             RunError::TokenRefused(_) => Outcome::TokenRefused,
             RunError::RateLimited(_) => Outcome::RateLimited,
             RunError::Host(_) => Outcome::HostError,
+            RunError::Cancelled => Outcome::Cancelled,
         }
     }
 

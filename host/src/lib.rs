@@ -26,6 +26,7 @@ pub mod report;
 pub mod run;
 pub mod runtime;
 pub mod sandbox;
+pub mod service;
 pub mod token;
 pub mod tools;
 pub mod units;

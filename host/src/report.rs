@@ -67,6 +67,11 @@ pub struct ComponentReport {
 }
 
 impl RunReport {
+    /// A report for a run cancelled while it waited to start.
+    pub fn cancelled_before_start() -> Self {
+        RunReport::refused(&crate::error::RunError::Cancelled)
+    }
+
     /// A report for a run that ended before the guest started.
     pub fn refused(err: &crate::error::RunError) -> Self {
         let outcome = err.outcome();

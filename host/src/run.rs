@@ -55,6 +55,18 @@ impl Default for Limits {
     }
 }
 
+/// What a caller may set about one run besides its program, grants and limits.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// The run's id (default: a fresh one); a caller that must name the run before it starts chooses it.
+    pub run_id: Option<String>,
+    /// A switch to cancel the run from outside.
+    pub cancel: Option<Arc<crate::sandbox::cancel::Cancel>>,
+}
+
+/// Most programs a runner keeps loaded.
+const MAX_PROGRAMS: usize = 256;
+
 /// Largest task input accepted, in bytes.
 pub const MAX_INPUT: usize = 16 << 20;
 
@@ -157,7 +169,24 @@ impl Runner {
             return Ok(p.clone());
         }
         let loaded = component::load(&self.host, path)?;
-        let shown = path.display().to_string();
+        self.prepare(path.to_path_buf(), loaded, agent_name(path))
+    }
+
+    /// Loads a component handed over as bytes, known as agent `name` (or the copy loaded before, by name and digest).
+    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Arc<Program>, RunError> {
+        use sha2::{Digest, Sha256};
+        crate::tools::check_name(name).map_err(|e| RunError::InvalidInput(e.replace("tool name", "agent name")))?;
+        let key = std::path::PathBuf::from(format!("upload:{name}@{}", hex::encode(Sha256::digest(bytes))));
+        if let Some(p) = self.programs.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(p.clone());
+        }
+        let loaded = component::load_bytes(&self.host, Path::new(name), bytes.to_vec())?;
+        self.prepare(key, loaded, name.to_string())
+    }
+
+    /// Checks that a loaded component is a world a run can call, and keeps it under `key`.
+    fn prepare(&self, key: std::path::PathBuf, loaded: Loaded, name: String) -> Result<Arc<Program>, RunError> {
+        let shown = loaded.path.display().to_string();
         let wrong =
             |e: wasmtime::Error| RunError::WrongWorld { path: shown.clone(), reason: component::root_cause(&e) };
         let prepared = match loaded.world {
@@ -170,9 +199,15 @@ impl Runner {
                 });
             }
         };
-        let name = agent_name(path);
         let program = Arc::new(Program { loaded, prepared, name });
-        self.programs.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf(), program.clone());
+        let mut programs = self.programs.lock().unwrap_or_else(|p| p.into_inner());
+        // A long-running host keeps a bounded number of programs (uploads could otherwise grow it without end).
+        if programs.len() >= MAX_PROGRAMS
+            && let Some(old) = programs.keys().next().cloned()
+        {
+            programs.remove(&old);
+        }
+        programs.insert(key, program.clone());
         Ok(program)
     }
 
@@ -188,14 +223,28 @@ impl Runner {
         invocation: &Invocation,
         output: OutputMode,
     ) -> RunReport {
+        self.run_with(program, grants, limits, invocation, output, RunControl::default()).await
+    }
+
+    /// [`Runner::run`], with the run's id chosen by the caller and a switch to cancel it from outside.
+    pub async fn run_with(
+        &self,
+        program: &Program,
+        grants: &Authorized,
+        limits: &Limits,
+        invocation: &Invocation,
+        output: OutputMode,
+        control: RunControl,
+    ) -> RunReport {
         let context = RunContext {
             agent: program.name.clone(),
-            run_id: fresh_id("run"),
+            run_id: control.run_id.unwrap_or_else(fresh_run_id),
             events: self.events.clone(),
             state: grants.state,
             token: if grants.token_id.is_empty() { LOCAL_TOKEN.to_string() } else { grants.token_id.clone() },
             tools: None,
             budget: Arc::new(crate::sandbox::budget::RunBudget::new(limits.max_records)),
+            cancel: control.cancel,
         };
         let mut context = context;
         if let (Some(host), Some(token)) = (&self.tools, &grants.token) {
@@ -211,6 +260,7 @@ impl Runner {
                 max_memory: limits.max_memory,
                 component: Some(program.loaded.sha256.clone()),
                 budget: Some(context.budget.clone()),
+                cancel: context.cancel.clone(),
             };
             context.tools = Some(Arc::new(ToolSession { host: host.clone(), caller }));
         }
@@ -279,21 +329,16 @@ impl Runner {
         let started = Instant::now();
         // The epoch deadline stops guest code; this outer deadline also stops a guest parked in a host call.
         let grace = limits.timeout.saturating_add(Duration::from_millis(250));
+        let cancel = context.cancel.clone();
         let ending = match (&program.prepared, invocation) {
             (Prepared::Agent(pre), Invocation::Task { id, input }) => {
                 let task = Task { id: id.clone(), input: input.clone() };
                 let call = call_agent(pre, &mut sandbox, &task);
-                match tokio::time::timeout(grace, call).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Ending::Deadline),
-                }
+                bounded(call, grace, cancel.as_deref()).await
             }
             (Prepared::Command(pre), Invocation::Command { .. }) => {
                 let call = call_command(pre, &mut sandbox);
-                match tokio::time::timeout(grace, call).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Ending::Deadline),
-                }
+                bounded(call, grace, cancel.as_deref()).await
             }
             (Prepared::Agent(_), Invocation::Command { .. }) => {
                 Ok(Returned::Invalid("this is an agent: it takes a task (--input), not command-line arguments".into()))
@@ -344,6 +389,10 @@ impl Runner {
             Err(Ending::Deadline) => {
                 outcome = Outcome::Timeout;
                 error = Some(format!("timeout: still running after {}", humantime::format_duration(limits.timeout)));
+            }
+            Err(Ending::Cancelled) => {
+                outcome = Outcome::Cancelled;
+                error = Some("cancelled".into());
             }
             Err(Ending::Error(e)) => {
                 let (o, m) = classify(&e, &store, &stdout, &stderr, limits);
@@ -401,6 +450,28 @@ enum Returned {
 enum Ending {
     Error(wasmtime::Error),
     Deadline,
+    Cancelled,
+}
+
+/// Runs `call` until it ends, its outer deadline passes (a guest parked in a host call), or the run is cancelled.
+async fn bounded(
+    call: impl std::future::Future<Output = Result<Returned, Ending>>,
+    grace: Duration,
+    cancel: Option<&crate::sandbox::cancel::Cancel>,
+) -> Result<Returned, Ending> {
+    let timed = async {
+        match tokio::time::timeout(grace, call).await {
+            Ok(r) => r,
+            Err(_) => Err(Ending::Deadline),
+        }
+    };
+    match cancel {
+        None => timed.await,
+        Some(cancel) => tokio::select! {
+            r = timed => r,
+            () = cancel.cancelled() => Err(Ending::Cancelled),
+        },
+    }
 }
 
 async fn call_agent(pre: &AgentPre<sandbox::SandboxState>, sb: &mut Sandbox, task: &Task) -> Result<Returned, Ending> {
@@ -440,6 +511,9 @@ pub(crate) fn classify(
         let which = if stdout.exceeded() { "stdout" } else { "stderr" };
         return (Outcome::OutputLimit, format!("output limit: {which} passed {} bytes", limits.max_output));
     }
+    if e.downcast_ref::<crate::sandbox::cancel::Cancelled>().is_some() {
+        return (Outcome::Cancelled, "cancelled".into());
+    }
     let trap = e.downcast_ref::<Trap>().copied();
     // The trap itself, or the innermost error; the wasm backtrace that wasmtime attaches as context is left out so
     // the message stays one short line.
@@ -476,6 +550,11 @@ pub fn resident_set_bytes() -> u64 {
 /// A fresh task id.
 pub fn fresh_task_id() -> String {
     fresh_id("task")
+}
+
+/// A fresh run id.
+pub fn fresh_run_id() -> String {
+    fresh_id("run")
 }
 
 /// A fresh tool call id.

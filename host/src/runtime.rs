@@ -6,18 +6,71 @@
 //! against the same home whose state it must never cover. A face never opens the database, the keys or the cache its
 //! own way.
 
+use crate::component::World;
 use crate::db::Db;
 use crate::engine::{EngineOptions, HostEngine};
 use crate::error::RunError;
 use crate::events::{EventLog, GroupCommit};
 use crate::grants::{self, Authorized, GrantRequest, Protected};
 use crate::home::Home;
-use crate::run::Runner;
+use crate::run::{Invocation, Limits, MAX_INPUT, Program, Runner};
 use crate::token::{RunAuthorization, RunRequest, TokenLimits};
 use crate::tools::call::ToolHost;
 use crate::tools::registry::Registry;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Where a run's component comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A file on the host (the agent is known by its file name).
+    Path(PathBuf),
+    /// Bytes handed over (an upload), under an agent name.
+    Bytes { name: String, bytes: Arc<Vec<u8>> },
+}
+
+/// The limits a run asks for; `None` takes the token's ceiling (with a token), else the default.
+#[derive(Debug, Clone, Default)]
+pub struct LimitRequest {
+    pub fuel: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub max_memory: Option<u64>,
+    pub max_output: Option<u64>,
+    pub max_records: Option<u64>,
+}
+
+/// Everything a run asks for, whichever face it comes through (the CLI's flags, a JSON request).
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub source: Source,
+    /// An agent's task id (default: a fresh one) and input (JSON text, default `{}`).
+    pub task_id: Option<String>,
+    pub input: Option<String>,
+    /// A command's arguments.
+    pub args: Vec<String>,
+    pub grants: GrantRequest,
+    /// The host names of `grants.net`, as asked (the token speaks of names, not addresses).
+    pub tools: Vec<String>,
+    pub limits: LimitRequest,
+    /// The token's text; `None` mints one from the operator's own request with the local key (the CLI's way).
+    pub token: Option<String>,
+}
+
+/// A run that passed every check and may start.
+#[derive(Clone)]
+pub struct Ready {
+    pub program: Arc<Program>,
+    pub invocation: Invocation,
+    pub grants: Authorized,
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready").field("program", &self.program.name()).field("limits", &self.limits).finish()
+    }
+}
 
 /// How the host's engine is set up.
 #[derive(Debug, Clone, Copy, Default)]
@@ -107,5 +160,96 @@ impl Host {
     /// The limits a token allows, for a run that did not ask for its own.
     pub fn token_limits(&self, token: &str) -> Result<TokenLimits, RunError> {
         crate::token::limits_of(&self.home.dir, token)
+    }
+
+    /// Everything that can refuse a run before the guest starts, in order: the input, the component (loaded through
+    /// `runner`), the invocation its world takes, the grants on the host, then the token for all of it.
+    pub fn prepare(&self, runner: &Runner, spec: &RunSpec) -> Result<Ready, RunError> {
+        let input = check_input(spec.input.as_deref())?;
+        let limits = self.limits(spec)?;
+        let program = match &spec.source {
+            Source::Path(path) => runner.load(path)?,
+            Source::Bytes { name, bytes } => runner.load_bytes(name, bytes)?,
+        };
+        let invocation = invocation(program.world(), spec, input)?;
+        let mut authorized = self.authorize_grants(&spec.grants)?;
+        let digest = Some(program.loaded.sha256.clone());
+        let mut request =
+            crate::commands::run::token_request(program.name(), &spec.grants.net, &authorized, &limits, digest);
+        for tool in &spec.tools {
+            crate::tools::check_name(tool).map_err(RunError::InvalidInput)?;
+            request.grants.push(crate::token::Grant { kind: "tool".into(), value: tool.clone(), mode: "".into() });
+        }
+        let authorization = self.authorize_token(spec.token.as_deref(), &request, crate::token::LOCAL_TTL)?;
+        authorized.token_id = authorization.token_id;
+        authorized.rate = authorization.rate;
+        authorized.token = Some(authorization.token);
+        Ok(Ready { program, invocation, grants: authorized, limits })
+    }
+
+    /// The run's limits: each asked for, else the token's ceiling (with a token), else the default.
+    fn limits(&self, spec: &RunSpec) -> Result<Limits, RunError> {
+        let defaults = Limits::default();
+        let asked = &spec.limits;
+        let ceiling = match &spec.token {
+            Some(text) if asked.fuel.is_none() || asked.timeout.is_none() || asked.max_memory.is_none() => {
+                Some(self.token_limits(text)?)
+            }
+            _ => None,
+        };
+        Ok(Limits {
+            fuel: asked.fuel.or(ceiling.map(|c| c.fuel)).unwrap_or(defaults.fuel),
+            timeout: asked.timeout.or(ceiling.map(|c| Duration::from_millis(c.timeout_ms))).unwrap_or(defaults.timeout),
+            max_memory: asked.max_memory.or(ceiling.map(|c| c.memory)).unwrap_or(defaults.max_memory),
+            max_output: asked.max_output.unwrap_or(defaults.max_output),
+            max_records: asked.max_records.unwrap_or(defaults.max_records),
+            ..defaults
+        })
+    }
+}
+
+/// The task input, checked to be JSON of a bounded size.
+fn check_input(input: Option<&str>) -> Result<Option<String>, RunError> {
+    let Some(input) = input else { return Ok(None) };
+    if input.len() > MAX_INPUT {
+        return Err(RunError::InvalidInput(format!(
+            "task input is {} bytes, over the {MAX_INPUT} byte limit",
+            input.len()
+        )));
+    }
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(input) {
+        return Err(RunError::InvalidInput(format!("task input is not valid JSON: {e}")));
+    }
+    Ok(Some(input.to_string()))
+}
+
+/// What to call, decided by the component's world: an agent takes a task, a command takes arguments.
+fn invocation(world: World, spec: &RunSpec, input: Option<String>) -> Result<Invocation, RunError> {
+    match world {
+        World::Command => {
+            if input.is_some() || spec.task_id.is_some() {
+                return Err(RunError::InvalidInput(
+                    "this is a command: it takes arguments, not a task (--input, --task-id)".into(),
+                ));
+            }
+            Ok(Invocation::Command { args: spec.args.clone() })
+        }
+        World::Agent | World::Tool => {
+            if !spec.args.is_empty() {
+                return Err(RunError::InvalidInput(
+                    "this is an agent: it takes a task (--input), not command-line arguments".into(),
+                ));
+            }
+            if let Some(id) = &spec.task_id
+                && (id.is_empty() || id.len() > crate::bounds::MAX_ID || id.chars().any(char::is_control))
+            {
+                return Err(RunError::InvalidInput(format!(
+                    "task id must be 1 to {} bytes without control characters",
+                    crate::bounds::MAX_ID
+                )));
+            }
+            let id = spec.task_id.clone().unwrap_or_else(crate::run::fresh_task_id);
+            Ok(Invocation::Task { id, input: input.unwrap_or_else(|| "{}".into()) })
+        }
     }
 }

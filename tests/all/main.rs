@@ -11,6 +11,7 @@ mod hello;
 mod hostile;
 mod preview1;
 mod schema;
+mod service;
 mod soak;
 mod state;
 mod tokens;

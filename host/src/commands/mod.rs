@@ -5,6 +5,7 @@ pub mod key;
 pub mod mcp;
 pub mod run;
 pub mod runs;
+pub mod serve;
 pub mod state;
 pub mod token;
 pub mod tool;
@@ -97,6 +98,8 @@ pub enum Command {
     Tool(tool::ToolCommand),
     /// Serve the installed tools to LLM clients over MCP (stdio or streamable HTTP).
     Mcp(mcp::McpCommand),
+    /// Serve the host over HTTP: runs, live events, tools, metrics, a dashboard.
+    Serve(serve::ServeCommand),
 }
 
 impl Cli {
@@ -112,6 +115,7 @@ impl Cli {
             Command::Token(cmd) => cmd.execute(&home),
             Command::Tool(cmd) => cmd.execute(&home),
             Command::Mcp(cmd) => cmd.execute(&home),
+            Command::Serve(cmd) => cmd.execute(&home),
         }
     }
 }
@@ -126,4 +130,13 @@ pub(crate) fn existing_db(home: &Home) -> Result<crate::db::Db, i32> {
             _ => crate::error::Outcome::HostError.exit_code(),
         }
     })
+}
+
+/// Logs (`tracing`) to stderr, as text or JSON lines; `RUST_LOG` chooses what (default: info for toka-host).
+pub(crate) fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("toka_host=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second initialization (tests, library users) is not an error worth failing for.
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }

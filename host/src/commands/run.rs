@@ -1,12 +1,11 @@
 //! `toka-host run`: load a component, authorize the grants it is given, run it in a fresh sandbox, report.
 
-use crate::component::World;
 use crate::error::{Outcome, RunError};
 use crate::grants::{self, NetGrant};
 use crate::home::Home;
 use crate::report::RunReport;
-use crate::run::{Invocation, Limits, MAX_INPUT, Program, Runner};
-use crate::runtime::{Host, HostOptions};
+use crate::run::{Limits, MAX_INPUT};
+use crate::runtime::{Host, HostOptions, LimitRequest, Ready, RunSpec, Source};
 use crate::sandbox::OutputMode;
 use crate::units::{parse_duration, parse_size};
 use clap::Args;
@@ -130,12 +129,8 @@ impl RunCommand {
         let host = Host::open(home.clone(), HostOptions { pooling: self.repeat > 1 || self.parallel > 1 })?;
         let runner = host.runner();
         // The token is read once: `--token -` reads stdin, which cannot be read twice.
-        let prepared = self.token_text().and_then(|token| {
-            let limits = self.limits(&host, token.as_deref())?;
-            let (program, invocation, authorized) = self.prepare(&host, &runner, &limits, token.as_deref())?;
-            Ok((program, invocation, authorized, limits))
-        });
-        let (program, invocation, authorized, limits) = match prepared {
+        let prepared = self.spec().and_then(|spec| host.prepare(&runner, &spec));
+        let Ready { program, invocation, grants: authorized, limits } = match prepared {
             Ok(p) => p,
             Err(e) => {
                 // The refusal is recorded too; failing to record it must not hide the refusal itself.
@@ -225,96 +220,30 @@ impl RunCommand {
         Ok(report)
     }
 
-    /// The `--token` argument's text (a file, stdin or the base64 itself), if given.
-    fn token_text(&self) -> Result<Option<String>, RunError> {
-        self.token.as_deref().map(crate::commands::token::read_token).transpose().map_err(RunError::TokenRefused)
-    }
-
-    /// The run's limits: each flag given, else the token's ceiling (with `--token`), else the default.
-    fn limits(&self, host: &Host, token: Option<&str>) -> Result<Limits, RunError> {
-        let defaults = Limits::default();
-        let ceiling = match token {
-            Some(text) if self.fuel.is_none() || self.timeout.is_none() || self.max_memory.is_none() => {
-                Some(host.token_limits(text)?)
-            }
-            _ => None,
-        };
-        Ok(Limits {
-            fuel: self.fuel.or(ceiling.map(|c| c.fuel)).unwrap_or(defaults.fuel),
-            timeout: self.timeout.or(ceiling.map(|c| Duration::from_millis(c.timeout_ms))).unwrap_or(defaults.timeout),
-            max_memory: self.max_memory.or(ceiling.map(|c| c.memory)).unwrap_or(defaults.max_memory),
-            max_output: self.max_output,
-            max_records: self.max_records,
-            ..defaults
-        })
-    }
-
-    /// Everything that can refuse the run before the guest starts, in order.
-    fn prepare(
-        &self,
-        host: &Host,
-        runner: &Runner,
-        limits: &Limits,
-        token_text: Option<&str>,
-    ) -> Result<(Arc<Program>, Invocation, grants::Authorized), RunError> {
-        let input = self.read_task_input()?;
-        let program = runner.load(&self.component)?;
-        let invocation = self.invocation(program.world(), input)?;
-        let request = self.grants.request(self.inherit_stdin, self.state.unwrap_or_default());
-        let mut authorized = host.authorize_grants(&request)?;
-        let digest = Some(program.loaded.sha256.clone());
-        let mut run_request = token_request(program.name(), &self.grants.net, &authorized, limits, digest);
-        for tool in &self.tools {
-            crate::tools::check_name(tool).map_err(RunError::InvalidInput)?;
-            run_request.grants.push(crate::token::Grant { kind: "tool".into(), value: tool.clone(), mode: "".into() });
-        }
-        let authorization = host.authorize_token(token_text, &run_request, crate::token::LOCAL_TTL)?;
-        authorized.token_id = authorization.token_id;
-        authorized.rate = authorization.rate;
-        authorized.token = Some(authorization.token);
-        Ok((program, invocation, authorized))
-    }
-
-    /// The task input from `--input` or `--input-file`, checked to be JSON of a bounded size.
-    fn read_task_input(&self) -> Result<Option<String>, RunError> {
+    /// The run these flags ask for.
+    fn spec(&self) -> Result<RunSpec, RunError> {
+        let token = self.token.as_deref().map(crate::commands::token::read_token).transpose();
         let input = match (&self.input, &self.input_file) {
-            (Some(text), _) => text.clone(),
-            (None, Some(path)) => read_input(path)?,
-            (None, None) => return Ok(None),
+            (Some(text), _) => Some(text.clone()),
+            (None, Some(path)) => Some(read_input(path)?),
+            (None, None) => None,
         };
-        if input.len() > MAX_INPUT {
-            return Err(RunError::InvalidInput(format!(
-                "task input is {} bytes, over the {MAX_INPUT} byte limit",
-                input.len()
-            )));
-        }
-        if let Err(e) = serde_json::from_str::<serde_json::Value>(&input) {
-            return Err(RunError::InvalidInput(format!("task input is not valid JSON: {e}")));
-        }
-        Ok(Some(input))
-    }
-
-    /// What to call, decided by the component's world: an agent takes a task, a command takes arguments.
-    fn invocation(&self, world: World, input: Option<String>) -> Result<Invocation, RunError> {
-        match world {
-            World::Command => {
-                if input.is_some() || self.task_id.is_some() {
-                    return Err(RunError::InvalidInput(
-                        "this is a command: it takes arguments, not a task (--input, --task-id)".into(),
-                    ));
-                }
-                Ok(Invocation::Command { args: self.args.clone() })
-            }
-            World::Agent | World::Tool => {
-                if !self.args.is_empty() {
-                    return Err(RunError::InvalidInput(
-                        "this is an agent: it takes a task (--input), not command-line arguments".into(),
-                    ));
-                }
-                let id = self.task_id.clone().unwrap_or_else(crate::run::fresh_task_id);
-                Ok(Invocation::Task { id, input: input.unwrap_or_else(|| "{}".into()) })
-            }
-        }
+        Ok(RunSpec {
+            source: Source::Path(self.component.clone()),
+            task_id: self.task_id.clone(),
+            input,
+            args: self.args.clone(),
+            grants: self.grants.request(self.inherit_stdin, self.state.unwrap_or_default()),
+            tools: self.tools.clone(),
+            limits: LimitRequest {
+                fuel: self.fuel,
+                timeout: self.timeout,
+                max_memory: self.max_memory,
+                max_output: Some(self.max_output),
+                max_records: Some(self.max_records),
+            },
+            token: token.map_err(RunError::TokenRefused)?,
+        })
     }
 }
 

@@ -131,6 +131,7 @@ impl CallerArgs {
             max_memory: self.max_memory,
             component: None,
             budget: None,
+            cancel: None,
         })
     }
 }

@@ -97,11 +97,56 @@ struct Request {
     reply: Reply,
 }
 
+/// What this process's writer has done, for metrics and for waking readers of new events.
+#[derive(Debug)]
+pub struct LogStats {
+    /// Events appended.
+    pub events: std::sync::atomic::AtomicU64,
+    /// Durable commits, and the operations they carried in all.
+    pub batches: std::sync::atomic::AtomicU64,
+    pub operations: std::sync::atomic::AtomicU64,
+    /// Commits by batch size: the count of batches of at most each of [`BATCH_BOUNDS`] operations (not cumulative).
+    pub by_size: [std::sync::atomic::AtomicU64; BATCH_BOUNDS.len()],
+    /// The sequence number of the last event this process committed (readers wait on it).
+    pub head: tokio::sync::watch::Sender<u64>,
+}
+
+/// Upper bounds of the batch-size classes in [`LogStats::by_size`].
+pub const BATCH_BOUNDS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 256, 1024];
+
+impl Default for LogStats {
+    fn default() -> Self {
+        LogStats {
+            events: Default::default(),
+            batches: Default::default(),
+            operations: Default::default(),
+            by_size: Default::default(),
+            head: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl LogStats {
+    fn committed(&self, operations: usize, events: u64, head: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.events.fetch_add(events, Relaxed);
+        self.batches.fetch_add(1, Relaxed);
+        self.operations.fetch_add(operations as u64, Relaxed);
+        if let Some(i) = BATCH_BOUNDS.iter().position(|b| operations as u64 <= *b) {
+            self.by_size[i].fetch_add(1, Relaxed);
+        }
+        if head > 0 {
+            self.head.send_replace(head);
+        }
+    }
+}
+
 /// The process's submitter. Dropping it drains the queue and stops the writer.
 pub struct EventLog {
     queue: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     db: Db,
+    stats: std::sync::Arc<LogStats>,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -115,14 +160,21 @@ impl EventLog {
         let (queue, inbox) = mpsc::channel::<Request>();
         let writer_db = db.clone();
         let max_batch = policy.max_batch.max(1);
+        let stats = std::sync::Arc::new(LogStats::default());
+        let writer_stats = stats.clone();
         let writer = std::thread::Builder::new()
             .name("toka-events".into())
-            .spawn(move || write_loop(&writer_db, &inbox, max_batch))?;
-        Ok(EventLog { queue: Some(queue), writer: Some(writer), db })
+            .spawn(move || write_loop(&writer_db, &inbox, max_batch, &writer_stats))?;
+        Ok(EventLog { queue: Some(queue), writer: Some(writer), db, stats })
     }
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// What this process's writer has done (and a watch on the last event it committed).
+    pub fn stats(&self) -> &std::sync::Arc<LogStats> {
+        &self.stats
     }
 
     fn enqueue(&self, mut op: Operation, reply: Reply) -> Result<(), AppendError> {
@@ -174,7 +226,7 @@ impl Drop for EventLog {
     }
 }
 
-fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize) {
+fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize, stats: &LogStats) {
     let mut state = State::default();
     // The sizes of the last few batches: once a batch is as large as the largest of them and nothing more is
     // queued, it commits at once instead of waiting out a gap for a submitter that is probably not coming.
@@ -209,6 +261,9 @@ fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize) {
         batches += 1;
         match result {
             Ok(applied) => {
+                let events = applied.iter().map(|a| a.events.len() as u64).sum();
+                let head = applied.iter().flat_map(|a| a.events.last()).map(|e| e.seq).max().unwrap_or(0);
+                stats.committed(batch.len(), events, head);
                 for (request, applied) in batch.into_iter().zip(applied) {
                     request.reply.send(Ok(applied));
                 }

@@ -175,20 +175,7 @@ pub fn read(db: &Db, filter: &Filter) -> Result<Vec<EventRecord>, redb::Error> {
     let mut out = Vec::new();
     for entry in table.range(start..)? {
         let (k, v) = entry?;
-        let record = match decode(k.value(), v.value()) {
-            Ok(r) => r,
-            // An unreadable record is shown as such rather than hiding the rest of the log; `verify` explains it.
-            Err(e) => EventRecord {
-                seq: k.value(),
-                time_ms: 0,
-                kind: "invalid".into(),
-                agent: String::new(),
-                run_id: String::new(),
-                payload: serde_json::json!({ "error": e }),
-                prev_hash: String::new(),
-                hash: String::new(),
-            },
-        };
+        let record = decode(k.value(), v.value()).unwrap_or_else(|e| invalid(k.value(), e));
         if filter.matches(&record) {
             out.push(record);
             if filter.limit.is_some_and(|l| out.len() >= l) {
@@ -197,6 +184,55 @@ pub fn read(db: &Db, filter: &Filter) -> Result<Vec<EventRecord>, redb::Error> {
         }
     }
     Ok(out)
+}
+
+/// Reads at most `max_scan` records after `after`; returns those matching `filter`, the last sequence number read
+/// (or `after`) and whether more records follow.
+pub fn scan(
+    db: &Db,
+    filter: &Filter,
+    after: u64,
+    max_scan: usize,
+) -> Result<(Vec<EventRecord>, u64, bool), redb::Error> {
+    let txn = db.redb().begin_read()?;
+    let table = txn.open_table(EVENTS)?;
+    let mut out = Vec::new();
+    let mut last = after;
+    let mut read = 0;
+    for entry in table.range(after.saturating_add(1)..)? {
+        if read == max_scan {
+            return Ok((out, last, true));
+        }
+        let (k, v) = entry?;
+        read += 1;
+        last = k.value();
+        let record = decode(last, v.value()).unwrap_or_else(|e| invalid(last, e));
+        if filter.matches(&record) {
+            out.push(record);
+        }
+    }
+    Ok((out, last, false))
+}
+
+/// The sequence number of the last event (0 for an empty log).
+pub fn last_seq(db: &Db) -> Result<u64, redb::Error> {
+    let txn = db.redb().begin_read()?;
+    let table = txn.open_table(EVENTS)?;
+    Ok(table.last()?.map_or(0, |(k, _)| k.value()))
+}
+
+/// What an unreadable record is shown as, rather than hiding the rest of the log; `verify` explains it.
+fn invalid(seq: u64, error: String) -> EventRecord {
+    EventRecord {
+        seq,
+        time_ms: 0,
+        kind: "invalid".into(),
+        agent: String::new(),
+        run_id: String::new(),
+        payload: serde_json::json!({ "error": error }),
+        prev_hash: String::new(),
+        hash: String::new(),
+    }
 }
 
 /// The result of walking the chain.

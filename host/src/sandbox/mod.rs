@@ -6,6 +6,7 @@
 //! never add a right of its own.
 
 pub mod budget;
+pub mod cancel;
 pub mod denied;
 pub mod limits;
 pub mod log;
@@ -55,6 +56,8 @@ pub struct RunContext {
     pub tools: Option<std::sync::Arc<crate::tools::call::ToolSession>>,
     /// The run's caps on recorded host calls, shared with its nested tool calls.
     pub budget: Arc<budget::RunBudget>,
+    /// The run's cancellation switch, if it can be cancelled from outside.
+    pub cancel: Option<Arc<cancel::Cancel>>,
 }
 
 impl WasiView for SandboxState {
@@ -156,7 +159,23 @@ pub fn build(
         store.set_fuel(limits.fuel).map_err(RunError::host)?;
     }
     // The epoch ticker advances every `EPOCH_TICK`; the deadline is counted in ticks from now.
-    store.set_epoch_deadline(crate::engine::ticks_for(limits.timeout));
+    match &context.cancel {
+        None => store.set_epoch_deadline(crate::engine::ticks_for(limits.timeout)),
+        Some(cancel) => {
+            // A run that can be cancelled looks at its switch at every tick, and at its deadline.
+            let cancel = cancel.clone();
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                if cancel.is_cancelled() {
+                    return Err(wasmtime::Error::new(cancel::Cancelled));
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(wasmtime::Error::new(wasmtime::Trap::Interrupt));
+                }
+                Ok(wasmtime::UpdateDeadline::Continue(1))
+            });
+        }
+    }
     Ok(Sandbox { store, stdout, stderr })
 }
 

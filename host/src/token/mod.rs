@@ -22,7 +22,7 @@ use serde::Serialize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Kinds of grant a token can carry.
-pub const KINDS: [&str; 8] = ["fs", "env", "net", "tool", "llm", "spawn", "state", "stdin"];
+pub const KINDS: [&str; 9] = ["fs", "env", "net", "tool", "llm", "spawn", "state", "stdin", "api"];
 
 /// One grant, as a token states it and as a run requests it: `(kind, value, mode)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -86,6 +86,10 @@ impl Grant {
                 Ok(g(rest, ""))
             }
             "env" | "tool" | "llm" | "spawn" if !rest.is_empty() && !rest.contains('"') => Ok(g(rest, "")),
+            // The service's read side: runs, events, agents, tools and metrics (of the token's own agent, or of
+            // every agent for a token whose agent is `*`).
+            "api" if rest == "read" => Ok(g(rest, "")),
+            "api" => Err(bad("expected api:read")),
             k if KINDS.contains(&k) => Err(bad("missing or invalid value")),
             _ => Err(bad(&format!("unknown kind `{kind}` (kinds: {})", KINDS.join(", ")))),
         }
@@ -352,7 +356,8 @@ fn time_facts(verified: &Verified, now: SystemTime) -> String {
 /// and the checks that failed.
 pub fn authorize(verified: &Verified, request: &RunRequest, now: SystemTime) -> Result<(), (String, String)> {
     let token = &verified.token;
-    let agent_ok = format!("check if agent({:?});", request.agent);
+    // A token for the agent `*` (an operator's) is for every agent.
+    let agent_ok = format!("check if agent({:?}) or agent(\"*\");", request.agent);
     let none = Grant { kind: "none".into(), value: String::new(), mode: String::new() };
     let grants: Vec<&Grant> = if request.grants.is_empty() { vec![&none] } else { request.grants.iter().collect() };
     let mut time = time_facts(verified, now);

@@ -59,6 +59,8 @@ pub struct Caller {
     pub component: Option<String>,
     /// The calling run's caps on recorded calls (`None` outside a run).
     pub budget: Option<Arc<crate::sandbox::budget::RunBudget>>,
+    /// The calling run's cancellation switch: cancelling the run stops its tools too.
+    pub cancel: Option<Arc<crate::sandbox::cancel::Cancel>>,
 }
 
 /// A sandbox's access to tools: the host and the caller the sandbox's guest calls as.
@@ -171,6 +173,7 @@ impl ToolHost {
             token: String::new(),
             tools: None,
             budget: Arc::default(),
+            cancel: None,
         };
         let output = OutputMode { echo: false, capture: false };
         let mut sb = sandbox::build(&self.engine, &Authorized::default(), &DESCRIBE_LIMITS, output, &context, &[])?;
@@ -408,6 +411,7 @@ impl ToolHost {
             token: caller.token_id.clone(),
             tools: Some(Arc::new(ToolSession { host: self.clone(), caller: nested })),
             budget: caller.budget.clone().unwrap_or_default(),
+            cancel: caller.cancel.clone(),
         };
         let output = OutputMode { echo: false, capture: false };
         let mut sb = match sandbox::build(&self.engine, &grants, &limits, output, &context, &[name.to_string()]) {

@@ -1,0 +1,100 @@
+//! `toka-host serve`: the long-running host behind an HTTP API (see [`crate::service`]).
+
+use crate::error::RunError;
+use crate::home::Home;
+use crate::runtime::{Host, HostOptions};
+use crate::service::{Service, ServiceConfig};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Serve the host over HTTP: submit runs, watch events live, call tools, read metrics (see `/openapi.json`).
+///
+/// Every route but /health needs `Authorization: Bearer <token>` (a token from this home's key store): a run is
+/// authorized with the bearer token narrowed to exactly that run; reading runs, events and metrics needs `api:read`.
+#[derive(Debug, Args)]
+pub struct ServeCommand {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878")]
+    pub addr: SocketAddr,
+
+    /// Runs at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_concurrent: usize,
+
+    /// Runs waiting for a slot; past this, submissions are refused with 429.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_queue: usize,
+
+    /// Largest request body (uploaded components included), e.g. 64MiB.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::units::parse_size)]
+    pub max_body: u64,
+
+    /// A directory whose components may be run by path (repeatable); without one, only uploads run.
+    #[arg(long = "component-dir", value_name = "DIR")]
+    pub component_dirs: Vec<PathBuf>,
+
+    /// On shutdown, how long running runs get to finish before they are cancelled.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format on stderr: `text` or `json`.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl ServeCommand {
+    pub fn execute(self, home: &Home) -> i32 {
+        crate::commands::init_logging(&self.log_format);
+        let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("toka-host: cannot start the async runtime: {e}");
+                return 79;
+            }
+        };
+        match rt.block_on(self.serve(home)) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("toka-host: {e}");
+                e.outcome().exit_code()
+            }
+        }
+    }
+
+    async fn serve(self, home: &Home) -> Result<(), RunError> {
+        let host = Host::open(home.clone(), HostOptions { pooling: true })?;
+        let config = ServiceConfig {
+            max_concurrent: self.max_concurrent.max(1),
+            max_queue: self.max_queue,
+            max_body: usize::try_from(self.max_body).unwrap_or(usize::MAX),
+            component_dirs: self.component_dirs.clone(),
+            shutdown_grace: self.shutdown_grace,
+            ..ServiceConfig::default()
+        };
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .map_err(|e| RunError::host(format!("serve: cannot listen on {}: {e}", self.addr)))?;
+        let local = listener.local_addr().map_err(RunError::host)?;
+        let service = Service::new(host, config);
+        // The address on stdout (for scripts and tests); everything else goes to stderr.
+        println!("toka-host: serving on http://{local} (dashboard at /, API under /v1, /openapi.json)");
+        crate::service::serve(service, listener, shutdown_signal()).await.map_err(RunError::host)
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => drop(s.recv().await),
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

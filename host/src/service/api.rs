@@ -1,0 +1,200 @@
+//! The service's wire types: what clients send and get back under `/v1`, as JSON. Every request type refuses
+//! unknown fields (a typo is an error, not a silently ignored field), and each carries its OpenAPI schema.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Where the component of a run comes from.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ComponentRef {
+    /// A file under one of the server's component directories (`serve --component-dir`), relative to it or absolute.
+    Path(String),
+    /// The component's bytes, base64 (standard alphabet), run as agent `name`.
+    Upload { name: String, wasm_base64: String },
+}
+
+/// Grants a run asks for, in the CLI's syntax; each must be covered by the bearer token.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsRequest {
+    /// `HOST[::GUEST][:ro]`, as `--dir` (paths on the server).
+    #[serde(default)]
+    pub dirs: Vec<String>,
+    /// `NAME=VALUE`, as `--env`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `HOST:PORT`, as `--allow-net`.
+    #[serde(default)]
+    pub net: Vec<String>,
+    /// Installed tools the agent may call, as `--allow-tool`.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// `ro` or `rw`: the agent's persistent state.
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+/// Limits a run asks for; each not given is the token's ceiling.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    pub fuel: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub max_memory: Option<u64>,
+    pub max_output: Option<u64>,
+    pub max_records: Option<u64>,
+}
+
+/// `POST /v1/runs`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRun {
+    pub component: ComponentRef,
+    /// An agent's task input (any JSON value; default `{}`).
+    #[schema(value_type = Option<Object>)]
+    pub input: Option<serde_json::Value>,
+    /// An agent's task id (default: a fresh one).
+    pub task_id: Option<String>,
+    /// A command's arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub grants: GrantsRequest,
+    #[serde(default)]
+    pub limits: LimitsRequest,
+    /// Answer when the run has ended (up to `wait_ms`, default 60 s), instead of at once with 202.
+    #[serde(default)]
+    pub wait: bool,
+    pub wait_ms: Option<u64>,
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Ended,
+}
+
+/// A run as the service knows it: its status, and its report once it has ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunView {
+    pub run_id: String,
+    pub agent: String,
+    pub status: RunStatus,
+    pub submitted_ms: u64,
+    /// The run report (`toka-host run --json`'s), once ended; output is cut at 64 KiB per stream here.
+    #[schema(value_type = Option<Object>)]
+    pub report: Option<serde_json::Value>,
+}
+
+/// One run in a listing, assembled from its events.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub agent: String,
+    pub started_ms: u64,
+    /// `running`, or how it ended (`success`, `trap`, `timeout`, `cancelled` ...).
+    pub outcome: String,
+    pub exit_code: Option<i64>,
+    pub fuel: Option<u64>,
+    pub wall_time_ms: Option<f64>,
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// A page of runs, newest first; `next` is the cursor of the next page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunPage {
+    pub runs: Vec<RunSummary>,
+    pub next: Option<u64>,
+}
+
+/// An agent seen in the log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentView {
+    pub agent: String,
+    pub runs: u64,
+    pub last_run_ms: u64,
+    pub last_outcome: String,
+}
+
+/// One event, as `toka-host events --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub kind: String,
+    pub agent: String,
+    pub run_id: String,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// An installed tool.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ToolView {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub side_effect: String,
+    pub grants: Vec<String>,
+    pub sha256: String,
+    #[schema(value_type = Object)]
+    pub input_schema: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub output_schema: serde_json::Value,
+}
+
+/// `POST /v1/tools/{name}/call`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallTool {
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    #[serde(default)]
+    pub grants: GrantsRequest,
+    pub fuel: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// What a tool call came to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ToolCallView {
+    pub call_id: String,
+    pub tool: String,
+    pub outcome: String,
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub fuel_consumed: u64,
+    pub wall_time_ms: f64,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` when the log accepts writes, else `degraded`.
+    pub status: String,
+    pub log_writable: bool,
+    pub version: String,
+    pub runs_in_flight: u64,
+    pub runs_queued: u64,
+}
+
+/// Every error: a stable code (for programs) and a one-line message (for people).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `unauthorized`, `forbidden`, `token-refused`, `grant-refused`, `invalid-request`, `not-found`,
+    /// `queue-full`, `shutting-down`, `too-large`, `invalid-wasm`, `host-error` ...
+    pub code: String,
+    pub message: String,
+}

@@ -1,0 +1,174 @@
+//! Events through the API: a filtered listing (as `toka-host events`), and a live stream as server-sent events,
+//! resumable from a sequence number (`?since=SEQ`, or the `Last-Event-ID` a reconnecting client sends). The stream
+//! wakes when this process commits an event, and also looks for events other processes wrote every half second.
+
+use super::Service;
+use super::api::EventView;
+use super::auth;
+use super::error::ApiError;
+use crate::events::{self, EventRecord, Filter};
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use utoipa::IntoParams;
+
+/// Most events in one listing or one read of the stream.
+const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventQuery {
+    /// Only events of this agent.
+    pub agent: Option<String>,
+    /// Only events of this run.
+    pub run: Option<String>,
+    /// Only events of this kind (`run` matches `run.started`, `run.completed` ...).
+    pub kind: Option<String>,
+    /// Only events with this sequence number or later.
+    pub since: Option<u64>,
+    /// At most this many (default 100, at most 1000): the last N, or with `since` the first N from there.
+    pub limit: Option<usize>,
+}
+
+pub fn view(r: EventRecord) -> EventView {
+    EventView {
+        seq: r.seq,
+        time_ms: r.time_ms,
+        kind: r.kind,
+        agent: r.agent,
+        run_id: r.run_id,
+        payload: r.payload,
+        prev_hash: r.prev_hash,
+        hash: r.hash,
+    }
+}
+
+/// The filter of a query, narrowed to what the bearer may see.
+fn filter(bearer: &auth::Bearer, q: &EventQuery) -> Result<Option<Filter>, ApiError> {
+    let agent = match (bearer.scope(), &q.agent) {
+        (Some(mine), Some(asked)) if mine != *asked => return Ok(None),
+        (Some(mine), _) => Some(mine),
+        (None, asked) => asked.clone(),
+    };
+    for v in [&q.agent, &q.run, &q.kind].into_iter().flatten() {
+        if v.len() > crate::bounds::MAX_ID {
+            return Err(ApiError::bad_request("filters are at most 256 bytes"));
+        }
+    }
+    Ok(Some(Filter { agent, run_id: q.run.clone(), kind: q.kind.clone(), after: None, limit: None }))
+}
+
+/// List events, oldest first.
+#[utoipa::path(get, path = "/v1/events", params(EventQuery), responses((status = 200, body = Vec<EventView>)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> Result<Json<Vec<EventView>>, ApiError> {
+    let bearer = auth::reader(&service.host, &headers)?;
+    let Some(mut f) = filter(&bearer, &q)? else { return Ok(Json(Vec::new())) };
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    f.after = q.since.map(|s| s.saturating_sub(1));
+    f.limit = q.since.map(|_| limit);
+    let db = service.host.db().clone();
+    let mut records = tokio::task::spawn_blocking(move || events::read(&db, &f))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    if q.since.is_none() {
+        let skip = records.len().saturating_sub(limit);
+        records.drain(..skip);
+    }
+    Ok(Json(records.into_iter().map(view).collect()))
+}
+
+/// Stream events as server-sent events (`id` is the sequence number, `event` the kind, `data` the event as JSON).
+/// Starts after `Last-Event-ID` if the client sends one, else at `since`, else at the end of the log.
+#[utoipa::path(get, path = "/v1/events/stream", params(EventQuery),
+    responses((status = 200, description = "text/event-stream of EventView"), (status = 401, body = super::api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn stream(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+    let bearer = auth::reader(&service.host, &headers)?;
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let filter = filter(&bearer, &q)?;
+    let db = service.host.db().clone();
+    // Where to start: after the last event the client saw, else from `since`, else after the current end.
+    let after = match (resume, q.since) {
+        (Some(seen), _) => seen,
+        (None, Some(since)) => since.saturating_sub(1),
+        (None, None) => {
+            let db = db.clone();
+            tokio::task::spawn_blocking(move || events::last_seq(&db))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?
+        }
+    };
+    let tail = Tail {
+        db,
+        filter,
+        after,
+        pending: std::collections::VecDeque::new(),
+        head: service.host.log().stats().head.subscribe(),
+        shutdown: service.shutdown.clone(),
+    };
+    let stream = futures_util::stream::unfold(tail, |mut tail| async move {
+        let record = tail.next().await?;
+        let event = Event::default()
+            .id(record.seq.to_string())
+            .event(record.kind.clone())
+            .data(serde_json::to_string(&view(record)).unwrap_or_default());
+        Some((Ok(event), tail))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// A stream's position in the log.
+struct Tail {
+    db: crate::db::Db,
+    /// `None`: the bearer may see nothing this query asks for (the stream stays open and empty).
+    filter: Option<Filter>,
+    after: u64,
+    pending: std::collections::VecDeque<EventRecord>,
+    head: tokio::sync::watch::Receiver<u64>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Tail {
+    /// The next matching event, waiting for it; `None` when the server shuts down or the log cannot be read.
+    async fn next(&mut self) -> Option<EventRecord> {
+        loop {
+            if let Some(r) = self.pending.pop_front() {
+                return Some(r);
+            }
+            if let Some(filter) = &self.filter {
+                let (db, filter, after) = (self.db.clone(), filter.clone(), self.after);
+                let scanned = tokio::task::spawn_blocking(move || events::scan(&db, &filter, after, SCAN)).await;
+                let (records, last, more) = scanned.ok()?.ok()?;
+                self.after = self.after.max(last);
+                self.pending.extend(records);
+                if more || !self.pending.is_empty() {
+                    continue;
+                }
+            }
+            tokio::select! {
+                changed = self.head.changed() => if changed.is_err() { return None },
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = self.shutdown.cancelled() => return None,
+            }
+        }
+    }
+}
+
+/// Records read at most per look at the log.
+const SCAN: usize = 4096;

@@ -1,0 +1,314 @@
+//! `toka-host serve`: the long-running host behind an HTTP API (axum), on one [`Host`] that owns the engine, the
+//! compile cache, the event log writer, the key store and the tools.
+//!
+//! Routes (JSON under `/v1`; every route but `/health` needs a bearer token, see [`auth`]): runs (submit, get, list,
+//! cancel), agents, events (list, server-sent stream), tools (list, describe, call), `/metrics` (Prometheus text),
+//! `/openapi.json` (generated from the handlers' types by utoipa), `/health`. Bodies are size-capped, runs are
+//! capped in number (a bounded queue, then 429), every error is JSON with a stable code. Shutting down (SIGTERM,
+//! Ctrl-C) stops taking requests, gives running runs a grace period, then cancels what is left and records it.
+//!
+//! This module never opens the database, the keys or the cache itself: it goes through the [`Host`].
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod metrics;
+pub mod runs;
+pub mod tools;
+
+use crate::run::Runner;
+use crate::runtime::Host;
+use axum::Json;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use error::ApiError;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// How the service runs.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Runs at once.
+    pub max_concurrent: usize,
+    /// Runs waiting for a slot, beyond which submissions get 429.
+    pub max_queue: usize,
+    /// Largest request body, in bytes (uploads included).
+    pub max_body: usize,
+    /// Directories whose components may be run by path.
+    pub component_dirs: Vec<PathBuf>,
+    /// How long running runs get to finish on shutdown before they are cancelled.
+    pub shutdown_grace: Duration,
+    /// Components compiled at once (a compile is CPU-heavy and not counted as a run).
+    pub max_compiles: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            max_concurrent: 16,
+            max_queue: 1024,
+            max_body: 64 << 20,
+            component_dirs: Vec::new(),
+            shutdown_grace: Duration::from_secs(10),
+            max_compiles: 2,
+        }
+    }
+}
+
+/// The running service: the host, the runner every run goes through, the runs, the metrics.
+pub struct Service {
+    pub host: Arc<Host>,
+    pub runner: Arc<Runner>,
+    pub runs: runs::RunTable,
+    pub metrics: metrics::Metrics,
+    pub config: ServiceConfig,
+    slots: Arc<Semaphore>,
+    compiles: Arc<Semaphore>,
+    admitted: Arc<AtomicUsize>,
+    stopping: AtomicBool,
+    /// Cancelled when the service shuts down (event streams end).
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// A run's place in the service, from admission until it ends: queued until [`Admission::slot`] gives it a slot.
+#[derive(Debug)]
+pub struct Admission {
+    service: Arc<Service>,
+    released: bool,
+}
+
+/// A running run's slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Slot {
+    service: Arc<Service>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Admission {
+    /// Waits for a slot; `None` if the service is shutting down.
+    pub async fn slot(mut self) -> Option<Slot> {
+        let service = self.service.clone();
+        let permit = service.slots.clone().acquire_owned().await.ok()?;
+        if service.shutting_down() {
+            return None;
+        }
+        self.released = true;
+        service.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+        service.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Slot { service, _permit: permit })
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if !self.released {
+            self.service.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            self.service.admitted.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.service.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.service.admitted.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Service {
+    pub fn new(host: Host, config: ServiceConfig) -> Arc<Service> {
+        let runner = Arc::new(host.runner());
+        Arc::new(Service {
+            slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            compiles: Arc::new(Semaphore::new(config.max_compiles.max(1))),
+            host: Arc::new(host),
+            runner,
+            runs: runs::RunTable::default(),
+            metrics: metrics::Metrics::default(),
+            config,
+            admitted: Arc::new(AtomicUsize::new(0)),
+            stopping: AtomicBool::new(false),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        })
+    }
+
+    /// A place for one more run, unless the queue is full.
+    fn admit(self: &Arc<Self>) -> Option<Admission> {
+        let cap = self.config.max_concurrent + self.config.max_queue;
+        let taken = self.admitted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < cap).then_some(n + 1));
+        taken.ok()?;
+        self.metrics.queued.fetch_add(1, Ordering::Relaxed);
+        Some(Admission { service: self.clone(), released: false })
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn host_counters(&self) -> metrics::HostCounters {
+        let stats = self.host.log().stats();
+        let by_size: Vec<(f64, u64)> = crate::events::log::BATCH_BOUNDS
+            .iter()
+            .zip(&stats.by_size)
+            .map(|(b, n)| (*b as f64, n.load(Ordering::Relaxed)))
+            .collect();
+        metrics::HostCounters {
+            events_appended: stats.events.load(Ordering::Relaxed),
+            batches: by_size,
+            batch_sum: stats.operations.load(Ordering::Relaxed) as f64,
+            batch_count: stats.batches.load(Ordering::Relaxed),
+            cache_hits: self.host.engine().cache_hits() as u64,
+        }
+    }
+}
+
+/// Liveness, and whether the log accepts writes.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = api::Health), (status = 503, body = api::Health)))]
+async fn health(State(service): State<Arc<Service>>) -> (StatusCode, Json<api::Health>) {
+    let db = service.host.db().clone();
+    // The write lock can be taken (across processes); the transaction is aborted, so a health check costs no fsync.
+    let writable = tokio::task::spawn_blocking(move || {
+        redb::Database::begin_write(db.redb()).is_ok_and(|txn| txn.abort().is_ok())
+    })
+    .await
+    .unwrap_or(false);
+    let body = api::Health {
+        status: if writable { "ok" } else { "degraded" }.into(),
+        log_writable: writable,
+        version: env!("CARGO_PKG_VERSION").into(),
+        runs_in_flight: service.metrics.in_flight.load(Ordering::Relaxed),
+        runs_queued: service.metrics.queued.load(Ordering::Relaxed),
+    };
+    (if writable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+}
+
+/// Prometheus metrics (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")),
+    security(("bearer" = [])))]
+async fn metrics_text(State(service): State<Arc<Service>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    auth::reader(&service.host, &headers)?;
+    let text = service.metrics.render(&service.host_counters());
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "toka-host", description = "A WebAssembly sandbox host for AI agents and their tools."),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("Biscuit").build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The API's routes and its OpenAPI document, from the same handlers.
+pub fn api() -> (axum::Router<Arc<Service>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(runs::submit, runs::list_runs))
+        .routes(routes!(runs::get_run))
+        .routes(routes!(runs::cancel))
+        .routes(routes!(runs::agents))
+        .routes(routes!(events::list))
+        .routes(routes!(events::stream))
+        .routes(routes!(tools::list))
+        .routes(routes!(tools::describe))
+        .routes(routes!(tools::call))
+        .routes(routes!(health))
+        .routes(routes!(metrics_text))
+        .split_for_parts()
+}
+
+/// The OpenAPI document, as `/openapi.json` serves it.
+pub fn openapi_json() -> String {
+    api().1.to_pretty_json().unwrap_or_default()
+}
+
+/// Counts each request by route template and status, and traces it.
+async fn observe(State(service): State<Arc<Service>>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_string();
+    let span = tracing::info_span!("request", %method, %route);
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
+    service.metrics.request(&method, &route, response.status().as_u16());
+    response
+}
+
+/// The whole router: the API, `/openapi.json` and the dashboard, with the body limit and request metrics.
+pub fn router(service: Arc<Service>) -> axum::Router {
+    let (api, doc) = api();
+    let doc = Arc::new(doc.to_pretty_json().unwrap_or_default());
+    let openapi = {
+        let doc = doc.clone();
+        move |State(service): State<Arc<Service>>, headers: HeaderMap| {
+            let doc = doc.clone();
+            async move {
+                auth::bearer(&service.host, &headers)?;
+                Ok::<_, ApiError>(([(axum::http::header::CONTENT_TYPE, "application/json")], (*doc).clone()))
+            }
+        }
+    };
+    api.route("/openapi.json", axum::routing::get(openapi))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(service.clone(), observe))
+        .layer(axum::extract::DefaultBodyLimit::max(service.config.max_body))
+        .with_state(service)
+}
+
+/// Serves on `listener` until `stop` resolves; then stops taking requests, lets running runs finish within the
+/// grace period, and cancels (and records) what is left.
+pub async fn serve(
+    service: Arc<Service>,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(service.clone());
+    let stopping = service.clone();
+    let shutdown = async move {
+        stop.await;
+        tracing::info!("shutting down");
+        stopping.stopping.store(true, Ordering::SeqCst);
+        stopping.shutdown.cancel();
+    };
+    let server =
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown);
+    server.await?;
+    // Queued runs do not start; running runs get the grace period, then are cancelled.
+    service.slots.close();
+    let deadline = tokio::time::Instant::now() + service.config.shutdown_grace;
+    while service.runs.live() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancelled = service.runs.cancel_all();
+    if cancelled > 0 {
+        tracing::info!(cancelled, "cancelled runs still going after the grace period");
+    }
+    let wait = tokio::time::Instant::now() + Duration::from_secs(5);
+    while service.runs.live() > 0 && tokio::time::Instant::now() < wait {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
