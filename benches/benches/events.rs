@@ -28,7 +28,7 @@ fn observation(i: usize) -> Operation {
 }
 
 fn open(path: &std::path::Path, policy: GroupCommit) -> EventLog {
-    let log = EventLog::open(Db::open(path).unwrap(), policy).unwrap();
+    let log = EventLog::open(Db::open(path).unwrap(), policy, None).unwrap();
     let start = Op::StartRun {
         run_id: "run-bench".into(),
         agent: "bench".into(),
