@@ -274,7 +274,7 @@ fn anchoring(c: &mut Criterion) {
     );
 
     let (mut with, mut without) = (0.0, 0.0);
-    for _ in 0..3 {
+    for _ in 0..6 {
         with += summary("threads, group commit, signed", burst(&signed, 100));
         without += summary("threads, group commit, unsigned", burst(&unsigned, 100));
     }
@@ -288,6 +288,20 @@ fn anchoring(c: &mut Criterion) {
         revoked: Chain { seq: 0, head: [3; 32] },
     };
     c.bench_function("checkpoint_sign", |b| b.iter(|| s.sign(std::hint::black_box(&heads), 1)));
+
+    // What the writer now does for every operation and event before committing: decode the exact stored bytes.
+    let txn = signed.db().redb().begin_read().unwrap();
+    let last = |table: redb::TableDefinition<u64, &[u8]>| {
+        let t = txn.open_table(table).unwrap();
+        redb::ReadableTable::last(&t).unwrap().map(|(_, v)| v.value().to_vec()).unwrap()
+    };
+    let (event, op) = (last(EVENTS), last(OPS));
+    c.bench_function("decode_check_operation_and_event", |b| {
+        b.iter(|| {
+            serde_json::from_slice::<Operation>(std::hint::black_box(&op)).unwrap();
+            toka_host::events::decodes(std::hint::black_box(&event)).unwrap();
+        })
+    });
 }
 
 criterion_group!(benches, appends, floor, anchoring);

@@ -129,7 +129,10 @@ fn an_untouched_copy_verifies_anchored() {
     let json = verify(home.path(), &db, &["--json"]);
     json.expect_code(0);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
-    assert_eq!((v["anchored"].as_bool(), v["problem"].is_null(), v["checkpoints"].as_u64()), (Some(true), true, Some(1)));
+    assert_eq!(
+        (v["anchored"].as_bool(), v["problem"].is_null(), v["checkpoints"].as_u64()),
+        (Some(true), true, Some(1))
+    );
 }
 
 /// (a) Deleting the last records leaves a correct chain, shorter than the latest checkpoint says.
@@ -241,10 +244,8 @@ fn editing_a_revocation_is_detected() {
     let (_dir, deleted) = copy_db(home.path());
     let (_dir2, edited) = copy_db(home.path());
     let id = {
-        let db = redb::Database::builder()
-            .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
-            .open(&deleted)
-            .unwrap();
+        let db =
+            redb::Database::builder().set_concurrency_mode(redb::ConcurrencyMode::MultiWriter).open(&deleted).unwrap();
         let txn = db.begin_read().unwrap();
         let t = txn.open_table(REVOKED).unwrap();
         let ids: Vec<String> = t.iter().unwrap().map(|e| e.unwrap().0.value().to_string()).collect();
@@ -291,11 +292,7 @@ fn a_record_appended_after_the_latest_checkpoint_is_an_unsigned_tail() {
     });
     refused(
         &verify(home.path(), &db, &[]),
-        &format!(
-            "unsigned tail: events {}..{} come after the latest signed checkpoint at event {n}",
-            n + 1,
-            n + 1
-        ),
+        &format!("unsigned tail: events {}..{} come after the latest signed checkpoint at event {n}", n + 1, n + 1),
     );
 }
 

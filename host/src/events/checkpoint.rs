@@ -260,7 +260,9 @@ pub(crate) fn recorded_revocations(
     revoked: &impl ReadableTable<&'static str, u64>,
 ) -> Result<Result<Chain, String>, redb::Error> {
     match kernel.get(REVOKED_DIGEST)? {
-        Some(v) => Ok(Chain::from_bytes(v.value()).ok_or_else(|| "the recorded revocations digest is malformed".into())),
+        Some(v) => {
+            Ok(Chain::from_bytes(v.value()).ok_or_else(|| "the recorded revocations digest is malformed".into()))
+        }
         None => Ok(Ok(revocations_digest(revoked)?)),
     }
 }
@@ -438,7 +440,12 @@ fn check_prefix(
         return Err(Tamper::Rewritten { at: at.into(), log: Log::Events, seq: heads.events.seq });
     }
     if heads.ops.seq > ops.chain.seq {
-        return Err(Tamper::Truncated { at: at.into(), log: Log::Operations, signed: heads.ops.seq, found: ops.chain.seq });
+        return Err(Tamper::Truncated {
+            at: at.into(),
+            log: Log::Operations,
+            signed: heads.ops.seq,
+            found: ops.chain.seq,
+        });
     }
     if ops.at.get(&heads.ops.seq) != Some(&heads.ops.head) {
         return Err(Tamper::Rewritten { at: at.into(), log: Log::Operations, seq: heads.ops.seq });
@@ -710,7 +717,8 @@ mod tests {
         }
         let problem = || verify(&db, &keys, None).unwrap().1.problem;
         assert_eq!(problem(), None);
-        let edit = |change: &dyn Fn(&mut redb::Table<u64, &'static [u8]>)| {
+        type Ops<'t> = redb::Table<'t, u64, &'static [u8]>;
+        let edit = |change: &dyn Fn(&mut Ops)| {
             let txn = db.redb().begin_write().unwrap();
             change(&mut txn.open_table(OPS).unwrap());
             txn.commit().unwrap();

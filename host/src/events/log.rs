@@ -657,8 +657,7 @@ mod tests {
         let keys = KeyStore::load_or_init(dir.path(), 1).unwrap();
         let signer = Signer::from_keys(&keys).unwrap();
         let db = Db::open(&dir.path().join("t.redb")).unwrap();
-        let deep =
-            |run: &str, d| op(Op::EmitObservation { run_id: run.into(), kind: "k".into(), payload: nested(d) });
+        let deep = |run: &str, d| op(Op::EmitObservation { run_id: run.into(), kind: "k".into(), payload: nested(d) });
         assert!(serde_json::from_slice::<Operation>(&serde_json::to_vec(&deep("r", 126)).unwrap()).is_ok());
         let outcomes = one_batch(
             &db,
@@ -666,10 +665,10 @@ mod tests {
             vec![
                 start("r"),
                 emit("r", 1),
-                deep("r", 125),     // 127 levels in its event: stored
-                deep("r", 126),     // the operation reads back (127 levels), its event (128) does not
-                deep("r", 127),     // the operation itself does not read back
-                deep("gone", 125),  // refused by the kernel (no such run); its op.rejected event has 128 levels
+                deep("r", 125),    // 127 levels in its event: stored
+                deep("r", 126),    // the operation reads back (127 levels), its event (128) does not
+                deep("r", 127),    // the operation itself does not read back
+                deep("gone", 125), // refused by the kernel (no such run); its op.rejected event has 128 levels
                 emit("r", 2),
             ],
         );
@@ -700,7 +699,10 @@ mod tests {
             ["run.started", "observation", "observation", "op.rejected", "op.rejected", "op.rejected", "observation"]
         );
         for r in &all[3..6] {
-            assert_eq!((r.payload["op"].as_str(), r.payload["stored"].as_bool()), (Some("emit-observation"), Some(false)));
+            assert_eq!(
+                (r.payload["op"].as_str(), r.payload["stored"].as_bool()),
+                (Some("emit-observation"), Some(false))
+            );
             assert!(r.payload["reason"].as_str().unwrap().contains("recursion limit exceeded"), "{}", r.payload);
         }
         assert_eq!((all[3].run_id.as_str(), all[5].run_id.as_str()), ("r", "gone"));
@@ -739,12 +741,12 @@ mod tests {
             txn.open_table(EVENTS).unwrap().remove(6).unwrap();
         });
         let problem = checkpoint::verify(&db, &keys, None).unwrap().1.problem;
-        assert_eq!(
-            problem,
-            Some(Tamper::Truncated { at: "at event 6".into(), log: Log::Events, signed: 6, found: 5 })
-        );
+        assert_eq!(problem, Some(Tamper::Truncated { at: "at event 6".into(), log: Log::Events, signed: 6, found: 5 }));
         let refused = log.submit(emit("r", 9)).unwrap_err();
-        assert!(matches!(&refused, AppendError::Unanchored(why) if why == "it covers 6 events, the log has 5"), "{refused}");
+        assert!(
+            matches!(&refused, AppendError::Unanchored(why) if why == "it covers 6 events, the log has 5"),
+            "{refused}"
+        );
         assert_eq!(verify(&db).unwrap().records, 5, "nothing was appended to the truncated log");
     }
 

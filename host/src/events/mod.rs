@@ -4,6 +4,11 @@
 //! agent, run id, payload, previous hash) and `hash = sha256(previous hash ++ body)`. Verification recomputes the
 //! chain from the stored bytes, so a record written by an older schema (fewer fields) verifies as it was written;
 //! new fields are only ever added, with defaults, so old records stay readable.
+//!
+//! The chain alone shows only that records follow one another: [`checkpoint`] anchors it (and the operation log and
+//! the revocations) with signed checkpoints, so that a cut tail or a rewrite with recomputed hashes is detected too.
+//! This module never writes (the writer is [`log`]) and never repairs: it reports the first record that does not
+//! verify.
 
 pub mod checkpoint;
 pub mod log;
@@ -262,8 +267,9 @@ pub(crate) fn walk(
     Ok((Verification { records, first_bad: None, head: hex::encode(prev) }, heads))
 }
 
-/// Whether a stored value reads back as a record, the way [`read`] and [`verify`] read it.
-pub(crate) fn decodes(value: &[u8]) -> Result<(), String> {
+/// Whether a stored value reads back as a record, the way [`read`] and [`verify`] read it (the writer checks each
+/// value with it before committing).
+pub fn decodes(value: &[u8]) -> Result<(), String> {
     let (_, body) = split(value).ok_or("record shorter than its hash")?;
     serde_json::from_slice::<Body>(body).map(drop).map_err(|e| format!("the record does not read back: {e}"))
 }
