@@ -320,7 +320,7 @@ fn compile_cache_planted_artifacts_are_rebuilt_not_loaded() {
     let echo = |cache_hit: bool| {
         let r = toka_with(&["run", "--json", &agent("echo-cmd").to_string_lossy(), "planted?"], None, &env);
         r.expect_code(0);
-        assert_eq!(r.report()["stdout"], "planted?\n");
+        assert_eq!(r.report()["stdout"], "args: planted?\n");
         assert_eq!(r.report()["component"]["cache_hit"], cache_hit, "{}", r.report());
     };
     // An agent compiled first, then the command: each leaves one artifact.
@@ -375,6 +375,9 @@ fn compile_cache_planted_adapted_modules_are_redone() {
 }
 
 fn mint(home: &Path, args: &[&str]) -> String {
+    if !home.join("keys.json").exists() {
+        t(home, &["key", "init"]).expect_code(0);
+    }
     let mut all = vec!["token", "mint"];
     all.extend_from_slice(args);
     let r = t(home, &all);
@@ -426,10 +429,11 @@ fn one_home_a_revocation_in_a_database_binds_every_command_on_it() {
     let (code, stderr) = serve(y);
     assert_ne!(code, 78, "{stderr}");
     // Reading commands take the same flags: the runs are in X, not in the home's default database.
-    let runs = t(h, &["runs", "--db", x, "--json"]);
-    runs.expect_code(0);
-    assert_eq!(runs.stdout.lines().count(), 1, "{}", runs.stdout);
-    assert!(!h.join("toka.redb").exists(), "nothing went to the default database");
+    for (db, n) in [(x, 1), (y, 1), (h.join("toka.redb").to_str().unwrap(), 0)] {
+        let runs = t(h, &["runs", "--db", db, "--json"]);
+        runs.expect_code(0);
+        assert_eq!(runs.stdout.lines().count(), n, "{db}: {}", runs.stdout);
+    }
 }
 
 /// Revoking an attenuated token revokes it and what descends from it, never its parent or its siblings; every
@@ -567,7 +571,7 @@ fn no_silent_mix_up_a_stalled_stdout_does_not_hold_the_run() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     let mut child = Command::new(toka_host())
-        .args(["run", "--timeout", "1s", "--max-output", "64MiB", "--input", r#"{"attack":"flood"}"#, &hostile()])
+        .args(["run", "--timeout", "1s", "--max-output", "64GiB", "--input", r#"{"attack":"flood"}"#, &hostile()])
         .env("TOKA_HOME", h)
         .env("TOKA_CACHE_DIR", shared_cache())
         .stdin(Stdio::null())
@@ -578,19 +582,24 @@ fn no_silent_mix_up_a_stalled_stdout_does_not_hold_the_run() {
     // Nobody reads the child's stdout. The run must be recorded as ended by its deadline soon after it.
     let started = Instant::now();
     let ended = loop {
-        let all = events(h, &["--kind", "run"]);
+        // The database appears once the host has opened it.
+        let r = t(h, &["events", "--json", "--kind", "run"]);
+        let all: Vec<Value> = r.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         if let Some(e) = all.iter().find(|e| e["kind"] == "run.failed") {
             break e.clone();
         }
         assert!(started.elapsed() < Duration::from_secs(20), "the run did not end: {all:?}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(ended["payload"]["outcome"], "timeout", "{ended}");
+    // Past its deadline the guest's writes are counted, not echoed, so it may reach its output cap just before the
+    // epoch stops it: either way it ended on time.
+    let outcome = ended["payload"]["outcome"].as_str().unwrap();
+    assert!(outcome == "timeout" || outcome == "output-limit", "{ended}");
     assert!(ended["payload"]["wall_time_ms"].as_f64().unwrap() < 3_000.0, "{ended}");
     // Reading stdout now lets the host finish.
     let mut out = child.stdout.take().unwrap();
     std::io::copy(&mut out, &mut std::io::sink()).unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(69));
+    assert!([Some(69), Some(71)].contains(&child.wait().unwrap().code()));
 }
 
 /// A tool gets what is left of its caller's memory, not a full cap of its own on top of the caller's.
@@ -758,7 +767,7 @@ fn grants_are_handles_renames_racing_tool_calls() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while events(h, &["--kind", "observation"]).is_empty() {
+    while !t(h, &["events", "--kind", "observation"]).stdout.contains("observation") {
         assert!(started.elapsed() < Duration::from_secs(30), "the run never got going");
         std::thread::sleep(Duration::from_millis(20));
     }

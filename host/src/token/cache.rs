@@ -76,6 +76,17 @@ impl Verified {
                 timeout_ms: one("limit($n) <- timeout_ms($n)")?,
             })
         })();
+        // The ceilings in force are the smallest of every block: an attenuation block's `check if
+        // fuel_request($f), $f <= N` lowers the fuel a run without `--fuel` gets (a block can only lower it).
+        let limits = limits.map(|mut l| {
+            for block in 1..token.block_count() {
+                let source = token.print_block_source(block).unwrap_or_default();
+                for ceiling in checked_ceilings(&source, "fuel_request($f), $f <= ") {
+                    l.fuel = l.fuel.min(ceiling);
+                }
+            }
+            l
+        });
 
         // Windows and rates narrow, so they are read from every block: a later block can only add restrictions.
         let windows: Vec<(String,)> = authorizer.query_all("w($s) <- window($s)").map_err(invalid)?;
@@ -130,6 +141,14 @@ impl Verified {
             passed.programs.insert(program);
         }
     }
+}
+
+/// The numbers N of every `PREFIX N` in a block's checks (as attenuation writes them).
+fn checked_ceilings<'a>(source: &'a str, prefix: &'a str) -> impl Iterator<Item = u64> + 'a {
+    source.match_indices(prefix).filter_map(move |(at, _)| {
+        let digits: String = source[at + prefix.len()..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<i64>().ok().and_then(from_dl)
+    })
 }
 
 /// Verified tokens by the SHA-256 of their text.

@@ -156,7 +156,16 @@ fn from_dl(n: i64) -> Option<u64> {
     if n == i64::MAX { Some(u64::MAX) } else { u64::try_from(n).ok() }
 }
 
+/// The latest instant a token can state (RFC 3339 has four-digit years): 9999-12-31T23:59:59Z.
+const LATEST: Duration = Duration::from_secs(253_402_300_799);
+
+/// `now + d`, saturating at [`LATEST`] (a lifetime of a thousand years must not overflow the clock and panic).
+fn later(now: SystemTime, d: Duration) -> SystemTime {
+    now.checked_add(d).map_or(UNIX_EPOCH + LATEST, |t| t.min(UNIX_EPOCH + LATEST))
+}
+
 fn rfc3339(t: SystemTime) -> String {
+    let t = t.min(UNIX_EPOCH + LATEST);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -177,7 +186,7 @@ pub fn mint(keys: &KeyStore, request: &MintRequest, now: SystemTime) -> Result<B
     code.push_str("check if memory_request($m), memory($max), $m <= $max;\n");
     code.push_str("check if timeout_request($t), timeout_ms($max), $t <= $max;\n");
     if let Some(ttl) = request.ttl {
-        code.push_str(&format!("check if time($t), $t <= {};\n", rfc3339(now + ttl)));
+        code.push_str(&format!("check if time($t), $t <= {};\n", rfc3339(later(now, ttl))));
     }
     if let Some(expires) = request.expires {
         code.push_str(&format!("check if time($t), $t <= {};\n", rfc3339(expires)));
@@ -258,7 +267,7 @@ pub fn attenuate(token: &UnverifiedBiscuit, a: &Attenuation, now: SystemTime) ->
         code.push_str(&format!("check if fuel_request($f), $f <= {};\n", dl(fuel)));
     }
     if let Some(ttl) = a.ttl {
-        code.push_str(&format!("check if time($t), $t <= {};\n", rfc3339(now + ttl)));
+        code.push_str(&format!("check if time($t), $t <= {};\n", rfc3339(later(now, ttl))));
     }
     window_code(&mut code, &a.windows);
     if let Some(Rate { n, period_ms }) = a.rate {
@@ -646,6 +655,22 @@ mod tests {
             component: None,
         };
         authorize(&t, &req, now)
+    }
+
+    #[test]
+    fn the_limits_in_force_are_the_smallest_of_every_block() {
+        let keys = store();
+        let text = minted(&keys, &[]);
+        let narrowed = |fuel: u64, text: &str| {
+            let a = Attenuation { fuel: Some(fuel), ..Attenuation::default() };
+            attenuate(&parse_unverified(text).unwrap(), &a, SystemTime::now()).unwrap().to_base64().unwrap()
+        };
+        let once = narrowed(400_000, &text);
+        let twice = narrowed(700_000, &once);
+        let fuel = |t: &str| verify(&keys, t, SystemTime::now()).unwrap().limits.clone().unwrap().fuel;
+        assert_eq!(fuel(&text), limits().fuel);
+        assert_eq!(fuel(&once), 400_000);
+        assert_eq!(fuel(&twice), 400_000, "a later block cannot raise it again");
     }
 
     #[test]
