@@ -287,7 +287,7 @@ fn anchoring(c: &mut Criterion) {
         ops: Chain { seq: 1, head: [2; 32] },
         revoked: Chain { seq: 0, head: [3; 32] },
     };
-    c.bench_function("checkpoint_sign", |b| b.iter(|| s.sign(std::hint::black_box(&heads), 1)));
+    c.bench_function("checkpoint_sign", |b| b.iter(|| s.sign(std::hint::black_box(&heads), 1).unwrap()));
 
     // What the writer now does for every operation and event before committing: decode the exact stored bytes.
     let txn = signed.db().redb().begin_read().unwrap();

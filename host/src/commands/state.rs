@@ -70,13 +70,9 @@ impl StateCommand {
                     return 2;
                 }
                 let storage = |e: String| crate::bindings::agent::toka::agent::state::StateError::Storage(e);
-                // The writer (and its checkpoint signer) first, so that a write it could not record is not made.
-                Signer::for_home(home)
+                // The writer first, so that a write it could not record is not made.
+                EventLog::open(db.clone(), GroupCommit::default(), Some(Signer::for_home(home)))
                     .map_err(|e| storage(e.to_string()))
-                    .and_then(|signer| {
-                        EventLog::open(db.clone(), GroupCommit::default(), Some(signer))
-                            .map_err(|e| storage(e.to_string()))
-                    })
                     .and_then(|log| {
                         store::write(&db, agent, key, Some(value.as_bytes()))?;
                         let payload =

@@ -264,7 +264,7 @@ impl TokenCommand {
                     hex::encode(t.revocation_identifiers().last().ok_or("token has no blocks")?)
                 };
                 let db = home.open_db().map_err(|e| e.to_string())?;
-                let signer = Signer::for_home(home).map_err(|e| e.to_string())?;
+                let signer = Signer::for_home(home);
                 let log = EventLog::open(db, GroupCommit::default(), Some(signer)).map_err(|e| e.to_string())?;
                 log.submit(crate::run::operation(Op::RevokeToken { token_id: id.clone() }))
                     .map_err(|e| e.to_string())?;

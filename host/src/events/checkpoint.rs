@@ -11,9 +11,9 @@
 //! unsigned tail, a checkpoint beyond the end of the log is a truncation, and a head that differs is a rewrite. The
 //! table keeps the latest checkpoint plus the last one of every 1024 events, so it stays small.
 //!
-//! A writer opened without a signer (tests, benches) writes no checkpoint, only the running heads: records it
-//! appends after a checkpoint are reported by `events verify` as an unsigned tail, and a signing writer refuses to
-//! extend them.
+//! A writer opened without a signer (tests, benches), or whose home has no root key yet, writes no checkpoint, only
+//! the running heads: records it appends after a checkpoint are reported by `events verify` as an unsigned tail, and
+//! a signing writer refuses to extend them; records it appends before any checkpoint exists are covered by the first.
 //!
 //! What a checkpoint inside the file cannot do: an attacker who can write the file can also delete checkpoints
 //! (those after the point they cut back to, or all of them, which looks like a database written before
@@ -158,45 +158,56 @@ fn message(heads: &Heads, time_ms: u64, key_id: u32, public_key: &[u8; 32]) -> V
     m
 }
 
-/// The home's active root key, as the event log writer signs checkpoints with it.
+/// The key the event log writer signs checkpoints with: the home's active root key.
 pub struct Signer {
-    key_id: u32,
-    key: SigningKey,
+    /// The home whose key file to read, while no key is loaded.
+    home: Option<std::path::PathBuf>,
+    key: Option<(u32, SigningKey)>,
 }
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("Signer").field("key_id", &self.key_id()).finish_non_exhaustive()
     }
 }
 
 impl Signer {
-    /// The home's signer: its active root key, created if the home has none yet (as the first run's local token
-    /// would create it).
-    pub fn for_home(home: &crate::home::Home) -> Result<Signer, KeyError> {
-        Signer::from_keys(&KeyStore::load_or_init(&home.dir, super::now_ms())?)
+    /// The home's signer. It never creates a key: it loads the home's active root key at the first commit that
+    /// finds one, and keeps it. Commits before the home has a key (before `key init` or the first local token) store
+    /// no checkpoint; the first signed checkpoint covers them.
+    pub fn for_home(home: &crate::home::Home) -> Signer {
+        Signer { home: Some(home.dir.clone()), key: None }
     }
 
     /// Signs with the active key of `keys`.
     pub fn from_keys(keys: &KeyStore) -> Result<Signer, KeyError> {
-        let (key_id, pair) = keys.signing()?;
-        let private = pair.private().to_bytes();
-        let bytes: [u8; 32] = private.as_slice().try_into().map_err(|_| KeyError::File {
-            path: "keys.json".into(),
-            reason: format!("root key {key_id} is not an Ed25519 key"),
-        })?;
-        Ok(Signer { key_id, key: SigningKey::from_bytes(&bytes) })
+        Ok(Signer { home: None, key: Some(active(keys)?) })
     }
 
-    pub fn key_id(&self) -> u32 {
-        self.key_id
+    /// Loads the home's key if it is not loaded yet and the home has one; whether a key is loaded.
+    pub(crate) fn ready(&mut self) -> Result<bool, KeyError> {
+        if self.key.is_none()
+            && let Some(home) = &self.home
+        {
+            let keys = KeyStore::load(home)?;
+            if !keys.keys.is_empty() {
+                self.key = Some(active(&keys)?);
+            }
+        }
+        Ok(self.key.is_some())
     }
 
-    /// A checkpoint of `heads`, signed.
-    pub fn sign(&self, heads: &Heads, time_ms: u64) -> Checkpoint {
-        let public = self.key.verifying_key().to_bytes();
-        let signature = self.key.sign(&message(heads, time_ms, self.key_id, &public));
-        Checkpoint {
+    /// The id of the loaded key.
+    pub fn key_id(&self) -> Option<u32> {
+        self.key.as_ref().map(|(id, _)| *id)
+    }
+
+    /// A checkpoint of `heads`, signed; `None` while no key is loaded.
+    pub fn sign(&self, heads: &Heads, time_ms: u64) -> Option<Checkpoint> {
+        let (key_id, key) = self.key.as_ref()?;
+        let public = key.verifying_key().to_bytes();
+        let signature = key.sign(&message(heads, time_ms, *key_id, &public));
+        Some(Checkpoint {
             v: FORMAT,
             events_seq: heads.events.seq,
             events_head: hex::encode(heads.events.head),
@@ -205,11 +216,22 @@ impl Signer {
             revoked: heads.revoked.seq,
             revoked_digest: hex::encode(heads.revoked.head),
             time_ms,
-            key_id: self.key_id,
+            key_id: *key_id,
             public_key: hex::encode(public),
             signature: hex::encode(signature.to_bytes()),
-        }
+        })
     }
+}
+
+/// The active key of `keys`, as an Ed25519 signing key.
+fn active(keys: &KeyStore) -> Result<(u32, SigningKey), KeyError> {
+    let (key_id, pair) = keys.signing()?;
+    let private = pair.private().to_bytes();
+    let bytes: [u8; 32] = private.as_slice().try_into().map_err(|_| KeyError::File {
+        path: "keys.json".into(),
+        reason: format!("root key {key_id} is not an Ed25519 key"),
+    })?;
+    Ok((key_id, SigningKey::from_bytes(&bytes)))
 }
 
 /// The revocations table's (rows, digest): every row in key order, each as its id's length, id and time.
@@ -597,7 +619,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let keys = KeyStore::load_or_init(tmp.path(), 1).unwrap();
         let signer = Signer::from_keys(&keys).unwrap();
-        let cp = signer.sign(&heads(), 99);
+        let cp = signer.sign(&heads(), 99).unwrap();
         let at = "test";
         check_signature(&cp, &cp.heads().unwrap(), &keys, at).unwrap();
         // Round trip through the stored JSON.
@@ -635,7 +657,7 @@ mod tests {
         // Another home's key, even under the same id, is not this home's.
         let other = tempfile::tempdir().unwrap();
         let other_keys = KeyStore::load_or_init(other.path(), 1).unwrap();
-        let foreign = Signer::from_keys(&other_keys).unwrap().sign(&heads(), 99);
+        let foreign = Signer::from_keys(&other_keys).unwrap().sign(&heads(), 99).unwrap();
         assert_eq!(foreign.key_id, cp.key_id);
         assert!(matches!(check_signature(&foreign, &heads(), &keys, at), Err(Tamper::ForeignKey { .. })));
         // A foreign signature relabelled with this home's public key does not verify either.
@@ -648,7 +670,7 @@ mod tests {
     fn a_retired_key_still_verifies_what_it_signed() {
         let tmp = tempfile::tempdir().unwrap();
         let keys = KeyStore::load_or_init(tmp.path(), 1).unwrap();
-        let cp = Signer::from_keys(&keys).unwrap().sign(&heads(), 5);
+        let cp = Signer::from_keys(&keys).unwrap().sign(&heads(), 5).unwrap();
         let (keys, ()) = KeyStore::update(tmp.path(), |s| {
             let old = s.signing()?.0;
             s.rotate(2, 0)?;
@@ -656,14 +678,14 @@ mod tests {
         })
         .unwrap();
         check_signature(&cp, &heads(), &keys, "test").unwrap();
-        assert_ne!(Signer::from_keys(&keys).unwrap().key_id(), cp.key_id, "new checkpoints use the new key");
+        assert_ne!(Signer::from_keys(&keys).unwrap().key_id(), Some(cp.key_id), "new checkpoints use the new key");
     }
 
     #[test]
     fn checkpoints_parse_strictly_and_bounded() {
         let tmp = tempfile::tempdir().unwrap();
         let keys = KeyStore::load_or_init(tmp.path(), 1).unwrap();
-        let cp = Signer::from_keys(&keys).unwrap().sign(&heads(), 5);
+        let cp = Signer::from_keys(&keys).unwrap().sign(&heads(), 5).unwrap();
         let mut value = serde_json::to_value(&cp).unwrap();
         value["extra"] = 1.into();
         assert!(Checkpoint::parse(value.to_string().as_bytes()).unwrap_err().contains("unknown field"));
@@ -685,7 +707,7 @@ mod tests {
         for seq in (1..=3000).step_by(10) {
             let mut h = heads();
             h.events.seq = seq;
-            store(&mut table, &signer.sign(&h, 0)).unwrap();
+            store(&mut table, &signer.sign(&h, 0).unwrap()).unwrap();
         }
         let kept: Vec<u64> = table.iter().unwrap().map(|e| e.unwrap().0.value()).collect();
         assert_eq!(kept, [1021, 2041, 2991]);

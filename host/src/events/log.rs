@@ -102,6 +102,7 @@ pub enum AppendError {
 enum CommitError {
     Storage(redb::Error),
     Unanchored(String),
+    Keys(String),
 }
 
 macro_rules! storage_errors {
@@ -160,7 +161,7 @@ impl EventLog {
         let max_batch = policy.max_batch.max(1);
         let writer = std::thread::Builder::new()
             .name("toka-events".into())
-            .spawn(move || write_loop(&writer_db, &inbox, max_batch, signer.as_ref()))?;
+            .spawn(move || write_loop(&writer_db, &inbox, max_batch, signer))?;
         Ok(EventLog { queue: Some(queue), writer: Some(writer), db })
     }
 
@@ -213,7 +214,7 @@ impl Drop for EventLog {
     }
 }
 
-fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize, signer: Option<&Signer>) {
+fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize, mut signer: Option<Signer>) {
     let mut state = State::default();
     // The sizes of the last few batches: once a batch is as large as the largest of them and nothing more is
     // queued, it commits at once instead of waiting out a gap for a submitter that is probably not coming.
@@ -243,7 +244,7 @@ fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize, signer
             }
         };
         let mut batch = Vec::new();
-        let result = commit(db, &mut state, signer, first, &mut batch, next);
+        let result = commit(db, &mut state, signer.as_mut(), first, &mut batch, next);
         recent[batches % recent.len()] = batch.len();
         batches += 1;
         match result {
@@ -258,6 +259,7 @@ fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize, signer
                 let error = match e {
                     CommitError::Storage(e) => AppendError::Storage(crate::error::one_line(&e.to_string())),
                     CommitError::Unanchored(why) => AppendError::Unanchored(why),
+                    CommitError::Keys(why) => AppendError::Storage(format!("cannot sign the log's checkpoint: {why}")),
                 };
                 for request in batch {
                     request.reply.send(Err(error.clone()));
@@ -344,12 +346,20 @@ fn unreadable_event(op: &Operation, reason: &str) -> EventDraft {
 fn commit(
     db: &Db,
     state: &mut State,
-    signer: Option<&Signer>,
+    signer: Option<&mut Signer>,
     first: Request,
     batch: &mut Vec<Request>,
     mut next: impl FnMut(usize) -> Option<Request>,
 ) -> Result<Vec<Result<Applied, AppendError>>, CommitError> {
     batch.push(first);
+    // Without a key (no signer, or a home without a root key yet) this commit stores no checkpoint.
+    let signer = match signer {
+        Some(s) => {
+            let ready = s.ready().map_err(|e| CommitError::Keys(e.to_string()))?;
+            ready.then_some(&*s)
+        }
+        None => None,
+    };
     let txn = db.redb().begin_write()?;
     let mut outcomes = Vec::new();
     {
@@ -486,7 +496,9 @@ fn commit(
         checkpoint::record_heads(&mut kernel_table, ops_chain, revocations)?;
         if let Some(signer) = signer {
             let heads = Heads { events: Chain { seq, head: prev }, ops: ops_chain, revoked: revocations };
-            checkpoint::store(&mut checkpoints, &signer.sign(&heads, time_ms))?;
+            if let Some(cp) = signer.sign(&heads, time_ms) {
+                checkpoint::store(&mut checkpoints, &cp)?;
+            }
         }
         if before / SNAPSHOT_EVERY != state.applied / SNAPSHOT_EVERY {
             let snapshot = serde_json::to_vec(&*state).expect("the kernel state always serializes");
@@ -628,7 +640,7 @@ mod tests {
     }
 
     /// Runs one batch of `ops` through the writer, as one group commit.
-    fn one_batch(db: &Db, signer: Option<&Signer>, ops: Vec<Operation>) -> Vec<Result<Applied, AppendError>> {
+    fn one_batch(db: &Db, signer: Option<&mut Signer>, ops: Vec<Operation>) -> Vec<Result<Applied, AppendError>> {
         let mut rest = ops.into_iter().map(unbounded);
         let first = rest.next().unwrap();
         let mut state = State::default();
@@ -655,13 +667,13 @@ mod tests {
     fn an_operation_whose_bytes_do_not_read_back_is_rejected_alone() {
         let dir = tempfile::tempdir().unwrap();
         let keys = KeyStore::load_or_init(dir.path(), 1).unwrap();
-        let signer = Signer::from_keys(&keys).unwrap();
+        let mut signer = Signer::from_keys(&keys).unwrap();
         let db = Db::open(&dir.path().join("t.redb")).unwrap();
         let deep = |run: &str, d| op(Op::EmitObservation { run_id: run.into(), kind: "k".into(), payload: nested(d) });
         assert!(serde_json::from_slice::<Operation>(&serde_json::to_vec(&deep("r", 126)).unwrap()).is_ok());
         let outcomes = one_batch(
             &db,
-            Some(&signer),
+            Some(&mut signer),
             vec![
                 start("r"),
                 emit("r", 1),
@@ -794,5 +806,24 @@ mod tests {
         // A revocation would re-derive the digest from the table: refused instead.
         let refused = log.submit(op(Op::RevokeToken { token_id: "bb".into() })).unwrap_err();
         assert!(matches!(refused, AppendError::Unanchored(_)), "{refused}");
+    }
+
+    /// The home's signer never creates a key: commits before the home has one store no checkpoint, and the first
+    /// commit after it has one signs a checkpoint that covers them.
+    #[test]
+    fn a_homes_signer_creates_no_key_and_anchors_once_there_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::resolve(Some(dir.path()), None, None, true);
+        let db = Db::open(&home.db).unwrap();
+        let log = EventLog::open(db.clone(), GroupCommit::default(), Some(Signer::for_home(&home))).unwrap();
+        log.submit(start("r")).unwrap();
+        assert!(!home.keys().exists(), "writing created no key");
+        let keys = KeyStore::load(&home.dir).unwrap();
+        let (_, anchoring) = checkpoint::verify(&db, &keys, None).unwrap();
+        assert_eq!((anchoring.checkpoints, anchoring.problem), (0, None));
+        let keys = KeyStore::load_or_init(&home.dir, 1).unwrap();
+        log.submit(emit("r", 1)).unwrap();
+        let (chain, anchoring) = checkpoint::verify(&db, &keys, None).unwrap();
+        assert_eq!((chain.records, anchoring.latest.map(|c| c.events_seq), anchoring.problem), (2, Some(2), None));
     }
 }
