@@ -7,12 +7,17 @@
 //! pre-encoded inserts into redb (same concurrency mode, one durable transaction per batch), then as plain
 //! `pwrite` + `fdatasync` to a file. 64 x (time of 1) / (time of 64) is the highest group-commit ratio that storage
 //! allows on this disk.
+//!
+//! And the cost of anchoring: the same submissions to a writer that signs a checkpoint in every commit and to one
+//! without a signer, interleaved in the same run (one operation per commit, where the checkpoint weighs most, and
+//! 64 appenders in group commit), plus the CPU time of signing one checkpoint alone.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use redb::ReadableDatabase;
 use std::time::{Duration, Instant};
 use toka_host::db::{Db, EVENTS, OPS};
-use toka_host::events::{EventLog, GroupCommit};
+use toka_host::events::checkpoint::{Chain, Heads};
+use toka_host::events::{EventLog, GroupCommit, Signer};
 use toka_host::kernel::{Op, Operation};
 use toka_host::run::operation;
 
@@ -28,7 +33,11 @@ fn observation(i: usize) -> Operation {
 }
 
 fn open(path: &std::path::Path, policy: GroupCommit) -> EventLog {
-    let log = EventLog::open(Db::open(path).unwrap(), policy).unwrap();
+    open_signed(path, policy, None)
+}
+
+fn open_signed(path: &std::path::Path, policy: GroupCommit, signer: Option<Signer>) -> EventLog {
+    let log = EventLog::open(Db::open(path).unwrap(), policy, signer).unwrap();
     let start = Op::StartRun {
         run_id: "run-bench".into(),
         agent: "bench".into(),
@@ -230,5 +239,70 @@ fn floor(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, appends, floor);
+/// The extra cost of a signed checkpoint in every commit: with vs without a signer, same run, interleaved.
+fn anchoring(c: &mut Criterion) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let keys = toka_host::token::keys::KeyStore::load_or_init(dir.path(), 1).unwrap();
+    let signer = || Some(Signer::from_keys(&keys).unwrap());
+    let signed = open_signed(&dir.path().join("signed.redb"), GroupCommit::default(), signer());
+    let unsigned = open_signed(&dir.path().join("unsigned.redb"), GroupCommit::default(), None);
+
+    let mut g = c.benchmark_group("checkpoint_one_commit_per_operation");
+    g.sample_size(30);
+    g.bench_function("signed", |b| b.iter(|| signed.submit(observation(0)).unwrap()));
+    g.bench_function("unsigned", |b| b.iter(|| unsigned.submit(observation(0)).unwrap()));
+    g.finish();
+
+    // Interleaved, so that both sides see the same disk and the same load.
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for i in 0..500 {
+        for (log, times) in [(&signed, &mut with), (&unsigned, &mut without)] {
+            let t0 = Instant::now();
+            log.submit(observation(i)).unwrap();
+            times.push(t0.elapsed());
+        }
+    }
+    let (with, without) = (median(with), median(without));
+    println!(
+        "checkpoint, one commit per operation: median {:.0} us signed, {:.0} us unsigned",
+        with.as_secs_f64() * 1e6,
+        without.as_secs_f64() * 1e6
+    );
+    println!(
+        "RATIO checkpoint (one commit per operation): signed / unsigned = {:.3}",
+        with.as_secs_f64() / without.as_secs_f64()
+    );
+
+    let (mut with, mut without) = (0.0, 0.0);
+    for _ in 0..6 {
+        with += summary("threads, group commit, signed", burst(&signed, 100));
+        without += summary("threads, group commit, unsigned", burst(&unsigned, 100));
+    }
+    println!("RATIO checkpoint (64 appenders, group commit): unsigned / signed events/s = {:.3}", without / with);
+
+    // The checkpoint's own CPU time: sign the heads (serializing it is part of `store`, measured above).
+    let s = Signer::from_keys(&keys).unwrap();
+    let heads = Heads {
+        events: Chain { seq: 1, head: [1; 32] },
+        ops: Chain { seq: 1, head: [2; 32] },
+        revoked: Chain { seq: 0, head: [3; 32] },
+    };
+    c.bench_function("checkpoint_sign", |b| b.iter(|| s.sign(std::hint::black_box(&heads), 1).unwrap()));
+
+    // What the writer now does for every operation and event before committing: decode the exact stored bytes.
+    let txn = signed.db().redb().begin_read().unwrap();
+    let last = |table: redb::TableDefinition<u64, &[u8]>| {
+        let t = txn.open_table(table).unwrap();
+        redb::ReadableTable::last(&t).unwrap().map(|(_, v)| v.value().to_vec()).unwrap()
+    };
+    let (event, op) = (last(EVENTS), last(OPS));
+    c.bench_function("decode_check_operation_and_event", |b| {
+        b.iter(|| {
+            serde_json::from_slice::<Operation>(std::hint::black_box(&op)).unwrap();
+            toka_host::events::decodes(std::hint::black_box(&event)).unwrap();
+        })
+    });
+}
+
+criterion_group!(benches, appends, floor, anchoring);
 criterion_main!(benches);

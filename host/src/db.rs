@@ -17,8 +17,13 @@ pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// kernel's state is rebuilt from; events are what applying each operation produced.
 pub const OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("ops");
 
-/// Kernel bookkeeping: the latest state snapshot (`snapshot` -> JSON).
+/// Kernel bookkeeping: the latest state snapshot (`snapshot` -> JSON), and the running heads of the operation log
+/// and the revocations (`ops_head`, `revoked_digest`) that checkpoints sign.
 pub const KERNEL: TableDefinition<&str, &[u8]> = TableDefinition::new("kernel");
+
+/// Signed checkpoints of the logs' heads, by the event sequence number they cover -> the checkpoint's JSON (see
+/// `crate::events::checkpoint`): the latest, plus one per 1024 events.
+pub const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 
 /// Revoked token revocation ids (hex) -> time of revocation, kept in step with the kernel's `RevokeToken` operations.
 pub const REVOKED: TableDefinition<&str, u64> = TableDefinition::new("revoked");
@@ -86,6 +91,7 @@ impl Db {
             txn.open_table(OPS)?;
             txn.open_table(KERNEL)?;
             txn.open_table(REVOKED)?;
+            txn.open_table(CHECKPOINTS)?;
             txn.open_table(STATE)?;
             txn.open_table(STATE_USAGE)?;
             txn.commit()?;

@@ -96,11 +96,13 @@ impl std::fmt::Debug for Host {
 
 impl Host {
     /// Opens `home`: creates it owner-only if needed, opens (or creates) its database and starts the event log
-    /// writer, and starts an engine on its compile cache.
+    /// writer, signing checkpoints with the home's active root key (once it has one), and starts an engine on its
+    /// compile cache.
     pub fn open(home: Home, options: HostOptions) -> Result<Host, RunError> {
         home.ensure_dir().map_err(|e| RunError::host(e.to_string()))?;
         let db = home.open_db().map_err(|e| RunError::host(format!("event log: {e}")))?;
-        let log = EventLog::open(db, GroupCommit::default())
+        let signer = crate::events::Signer::for_home(&home);
+        let log = EventLog::open(db, GroupCommit::default(), Some(signer))
             .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;
         let log = Arc::new(log);
         if let Some(cache) = &home.cache {

@@ -673,7 +673,9 @@ fn verification_never_fails_open() {
     toka_with(&["--home", home.to_str().unwrap(), "run", &agent("echo-cmd").to_string_lossy(), "x"], None, &[])
         .expect_code(0);
     let db = home.join("toka.redb");
-    toka_with(&["--db", db.to_str().unwrap(), "events", "verify"], None, &[]).expect_code(0);
+    // Checkpoints are verified with the keys of the home that signed them.
+    toka_with(&["--home", home.to_str().unwrap(), "--db", db.to_str().unwrap(), "events", "verify"], None, &[])
+        .expect_code(0);
     toka_with(&["--db", db.to_str().unwrap(), "runs"], None, &[]).expect_code(0);
     // `:RO` is not a mode: refused, where it used to grant read-write at the guest path `/d:RO`.
     let data = tempfile::tempdir().unwrap();

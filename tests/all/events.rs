@@ -1,6 +1,5 @@
 //! The event log: every run recorded, hash-chained, durable before acknowledged, and tamper-evident.
 
-use redb::ReadableTable;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -91,37 +90,50 @@ fn observations_are_durable_before_emit_returns() {
     assert_eq!(obs[0]["run_id"], rep["run_id"]);
 }
 
-/// Edits one stored record through redb, as an attacker with the file would; `events verify` names it.
+/// Three ways to forge records in the file with redb, as an attacker with the file would, each on its own copy of
+/// one database written by real runs: `events verify` refuses each with exit 80 and a message of its own, and an
+/// untouched copy verifies (positive control). Only the first was detected before checkpoints: a rewrite with
+/// recomputed hashes leaves a correct chain. (Cut tails, deleted checkpoints, forged signatures and revocations:
+/// `anchoring.rs`.)
 #[test]
 fn tampering_with_a_record_is_detected() {
+    use crate::anchoring::{EVENTS, attack, copy_db, refused, rewrite_and_rechain, verify};
+    use redb::ReadableTable;
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     for _ in 0..3 {
         toka_in(h, &["run", agent("hello-rust").to_str().unwrap()]).expect_code(0);
     }
-    toka_in(h, &["events", "verify"]).expect_code(0);
-    let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("events");
-    {
-        let db = redb::Database::builder()
-            .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
-            .open(h.join("toka.redb"))
-            .unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(table).unwrap();
-            let original = t.get(6).unwrap().unwrap().value().to_vec();
-            let text = String::from_utf8(original[32..].to_vec()).unwrap();
-            let forged = text.replace("\"outcome\":\"success\"", "\"outcome\":\"trap\"");
-            assert_ne!(text, forged, "record 6 is the second run's completion");
-            let mut value = original[..32].to_vec();
-            value.extend_from_slice(forged.as_bytes());
-            t.insert(6, value.as_slice()).unwrap();
-        }
-        txn.commit().unwrap();
-    }
-    let v = toka_in(h, &["events", "verify"]);
-    v.expect_code(80);
-    assert_eq!(v.stderr.trim(), "toka-host: event 6 does not verify: hash does not match the record's bytes");
+    let (_untouched_dir, untouched) = copy_db(h);
+    let ok = verify(h, &untouched, &[]);
+    ok.expect_code(0);
+    assert!(ok.stdout.starts_with("ok: 9 records, chain head "), "{}", ok.stdout);
+
+    // An edit that keeps the stored hash: the record's bytes no longer match it.
+    let (_edited_dir, edited) = copy_db(h);
+    attack(&edited, |txn| {
+        let mut t = txn.open_table(EVENTS).unwrap();
+        let original = t.get(6).unwrap().unwrap().value().to_vec();
+        let text = String::from_utf8(original[32..].to_vec()).unwrap();
+        let forged = text.replace("\"outcome\":\"success\"", "\"outcome\":\"trap\"");
+        assert_ne!(text, forged, "record 6 is the second run's completion");
+        let mut value = original[..32].to_vec();
+        value.extend_from_slice(forged.as_bytes());
+        t.insert(6, value.as_slice()).unwrap();
+    });
+    refused(&verify(h, &edited, &[]), "event 6 does not verify: hash does not match the record's bytes");
+
+    // The same edit with every hash from there on recomputed: a correct chain, but not the one that was signed.
+    let (_rechained_dir, rechained) = copy_db(h);
+    attack(&rechained, |txn| rewrite_and_rechain(txn, 6, "\"outcome\":\"success\"", "\"outcome\":\"trap\""));
+    refused(&verify(h, &rechained, &[]), "events rewritten: the log up to 9 does not match checkpoint at event 9");
+
+    // A record deleted from the middle: the chain skips a sequence number.
+    let (_deleted_dir, deleted) = copy_db(h);
+    attack(&deleted, |txn| {
+        txn.open_table(EVENTS).unwrap().remove(5).unwrap();
+    });
+    refused(&verify(h, &deleted, &[]), "event 6 does not verify: expected sequence number 5");
 }
 
 /// Many runs at once appending observations; the process is killed with SIGKILL at a random moment, 20 times.

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `toka-host` binary on real components built from source (one binary, one module per
 //! area, so that linking happens once).
 
+mod anchoring;
 mod attacks;
 mod cache;
 mod cli;

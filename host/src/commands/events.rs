@@ -1,9 +1,17 @@
-//! `toka-host events`: read, follow and verify the event log.
+//! `toka-host events`: read, follow and verify the event log, and export its latest signed checkpoint.
+//!
+//! `verify` never passes a log it could not check: a broken chain, a checkpoint that the home's keys do not verify,
+//! a truncation, a rewrite, an unsigned tail or changed revocations all exit 80; a database without any checkpoint
+//! passes with a warning that it is not anchored.
 
 use crate::db::Db;
-use crate::events::{self, EventRecord, Filter};
+use crate::events::checkpoint::{self, Anchoring, Checkpoint, MAX_CHECKPOINT_BYTES};
+use crate::events::{self, EventRecord, Filter, Verification};
+use crate::home::Home;
+use crate::token::keys::KeyStore;
 use clap::{Args, Subcommand};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// Show the event log (oldest first), or verify its hash chain.
@@ -43,10 +51,22 @@ pub struct EventsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum EventsAction {
-    /// Walk the hash chain from the first record; report the first record that does not verify.
+    /// Walk the hash chain and the operation log from the first record, and check them and the revocations against
+    /// the signed checkpoints (with the home's root keys); report the first thing that does not verify.
     Verify {
         #[arg(long)]
         json: bool,
+        /// A checkpoint exported earlier (`events checkpoint --out FILE`) and kept elsewhere: the log must still
+        /// contain everything it covers. Detects a truncation whose checkpoints were deleted too.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print the latest signed checkpoint (JSON); keep copies away from this machine, and give one to `events verify
+    /// --checkpoint` later.
+    Checkpoint {
+        /// Write it to FILE instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -60,7 +80,8 @@ impl EventsCommand {
             Err(code) => return code,
         };
         match &self.action {
-            Some(EventsAction::Verify { json }) => verify(&db, *json),
+            Some(EventsAction::Verify { json, checkpoint }) => verify(home, &db, *json, checkpoint.as_deref()),
+            Some(EventsAction::Checkpoint { out }) => export(home, &db, out.as_deref()),
             None => match self.show(&db) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -126,28 +147,133 @@ impl EventsCommand {
     }
 }
 
-fn verify(db: &Db, json: bool) -> i32 {
-    match events::verify(db) {
-        Ok(v) => {
-            if json {
-                println!("{}", serde_json::json!(v));
-            }
-            match &v.first_bad {
-                None => {
-                    if !json {
-                        println!("ok: {} records, chain head {}", v.records, v.head);
-                    }
-                    0
-                }
-                Some((seq, why)) => {
-                    eprintln!("toka-host: event {seq} does not verify: {why}");
-                    CHAIN_BROKEN
-                }
-            }
+/// The home's root keys, which alone decide whether a checkpoint's signature is trusted.
+fn home_keys(home: &Home) -> Result<KeyStore, i32> {
+    KeyStore::load(&home.dir).map_err(|e| {
+        eprintln!("toka-host: {e}");
+        crate::error::Outcome::HostError.exit_code()
+    })
+}
+
+/// Reads a checkpoint file (bounded; strict fields).
+fn read_checkpoint(path: &Path) -> Result<Checkpoint, i32> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| {
+        eprintln!("toka-host: checkpoint {shown}: {e}");
+        crate::error::Outcome::FileNotFound.exit_code()
+    })?;
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(MAX_CHECKPOINT_BYTES).unwrap_or(u64::MAX) + 1;
+    let read = file.take(limit).read_to_end(&mut bytes);
+    read.map_err(|e| e.to_string()).and_then(|_| Checkpoint::parse(&bytes)).map_err(|e| {
+        eprintln!("toka-host: checkpoint {shown} is not a toka-host checkpoint: {}", crate::error::one_line(&e));
+        crate::error::Outcome::InvalidInput.exit_code()
+    })
+}
+
+fn verify(home: &Home, db: &Db, json: bool, checkpoint: Option<&Path>) -> i32 {
+    let keys = match home_keys(home) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
+    let external = match checkpoint.map(read_checkpoint).transpose() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (chain, anchoring) = match checkpoint::verify(db, &keys, external.as_ref()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("toka-host: reading events: {e}");
+            return crate::error::Outcome::HostError.exit_code();
+        }
+    };
+    let anchored = anchoring.latest.is_some() || external.is_some();
+    if json {
+        println!("{}", verify_json(&chain, &anchoring, anchored));
+    }
+    if let Some((seq, why)) = &chain.first_bad {
+        eprintln!("toka-host: event {seq} does not verify: {why}");
+        return CHAIN_BROKEN;
+    }
+    if let Some(problem) = &anchoring.problem {
+        eprintln!("toka-host: {problem}");
+        return CHAIN_BROKEN;
+    }
+    if !json {
+        let mut line = format!("ok: {} records, chain head {}", chain.records, chain.head);
+        if let Some(cp) = &anchoring.latest {
+            line.push_str(&format!(
+                "; {} operations, {} revocations, signed at event {} by root key {}",
+                anchoring.ops, anchoring.revoked, cp.events_seq, cp.key_id
+            ));
+        }
+        if let Some(cp) = &external {
+            line.push_str(&format!("; contains the given checkpoint (event {})", cp.events_seq));
+        }
+        println!("{line}");
+    }
+    if !anchored {
+        eprintln!(
+            "toka-host: warning: not anchored: this database holds no signed checkpoint (written before checkpoints, \
+             or they were deleted); a truncation or a rewrite with recomputed hashes cannot be detected without \
+             one kept elsewhere (--checkpoint)"
+        );
+    }
+    0
+}
+
+fn verify_json(chain: &Verification, anchoring: &Anchoring, anchored: bool) -> serde_json::Value {
+    serde_json::json!({
+        "records": chain.records,
+        "first_bad": chain.first_bad,
+        "head": chain.head,
+        "ops": anchoring.ops,
+        "ops_head": anchoring.ops_head,
+        "revoked": anchoring.revoked,
+        "revoked_digest": anchoring.revoked_digest,
+        "checkpoints": anchoring.checkpoints,
+        "latest_checkpoint": anchoring.latest,
+        "anchored": anchored,
+        "problem": anchoring.problem.as_ref().map(ToString::to_string),
+        "problem_kind": anchoring.problem,
+    })
+}
+
+fn export(home: &Home, db: &Db, out: Option<&Path>) -> i32 {
+    let keys = match home_keys(home) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
+    let cp = match checkpoint::export(db, &keys) {
+        Ok(Ok(Some(cp))) => cp,
+        Ok(Ok(None)) => {
+            eprintln!("toka-host: this database holds no signed checkpoint (it is not anchored)");
+            return CHAIN_BROKEN;
+        }
+        Ok(Err(problem)) => {
+            eprintln!("toka-host: {problem}");
+            return CHAIN_BROKEN;
         }
         Err(e) => {
             eprintln!("toka-host: reading events: {e}");
-            79
+            return crate::error::Outcome::HostError.exit_code();
         }
+    };
+    let text = serde_json::to_string(&cp).expect("a checkpoint always serializes");
+    match out {
+        None => {
+            println!("{text}");
+            0
+        }
+        Some(path) => match crate::home::write_private(path, format!("{text}\n").as_bytes()) {
+            Ok(()) => {
+                println!("checkpoint at event {} written to {}", cp.events_seq, path.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("toka-host: cannot write {}: {e}", path.display());
+                crate::error::Outcome::HostError.exit_code()
+            }
+        },
     }
 }

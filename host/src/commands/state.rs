@@ -1,6 +1,6 @@
 //! `toka-host state`: an operator's view of (and hand on) agents' persistent state.
 
-use crate::events::{EventLog, GroupCommit};
+use crate::events::{EventLog, GroupCommit, Signer};
 use crate::kernel::Op;
 use crate::sandbox::state as store;
 use clap::{Args, Subcommand};
@@ -69,16 +69,17 @@ impl StateCommand {
                     );
                     return 2;
                 }
-                store::write(&db, agent, key, Some(value.as_bytes())).map(drop).and_then(|()| {
-                    let log = EventLog::open(db.clone(), GroupCommit::default())
-                        .map_err(|e| crate::bindings::agent::toka::agent::state::StateError::Storage(e.to_string()))?;
-                    let payload =
-                        serde_json::json!({ "op": "set", "key": key, "bytes": value.len(), "by": "operator" });
-                    let op = Op::OperatorWriteState { agent: agent.clone(), detail: payload };
-                    log.submit(crate::run::operation(op))
-                        .map(drop)
-                        .map_err(|e| crate::bindings::agent::toka::agent::state::StateError::Storage(e.to_string()))
-                })
+                let storage = |e: String| crate::bindings::agent::toka::agent::state::StateError::Storage(e);
+                // The writer first, so that a write it could not record is not made.
+                EventLog::open(db.clone(), GroupCommit::default(), Some(Signer::for_home(home)))
+                    .map_err(|e| storage(e.to_string()))
+                    .and_then(|log| {
+                        store::write(&db, agent, key, Some(value.as_bytes()))?;
+                        let payload =
+                            serde_json::json!({ "op": "set", "key": key, "bytes": value.len(), "by": "operator" });
+                        let op = Op::OperatorWriteState { agent: agent.clone(), detail: payload };
+                        log.submit(crate::run::operation(op)).map(drop).map_err(|e| storage(e.to_string()))
+                    })
             }
             StateAction::List { agent, prefix } => store::list(&db, agent, prefix).map(|keys| {
                 for k in keys {

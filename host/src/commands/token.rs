@@ -1,6 +1,6 @@
 //! `toka-host token`: mint, attenuate, inspect and revoke capability tokens.
 
-use crate::events::{EventLog, GroupCommit};
+use crate::events::{EventLog, GroupCommit, Signer};
 use crate::kernel::Op;
 use crate::token::keys::KeyStore;
 use crate::token::{self, Attenuation, Grant, MintRequest, Rate, TokenLimits, Window};
@@ -264,7 +264,8 @@ impl TokenCommand {
                     hex::encode(t.revocation_identifiers().last().ok_or("token has no blocks")?)
                 };
                 let db = home.open_db().map_err(|e| e.to_string())?;
-                let log = EventLog::open(db, GroupCommit::default()).map_err(|e| e.to_string())?;
+                let signer = Signer::for_home(home);
+                let log = EventLog::open(db, GroupCommit::default(), Some(signer)).map_err(|e| e.to_string())?;
                 log.submit(crate::run::operation(Op::RevokeToken { token_id: id.clone() }))
                     .map_err(|e| e.to_string())?;
                 println!("revoked {id}");

@@ -9,10 +9,18 @@
 //! heads, all inside one write transaction. A snapshot of the kernel state (only live runs and tasks, so it stays
 //! small) is stored every [`SNAPSHOT_EVERY`] operations, so a new process starts from it instead of replaying the
 //! whole log; the snapshot equals what replay from empty would give (the kernel is deterministic).
+//!
+//! What the writer guarantees for every batch: the exact bytes of each operation and of each event are decoded the
+//! way `read` and `verify` decode them before anything is inserted, so no value can make the log unreadable; an
+//! operation that fails is rejected on its own (an `op.rejected` event, an error for its submitter), never stored,
+//! and never fails the rest of the batch. With a [`Signer`], each batch also stores a signed checkpoint of the heads
+//! it leaves (see [`super::checkpoint`]), and a batch whose starting heads differ from the latest checkpoint is
+//! refused rather than signed over.
 
-use super::{EVENTS, GENESIS, MAX_PAYLOAD, encode, split};
-use crate::db::{Db, KERNEL, OPS, REVOKED};
-use crate::kernel::{self, Operation, State};
+use super::checkpoint::{self, Chain, Heads, Signer};
+use super::{EVENTS, EventDraft, GENESIS, MAX_PAYLOAD, decodes, encode, split};
+use crate::db::{CHECKPOINTS, Db, KERNEL, OPS, REVOKED};
+use crate::kernel::{self, Op, Operation, State};
 use redb::ReadableTable;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -28,6 +36,9 @@ const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// The key of the kernel snapshot in [`KERNEL`].
 const SNAPSHOT: &str = "snapshot";
+
+/// Longest reason stored in the `op.rejected` event of an operation that does not read back.
+const MAX_REASON: usize = 512;
 
 /// Batching policy.
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +84,37 @@ pub enum AppendError {
     Rejected(String),
     #[error("operation refused: {0}")]
     Invalid(String),
+    /// The operation, or an event it produced, would not read back; it was not stored (an `op.rejected` event says
+    /// so).
+    #[error("operation not recorded: {0}")]
+    Unreadable(String),
+    /// The log's heads differ from its latest signed checkpoint: it was truncated or rewritten since, so the writer
+    /// refuses to extend (and sign) it.
+    #[error(
+        "event log does not match its latest signed checkpoint ({0}); it may have been tampered with: run `toka-host \
+         events verify`"
+    )]
+    Unanchored(String),
 }
+
+/// Why a batch failed as a whole.
+#[derive(Debug)]
+enum CommitError {
+    Storage(redb::Error),
+    Unanchored(String),
+    Keys(String),
+}
+
+macro_rules! storage_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CommitError {
+            fn from(e: $t) -> Self {
+                CommitError::Storage(e.into())
+            }
+        }
+    )*};
+}
+storage_errors!(redb::Error, redb::TableError, redb::StorageError, redb::CommitError, redb::TransactionError);
 
 enum Reply {
     Blocking(mpsc::SyncSender<Result<Applied, AppendError>>),
@@ -156,7 +197,10 @@ impl std::fmt::Debug for EventLog {
 }
 
 impl EventLog {
-    pub fn open(db: Db, policy: GroupCommit) -> std::io::Result<Self> {
+    /// Starts the writer on `db`. With `signer` (the home's active root key), every commit stores a signed
+    /// checkpoint; without one (tests, benches), none is written, and `events verify` reports whatever this log
+    /// appends after an existing checkpoint as an unsigned tail.
+    pub fn open(db: Db, policy: GroupCommit, signer: Option<Signer>) -> std::io::Result<Self> {
         let (queue, inbox) = mpsc::channel::<Request>();
         let writer_db = db.clone();
         let max_batch = policy.max_batch.max(1);
@@ -164,7 +208,7 @@ impl EventLog {
         let writer_stats = stats.clone();
         let writer = std::thread::Builder::new()
             .name("toka-events".into())
-            .spawn(move || write_loop(&writer_db, &inbox, max_batch, &writer_stats))?;
+            .spawn(move || write_loop(&writer_db, &inbox, max_batch, signer, &writer_stats))?;
         Ok(EventLog { queue: Some(queue), writer: Some(writer), db, stats })
     }
 
@@ -184,11 +228,7 @@ impl EventLog {
         if encoded.len() > MAX_PAYLOAD + 4096 {
             return Err(AppendError::PayloadTooLarge(encoded.len()));
         }
-        // The exact bytes that will be stored must read back: a value that cannot be decoded would make the log
-        // unreadable for every later process.
-        if let Err(e) = serde_json::from_slice::<Operation>(&encoded) {
-            return Err(AppendError::Invalid(format!("operation does not read back: {e}")));
-        }
+        // Whether these exact bytes read back is checked by the writer, which records a rejection as an event.
         let queue = self.queue.as_ref().ok_or(AppendError::Closed)?;
         queue.send(Request { op, encoded, reply }).map_err(|_| AppendError::Closed)
     }
@@ -226,7 +266,13 @@ impl Drop for EventLog {
     }
 }
 
-fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize, stats: &LogStats) {
+fn write_loop(
+    db: &Db,
+    inbox: &mpsc::Receiver<Request>,
+    max_batch: usize,
+    mut signer: Option<Signer>,
+    stats: &LogStats,
+) {
     let mut state = State::default();
     // The sizes of the last few batches: once a batch is as large as the largest of them and nothing more is
     // queued, it commits at once instead of waiting out a gap for a submitter that is probably not coming.
@@ -256,62 +302,135 @@ fn write_loop(db: &Db, inbox: &mpsc::Receiver<Request>, max_batch: usize, stats:
             }
         };
         let mut batch = Vec::new();
-        let result = commit(db, &mut state, first, &mut batch, next);
+        let result = commit(db, &mut state, signer.as_mut(), first, &mut batch, next);
         recent[batches % recent.len()] = batch.len();
         batches += 1;
         match result {
-            Ok(applied) => {
-                let events = applied.iter().map(|a| a.events.len() as u64).sum();
-                let head = applied.iter().flat_map(|a| a.events.last()).map(|e| e.seq).max().unwrap_or(0);
+            Ok(outcomes) => {
+                let applied = outcomes.iter().flatten();
+                let events = applied.clone().map(|a| a.events.len() as u64).sum();
+                let head = applied.flat_map(|a| a.events.last()).map(|e| e.seq).max().unwrap_or(0);
                 stats.committed(batch.len(), events, head);
-                for (request, applied) in batch.into_iter().zip(applied) {
-                    request.reply.send(Ok(applied));
+                for (request, outcome) in batch.into_iter().zip(outcomes) {
+                    request.reply.send(outcome);
                 }
             }
             Err(e) => {
                 // The in-memory state may hold operations that never committed: rebuild it from the log next time.
                 state = State::default();
-                let message = crate::error::one_line(&e.to_string());
+                let error = match e {
+                    CommitError::Storage(e) => AppendError::Storage(crate::error::one_line(&e.to_string())),
+                    CommitError::Unanchored(why) => AppendError::Unanchored(why),
+                    CommitError::Keys(why) => AppendError::Storage(format!("cannot sign the log's checkpoint: {why}")),
+                };
                 for request in batch {
-                    request.reply.send(Err(AppendError::Storage(message.clone())));
+                    request.reply.send(Err(error.clone()));
                 }
             }
         }
     }
 }
 
-/// In one durable transaction: catches `state` up with the operation log, then applies and appends `first` and each
-/// further submission `next` yields (called with the batch's size so far, `None` ends the batch). Every submission
-/// taken is pushed onto `batch` before anything can fail, so the caller can answer each one.
+/// Brings `state` up to the operation log as it stands in the open transaction: from the latest snapshot if `state`
+/// is empty, then every operation after it. Returns the state's count of applied operations before the catch-up.
+fn catch_up(
+    state: &mut State,
+    kernel_table: &impl ReadableTable<&'static str, &'static [u8]>,
+    op_table: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<u64, redb::Error> {
+    if state.applied == 0 {
+        // Start from the latest snapshot rather than from the first operation ever.
+        if let Some(snapshot) = kernel_table.get(SNAPSHOT)? {
+            *state = serde_json::from_slice(snapshot.value())
+                .map_err(|e| redb::Error::Corrupted(format!("kernel snapshot is unreadable: {e}")))?;
+        }
+    }
+    let before = state.applied;
+    for entry in op_table.range(state.applied + 1..)? {
+        let (k, v) = entry?;
+        let op: Operation = serde_json::from_slice(v.value())
+            .map_err(|e| redb::Error::Corrupted(format!("operation {} is unreadable: {e}", k.value())))?;
+        kernel::apply(state, &op);
+    }
+    Ok(before)
+}
+
+/// The name an operation is stored under (its `op` field).
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::ScheduleTask { .. } => "schedule-task",
+        Op::StartRun { .. } => "start-run",
+        Op::SpawnAgent { .. } => "spawn-agent",
+        Op::EmitObservation { .. } => "emit-observation",
+        Op::WriteState { .. } => "write-state",
+        Op::OperatorWriteState { .. } => "operator-write-state",
+        Op::CompleteRun { .. } => "complete-run",
+        Op::FailRun { .. } => "fail-run",
+        Op::RefuseRun { .. } => "refuse-run",
+        Op::RevokeToken { .. } => "revoke-token",
+        Op::StartToolCall { .. } => "start-tool-call",
+        Op::ReachLimit { .. } => "reach-limit",
+        Op::EndToolCall { .. } => "end-tool-call",
+    }
+}
+
+/// The `op.rejected` event of an operation that does not read back: flat and bounded, so that it always does.
+fn unreadable_event(op: &Operation, reason: &str) -> EventDraft {
+    let run_id = match &op.op {
+        Op::StartRun { run_id, .. }
+        | Op::SpawnAgent { run_id, .. }
+        | Op::EmitObservation { run_id, .. }
+        | Op::WriteState { run_id, .. }
+        | Op::CompleteRun { run_id, .. }
+        | Op::FailRun { run_id, .. }
+        | Op::ReachLimit { run_id, .. }
+        | Op::StartToolCall { run_id: Some(run_id), .. }
+        | Op::EndToolCall { run_id: Some(run_id), .. } => run_id.as_str(),
+        _ => "",
+    };
+    let run_id = if run_id.len() <= crate::bounds::MAX_ID { run_id } else { "" };
+    let mut reason = reason.to_string();
+    crate::bounds::truncate(&mut reason, MAX_REASON);
+    EventDraft {
+        time_ms: op.time_ms,
+        kind: kernel::kind::OP_REJECTED.into(),
+        agent: String::new(),
+        run_id: run_id.into(),
+        payload: serde_json::json!({ "reason": reason, "op": op_name(&op.op), "stored": false }),
+    }
+}
+
+/// In one durable transaction: catches `state` up with the operation log, checks that the logs still match their
+/// latest checkpoint (with a signer), then applies and appends `first` and each further submission `next` yields
+/// (called with the batch's size so far, `None` ends the batch), and stores the new heads and checkpoint. Every
+/// submission taken is pushed onto `batch` before anything can fail, so the caller can answer each one; the outcome
+/// of each is in the same order.
 fn commit(
     db: &Db,
     state: &mut State,
+    signer: Option<&mut Signer>,
     first: Request,
     batch: &mut Vec<Request>,
     mut next: impl FnMut(usize) -> Option<Request>,
-) -> Result<Vec<Applied>, redb::Error> {
+) -> Result<Vec<Result<Applied, AppendError>>, CommitError> {
     batch.push(first);
+    // Without a key (no signer, or a home without a root key yet) this commit stores no checkpoint.
+    let signer = match signer {
+        Some(s) => {
+            let ready = s.ready().map_err(|e| CommitError::Keys(e.to_string()))?;
+            ready.then_some(&*s)
+        }
+        None => None,
+    };
     let txn = db.redb().begin_write()?;
-    let mut applied = Vec::new();
+    let mut outcomes = Vec::new();
     {
         let mut op_table = txn.open_table(OPS)?;
         let mut events = txn.open_table(EVENTS)?;
         let mut kernel_table = txn.open_table(KERNEL)?;
         let mut revoked = txn.open_table(REVOKED)?;
-        if state.applied == 0 {
-            // Start from the latest snapshot rather than from the first operation ever.
-            if let Some(snapshot) = kernel_table.get(SNAPSHOT)? {
-                *state = serde_json::from_slice(snapshot.value())
-                    .map_err(|e| redb::Error::Corrupted(format!("kernel snapshot is unreadable: {e}")))?;
-            }
-        }
-        let before = state.applied;
-        for entry in op_table.range(state.applied + 1..)? {
-            let (k, v) = entry?;
-            let op: Operation = serde_json::from_slice(v.value())
-                .map_err(|e| redb::Error::Corrupted(format!("operation {} is unreadable: {e}", k.value())))?;
-            kernel::apply(state, &op);
-        }
+        let mut checkpoints = txn.open_table(CHECKPOINTS)?;
+        let before = catch_up(state, &kernel_table, &op_table)?;
         let (mut seq, mut prev) = match events.last()? {
             None => (0, GENESIS),
             Some((k, v)) => {
@@ -321,30 +440,126 @@ fn commit(
                 (k.value(), hash)
             }
         };
+        // The running heads of the operations and revocations. A writer without a signer signs nothing, so it
+        // recomputes what it cannot take from the record; a signing writer refuses instead.
+        let mut ops_chain = match checkpoint::ops_chain(&kernel_table, &op_table)? {
+            Ok(chain) => chain,
+            Err(why) if signer.is_some() => return Err(CommitError::Unanchored(why)),
+            Err(_) => {
+                let mut chain = Chain::EMPTY;
+                for entry in op_table.iter()? {
+                    let (k, v) = entry?;
+                    chain.push_op(k.value(), v.value());
+                }
+                chain
+            }
+        };
+        let mut revocations = match checkpoint::recorded_revocations(&kernel_table, &revoked)? {
+            Ok(digest) => digest,
+            Err(why) if signer.is_some() => return Err(CommitError::Unanchored(why)),
+            Err(_) => checkpoint::revocations_digest(&revoked)?,
+        };
+        if signer.is_some()
+            && let Some(latest) = checkpoint::latest(&checkpoints)?
+        {
+            let signed = latest
+                .and_then(|cp| cp.heads())
+                .map_err(|why| CommitError::Unanchored(format!("the latest checkpoint is unreadable: {why}")))?;
+            let current = Heads { events: Chain { seq, head: prev }, ops: ops_chain, revoked: revocations };
+            if let Some(why) = checkpoint::mismatch(&signed, &current) {
+                return Err(CommitError::Unanchored(why));
+            }
+        }
+        let mut revocations_checked = false;
+        let mut revocations_changed = false;
+        let mut time_ms = 0;
         loop {
             let request = batch.last().expect("the batch holds at least the first submission");
             let op = &request.op;
-            let drafts = kernel::apply(state, op);
-            op_table.insert(state.applied, request.encoded.as_slice())?;
-            let rejected = drafts
-                .first()
-                .filter(|d| d.kind == kernel::kind::OP_REJECTED)
-                .map(|d| d.payload["reason"].as_str().unwrap_or("rejected").to_string());
-            if let (None, kernel::Op::RevokeToken { token_id }) = (&rejected, &op.op) {
-                revoked.insert(token_id.as_str(), op.time_ms)?;
-            }
-            let mut acks = Vec::with_capacity(drafts.len());
-            for draft in &drafts {
-                seq += 1;
-                let (value, hash) = encode(seq, &prev, draft);
-                events.insert(seq, value.as_slice())?;
-                acks.push(Ack { seq, hash });
-                prev = hash;
-            }
-            applied.push(Applied { op_seq: state.applied, events: acks, rejected });
+            time_ms = time_ms.max(op.time_ms);
+            let outcome: Result<Applied, AppendError> = 'one: {
+                // The exact bytes to be stored must read back, and so must every event the operation produces: a
+                // value that cannot be decoded would make the log unreadable for every later process.
+                let unreadable = if let Err(e) = serde_json::from_slice::<Operation>(&request.encoded) {
+                    format!("the operation does not read back: {e}")
+                } else {
+                    let drafts = kernel::apply(state, op);
+                    let mut values = Vec::with_capacity(drafts.len());
+                    let (mut s, mut p) = (seq, prev);
+                    let mut bad = None;
+                    for draft in &drafts {
+                        s += 1;
+                        let (value, hash) = encode(s, &p, draft);
+                        if let Err(e) = decodes(&value) {
+                            bad = Some(format!("its {} event: {e}", draft.kind));
+                            break;
+                        }
+                        values.push((s, value, hash));
+                        p = hash;
+                    }
+                    match bad {
+                        Some(why) => {
+                            // Undo what applying it did to the state: rebuild it from the logs of this transaction,
+                            // which do not hold it.
+                            *state = State::default();
+                            catch_up(state, &kernel_table, &op_table)?;
+                            why
+                        }
+                        None => {
+                            op_table.insert(state.applied, request.encoded.as_slice())?;
+                            ops_chain.push_op(state.applied, &request.encoded);
+                            let rejected = drafts
+                                .first()
+                                .filter(|d| d.kind == kernel::kind::OP_REJECTED)
+                                .map(|d| d.payload["reason"].as_str().unwrap_or("rejected").to_string());
+                            if let (None, Op::RevokeToken { token_id }) = (&rejected, &op.op) {
+                                if signer.is_some() && !revocations_checked {
+                                    // Re-deriving the digest from a table edited since the last checkpoint would
+                                    // sign the edit: the table must still be what was recorded.
+                                    if checkpoint::revocations_digest(&revoked)? != revocations {
+                                        return Err(CommitError::Unanchored(
+                                            "the revocations table differs from its recorded digest".into(),
+                                        ));
+                                    }
+                                    revocations_checked = true;
+                                }
+                                revoked.insert(token_id.as_str(), op.time_ms)?;
+                                revocations_changed = true;
+                            }
+                            let mut acks = Vec::with_capacity(values.len());
+                            for (s, value, hash) in values {
+                                events.insert(s, value.as_slice())?;
+                                acks.push(Ack { seq: s, hash });
+                            }
+                            (seq, prev) = (s, p);
+                            break 'one Ok(Applied { op_seq: state.applied, events: acks, rejected });
+                        }
+                    }
+                };
+                // Rejected on its own: recorded as an event (flat and bounded, so it reads back), never stored as an
+                // operation.
+                let (value, hash) = encode(seq + 1, &prev, &unreadable_event(op, &unreadable));
+                if decodes(&value).is_ok() {
+                    seq += 1;
+                    events.insert(seq, value.as_slice())?;
+                    prev = hash;
+                }
+                Err(AppendError::Unreadable(unreadable))
+            };
+            outcomes.push(outcome);
             match next(batch.len()) {
                 Some(request) => batch.push(request),
                 None => break,
+            }
+        }
+        if revocations_changed {
+            revocations = checkpoint::revocations_digest(&revoked)?;
+        }
+        checkpoint::record_heads(&mut kernel_table, ops_chain, revocations)?;
+        if let Some(signer) = signer {
+            let heads = Heads { events: Chain { seq, head: prev }, ops: ops_chain, revoked: revocations };
+            if let Some(cp) = signer.sign(&heads, time_ms) {
+                checkpoint::store(&mut checkpoints, &cp)?;
             }
         }
         if before / SNAPSHOT_EVERY != state.applied / SNAPSHOT_EVERY {
@@ -353,14 +568,15 @@ fn commit(
         }
     }
     txn.commit()?;
-    Ok(applied)
+    Ok(outcomes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::checkpoint::{Log, Tamper};
     use crate::events::{Filter, read, verify};
-    use crate::kernel::Op;
+    use crate::token::keys::KeyStore;
     use serde_json::json;
 
     fn op(o: Op) -> Operation {
@@ -380,7 +596,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
         {
-            let log = EventLog::open(Db::open(&path).unwrap(), GroupCommit::default()).unwrap();
+            let log = EventLog::open(Db::open(&path).unwrap(), GroupCommit::default(), None).unwrap();
             log.submit(start("r")).unwrap();
             let mut seqs = Vec::new();
             std::thread::scope(|s| {
@@ -405,7 +621,7 @@ mod tests {
         let v = verify(&db).unwrap();
         assert_eq!((v.records, v.first_bad.clone()), (201, None));
         // A new process: its kernel state is rebuilt from the operation log, so it knows run `r` is running.
-        let log = EventLog::open(db.clone(), GroupCommit { max_batch: 1 }).unwrap();
+        let log = EventLog::open(db.clone(), GroupCommit { max_batch: 1 }, None).unwrap();
         let applied = log.submit(emit("r", 7)).unwrap();
         assert_eq!((applied.op_seq, applied.events[0].seq, applied.rejected), (202, 202, None));
         let rejected = log.submit(emit("never-started", 1)).unwrap();
@@ -420,7 +636,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.redb")).unwrap();
         {
-            let log = EventLog::open(db.clone(), GroupCommit::default()).unwrap();
+            let log = EventLog::open(db.clone(), GroupCommit::default(), None).unwrap();
             log.submit(start("r")).unwrap();
             for i in 0..(SNAPSHOT_EVERY + 10) {
                 log.submit(emit("r", i)).unwrap();
@@ -439,7 +655,7 @@ mod tests {
             .map(|e| serde_json::from_slice(e.unwrap().1.value()).unwrap())
             .collect();
         assert_eq!(kernel::replay(&ops), snapshot);
-        let log = EventLog::open(db.clone(), GroupCommit::default()).unwrap();
+        let log = EventLog::open(db.clone(), GroupCommit::default(), None).unwrap();
         assert_eq!(log.submit(emit("r", 0)).unwrap().rejected, None, "run r is known from snapshot + catch-up");
     }
 
@@ -448,8 +664,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
         let db = Db::open(&path).unwrap();
-        let one = EventLog::open(db.clone(), GroupCommit::default()).unwrap();
-        let two = EventLog::open(db.clone(), GroupCommit::default()).unwrap();
+        let one = EventLog::open(db.clone(), GroupCommit::default(), None).unwrap();
+        let two = EventLog::open(db.clone(), GroupCommit::default(), None).unwrap();
         one.submit(start("r")).unwrap();
         // `two` has never seen `r` start; it catches up from the operation log inside its transaction.
         assert_eq!(two.submit(emit("r", 1)).unwrap().rejected, None);
@@ -459,12 +675,217 @@ mod tests {
     #[test]
     fn oversized_operations_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(Db::open(&dir.path().join("t.redb")).unwrap(), GroupCommit::default()).unwrap();
+        let log = EventLog::open(Db::open(&dir.path().join("t.redb")).unwrap(), GroupCommit::default(), None).unwrap();
         let big = op(Op::EmitObservation {
             run_id: "r".into(),
             kind: "k".into(),
             payload: json!("x".repeat(MAX_PAYLOAD + 5000)),
         });
         assert!(matches!(log.submit(big), Err(AppendError::PayloadTooLarge(_))));
+    }
+
+    /// `[[...[0]...]]`, `depth` levels deep.
+    fn nested(depth: usize) -> serde_json::Value {
+        let mut v = json!(0);
+        for _ in 0..depth {
+            v = json!([v]);
+        }
+        v
+    }
+
+    /// A submission as `enqueue` makes it, minus the bounds `enqueue` applies first: what reaches the writer if
+    /// those bounds ever miss a case.
+    fn unbounded(op: Operation) -> Request {
+        let (tx, _) = mpsc::sync_channel(1);
+        let encoded = serde_json::to_vec(&op).unwrap();
+        Request { op, encoded, reply: Reply::Blocking(tx) }
+    }
+
+    /// Runs one batch of `ops` through the writer, as one group commit.
+    fn one_batch(db: &Db, signer: Option<&mut Signer>, ops: Vec<Operation>) -> Vec<Result<Applied, AppendError>> {
+        let mut rest = ops.into_iter().map(unbounded);
+        let first = rest.next().unwrap();
+        let mut state = State::default();
+        let mut batch = Vec::new();
+        let outcomes = commit(db, &mut state, signer, first, &mut batch, |_| rest.next()).unwrap();
+        // What the writer keeps in memory is what replaying the stored operations gives.
+        let txn = redb::ReadableDatabase::begin_read(db.redb()).unwrap();
+        let stored: Vec<Operation> = txn
+            .open_table(OPS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| serde_json::from_slice(e.unwrap().1.value()).unwrap())
+            .collect();
+        assert_eq!(state, kernel::replay(&stored), "the state holds no trace of an operation that was not stored");
+        outcomes
+    }
+
+    /// serde_json reads at most 127 levels of nesting. An observation's operation wraps its payload in 1 level, its
+    /// event in 2, and the `op.rejected` event of a refused one (which quotes the operation) in 3: a payload that
+    /// passes at one layer can break the next. Whichever layer breaks, that operation alone is rejected with an
+    /// event, nothing of it is stored, and the rest of the batch commits.
+    #[test]
+    fn an_operation_whose_bytes_do_not_read_back_is_rejected_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyStore::load_or_init(dir.path(), 1).unwrap();
+        let mut signer = Signer::from_keys(&keys).unwrap();
+        let db = Db::open(&dir.path().join("t.redb")).unwrap();
+        let deep = |run: &str, d| op(Op::EmitObservation { run_id: run.into(), kind: "k".into(), payload: nested(d) });
+        assert!(serde_json::from_slice::<Operation>(&serde_json::to_vec(&deep("r", 126)).unwrap()).is_ok());
+        let outcomes = one_batch(
+            &db,
+            Some(&mut signer),
+            vec![
+                start("r"),
+                emit("r", 1),
+                deep("r", 125),    // 127 levels in its event: stored
+                deep("r", 126),    // the operation reads back (127 levels), its event (128) does not
+                deep("r", 127),    // the operation itself does not read back
+                deep("gone", 125), // refused by the kernel (no such run); its op.rejected event has 128 levels
+                emit("r", 2),
+            ],
+        );
+        let errors: Vec<String> = outcomes
+            .iter()
+            .map(|o| match o {
+                Ok(a) => format!("ok {}", a.op_seq),
+                Err(AppendError::Unreadable(why)) => why.split(':').next().unwrap().to_string(),
+                Err(e) => panic!("{e}"),
+            })
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "ok 1",
+                "ok 2",
+                "ok 3",
+                "its observation event",
+                "the operation does not read back",
+                "its op.rejected event",
+                "ok 4"
+            ]
+        );
+        let all = read(&db, &Filter::default()).unwrap();
+        let kinds: Vec<&str> = all.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["run.started", "observation", "observation", "op.rejected", "op.rejected", "op.rejected", "observation"]
+        );
+        for r in &all[3..6] {
+            assert_eq!(
+                (r.payload["op"].as_str(), r.payload["stored"].as_bool()),
+                (Some("emit-observation"), Some(false))
+            );
+            assert!(r.payload["reason"].as_str().unwrap().contains("recursion limit exceeded"), "{}", r.payload);
+        }
+        assert_eq!((all[3].run_id.as_str(), all[5].run_id.as_str()), ("r", "gone"));
+        let v = verify(&db).unwrap();
+        assert_eq!((v.records, v.first_bad), (7, None));
+        let (_, anchoring) = checkpoint::verify(&db, &keys, None).unwrap();
+        assert_eq!((anchoring.problem, anchoring.ops), (None, 4));
+        // A new process reads everything and goes on from there.
+        let log = EventLog::open(db.clone(), GroupCommit::default(), Some(signer)).unwrap();
+        let applied = log.submit(emit("r", 3)).unwrap();
+        assert_eq!((applied.op_seq, applied.events[0].seq, applied.rejected), (5, 8, None));
+        assert_eq!(checkpoint::verify(&db, &keys, None).unwrap().1.problem, None);
+    }
+
+    /// Runs `change` on the raw database, as an attacker with write access to the file would.
+    fn tamper(db: &Db, change: impl FnOnce(&redb::WriteTransaction)) {
+        let txn = db.redb().begin_write().unwrap();
+        change(&txn);
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn every_commit_is_anchored_and_a_signing_writer_never_extends_a_truncated_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyStore::load_or_init(dir.path(), 1).unwrap();
+        let db = Db::open(&dir.path().join("t.redb")).unwrap();
+        let log = EventLog::open(db.clone(), GroupCommit::default(), Some(Signer::from_keys(&keys).unwrap())).unwrap();
+        log.submit(start("r")).unwrap();
+        for i in 0..5 {
+            log.submit(emit("r", i)).unwrap();
+            // Positive control: after every commit the latest checkpoint is the log's current heads.
+            let (chain, anchoring) = checkpoint::verify(&db, &keys, None).unwrap();
+            assert_eq!((anchoring.problem, anchoring.latest.unwrap().events_seq), (None, chain.records));
+        }
+        tamper(&db, |txn| {
+            txn.open_table(EVENTS).unwrap().remove(6).unwrap();
+        });
+        let problem = checkpoint::verify(&db, &keys, None).unwrap().1.problem;
+        assert_eq!(problem, Some(Tamper::Truncated { at: "at event 6".into(), log: Log::Events, signed: 6, found: 5 }));
+        let refused = log.submit(emit("r", 9)).unwrap_err();
+        assert!(
+            matches!(&refused, AppendError::Unanchored(why) if why == "it covers 6 events, the log has 5"),
+            "{refused}"
+        );
+        assert_eq!(verify(&db).unwrap().records, 5, "nothing was appended to the truncated log");
+    }
+
+    #[test]
+    fn what_a_writer_without_a_signer_appends_is_an_unsigned_tail_that_no_signer_extends() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyStore::load_or_init(dir.path(), 1).unwrap();
+        let db = Db::open(&dir.path().join("t.redb")).unwrap();
+        let signed = EventLog::open(db.clone(), GroupCommit::default(), Some(Signer::from_keys(&keys).unwrap()));
+        let signed = signed.unwrap();
+        signed.submit(start("r")).unwrap();
+        signed.submit(emit("r", 0)).unwrap();
+        assert_eq!(checkpoint::verify(&db, &keys, None).unwrap().1.problem, None);
+        let unsigned = EventLog::open(db.clone(), GroupCommit::default(), None).unwrap();
+        unsigned.submit(emit("r", 1)).unwrap();
+        unsigned.submit(emit("r", 2)).unwrap();
+        let problem = checkpoint::verify(&db, &keys, None).unwrap().1.problem;
+        assert_eq!(
+            problem,
+            Some(Tamper::UnsignedTail { at: "at event 2".into(), log: Log::Events, signed: 2, found: 4 })
+        );
+        assert!(matches!(signed.submit(emit("r", 3)), Err(AppendError::Unanchored(_))));
+    }
+
+    #[test]
+    fn revocations_are_anchored_and_an_edited_table_is_never_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyStore::load_or_init(dir.path(), 1).unwrap();
+        let db = Db::open(&dir.path().join("t.redb")).unwrap();
+        let log = EventLog::open(db.clone(), GroupCommit::default(), Some(Signer::from_keys(&keys).unwrap())).unwrap();
+        log.submit(op(Op::RevokeToken { token_id: "aa".into() })).unwrap();
+        log.submit(start("r")).unwrap();
+        let (_, anchoring) = checkpoint::verify(&db, &keys, None).unwrap();
+        assert_eq!((anchoring.problem, anchoring.revoked), (None, 1));
+        // Un-revoke, as an attacker would.
+        tamper(&db, |txn| {
+            txn.open_table(REVOKED).unwrap().remove("aa").unwrap();
+        });
+        let changed = Some(Tamper::RevocationsChanged { at: "at event 2".into(), signed: 1, found: 0 });
+        assert_eq!(checkpoint::verify(&db, &keys, None).unwrap().1.problem, changed);
+        // Other writes go on, and still sign the recorded digest, not the edited table: verify keeps saying so.
+        log.submit(emit("r", 1)).unwrap();
+        let changed = Some(Tamper::RevocationsChanged { at: "at event 3".into(), signed: 1, found: 0 });
+        assert_eq!(checkpoint::verify(&db, &keys, None).unwrap().1.problem, changed);
+        // A revocation would re-derive the digest from the table: refused instead.
+        let refused = log.submit(op(Op::RevokeToken { token_id: "bb".into() })).unwrap_err();
+        assert!(matches!(refused, AppendError::Unanchored(_)), "{refused}");
+    }
+
+    /// The home's signer never creates a key: commits before the home has one store no checkpoint, and the first
+    /// commit after it has one signs a checkpoint that covers them.
+    #[test]
+    fn a_homes_signer_creates_no_key_and_anchors_once_there_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::resolve(Some(dir.path()), None, None, true);
+        let db = Db::open(&home.db).unwrap();
+        let log = EventLog::open(db.clone(), GroupCommit::default(), Some(Signer::for_home(&home))).unwrap();
+        log.submit(start("r")).unwrap();
+        assert!(!home.keys().exists(), "writing created no key");
+        let keys = KeyStore::load(&home.dir).unwrap();
+        let (_, anchoring) = checkpoint::verify(&db, &keys, None).unwrap();
+        assert_eq!((anchoring.checkpoints, anchoring.problem), (0, None));
+        let keys = KeyStore::load_or_init(&home.dir, 1).unwrap();
+        log.submit(emit("r", 1)).unwrap();
+        let (chain, anchoring) = checkpoint::verify(&db, &keys, None).unwrap();
+        assert_eq!((chain.records, anchoring.latest.map(|c| c.events_seq), anchoring.problem), (2, Some(2), None));
     }
 }

@@ -4,7 +4,13 @@
 //! agent, run id, payload, previous hash) and `hash = sha256(previous hash ++ body)`. Verification recomputes the
 //! chain from the stored bytes, so a record written by an older schema (fewer fields) verifies as it was written;
 //! new fields are only ever added, with defaults, so old records stay readable.
+//!
+//! The chain alone shows only that records follow one another: [`checkpoint`] anchors it (and the operation log and
+//! the revocations) with signed checkpoints, so that a cut tail or a rewrite with recomputed hashes is detected too.
+//! This module never writes (the writer is [`log`]) and never repairs: it reports the first record that does not
+//! verify.
 
+pub mod checkpoint;
 pub mod log;
 
 use crate::db::Db;
@@ -12,7 +18,9 @@ pub(crate) use crate::db::EVENTS;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
 
+pub use checkpoint::{Checkpoint, Signer};
 pub use log::{Ack, AppendError, Applied, EventLog, GroupCommit};
 
 /// The current body schema version, stored in every record as `v`.
@@ -248,7 +256,19 @@ pub struct Verification {
 /// Walks the whole chain from the first record.
 pub fn verify(db: &Db) -> Result<Verification, redb::Error> {
     let txn = db.redb().begin_read()?;
-    let table = txn.open_table(EVENTS)?;
+    Ok(walk(&txn.open_table(EVENTS)?, &BTreeSet::new())?.0)
+}
+
+/// Walks the chain of `table` from the first record; also returns the head after each record of `wanted` that the
+/// chain reaches intact (0: before the first record).
+pub(crate) fn walk(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    wanted: &BTreeSet<u64>,
+) -> Result<(Verification, BTreeMap<u64, [u8; 32]>), redb::Error> {
+    let mut heads = BTreeMap::new();
+    if wanted.contains(&0) {
+        heads.insert(0, GENESIS);
+    }
     let mut prev = GENESIS;
     let mut records = 0u64;
     for (expected_seq, entry) in (1u64..).zip(table.iter()?) {
@@ -257,27 +277,37 @@ pub fn verify(db: &Db) -> Result<Verification, redb::Error> {
         records = expected_seq;
         let bad = |why: String| Verification { records, first_bad: Some((seq, why)), head: hex::encode(prev) };
         if seq != expected_seq {
-            return Ok(bad(format!("expected sequence number {expected_seq}")));
+            return Ok((bad(format!("expected sequence number {expected_seq}")), heads));
         }
         let Some((hash, body)) = split(v.value()) else {
-            return Ok(bad("record shorter than its hash".into()));
+            return Ok((bad("record shorter than its hash".into()), heads));
         };
         let parsed: Body = match serde_json::from_slice(body) {
             Ok(b) => b,
-            Err(e) => return Ok(bad(format!("body is not a record: {e}"))),
+            Err(e) => return Ok((bad(format!("body is not a record: {e}")), heads)),
         };
         if parsed.seq != seq {
-            return Ok(bad(format!("body says sequence number {}", parsed.seq)));
+            return Ok((bad(format!("body says sequence number {}", parsed.seq)), heads));
         }
         if parsed.prev != hex::encode(prev) {
-            return Ok(bad("previous-hash field does not match the previous record".into()));
+            return Ok((bad("previous-hash field does not match the previous record".into()), heads));
         }
         if chain_hash(&prev, body) != hash {
-            return Ok(bad("hash does not match the record's bytes".into()));
+            return Ok((bad("hash does not match the record's bytes".into()), heads));
         }
         prev = hash;
+        if wanted.contains(&seq) {
+            heads.insert(seq, prev);
+        }
     }
-    Ok(Verification { records, first_bad: None, head: hex::encode(prev) })
+    Ok((Verification { records, first_bad: None, head: hex::encode(prev) }, heads))
+}
+
+/// Whether a stored value reads back as a record, the way [`read`] and [`verify`] read it (the writer checks each
+/// value with it before committing).
+pub fn decodes(value: &[u8]) -> Result<(), String> {
+    let (_, body) = split(value).ok_or("record shorter than its hash")?;
+    serde_json::from_slice::<Body>(body).map(drop).map_err(|e| format!("the record does not read back: {e}"))
 }
 
 /// Unix time now, in milliseconds.
