@@ -2,6 +2,7 @@
 //! area, so that linking happens once).
 
 mod attacks;
+mod attacks_net;
 mod cache;
 mod cli;
 mod command;
