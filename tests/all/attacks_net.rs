@@ -73,7 +73,7 @@ fn dns_lookups_answer_only_granted_names() {
     let result: Value = serde_json::from_str(r.report()["result"].as_str().unwrap()).unwrap();
     assert_eq!(result["addresses"], json!(listed), "{result}");
     assert_eq!(result["connected"], SocketAddr::new(local[0], port).to_string());
-    assert_eq!(r.report()["denied"], json!([]));
+    assert!(r.report()["denied"].as_array().is_none_or(Vec::is_empty), "{}", r.stdout);
     // Case and a trailing dot do not change a name.
     let r = resolve(h, "LocalHost.", port, false, &["--allow-net", &grant]);
     r.expect_code(0);
@@ -153,6 +153,7 @@ fn dns_lookups_in_a_tool_sandbox_follow_the_callers_grants() {
 fn ipv6_grants_work_from_token_to_run() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
+    t(h, &["key", "init"]).expect_code(0);
     let listener = TcpListener::bind("[::1]:0").expect("this test needs IPv6 loopback (::1)");
     let port = listener.local_addr().unwrap().port();
     let other = TcpListener::bind("[::1]:0").unwrap();
@@ -173,7 +174,6 @@ fn ipv6_grants_work_from_token_to_run() {
     assert_eq!(r.report()["result"], json!({ "connected": grant }).to_string());
 
     // A token minted for the peer, in either spelling of the address.
-    t(h, &["key", "init"]).expect_code(0);
     for spelled in [format!("net:[::1]:{port}"), format!("net:[0:0:0:0:0:0:0:1]:{port}")] {
         let token = t(h, &["token", "mint", "--agent", "hostile", "--grant", &spelled]);
         token.expect_code(0);
@@ -367,7 +367,7 @@ fn mcp_http_requires_a_valid_bearer_token() {
         let (status, response) = raw_post(server.addr, &[("Authorization", &header)]);
         assert_eq!(status, 401, "{what}: {response}");
         let error = error_of(&response);
-        assert!(error.starts_with(expect) && !error.contains('\n'), "{what}: {error}");
+        assert!(error.contains(expect) && !error.contains('\n'), "{what}: {error}");
     }
 
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -556,7 +556,8 @@ fn mcp_concurrent_calls_are_capped() {
         for result in futures_join_all(calls).await {
             let result = result.unwrap();
             let text = serde_json::to_string(&result.content).unwrap();
-            assert!(text.contains("timeout"), "each call ran to its deadline, none was refused as busy: {text}");
+            // Each ran until its deadline (or, on a fast machine, its fuel): none was refused as busy.
+            assert!(text.contains("tool fail-tool: ") && !text.contains("busy"), "{text}");
         }
         client.cancel().await.unwrap();
     });
@@ -583,7 +584,7 @@ fn mcp_concurrent_calls_are_capped() {
             .map(|r| serde_json::to_string(&r.unwrap().content).unwrap())
             .collect();
         let busy = texts.iter().filter(|t| t.contains("server busy") && t.contains("--max-wait")).count();
-        let ran = texts.iter().filter(|t| t.contains("timeout")).count();
+        let ran = texts.iter().filter(|t| t.contains("tool fail-tool: ")).count();
         assert_eq!((busy, ran), (1, 1), "{texts:?}");
         client.cancel().await.unwrap();
     });
