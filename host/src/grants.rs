@@ -132,7 +132,11 @@ impl NetGrant {
 
     /// The grant as tokens state it and requests ask for it: `host:port`, `[v6]:port`.
     pub fn canonical(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 

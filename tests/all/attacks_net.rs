@@ -379,16 +379,13 @@ fn mcp_http_requires_a_valid_bearer_token() {
             ().serve(StreamableHttpClientTransport::from_config(client_config(&server.url(), &revoked))).await;
         assert!(revoked_client.is_err(), "initialized with a revoked token");
 
-        let client = ().serve(StreamableHttpClientTransport::from_config(client_config(&server.url(), &good)))
-            .await
-            .unwrap();
+        let client =
+            ().serve(StreamableHttpClientTransport::from_config(client_config(&server.url(), &good))).await.unwrap();
         let tools = client.list_all_tools().await.unwrap();
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
         assert_eq!(names, ["echo"], "the server serves json-query too, but this token does not grant it");
-        let echo = client
-            .call_tool(CallToolRequestParams::new("echo").with_arguments(args(json!({ "n": 7 }))))
-            .await
-            .unwrap();
+        let echo =
+            client.call_tool(CallToolRequestParams::new("echo").with_arguments(args(json!({ "n": 7 })))).await.unwrap();
         assert_eq!(echo.structured_content.unwrap()["n"], 7);
         let refused = client
             .call_tool(

@@ -124,7 +124,8 @@ impl McpCommand {
         let mut caller = self.caller.caller(&host, &self.tools, self.ttl)?;
         // The server's own calls get their deadline per call, not from startup.
         caller.deadline = std::time::Instant::now();
-        let served = (self.caller.token.is_some() && !self.tools.is_empty()).then(|| self.tools.iter().cloned().collect());
+        let served =
+            (self.caller.token.is_some() && !self.tools.is_empty()).then(|| self.tools.iter().cloned().collect());
         let mut server = McpServer {
             host: host.tools().clone(),
             caller: caller.clone(),
@@ -162,8 +163,7 @@ impl McpCommand {
         let hosts: Vec<String> = gate.hosts().cloned().collect();
         // The gate checks Host and Origin itself (one rule, tested, with one-line JSON refusals), so rmcp's own
         // checks, whose defaults differ, are turned off behind it.
-        let config =
-            StreamableHttpServerConfig::default().disable_allowed_hosts().disable_allowed_origins();
+        let config = StreamableHttpServerConfig::default().disable_allowed_hosts().disable_allowed_origins();
         let service: StreamableHttpService<McpServer, LocalSessionManager> =
             StreamableHttpService::new(move || Ok(server.clone()), Default::default(), config);
         let router = axum::Router::new()

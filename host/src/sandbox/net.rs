@@ -104,10 +104,11 @@ impl Pollable for NameStream {
 pub fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
     // Without shadowing, defining a name that is already there fails: that is the proof that the instance being
     // replaced is the one guests are linked to.
-    let probe = linker.instance(IP_NAME_LOOKUP)?.func_wrap(
-        "resolve-addresses",
-        |_: StoreContextMut<'_, SandboxState>, (): ()| -> wasmtime::Result<()> { Ok(()) },
-    );
+    let probe = linker
+        .instance(IP_NAME_LOOKUP)?
+        .func_wrap("resolve-addresses", |_: StoreContextMut<'_, SandboxState>, (): ()| -> wasmtime::Result<()> {
+            Ok(())
+        });
     if probe.is_ok() {
         wasmtime::bail!("wasmtime-wasi did not define {IP_NAME_LOOKUP}: cannot replace its name resolver");
     }

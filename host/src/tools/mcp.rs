@@ -164,18 +164,16 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let client = self.client(&context)?;
-        let refused = |message: String| Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into());
-        if let Err(f) = self.serves(&request.name) {
-            return refused(f.message().to_string());
-        }
         let _slot = match self.slots.acquire().await {
             Ok(slot) => slot,
-            Err(busy) => return refused(busy),
+            Err(busy) => return Ok(CallToolResult::error(vec![ContentBlock::text(busy)]).into()),
         };
         let input = serde_json::Value::Object(request.arguments.unwrap_or_default()).to_string();
         // The call's time starts once it has a slot.
         let caller = Caller { deadline: crate::units::deadline_after(self.timeout), ..client };
-        let report = self.host.call(&caller, &request.name, &input, self.fuel).await;
+        // What the server does not serve is refused (and recorded) as the client's call.
+        let refusal = self.serves(&request.name).err();
+        let report = self.host.call_unless(&caller, &request.name, &input, self.fuel, refusal).await;
         let result = match report.result {
             Ok(output) => match serde_json::from_str::<serde_json::Value>(&output) {
                 Ok(value @ serde_json::Value::Object(_)) => CallToolResult::structured(value),

@@ -435,9 +435,10 @@ mod tests {
             none.check(&headers(&[host, ("origin", "http://127.0.0.1:8080")]), &uri()),
             Err(Refusal::Forbidden(_))
         ));
-        let listed = HttpGate::new(bound, &[], &["http://localhost:3000".into(), "HTTPS://App.Example".into()], None)
-            .unwrap();
-        for ok in ["http://localhost:3000", "https://app.example", "https://app.example:443", "http://LOCALHOST:3000/"] {
+        let listed =
+            HttpGate::new(bound, &[], &["http://localhost:3000".into(), "HTTPS://App.Example".into()], None).unwrap();
+        for ok in ["http://localhost:3000", "https://app.example", "https://app.example:443", "http://LOCALHOST:3000/"]
+        {
             assert!(matches!(listed.check(&headers(&[host, ("origin", ok)]), &uri()), Ok(None)), "{ok}");
         }
         for bad in ["http://localhost:3001", "https://localhost:3000", "null", "http://app.example", "garbage"] {
