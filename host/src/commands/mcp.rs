@@ -34,9 +34,9 @@ pub struct McpCommand {
     #[arg(long, value_name = "DURATION", default_value = "8h", value_parser = parse_duration, conflicts_with = "token")]
     pub ttl: Duration,
 
-    /// At most N tool calls run at once; more wait (see --max-wait).
-    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub max_concurrent: u32,
+    /// At most N tool calls run at once; more wait (see --max-wait) [default: the number of CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_concurrent: Option<u32>,
 
     /// How long a call waits for one of the --max-concurrent slots before it fails as busy.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
@@ -133,7 +133,10 @@ impl McpCommand {
             timeout: self.caller.timeout,
             served,
             authenticated: false,
-            slots: Arc::new(CallSlots::new(self.max_concurrent as usize, self.max_wait)),
+            slots: Arc::new(CallSlots::new(
+                self.max_concurrent.map_or_else(default_max_concurrent, |n| n as usize),
+                self.max_wait,
+            )),
         };
         let Some(addr) = self.http else {
             let running =
@@ -180,4 +183,11 @@ impl McpCommand {
         }
         axum::serve(listener, router).await.map_err(|e| RunError::host(format!("mcp: {e}")))
     }
+}
+
+/// One call per CPU: a guest runs on one of the runtime's worker threads (one per CPU) until it returns or is
+/// stopped, so calls beyond that would only wait for a thread while their own deadlines run, and stall the server's
+/// protocol handling meanwhile; queued on the slots instead, they wait with a bound and fail with a clear error.
+fn default_max_concurrent() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
