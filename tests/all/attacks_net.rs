@@ -272,8 +272,13 @@ fn raw_post(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, String) {
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": { "protocolVersion": "2025-06-18", "capabilities": {},
                     "clientInfo": { "name": "raw", "version": "0" } }
-    })
-    .to_string();
+    });
+    raw_post_body(addr, headers, &body)
+}
+
+/// The status line and body of one raw HTTP/1.1 POST of `body` to /mcp.
+fn raw_post_body(addr: SocketAddr, headers: &[(&str, &str)], body: &Value) -> (u16, String) {
+    let body = body.to_string();
     let mut request = format!(
         "POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
          Content-Length: {}\r\nConnection: close\r\n",
@@ -353,6 +358,26 @@ fn mcp_http_requires_a_valid_bearer_token() {
     let bearer = format!("Bearer {good}");
     let (status, response) = raw_post(server.addr, &[("Authorization", &bearer)]);
     assert_eq!(status, 200, "{response}");
+
+    // The session that request opened belongs to its token: another valid token of this home cannot use it.
+    let session = response
+        .lines()
+        .find_map(|l| {
+            let l = l.to_ascii_lowercase();
+            l.strip_prefix("mcp-session-id: ").map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no session: {response}"));
+    let other = format!("Bearer {}", mint(h, "llm", &["tool:echo"]));
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    let in_session = |bearer: &str| {
+        let headers = [("Authorization", bearer), ("Mcp-Session-Id", session.as_str())];
+        raw_post_body(server.addr, &[headers[0], headers[1], ("MCP-Protocol-Version", "2025-06-18")], &initialized)
+    };
+    let (status, response) = in_session(&other);
+    assert_eq!(status, 403, "{response}");
+    assert!(error_of(&response).contains("opened with another token"), "{response}");
+    let (status, response) = in_session(&bearer);
+    assert!((200..300).contains(&status), "{response}");
 
     let (status, response) = raw_post(server.addr, &[]);
     assert_eq!(status, 401, "{response}");
