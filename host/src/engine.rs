@@ -117,6 +117,8 @@ impl HostEngine {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // Name lookups answer granted names only (replaces wasmtime-wasi's resolver; see `sandbox::net`).
+        crate::sandbox::net::add_to_linker(&mut linker)?;
         crate::bindings::agent::toka::agent::log::add_to_linker::<_, HasSelf<_>>(
             &mut linker,
             |s: &mut SandboxState| &mut s.log,

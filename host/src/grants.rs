@@ -52,7 +52,7 @@ impl fmt::Display for EnvGrant {
 
 impl fmt::Display for NetGrant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "net {}:{}", self.host, self.port)
+        write!(f, "net {}", self.canonical())
     }
 }
 
@@ -103,16 +103,52 @@ impl EnvGrant {
 }
 
 impl NetGrant {
+    /// Parses `HOST:PORT`, or `[ADDR]:PORT` for IPv6, into its canonical form (see [`NetGrant::canonical`]): a name
+    /// in lowercase without a trailing dot, an address as Rust prints it. A bare IPv6 address (`::1:8080`) is
+    /// refused: where its address ends and its port begins is a guess.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || format!("invalid --allow-net `{text}`: expected HOST:PORT (for IPv6, [ADDR]:PORT)");
-        let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        if host.is_empty() || port == 0 {
-            return Err(bad());
-        }
-        Ok(NetGrant { host: host.to_string(), port })
+        Self::parse_peer(text).map_err(|why| format!("invalid --allow-net `{text}`: {why}"))
     }
+
+    /// [`NetGrant::parse`] with the bare reason, for callers that name the grant their own way (tokens).
+    pub fn parse_peer(text: &str) -> Result<Self, String> {
+        const EXPECTED: &str = "expected HOST:PORT (for IPv6, [ADDR]:PORT)";
+        let (host, port) = text.rsplit_once(':').ok_or(EXPECTED)?;
+        let port = port.parse::<u16>().ok().filter(|p| *p != 0).ok_or(EXPECTED)?;
+        let host = if let Some(inner) = host.strip_prefix('[') {
+            let inner = inner.strip_suffix(']').ok_or(EXPECTED)?;
+            let ip: std::net::Ipv6Addr =
+                inner.parse().map_err(|_| format!("`{inner}` between brackets is not an IPv6 address"))?;
+            ip.to_string()
+        } else if host.contains(':') {
+            return Err(format!("an IPv6 address needs brackets: [{host}]:{port}"));
+        } else if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
+            ip.to_string()
+        } else {
+            canonical_name(host).ok_or_else(|| format!("`{host}` is not a host name or an IP address"))?
+        };
+        Ok(NetGrant { host, port })
+    }
+
+    /// The grant as tokens state it and requests ask for it: `host:port`, `[v6]:port`.
+    pub fn canonical(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A DNS name as grants compare it: ASCII letters, digits, `-`, `_` and `.`, lowercased, without the trailing dot of
+/// a fully qualified name, at most 253 characters, no empty label. `None` if `name` is not one.
+pub fn canonical_name(name: &str) -> Option<String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| !label.is_empty() && label.len() <= 63)
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    ok.then(|| name.to_ascii_lowercase())
 }
 
 /// Everything a run asks for, as parsed from the command line.
@@ -194,6 +230,14 @@ impl Protected {
     }
 }
 
+/// One network grant, authorized: the canonical `HOST:PORT` and the socket addresses the host resolved it to, in
+/// the resolver's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetPeer {
+    pub grant: NetGrant,
+    pub addrs: Vec<SocketAddr>,
+}
+
 /// The grants a sandbox is built from. Only [`authorize`] makes one.
 #[derive(Debug, Clone, Default)]
 pub struct Authorized {
@@ -201,6 +245,9 @@ pub struct Authorized {
     pub env: Vec<(String, String)>,
     /// Every socket address the granted `HOST:PORT`s resolved to.
     pub net: BTreeSet<SocketAddr>,
+    /// Each granted `HOST:PORT` with the addresses it resolved to at authorization: what the guest's name lookups
+    /// answer (see [`crate::sandbox::net`]), and what a narrower caller can be checked against grant by grant.
+    pub peers: Vec<NetPeer>,
     pub inherit_stdin: bool,
     pub state: StateGrant,
     /// The revocation id of the token that authorized these grants (empty until a token has been checked).
@@ -273,7 +320,16 @@ pub fn authorize(request: &GrantRequest, protected: &[Protected]) -> Result<Auth
             grant: net.to_string(),
             reason: format!("cannot resolve: {}", crate::error::one_line(&e.to_string())),
         })?;
-        out.net.extend(addrs);
+        let mut resolved: Vec<SocketAddr> = Vec::new();
+        for addr in addrs {
+            // An IPv4-mapped IPv6 answer is the IPv4 peer; the guest's lookups never see the mapped form.
+            let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+            if !resolved.contains(&addr) {
+                resolved.push(addr);
+            }
+        }
+        out.net.extend(resolved.iter().copied());
+        out.peers.push(NetPeer { grant: net.clone(), addrs: resolved });
     }
     Ok(out)
 }
@@ -356,6 +412,14 @@ mod tests {
         assert!(EnvGrant::parse("=x").is_err());
         assert_eq!(NetGrant::parse("example.com:443").unwrap().port, 443);
         assert_eq!(NetGrant::parse("[::1]:80").unwrap().host, "::1");
+        assert_eq!(NetGrant::parse("[::1]:80").unwrap().canonical(), "[::1]:80");
+        assert_eq!(NetGrant::parse("LocalHost.:80").unwrap().canonical(), "localhost:80");
+        assert_eq!(NetGrant::parse("127.0.0.1:80").unwrap().canonical(), "127.0.0.1:80");
+        let bare = NetGrant::parse("::1:80").unwrap_err();
+        assert!(bare.contains("needs brackets: [::1]:80"), "{bare}");
+        for bad in ["[::1:80", "[x]:80", "a..b:80", "a/b:80", ":80", "[]:80"] {
+            assert!(NetGrant::parse(bad).is_err(), "{bad}");
+        }
         assert!(NetGrant::parse("example.com").is_err());
         assert!(NetGrant::parse("example.com:0").is_err());
         assert!(NetGrant::parse("example.com:99999").is_err());

@@ -3,6 +3,7 @@
 
 mod anchoring;
 mod attacks;
+mod attacks_net;
 mod cache;
 mod cli;
 mod command;

@@ -416,31 +416,47 @@ mod mcp {
         assert!(called.stdout.lines().all(|l| l.contains(r#""agent":"llm""#)), "{}", called.stdout);
     }
 
-    /// The same over streamable HTTP.
+    /// The same over streamable HTTP, with a bearer token (see `attacks_net` for the refusals).
     #[test]
     fn streamable_http_list_and_call() {
         use std::io::BufRead;
         let home = home_with_tools();
         let h = home.path();
+        t(h, &["key", "init"]).expect_code(0);
+        let mut mint = vec!["token", "mint", "--agent", "llm"];
+        let mut serve = vec!["mcp", "--http", "127.0.0.1:0"];
+        let grants: Vec<String> = TOOLS.iter().map(|name| format!("tool:{name}")).collect();
+        for (name, grant) in TOOLS.iter().zip(&grants) {
+            mint.extend_from_slice(&["--grant", grant]);
+            serve.extend_from_slice(&["--allow-tool", name]);
+        }
+        let token = t(h, &mint);
+        token.expect_code(0);
+        let token = token.stdout.trim().to_string();
         let mut server = std::process::Command::new(toka_host())
-            .args(["mcp", "--http", "127.0.0.1:0"])
+            .args(&serve)
             .env("TOKA_HOME", h)
             .env("TOKA_CACHE_DIR", toka_tests::shared_cache())
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
         let mut line = String::new();
-        std::io::BufReader::new(server.stderr.take().unwrap()).read_line(&mut line).unwrap();
+        stderr.read_line(&mut line).unwrap();
+        // Drained, so that the server never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         let url =
             line.trim().strip_prefix("toka-host: serving MCP on ").unwrap_or_else(|| panic!("{line}")).to_string();
         // reqwest's rustls needs a crypto provider; the client's transport is plain http here.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let outcome = std::panic::catch_unwind(|| {
             rt().block_on(async {
-                let client = ().serve(StreamableHttpClientTransport::from_uri(url.as_str())).await.unwrap();
+                use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+                let config = StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(token.as_str());
+                let client = ().serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
                 let tools = client.list_all_tools().await.unwrap();
-                assert_eq!(tools.len(), TOOLS.len(), "no token: the operator's server offers every installed tool");
+                assert_eq!(tools.len(), TOOLS.len(), "every tool the server serves and the bearer token grants");
                 let r = client
                     .call_tool(
                         CallToolRequestParams::new("json-query")

@@ -17,8 +17,10 @@
 //! |            |                           | answer, then fails with `fail` (a message of any size) if given        |
 //! | `swap`     | `sub`, `tool`, `path`     | replaces directory `sub` with a symlink to `../..`, then calls `tool`  |
 //! |            |                           | on `path`: a nested grant must still be the directory it was           |
+//! | `resolve`  | `name`, `port`, `connect` | looks `name` up through `wasi:sockets/ip-name-lookup`; returns every  |
+//! |            |                           | address; with `connect`, then connects to the first one at `port`     |
 //!
-//! The probing attacks (`escape`, `write-ro`, `env`, `net`) return `denied` with every attempt and its error when
+//! The probing attacks (`escape`, `write-ro`, `env`, `net`, `resolve`) return `denied` with every attempt and its error when
 //! the host blocks them all, and `Ok` with what got through otherwise, so a test can tell a leak from a block.
 
 // `std::os::wasi::fs::symlink_path` (the `swap` attack); guests are built with RUSTC_BOOTSTRAP=1 for -Zbuild-std.
@@ -73,6 +75,13 @@ enum Attack {
         tool: String,
         path: String,
     },
+    Resolve {
+        name: String,
+        #[serde(default)]
+        port: u16,
+        #[serde(default)]
+        connect: bool,
+    },
 }
 
 /// One guest-facing host call, with the guest's own (arbitrary) arguments; `times` repeats it.
@@ -119,6 +128,11 @@ fn hostile(_task: &Task, attack: Attack) -> Result<Value, AgentError> {
             }
         }
         Attack::Swap { sub, tool, path } => swap(&sub, &tool, &path),
+        Attack::Resolve {
+            name,
+            port,
+            connect,
+        } => resolve(&name, port, connect),
     }
 }
 
@@ -295,11 +309,51 @@ fn env(name: &str) -> Result<Value, AgentError> {
     }
 }
 
+/// Looks `name` up with the raw `wasi:sockets/ip-name-lookup` bindings, then (with `connect`) connects to the first
+/// address at `port`.
+fn resolve(name: &str, port: u16, connect: bool) -> Result<Value, AgentError> {
+    use toka_sdk::bindings::wasi::sockets::ip_name_lookup;
+    use toka_sdk::bindings::wasi::sockets::network::IpAddress;
+    let denied = |code: ErrorCode| AgentError::Denied(format!("resolve {name}: {}", code.name()));
+    let network = instance_network::instance_network();
+    let stream = ip_name_lookup::resolve_addresses(&network, name).map_err(denied)?;
+    let mut addresses = Vec::new();
+    // Bounded: a resolver that never ends its list must not keep the guest here.
+    while addresses.len() < 64 {
+        match stream.resolve_next_address() {
+            Ok(Some(IpAddress::Ipv4((a, b, c, d)))) => addresses.push(IpAddr::from([a, b, c, d])),
+            Ok(Some(IpAddress::Ipv6((a, b, c, d, e, f, g, h)))) => {
+                addresses.push(IpAddr::from([a, b, c, d, e, f, g, h]))
+            }
+            Ok(None) => break,
+            Err(ErrorCode::WouldBlock) => stream.subscribe().block(),
+            Err(code) => return Err(denied(code)),
+        }
+    }
+    let listed: Vec<String> = addresses.iter().map(IpAddr::to_string).collect();
+    if !connect {
+        return Ok(json!({ "addresses": listed }));
+    }
+    let first = addresses
+        .first()
+        .ok_or_else(|| AgentError::Failed(format!("resolve {name}: no address")))?;
+    let target = SocketAddr::new(*first, port);
+    connect_to(target)?;
+    Ok(json!({ "addresses": listed, "connected": target.to_string() }))
+}
+
 /// Connects over TCP with the raw `wasi:sockets` bindings (Debian's wasi-libc, hence `std::net`, has no sockets).
 fn net(addr: &str) -> Result<Value, AgentError> {
     let target: SocketAddr = addr.parse().map_err(|err| {
         AgentError::InvalidInput(format!("\"addr\" {addr:?} is not IP:PORT: {err}"))
     })?;
+    connect_to(target)?;
+    Ok(json!({ "connected": addr }))
+}
+
+/// Opens (and closes) one TCP connection to `target`; a refusal is `denied` with the error code.
+fn connect_to(target: SocketAddr) -> Result<(), AgentError> {
+    let addr = target.to_string();
     let denied = |code: ErrorCode| AgentError::Denied(format!("connect {addr}: {}", code.name()));
     let (family, remote) = match target.ip() {
         IpAddr::V4(ip) => {
@@ -337,7 +391,7 @@ fn net(addr: &str) -> Result<Value, AgentError> {
         }
     };
     drop((input, output));
-    Ok(json!({ "connected": addr }))
+    Ok(())
 }
 
 /// Writes 1 KiB lines to stdout until a write fails (then the host has cut the stream off: report it).

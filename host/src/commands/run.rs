@@ -264,7 +264,7 @@ pub fn token_request(
         requested.push(grant("fs", path, if d.read_only { "ro" } else { "rw" }));
     }
     requested.extend(a.env.iter().map(|(name, _)| grant("env", name.clone(), "")));
-    requested.extend(net.iter().map(|n| grant("net", format!("{}:{}", n.host, n.port), "")));
+    requested.extend(net.iter().map(|n| grant("net", n.canonical(), "")));
     match a.state {
         grants::StateGrant::None => {}
         grants::StateGrant::ReadOnly => requested.push(grant("state", String::new(), "ro")),

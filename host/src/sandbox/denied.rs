@@ -3,7 +3,7 @@
 //! missing: a `toka-host: denied:` line on stderr, the `denied` list of the run report, and the run's last event.
 //!
 //! Noted: reading stdin without `--inherit-stdin` (`wasmtime run` passes its stdin on by default, toka-host does not)
-//! and every socket address refused for want of an `--allow-net` grant. A path outside the granted directories is not
+//! every socket address refused for want of an `--allow-net` grant, and every name lookup of a name no grant covers. A path outside the granted directories is not
 //! an attempt the host can see: it does not exist for the guest, as under `wasmtime run`.
 
 use bytes::Bytes;

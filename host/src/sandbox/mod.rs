@@ -2,7 +2,7 @@
 //!
 //! Defaults (what a guest gets when nothing is granted): no preopened directory, no environment variable, stdin
 //! closed, stdout and stderr captured and capped, no socket address reachable and no name lookup, host clocks and
-//! random. Every field set here comes from [`crate::grants::Authorized`] or from the run's limits; this module must
+//! random. With network grants, only the granted peers are reachable and only their names resolve ([`net`]). Every field set here comes from [`crate::grants::Authorized`] or from the run's limits; this module must
 //! never add a right of its own.
 
 pub mod budget;
@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod denied;
 pub mod limits;
 pub mod log;
+pub mod net;
 pub mod observe;
 pub mod output;
 pub mod state;
@@ -21,12 +22,9 @@ use crate::run::Limits;
 use limits::MemoryLimiter;
 use log::LogSink;
 use output::{CappedOutput, Echo};
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// The per-run state inside a `Store`.
@@ -41,6 +39,8 @@ pub struct SandboxState {
     pub tools: Option<std::sync::Arc<crate::tools::call::ToolSession>>,
     /// What the guest tried without the grant for it.
     pub denied: denied::Denied,
+    /// What the guest's name lookups may answer.
+    names: Arc<net::Names>,
 }
 
 /// Who is running and where its records go.
@@ -117,16 +117,19 @@ pub fn build(
     wasi.stderr(stderr.clone());
 
     let has_net = !grants.net.is_empty();
-    wasi.allow_tcp(has_net).allow_udp(has_net).allow_ip_name_lookup(has_net);
+    // Name lookups never reach wasmtime-wasi's resolver: the engine links [`net`]'s own, which answers from the
+    // grants only. Turning wasmtime-wasi's off as well keeps a lookup refused if that linking were ever lost.
+    wasi.allow_tcp(has_net).allow_udp(has_net).allow_ip_name_lookup(false);
     let allowed = Arc::new(grants.net.clone());
     let noted = denied.clone();
     wasi.socket_addr_check(move |addr, usage| {
-        let ok = socket_allowed(&allowed, addr, usage);
+        let ok = net::socket_allowed(&allowed, addr, usage);
         if !ok {
-            noted.note(socket_denial(addr, usage));
+            noted.note(net::socket_denial(addr, usage));
         }
         Box::pin(async move { ok })
     });
+    let names = Arc::new(net::Names::new(&grants.peers, has_net));
 
     let state = SandboxState {
         wasi: wasi.build(),
@@ -152,6 +155,7 @@ pub fn build(
         },
         tools: context.tools.clone(),
         denied,
+        names,
     };
     let mut store = Store::new(&host.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -177,47 +181,4 @@ pub fn build(
         }
     }
     Ok(Sandbox { store, stdout, stderr })
-}
-
-/// The socket policy: connect or send only to a granted peer; bind only the implicit wildcard bind that a
-/// connect or a UDP send performs; receive datagrams only from a granted peer; never listen or accept.
-fn socket_allowed(allowed: &BTreeSet<SocketAddr>, addr: SocketAddr, usage: SocketAddrUse) -> bool {
-    match usage {
-        SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => allowed.contains(&addr),
-        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
-            !allowed.is_empty() && addr.ip().is_unspecified() && addr.port() == 0
-        }
-        SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
-    }
-}
-
-/// What a refused socket address use is noted as (see [`denied`]).
-fn socket_denial(addr: SocketAddr, usage: SocketAddrUse) -> String {
-    let missing = format!("not granted (--allow-net {addr})");
-    match usage {
-        SocketAddrUse::TcpConnect => format!("connect to {addr}: {missing}"),
-        SocketAddrUse::UdpSend => format!("send to {addr}: {missing}"),
-        SocketAddrUse::UdpReceive => format!("receive from {addr}: {missing}"),
-        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
-            format!("bind {addr}: only the wildcard bind of a granted connection is allowed")
-        }
-        SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => format!("listen on {addr}: never granted"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn socket_policy() {
-        let granted: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let allowed = BTreeSet::from([granted]);
-        assert!(socket_allowed(&allowed, granted, SocketAddrUse::TcpConnect));
-        assert!(!socket_allowed(&allowed, "127.0.0.1:8081".parse().unwrap(), SocketAddrUse::TcpConnect));
-        assert!(!socket_allowed(&allowed, granted, SocketAddrUse::TcpListen));
-        assert!(socket_allowed(&allowed, "0.0.0.0:0".parse().unwrap(), SocketAddrUse::TcpBind));
-        assert!(!socket_allowed(&allowed, "0.0.0.0:8080".parse().unwrap(), SocketAddrUse::TcpBind));
-        assert!(!socket_allowed(&BTreeSet::new(), "0.0.0.0:0".parse().unwrap(), SocketAddrUse::TcpBind));
-    }
 }

@@ -78,13 +78,9 @@ impl Grant {
             "state" if rest == "ro" || rest == "rw" => Ok(g("", rest)),
             "state" => Err(bad("expected state:ro or state:rw")),
             "stdin" if rest.is_empty() => Ok(g("", "")),
-            "net" => {
-                let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("expected net:HOST:PORT"))?;
-                if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-                    return Err(bad("expected net:HOST:PORT"));
-                }
-                Ok(g(rest, ""))
-            }
+            // One canonical form for tokens and requests alike (`[::1]:8080`, lowercase names), so that what was
+            // minted matches what a run asks for.
+            "net" => Ok(g(&crate::grants::NetGrant::parse_peer(rest).map_err(|e| bad(&e))?.canonical(), "")),
             "env" | "tool" | "llm" | "spawn" if !rest.is_empty() && !rest.contains('"') => Ok(g(rest, "")),
             // The service's read side: runs, events, agents, tools and metrics (of the token's own agent, or of
             // every agent for a token whose agent is `*`).
@@ -847,7 +843,22 @@ mod tests {
     fn grant_syntax() {
         assert_eq!(g("fs:/srv//data/./x:ro").value, "/srv/data/x/");
         assert_eq!(g("net:api.example.com:443").value, "api.example.com:443");
-        for bad in ["fs:relative:ro", "fs:/a/../b:ro", "fs:/a:rx", "net:host", "env:", "bogus:x", "state:maybe"] {
+        // One canonical form, whatever way the grant was written: brackets for IPv6, lowercase names.
+        assert_eq!(g("net:[::1]:8080").value, "[::1]:8080");
+        assert_eq!(g("net:[0:0:0:0:0:0:0:1]:8080").value, "[::1]:8080");
+        assert_eq!(g("net:API.Example.COM.:443").value, "api.example.com:443");
+        for bad in [
+            "fs:relative:ro",
+            "fs:/a/../b:ro",
+            "fs:/a:rx",
+            "net:host",
+            "net:::1:8080",
+            "net:[nope]:80",
+            "net:a b:80",
+            "env:",
+            "bogus:x",
+            "state:maybe",
+        ] {
             assert!(Grant::parse(bad).is_err(), "{bad}");
         }
     }

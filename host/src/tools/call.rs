@@ -274,6 +274,19 @@ impl ToolHost {
 
     /// Calls tool `name` for `caller` with at most `fuel` units of fuel. See the module documentation.
     pub async fn call(self: &Arc<Self>, caller: &Caller, name: &str, input: &str, fuel: u64) -> CallReport {
+        self.call_unless(caller, name, input, fuel, None).await
+    }
+
+    /// [`ToolHost::call`], refused with `refusal` if given (a check the caller's token cannot express, such as what
+    /// an MCP server serves): recorded like any refused call, and the tool never runs.
+    pub async fn call_unless(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: &str,
+        input: &str,
+        fuel: u64,
+        refusal: Option<Failure>,
+    ) -> CallReport {
         let started = Instant::now();
         let call_id = crate::run::fresh_call_id();
         let mut report = CallReport {
@@ -308,7 +321,10 @@ impl ToolHost {
                 return report;
             }
         }
-        let (outcome, result, fuel_consumed) = self.checked_call(caller, name, input, fuel).await;
+        let (outcome, result, fuel_consumed) = match refusal {
+            Some(refused) => (Outcome::GrantRefused, Err(refused), 0),
+            None => self.checked_call(caller, name, input, fuel).await,
+        };
         report.outcome = outcome;
         report.fuel_consumed = fuel_consumed;
         report.wall = started.elapsed();

@@ -86,6 +86,13 @@ pub fn intersect(declared: &[Declared], caller: &Authorized) -> Authorized {
             out.net.insert(*addr);
         }
     }
+    // A granted name resolves in the tool's sandbox to those of its addresses the tool may reach, if any.
+    for peer in &caller.peers {
+        let addrs: Vec<_> = peer.addrs.iter().filter(|a| out.net.contains(a)).copied().collect();
+        if !addrs.is_empty() {
+            out.peers.push(crate::grants::NetPeer { grant: peer.grant.clone(), addrs });
+        }
+    }
     out
 }
 
@@ -150,6 +157,21 @@ mod tests {
         assert_eq!(intersect(&d(&["net:*:443"]), &caller()).net.len(), 1);
         assert_eq!(intersect(&d(&["net:127.0.0.1:8080"]), &caller()).net.len(), 1);
         assert!(intersect(&d(&["net:example.com:8080"]), &caller()).net.is_empty());
+    }
+
+    #[test]
+    fn a_tool_resolves_only_the_names_of_the_peers_it_may_reach() {
+        let peer = |g: &str, addrs: &[&str]| crate::grants::NetPeer {
+            grant: crate::grants::NetGrant::parse(g).unwrap(),
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        let mut with_names = caller();
+        with_names.peers = vec![peer("localhost:8080", &["127.0.0.1:8080"]), peer("api.test:443", &["10.0.0.1:443"])];
+        let all = intersect(&d(&["net:*:*"]), &with_names);
+        assert_eq!(all.peers, with_names.peers);
+        let https = intersect(&d(&["net:*:443"]), &with_names);
+        assert_eq!(https.peers, vec![peer("api.test:443", &["10.0.0.1:443"])]);
+        assert!(intersect(&d(&["fs:/:ro"]), &with_names).peers.is_empty());
     }
 
     #[test]

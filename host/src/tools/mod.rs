@@ -11,6 +11,7 @@
 pub mod call;
 pub mod grants;
 pub mod mcp;
+pub mod mcp_auth;
 pub mod registry;
 
 use serde::{Deserialize, Serialize};
