@@ -163,22 +163,19 @@ pub fn build(
         store.set_fuel(limits.fuel).map_err(RunError::host)?;
     }
     // The epoch ticker advances every `EPOCH_TICK`; the deadline is counted in ticks from now.
-    match &context.cancel {
-        None => store.set_epoch_deadline(crate::engine::ticks_for(limits.timeout)),
-        Some(cancel) => {
-            // A run that can be cancelled looks at its switch at every tick, and at its deadline.
-            let cancel = cancel.clone();
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |_| {
-                if cancel.is_cancelled() {
-                    return Err(wasmtime::Error::new(cancel::Cancelled));
-                }
-                if std::time::Instant::now() >= deadline {
-                    return Err(wasmtime::Error::new(wasmtime::Trap::Interrupt));
-                }
-                Ok(wasmtime::UpdateDeadline::Continue(1))
-            });
+    // At every epoch tick the guest yields to the async executor (so a guest spinning in wasm never holds a
+    // worker thread: other runs, the service's requests and this run's outer deadline and cancellation all get
+    // their turn), then goes on unless it is cancelled or past its deadline.
+    let cancel = context.cancel.clone();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            return Err(wasmtime::Error::new(cancel::Cancelled));
         }
-    }
+        if std::time::Instant::now() >= deadline {
+            return Err(wasmtime::Error::new(wasmtime::Trap::Interrupt));
+        }
+        Ok(wasmtime::UpdateDeadline::Yield(1))
+    });
     Ok(Sandbox { store, stdout, stderr })
 }

@@ -143,6 +143,7 @@ impl BearerAuth {
             max_memory: self.server.max_memory,
             component: None,
             budget: None,
+            cancel: None,
         })
     }
 }
