@@ -32,8 +32,8 @@ pub const STATE_USAGE: TableDefinition<&str, u64> = TableDefinition::new("state_
 /// redb's page cache for this process (its default is 1 GiB). redb keeps every page a transaction writes in the
 /// cache after the commit, so under the default a long-lived process (`run --repeat`, `mcp`, a server) grew by about
 /// the size of what it had appended, ~2-3 KB per run or tool call, until it reached a gigabyte. The writer only
-/// touches the tail of each table and readers scan the log once, so a small cache costs nothing measurable; what it
-/// bounds is the process's memory. Pages beyond half of it that a transaction dirties go to disk before the commit
+/// touches the tail of each table and readers scan the log once, so a small cache is enough for them (the
+/// operating system's page cache still holds the file); what it bounds is the process's memory. Pages beyond half of it that a transaction dirties go to disk before the commit
 /// (redb's own rule), so a large batch is still correct, only written out earlier.
 pub const CACHE_BYTES: usize = 2 << 20;
 
