@@ -155,3 +155,24 @@ pub fn wait_for<T>(limit: std::time::Duration, mut check: impl FnMut() -> Option
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Waits for `child` on a watchdog thread: if it has not exited after `limit`, it is killed (a hung host must fail
+/// the test, not hang the suite). Join the handle for the exit status; `true` in it means the watchdog killed it.
+pub fn watchdog(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> std::thread::JoinHandle<(std::process::ExitStatus, bool)> {
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the child") {
+                return (status, false);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                return (child.wait().expect("wait for the killed child"), true);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+}

@@ -309,12 +309,20 @@ fn processes_writing_at_once_share_one_verified_log() {
                 .unwrap()
         })
         .collect();
-    let acks: Vec<Vec<u64>> = children
+    let waiting: Vec<_> = children
         .into_iter()
-        .map(|child| {
-            let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            let stdout = String::from_utf8(out.stdout).unwrap();
+        .map(|mut child| {
+            let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+            let out = std::thread::spawn(move || std::io::read_to_string(&mut stdout).unwrap());
+            let err = std::thread::spawn(move || std::io::read_to_string(&mut stderr).unwrap());
+            (toka_tests::watchdog(child, Duration::from_secs(120)), out, err)
+        })
+        .collect();
+    let acks: Vec<Vec<u64>> = waiting
+        .into_iter()
+        .map(|(status, out, err)| {
+            let ((status, killed), stdout, stderr) = (status.join().unwrap(), out.join().unwrap(), err.join().unwrap());
+            assert!(status.success() && !killed, "{status} (killed after 120 s: {killed}): {stderr}");
             stdout.lines().filter_map(|l| l.strip_prefix("ack ")).map(|n| n.parse().unwrap()).collect()
         })
         .collect();

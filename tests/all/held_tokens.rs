@@ -60,8 +60,10 @@ fn refused(result: &CallToolResult, message: &str) {
     assert!(text.contains(message), "expected {message:?} in {text}");
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+/// Runs a test's client side, bounded: on a timeout the clients are dropped, which kills their servers.
+fn run(test: impl std::future::Future<Output = ()>) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(tokio::time::timeout(Duration::from_secs(120), test)).expect("the test's calls ended within 120 s");
 }
 
 #[test]
@@ -69,7 +71,7 @@ fn retiring_the_key_refuses_a_token_a_server_already_holds() {
     let home = home();
     let h = home.path();
     let old = mint(h);
-    rt().block_on(async {
+    run(async {
         let server = serve(h, &old).await;
         answered(&echo(&server, 1).await, 1);
         t(h, &["key", "rotate", "--overlap", "1h"]).expect_code(0);
@@ -89,7 +91,7 @@ fn the_end_of_a_rotation_overlap_refuses_a_token_a_server_already_holds() {
     let home = home();
     let h = home.path();
     let old = mint(h);
-    rt().block_on(async {
+    run(async {
         let server = serve(h, &old).await;
         answered(&echo(&server, 1).await, 1);
         let rotated = Instant::now();
@@ -114,7 +116,7 @@ fn revoking_refuses_a_token_a_server_already_holds() {
     let home = home();
     let h = home.path();
     let (revoked, kept) = (mint(h), mint(h));
-    rt().block_on(async {
+    run(async {
         let server = serve(h, &revoked).await;
         let other = serve(h, &kept).await;
         answered(&echo(&server, 1).await, 1);

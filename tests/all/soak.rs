@@ -8,8 +8,8 @@
 //! operations between the two readings, so the bound sits at 512 KiB: eight times the noise, a quarter of that leak.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 use toka_tests::{agent, root, shared_cache, toka_host, toka_with};
 
 /// The operation counts at which resident memory is read: after warm-up (the event log's page cache, 2 MiB, is
@@ -21,8 +21,8 @@ const CALLS: (u64, u64) = (2000, 4000);
 const GROWTH_BOUND_KB: u64 = 512;
 
 /// The resident set of a running process, in KiB.
-fn rss_kb(child: &Child) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("the process is running");
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is running");
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -59,28 +59,26 @@ fn run_repeat_memory_is_flat_after_a_thousand_runs() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let pid = child.id();
+    let stderr = child.stderr.take().unwrap();
+    let waiting = toka_tests::watchdog(child, Duration::from_secs(240));
     // Each run logs one line through the host (`[hello-rust] info: greeting soak`) as it goes.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (mut runs, mut warm, mut late, mut summary) = (0, 0, 0, String::new());
-    let deadline = Instant::now() + Duration::from_secs(240);
-    for line in lines.by_ref() {
+    for line in BufReader::new(stderr).lines() {
         let line = line.unwrap();
         if line == "[hello-rust] info: greeting soak" {
             runs += 1;
             if runs == RUNS.0 {
-                warm = rss_kb(&child);
+                warm = rss_kb(pid);
             } else if runs == RUNS.1 {
-                late = rss_kb(&child);
+                late = rss_kb(pid);
             }
         } else if line.starts_with("toka-host: ") {
             summary = line;
         }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            break;
-        }
     }
-    let status = child.wait().unwrap();
+    let (status, killed) = waiting.join().unwrap();
+    assert!(!killed, "killed after 240 s, {runs} runs done");
     assert_eq!(runs, total, "every run logged once");
     assert!(status.success(), "{status}: {summary}");
     assert!(summary.starts_with(&format!("toka-host: {total} runs, 0 failed; resident memory ")), "{summary}");
@@ -115,38 +113,36 @@ fn mcp_memory_is_flat_after_a_thousand_calls() {
         .env("TOKA_CACHE_DIR", shared_cache());
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (warm, late) = rt.block_on(async {
-        let transport = TokioChildProcess::new(cmd).unwrap();
-        let pid = transport.id().expect("the server is running");
-        let rss = move || {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-            let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
-            kb.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap()
-        };
-        let client = std::sync::Arc::new(().serve(transport).await.unwrap());
-        let mut readings = Vec::new();
-        let mut done = 0u64;
-        for checkpoint in [CALLS.0, CALLS.1] {
-            // Up to 8 calls in flight until the checkpoint, then read the server's memory.
-            let mut calls = tokio::task::JoinSet::new();
-            while done < checkpoint {
-                while calls.len() < 8 && done + (calls.len() as u64) < checkpoint {
-                    let (client, file) = (client.clone(), file.clone());
-                    calls.spawn(async move {
-                        let args = serde_json::json!({ "path": file }).as_object().unwrap().clone();
-                        client.call_tool(CallToolRequestParams::new("file-reader").with_arguments(args)).await
-                    });
+    // Bounded: dropping the client on a timeout kills the server.
+    let (warm, late) = rt
+        .block_on(tokio::time::timeout(Duration::from_secs(240), async {
+            let transport = TokioChildProcess::new(cmd).unwrap();
+            let pid = transport.id().expect("the server is running");
+            let client = std::sync::Arc::new(().serve(transport).await.unwrap());
+            let mut readings = Vec::new();
+            let mut done = 0u64;
+            for checkpoint in [CALLS.0, CALLS.1] {
+                // Up to 8 calls in flight until the checkpoint, then read the server's memory.
+                let mut calls = tokio::task::JoinSet::new();
+                while done < checkpoint {
+                    while calls.len() < 8 && done + (calls.len() as u64) < checkpoint {
+                        let (client, file) = (client.clone(), file.clone());
+                        calls.spawn(async move {
+                            let args = serde_json::json!({ "path": file }).as_object().unwrap().clone();
+                            client.call_tool(CallToolRequestParams::new("file-reader").with_arguments(args)).await
+                        });
+                    }
+                    let result = calls.join_next().await.unwrap().unwrap().unwrap();
+                    assert_eq!(result.is_error, Some(false), "{result:?}");
+                    assert_eq!(result.structured_content.as_ref().unwrap()["content"], "soak\n");
+                    done += 1;
                 }
-                let result = calls.join_next().await.unwrap().unwrap().unwrap();
-                assert_eq!(result.is_error, Some(false), "{result:?}");
-                assert_eq!(result.structured_content.as_ref().unwrap()["content"], "soak\n");
-                done += 1;
+                readings.push(rss_kb(pid));
             }
-            readings.push(rss());
-        }
-        std::sync::Arc::into_inner(client).unwrap().cancel().await.unwrap();
-        (readings[0], readings[1])
-    });
+            std::sync::Arc::into_inner(client).unwrap().cancel().await.unwrap();
+            (readings[0], readings[1])
+        }))
+        .expect("4000 calls within 240 s");
     assert_flat("mcp", CALLS, warm, late);
     let called = toka_with(&["events", "--json", "--kind", "tool.completed"], None, &env);
     assert_eq!(called.stdout.lines().count() as u64, CALLS.1, "every call recorded");
