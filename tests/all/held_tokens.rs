@@ -63,7 +63,8 @@ fn refused(result: &CallToolResult, message: &str) {
 /// Runs a test's client side, bounded: on a timeout the clients are dropped, which kills their servers.
 fn run(test: impl std::future::Future<Output = ()>) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(tokio::time::timeout(Duration::from_secs(120), test)).expect("the test's calls ended within 120 s");
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(120), test).await })
+        .expect("the test's calls ended within 120 s");
 }
 
 #[test]
