@@ -1,8 +1,9 @@
 //! The dashboard (`/`), served by a real `toka-host serve`: its files and headers over HTTP, and the page itself in a
 //! real headless browser (Debian's Chromium driven by `tests/browser/dashboard.mjs` through npm `playwright-core`,
 //! both installed by `scripts/setup-toolchains`). The browser test refuses without a token, then shows runs submitted
-//! through the API live, a run's detail with its events, and the submit form's answer; each refusal has its
-//! positive control in the same page.
+//! through the API live, picks up after its event stream drops (the server restarted) from the last event it saw, a
+//! run's detail with its events, and the submit form's answer; each refusal has its positive control in the same
+//! page.
 
 use crate::service::{Server, client};
 use serde_json::json;
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use toka_tests::root;
+use toka_tests::{root, toka_with};
 
 /// The longest the browser script may take (it bounds each of its own waits to a few seconds).
 const BROWSER_DEADLINE: Duration = Duration::from_secs(100);
@@ -71,7 +72,7 @@ fn browser_tools() -> (PathBuf, PathBuf) {
 #[test]
 fn dashboard_in_a_real_browser_refuses_without_a_token_then_shows_runs_live() {
     let (chromium, js) = browser_tools();
-    let s = Server::start(&[]);
+    let mut s = Server::start(&[]);
     let operator = s.mint(&["--agent", "*", "--grant", "api:read"]);
     // Valid, and may run hello-rust, but may not read the API: the page must be refused with it.
     let hello = s.mint(&["--agent", "hello-rust"]);
@@ -120,6 +121,8 @@ fn dashboard_in_a_real_browser_refuses_without_a_token_then_shows_runs_live() {
     // Follow the script: when it waits for a run, submit one through the API (as any client would) and tell it the id.
     let mut said = Vec::new();
     let mut live_run = None;
+    let mut dropped = false;
+    let agent = toka_tests::agent("hello-rust");
     loop {
         let left = BROWSER_DEADLINE.saturating_sub(started.elapsed());
         match rx.recv_timeout(left) {
@@ -134,6 +137,19 @@ fn dashboard_in_a_real_browser_refuses_without_a_token_then_shows_runs_live() {
                     writeln!(stdin, "run {id}").unwrap();
                     stdin.flush().unwrap();
                     live_run = Some(id);
+                } else if line == "need-drop" {
+                    // The page's stream drops with the server; meanwhile a run is made with the CLI on the same home.
+                    let offline = s.restart(|home| {
+                        let env = [("TOKA_HOME", home.to_str().unwrap())];
+                        let input = r#"{"name":"Offline"}"#;
+                        let args = ["run", "--json", "--input", input, agent.to_str().unwrap()];
+                        let ran = toka_with(&args, None, &env);
+                        ran.expect_code(0);
+                        ran.report()["run_id"].as_str().unwrap().to_string()
+                    });
+                    writeln!(stdin, "dropped {offline}").unwrap();
+                    stdin.flush().unwrap();
+                    dropped = true;
                 }
                 said.push(line);
             }
@@ -167,6 +183,7 @@ fn dashboard_in_a_real_browser_refuses_without_a_token_then_shows_runs_live() {
         "token-accepted",
         "token-kept-in-the-tab",
         "run-appears-live",
+        "stream-resumes-after-a-drop",
         "run-detail",
         "submit-form",
         "no-policy-violation",
@@ -174,11 +191,11 @@ fn dashboard_in_a_real_browser_refuses_without_a_token_then_shows_runs_live() {
     ] {
         assert!(said.iter().any(|l| *l == format!("ok {step}")), "step {step} did not pass:\n{all}\nstderr:\n{errors}");
     }
-    assert!(live_run.is_some(), "the script never asked for the live run:\n{all}");
-    // The form's run went through the same API and log: two hello runs from the test, one from the form.
+    assert!(live_run.is_some() && dropped, "the script never asked for the live run or the drop:\n{all}");
+    // Every run is in the log: the seed and live runs (API), the offline run (CLI) and the form's run.
     let operator_view = s.get("/v1/runs?agent=hello-rust", Some(&operator)).1;
     let runs = operator_view["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 3, "{operator_view}");
+    assert_eq!(runs.len(), 4, "{operator_view}");
     assert!(runs.iter().all(|r| r["outcome"] == "success"), "{operator_view}");
     eprintln!("the browser test took {:?}", started.elapsed());
 }

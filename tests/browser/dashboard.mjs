@@ -1,8 +1,9 @@
 // The dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core, which downloads
 // no browser). Started by tests/all/dashboard.rs against a real `toka-host serve`; it talks with that test over
 // stdin/stdout:
-//   it prints `ok STEP` for each step that passed, `need-run` when the page is open and waiting for a run, then
-//   reads `run ID` (a run the test submitted through the API) from stdin; on a failure it prints `FAIL STEP: why`,
+//   it prints `ok STEP` for each step that passed; `need-run` when the page is open and waiting for a run, then
+//   reads `run ID` (a run the test submitted through the API) from stdin; `need-drop` when the test should restart
+//   the server, then reads `dropped ID` (a run made while it was down); on a failure it prints `FAIL STEP: why`,
 //   what the page showed, its console and the API answers it saw, and exits non-zero.
 // Environment: TOKA_URL (the server), TOKA_OPERATOR (a token for agent '*' with api:read), TOKA_NO_READ (a valid
 // token without api:read), TOKA_JS_TOOLS (the npm prefix holding playwright-core), TOKA_GREETING (what the live run's
@@ -187,7 +188,31 @@ async function run(context, lines) {
   check(navigations.length === 0, `the page navigated: ${navigations}`);
   ok(step);
 
-  // 7. The run's detail shows its events in order, and the guest's markup only as text.
+  // 7. The stream drops (the test restarts the server, and runs an agent with the CLI while it is down); the page
+  //    reconnects by itself with Last-Event-ID and shows what happened meanwhile, once each, still without a reload.
+  step = 'stream-resumes-after-a-drop';
+  await page.evaluate(() => {
+    window.tokaStates = [];
+    const pill = document.getElementById('stream-state');
+    new MutationObserver(() => window.tokaStates.push(pill.dataset.state)).observe(pill, { attributes: true });
+  });
+  console.log('need-drop');
+  const dropLine = await lineFromTest(lines, 30000);
+  check(dropLine && dropLine.startsWith('dropped '), `the test did not drop the stream: ${dropLine}`);
+  const offlineId = dropLine.slice(8).trim();
+  await until('the stream live again', () => window.tokaStates.includes('reconnecting')
+    && document.getElementById('stream-state').dataset.state === 'live');
+  await until('the offline run in the timeline', (id) => {
+    const kinds = [...document.querySelectorAll(`#timeline li[data-run-id="${CSS.escape(id)}"]`)].map((l) => l.dataset.kind);
+    return kinds.includes('run.started') && kinds.includes('run.completed');
+  }, offlineId);
+  await until('the offline run in the table', (id) => document.querySelector(`#runs tbody tr[data-run-id="${CSS.escape(id)}"]`), offlineId);
+  const seqs = await page.evaluate(() => [...document.querySelectorAll('#timeline li')].map((l) => l.dataset.seq));
+  check(new Set(seqs).size === seqs.length, `the timeline shows an event twice: ${seqs}`);
+  check(await page.evaluate(() => window.tokaSamePage === 'yes'), 'the page was reloaded');
+  ok(step);
+
+  // 8. The run's detail shows its events in order, and the guest's markup only as text.
   step = 'run-detail';
   await page.click(`#runs tbody tr[data-run-id="${runId}"]`);
   const kinds = await until('the detail events', (id) => {
@@ -215,7 +240,7 @@ async function run(context, lines) {
   check(otherSeqs.every((s) => !liveSeqs.includes(s)), `two runs' details share events: ${liveSeqs} / ${otherSeqs}`);
   ok(step);
 
-  // 8. The submit form: a bad input is not sent; an unknown component gets the server's code; hello runs and answers.
+  // 9. The submit form: a bad input is not sent; an unknown component gets the server's code; hello runs and answers.
   step = 'submit-form';
   const posts = () => answers.filter((a) => a.method === 'POST' && a.path === '/v1/runs').length;
   await page.fill('#submit-path', 'hello-rust.wasm');
@@ -240,7 +265,7 @@ async function run(context, lines) {
   check(posts() === 2, `expected two submissions, saw ${posts()}`);
   ok(step);
 
-  // 9. The page ran under its Content-Security-Policy without a violation or an uncaught error.
+  // 10. The page ran under its Content-Security-Policy without a violation or an uncaught error.
   step = 'no-policy-violation';
   const violations = consoleLines.filter((l) => /Content Security Policy|Refused to/i.test(l));
   check(violations.length === 0, `policy violations: ${violations.join(' | ')}`);

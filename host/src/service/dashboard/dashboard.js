@@ -23,6 +23,7 @@
     refreshTimer: null,
     detailTimer: null,
     generation: 0,       // bumped on every (re)start, so answers to an older start are dropped
+    runs: [],            // the runs last listed (the chart is redrawn from them when the window resizes)
   };
 
   // ---- small helpers ------------------------------------------------------------------------------------------
@@ -222,6 +223,7 @@
       return row;
     }));
     $('runs-empty').hidden = runs.length > 0;
+    state.runs = runs;
     drawChart(runs);
   }
 
@@ -229,7 +231,9 @@
   function drawChart(runs) {
     const chart = $('fuel-chart');
     const title = $('fuel-chart-title');
-    const W = 640, H = 150, left = 58, bottom = 16, top = 8;
+    // As wide as the card (so bars and labels keep their size), 150 units tall like the element.
+    const W = Math.max(320, Math.round(chart.clientWidth || 640)), H = 150, left = 58, bottom = 16, top = 8;
+    chart.setAttribute('viewBox', `0 0 ${W} ${H}`);
     const shown = runs.slice(0, MAX_CHART).reverse();
     const max = Math.max(1, ...shown.map((r) => num(r.fuel) || 0));
     const parts = [title];
@@ -248,7 +252,7 @@
         width: Math.max(1, slot * 0.75).toFixed(1), height: h.toFixed(1),
         class: 'bar', 'data-run-id': str(r.run_id), 'data-outcome': str(r.outcome),
       }, svg('title', null, `${str(r.agent)} ${str(r.run_id)}: ${count(fuel)} fuel (${str(r.outcome)})`));
-      bar.addEventListener('click', () => showDetail(str(r.run_id)));
+      bar.addEventListener('click', () => showDetail(str(r.run_id), true));
       parts.push(bar);
     });
     chart.replaceChildren(...parts);
@@ -300,7 +304,7 @@
       el('span', { class: 'agent' }, str(ev.agent)),
       runId ? el('button', { type: 'button', class: 'link', title: runId }, shortId(runId)) : el('span'),
       el('span', { class: 'payload' }, summary(ev)));
-    if (runId) entry.querySelector('button').addEventListener('click', () => showDetail(runId));
+    if (runId) entry.querySelector('button').addEventListener('click', () => showDetail(runId, true));
     return entry;
   }
 
@@ -380,7 +384,7 @@
       if (signal.aborted) return;
       setStream('reconnecting');
       await sleep(backoff, signal);
-      backoff = Math.min(backoff * 2, 10000);
+      backoff = Math.min(backoff * 2, 5000);
     }
   }
 
@@ -437,7 +441,8 @@
     }, 200);
   }
 
-  async function showDetail(runId) {
+  /** Shows a run and its events (`reveal`: scrolled into view, when a person asked for it). */
+  async function showDetail(runId, reveal) {
     state.selected = runId;
     for (const row of $('runs').tBodies[0].rows) {
       if (row.getAttribute('data-run-id') === runId) row.setAttribute('aria-selected', 'true');
@@ -447,6 +452,7 @@
     section.hidden = false;
     section.setAttribute('data-run-id', runId);
     $('detail-id').textContent = runId;
+    if (reveal) section.scrollIntoView({ block: 'nearest' });
     const q = encodeURIComponent(runId);
     let run, events;
     try {
@@ -604,11 +610,17 @@
   $('detail-close').addEventListener('click', closeDetail);
   $('runs').tBodies[0].addEventListener('click', (event) => {
     const row = event.target.closest('tr[data-run-id]');
-    if (row) showDetail(row.getAttribute('data-run-id'));
+    if (row) showDetail(row.getAttribute('data-run-id'), true);
   });
   $('runs').tBodies[0].addEventListener('keydown', (event) => {
     const row = event.target.closest('tr[data-run-id]');
-    if (row && event.key === 'Enter') showDetail(row.getAttribute('data-run-id'));
+    if (row && event.key === 'Enter') showDetail(row.getAttribute('data-run-id'), true);
+  });
+
+  let resizeTimer = null;
+  window.addEventListener('resize', () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => drawChart(state.runs), 100);
   });
 
   loadHealth();
