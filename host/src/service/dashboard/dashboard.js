@@ -592,7 +592,8 @@
 
   $('token-form').addEventListener('submit', (event) => {
     event.preventDefault();
-    const token = $('token-input').value.trim();
+    // A token has no whitespace: a paste wrapped over lines is joined (a header value may not hold a newline).
+    const token = $('token-input').value.replace(/\s+/g, '');
     if (!token) return askToken('Paste a token first.');
     setToken(token);
     $('token-input').value = '';
