@@ -7,6 +7,7 @@ mod attacks_net;
 mod cache;
 mod cli;
 mod command;
+mod dashboard;
 mod dirstat;
 mod events;
 mod held_tokens;
