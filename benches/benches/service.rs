@@ -40,7 +40,8 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
     let token = toka_host::token::mint(&keys, &request, std::time::SystemTime::now()).unwrap().to_base64().unwrap();
     let host = Host::open(h, HostOptions { pooling: true }).unwrap();
     let agents = agent("hello-rust").parent().unwrap().to_path_buf();
-    let config = ServiceConfig { max_concurrent: 8, max_queue: 64, component_dirs: vec![agents], ..ServiceConfig::default() };
+    let config =
+        ServiceConfig { max_concurrent: 8, max_queue: 64, component_dirs: vec![agents], ..ServiceConfig::default() };
     let service = Service::new(host, config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -132,7 +133,14 @@ fn api_vs_in_process(c: &mut Criterion) {
                 let output = toka_host::sandbox::OutputMode { echo: false, capture: true };
                 let r = service
                     .runner
-                    .run_with(&ready.program, &ready.grants, &ready.limits, &ready.invocation, output, Default::default())
+                    .run_with(
+                        &ready.program,
+                        &ready.grants,
+                        &ready.limits,
+                        &ready.invocation,
+                        output,
+                        Default::default(),
+                    )
                     .await;
                 assert_eq!(r.exit_code, 0, "{:?}", r.error);
             }
@@ -152,7 +160,8 @@ fn api_vs_in_process(c: &mut Criterion) {
 
     let total = std::env::var("TOKA_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     // Interleaved halves, so that a change in the machine's load hits both paths alike.
-    let (mut api_wall, mut api_lat, mut local_wall, mut local_lat) = (Duration::ZERO, Vec::new(), Duration::ZERO, Vec::new());
+    let (mut api_wall, mut api_lat, mut local_wall, mut local_lat) =
+        (Duration::ZERO, Vec::new(), Duration::ZERO, Vec::new());
     for _ in 0..2 {
         let (w, l) = drive(&rt, total / 2, 8, api.clone());
         api_wall += w;
@@ -225,7 +234,14 @@ fn sse_latency(rt: &tokio::runtime::Runtime, s: &Setup, client: &reqwest::Client
                     let out = toka_host::sandbox::OutputMode { echo: false, capture: false };
                     service
                         .runner
-                        .run_with(&ready.program, &ready.grants, &ready.limits, &ready.invocation, out, Default::default())
+                        .run_with(
+                            &ready.program,
+                            &ready.grants,
+                            &ready.limits,
+                            &ready.invocation,
+                            out,
+                            Default::default(),
+                        )
                         .await;
                 }
             })
@@ -240,7 +256,8 @@ fn sse_latency(rt: &tokio::runtime::Runtime, s: &Setup, client: &reqwest::Client
             };
             let arrived = Instant::now();
             let event: String = buf.drain(..end + 2).collect();
-            let Some(seq) = event.lines().find_map(|l| l.strip_prefix("id: ")).and_then(|v| v.parse::<u64>().ok()) else {
+            let Some(seq) = event.lines().find_map(|l| l.strip_prefix("id: ")).and_then(|v| v.parse::<u64>().ok())
+            else {
                 continue;
             };
             let committed = commits.lock().unwrap().range(seq..).next().map(|(_, t)| *t);

@@ -333,7 +333,7 @@ fn events_stream_live_and_resume_from_last_event_id() {
     assert_eq!(kinds, ["run.started", "run.completed"]);
     // Resuming after the first event gives the second again, and nothing before it.
     let resp = client()
-        .get(&format!("{}/v1/events/stream?kind=run", s.url))
+        .get(format!("{}/v1/events/stream?kind=run", s.url))
         .bearer_auth(&operator)
         .header("Last-Event-ID", ids[0].to_string())
         .send()
@@ -408,7 +408,9 @@ fn openapi_document_is_in_sync() {
 fn rss_of(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).map(|v| v.trim().trim_end_matches("kB").trim().to_string()))
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:")).map(|v| v.trim().trim_end_matches("kB").trim().to_string())
+        })
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }

@@ -206,13 +206,11 @@ pub fn scan(
     let table = txn.open_table(EVENTS)?;
     let mut out = Vec::new();
     let mut last = after;
-    let mut read = 0;
-    for entry in table.range(after.saturating_add(1)..)? {
+    for (read, entry) in table.range(after.saturating_add(1)..)?.enumerate() {
         if read == max_scan {
             return Ok((out, last, true));
         }
         let (k, v) = entry?;
-        read += 1;
         last = k.value();
         let record = decode(last, v.value()).unwrap_or_else(|e| invalid(last, e));
         if filter.matches(&record) {

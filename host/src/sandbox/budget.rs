@@ -105,7 +105,6 @@ impl RunBudget {
     }
 }
 
-
 /// Records that `over`'s cap was hit, the first time only. Failing to record it does not change the answer the guest
 /// gets (the call is refused either way).
 pub async fn report(log: Option<&crate::events::EventLog>, token: &str, run_id: &str, over: &OverBudget) {
