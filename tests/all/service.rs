@@ -421,9 +421,10 @@ fn load_runs() -> usize {
 }
 
 /// 10,000 short runs through the API, 16 at a time: none lost, every one recorded with its ending, and the server's
-/// resident memory flat after warm-up. Warm-up is the first 6,000 runs: by then the log (about 3 KB a run) is larger
-/// than the database's 16 MiB page cache, which is full from there on. Between run 6,000 and run 10,000 the server
-/// may grow by at most 3 MiB, where a leak of 1 KiB per run would add 4 MiB.
+/// resident memory flat after warm-up. Warm-up is the first 6,000 runs: by then the log (about 3 KB a run) is many
+/// times the database's 2 MiB page cache (`db::CACHE_BYTES`), and the host's other bounded caches (verified tokens,
+/// loaded programs) are full. Between run 6,000 and run 10,000 the server may grow by at most 3 MiB, where a leak of
+/// 1 KiB per run would add 4 MiB.
 #[test]
 fn load_ten_thousand_runs_none_lost_memory_flat() {
     let s = Server::start(&["--max-concurrent", "8", "--max-queue", "64"]);

@@ -111,7 +111,7 @@ fn mcp_memory_is_flat_after_a_thousand_calls() {
     std::fs::write(d.join("a.txt"), "soak\n").unwrap();
     let file = format!("{}/a.txt", d.display());
     let mut cmd = tokio::process::Command::new(toka_host());
-    cmd.args(["mcp", "--dir", &format!("{}:ro", d.display())])
+    cmd.args(["mcp", "--allow-tool", "file-reader", "--dir", &format!("{}:ro", d.display())])
         .env("TOKA_HOME", h)
         .env("TOKA_CACHE_DIR", shared_cache());
 
