@@ -59,6 +59,13 @@ impl ClientError {
     }
 }
 
+/// Makes ring the process's TLS crypto provider: reqwest's rustls comes without one (aws-lc-rs is not in the
+/// tree), and building any reqwest client (this one, the OTLP exporter's) without a provider panics. Installing
+/// twice is not an error.
+pub fn install_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A server's API, called with one bearer token.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -80,8 +87,7 @@ impl Client {
         if parsed.path() != "/" || parsed.query().is_some() {
             return Err(bad("give the server's address only (no path or query)"));
         }
-        // reqwest's rustls has no bundled crypto provider: ring is the tree's. Installing twice is not an error.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_ring();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             // A token is never sent anywhere but the server named.
@@ -251,7 +257,11 @@ fn escape(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
         })
         .collect()
 }

@@ -74,7 +74,7 @@ impl RunReport {
 
     /// A report for a run that ended before the guest started.
     pub fn refused(err: &crate::error::RunError) -> Self {
-        RunReport::failed_before_start(err.outcome(), err.to_string())
+        RunReport::failed_before_start(err.outcome(), crate::error::one_line(&err.to_string()))
     }
 
     /// A report for a run that ended before the guest started, for `outcome`, saying `error` (a server's refusal,

@@ -244,7 +244,8 @@ impl Runner {
         let span = tracing::info_span!("run", run_id = %run_id, agent = %program.name, outcome = tracing::field::Empty,
             exit_code = tracing::field::Empty, fuel = tracing::field::Empty);
         let control = RunControl { run_id: Some(run_id), ..control };
-        let report = self.run_traced(program, grants, limits, invocation, output, control).instrument(span.clone()).await;
+        let report =
+            self.run_traced(program, grants, limits, invocation, output, control).instrument(span.clone()).await;
         span.record("outcome", report.outcome.name());
         span.record("exit_code", report.exit_code);
         span.record("fuel", report.fuel_consumed);

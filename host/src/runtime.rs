@@ -73,7 +73,11 @@ pub struct Ready {
 
 impl std::fmt::Debug for Ready {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ready").field("run_id", &self.run_id).field("program", &self.program.name()).field("limits", &self.limits).finish()
+        f.debug_struct("Ready")
+            .field("run_id", &self.run_id)
+            .field("program", &self.program.name())
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 

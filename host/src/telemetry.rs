@@ -43,8 +43,7 @@ impl Telemetry {
         let spans = if std::env::var_os("RUST_LOG").is_some() { FmtSpan::CLOSE } else { FmtSpan::NONE };
         // Colours only on a terminal: a log redirected to a file or a collector stays plain text.
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let fmt =
-            tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_span_events(spans).with_ansi(ansi);
+        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_span_events(spans).with_ansi(ansi);
         let mut layers: Vec<Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>> =
             vec![if json { fmt.json().boxed() } else { fmt.boxed() }];
         let mut telemetry = Telemetry::default();
@@ -71,6 +70,8 @@ impl Telemetry {
 
 fn provider(url: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
     use opentelemetry_otlp::{Protocol, WithExportConfig};
+    // The exporter builds a reqwest client, which needs the crypto provider (even for plain http).
+    crate::client::install_ring();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpJson)

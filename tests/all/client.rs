@@ -28,7 +28,8 @@ fn remote(s: &Server, token: Option<&str>, args: &[&str]) -> Ran {
 
 /// Lines that say long work is under way: they appear only when it lasts over a second, so a busy machine may add
 /// one to either side.
-const PROGRESS: [&str; 4] = ["toka-host: running ", "toka-host: compiling ", "toka-host: compiled ", "toka-host: loaded "];
+const PROGRESS: [&str; 4] =
+    ["toka-host: running ", "toka-host: compiling ", "toka-host: compiled ", "toka-host: loaded "];
 
 fn settled(stderr: &str) -> String {
     stderr.lines().filter(|l| !PROGRESS.iter().any(|p| l.starts_with(p))).map(|l| format!("{l}\n")).collect()
@@ -104,7 +105,7 @@ fn refusals_over_http_exit_as_local_ones() {
     let data = tempfile::tempdir().unwrap();
     let dir = format!("{}::/d:ro", data.path().canonicalize().unwrap().display());
 
-    // A grant the token does not hold: 72, the same line and the same --json report.
+    // A directory the token does not grant: 72, the same line and the same --json report.
     let plain = s.mint(&["--agent", "hello-rust"]);
     for json in [false, true] {
         let mut args = vec!["run", "--token", &plain, "--dir", &dir, hello];
@@ -113,7 +114,7 @@ fn refusals_over_http_exit_as_local_ones() {
         }
         let local = t(s.home(), &args);
         local.expect_code(72);
-        assert!(local.stderr.starts_with("toka-host: grant refused: dir "), "{}", local.stderr);
+        assert!(local.stderr.starts_with("toka-host: grant refused: fs:"), "{}", local.stderr);
         same(&local, &remote(&s, None, &args));
     }
     // Positive control: a token that holds it runs, here and there.
@@ -230,7 +231,8 @@ fn events_over_http_list_and_follow_as_the_local_events() {
     for _ in 0..3 {
         remote(&s, Some(&token), &["run", hello]).expect_code(0);
     }
-    let run = t(s.home(), &["run", "--json", "--token", &token, hello]).report()["run_id"].as_str().unwrap().to_string();
+    let run =
+        t(s.home(), &["run", "--json", "--token", &token, hello]).report()["run_id"].as_str().unwrap().to_string();
     let operator = s.mint(&["--agent", "*", "--grant", "api:read"]);
     for args in [
         &["events"][..],

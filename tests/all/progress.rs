@@ -9,8 +9,14 @@ fn a_first_compile_says_so_and_a_cached_run_is_quiet() {
     let cache = tempfile::tempdir().unwrap();
     let python = agent("hello-python");
     let shown = python.display().to_string();
-    let args =
-        ["run", "--cache-dir", cache.path().to_str().unwrap(), "--input", r#"{"name":"Ada"}"#, python.to_str().unwrap()];
+    let args = [
+        "run",
+        "--cache-dir",
+        cache.path().to_str().unwrap(),
+        "--input",
+        r#"{"name":"Ada"}"#,
+        python.to_str().unwrap(),
+    ];
     let first = toka_with(&args, None, &[]);
     first.expect_code(0);
     assert_eq!(first.stdout, "{\"greeting\":\"Hello, Ada!\"}\n");

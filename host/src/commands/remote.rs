@@ -43,10 +43,10 @@ impl From<RunError> for Stop {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Stop> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Stop {
-        outcome: Outcome::HostError,
-        line: format!("cannot start the async runtime: {e}"),
-    })
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Stop { outcome: Outcome::HostError, line: format!("cannot start the async runtime: {e}") })
 }
 
 /// The client for `server` with the token of `--token` (read as the local form reads it).
@@ -282,8 +282,13 @@ fn record(v: EventView) -> EventRecord {
 /// Lists the matching events (page by page, with progress on stderr), then follows the stream.
 async fn show_events(cmd: &EventsCommand, server: &str) -> Result<(), Stop> {
     let client = client(server, cmd.token.as_deref().unwrap_or_default())?;
-    let filters =
-        EventQuery { agent: cmd.agent.clone(), run: cmd.run_id.clone(), kind: cmd.kind.clone(), since: None, limit: None };
+    let filters = EventQuery {
+        agent: cmd.agent.clone(),
+        run: cmd.run_id.clone(),
+        kind: cmd.kind.clone(),
+        since: None,
+        limit: None,
+    };
     // `after`: every matching event up to it has been shown (or skipped by --limit); following goes on from there.
     let mut after = cmd.since.map_or(0, |s| s.saturating_sub(1));
     match (cmd.since, cmd.limit) {
@@ -356,10 +361,12 @@ async fn follow(client: &Client, filters: &EventQuery, mut after: u64, json: boo
                         after = view.seq;
                         print_events(&[record(view)], json);
                     }
-                    Ok(None) => break ClientError::Unreachable {
-                        url: client.url().to_string(),
-                        reason: "the server ended the stream".into(),
-                    },
+                    Ok(None) => {
+                        break ClientError::Unreachable {
+                            url: client.url().to_string(),
+                            reason: "the server ended the stream".into(),
+                        };
+                    }
                     Err(e) => break e,
                 }
             },

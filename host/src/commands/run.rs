@@ -126,8 +126,9 @@ impl RunCommand {
         let report = match report {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("toka-host: {e}");
+                // One line, as the service says it (a reason may carry a line break or trailing blanks).
                 let r = RunReport::refused(&e);
+                eprintln!("toka-host: {}", r.error.as_deref().unwrap_or_default());
                 if json {
                     print_json(&serde_json::json!(r));
                 }

@@ -51,14 +51,14 @@ pub struct ServeCommand {
 
 impl ServeCommand {
     pub fn execute(self, home: &Home) -> i32 {
-        let telemetry = match crate::telemetry::Telemetry::init(self.log_format == "json", self.otlp_endpoint.as_deref())
-        {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("toka-host: {e}");
-                return crate::error::Outcome::InvalidInput.exit_code();
-            }
-        };
+        let telemetry =
+            match crate::telemetry::Telemetry::init(self.log_format == "json", self.otlp_endpoint.as_deref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("toka-host: {e}");
+                    return crate::error::Outcome::InvalidInput.exit_code();
+                }
+            };
         let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
