@@ -192,7 +192,8 @@ fn mcp_logs_json_lines_with_log_format_json() {
             cmd.args(["mcp", "--allow-tool", "echo", "--log-format", format])
                 .env("TOKA_HOME", h)
                 .env("TOKA_CACHE_DIR", toka_tests::shared_cache())
-                .env_remove("RUST_LOG");
+                // Each call is logged at debug level.
+                .env("RUST_LOG", "toka_host=debug");
             let (transport, stderr) =
                 rmcp::transport::TokioChildProcess::builder(cmd).stderr(Stdio::piped()).spawn().unwrap();
             let client = ().serve(transport).await.unwrap();
@@ -213,7 +214,7 @@ fn mcp_logs_json_lines_with_log_format_json() {
     let call = lines.iter().find(|l| l["fields"]["message"] == "tool call ended").expect(&json_lines);
     assert_eq!(call["fields"]["tool"], "echo");
     assert_eq!(call["fields"]["outcome"], "success");
-    assert_eq!(call["level"], "INFO");
+    assert_eq!(call["level"], "DEBUG");
     // Positive control: the text format says the same, not as JSON.
     let text = logged("text");
     assert!(text.contains("tool call ended"), "{text}");

@@ -113,7 +113,6 @@ impl McpCommand {
         // A tool's first compile is said in the log (stdout is the protocol's).
         let options = HostOptions { progress: Some(crate::progress::Delayed::log()), ..HostOptions::default() };
         let host = Host::open(home.clone(), options)?;
-        tracing::info!(tools = ?self.tools, "mcp server starting");
         let installed: Vec<String> = host
             .tools()
             .registry

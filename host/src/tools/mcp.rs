@@ -176,7 +176,8 @@ impl ServerHandler for McpServer {
         let span = tracing::info_span!("tool_call", tool = %request.name, agent = %caller.agent);
         let call = self.host.call_unless(&caller, &request.name, &input, self.fuel, refusal);
         let report = tracing::Instrument::instrument(call, span).await;
-        tracing::info!(call_id = %report.call_id, tool = %report.tool, outcome = report.outcome.name(),
+        // Per call: debug, so that a busy server's log (and its stderr pipe) stays quiet unless RUST_LOG asks.
+        tracing::debug!(call_id = %report.call_id, tool = %report.tool, outcome = report.outcome.name(),
             fuel = report.fuel_consumed, wall_ms = report.wall.as_secs_f64() * 1000.0, "tool call ended");
         let result = match report.result {
             Ok(output) => match serde_json::from_str::<serde_json::Value>(&output) {
