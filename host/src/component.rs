@@ -74,6 +74,8 @@ pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Load
 
     let hits_before = host.cache_hits();
     let started = Instant::now();
+    // A first compile of a large component takes seconds: said once it lasts (a cached load never is).
+    let task = host.progress.begin(format!("compiling {shown} ({})", crate::progress::size(bytes.len() as u64)));
     if let Some(auth) = &host.cache_auth {
         // Whatever the cache holds that the host cannot vouch for is removed before wasmtime may load it.
         auth.before_load().map_err(|e| RunError::host(e.to_string()))?;
@@ -82,6 +84,12 @@ pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Load
         .map_err(|e| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) })?;
     let compile_time = started.elapsed();
     let cache_hit = host.cache_hits() > hits_before;
+    let took = crate::progress::seconds(compile_time);
+    task.finish(Some(match (cache_hit, &host.cache_dir) {
+        (true, _) => format!("loaded {shown} from the compile cache in {took}"),
+        (false, Some(_)) => format!("compiled {shown} in {took}; later runs load it from the compile cache"),
+        (false, None) => format!("compiled {shown} in {took}; without the compile cache, every run compiles it again"),
+    }));
     if let Some(auth) = host.cache_auth.as_ref().filter(|_| !cache_hit) {
         auth.after_compile().map_err(|e| RunError::host(e.to_string()))?;
     }

@@ -66,6 +66,8 @@ pub struct HostEngine {
     cache: Option<Cache>,
     /// What vouches for the cache's contents (see [`crate::cache_auth`]); present whenever the cache is.
     pub cache_auth: Option<crate::cache_auth::CacheAuth>,
+    /// Where a long compile is said (silent unless a face chose otherwise).
+    pub progress: std::sync::Arc<dyn crate::progress::Progress>,
 }
 
 impl HostEngine {
@@ -144,7 +146,14 @@ impl HostEngine {
             },
         )?;
         start_epoch_ticker(&engine)?;
-        Ok(HostEngine { engine, linker, fuel: options.fuel, cache_dir, cache, cache_auth })
+        let progress = std::sync::Arc::new(crate::progress::Silent);
+        Ok(HostEngine { engine, linker, fuel: options.fuel, cache_dir, cache, cache_auth, progress })
+    }
+
+    /// Says long compiles through `progress` (a face's choice: a spinner, plain lines, log records).
+    pub fn with_progress(mut self, progress: std::sync::Arc<dyn crate::progress::Progress>) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Compilations served from the on-disk cache so far in this process.

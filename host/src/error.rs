@@ -49,6 +49,11 @@ pub enum Outcome {
     RateLimited,
     /// The run was cancelled (through the service's API, or its shutdown) before it ended.
     Cancelled,
+    /// `--server`: the server could not be reached, or did not answer as a toka-host server (the run's fate is
+    /// unknown only if the connection broke after it was submitted; the message says which).
+    Unreachable,
+    /// `--server`: the server is too busy (its queue is full) or shutting down; retry later.
+    ServerBusy,
 }
 
 impl Outcome {
@@ -75,11 +80,45 @@ impl Outcome {
             // 80 is `toka-host events verify` finding a broken log.
             Outcome::RateLimited => 81,
             Outcome::Cancelled => 82,
+            Outcome::Unreachable => 83,
+            Outcome::ServerBusy => 84,
         }
     }
 
+    /// The outcome's name, as `--json` reports it (`success`, `out-of-fuel` ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Exited => "exited",
+            Outcome::AgentError => "agent-error",
+            Outcome::Trap => "trap",
+            Outcome::StackOverflow => "stack-overflow",
+            Outcome::OutOfFuel => "out-of-fuel",
+            Outcome::Timeout => "timeout",
+            Outcome::MemoryLimit => "memory-limit",
+            Outcome::OutputLimit => "output-limit",
+            Outcome::GrantRefused => "grant-refused",
+            Outcome::InvalidWasm => "invalid-wasm",
+            Outcome::NotAComponent => "not-a-component",
+            Outcome::WrongWorld => "wrong-world",
+            Outcome::FileNotFound => "file-not-found",
+            Outcome::InvalidInput => "invalid-input",
+            Outcome::TokenRefused => "token-refused",
+            Outcome::HostError => "host-error",
+            Outcome::RateLimited => "rate-limited",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Unreachable => "unreachable",
+            Outcome::ServerBusy => "server-busy",
+        }
+    }
+
+    /// The outcome named `name` (as [`Outcome::name`] gives it).
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.name() == name)
+    }
+
     /// Every outcome, for documentation and for tests that check the codes are distinct.
-    pub const ALL: [Outcome; 19] = [
+    pub const ALL: [Outcome; 21] = [
         Outcome::Success,
         Outcome::Exited,
         Outcome::AgentError,
@@ -99,6 +138,8 @@ impl Outcome {
         Outcome::HostError,
         Outcome::RateLimited,
         Outcome::Cancelled,
+        Outcome::Unreachable,
+        Outcome::ServerBusy,
     ];
 }
 
@@ -161,6 +202,14 @@ pub fn one_line(message: &str) -> String {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn names_are_the_serialized_names() {
+        for o in Outcome::ALL {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.name());
+            assert_eq!(Outcome::from_name(o.name()), Some(o));
+        }
+    }
 
     #[test]
     fn exit_codes_are_distinct() {

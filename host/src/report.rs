@@ -74,11 +74,16 @@ impl RunReport {
 
     /// A report for a run that ended before the guest started.
     pub fn refused(err: &crate::error::RunError) -> Self {
-        let outcome = err.outcome();
+        RunReport::failed_before_start(err.outcome(), crate::error::one_line(&err.to_string()))
+    }
+
+    /// A report for a run that ended before the guest started, for `outcome`, saying `error` (a server's refusal,
+    /// read back by a client).
+    pub fn failed_before_start(outcome: Outcome, error: String) -> Self {
         RunReport {
             outcome,
             exit_code: outcome.exit_code(),
-            error: Some(err.to_string()),
+            error: Some(error),
             result: None,
             agent_error: None,
             component: None,

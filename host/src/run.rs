@@ -227,6 +227,9 @@ impl Runner {
     }
 
     /// [`Runner::run`], with the run's id chosen by the caller and a switch to cancel it from outside.
+    ///
+    /// Traced as the span `run` (its id, agent, and how it ended), with a `record` span for each of its start and
+    /// its ending being made durable.
     pub async fn run_with(
         &self,
         program: &Program,
@@ -236,6 +239,29 @@ impl Runner {
         output: OutputMode,
         control: RunControl,
     ) -> RunReport {
+        use tracing::Instrument;
+        let run_id = control.run_id.clone().unwrap_or_else(fresh_run_id);
+        let span = tracing::info_span!("run", run_id = %run_id, agent = %program.name, outcome = tracing::field::Empty,
+            exit_code = tracing::field::Empty, fuel = tracing::field::Empty);
+        let control = RunControl { run_id: Some(run_id), ..control };
+        let report =
+            self.run_traced(program, grants, limits, invocation, output, control).instrument(span.clone()).await;
+        span.record("outcome", report.outcome.name());
+        span.record("exit_code", report.exit_code);
+        span.record("fuel", report.fuel_consumed);
+        report
+    }
+
+    async fn run_traced(
+        &self,
+        program: &Program,
+        grants: &Authorized,
+        limits: &Limits,
+        invocation: &Invocation,
+        output: OutputMode,
+        control: RunControl,
+    ) -> RunReport {
+        use tracing::Instrument;
         let context = RunContext {
             agent: program.name.clone(),
             run_id: control.run_id.unwrap_or_else(fresh_run_id),
@@ -286,7 +312,8 @@ impl Runner {
             };
             let mut start = operation_by(&context.token, op);
             start.chain = grants.token.as_ref().map(|t| t.revocation_ids.clone()).unwrap_or_default();
-            match log.submit_accepted(start).await {
+            let record = tracing::info_span!("record", run_id = %context.run_id, event = "run.started");
+            match log.submit_accepted(start).instrument(record).await {
                 Ok(_) => {}
                 // The kernel refused the start (the `op.rejected` event records why): a used-up rate limit, or a
                 // token revoked since it was checked.
@@ -299,8 +326,9 @@ impl Runner {
         }
         let mut report = self.run_in_sandbox(program, grants, limits, invocation, output, &context).await;
         report.run_id = Some(context.run_id.clone());
+        let record = tracing::info_span!("record", run_id = %context.run_id, event = "run.ended");
         if let Some(log) = &self.events
-            && let Err(e) = record_ending(log, &context, &report).await
+            && let Err(e) = record_ending(log, &context, &report).instrument(record).await
         {
             report.outcome = Outcome::HostError;
             report.exit_code = Outcome::HostError.exit_code();

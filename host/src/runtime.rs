@@ -55,11 +55,16 @@ pub struct RunSpec {
     pub limits: LimitRequest,
     /// The token's text; `None` mints one from the operator's own request with the local key (the CLI's way).
     pub token: Option<String>,
+    /// The run's id, chosen before anything is checked so that every trace of the run carries it from the start
+    /// (`None`: a fresh one).
+    pub run_id: Option<String>,
 }
 
 /// A run that passed every check and may start.
 #[derive(Clone)]
 pub struct Ready {
+    /// The id the run will be recorded under.
+    pub run_id: String,
     pub program: Arc<Program>,
     pub invocation: Invocation,
     pub grants: Authorized,
@@ -68,15 +73,21 @@ pub struct Ready {
 
 impl std::fmt::Debug for Ready {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ready").field("program", &self.program.name()).field("limits", &self.limits).finish()
+        f.debug_struct("Ready")
+            .field("run_id", &self.run_id)
+            .field("program", &self.program.name())
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
 /// How the host's engine is set up.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct HostOptions {
     /// The pooling instance allocator: worth it for a process that runs many instances (`--repeat`, servers).
     pub pooling: bool,
+    /// Where long work (a first compile) is said; `None`: nowhere.
+    pub progress: Option<Arc<dyn crate::progress::Progress>>,
 }
 
 /// A toka home, opened: see the module documentation.
@@ -110,8 +121,9 @@ impl Host {
             crate::home::private_dir(cache).map_err(|e| RunError::host(format!("compile cache: {e}")))?;
         }
         let engine_options = EngineOptions { fuel: true, cache_dir: home.cache.clone(), pooling: options.pooling };
+        let progress = options.progress.clone().unwrap_or_else(|| Arc::new(crate::progress::Silent));
         let engine = HostEngine::new(&engine_options)
-            .map(Arc::new)
+            .map(|engine| Arc::new(engine.with_progress(progress)))
             .map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))?;
         let tools = Arc::new(ToolHost::new(engine.clone(), Registry::open(&home.dir), Some(log.clone())));
         let protected = Protected::of(&home);
@@ -166,13 +178,30 @@ impl Host {
 
     /// Everything that can refuse a run before the guest starts, in order: the input, the component (loaded through
     /// `runner`), the invocation its world takes, the grants on the host, then the token for all of it.
+    ///
+    /// Traced as the spans `load` (the component: compiled or from the cache) and `authorize` (grants and token),
+    /// each with the run's id, under whatever span the caller is in.
     pub fn prepare(&self, runner: &Runner, spec: &RunSpec) -> Result<Ready, RunError> {
+        let run_id = spec.run_id.clone().unwrap_or_else(crate::run::fresh_run_id);
         let input = check_input(spec.input.as_deref())?;
         let limits = self.limits(spec)?;
-        let program = match &spec.source {
-            Source::Path(path) => runner.load(path)?,
-            Source::Bytes { name, bytes } => runner.load_bytes(name, bytes)?,
+        let program = {
+            let component = match &spec.source {
+                Source::Path(path) => path.display().to_string(),
+                Source::Bytes { name, .. } => format!("upload:{name}"),
+            };
+            let span = tracing::info_span!("load", run_id = %run_id, %component, cache_hit = tracing::field::Empty,
+                compile_ms = tracing::field::Empty);
+            let _entered = span.enter();
+            let program = match &spec.source {
+                Source::Path(path) => runner.load(path)?,
+                Source::Bytes { name, bytes } => runner.load_bytes(name, bytes)?,
+            };
+            span.record("cache_hit", program.loaded.cache_hit);
+            span.record("compile_ms", program.loaded.compile_time.as_secs_f64() * 1000.0);
+            program
         };
+        let _authorize = tracing::info_span!("authorize", run_id = %run_id, agent = %program.name()).entered();
         let invocation = invocation(program.world(), spec, input)?;
         let mut authorized = self.authorize_grants(&spec.grants)?;
         let digest = Some(program.loaded.sha256.clone());
@@ -186,7 +215,7 @@ impl Host {
         authorized.token_id = authorization.token_id;
         authorized.rate = authorization.rate;
         authorized.token = Some(authorization.token);
-        Ok(Ready { program, invocation, grants: authorized, limits })
+        Ok(Ready { run_id, program, invocation, grants: authorized, limits })
     }
 
     /// The run's limits: each asked for, else the token's ceiling (with a token), else the default.
@@ -211,7 +240,7 @@ impl Host {
 }
 
 /// The task input, checked to be JSON of a bounded size.
-fn check_input(input: Option<&str>) -> Result<Option<String>, RunError> {
+pub fn check_input(input: Option<&str>) -> Result<Option<String>, RunError> {
     let Some(input) = input else { return Ok(None) };
     if input.len() > MAX_INPUT {
         return Err(RunError::InvalidInput(format!(

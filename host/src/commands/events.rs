@@ -47,6 +47,15 @@ pub struct EventsCommand {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+
+    /// Read the events from the toka-host server at URL (`toka-host serve`) instead of this home's log (`--follow`
+    /// streams them as server-sent events); needs --token, a token that grants `api:read`.
+    #[arg(long, value_name = "URL", requires = "token")]
+    pub server: Option<String>,
+
+    /// The bearer token for --server (a file, `-` for stdin, or the base64 itself).
+    #[arg(long, value_name = "TOKEN", requires = "server")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +84,13 @@ pub const CHAIN_BROKEN: i32 = 80;
 
 impl EventsCommand {
     pub fn execute(self, home: &crate::home::Home) -> i32 {
+        if let Some(server) = &self.server {
+            if self.action.is_some() {
+                eprintln!("toka-host: events verify and checkpoint read the database itself: not with --server");
+                return crate::error::Outcome::InvalidInput.exit_code();
+            }
+            return crate::commands::remote::events(&self, server);
+        }
         let db = match super::existing_db(home) {
             Ok(db) => db,
             Err(code) => return code,
@@ -92,43 +108,81 @@ impl EventsCommand {
         }
     }
 
+    /// Prints the matching events (a long log is read in chunks, with progress on stderr), then follows.
     fn show(&self, db: &Db) -> Result<(), redb::Error> {
         let mut filter = Filter {
             agent: self.agent.clone(),
             run_id: self.run_id.clone(),
             kind: self.kind.clone(),
-            after: self.since.map(|s| s.saturating_sub(1)),
-            limit: if self.since.is_some() { self.limit } else { None },
+            after: None,
+            limit: None,
         };
-        let mut records = events::read(db, &filter)?;
-        if self.since.is_none()
-            && let Some(n) = self.limit
-        {
-            let skip = records.len().saturating_sub(n);
-            records.drain(..skip);
+        let head = events::last_seq(db)?;
+        let task = crate::progress::Delayed::console().begin(format!("reading the event log ({head} events)"));
+        // Without --since, --limit keeps the last N: held back until the end of the log is reached.
+        let mut last_n = match (self.since, self.limit) {
+            (None, Some(n)) => Some(std::collections::VecDeque::with_capacity(n.min(SCAN))),
+            _ => None,
+        };
+        let mut after = self.since.map_or(0, |s| s.saturating_sub(1));
+        let mut printed = 0usize;
+        loop {
+            let (records, scanned, more) = events::scan(db, &filter, after, SCAN)?;
+            after = scanned;
+            task.position(scanned, head);
+            match (&mut last_n, self.limit) {
+                (Some(held), Some(n)) => {
+                    held.extend(records);
+                    let excess = held.len().saturating_sub(n);
+                    held.drain(..excess);
+                }
+                (_, limit) => {
+                    let room = limit.map_or(usize::MAX, |n| n - printed);
+                    let batch: Vec<EventRecord> = records.into_iter().take(room).collect();
+                    printed += batch.len();
+                    if let Some(r) = batch.last()
+                        && limit.is_some_and(|n| printed == n)
+                    {
+                        // The limit is reached: what follows is what comes after the last event shown.
+                        after = r.seq;
+                    }
+                    task.suspend(&mut || print_events(&batch, self.json));
+                    if limit.is_some_and(|n| printed == n) {
+                        break;
+                    }
+                }
+            }
+            if !more {
+                break;
+            }
         }
-        let mut last = self.since.map_or(0, |s| s.saturating_sub(1));
-        for r in &records {
-            self.print(r);
-            last = r.seq;
+        if let Some(held) = last_n {
+            let held: Vec<EventRecord> = held.into();
+            task.suspend(&mut || print_events(&held, self.json));
         }
+        task.finish(None);
         if !self.follow {
             return Ok(());
         }
-        filter.limit = None;
         loop {
             std::thread::sleep(Duration::from_millis(200));
-            filter.after = Some(last);
-            for r in events::read(db, &filter)? {
-                self.print(&r);
-                last = r.seq;
-            }
+            filter.after = Some(after);
+            let records = events::read(db, &filter)?;
+            after = records.last().map_or(after, |r| r.seq);
+            print_events(&records, self.json);
         }
     }
+}
 
-    fn print(&self, r: &EventRecord) {
-        let mut out = std::io::stdout().lock();
-        let line = if self.json {
+/// Records read at a time while catching up on a long log.
+const SCAN: usize = 4096;
+
+/// Prints events, one line each: aligned text or JSON. The same for this home's log and a server's. A closed
+/// stdout (`| head`) ends the listing quietly.
+pub(crate) fn print_events(records: &[EventRecord], json: bool) {
+    let mut out = std::io::stdout().lock();
+    for r in records {
+        let line = if json {
             serde_json::json!(r).to_string()
         } else {
             let time = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(r.time_ms));
@@ -140,10 +194,12 @@ impl EventsCommand {
             }
             format!("{:>6}  {time}  {:<14} {:<14} {:<21} {payload}", r.seq, r.kind, r.agent, r.run_id)
         };
-        // A closed pipe (`| head`) ends the listing quietly.
-        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        if writeln!(out, "{line}").is_err() {
             std::process::exit(0);
         }
+    }
+    if out.flush().is_err() {
+        std::process::exit(0);
     }
 }
 

@@ -57,12 +57,17 @@ pub struct McpCommand {
     #[arg(long, requires = "http")]
     pub no_auth: bool,
 
+    /// Log format on stderr: `text` or `json` (one JSON object per line); stdout carries only the protocol.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     #[command(flatten)]
     pub caller: CallerArgs,
 }
 
 impl McpCommand {
     pub fn execute(self, home: &crate::home::Home) -> i32 {
+        let _telemetry = crate::commands::init_logging(&self.log_format);
         let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -105,7 +110,9 @@ impl McpCommand {
     async fn serve(self, home: &crate::home::Home) -> Result<(), RunError> {
         use rmcp::ServiceExt;
         self.check_flags()?;
-        let host = Host::open(home.clone(), HostOptions::default())?;
+        // A tool's first compile is said in the log (stdout is the protocol's).
+        let options = HostOptions { progress: Some(crate::progress::Delayed::log()), ..HostOptions::default() };
+        let host = Host::open(home.clone(), options)?;
         let installed: Vec<String> = host
             .tools()
             .registry

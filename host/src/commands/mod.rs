@@ -3,6 +3,7 @@
 pub mod events;
 pub mod key;
 pub mod mcp;
+pub mod remote;
 pub mod run;
 pub mod runs;
 pub mod serve;
@@ -132,11 +133,7 @@ pub(crate) fn existing_db(home: &Home) -> Result<crate::db::Db, i32> {
     })
 }
 
-/// Logs (`tracing`) to stderr, as text or JSON lines; `RUST_LOG` chooses what (default: info for toka-host).
-pub(crate) fn init_logging(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("toka_host=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    // A second initialization (tests, library users) is not an error worth failing for.
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+/// Logs (`tracing`) to stderr, as text or JSON lines (see [`crate::telemetry`]); `RUST_LOG` chooses what.
+pub(crate) fn init_logging(format: &str) -> crate::telemetry::Telemetry {
+    crate::telemetry::Telemetry::init(format == "json", None).unwrap_or_default()
 }

@@ -20,9 +20,16 @@ use std::time::Duration;
 /// Nothing is granted unless asked for: no files, no environment, no network, stdin closed. Exit codes: 0 success,
 /// the guest's own status for commands, 65 agent error, 66 trap, 67 stack overflow, 68 out of fuel, 69 timeout,
 /// 70 memory limit, 71 output limit, 72 grant refused, 73 invalid wasm, 74 not a component, 75 wrong world,
-/// 76 file not found, 77 invalid input, 79 host error.
+/// 76 file not found, 77 invalid input, 78 token refused, 79 host error, 81 rate limited, 82 cancelled; with
+/// --server, 83 server unreachable, 84 server busy.
 #[derive(Debug, Args)]
 pub struct RunCommand {
+    /// Run on the toka-host server at URL (`toka-host serve`) instead of in this process: the component is uploaded
+    /// and run as the agent named by its file, authorized by --token (required); grants name the server's
+    /// directories and network. Prints what a local run prints, and exits with the same code.
+    #[arg(long, value_name = "URL", requires = "token", conflicts_with_all = ["inherit_stdin", "repeat", "parallel"])]
+    pub server: Option<String>,
+
     #[command(flatten)]
     pub grants: crate::commands::GrantFlags,
 
@@ -106,6 +113,11 @@ fn parse_fuel(text: &str) -> Result<u64, String> {
 
 impl RunCommand {
     pub fn execute(self, home: &Home) -> i32 {
+        if let Some(server) = self.server.clone() {
+            return crate::commands::remote::run(&self, &server);
+        }
+        // Spans of the run (load, authorize, run, record) are logged only when RUST_LOG asks for them.
+        let _telemetry = std::env::var_os("RUST_LOG").map(|_| crate::commands::init_logging("text"));
         let json = self.json;
         let report = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(rt) => rt.block_on(self.run(home)),
@@ -114,8 +126,9 @@ impl RunCommand {
         let report = match report {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("toka-host: {e}");
+                // One line, as the service says it (a reason may carry a line break or trailing blanks).
                 let r = RunReport::refused(&e);
+                eprintln!("toka-host: {}", r.error.as_deref().unwrap_or_default());
                 if json {
                     print_json(&serde_json::json!(r));
                 }
@@ -126,11 +139,16 @@ impl RunCommand {
     }
 
     async fn run(self, home: &Home) -> Result<RunReport, RunError> {
-        let host = Host::open(home.clone(), HostOptions { pooling: self.repeat > 1 || self.parallel > 1 })?;
+        // A first compile of a large component says so on stderr (a spinner on a terminal).
+        let options = HostOptions {
+            pooling: self.repeat > 1 || self.parallel > 1,
+            progress: Some(crate::progress::Delayed::console()),
+        };
+        let host = Host::open(home.clone(), options)?;
         let runner = host.runner();
         // The token is read once: `--token -` reads stdin, which cannot be read twice.
         let prepared = self.spec().and_then(|spec| host.prepare(&runner, &spec));
-        let Ready { program, invocation, grants: authorized, limits } = match prepared {
+        let Ready { run_id, program, invocation, grants: authorized, limits } = match prepared {
             Ok(p) => p,
             Err(e) => {
                 // The refusal is recorded too; failing to record it must not hide the refusal itself.
@@ -143,7 +161,8 @@ impl RunCommand {
         let output = OutputMode { echo: !self.json, capture: self.json };
 
         let rss_before = crate::run::resident_set_bytes();
-        let first = runner.run(&program, &authorized, &limits, &invocation, output).await;
+        let control = crate::run::RunControl { run_id: Some(run_id), cancel: None };
+        let first = runner.run_with(&program, &authorized, &limits, &invocation, output, control).await;
         let rss_first = crate::run::resident_set_bytes();
         let mut tally = Tally::default();
         tally.add(first);
@@ -186,19 +205,7 @@ impl RunCommand {
         } else {
             // The guest's echoed output first, then the host's own lines.
             crate::sandbox::output::drain_echo();
-            if let Some(result) = &report.result {
-                let mut out = std::io::stdout().lock();
-                // A closed stdout (e.g. `| head`) is not the guest's failure; nothing useful to do about it.
-                drop(writeln!(out, "{result}").and_then(|()| out.flush()));
-            }
-            // A command's non-zero status is its own business, as with `wasmtime run`: no extra line.
-            // What the guest could not do for want of a grant: after its own output, naming the grant.
-            for denied in &report.denied {
-                eprintln!("toka-host: denied: {denied}");
-            }
-            if let Some(error) = report.error.as_ref().filter(|_| report.outcome != crate::error::Outcome::Exited) {
-                eprintln!("toka-host: {error}");
-            }
+            print_ending(report.result.as_deref(), &report.denied, report.error.as_deref(), report.outcome);
             if report.unechoed_bytes > 0 {
                 eprintln!(
                     "toka-host: warning: {} bytes of the guest's output were not echoed: the host's output was not \
@@ -221,7 +228,7 @@ impl RunCommand {
     }
 
     /// The run these flags ask for.
-    fn spec(&self) -> Result<RunSpec, RunError> {
+    pub(crate) fn spec(&self) -> Result<RunSpec, RunError> {
         let token = self.token.as_deref().map(crate::commands::token::read_token).transpose();
         let input = match (&self.input, &self.input_file) {
             (Some(text), _) => Some(text.clone()),
@@ -243,7 +250,26 @@ impl RunCommand {
                 max_records: Some(self.max_records),
             },
             token: token.map_err(RunError::TokenRefused)?,
+            run_id: None,
         })
+    }
+}
+
+/// The host's own lines once a run has ended (text mode, after the guest's output): the agent's result on stdout,
+/// then each denial and the error on stderr. The same for a run here and one on a server.
+pub(crate) fn print_ending(result: Option<&str>, denied: &[String], error: Option<&str>, outcome: Outcome) {
+    if let Some(result) = result {
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (e.g. `| head`) is not the guest's failure; nothing useful to do about it.
+        drop(writeln!(out, "{result}").and_then(|()| out.flush()));
+    }
+    // What the guest could not do for want of a grant: after its own output, naming the grant.
+    for denied in denied {
+        eprintln!("toka-host: denied: {denied}");
+    }
+    // A command's non-zero status is its own business, as with `wasmtime run`: no extra line.
+    if let Some(error) = error.filter(|_| outcome != Outcome::Exited) {
+        eprintln!("toka-host: {error}");
     }
 }
 
@@ -285,7 +311,7 @@ pub fn token_request(
     }
 }
 
-fn read_input(path: &std::path::Path) -> Result<String, RunError> {
+pub(crate) fn read_input(path: &std::path::Path) -> Result<String, RunError> {
     use std::io::Read;
     let mut text = String::new();
     let limit = MAX_INPUT as u64 + 1;
@@ -304,7 +330,7 @@ fn read_input(path: &std::path::Path) -> Result<String, RunError> {
     Ok(text)
 }
 
-fn print_json(value: &serde_json::Value) {
+pub(crate) fn print_json(value: &serde_json::Value) {
     let mut out = std::io::stdout().lock();
     drop(writeln!(out, "{value:#}").and_then(|()| out.flush()));
 }

@@ -8,6 +8,15 @@ use std::time::{Duration, UNIX_EPOCH};
 /// A table of recent runs: outcome, fuel, wall time.
 #[derive(Debug, Args)]
 pub struct RunsCommand {
+    /// Read the runs from the toka-host server at URL (`toka-host serve`) instead of this home's log; needs
+    /// --token, a token that grants `api:read` (it sees its own agent's runs, or every agent's for the agent `*`).
+    #[arg(long, value_name = "URL", requires = "token")]
+    pub server: Option<String>,
+
+    /// The bearer token for --server (a file, `-` for stdin, or the base64 itself).
+    #[arg(long, value_name = "TOKEN", requires = "server")]
+    pub token: Option<String>,
+
     /// Only runs of this agent.
     #[arg(long)]
     pub agent: Option<String>,
@@ -35,6 +44,9 @@ pub struct RunRow {
 
 impl RunsCommand {
     pub fn execute(self, home: &crate::home::Home) -> i32 {
+        if let Some(server) = &self.server {
+            return crate::commands::remote::runs(&self, server);
+        }
         let db = match super::existing_db(home) {
             Ok(db) => db,
             Err(code) => return code,
@@ -67,13 +79,19 @@ impl RunsCommand {
             }
         }
         let skip = rows.len().saturating_sub(self.limit);
+        self.print(&rows[skip..]);
+        0
+    }
+
+    /// The rows, oldest first: a table, or JSON lines. The same for this home's log and a server's.
+    pub(crate) fn print(&self, rows: &[RunRow]) {
         if !self.json {
             println!(
                 "{:<21} {:<16} {:<24} {:<15} {:>4} {:>14} {:>10}",
                 "RUN", "AGENT", "STARTED", "OUTCOME", "EXIT", "FUEL", "WALL ms"
             );
         }
-        for row in &rows[skip..] {
+        for row in rows {
             if self.json {
                 println!("{}", serde_json::json!(row));
             } else {
@@ -91,6 +109,5 @@ impl RunsCommand {
                 );
             }
         }
-        0
     }
 }

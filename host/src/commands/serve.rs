@@ -39,14 +39,26 @@ pub struct ServeCommand {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Log format on stderr: `text` or `json`.
+    /// Log format on stderr: `text` or `json` (one JSON object per line).
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// Also export traces (a span per request, with the run's load, authorization, run and records under it) over
+    /// OTLP/HTTP as JSON to this collector, e.g. http://127.0.0.1:4318 (its /v1/traces). Off by default.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServeCommand {
     pub fn execute(self, home: &Home) -> i32 {
-        crate::commands::init_logging(&self.log_format);
+        let telemetry =
+            match crate::telemetry::Telemetry::init(self.log_format == "json", self.otlp_endpoint.as_deref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("toka-host: {e}");
+                    return crate::error::Outcome::InvalidInput.exit_code();
+                }
+            };
         let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -54,7 +66,11 @@ impl ServeCommand {
                 return 79;
             }
         };
-        match rt.block_on(self.serve(home)) {
+        let served = rt.block_on(self.serve(home));
+        // The runtime goes first (its tasks hold spans), then the last spans are exported.
+        drop(rt);
+        telemetry.shutdown();
+        match served {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("toka-host: {e}");
@@ -64,7 +80,9 @@ impl ServeCommand {
     }
 
     async fn serve(self, home: &Home) -> Result<(), RunError> {
-        let host = Host::open(home.clone(), HostOptions { pooling: true })?;
+        // A first compile of a large component is said in the log, as the rest of the server's doings are.
+        let options = HostOptions { pooling: true, progress: Some(crate::progress::Delayed::log()) };
+        let host = Host::open(home.clone(), options)?;
         let config = ServiceConfig {
             max_concurrent: self.max_concurrent.max(1),
             max_queue: self.max_queue,

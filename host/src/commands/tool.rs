@@ -202,7 +202,10 @@ impl ToolCommand {
                 Ok(0)
             }
             ToolAction::Call { name, input, caller, json } => {
-                let host = Host::open(home.clone(), HostOptions::default())?;
+                // A tool's first compile says so on stderr, as a run's does.
+                let options =
+                    HostOptions { progress: Some(crate::progress::Delayed::console()), ..HostOptions::default() };
+                let host = Host::open(home.clone(), options)?;
                 let fuel = caller.fuel;
                 let caller = caller.caller(&host, std::slice::from_ref(&name), crate::token::LOCAL_TTL)?;
                 let report = runtime()?.block_on(host.tools().call(&caller, &name, &input, fuel));

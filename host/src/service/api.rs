@@ -85,7 +85,8 @@ pub struct RunView {
     pub agent: String,
     pub status: RunStatus,
     pub submitted_ms: u64,
-    /// The run report (`toka-host run --json`'s), once ended; output is cut at 64 KiB per stream here.
+    /// The run report (`toka-host run --json`'s), once ended; output is cut at 64 KiB per stream, except in the
+    /// answer to a submission that waited for the end (whole, up to the run's `max_output`).
     #[schema(value_type = Option<Object>)]
     pub report: Option<serde_json::Value>,
 }

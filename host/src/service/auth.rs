@@ -54,13 +54,13 @@ pub fn bearer(host: &Host, headers: &HeaderMap) -> Result<Bearer, ApiError> {
         return Err(ApiError::unauthorized(format!("the bearer token must be 1 to {MAX_TOKEN} bytes")));
     }
     let keys = crate::token::keys::KeyStore::load(&host.home().dir).map_err(ApiError::internal)?;
-    let verified = crate::token::cache::global()
-        .verify(&keys, text, SystemTime::now())
-        .map_err(|e| ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "token-refused", e))?;
+    let verified = crate::token::cache::global().verify(&keys, text, SystemTime::now()).map_err(|e| {
+        ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "token-refused", format!("token refused: {e}"))
+    })?;
     match crate::token::revoked_among(host.db(), &verified.revocation_ids) {
         Ok(None) => {}
         Ok(Some(id)) => {
-            let why = format!("token is revoked (revocation id {id})");
+            let why = format!("token refused: token is revoked (revocation id {id})");
             return Err(ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "token-refused", why));
         }
         Err(e) => return Err(ApiError::internal(format!("reading revocations: {e}"))),

@@ -63,29 +63,41 @@ fn filter(bearer: &auth::Bearer, q: &EventQuery) -> Result<Option<Filter>, ApiEr
     Ok(Some(Filter { agent, run_id: q.run.clone(), kind: q.kind.clone(), after: None, limit: None }))
 }
 
+/// The log's last sequence number when a listing was read (a client catching up knows how far it has to go).
+pub const HEAD_HEADER: &str = "x-toka-log-head";
+
+type Listing = ([(&'static str, String); 1], Json<Vec<EventView>>);
+
 /// List events, oldest first.
-#[utoipa::path(get, path = "/v1/events", params(EventQuery), responses((status = 200, body = Vec<EventView>)),
+#[utoipa::path(get, path = "/v1/events", params(EventQuery),
+    responses((status = 200, body = Vec<EventView>,
+        headers(("x-toka-log-head" = u64, description = "The log's last sequence number when it was read")))),
     security(("bearer" = [])))]
 pub async fn list(
     State(service): State<Arc<Service>>,
     headers: HeaderMap,
     Query(q): Query<EventQuery>,
-) -> Result<Json<Vec<EventView>>, ApiError> {
+) -> Result<Listing, ApiError> {
     let bearer = auth::reader(&service.host, &headers)?;
-    let Some(mut f) = filter(&bearer, &q)? else { return Ok(Json(Vec::new())) };
+    let filter = filter(&bearer, &q)?;
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    f.after = q.since.map(|s| s.saturating_sub(1));
-    f.limit = q.since.map(|_| limit);
     let db = service.host.db().clone();
-    let mut records = tokio::task::spawn_blocking(move || events::read(&db, &f))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    if q.since.is_none() {
+    let since = q.since;
+    let (head, mut records) = tokio::task::spawn_blocking(move || -> Result<_, redb::Error> {
+        let head = events::last_seq(&db)?;
+        let Some(mut f) = filter else { return Ok((head, Vec::new())) };
+        f.after = since.map(|s| s.saturating_sub(1));
+        f.limit = since.map(|_| limit);
+        Ok((head, events::read(&db, &f)?))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    if since.is_none() {
         let skip = records.len().saturating_sub(limit);
         records.drain(..skip);
     }
-    Ok(Json(records.into_iter().map(view).collect()))
+    Ok(([(HEAD_HEADER, head.to_string())], Json(records.into_iter().map(view).collect())))
 }
 
 /// Stream events as server-sent events (`id` is the sequence number, `event` the kind, `data` the event as JSON).

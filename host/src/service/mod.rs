@@ -254,8 +254,11 @@ pub fn openapi_json() -> String {
 async fn observe(State(service): State<Arc<Service>>, request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_string();
-    let span = tracing::info_span!("request", %method, %route);
-    let response = tracing::Instrument::instrument(next.run(request), span).await;
+    // `run_id` is filled in by a handler that starts a run.
+    let span = tracing::info_span!("request", %method, %route, status = tracing::field::Empty,
+        run_id = tracing::field::Empty);
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("status", response.status().as_u16());
     service.metrics.request(&method, &route, response.status().as_u16());
     response
 }
@@ -302,6 +305,11 @@ pub async fn serve(
     server.await?;
     // Queued runs do not start; running runs get the grace period, then are cancelled.
     service.slots.close();
+    let running = service.runs.live();
+    if running > 0 {
+        let grace = humantime::format_duration(service.config.shutdown_grace);
+        tracing::info!(running, "waiting up to {grace} for running runs to finish");
+    }
     let deadline = tokio::time::Instant::now() + service.config.shutdown_grace;
     while service.runs.live() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

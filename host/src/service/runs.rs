@@ -226,7 +226,13 @@ pub async fn submit(
     headers: HeaderMap,
     super::error::ApiJson(request): super::error::ApiJson<SubmitRun>,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
-    let bearer = auth::bearer(&service.host, &headers).inspect_err(|_| service.metrics.token_refused())?;
+    // The id comes first, so that every span of the run (and the request's own) carries it.
+    let run_id = crate::run::fresh_run_id();
+    tracing::Span::current().record("run_id", run_id.as_str());
+    let bearer = {
+        let _span = tracing::info_span!("authenticate", run_id = %run_id).entered();
+        auth::bearer(&service.host, &headers).inspect_err(|_| service.metrics.token_refused())?
+    };
     if service.shutting_down() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting-down", "the server is shutting down"));
     }
@@ -248,6 +254,7 @@ pub async fn submit(
             max_records: l.max_records,
         },
         token: None,
+        run_id: Some(run_id.clone()),
     };
     spec.token = Some(run_token(&bearer, &spec, &grants)?);
     let agent = match &spec.source {
@@ -262,7 +269,9 @@ pub async fn submit(
     let prepared = {
         let (service, spec) = (service.clone(), spec.clone());
         let _compile = service.compiles.clone().acquire_owned().await;
-        tokio::task::spawn_blocking(move || service.host.prepare(&service.runner, &spec))
+        // The blocking thread does not inherit the request's span: handed over, so `load` and `authorize` nest in it.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| service.host.prepare(&service.runner, &spec)))
             .await
             .map_err(|e| ApiError::internal(format!("preparing the run: {e}")))?
     };
@@ -277,17 +286,29 @@ pub async fn submit(
             return Err(e.into());
         }
     };
-    let run_id = crate::run::fresh_run_id();
-    let (cancel, mut done) = service.runs.insert(&run_id, ready.program.name());
+    let (cancel, _) = service.runs.insert(&run_id, ready.program.name());
     tracing::info!(run_id = %run_id, agent = %agent, "run accepted");
-    tokio::spawn(execute(service.clone(), run_id.clone(), ready, cancel, admission));
-    if request.wait {
+    // A submission that waits gets the whole report (the table keeps its output cut).
+    let (reply, whole) = if request.wait {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    // The run's task stays in the request's span: the trace reads request -> run, however long the run takes.
+    let task = execute(service.clone(), run_id.clone(), ready, cancel, admission, reply);
+    tokio::spawn(tracing::Instrument::instrument(task, tracing::Span::current()));
+    if let Some(whole) = whole {
         let wait = Duration::from_millis(request.wait_ms.unwrap_or(60_000)).min(MAX_WAIT);
-        tokio::select! {
-            _ = tokio::time::timeout(wait, done.wait_for(|d| *d)) => {}
-            () = service.shutdown.cancelled() => {}
+        let ended = tokio::select! {
+            ended = tokio::time::timeout(wait, whole) => ended.ok().and_then(Result::ok),
+            () = service.shutdown.cancelled() => None,
+        };
+        let mut view = service.runs.view(&run_id).ok_or_else(|| ApiError::internal("the run vanished"))?;
+        if let Some(report) = ended {
+            view.status = RunStatus::Ended;
+            view.report = Some(serde_json::json!(report));
         }
-        let view = service.runs.view(&run_id).ok_or_else(|| ApiError::internal("the run vanished"))?;
         let status = if view.status == RunStatus::Ended { StatusCode::OK } else { StatusCode::ACCEPTED };
         return Ok((status, Json(view)));
     }
@@ -299,25 +320,15 @@ fn outcome_name(o: Outcome) -> String {
     serde_json::to_value(o).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
-/// Waits for a slot, runs, and records the ending in the table and the metrics.
+/// Waits for a slot, runs (the runner traces the `run` span), and records the ending in the table and the metrics;
+/// the whole report also goes to `reply`, if the submission waits for it.
 async fn execute(
     service: Arc<Service>,
     run_id: String,
     ready: Ready,
     cancel: Arc<Cancel>,
     admission: super::Admission,
-) {
-    use tracing::Instrument;
-    let span = tracing::info_span!("run", run_id = %run_id, agent = %ready.program.name());
-    execute_in_span(service, run_id, ready, cancel, admission).instrument(span).await;
-}
-
-async fn execute_in_span(
-    service: Arc<Service>,
-    run_id: String,
-    ready: Ready,
-    cancel: Arc<Cancel>,
-    admission: super::Admission,
+    reply: Option<tokio::sync::oneshot::Sender<RunReport>>,
 ) {
     let slot = tokio::select! {
         slot = admission.slot() => slot,
@@ -328,6 +339,9 @@ async fn execute_in_span(
         let report = RunReport::cancelled_before_start();
         drop(service.runner.record_refusal(std::path::Path::new(ready.program.name()), &RunError::Cancelled).await);
         service.metrics.run_ended("cancelled", 0.0, 0);
+        if let Some(reply) = reply {
+            drop(reply.send(report.clone()));
+        }
         service.runs.finish(&run_id, report);
         return;
     };
@@ -339,7 +353,10 @@ async fn execute_in_span(
         service.runner.run_with(&ready.program, &ready.grants, &ready.limits, &ready.invocation, output, control).await;
     drop(slot);
     service.metrics.run_ended(&outcome_name(report.outcome), started.elapsed().as_secs_f64(), report.fuel_consumed);
-    tracing::info!(outcome = %outcome_name(report.outcome), "run ended");
+    tracing::info!(run_id = %run_id, outcome = report.outcome.name(), "run ended");
+    if let Some(reply) = reply {
+        drop(reply.send(report.clone()));
+    }
     service.runs.finish(&run_id, report);
 }
 

@@ -173,7 +173,12 @@ impl ServerHandler for McpServer {
         let caller = Caller { deadline: crate::units::deadline_after(self.timeout), ..client };
         // What the server does not serve is refused (and recorded) as the client's call.
         let refusal = self.serves(&request.name).err();
-        let report = self.host.call_unless(&caller, &request.name, &input, self.fuel, refusal).await;
+        let span = tracing::info_span!("tool_call", tool = %request.name, agent = %caller.agent);
+        let call = self.host.call_unless(&caller, &request.name, &input, self.fuel, refusal);
+        let report = tracing::Instrument::instrument(call, span).await;
+        // Per call: debug, so that a busy server's log (and its stderr pipe) stays quiet unless RUST_LOG asks.
+        tracing::debug!(call_id = %report.call_id, tool = %report.tool, outcome = report.outcome.name(),
+            fuel = report.fuel_consumed, wall_ms = report.wall.as_secs_f64() * 1000.0, "tool call ended");
         let result = match report.result {
             Ok(output) => match serde_json::from_str::<serde_json::Value>(&output) {
                 Ok(value @ serde_json::Value::Object(_)) => CallToolResult::structured(value),

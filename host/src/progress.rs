@@ -1,0 +1,268 @@
+//! Progress of long work (a first compile of a large component, catching up on a long log, waiting for a remote
+//! run): said on stderr once the work has lasted a second, as a spinner or a bar on a terminal, as plain lines when
+//! stderr is not one, or as log records in a server (whose stderr is its log).
+//!
+//! Work that ends within [`DELAY`] shows nothing, so a cached load or a short catch-up prints no line at all. The
+//! library reports to a [`Progress`] its caller chose ([`Silent`] unless told otherwise); this module never decides
+//! anything about the work, never slows it (drawing happens on a thread of its own) and never writes to stdout,
+//! which belongs to the guest and to reports.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How long work goes unmentioned.
+pub const DELAY: Duration = Duration::from_secs(1);
+
+/// How often plain lines report a position (a count of events, for instance).
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+/// Where progress is said.
+pub trait Progress: Send + Sync + std::fmt::Debug {
+    /// Long work begins: `what` says what it is (`compiling x.wasm (17.9 MiB)`). Dropping the returned task without
+    /// [`Task::finish`] ends it silently.
+    fn begin(&self, what: String) -> Box<dyn Task>;
+}
+
+/// One piece of long work under way.
+pub trait Task: Send {
+    /// Where the work is, out of how much (a bar instead of a spinner once the total is known).
+    fn position(&self, done: u64, total: u64);
+    /// The work is over; `said` is the line to show if the work was shown (`None`: just clear it).
+    fn finish(self: Box<Self>, said: Option<String>);
+    /// Runs `print` with the spinner or bar out of the way (for output to the same terminal meanwhile).
+    fn suspend(&self, print: &mut dyn FnMut()) {
+        print();
+    }
+}
+
+/// Says nothing (library use, benches).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Silent;
+
+struct SilentTask;
+
+impl Task for SilentTask {
+    fn position(&self, _: u64, _: u64) {}
+    fn finish(self: Box<Self>, _: Option<String>) {}
+}
+
+impl Progress for Silent {
+    fn begin(&self, _: String) -> Box<dyn Task> {
+        Box::new(SilentTask)
+    }
+}
+
+/// How a [`Delayed`] reporter speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// indicatif on stderr: a spinner with the elapsed time (Cranelift gives no percentage), or a bar with a count.
+    Terminal,
+    /// `toka-host: ...` lines on stderr.
+    Plain,
+    /// `tracing` records (a server's stderr is its log, text or JSON lines).
+    Log,
+}
+
+/// Says long work after [`DELAY`], in one [`Style`].
+#[derive(Debug, Clone, Copy)]
+pub struct Delayed {
+    pub style: Style,
+    pub delay: Duration,
+}
+
+impl Delayed {
+    /// A spinner when stderr is a terminal, plain lines otherwise.
+    pub fn console() -> Arc<dyn Progress> {
+        let style = if std::io::stderr().is_terminal() { Style::Terminal } else { Style::Plain };
+        Arc::new(Delayed { style, delay: DELAY })
+    }
+
+    /// Log records (servers).
+    pub fn log() -> Arc<dyn Progress> {
+        Arc::new(Delayed { style: Style::Log, delay: DELAY })
+    }
+}
+
+enum Message {
+    Finish(Option<String>),
+}
+
+struct Shared {
+    done: AtomicU64,
+    total: AtomicU64,
+    /// The terminal's bar while it is shown.
+    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl Shared {
+    fn bar(&self) -> std::sync::MutexGuard<'_, Option<indicatif::ProgressBar>> {
+        self.bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+struct DelayedTask {
+    shared: Arc<Shared>,
+    tell: Option<mpsc::Sender<Message>>,
+    speaker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress for Delayed {
+    fn begin(&self, what: String) -> Box<dyn Task> {
+        let shared =
+            Arc::new(Shared { done: AtomicU64::new(0), total: AtomicU64::new(0), bar: std::sync::Mutex::new(None) });
+        let (tell, listen) = mpsc::channel();
+        let (style, delay, seen) = (self.style, self.delay, shared.clone());
+        let speaker = std::thread::Builder::new()
+            .name("toka-progress".into())
+            .spawn(move || speak(style, delay, &what, &seen, &listen))
+            .ok();
+        Box::new(DelayedTask { shared, tell: Some(tell), speaker })
+    }
+}
+
+impl Task for DelayedTask {
+    fn position(&self, done: u64, total: u64) {
+        self.shared.total.store(total, Ordering::Relaxed);
+        self.shared.done.store(done, Ordering::Relaxed);
+    }
+
+    fn suspend(&self, print: &mut dyn FnMut()) {
+        let bar = self.shared.bar();
+        match bar.as_ref() {
+            Some(bar) => bar.suspend(print),
+            None => print(),
+        }
+    }
+
+    fn finish(mut self: Box<Self>, said: Option<String>) {
+        if let Some(tell) = self.tell.take() {
+            drop(tell.send(Message::Finish(said)));
+        }
+        // Waits for the last line, so it comes before whatever the caller prints next.
+        if let Some(speaker) = self.speaker.take() {
+            drop(speaker.join());
+        }
+    }
+}
+
+impl Drop for DelayedTask {
+    fn drop(&mut self) {
+        drop(self.tell.take());
+        if let Some(speaker) = self.speaker.take() {
+            drop(speaker.join());
+        }
+    }
+}
+
+/// The speaking thread: silent until `delay` has passed, then the work until it ends.
+fn speak(style: Style, delay: Duration, what: &str, shared: &Shared, listen: &mpsc::Receiver<Message>) {
+    let started = Instant::now();
+    match listen.recv_timeout(delay) {
+        Ok(Message::Finish(_)) | Err(RecvTimeoutError::Disconnected) => return,
+        Err(RecvTimeoutError::Timeout) => {}
+    }
+    let position = || {
+        let total = shared.total.load(Ordering::Relaxed);
+        (total > 0).then(|| (shared.done.load(Ordering::Relaxed).min(total), total))
+    };
+    let bar = (style == Style::Terminal).then(|| terminal_bar(what, started));
+    *shared.bar() = bar.clone();
+    let mut shown_total = 0;
+    let say = |line: &str| match style {
+        Style::Log => tracing::info!("{line}"),
+        _ => eprintln!("toka-host: {line}"),
+    };
+    match (style, position()) {
+        (Style::Terminal, _) => {}
+        (_, Some((done, total))) => say(&format!("{what}: {done} of {total}")),
+        (_, None) => say(&format!("{what} ...")),
+    }
+    let mut last_line = Instant::now();
+    let tick = if style == Style::Terminal { Duration::from_millis(100) } else { Duration::from_millis(250) };
+    let said = loop {
+        match listen.recv_timeout(tick) {
+            Ok(Message::Finish(said)) => break said,
+            Err(RecvTimeoutError::Disconnected) => break None,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        match (&bar, position()) {
+            (Some(bar), Some((done, total))) => {
+                if shown_total != total {
+                    bar.set_style(bar_style());
+                    shown_total = total;
+                }
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+            (None, Some((done, total))) if last_line.elapsed() >= PLAIN_EVERY => {
+                say(&format!("{what}: {done} of {total}"));
+                last_line = Instant::now();
+            }
+            _ => {}
+        }
+    };
+    if let Some(bar) = shared.bar().take() {
+        bar.finish_and_clear();
+    }
+    if let Some(said) = said {
+        say(&said);
+    }
+}
+
+fn terminal_bar(what: &str, started: Instant) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} toka-host: {msg} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_message(what.to_string());
+    // The elapsed time counts from the start of the work, not from when it was first shown.
+    bar.reset_elapsed();
+    let shown_late = started.elapsed();
+    bar.set_elapsed(shown_late);
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+fn bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("toka-host: {msg} [{bar:30}] {pos}/{len} ({elapsed})")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+/// `17.9 MiB`, for what a line says about a size.
+pub fn size(bytes: u64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    if bytes >= 1 << 20 { format!("{:.1} MiB", bytes as f64 / MIB) } else { format!("{} KiB", bytes.div_ceil(1024)) }
+}
+
+/// `12.3 s`, for what a line says about a duration.
+pub fn seconds(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_seconds_read_well() {
+        assert_eq!(size(18 << 20), "18.0 MiB");
+        assert_eq!(size(1500), "2 KiB");
+        assert_eq!(seconds(Duration::from_millis(12_345)), "12.3 s");
+    }
+
+    #[test]
+    fn short_work_is_never_shown_and_finishing_returns_promptly() {
+        let progress = Delayed { style: Style::Plain, delay: Duration::from_secs(5) };
+        let started = Instant::now();
+        let task = progress.begin("quick".into());
+        task.position(1, 2);
+        task.finish(Some("done".into()));
+        // Finishing wakes the speaker at once instead of waiting out the delay.
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+}
