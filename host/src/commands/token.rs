@@ -209,7 +209,7 @@ impl TokenCommand {
                     (None, pin) => pin,
                 };
                 let narrowed =
-                    token::attenuate(&parsed, &Attenuation { only, fuel, ttl, windows, rate, component }, now)
+                    token::attenuate(&parsed, &Attenuation { only, fuel, ttl, windows, rate, component, ..Attenuation::default() }, now)
                         .map_err(|e| e.to_string())?;
                 emit(&narrowed.to_base64().map_err(|e| e.to_string())?, out.as_ref())
             }
