@@ -158,21 +158,35 @@ fn a_manifest_wider_than_the_operator_token_is_refused_naming_agent_and_grant() 
 #[test]
 fn each_agent_gets_exactly_its_own_grants() {
     let home = tempfile::tempdir().unwrap();
-    // Both agents read SECRET; only `granted` is given it. The operator's token (minted from the manifest) holds
-    // it, so `bare` is refused by its own narrowed token, not by the operator's.
-    let (_dir, path) = manifest(
+    let h = home.path();
+    let echo = toka_tests::root().join("target/tools/echo.wasm");
+    toka_in(h, &["tool", "add", echo.to_str().unwrap()]).expect_code(0);
+    // Both agents read SECRET and call the tool `echo`; only `granted` is given either. The operator's token
+    // (minted from the manifest) holds both, so what refuses `bare` is its own narrowed token: the tool call is
+    // checked against the token alone.
+    let calls = r#"calls = [{ tool = { name = "echo", input = '{"hi":1}' } }]"#;
+    let (_dir, path) = manifest(&format!(
         r#"
 [agents.granted]
-component = "{hostile}"
-input = { attack = "env", name = "SECRET" }
-grants = { env = ["SECRET=s3"] }
+component = "{{hostile}}"
+input = {{ attack = "env", name = "SECRET" }}
+grants = {{ env = ["SECRET=s3"] }}
+
+[agents.granted-tool]
+component = "{{hostile}}"
+input = {{ attack = "calls", {calls} }}
+grants = {{ tools = ["echo"] }}
 
 [agents.bare]
-component = "{hostile}"
-input = { attack = "env", name = "SECRET" }
-"#,
-    );
-    let r = up(home.path(), &path, &[]);
+component = "{{hostile}}"
+input = {{ attack = "env", name = "SECRET" }}
+
+[agents.bare-tool]
+component = "{{hostile}}"
+input = {{ attack = "calls", {calls} }}
+"#
+    ));
+    let r = up(h, &path, &[]);
     r.expect_code(83);
     let s = steps(&r.report());
     assert_eq!(s["granted"]["status"], "completed", "{:?}", s["granted"]);
@@ -181,6 +195,11 @@ input = { attack = "env", name = "SECRET" }
     assert_eq!(s["bare"]["outcome"], "agent-error");
     assert!(s["bare"]["error"].as_str().unwrap().contains("denied"), "{}", s["bare"]["error"]);
     assert!(!s["bare"]["error"].as_str().unwrap().contains("s3"));
+    let answer = |step: &str| s[step]["output"]["answers"][0].as_str().unwrap_or_default().to_string();
+    assert!(answer("granted-tool").starts_with("ok: "), "{:?}", s["granted-tool"]);
+    assert_eq!(s["bare-tool"]["status"], "completed", "{:?}", s["bare-tool"]);
+    assert!(answer("bare-tool").starts_with("err: Denied"), "{:?}", s["bare-tool"]);
+    assert!(answer("bare-tool").contains("tool:echo"), "{:?}", s["bare-tool"]);
 }
 
 #[test]
@@ -275,7 +294,7 @@ fn critical_agents_run_first_one_at_a_time_then_the_rest_up_to_jobs() {
 fn slow_plan() -> String {
     let mut text = String::from("[plan]\nname = \"slow\"\n");
     for (name, deps) in [("s1", ""), ("s2", "s1"), ("s3", "s1"), ("s4", "s2"), ("s5", "s3"), ("s6", "s4"), ("s7", "s6")] {
-        text.push_str(&format!("[agents.{name}]\ncomponent = \"{{busy}}\"\ninput = {{ n = 20_000_000 }}\n"));
+        text.push_str(&format!("[agents.{name}]\ncomponent = \"{{busy}}\"\ninput = {{ n = 60_000_000 }}\n"));
         if !deps.is_empty() {
             text.push_str(&format!("depends_on = [\"{deps}\"]\n"));
         }
@@ -358,6 +377,12 @@ fn a_plan_killed_at_random_moments_resumes_without_rerunning_completed_steps() {
         let started = events(h, "run.started").len();
         let ended_runs = events(h, "run.completed").len() + events(h, "run.failed").len();
         assert_eq!(started, ended_runs, "round {round}: every run ended");
+        let interrupted =
+            events(h, "step.failed").iter().filter(|e| e["payload"]["outcome"] == "interrupted").count();
+        eprintln!(
+            "round {round}: {} steps completed before a kill, {interrupted} interrupted and run again",
+            completed_before_kill.len()
+        );
         toka_in(h, &["events", "verify"]).expect_code(0);
     }
 }
@@ -372,7 +397,9 @@ fn ctrl_c_cancels_running_agents_and_skips_the_rest_and_records_it() {
     );
     let child = spawn_up(h, &["up", path.to_str().unwrap(), "--json", "--plain", "--plan-id", "interrupted"]);
     let pid = child.id();
-    let started = wait_for(Duration::from_secs(60), || (!events(h, "step.started").is_empty()).then_some(()));
+    let started = wait_for(Duration::from_secs(60), || {
+        (h.join("toka.redb").exists() && !events(h, "step.started").is_empty()).then_some(())
+    });
     assert!(started.is_some(), "the spinning step started");
     let sent = Instant::now();
     let kill = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
