@@ -195,7 +195,12 @@ pub enum Op {
     /// A step that will not run (a required dependency failed, the plan was cancelled or timed out).
     SkipStep { plan_id: String, step: String, reason: String },
     /// A plan ended (`completed`, `failed`, `cancelled`, `timeout`); every step has ended or been skipped.
-    EndPlan { plan_id: String, outcome: String, #[serde(default)] detail: serde_json::Value },
+    EndPlan {
+        plan_id: String,
+        outcome: String,
+        #[serde(default)]
+        detail: serde_json::Value,
+    },
 }
 
 /// The outcome of a step's attempt that the host's own stop cut short (recorded by the resume that finds it).
@@ -208,13 +213,26 @@ pub enum StepStatus {
     /// Not started yet.
     Pending,
     /// Attempt `attempt` is running as `run_id`, after `failures` failed attempts.
-    Running { attempt: u32, run_id: String, failures: u32 },
+    Running {
+        attempt: u32,
+        run_id: String,
+        failures: u32,
+    },
     /// Attempt `attempt` failed; `failures` attempts have failed in all, not counting those the host's own stop
     /// interrupted (outcome `interrupted`), which a resume runs again without using up a retry.
-    Failed { attempt: u32, outcome: String, failures: u32 },
+    Failed {
+        attempt: u32,
+        outcome: String,
+        failures: u32,
+    },
     /// Attempt `attempt` completed; its output is in operation `op_seq`.
-    Completed { attempt: u32, op_seq: u64 },
-    Skipped { reason: String },
+    Completed {
+        attempt: u32,
+        op_seq: u64,
+    },
+    Skipped {
+        reason: String,
+    },
 }
 
 /// A live plan.
@@ -453,11 +471,17 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
         Op::StartStep { plan_id, step, attempt, .. } => match step_status(state, plan_id, step)? {
             StepStatus::Pending => Ok(()),
             StepStatus::Failed { attempt: last, .. } if attempt > last => Ok(()),
-            other => Err(format!("step {step} of plan {plan_id} cannot start attempt {attempt}: it is {}", status_name(other))),
+            other => Err(format!(
+                "step {step} of plan {plan_id} cannot start attempt {attempt}: it is {}",
+                status_name(other)
+            )),
         },
         Op::EndStep { plan_id, step, attempt, .. } => match step_status(state, plan_id, step)? {
             StepStatus::Running { attempt: running, .. } if running == attempt => Ok(()),
-            other => Err(format!("step {step} of plan {plan_id} is not running attempt {attempt}: it is {}", status_name(other))),
+            other => Err(format!(
+                "step {step} of plan {plan_id} is not running attempt {attempt}: it is {}",
+                status_name(other)
+            )),
         },
         Op::SkipStep { plan_id, step, .. } => match step_status(state, plan_id, step)? {
             StepStatus::Pending | StepStatus::Failed { .. } => Ok(()),
@@ -638,7 +662,8 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                 steps: steps.iter().map(|s| (s.clone(), StepStatus::Pending)).collect(),
             };
             state.plans.insert(plan_id.clone(), plan);
-            let payload = json!({ "plan_id": plan_id, "name": name, "digest": digest, "steps": steps, "token": op.token });
+            let payload =
+                json!({ "plan_id": plan_id, "name": name, "digest": digest, "steps": steps, "token": op.token });
             vec![event(op, kind::PLAN_STARTED, "", plan_id, payload)]
         }
         Op::StartStep { plan_id, step, attempt, run_id, agent } => {
@@ -674,7 +699,13 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
         }
         Op::SkipStep { plan_id, step, reason } => {
             set_step(state, plan_id, step, StepStatus::Skipped { reason: reason.clone() });
-            vec![event(op, kind::STEP_SKIPPED, "", plan_id, json!({ "plan_id": plan_id, "step": step, "reason": reason }))]
+            vec![event(
+                op,
+                kind::STEP_SKIPPED,
+                "",
+                plan_id,
+                json!({ "plan_id": plan_id, "step": step, "reason": reason }),
+            )]
         }
         Op::EndPlan { plan_id, outcome, detail } => {
             let plan = state.plans.remove(plan_id).expect("checked: the plan exists");
@@ -802,6 +833,106 @@ mod tests {
         assert_eq!(apply(&mut s, &end)[1].kind, "run.completed", "the ending of a revoked run is still recorded");
         apply(&mut s, &op(4, Op::RevokeToken { token_id: "p".into() }));
         assert_eq!(apply(&mut s, &emit("r2"))[0].kind, "op.rejected", "revoking the parent revokes every child");
+    }
+
+    #[test]
+    fn a_completed_step_never_starts_again_and_a_plan_ends_only_when_no_step_runs() {
+        let mut s = State::default();
+        let kinds = |ev: Vec<EventDraft>| ev.into_iter().map(|e| e.kind).collect::<Vec<_>>();
+        let start_plan = Op::StartPlan {
+            plan_id: "p".into(),
+            name: "n".into(),
+            digest: "d".into(),
+            manifest: "m".into(),
+            base: "/".into(),
+            steps: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(kinds(apply(&mut s, &op(1, start_plan.clone()))), ["plan.started"]);
+        assert_eq!(kinds(apply(&mut s, &op(1, start_plan))), ["op.rejected"], "a live plan starts once");
+        let start = |attempt: u32| Op::StartStep {
+            plan_id: "p".into(),
+            step: "a".into(),
+            attempt,
+            run_id: format!("r{attempt}"),
+            agent: "x".into(),
+        };
+        let end = |attempt: u32, ok: bool, outcome: &str| Op::EndStep {
+            plan_id: "p".into(),
+            step: "a".into(),
+            attempt,
+            ok,
+            outcome: outcome.into(),
+            output: ok.then(|| "{}".to_string()),
+            detail: json!({}),
+        };
+        assert_eq!(kinds(apply(&mut s, &op(2, start(1)))), ["step.started"]);
+        let end_plan = Op::EndPlan { plan_id: "p".into(), outcome: "failed".into(), detail: json!({}) };
+        assert_eq!(kinds(apply(&mut s, &op(2, end_plan.clone()))), ["op.rejected"], "not while a step runs");
+        assert_eq!(kinds(apply(&mut s, &op(3, end(1, false, INTERRUPTED)))), ["step.failed"]);
+        assert_eq!(
+            s.plans["p"].steps["a"],
+            StepStatus::Failed { attempt: 1, outcome: INTERRUPTED.into(), failures: 0 }
+        );
+        assert_eq!(kinds(apply(&mut s, &op(4, start(1)))), ["op.rejected"], "attempts only go up");
+        apply(&mut s, &op(4, start(2)));
+        assert_eq!(kinds(apply(&mut s, &op(5, end(2, false, "trap")))), ["step.failed"]);
+        assert!(matches!(s.plans["p"].steps["a"], StepStatus::Failed { failures: 1, .. }), "a trap counts");
+        apply(&mut s, &op(6, start(3)));
+        assert_eq!(kinds(apply(&mut s, &op(7, end(3, true, "success")))), ["step.completed"]);
+        let seq = s.applied;
+        assert_eq!(s.plans["p"].steps["a"], StepStatus::Completed { attempt: 3, op_seq: seq });
+        assert_eq!(kinds(apply(&mut s, &op(8, start(4)))), ["op.rejected"], "a completed step never starts again");
+        let skip = |step: &str| Op::SkipStep { plan_id: "p".into(), step: step.into(), reason: "r".into() };
+        assert_eq!(kinds(apply(&mut s, &op(8, skip("a")))), ["op.rejected"], "nor is it skipped");
+        assert_eq!(kinds(apply(&mut s, &op(8, skip("b")))), ["step.skipped"]);
+        let ended = apply(&mut s, &op(9, end_plan));
+        assert_eq!(ended[0].kind, "plan.failed");
+        assert_eq!((ended[0].payload["completed"].clone(), ended[0].payload["skipped"].clone()), (json!(1), json!(1)));
+        assert!(s.plans.is_empty(), "an ended plan leaves the live state");
+    }
+
+    #[test]
+    fn revoking_the_operators_token_stops_the_plans_next_steps_but_not_their_endings() {
+        let mut s = State::default();
+        let plan = Operation {
+            time_ms: 1,
+            token: "op".into(),
+            chain: vec!["root".into(), "op".into()],
+            op: Op::StartPlan {
+                plan_id: "p".into(),
+                name: "n".into(),
+                digest: "d".into(),
+                manifest: "m".into(),
+                base: "/".into(),
+                steps: vec!["a".into(), "b".into()],
+            },
+        };
+        apply(&mut s, &plan);
+        let start = |step: &str| Operation {
+            time_ms: 2,
+            token: "other".into(),
+            chain: vec![],
+            op: Op::StartStep {
+                plan_id: "p".into(),
+                step: step.into(),
+                attempt: 1,
+                run_id: step.into(),
+                agent: "x".into(),
+            },
+        };
+        assert_eq!(apply(&mut s, &start("a"))[0].kind, "step.started");
+        apply(&mut s, &op(3, Op::RevokeToken { token_id: "root".into() }));
+        assert_eq!(apply(&mut s, &start("b"))[0].kind, "op.rejected", "the plan's chain is revoked");
+        let end = Op::EndStep {
+            plan_id: "p".into(),
+            step: "a".into(),
+            attempt: 1,
+            ok: true,
+            outcome: "success".into(),
+            output: None,
+            detail: json!({}),
+        };
+        assert_eq!(apply(&mut s, &op(4, end))[0].kind, "step.completed", "an ending is always recorded");
     }
 
     #[test]

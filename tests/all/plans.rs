@@ -198,7 +198,7 @@ input = {{ attack = "calls", {calls} }}
     let answer = |step: &str| s[step]["output"]["answers"][0].as_str().unwrap_or_default().to_string();
     assert!(answer("granted-tool").starts_with("ok: "), "{:?}", s["granted-tool"]);
     assert_eq!(s["bare-tool"]["status"], "completed", "{:?}", s["bare-tool"]);
-    assert!(answer("bare-tool").starts_with("err: Denied"), "{:?}", s["bare-tool"]);
+    assert!(answer("bare-tool").starts_with("err: ") && answer("bare-tool").contains("Denied"), "{:?}", s["bare-tool"]);
     assert!(answer("bare-tool").contains("tool:echo"), "{:?}", s["bare-tool"]);
 }
 
@@ -286,14 +286,18 @@ fn critical_agents_run_first_one_at_a_time_then_the_rest_up_to_jobs() {
     }
     assert_eq!(widest, 2, "--jobs 2 caps it, and two did run at once");
     assert!(order[..2].iter().all(|s| s.starts_with('c')), "critical first: {order:?}");
-    assert_eq!(order[2], "high1", "then by priority: {order:?}");
+    // Then by priority, two at a time: the two started together may be recorded in either order.
+    let mut next_two = order[2..4].to_vec();
+    next_two.sort();
+    assert_eq!(next_two, ["high1", "med1"], "then by priority: {order:?}");
     assert_eq!(order.last().unwrap(), "low1", "{order:?}");
 }
 
 /// A plan whose steps take a while: a chain and a fan-out of CPU-bound agents.
 fn slow_plan() -> String {
     let mut text = String::from("[plan]\nname = \"slow\"\n");
-    for (name, deps) in [("s1", ""), ("s2", "s1"), ("s3", "s1"), ("s4", "s2"), ("s5", "s3"), ("s6", "s4"), ("s7", "s6")] {
+    for (name, deps) in [("s1", ""), ("s2", "s1"), ("s3", "s1"), ("s4", "s2"), ("s5", "s3"), ("s6", "s4"), ("s7", "s6")]
+    {
         text.push_str(&format!("[agents.{name}]\ncomponent = \"{{busy}}\"\ninput = {{ n = 60_000_000 }}\n"));
         if !deps.is_empty() {
             text.push_str(&format!("depends_on = [\"{deps}\"]\n"));
@@ -377,8 +381,7 @@ fn a_plan_killed_at_random_moments_resumes_without_rerunning_completed_steps() {
         let started = events(h, "run.started").len();
         let ended_runs = events(h, "run.completed").len() + events(h, "run.failed").len();
         assert_eq!(started, ended_runs, "round {round}: every run ended");
-        let interrupted =
-            events(h, "step.failed").iter().filter(|e| e["payload"]["outcome"] == "interrupted").count();
+        let interrupted = events(h, "step.failed").iter().filter(|e| e["payload"]["outcome"] == "interrupted").count();
         eprintln!(
             "round {round}: {} steps completed before a kill, {interrupted} interrupted and run again",
             completed_before_kill.len()

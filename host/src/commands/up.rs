@@ -58,7 +58,9 @@ impl UpCommand {
     pub fn execute(self, home: &Home) -> i32 {
         let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(rt) => rt,
-            Err(e) => return self.fail(Outcome::HostError.exit_code(), &format!("cannot start the async runtime: {e}")),
+            Err(e) => {
+                return self.fail(Outcome::HostError.exit_code(), &format!("cannot start the async runtime: {e}"));
+            }
         };
         runtime.block_on(self.run(home))
     }
@@ -87,7 +89,8 @@ impl UpCommand {
             Ok(h) => Arc::new(h),
             Err(e) => return self.fail(e.outcome().exit_code(), &e.to_string()),
         };
-        let jobs = self.jobs.map_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()), |j| j as usize);
+        let jobs =
+            self.jobs.map_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()), |j| j as usize);
         let options = Options { jobs, token, plan_id: self.plan_id.clone() };
         let live = !self.plain && std::io::stderr().is_terminal();
         let observer: Arc<dyn Observer> = if live { Arc::new(LiveView::new()) } else { Arc::new(PlainLines) };
@@ -215,10 +218,9 @@ impl Observer for PlainLines {
                 steps.len()
             ),
             Update::StepStarted { step, attempt, run_id } => format!("[{step}] started (attempt {attempt}, {run_id})"),
-            Update::StepRetrying { step, attempt, after, error } => format!(
-                "[{step}] failed: {error}; attempt {attempt} in {}",
-                humantime::format_duration(*after)
-            ),
+            Update::StepRetrying { step, attempt, after, error } => {
+                format!("[{step}] failed: {error}; attempt {attempt} in {}", humantime::format_duration(*after))
+            }
             Update::StepEnded(s) => ended_line(s),
             Update::PlanEnded(summary) => plan_line(summary),
         };
@@ -253,13 +255,14 @@ impl Observer for LiveView {
     fn update(&self, update: &Update) {
         match update {
             Update::PlanStarted { plan_id, name, steps, resumed } => {
-                let _ = self.bars.println(format!(
-                    "plan {plan_id} ({name}) {}",
-                    if *resumed { "resumed" } else { "started" }
-                ));
+                let _ = self
+                    .bars
+                    .println(format!("plan {plan_id} ({name}) {}", if *resumed { "resumed" } else { "started" }));
                 let width = steps.iter().map(|(s, _)| s.len()).max().unwrap_or(4);
-                let style = indicatif::ProgressStyle::with_template(&format!("{{spinner}} {{prefix:{width}}}  {{msg}}  {{elapsed}}"))
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+                let style = indicatif::ProgressStyle::with_template(&format!(
+                    "{{spinner}} {{prefix:{width}}}  {{msg}}  {{elapsed}}"
+                ))
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
                 let mut lines = self.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 for (step, agent) in steps {
                     let bar = self.bars.add(indicatif::ProgressBar::new_spinner());
@@ -274,7 +277,11 @@ impl Observer for LiveView {
                 self.set(step, format!("running (attempt {attempt})"), false);
             }
             Update::StepRetrying { step, attempt, after, error } => {
-                self.set(step, format!("retrying (attempt {attempt} in {}): {error}", humantime::format_duration(*after)), false);
+                self.set(
+                    step,
+                    format!("retrying (attempt {attempt} in {}): {error}", humantime::format_duration(*after)),
+                    false,
+                );
             }
             Update::StepEnded(s) => {
                 let message = match s.status.as_str() {

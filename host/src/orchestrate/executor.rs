@@ -148,7 +148,9 @@ struct Operator {
 enum Local {
     Waiting,
     Running,
-    Completed { output: Option<String> },
+    Completed {
+        output: Option<String>,
+    },
     /// Failed for good (retries used up, or a refusal).
     Failed,
     Skipped,
@@ -228,7 +230,8 @@ pub async fn up(
     });
 
     let agents = prepared.iter().map(|p| (p.step.name.clone(), p.agent.clone())).collect();
-    let context = Arc::new(Context { host: host.clone(), runner, plan_id: plan_id.clone(), operator, observer, agents });
+    let context =
+        Arc::new(Context { host: host.clone(), runner, plan_id: plan_id.clone(), operator, observer, agents });
     let prepared: BTreeMap<String, Arc<Prepared>> =
         prepared.into_iter().map(|p| (p.step.name.clone(), Arc::new(p))).collect();
     let order: BTreeMap<&str, usize> = plan.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
@@ -373,7 +376,9 @@ fn load_plan(host: &Host, plan_id: &str) -> Result<Plan, UpError> {
     let Some(live) = state.plans.get(plan_id) else {
         return Err(UpError::new(
             Outcome::InvalidInput,
-            format!("plan {plan_id} is not running: it ended, or it never started (see `toka-host events --kind plan`)"),
+            format!(
+                "plan {plan_id} is not running: it ended, or it never started (see `toka-host events --kind plan`)"
+            ),
         ));
     };
     let op = crate::events::log::operation_at(host.db(), live.op_seq)
@@ -562,10 +567,14 @@ fn build_input(step: &Step, local: &BTreeMap<String, Local>) -> Result<Option<St
                 crate::bounds::MAX_STEP_OUTPUT
             ));
         };
-        let parsed: Value =
-            serde_json::from_str(text).map_err(|e| format!("input_from: the output of `{}` is not JSON: {e}", pipe.agent))?;
+        let parsed: Value = serde_json::from_str(text)
+            .map_err(|e| format!("input_from: the output of `{}` is not JSON: {e}", pipe.agent))?;
         parsed.pointer(&pipe.pointer).cloned().ok_or_else(|| {
-            format!("input_from: the output of `{}` has no field `{}`", pipe.agent, pipe.pointer.trim_start_matches('/'))
+            format!(
+                "input_from: the output of `{}` has no field `{}`",
+                pipe.agent,
+                pipe.pointer.trim_start_matches('/')
+            )
         })
     };
     let input = match &step.pipes {
@@ -758,7 +767,9 @@ async fn authorize(
     token: Option<&str>,
 ) -> Result<(Operator, Vec<Prepared>), UpError> {
     let ceilings = match token {
-        Some(text) => Some(host.token_limits(text).map_err(|e| UpError::new(e.outcome(), format!("operator token: {e}")))?),
+        Some(text) => {
+            Some(host.token_limits(text).map_err(|e| UpError::new(e.outcome(), format!("operator token: {e}")))?)
+        }
         None => None,
     };
     let defaults = crate::run::Limits::default();
@@ -827,7 +838,8 @@ async fn authorize(
                 ttl: Some(plan.timeout.saturating_add(Duration::from_secs(600))),
                 ..MintRequest::default()
             };
-            host.mint_local(&mint).map_err(|e| UpError::new(e.outcome(), format!("cannot mint the plan's token: {e}")))?
+            host.mint_local(&mint)
+                .map_err(|e| UpError::new(e.outcome(), format!("cannot mint the plan's token: {e}")))?
         }
     };
     let verified_ids = crate::token::parse_unverified(&text)
@@ -856,14 +868,10 @@ async fn authorize(
         };
         let narrowed = crate::token::attenuate(&parsed, &narrowing, now)
             .and_then(|t| t.to_base64().map_err(|e| crate::token::TokenError::Invalid(e.to_string())))
-            .map_err(|e| UpError::new(Outcome::TokenRefused, format!("agent `{}`: cannot narrow the token: {e}", step.name)))?;
-        let p = Prepared {
-            step: step.clone(),
-            agent: program.name().to_string(),
-            token: narrowed,
-            limits,
-            component,
-        };
+            .map_err(|e| {
+                UpError::new(Outcome::TokenRefused, format!("agent `{}`: cannot narrow the token: {e}", step.name))
+            })?;
+        let p = Prepared { step: step.clone(), agent: program.name().to_string(), token: narrowed, limits, component };
         // The whole check a run makes, with a stand-in input for a piped one (its real input is checked when it runs).
         let stand_in = match &step.pipes {
             Pipes::None => step.input.as_ref().map(Value::to_string),

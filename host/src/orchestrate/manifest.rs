@@ -41,7 +41,10 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
 /// A plan manifest, as written. See `docs/toka.schema.json` for its JSON Schema.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "toka.toml", description = "A toka-host plan: agents to run, in dependency order, each with its own grants and limits.")]
+#[schemars(
+    title = "toka.toml",
+    description = "A toka-host plan: agents to run, in dependency order, each with its own grants and limits."
+)]
 pub struct Manifest {
     /// Settings of the whole plan.
     #[serde(default)]
@@ -280,10 +283,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// plan if the manifest does not.
 pub fn parse(text: &str, base: &Path, fallback_name: &str) -> Result<Plan, ManifestError> {
     if text.len() > MAX_MANIFEST {
-        return Err(ManifestError(format!(
-            "manifest is {} bytes, over the {MAX_MANIFEST} byte limit",
-            text.len()
-        )));
+        return Err(ManifestError(format!("manifest is {} bytes, over the {MAX_MANIFEST} byte limit", text.len())));
     }
     let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError(toml_error(&e, text)))?;
     Resolver { text, base }.resolve(manifest, fallback_name)
@@ -316,7 +316,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         || !name.as_bytes()[0].is_ascii_alphanumeric()
     {
-        return Err(format!("agent name `{name}` must be letters, digits, `-` and `_`, starting with a letter or digit"));
+        return Err(format!(
+            "agent name `{name}` must be letters, digits, `-` and `_`, starting with a letter or digit"
+        ));
     }
     Ok(())
 }
@@ -349,7 +351,8 @@ impl Resolver<'_> {
         let timeout = match &manifest.plan.timeout {
             None => DEFAULT_PLAN_TIMEOUT,
             Some(t) => {
-                let d = crate::units::parse_duration(t.get_ref()).map_err(|e| self.at(t, format!("[plan] timeout: {e}")))?;
+                let d = crate::units::parse_duration(t.get_ref())
+                    .map_err(|e| self.at(t, format!("[plan] timeout: {e}")))?;
                 if d.is_zero() || d > MAX_PLAN_TIMEOUT {
                     return Err(self.at(t, "[plan] timeout must be more than 0 and at most 7 days".into()));
                 }
@@ -510,7 +513,8 @@ impl Resolver<'_> {
         let backoff = match &a.backoff {
             None => DEFAULT_BACKOFF,
             Some(b) => {
-                let d = crate::units::parse_duration(b.get_ref()).map_err(|e| err(b.span().start, format!("backoff: {e}")))?;
+                let d = crate::units::parse_duration(b.get_ref())
+                    .map_err(|e| err(b.span().start, format!("backoff: {e}")))?;
                 if d > MAX_BACKOFF {
                     return Err(err(b.span().start, "backoff must be at most 10m".into()));
                 }
@@ -690,7 +694,12 @@ mod tests {
         }
         let expected = std::fs::read_to_string(path)
             .unwrap_or_else(|_| panic!("{} is missing: run with TOKA_UPDATE_GOLDEN=1", path.display()));
-        assert_eq!(expected.trim_end(), actual.trim_end(), "{} differs (TOKA_UPDATE_GOLDEN=1 rewrites it)", path.display());
+        assert_eq!(
+            expected.trim_end(),
+            actual.trim_end(),
+            "{} differs (TOKA_UPDATE_GOLDEN=1 rewrites it)",
+            path.display()
+        );
     }
 
     #[test]
@@ -724,7 +733,9 @@ mod tests {
         }
         // What the types refuse, the schema refuses too (the rest needs the resolver: references, cycles, syntax of
         // durations and grants).
-        for name in ["unknown-key", "unknown-nested-key", "unknown-section", "wrong-type", "bad-priority", "missing-component"] {
+        for name in
+            ["unknown-key", "unknown-nested-key", "unknown-section", "wrong-type", "bad-priority", "missing-component"]
+        {
             let text = std::fs::read_to_string(dir("bad").join(format!("{name}.toml"))).unwrap();
             assert!(!validator.is_valid(&as_json(&text)), "{name} passes the schema");
         }
@@ -744,7 +755,11 @@ mod tests {
         assert_eq!(names.first(), Some(&"a0"));
         assert_eq!(names.last(), Some(&format!("a{}", MAX_AGENTS - 1).as_str()));
         // Close the chain: the cycle names every agent on it.
-        let closed = text.replacen("[agents.a0]\ncomponent = \"x.wasm\"\n", &format!("[agents.a0]\ncomponent = \"x.wasm\"\ndepends_on = [\"a{}\"]\n", MAX_AGENTS - 1), 1);
+        let closed = text.replacen(
+            "[agents.a0]\ncomponent = \"x.wasm\"\n",
+            &format!("[agents.a0]\ncomponent = \"x.wasm\"\ndepends_on = [\"a{}\"]\n", MAX_AGENTS - 1),
+            1,
+        );
         let err = parse(&closed, Path::new("/"), "chain").unwrap_err().0;
         assert!(err.starts_with("dependency cycle: "), "{err}");
         assert_eq!(err.matches(" -> ").count(), MAX_AGENTS, "{err}");

@@ -10,5 +10,5 @@
 pub mod executor;
 pub mod manifest;
 
-pub use executor::{Observer, Options, PlanSource, PlanSummary, StepSummary, Update, UpError};
+pub use executor::{Observer, Options, PlanSource, PlanSummary, StepSummary, UpError, Update};
 pub use manifest::{ManifestError, Plan, Priority, Step};
