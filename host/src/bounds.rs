@@ -19,6 +19,9 @@ pub const MAX_TEXT: usize = 4096;
 /// Longest identifier accepted, in bytes.
 pub const MAX_ID: usize = 256;
 
+/// Largest step output recorded with its ending (what a resumed plan pipes into later steps), in bytes.
+pub const MAX_STEP_OUTPUT: usize = 48 * 1024;
+
 /// What replaces a part of a value nested deeper than [`MAX_DEPTH`].
 pub const DEPTH_MARKER: &str = "[removed: nested deeper than 32 levels]";
 
@@ -155,6 +158,47 @@ pub fn bound_operation(operation: &mut Operation) -> Result<(), String> {
         }
         Op::EndToolCall { tool, detail: d, .. } => {
             truncate(tool, MAX_ID);
+            detail(d);
+        }
+        Op::StartPlan { plan_id, name, digest, manifest, base, steps } => {
+            id("plan id", plan_id)?;
+            id("plan name", name)?;
+            id("manifest digest", digest)?;
+            // The manifest is what a resume runs: never cut, refused whole if too large.
+            if manifest.len() > crate::orchestrate::manifest::MAX_MANIFEST {
+                return Err(format!(
+                    "manifest is {} bytes, over the {} byte limit",
+                    manifest.len(),
+                    crate::orchestrate::manifest::MAX_MANIFEST
+                ));
+            }
+            if base.len() > MAX_TEXT {
+                return Err(format!("manifest directory is {} bytes, over the {MAX_TEXT} byte limit", base.len()));
+            }
+            if steps.len() > crate::orchestrate::manifest::MAX_AGENTS {
+                return Err(format!("a plan has at most {} steps", crate::orchestrate::manifest::MAX_AGENTS));
+            }
+            for s in steps {
+                id("step name", s)?;
+            }
+        }
+        Op::StartStep { plan_id, step, run_id, agent, .. } => {
+            id("plan id", plan_id)?;
+            id("step name", step)?;
+            id("run id", run_id)?;
+            id("agent name", agent)?;
+        }
+        Op::EndStep { outcome, output, detail: d, .. } => {
+            truncate(outcome, MAX_ID);
+            // An output too large to keep is dropped (the step still ends); a resume then cannot pipe it.
+            if output.as_ref().is_some_and(|o| o.len() > MAX_STEP_OUTPUT) {
+                *output = None;
+            }
+            detail(d);
+        }
+        Op::SkipStep { reason, .. } => truncate(reason, MAX_TEXT),
+        Op::EndPlan { outcome, detail: d, .. } => {
+            truncate(outcome, MAX_ID);
             detail(d);
         }
     }

@@ -165,6 +165,87 @@ pub enum Op {
         ok: bool,
         detail: serde_json::Value,
     },
+    /// A plan starts: its manifest (the exact text, so that a resume needs nothing else), where its relative paths
+    /// lead, and its steps.
+    StartPlan {
+        plan_id: String,
+        name: String,
+        /// sha256 (hex) of `manifest`.
+        digest: String,
+        manifest: String,
+        /// The directory the manifest's relative paths are relative to.
+        base: String,
+        steps: Vec<String>,
+    },
+    /// One attempt of a plan's step starts, as run `run_id` of agent `agent`.
+    StartStep { plan_id: String, step: String, attempt: u32, run_id: String, agent: String },
+    /// A step's attempt ended: `ok` with the agent's JSON output (absent when too large to record), or not, with the
+    /// run's outcome.
+    EndStep {
+        plan_id: String,
+        step: String,
+        attempt: u32,
+        ok: bool,
+        outcome: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+        #[serde(default)]
+        detail: serde_json::Value,
+    },
+    /// A step that will not run (a required dependency failed, the plan was cancelled or timed out).
+    SkipStep { plan_id: String, step: String, reason: String },
+    /// A plan ended (`completed`, `failed`, `cancelled`, `timeout`); every step has ended or been skipped.
+    EndPlan {
+        plan_id: String,
+        outcome: String,
+        #[serde(default)]
+        detail: serde_json::Value,
+    },
+}
+
+/// The outcome of a step's attempt that the host's own stop cut short (recorded by the resume that finds it).
+pub const INTERRUPTED: &str = "interrupted";
+
+/// Where a plan's step stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum StepStatus {
+    /// Not started yet.
+    Pending,
+    /// Attempt `attempt` is running as `run_id`, after `failures` failed attempts.
+    Running {
+        attempt: u32,
+        run_id: String,
+        failures: u32,
+    },
+    /// Attempt `attempt` failed; `failures` attempts have failed in all, not counting those the host's own stop
+    /// interrupted (outcome `interrupted`), which a resume runs again without using up a retry.
+    Failed {
+        attempt: u32,
+        outcome: String,
+        failures: u32,
+    },
+    /// Attempt `attempt` completed; its output is in operation `op_seq`.
+    Completed {
+        attempt: u32,
+        op_seq: u64,
+    },
+    Skipped {
+        reason: String,
+    },
+}
+
+/// A live plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanState {
+    pub name: String,
+    pub started_ms: u64,
+    /// The sequence number of its `start-plan` operation (which holds the manifest).
+    pub op_seq: u64,
+    /// The revocation ids of the token it started under: revoking one stops every later step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+    pub steps: BTreeMap<String, StepStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +296,9 @@ pub struct State {
     /// Token buckets of rate-limited agents: runs and boundary host calls take from them.
     #[serde(default)]
     pub buckets: BTreeMap<String, Bucket>,
+    /// Live plans (a plan leaves when it ends).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plans: BTreeMap<String, PlanState>,
 }
 
 /// The level of `agent`'s bucket at `time_ms` under `rate` (a bucket never used is full).
@@ -264,6 +348,13 @@ pub mod kind {
     pub const TOOL_COMPLETED: &str = "tool.completed";
     pub const TOOL_FAILED: &str = "tool.failed";
     pub const LIMIT_REACHED: &str = "limit.reached";
+    pub const PLAN_STARTED: &str = "plan.started";
+    pub const STEP_STARTED: &str = "step.started";
+    pub const STEP_COMPLETED: &str = "step.completed";
+    pub const STEP_FAILED: &str = "step.failed";
+    pub const STEP_SKIPPED: &str = "step.skipped";
+    /// `plan.completed`, `plan.failed`, `plan.cancelled` or `plan.timeout`.
+    pub const PLAN_ENDED_PREFIX: &str = "plan.";
 }
 
 fn event(op: &Operation, kind: &str, agent: &str, run_id: &str, payload: serde_json::Value) -> EventDraft {
@@ -310,6 +401,7 @@ fn revoked_id<'a>(state: &'a State, op: &'a Operation) -> Option<&'a str> {
         | Op::SpawnAgent { parent_run: run_id, .. }
         | Op::StartToolCall { run_id: Some(run_id), .. }
         | Op::EndToolCall { run_id: Some(run_id), .. } => state.runs.get(run_id).map(|r| r.chain.as_slice()),
+        Op::StartStep { plan_id, .. } => state.plans.get(plan_id).map(|p| p.chain.as_slice()),
         _ => None,
     };
     std::iter::once(&op.token)
@@ -321,7 +413,15 @@ fn revoked_id<'a>(state: &'a State, op: &'a Operation) -> Option<&'a str> {
 
 fn check(state: &State, op: &Operation) -> Result<(), String> {
     // A run's ending is recorded whatever happened to its token meanwhile: the log must never lose how a run ended.
-    let ending = matches!(op.op, Op::CompleteRun { .. } | Op::FailRun { .. } | Op::EndToolCall { .. });
+    let ending = matches!(
+        op.op,
+        Op::CompleteRun { .. }
+            | Op::FailRun { .. }
+            | Op::EndToolCall { .. }
+            | Op::EndStep { .. }
+            | Op::SkipStep { .. }
+            | Op::EndPlan { .. }
+    );
     if !ending && let Some(id) = revoked_id(state, op) {
         return Err(format!("token {id} is revoked"));
     }
@@ -358,8 +458,65 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
         Op::StartToolCall { run_id: None, agent, rate, tool, .. } => {
             check_rate(state, agent, *rate, op.time_ms, &format!("call of tool {tool}"))
         }
+        Op::StartPlan { plan_id, steps, .. } => {
+            if state.plans.contains_key(plan_id) {
+                return Err(format!("plan {plan_id} is already running"));
+            }
+            let unique: BTreeSet<&String> = steps.iter().collect();
+            if steps.is_empty() || unique.len() != steps.len() {
+                return Err(format!("plan {plan_id} must name each of its steps once"));
+            }
+            Ok(())
+        }
+        Op::StartStep { plan_id, step, attempt, .. } => match step_status(state, plan_id, step)? {
+            StepStatus::Pending => Ok(()),
+            StepStatus::Failed { attempt: last, .. } if attempt > last => Ok(()),
+            other => Err(format!(
+                "step {step} of plan {plan_id} cannot start attempt {attempt}: it is {}",
+                status_name(other)
+            )),
+        },
+        Op::EndStep { plan_id, step, attempt, .. } => match step_status(state, plan_id, step)? {
+            StepStatus::Running { attempt: running, .. } if running == attempt => Ok(()),
+            other => Err(format!(
+                "step {step} of plan {plan_id} is not running attempt {attempt}: it is {}",
+                status_name(other)
+            )),
+        },
+        Op::SkipStep { plan_id, step, .. } => match step_status(state, plan_id, step)? {
+            StepStatus::Pending | StepStatus::Failed { .. } => Ok(()),
+            other => Err(format!("step {step} of plan {plan_id} cannot be skipped: it is {}", status_name(other))),
+        },
+        Op::EndPlan { plan_id, .. } => {
+            let plan = state.plans.get(plan_id).ok_or_else(|| format!("plan {plan_id} is not running"))?;
+            match plan.steps.iter().find(|(_, s)| matches!(s, StepStatus::Running { .. })) {
+                Some((step, _)) => Err(format!("plan {plan_id} cannot end while step {step} is running")),
+                None => Ok(()),
+            }
+        }
         _ => Ok(()),
     }
+}
+
+fn step_status<'a>(state: &'a State, plan_id: &str, step: &str) -> Result<&'a StepStatus, String> {
+    let plan = state.plans.get(plan_id).ok_or_else(|| format!("plan {plan_id} is not running"))?;
+    plan.steps.get(step).ok_or_else(|| format!("plan {plan_id} has no step {step}"))
+}
+
+fn status_name(status: &StepStatus) -> &'static str {
+    match status {
+        StepStatus::Pending => "pending",
+        StepStatus::Running { .. } => "running",
+        StepStatus::Failed { .. } => "failed",
+        StepStatus::Completed { .. } => "completed",
+        StepStatus::Skipped { .. } => "skipped",
+    }
+}
+
+/// Sets a step's status (checked beforehand: the plan and the step exist).
+fn set_step(state: &mut State, plan_id: &str, step: &str, status: StepStatus) {
+    let plan = state.plans.get_mut(plan_id).expect("checked: the plan exists");
+    plan.steps.insert(step.to_string(), status);
 }
 
 /// Ends a running run: it leaves the live state, and so does its task.
@@ -496,6 +653,85 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             let k = if *ok { kind::TOOL_COMPLETED } else { kind::TOOL_FAILED };
             vec![event(op, k, agent, run_id.as_deref().unwrap_or(""), payload)]
         }
+        Op::StartPlan { plan_id, name, digest, steps, .. } => {
+            let plan = PlanState {
+                name: name.clone(),
+                started_ms: op.time_ms,
+                op_seq: state.applied,
+                chain: op.chain.clone(),
+                steps: steps.iter().map(|s| (s.clone(), StepStatus::Pending)).collect(),
+            };
+            state.plans.insert(plan_id.clone(), plan);
+            let payload =
+                json!({ "plan_id": plan_id, "name": name, "digest": digest, "steps": steps, "token": op.token });
+            vec![event(op, kind::PLAN_STARTED, "", plan_id, payload)]
+        }
+        Op::StartStep { plan_id, step, attempt, run_id, agent } => {
+            let failures = match state.plans.get(plan_id).and_then(|p| p.steps.get(step)) {
+                Some(StepStatus::Failed { failures, .. }) => *failures,
+                _ => 0,
+            };
+            set_step(state, plan_id, step, StepStatus::Running { attempt: *attempt, run_id: run_id.clone(), failures });
+            let payload = json!({ "plan_id": plan_id, "step": step, "attempt": attempt });
+            vec![event(op, kind::STEP_STARTED, agent, run_id, payload)]
+        }
+        Op::EndStep { plan_id, step, attempt, ok, outcome, output, detail } => {
+            let (run_id, failures) = match state.plans.get(plan_id).and_then(|p| p.steps.get(step)) {
+                Some(StepStatus::Running { run_id, failures, .. }) => (run_id.clone(), *failures),
+                _ => (String::new(), 0),
+            };
+            let status = if *ok {
+                StepStatus::Completed { attempt: *attempt, op_seq: state.applied }
+            } else {
+                let failed = u32::from(outcome != INTERRUPTED);
+                StepStatus::Failed { attempt: *attempt, outcome: outcome.clone(), failures: failures + failed }
+            };
+            set_step(state, plan_id, step, status);
+            let mut payload = json!({ "plan_id": plan_id, "step": step, "attempt": attempt, "outcome": outcome,
+                                      "output_bytes": output.as_ref().map(String::len) });
+            if let (Some(map), Some(extra)) = (payload.as_object_mut(), detail.as_object()) {
+                for (k, v) in extra {
+                    map.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            let k = if *ok { kind::STEP_COMPLETED } else { kind::STEP_FAILED };
+            vec![event(op, k, "", &run_id, payload)]
+        }
+        Op::SkipStep { plan_id, step, reason } => {
+            set_step(state, plan_id, step, StepStatus::Skipped { reason: reason.clone() });
+            vec![event(
+                op,
+                kind::STEP_SKIPPED,
+                "",
+                plan_id,
+                json!({ "plan_id": plan_id, "step": step, "reason": reason }),
+            )]
+        }
+        Op::EndPlan { plan_id, outcome, detail } => {
+            let plan = state.plans.remove(plan_id).expect("checked: the plan exists");
+            let count = |f: fn(&StepStatus) -> bool| plan.steps.values().filter(|s| f(s)).count();
+            let mut payload = json!({
+                "plan_id": plan_id,
+                "name": plan.name,
+                "outcome": outcome,
+                "completed": count(|s| matches!(s, StepStatus::Completed { .. })),
+                "failed": count(|s| matches!(s, StepStatus::Failed { .. })),
+                "skipped": count(|s| matches!(s, StepStatus::Skipped { .. })),
+                "wall_time_ms": op.time_ms.saturating_sub(plan.started_ms),
+            });
+            if let (Some(map), Some(extra)) = (payload.as_object_mut(), detail.as_object()) {
+                for (k, v) in extra {
+                    map.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            let k = match outcome.as_str() {
+                "completed" => "plan.completed",
+                "cancelled" => "plan.cancelled",
+                "timeout" => "plan.timeout",
+                _ => "plan.failed",
+            };
+            vec![event(op, k, "", plan_id, payload)]
+        }
     }
 }
 
@@ -597,6 +833,106 @@ mod tests {
         assert_eq!(apply(&mut s, &end)[1].kind, "run.completed", "the ending of a revoked run is still recorded");
         apply(&mut s, &op(4, Op::RevokeToken { token_id: "p".into() }));
         assert_eq!(apply(&mut s, &emit("r2"))[0].kind, "op.rejected", "revoking the parent revokes every child");
+    }
+
+    #[test]
+    fn a_completed_step_never_starts_again_and_a_plan_ends_only_when_no_step_runs() {
+        let mut s = State::default();
+        let kinds = |ev: Vec<EventDraft>| ev.into_iter().map(|e| e.kind).collect::<Vec<_>>();
+        let start_plan = Op::StartPlan {
+            plan_id: "p".into(),
+            name: "n".into(),
+            digest: "d".into(),
+            manifest: "m".into(),
+            base: "/".into(),
+            steps: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(kinds(apply(&mut s, &op(1, start_plan.clone()))), ["plan.started"]);
+        assert_eq!(kinds(apply(&mut s, &op(1, start_plan))), ["op.rejected"], "a live plan starts once");
+        let start = |attempt: u32| Op::StartStep {
+            plan_id: "p".into(),
+            step: "a".into(),
+            attempt,
+            run_id: format!("r{attempt}"),
+            agent: "x".into(),
+        };
+        let end = |attempt: u32, ok: bool, outcome: &str| Op::EndStep {
+            plan_id: "p".into(),
+            step: "a".into(),
+            attempt,
+            ok,
+            outcome: outcome.into(),
+            output: ok.then(|| "{}".to_string()),
+            detail: json!({}),
+        };
+        assert_eq!(kinds(apply(&mut s, &op(2, start(1)))), ["step.started"]);
+        let end_plan = Op::EndPlan { plan_id: "p".into(), outcome: "failed".into(), detail: json!({}) };
+        assert_eq!(kinds(apply(&mut s, &op(2, end_plan.clone()))), ["op.rejected"], "not while a step runs");
+        assert_eq!(kinds(apply(&mut s, &op(3, end(1, false, INTERRUPTED)))), ["step.failed"]);
+        assert_eq!(
+            s.plans["p"].steps["a"],
+            StepStatus::Failed { attempt: 1, outcome: INTERRUPTED.into(), failures: 0 }
+        );
+        assert_eq!(kinds(apply(&mut s, &op(4, start(1)))), ["op.rejected"], "attempts only go up");
+        apply(&mut s, &op(4, start(2)));
+        assert_eq!(kinds(apply(&mut s, &op(5, end(2, false, "trap")))), ["step.failed"]);
+        assert!(matches!(s.plans["p"].steps["a"], StepStatus::Failed { failures: 1, .. }), "a trap counts");
+        apply(&mut s, &op(6, start(3)));
+        assert_eq!(kinds(apply(&mut s, &op(7, end(3, true, "success")))), ["step.completed"]);
+        let seq = s.applied;
+        assert_eq!(s.plans["p"].steps["a"], StepStatus::Completed { attempt: 3, op_seq: seq });
+        assert_eq!(kinds(apply(&mut s, &op(8, start(4)))), ["op.rejected"], "a completed step never starts again");
+        let skip = |step: &str| Op::SkipStep { plan_id: "p".into(), step: step.into(), reason: "r".into() };
+        assert_eq!(kinds(apply(&mut s, &op(8, skip("a")))), ["op.rejected"], "nor is it skipped");
+        assert_eq!(kinds(apply(&mut s, &op(8, skip("b")))), ["step.skipped"]);
+        let ended = apply(&mut s, &op(9, end_plan));
+        assert_eq!(ended[0].kind, "plan.failed");
+        assert_eq!((ended[0].payload["completed"].clone(), ended[0].payload["skipped"].clone()), (json!(1), json!(1)));
+        assert!(s.plans.is_empty(), "an ended plan leaves the live state");
+    }
+
+    #[test]
+    fn revoking_the_operators_token_stops_the_plans_next_steps_but_not_their_endings() {
+        let mut s = State::default();
+        let plan = Operation {
+            time_ms: 1,
+            token: "op".into(),
+            chain: vec!["root".into(), "op".into()],
+            op: Op::StartPlan {
+                plan_id: "p".into(),
+                name: "n".into(),
+                digest: "d".into(),
+                manifest: "m".into(),
+                base: "/".into(),
+                steps: vec!["a".into(), "b".into()],
+            },
+        };
+        apply(&mut s, &plan);
+        let start = |step: &str| Operation {
+            time_ms: 2,
+            token: "other".into(),
+            chain: vec![],
+            op: Op::StartStep {
+                plan_id: "p".into(),
+                step: step.into(),
+                attempt: 1,
+                run_id: step.into(),
+                agent: "x".into(),
+            },
+        };
+        assert_eq!(apply(&mut s, &start("a"))[0].kind, "step.started");
+        apply(&mut s, &op(3, Op::RevokeToken { token_id: "root".into() }));
+        assert_eq!(apply(&mut s, &start("b"))[0].kind, "op.rejected", "the plan's chain is revoked");
+        let end = Op::EndStep {
+            plan_id: "p".into(),
+            step: "a".into(),
+            attempt: 1,
+            ok: true,
+            outcome: "success".into(),
+            output: None,
+            detail: json!({}),
+        };
+        assert_eq!(apply(&mut s, &op(4, end))[0].kind, "step.completed", "an ending is always recorded");
     }
 
     #[test]

@@ -590,6 +590,11 @@ pub fn fresh_call_id() -> String {
     fresh_id("call")
 }
 
+/// A fresh plan id.
+pub fn fresh_plan_id() -> String {
+    fresh_id("plan")
+}
+
 /// The name an agent is known by: its file name without the extension.
 pub fn agent_name(path: &Path) -> String {
     path.file_stem().map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned())

@@ -171,6 +171,18 @@ impl Host {
         crate::token::authorize_caller(&self.home.dir, self.db(), token, request, local_ttl)
     }
 
+    /// Mints a token with this home's active root key (creating the key if the home has none), as the CLI does for
+    /// the operator's own flags: the operator's authority, for a face (the orchestrator) that narrows it per run.
+    pub fn mint_local(&self, request: &crate::token::MintRequest) -> Result<String, RunError> {
+        let refused = |e: &dyn std::fmt::Display| RunError::TokenRefused(crate::error::one_line(&e.to_string()));
+        let now = std::time::SystemTime::now();
+        let now_ms = u64::try_from(now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis())
+            .unwrap_or(u64::MAX);
+        let keys = crate::token::keys::KeyStore::load_or_init(&self.home.dir, now_ms).map_err(|e| refused(&e))?;
+        let token = crate::token::mint(&keys, request, now).map_err(|e| refused(&e))?;
+        token.to_base64().map_err(|e| refused(&e))
+    }
+
     /// The limits a token allows, for a run that did not ask for its own.
     pub fn token_limits(&self, token: &str) -> Result<TokenLimits, RunError> {
         crate::token::limits_of(&self.home.dir, token)

@@ -15,6 +15,7 @@ mod held_tokens;
 mod hello;
 mod hostile;
 mod output_caps;
+mod plans;
 mod preview1;
 mod progress;
 mod schema;

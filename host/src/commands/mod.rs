@@ -10,6 +10,7 @@ pub mod serve;
 pub mod state;
 pub mod token;
 pub mod tool;
+pub mod up;
 
 use crate::grants::{DirGrant, EnvGrant, GrantRequest, NetGrant, StateGrant};
 use crate::home::Home;
@@ -101,6 +102,8 @@ pub enum Command {
     Mcp(mcp::McpCommand),
     /// Serve the host over HTTP: runs, live events, tools, metrics, a dashboard.
     Serve(serve::ServeCommand),
+    /// Run the agents of a plan manifest (toka.toml) in dependency order, or resume a stopped plan.
+    Up(up::UpCommand),
 }
 
 impl Cli {
@@ -117,6 +120,7 @@ impl Cli {
             Command::Tool(cmd) => cmd.execute(&home),
             Command::Mcp(cmd) => cmd.execute(&home),
             Command::Serve(cmd) => cmd.execute(&home),
+            Command::Up(cmd) => cmd.execute(&home),
         }
     }
 }

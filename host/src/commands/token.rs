@@ -208,9 +208,12 @@ impl TokenCommand {
                     (Some(file), _) => Some(component_digest(file)?),
                     (None, pin) => pin,
                 };
-                let narrowed =
-                    token::attenuate(&parsed, &Attenuation { only, fuel, ttl, windows, rate, component }, now)
-                        .map_err(|e| e.to_string())?;
+                let narrowed = token::attenuate(
+                    &parsed,
+                    &Attenuation { only, fuel, ttl, windows, rate, component, ..Attenuation::default() },
+                    now,
+                )
+                .map_err(|e| e.to_string())?;
                 emit(&narrowed.to_base64().map_err(|e| e.to_string())?, out.as_ref())
             }
             TokenAction::Inspect { token, json, at } => {

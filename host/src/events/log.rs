@@ -355,6 +355,27 @@ fn catch_up(
     Ok(before)
 }
 
+/// The kernel state as the operation log stands now (from the latest snapshot, then every operation after it), for a
+/// process that must act on what is live (resuming a plan). Reads only.
+pub fn kernel_state(db: &Db) -> Result<State, redb::Error> {
+    use redb::ReadableDatabase;
+    let txn = db.redb().begin_read()?;
+    let mut state = State::default();
+    catch_up(&mut state, &txn.open_table(KERNEL)?, &txn.open_table(OPS)?)?;
+    Ok(state)
+}
+
+/// The stored operation `seq`, if there is one.
+pub fn operation_at(db: &Db, seq: u64) -> Result<Option<Operation>, redb::Error> {
+    use redb::ReadableDatabase;
+    let txn = db.redb().begin_read()?;
+    let table = txn.open_table(OPS)?;
+    let Some(value) = table.get(seq)? else { return Ok(None) };
+    serde_json::from_slice(value.value())
+        .map(Some)
+        .map_err(|e| redb::Error::Corrupted(format!("operation {seq} is unreadable: {e}")))
+}
+
 /// The name an operation is stored under (its `op` field).
 fn op_name(op: &Op) -> &'static str {
     match op {
@@ -371,6 +392,11 @@ fn op_name(op: &Op) -> &'static str {
         Op::StartToolCall { .. } => "start-tool-call",
         Op::ReachLimit { .. } => "reach-limit",
         Op::EndToolCall { .. } => "end-tool-call",
+        Op::StartPlan { .. } => "start-plan",
+        Op::StartStep { .. } => "start-step",
+        Op::EndStep { .. } => "end-step",
+        Op::SkipStep { .. } => "skip-step",
+        Op::EndPlan { .. } => "end-plan",
     }
 }
 

@@ -84,6 +84,12 @@ impl Verified {
                 for ceiling in checked_ceilings(&source, "fuel_request($f), $f <= ") {
                     l.fuel = l.fuel.min(ceiling);
                 }
+                for ceiling in checked_ceilings(&source, "memory_request($m), $m <= ") {
+                    l.memory = l.memory.min(ceiling);
+                }
+                for ceiling in checked_ceilings(&source, "timeout_request($t), $t <= ") {
+                    l.timeout_ms = l.timeout_ms.min(ceiling);
+                }
             }
             l
         });

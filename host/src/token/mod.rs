@@ -244,12 +244,18 @@ pub struct Attenuation {
     pub rate: Option<Rate>,
     /// Usable only to run the component with this sha256 (hex).
     pub component: Option<String>,
+    /// Ceilings on memory (bytes) and on a run's timeout (milliseconds), as `fuel` is on fuel.
+    pub memory: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    /// `only` is the exact list of what remains usable, even when it is empty (then no grant at all remains): how
+    /// the orchestrator gives an agent exactly its own grants. Without it, an empty `only` narrows nothing.
+    pub exact: bool,
 }
 
 /// Appends a block of checks; needs no key.
 pub fn attenuate(token: &UnverifiedBiscuit, a: &Attenuation, now: SystemTime) -> Result<UnverifiedBiscuit, TokenError> {
     let mut code = String::new();
-    if !a.only.is_empty() {
+    if !a.only.is_empty() || a.exact {
         // Each requested grant must fall inside one of the listed grants; "none" is the request of a run that asks
         // for no grant at all (its limits are still checked).
         let mut alternatives = vec![r#"request("none", "", "")"#.to_string()];
@@ -265,6 +271,12 @@ pub fn attenuate(token: &UnverifiedBiscuit, a: &Attenuation, now: SystemTime) ->
     }
     if let Some(fuel) = a.fuel {
         code.push_str(&format!("check if fuel_request($f), $f <= {};\n", dl(fuel)));
+    }
+    if let Some(memory) = a.memory {
+        code.push_str(&format!("check if memory_request($m), $m <= {};\n", dl(memory)));
+    }
+    if let Some(timeout_ms) = a.timeout_ms {
+        code.push_str(&format!("check if timeout_request($t), $t <= {};\n", dl(timeout_ms)));
     }
     if let Some(ttl) = a.ttl {
         code.push_str(&format!("check if time($t), $t <= {};\n", rfc3339(later(now, ttl))));
