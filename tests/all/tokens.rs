@@ -234,11 +234,14 @@ fn forged_truncated_and_foreign_tokens_are_refused() {
     assert!(r.stderr.starts_with("toka-host: token refused: token signature does not verify: "), "{}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
 
-    // Text that is not base64 at all is taken for a token file's name.
-    for (bad, kind) in [(&token[..token.len() / 2], "malformed token: "), ("not a token", "token file not a token")] {
+    // Text that is not base64 at all is taken for a token file's name, which does not exist (exit 76).
+    for (bad, code, message) in [
+        (&token[..token.len() / 2], 78, "toka-host: token refused: malformed token: "),
+        ("not a token", 76, "toka-host: token file not a token: file not found"),
+    ] {
         let r = t(h, &["run", "--token", bad, &echo(), "args"]);
-        r.expect_code(78);
-        assert!(r.stderr.starts_with(&format!("toka-host: token refused: {kind}")), "{}", r.stderr);
+        r.expect_code(code);
+        assert!(r.stderr.starts_with(message), "{}", r.stderr);
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     }
     let other = tempfile::tempdir().unwrap();

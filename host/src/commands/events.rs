@@ -32,9 +32,10 @@ pub struct EventsCommand {
     #[arg(long)]
     pub kind: Option<String>,
 
-    /// Only events with this sequence number or later.
-    #[arg(long, value_name = "SEQ")]
-    pub since: Option<u64>,
+    /// Only events with this sequence number or later; `now`: none of those already in the log (with --follow,
+    /// only what is committed from now on).
+    #[arg(long, value_name = "SEQ|now", value_parser = parse_since)]
+    pub since: Option<Since>,
 
     /// At most N events: the last N, or with --since the first N from there.
     #[arg(long, value_name = "N")]
@@ -70,6 +71,22 @@ pub enum EventsAction {
     },
 }
 
+/// Where `events` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// At this sequence number.
+    Seq(u64),
+    /// After the last event committed when the command starts.
+    Now,
+}
+
+fn parse_since(text: &str) -> Result<Since, String> {
+    if text == "now" {
+        return Ok(Since::Now);
+    }
+    text.parse().map(Since::Seq).map_err(|_| format!("invalid --since `{text}`: expected a sequence number or `now`"))
+}
+
 /// Exit code of `events verify` when the chain does not verify.
 pub const CHAIN_BROKEN: i32 = 80;
 
@@ -93,21 +110,26 @@ impl EventsCommand {
     }
 
     fn show(&self, db: &Db) -> Result<(), redb::Error> {
+        let since = match self.since {
+            Some(Since::Now) => Some(events::last_seq(db)?.saturating_add(1)),
+            Some(Since::Seq(n)) => Some(n),
+            None => None,
+        };
         let mut filter = Filter {
             agent: self.agent.clone(),
             run_id: self.run_id.clone(),
             kind: self.kind.clone(),
-            after: self.since.map(|s| s.saturating_sub(1)),
-            limit: if self.since.is_some() { self.limit } else { None },
+            after: since.map(|s| s.saturating_sub(1)),
+            limit: if since.is_some() { self.limit } else { None },
         };
         let mut records = events::read(db, &filter)?;
-        if self.since.is_none()
+        if since.is_none()
             && let Some(n) = self.limit
         {
             let skip = records.len().saturating_sub(n);
             records.drain(..skip);
         }
-        let mut last = self.since.map_or(0, |s| s.saturating_sub(1));
+        let mut last = since.map_or(0, |s| s.saturating_sub(1));
         for r in &records {
             self.print(r);
             last = r.seq;

@@ -1,8 +1,11 @@
 //! The `toka-host` command line: one file per subcommand, each a `clap` type with an `execute` method.
 
+pub mod build;
+pub mod componentize;
 pub mod events;
 pub mod key;
 pub mod mcp;
+pub mod new;
 pub mod run;
 pub mod runs;
 pub mod serve;
@@ -76,6 +79,10 @@ pub struct Cli {
     #[command(flatten)]
     pub home: HomeArgs,
 
+    /// Show more: refusals also print the token's Datalog checks that failed.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -100,12 +107,19 @@ pub enum Command {
     Mcp(mcp::McpCommand),
     /// Serve the host over HTTP: runs, live events, tools, metrics, a dashboard.
     Serve(serve::ServeCommand),
+    /// Make a new agent, tool or command project of your own (Rust, Python, JavaScript, C, Go, Zig).
+    New(new::NewCommand),
+    /// Build the project in this directory (made by `toka-host new`) into NAME.wasm.
+    Build(build::BuildCommand),
+    /// Make a component of a core module (wit-bindgen output, or a WASI preview 1 program).
+    Componentize(componentize::ComponentizeCommand),
 }
 
 impl Cli {
     /// Runs the chosen subcommand and returns the process exit code.
     pub fn execute(self) -> i32 {
         let home = self.home.home();
+        crate::error::set_verbose(self.verbose);
         match self.command {
             Command::Run(cmd) => cmd.execute(&home),
             Command::Events(cmd) => cmd.execute(&home),
@@ -116,6 +130,9 @@ impl Cli {
             Command::Tool(cmd) => cmd.execute(&home),
             Command::Mcp(cmd) => cmd.execute(&home),
             Command::Serve(cmd) => cmd.execute(&home),
+            Command::New(cmd) => cmd.execute(&home),
+            Command::Build(cmd) => cmd.execute(&home),
+            Command::Componentize(cmd) => cmd.execute(&home),
         }
     }
 }
@@ -139,4 +156,37 @@ pub(crate) fn init_logging(format: &str) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second initialization (tests, library users) is not an error worth failing for.
     let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every subcommand, flag and argument has a `--help` description: a newcomer reads `--help`, not the source.
+    #[test]
+    fn every_command_flag_and_argument_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if cmd.get_about().is_none() && cmd.get_long_about().is_none() {
+                missing.push(format!("{path} (the command itself)"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_long().map_or_else(|| id.to_string(), |l| format!("--{l}"))));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "toka-host", &mut missing);
+        assert!(missing.is_empty(), "no --help description for:\n{}", missing.join("\n"));
+    }
 }
