@@ -59,7 +59,11 @@ fn dashboard_files_are_served_without_a_token_under_a_strict_policy() {
 /// What the browser test needs from the machine; a clear failure (not a skip) when one is missing.
 fn browser_tools() -> (PathBuf, PathBuf) {
     let chromium = PathBuf::from(std::env::var_os("TOKA_CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into()));
-    assert!(chromium.exists(), "{} is missing: scripts/setup-toolchains installs Debian's chromium", chromium.display());
+    assert!(
+        chromium.exists(),
+        "{} is missing: scripts/setup-toolchains installs Debian's chromium",
+        chromium.display()
+    );
     let js = root().join(".tools").join("js");
     assert!(
         js.join("node_modules").join("playwright-core").join("package.json").exists(),

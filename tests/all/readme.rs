@@ -6,7 +6,8 @@
 //! behaviour `service`, `tools` and `newcomer` test; `console,ignore` blocks are the builds of "Your first agent",
 //! which `scaffold` runs for every language.
 //!
-//! To see what the examples print now: `TRYCMD=dump cargo test --release --workspace --test all -- readme`.
+//! To write what the examples print now into README.md: `TRYCMD=overwrite cargo test --release --workspace --test all
+//! -- readme`, then put back the `[..]` and `...` elisions where the output varies (`git diff` shows them).
 
 use std::path::Path;
 use toka_tests::{root, shared_cache, toka_host};
@@ -46,4 +47,9 @@ fn the_readme_console_examples_print_what_the_readme_shows() {
         .timeout(std::time::Duration::from_secs(120))
         .case(base.join("README.md"))
         .run();
+    // `TRYCMD=overwrite` rewrites the copy with what the commands printed: bring it back to the repository (then put
+    // the `[..]` elisions back where the output varies).
+    if std::env::var_os("TRYCMD").is_some_and(|m| m == "overwrite") {
+        std::fs::copy(base.join("README.md"), root().join("README.md")).unwrap();
+    }
 }

@@ -32,7 +32,7 @@ fn t_in(cwd: &Path, home: &Path, args: &[&str]) -> Ran {
 
 /// Why `lang`'s toolchain is absent, if it is.
 fn missing_toolchain(lang: &str) -> Option<String> {
-    let tools = root().join(".tools");
+    let tools = std::env::var_os("TOKA_TOOLS").map_or_else(|| root().join(".tools"), PathBuf::from);
     let need: Vec<PathBuf> = match lang {
         "rust" => vec!["/usr/bin/cargo".into(), "/usr/lib/wasm32-wasi".into()],
         "c" => vec!["/usr/bin/clang".into(), "/usr/lib/wasm32-wasi/libc.a".into()],
@@ -188,9 +188,8 @@ fn a_zig_command_from_outside_the_repository() {
 #[test]
 fn a_core_module_of_a_rust_agent_is_refused_with_the_fix_and_componentize_makes_it_run() {
     let Some(p) = scaffold_and_build("agent", "rust") else { return };
-    let core = root()
-        .join("target/scaffold-cargo/wasm32-wasip1/release")
-        .join(format!("{}.wasm", p.name.replace('-', "_")));
+    let core =
+        root().join("target/scaffold-cargo/wasm32-wasip1/release").join(format!("{}.wasm", p.name.replace('-', "_")));
     let core = core.to_str().unwrap();
     let r = p.run(&["run", core]);
     r.expect_code(74);

@@ -19,8 +19,7 @@ pub struct ComponentizeCommand {
 impl ComponentizeCommand {
     pub fn execute(self, _home: &crate::home::Home) -> i32 {
         let shown = self.input.display().to_string();
-        let result = crate::component::read(&self.input)
-            .and_then(|bytes| crate::project::componentize(&shown, &bytes));
+        let result = crate::component::read(&self.input).and_then(|bytes| crate::project::componentize(&shown, &bytes));
         match result {
             Ok(component) => match std::fs::write(&self.out, &component) {
                 Ok(()) => {

@@ -55,6 +55,7 @@ pub enum EventsAction {
     /// Walk the hash chain and the operation log from the first record, and check them and the revocations against
     /// the signed checkpoints (with the home's root keys); report the first thing that does not verify.
     Verify {
+        /// Print the result as one JSON object.
         #[arg(long)]
         json: bool,
         /// A checkpoint exported earlier (`events checkpoint --out FILE`) and kept elsewhere: the log must still

@@ -176,7 +176,10 @@ mod tests {
                     continue;
                 }
                 if arg.get_help().is_none() && arg.get_long_help().is_none() {
-                    missing.push(format!("{path} {}", arg.get_long().map_or_else(|| id.to_string(), |l| format!("--{l}"))));
+                    missing.push(format!(
+                        "{path} {}",
+                        arg.get_long().map_or_else(|| id.to_string(), |l| format!("--{l}"))
+                    ));
                 }
             }
             for sub in cmd.get_subcommands() {

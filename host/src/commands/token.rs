@@ -18,7 +18,8 @@ pub struct TokenCommand {
 pub enum TokenAction {
     /// Mint a token for an agent, signed by the active root key; prints it as base64.
     Mint {
-        /// The agent the token is for (default: the name of the --component file).
+        /// The agent the token is for: the name a run of it goes by, its component's file name without `.wasm`
+        /// (default: the name of the --component file; `*`: every agent, an operator's token).
         #[arg(long, required_unless_present = "component")]
         agent: Option<String>,
         /// Pin the token to this component file: it can run only a component with the same sha256. The agent
@@ -168,7 +169,10 @@ pub fn read_token(arg: &str) -> Result<String, String> {
     if text.len() < MIN_TOKEN_TEXT
         || !text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='))
     {
-        return Err(format!("{}: file not found (give a token file, `-` for stdin, or the token's base64 itself)", token_file(arg)));
+        return Err(format!(
+            "{}: file not found (give a token file, `-` for stdin, or the token's base64 itself)",
+            token_file(arg)
+        ));
     }
     Ok(text.to_string())
 }

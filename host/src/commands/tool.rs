@@ -51,6 +51,7 @@ pub struct CallerArgs {
 pub enum ToolAction {
     /// Install a tool component (it is asked to describe itself, in a sandbox with no rights).
     Add {
+        /// The tool component (world toka:agent/tool).
         path: PathBuf,
         /// Install under this name instead of the one its describe() gives.
         #[arg(long)]
@@ -58,15 +59,23 @@ pub enum ToolAction {
     },
     /// The installed tools.
     List {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// A tool's description: version, schemas, side-effect class, declared grants, digest.
-    Describe { name: String },
+    Describe {
+        /// The installed tool's name (`toka-host tool list`).
+        name: String,
+    },
     /// Uninstall a tool.
-    Remove { name: String },
+    Remove {
+        /// The installed tool's name.
+        name: String,
+    },
     /// Call a tool once, in its own sandbox, with the caller's grants and token; prints its JSON output.
     Call {
+        /// The installed tool's name.
         name: String,
         /// The tool's input, as JSON.
         #[arg(long, value_name = "JSON", default_value = "{}")]

@@ -84,7 +84,10 @@ pub fn build(dir: &Path) -> Result<Built, ProjectError> {
             read(&out)?
         }
         Lang::Js => {
-            let js = tool("componentize-js (npm @bytecodealliance/componentize-js 0.23.0)", "js/node_modules/.bin/componentize-js")?;
+            let js = tool(
+                "componentize-js (npm @bytecodealliance/componentize-js 0.23.0)",
+                "js/node_modules/.bin/componentize-js",
+            )?;
             let mut cmd = Command::new(js);
             cmd.arg(dir.join(format!("{world}.js")))
                 .arg("--wit")
@@ -157,15 +160,19 @@ fn tool(what: &str, relative: &str) -> Result<PathBuf, ProjectError> {
     };
     let path = tools.join(relative);
     if !path.exists() {
-        return Err(ProjectError::MissingTool { what: what.into(), path: path.display().to_string(), var: "TOKA_TOOLS" });
+        return Err(ProjectError::MissingTool {
+            what: what.into(),
+            path: path.display().to_string(),
+            var: "TOKA_TOOLS",
+        });
     }
     Ok(path)
 }
 
 /// A cache directory shared by every project's builds with one toolchain: `TOOLS/cache/NAME`.
 fn shared_cache(name: &str) -> Result<PathBuf, ProjectError> {
-    let tools = super::tools_dir()
-        .ok_or_else(|| ProjectError::Invalid("no toolchain directory (set TOKA_TOOLS)".into()))?;
+    let tools =
+        super::tools_dir().ok_or_else(|| ProjectError::Invalid("no toolchain directory (set TOKA_TOOLS)".into()))?;
     let dir = tools.join("cache").join(name);
     std::fs::create_dir_all(&dir).map_err(|e| ProjectError::io(&dir, e))?;
     Ok(dir)
@@ -183,7 +190,11 @@ fn need(path: &str, what: &str) -> Result<(), ProjectError> {
 fn run(mut cmd: Command, what: &str) -> Result<(), ProjectError> {
     cmd.stdin(Stdio::null()).stdout(Stdio::from(std::io::stderr()));
     let status = cmd.status().map_err(|e| ProjectError::Failed(format!("cannot run {what}: {e}")))?;
-    if status.success() { Ok(()) } else { Err(ProjectError::Failed(format!("{what} failed ({status}): see its output above"))) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(ProjectError::Failed(format!("{what} failed ({status}): see its output above")))
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ProjectError> {
@@ -260,13 +271,16 @@ fn check_world(bytes: &[u8], kind: Kind) -> Result<(), String> {
     let wit_component::DecodedWasm::Component(resolve, world) = decoded else {
         return Err("is a WIT package, not a component".into());
     };
-    let exports: Vec<String> =
-        resolve.worlds[world].exports.keys().map(|key| resolve.name_world_key(key)).collect();
+    let exports: Vec<String> = resolve.worlds[world].exports.keys().map(|key| resolve.name_world_key(key)).collect();
     let has = |name: &str| exports.iter().any(|e| e == name);
     let ok = match kind {
         Kind::Agent => has("run"),
         Kind::Tool => has("describe") && has("invoke"),
         Kind::Command => exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2.")),
     };
-    if ok { Ok(()) } else { Err(format!("does not export what a {} must (exports: {})", kind.as_str(), exports.join(", "))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("does not export what a {} must (exports: {})", kind.as_str(), exports.join(", ")))
+    }
 }

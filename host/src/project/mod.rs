@@ -112,7 +112,9 @@ pub enum ProjectError {
     Invalid(String),
     #[error("{path}: {reason}")]
     Io { path: String, reason: String },
-    #[error("{what} is missing ({path} not found): run scripts/setup-toolchains in the toka-host checkout, or set {var}")]
+    #[error(
+        "{what} is missing ({path} not found): run scripts/setup-toolchains in the toka-host checkout, or set {var}"
+    )]
     MissingTool { what: String, path: String, var: &'static str },
     #[error("{0}")]
     Failed(String),
@@ -164,8 +166,9 @@ impl Manifest {
         if text.len() > 64 * 1024 {
             return Err(ProjectError::Invalid(format!("{}: over 64 KiB", path.display())));
         }
-        let manifest: Manifest = toml::from_str(&text)
-            .map_err(|e| ProjectError::Invalid(format!("{}: {}", path.display(), crate::error::one_line(&e.to_string()))))?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| {
+            ProjectError::Invalid(format!("{}: {}", path.display(), crate::error::one_line(&e.to_string())))
+        })?;
         check_name(&manifest.name)?;
         if !manifest.lang.supports(manifest.kind) {
             return Err(ProjectError::Invalid(format!(
@@ -184,7 +187,11 @@ impl Manifest {
 /// found above the executable (`CHECKOUT/target/release/toka-host`). `None` for an installed binary.
 pub fn checkout() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    exe.ancestors().skip(1).take(4).find(|dir| dir.join("guest-sdk").join("Cargo.toml").is_file()).map(Path::to_path_buf)
+    exe.ancestors()
+        .skip(1)
+        .take(4)
+        .find(|dir| dir.join("guest-sdk").join("Cargo.toml").is_file())
+        .map(Path::to_path_buf)
 }
 
 /// The toka-sdk crate for Rust projects: `$TOKA_SDK`, else the checkout's `guest-sdk/`.

@@ -69,7 +69,9 @@ fn manifest(name: &str, kind: Kind, lang: Lang) -> String {
 
 fn readme(name: &str, kind: Kind, lang: Lang, source: &str) -> String {
     let (run, prints) = match kind {
-        Kind::Agent => (format!("toka-host run --input '{{\"name\":\"Ada\"}}' {name}.wasm"), "{\"greeting\":\"Hello, Ada!\"}"),
+        Kind::Agent => {
+            (format!("toka-host run --input '{{\"name\":\"Ada\"}}' {name}.wasm"), "{\"greeting\":\"Hello, Ada!\"}")
+        }
         Kind::Tool => (
             format!("toka-host tool add {name}.wasm\ntoka-host tool call {name} --input '{{\"name\":\"Ada\"}}'"),
             "{\"greeting\":\"Hello, Ada!\"}",
@@ -180,7 +182,11 @@ pub fn scaffold(dir: &Path, name: &str, kind: Kind, lang: Lang) -> Result<Vec<Pa
             std::fs::create_dir_all(parent).map_err(|e| ProjectError::io(parent, e))?;
         }
         // create_new: never over a file that appeared meanwhile.
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| ProjectError::io(&path, e))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| ProjectError::io(&path, e))?;
         std::io::Write::write_all(&mut f, file.text.as_bytes()).map_err(|e| ProjectError::io(&path, e))?;
         written.push(path);
     }

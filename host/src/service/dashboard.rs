@@ -118,7 +118,8 @@ mod tests {
     #[test]
     fn the_script_never_inserts_markup() {
         let js = ASSETS.iter().find(|(n, _, _)| *n == "dashboard.js").map(|(_, _, b)| *b).unwrap_or_default();
-        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "srcdoc"]
+        for sink in
+            ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "srcdoc"]
         {
             assert!(!js.contains(sink), "dashboard.js uses {sink}");
         }

@@ -543,10 +543,14 @@ fn token_refusal(verified: &Verified, request: &RunRequest, grant: String, reaso
 
 /// The Datalog of a refusal, shown only with `--verbose`; otherwise a pointer to it.
 fn datalog_note(reason: &str) -> String {
-    if crate::error::verbose() {
-        format!(" [Datalog: {}]", crate::error::one_line(reason))
-    } else {
-        " (--verbose shows the failing Datalog checks)".to_string()
+    if !crate::error::verbose() {
+        return " (--verbose shows the failing Datalog checks)".to_string();
+    }
+    let reason = crate::error::one_line(reason);
+    // Biscuit words a request that no policy allows, with no failing check, as an empty list of checks.
+    match reason.strip_suffix(", and the following checks failed:") {
+        Some(_) => " [Datalog: no policy of the host allows it, and no check failed]".to_string(),
+        None => format!(" [Datalog: {reason}]"),
     }
 }
 
@@ -590,12 +594,11 @@ pub fn explain_refusal(verified: &Verified, request: &RunRequest, grant: &str, r
         };
     }
     let (in_force, _) = grants_in_force(&verified.grants, &block_sources(&verified.token));
-    let allows = if in_force.is_empty() {
-        "grants nothing".to_string()
-    } else {
-        format!("allows {}", in_force.iter().map(Grant::to_string).collect::<Vec<_>>().join(" "))
-    };
-    if in_force.iter().any(|g| g.to_string() == grant) {
+    let mut allowed: Vec<String> = in_force.iter().map(Grant::to_string).collect();
+    allowed.sort();
+    let allows =
+        if allowed.is_empty() { "grants nothing".to_string() } else { format!("allows {}", allowed.join(" ")) };
+    if allowed.iter().any(|g| g == grant) {
         return format!("the token {allows}, but its checks refuse {grant}{datalog}");
     }
     format!("asked for {grant}, and the token {allows}{datalog}")
@@ -755,9 +758,12 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
         }
     };
     inspection.agent = verified.agent.clone();
+    // Sorted: what the token states is a set, and the same token must print the same way every time.
     inspection.authority_grants = verified.grants.iter().map(Grant::to_string).collect();
+    inspection.authority_grants.sort();
     let (in_force, unread) = grants_in_force(&verified.grants, &inspection.blocks);
     inspection.grants = in_force.iter().map(Grant::to_string).collect();
+    inspection.grants.sort();
     inspection.unread_blocks = unread;
     inspection.limits = verified.limits.as_ref().ok().copied();
     inspection.max_depth = verified.max_depth;
@@ -871,9 +877,13 @@ mod tests {
         };
         let once = narrow(&t, &["fs:/srv/data/reports:ro", "env:LANG"], Some(10));
         let twice = narrow(&once, &["env:LANG", "tool:echo"], None);
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
         let i = inspect(&keys, &once, SystemTime::now()).unwrap();
-        assert_eq!(i.grants, ["fs:/srv/data/reports/:ro", "env:LANG"]);
-        assert_eq!(i.authority_grants, ["fs:/srv/data/:rw", "env:LANG", "tool:echo"]);
+        assert_eq!(sorted(i.grants), ["env:LANG", "fs:/srv/data/reports/:ro"]);
+        assert_eq!(sorted(i.authority_grants), ["env:LANG", "fs:/srv/data/:rw", "tool:echo"]);
         assert_eq!(i.limits.unwrap().fuel, 10);
         assert!(i.unread_blocks.is_empty());
         let i = inspect(&keys, &twice, SystemTime::now()).unwrap();
@@ -895,7 +905,7 @@ mod tests {
         // A fuel-only block narrows no grant.
         let fuel_only = narrow(&t, &[], Some(7));
         let i = inspect(&keys, &fuel_only, SystemTime::now()).unwrap();
-        assert_eq!(i.grants, i.authority_grants);
+        assert_eq!(sorted(i.grants.clone()), sorted(i.authority_grants.clone()));
         assert!(i.unread_blocks.is_empty());
     }
 

@@ -257,7 +257,10 @@ impl ToolHost {
             component: caller.component.clone(),
         };
         token::authorize(&caller.token, &request, SystemTime::now()).map_err(|(grant, reason)| {
-            Failure::Denied(format!("grant refused: {grant}: {}", token::explain_refusal(&caller.token, &request, &grant, &reason)))
+            Failure::Denied(format!(
+                "grant refused: {grant}: {}",
+                token::explain_refusal(&caller.token, &request, &grant, &reason)
+            ))
         })
     }
 
