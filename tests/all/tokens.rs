@@ -394,6 +394,11 @@ fn windows_open_and_closed_now() {
             "{}",
             r.stderr
         );
+        // The window in words; the failing Datalog check only with --verbose.
+        assert!(r.stderr.contains(&format!("usable only during {closed}")), "the window is named: {}", r.stderr);
+        assert!(!r.stderr.contains("window_open("), "{}", r.stderr);
+        let r = t(h, &["--verbose", "run", "--token", &token, &echo(), "args"]);
+        r.expect_code(78);
         assert!(r.stderr.contains("window_open("), "the failing check is named: {}", r.stderr);
     }
     // An attenuation block narrows with a window of its own; the parent stays usable.
