@@ -86,13 +86,20 @@ fn scan(shown: &str, bytes: &[u8]) -> Result<Scan, RunError> {
                 for import in reader.into_imports() {
                     let import = import.map_err(|e| invalid(e.to_string()))?;
                     if import.module != "wasi_snapshot_preview1" {
+                        // A module built against the toka worlds (cargo or clang with wit-bindgen) is one step short
+                        // of a component: say which step.
+                        let hint = if import.module.contains("toka:agent/") {
+                            format!(
+                                "; it was built for the toka:agent worlds but not made a component: run `toka-host \
+                                 componentize {shown} -o OUT.wasm` (or build it with `toka-host build`, in a project \
+                                 made by `toka-host new`)"
+                            )
+                        } else {
+                            "; only WASI preview 1 (`wasi_snapshot_preview1`) imports can be provided".to_string()
+                        };
                         return Err(RunError::NotAComponent {
                             path: shown.to_string(),
-                            reason: format!(
-                                "core module imports `{}::{}`; only WASI preview 1 (`wasi_snapshot_preview1`) imports \
-                                 can be provided",
-                                import.module, import.name
-                            ),
+                            reason: format!("core module imports `{}::{}`{hint}", import.module, import.name),
                         });
                     }
                     scan.imports_proc_exit |= import.name == "proc_exit";

@@ -25,6 +25,7 @@ pub mod home;
 pub mod kernel;
 pub mod orchestrate;
 pub mod progress;
+pub mod project;
 pub mod report;
 pub mod run;
 pub mod runtime;

@@ -4,6 +4,14 @@ use std::time::Duration;
 
 /// Parses a byte size: a plain number of bytes, or a number with a suffix `K`, `M`, `G` (powers of 1024, with or
 /// without `iB`/`B`) such as `512KiB`, `64M`, `1.5GiB`.
+/// Parses a fuel budget: a number (`_` separators allowed) or `unlimited`; the same in every subcommand.
+pub fn parse_fuel(text: &str) -> Result<u64, String> {
+    if text.eq_ignore_ascii_case("unlimited") {
+        return Ok(u64::MAX);
+    }
+    text.replace('_', "").parse().map_err(|_| format!("invalid fuel `{text}`: expected a number or `unlimited`"))
+}
+
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());

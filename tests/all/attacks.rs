@@ -443,8 +443,9 @@ fn one_home_a_revocation_in_a_database_binds_every_command_on_it() {
     call(y).expect_code(0);
     let (code, stderr) = serve(y);
     assert_ne!(code, 78, "{stderr}");
-    // Reading commands take the same flags: the runs are in X, not in the home's default database.
-    for (db, n) in [(x, 1), (y, 1), (h.join("toka.redb").to_str().unwrap(), 0)] {
+    // Reading commands take the same flags: the runs are in X, not in the home's default database (X also lists
+    // the run its revocation refused).
+    for (db, n) in [(x, 2), (y, 1), (h.join("toka.redb").to_str().unwrap(), 0)] {
         let runs = t(h, &["runs", "--db", db, "--json"]);
         runs.expect_code(0);
         assert_eq!(runs.stdout.lines().count(), n, "{db}: {}", runs.stdout);

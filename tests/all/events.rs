@@ -66,9 +66,11 @@ fn every_run_is_recorded_with_its_outcome() {
     let r = toka_in(h, &["runs", "--json"]);
     r.expect_code(0);
     let rows: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(rows.len(), 2);
+    // The run refused before it started is a row too (issue 11), without a run id.
+    assert_eq!(rows.len(), 3, "{}", r.stdout);
     assert_eq!((rows[0]["agent"].as_str(), rows[0]["outcome"].as_str()), (Some("hello-rust"), Some("success")));
     assert_eq!((rows[1]["agent"].as_str(), rows[1]["outcome"].as_str()), (Some("hostile"), Some("out-of-fuel")));
+    assert_eq!((rows[2]["outcome"].as_str(), rows[2]["run_id"].as_str()), (Some("grant-refused"), Some("-")));
 
     let v = toka_in(h, &["events", "verify"]);
     v.expect_code(0);

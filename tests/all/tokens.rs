@@ -234,11 +234,14 @@ fn forged_truncated_and_foreign_tokens_are_refused() {
     assert!(r.stderr.starts_with("toka-host: token refused: token signature does not verify: "), "{}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
 
-    // Text that is not base64 at all is taken for a token file's name.
-    for (bad, kind) in [(&token[..token.len() / 2], "malformed token: "), ("not a token", "token file not a token")] {
+    // Text that is not base64 at all is taken for a token file's name, which does not exist (exit 76).
+    for (bad, code, message) in [
+        (&token[..token.len() / 2], 78, "toka-host: token refused: malformed token: "),
+        ("not a token", 76, "toka-host: token file not a token: file not found"),
+    ] {
         let r = t(h, &["run", "--token", bad, &echo(), "args"]);
-        r.expect_code(78);
-        assert!(r.stderr.starts_with(&format!("toka-host: token refused: {kind}")), "{}", r.stderr);
+        r.expect_code(code);
+        assert!(r.stderr.starts_with(message), "{}", r.stderr);
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     }
     let other = tempfile::tempdir().unwrap();
@@ -391,6 +394,11 @@ fn windows_open_and_closed_now() {
             "{}",
             r.stderr
         );
+        // The window in words; the failing Datalog check only with --verbose.
+        assert!(r.stderr.contains(&format!("usable only during {closed}")), "the window is named: {}", r.stderr);
+        assert!(!r.stderr.contains("window_open("), "{}", r.stderr);
+        let r = t(h, &["--verbose", "run", "--token", &token, &echo(), "args"]);
+        r.expect_code(78);
         assert!(r.stderr.contains("window_open("), "the failing check is named: {}", r.stderr);
     }
     // An attenuation block narrows with a window of its own; the parent stays usable.

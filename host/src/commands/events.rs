@@ -32,9 +32,10 @@ pub struct EventsCommand {
     #[arg(long)]
     pub kind: Option<String>,
 
-    /// Only events with this sequence number or later.
-    #[arg(long, value_name = "SEQ")]
-    pub since: Option<u64>,
+    /// Only events with this sequence number or later; `now`: none of those already in the log (with --follow,
+    /// only what is committed from now on).
+    #[arg(long, value_name = "SEQ|now", value_parser = parse_since)]
+    pub since: Option<Since>,
 
     /// At most N events: the last N, or with --since the first N from there.
     #[arg(long, value_name = "N")]
@@ -63,6 +64,7 @@ pub enum EventsAction {
     /// Walk the hash chain and the operation log from the first record, and check them and the revocations against
     /// the signed checkpoints (with the home's root keys); report the first thing that does not verify.
     Verify {
+        /// Print the result as one JSON object.
         #[arg(long)]
         json: bool,
         /// A checkpoint exported earlier (`events checkpoint --out FILE`) and kept elsewhere: the log must still
@@ -77,6 +79,22 @@ pub enum EventsAction {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+}
+
+/// Where `events` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// At this sequence number.
+    Seq(u64),
+    /// After the last event committed when the command starts.
+    Now,
+}
+
+fn parse_since(text: &str) -> Result<Since, String> {
+    if text == "now" {
+        return Ok(Since::Now);
+    }
+    text.parse().map(Since::Seq).map_err(|_| format!("invalid --since `{text}`: expected a sequence number or `now`"))
 }
 
 /// Exit code of `events verify` when the chain does not verify.
@@ -110,6 +128,11 @@ impl EventsCommand {
 
     /// Prints the matching events (a long log is read in chunks, with progress on stderr), then follows.
     fn show(&self, db: &Db) -> Result<(), redb::Error> {
+        let since = match self.since {
+            Some(Since::Now) => Some(events::last_seq(db)?.saturating_add(1)),
+            Some(Since::Seq(n)) => Some(n),
+            None => None,
+        };
         let mut filter = Filter {
             agent: self.agent.clone(),
             run_id: self.run_id.clone(),
@@ -120,11 +143,11 @@ impl EventsCommand {
         let head = events::last_seq(db)?;
         let task = crate::progress::Delayed::console().begin(format!("reading the event log ({head} events)"));
         // Without --since, --limit keeps the last N: held back until the end of the log is reached.
-        let mut last_n = match (self.since, self.limit) {
+        let mut last_n = match (since, self.limit) {
             (None, Some(n)) => Some(std::collections::VecDeque::with_capacity(n.min(SCAN))),
             _ => None,
         };
-        let mut after = self.since.map_or(0, |s| s.saturating_sub(1));
+        let mut after = since.map_or(0, |s| s.saturating_sub(1));
         let mut printed = 0usize;
         loop {
             let (records, scanned, more) = events::scan(db, &filter, after, SCAN)?;

@@ -16,13 +16,17 @@ pub enum KeyAction {
     Init,
     /// Make a new active key; the previous one keeps verifying for the overlap window.
     Rotate {
-        #[arg(long, default_value = "24h", value_parser = crate::units::parse_duration)]
+        /// How long the previous key keeps verifying the tokens it signed, e.g. 24h.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::units::parse_duration)]
         overlap: std::time::Duration,
     },
     /// List root keys with their status.
     List,
     /// Stop accepting tokens signed by key ID.
-    Retire { id: u32 },
+    Retire {
+        /// The key's id (`toka-host key list`); the active key cannot be retired.
+        id: u32,
+    },
 }
 
 impl KeyCommand {

@@ -1,8 +1,11 @@
 //! The `toka-host` command line: one file per subcommand, each a `clap` type with an `execute` method.
 
+pub mod build;
+pub mod componentize;
 pub mod events;
 pub mod key;
 pub mod mcp;
+pub mod new;
 pub mod remote;
 pub mod run;
 pub mod runs;
@@ -78,6 +81,10 @@ pub struct Cli {
     #[command(flatten)]
     pub home: HomeArgs,
 
+    /// Show more: refusals also print the token's Datalog checks that failed.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -104,12 +111,19 @@ pub enum Command {
     Serve(serve::ServeCommand),
     /// Run the agents of a plan manifest (toka.toml) in dependency order, or resume a stopped plan.
     Up(up::UpCommand),
+    /// Make a new agent, tool or command project of your own (Rust, Python, JavaScript, C, Go, Zig).
+    New(new::NewCommand),
+    /// Build the project in this directory (made by `toka-host new`) into NAME.wasm.
+    Build(build::BuildCommand),
+    /// Make a component of a core module (wit-bindgen output, or a WASI preview 1 program).
+    Componentize(componentize::ComponentizeCommand),
 }
 
 impl Cli {
     /// Runs the chosen subcommand and returns the process exit code.
     pub fn execute(self) -> i32 {
         let home = self.home.home();
+        crate::error::set_verbose(self.verbose);
         match self.command {
             Command::Run(cmd) => cmd.execute(&home),
             Command::Events(cmd) => cmd.execute(&home),
@@ -121,6 +135,9 @@ impl Cli {
             Command::Mcp(cmd) => cmd.execute(&home),
             Command::Serve(cmd) => cmd.execute(&home),
             Command::Up(cmd) => cmd.execute(&home),
+            Command::New(cmd) => cmd.execute(&home),
+            Command::Build(cmd) => cmd.execute(&home),
+            Command::Componentize(cmd) => cmd.execute(&home),
         }
     }
 }
@@ -140,4 +157,40 @@ pub(crate) fn existing_db(home: &Home) -> Result<crate::db::Db, i32> {
 /// Logs (`tracing`) to stderr, as text or JSON lines (see [`crate::telemetry`]); `RUST_LOG` chooses what.
 pub(crate) fn init_logging(format: &str) -> crate::telemetry::Telemetry {
     crate::telemetry::Telemetry::init(format == "json", None).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every subcommand, flag and argument has a `--help` description: a newcomer reads `--help`, not the source.
+    #[test]
+    fn every_command_flag_and_argument_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if cmd.get_about().is_none() && cmd.get_long_about().is_none() {
+                missing.push(format!("{path} (the command itself)"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!(
+                        "{path} {}",
+                        arg.get_long().map_or_else(|| id.to_string(), |l| format!("--{l}"))
+                    ));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "toka-host", &mut missing);
+        assert!(missing.is_empty(), "no --help description for:\n{}", missing.join("\n"));
+    }
 }

@@ -5,7 +5,7 @@
 //! cannot be reached, or does not answer as one, is 83, a busy or stopping one 84. This module never opens the
 //! home: with `--server`, everything comes from the server.
 
-use super::events::{EventsCommand, print_events};
+use super::events::{EventsCommand, Since, print_events};
 use super::run::{RunCommand, print_ending, print_json};
 use super::runs::{RunRow, RunsCommand};
 use crate::client::{Client, ClientError, EventQuery};
@@ -289,9 +289,18 @@ async fn show_events(cmd: &EventsCommand, server: &str) -> Result<(), Stop> {
         since: None,
         limit: None,
     };
+    let since = match cmd.since {
+        Some(Since::Seq(n)) => Some(n),
+        // After the server's last event as this command starts (the head comes with every page of events).
+        Some(Since::Now) => {
+            let (_, head) = client.events(&EventQuery { limit: Some(1), ..filters.clone() }).await?;
+            Some(head.unwrap_or(0).saturating_add(1))
+        }
+        None => None,
+    };
     // `after`: every matching event up to it has been shown (or skipped by --limit); following goes on from there.
-    let mut after = cmd.since.map_or(0, |s| s.saturating_sub(1));
-    match (cmd.since, cmd.limit) {
+    let mut after = since.map_or(0, |s| s.saturating_sub(1));
+    match (since, cmd.limit) {
         (None, Some(n)) if n <= PAGE => {
             // The last N: one page.
             let query = EventQuery { limit: Some(n.max(1)), ..filters.clone() };

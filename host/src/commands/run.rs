@@ -7,7 +7,7 @@ use crate::report::RunReport;
 use crate::run::{Limits, MAX_INPUT};
 use crate::runtime::{Host, HostOptions, LimitRequest, Ready, RunSpec, Source};
 use crate::sandbox::OutputMode;
-use crate::units::{parse_duration, parse_size};
+use crate::units::{parse_duration, parse_fuel, parse_size};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -102,13 +102,6 @@ pub struct RunCommand {
     /// Arguments for a command component (after the component path; use `--` before ones that start with `-`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
-}
-
-fn parse_fuel(text: &str) -> Result<u64, String> {
-    if text.eq_ignore_ascii_case("unlimited") {
-        return Ok(u64::MAX);
-    }
-    text.replace('_', "").parse().map_err(|_| format!("invalid fuel `{text}`: expected a number or `unlimited`"))
 }
 
 impl RunCommand {
@@ -249,7 +242,7 @@ impl RunCommand {
                 max_output: Some(self.max_output),
                 max_records: Some(self.max_records),
             },
-            token: token.map_err(RunError::TokenRefused)?,
+            token: token.map_err(token_arg_error)?,
             run_id: None,
         })
     }
@@ -308,6 +301,17 @@ pub fn token_request(
             timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
         },
         component,
+    }
+}
+
+/// A `--token` that could not be read: a missing file is `file-not-found` (exit 76), anything else a refused token.
+pub fn token_arg_error(e: String) -> RunError {
+    if crate::commands::token::is_not_found(&e)
+        && let Some((path, _)) = e.split_once(": file not found")
+    {
+        RunError::FileNotFound { path: path.to_string() }
+    } else {
+        RunError::TokenRefused(e)
     }
 }
 

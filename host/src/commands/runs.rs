@@ -51,7 +51,8 @@ impl RunsCommand {
             Ok(db) => db,
             Err(code) => return code,
         };
-        let filter = Filter { agent: self.agent.clone(), kind: Some("run".into()), ..Filter::default() };
+        // `run.*`, and `grant.refused` too: a run refused before it started has no `run.started`, only its refusal.
+        let filter = Filter { agent: self.agent.clone(), ..Filter::default() };
         let records = match events::read(&db, &filter) {
             Ok(r) => r,
             Err(e) => {
@@ -61,7 +62,20 @@ impl RunsCommand {
         };
         let mut rows: Vec<RunRow> = Vec::new();
         for r in records {
-            if r.kind == kind::RUN_STARTED {
+            if r.run_id.is_empty() && (r.kind == kind::RUN_FAILED || r.kind == kind::GRANT_REFUSED) {
+                // Refused before it started: no run id was ever given out.
+                rows.push(RunRow {
+                    run_id: "-".into(),
+                    agent: r.agent,
+                    started_ms: r.time_ms,
+                    outcome: r.payload["outcome"].as_str().unwrap_or("refused").to_string(),
+                    exit_code: r.payload["exit_code"].as_i64(),
+                    fuel: None,
+                    wall_time_ms: None,
+                });
+            } else if !r.kind.starts_with("run.") {
+                continue;
+            } else if r.kind == kind::RUN_STARTED {
                 rows.push(RunRow {
                     run_id: r.run_id,
                     agent: r.agent,

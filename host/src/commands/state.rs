@@ -15,21 +15,28 @@ pub struct StateCommand {
 pub enum StateAction {
     /// Print the value of KEY (as text if it is UTF-8, else as hex).
     Get {
+        /// The agent whose state it is.
         #[arg(long)]
         agent: String,
+        /// The key.
         key: String,
     },
     /// Store VALUE under KEY (recorded as a `state.write` event by the operator).
     Set {
+        /// The agent whose state it is.
         #[arg(long)]
         agent: String,
+        /// The key (at most 256 bytes).
         key: String,
+        /// The value, as text (at most 1 MiB).
         value: String,
     },
     /// List keys, optionally only those starting with PREFIX.
     List {
+        /// The agent whose state it is.
         #[arg(long)]
         agent: String,
+        /// Only keys starting with this [default: every key].
         #[arg(default_value = "")]
         prefix: String,
     },

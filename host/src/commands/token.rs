@@ -18,7 +18,8 @@ pub struct TokenCommand {
 pub enum TokenAction {
     /// Mint a token for an agent, signed by the active root key; prints it as base64.
     Mint {
-        /// The agent the token is for (default: the name of the --component file).
+        /// The agent the token is for: the name a run of it goes by, its component's file name without `.wasm`
+        /// (default: the name of the --component file; `*`: every agent, an operator's token).
         #[arg(long, required_unless_present = "component")]
         agent: Option<String>,
         /// Pin the token to this component file: it can run only a component with the same sha256. The agent
@@ -28,14 +29,18 @@ pub enum TokenAction {
         /// Pin the token to the component with this sha256 (hex), without the file.
         #[arg(long, value_name = "SHA256", conflicts_with = "component")]
         pin: Option<String>,
-        /// KIND:VALUE: fs:PATH:ro|rw, env:NAME, net:HOST:PORT, tool:NAME, llm:MODEL, spawn:AGENT, state:ro|rw, stdin.
-        #[arg(long = "grant", value_parser = Grant::parse)]
+        /// A right, KIND:VALUE: fs:PATH:ro|rw (a relative PATH is taken from the current directory), env:NAME,
+        /// net:HOST:PORT, tool:NAME, llm:MODEL, spawn:AGENT, state:ro|rw, stdin. Repeatable.
+        #[arg(long = "grant", value_name = "KIND:VALUE", value_parser = parse_grant_arg)]
         grants: Vec<Grant>,
-        #[arg(long, default_value_t = 10_000_000_000)]
+        /// The most fuel a run may ask for (the default of a run without --fuel), or `unlimited`.
+        #[arg(long, value_name = "N", default_value = "10000000000", value_parser = crate::units::parse_fuel)]
         fuel: u64,
-        #[arg(long, default_value = "512MiB", value_parser = crate::units::parse_size)]
+        /// The most linear memory a run may ask for, e.g. 64MiB (`run --max-memory`).
+        #[arg(long, visible_alias = "max-memory", value_name = "SIZE", default_value = "512MiB", value_parser = crate::units::parse_size)]
         memory: u64,
-        #[arg(long, default_value = "30s", value_parser = crate::units::parse_duration)]
+        /// The longest wall-clock limit a run may ask for, e.g. 10s (`run --timeout`).
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration)]
         timeout: Duration,
         /// Lifetime, e.g. 1h (default: 24h).
         #[arg(long, default_value = "24h", value_parser = crate::units::parse_duration)]
@@ -56,18 +61,22 @@ pub enum TokenAction {
         /// At most N runs and boundary host calls of the agent per PERIOD (a token bucket): 10/min, 5/s, 100/h.
         #[arg(long, value_parser = Rate::parse)]
         rate: Option<Rate>,
-        #[arg(long)]
+        /// Write the token to FILE (owner-only) instead of standard output.
+        #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
     /// Narrow a token offline (no key needed): only these grants, less fuel, a shorter life.
     Attenuate {
         /// The token: a file, `-` for stdin, or the base64 itself.
         token: String,
-        #[arg(long = "only", value_parser = Grant::parse)]
+        /// Only this grant (or narrower ones) stays usable, KIND:VALUE as in `mint --grant`. Repeatable.
+        #[arg(long = "only", value_name = "KIND:VALUE", value_parser = parse_grant_arg)]
         only: Vec<Grant>,
-        #[arg(long)]
+        /// A lower fuel ceiling: runs without --fuel get it.
+        #[arg(long, value_name = "N", value_parser = crate::units::parse_fuel)]
         fuel: Option<u64>,
-        #[arg(long, value_parser = crate::units::parse_duration)]
+        /// A shorter lifetime from now, e.g. 10m (the earliest expiry of any block applies).
+        #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
         ttl: Option<Duration>,
         /// Usable only inside this window too (see `mint --window`).
         #[arg(long = "window", value_parser = Window::parse)]
@@ -81,13 +90,16 @@ pub enum TokenAction {
         /// Pin the narrowed token to the component with this sha256 (hex).
         #[arg(long, value_name = "SHA256", conflicts_with = "component")]
         pin: Option<String>,
-        #[arg(long)]
+        /// Write the token to FILE (owner-only) instead of standard output.
+        #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
     /// Show a token's agent, grants, limits, windows, rate, blocks and checks, root key id, revocation ids, and
     /// whether it is usable now (or at --at).
     Inspect {
+        /// The token: a file, `-` for stdin, or the base64 itself.
         token: String,
+        /// Print it as one JSON object.
         #[arg(long)]
         json: bool,
         /// Evaluate expiry, not-before and windows at this instant (RFC 3339) instead of now.
@@ -95,8 +107,42 @@ pub enum TokenAction {
         at: Option<SystemTime>,
     },
     /// Revoke a token (and every token attenuated from it) by the token or one of its revocation ids.
-    Revoke { token: String },
+    Revoke {
+        /// The token (a file, `-` for stdin, or the base64 itself), or one of its revocation ids (128 hex digits).
+        token: String,
+    },
 }
+
+/// Parses `--grant`/`--only`: [`Grant::parse`], with a relative `fs:PATH` taken from the current directory (the
+/// directory's canonical path if it exists, as a run's `--dir` asks for it).
+fn parse_grant_arg(text: &str) -> Result<Grant, String> {
+    if let Some(rest) = text.strip_prefix("fs:")
+        && let Some((path, mode)) = rest.rsplit_once(':')
+        && !path.is_empty()
+        && !path.starts_with('/')
+    {
+        let absolute = std::fs::canonicalize(path)
+            .or_else(|_| std::path::absolute(path))
+            .map_err(|e| format!("invalid grant `{text}`: cannot resolve `{path}`: {e}"))?;
+        let absolute = absolute.to_str().ok_or_else(|| format!("invalid grant `{text}`: the path is not UTF-8"))?;
+        return Grant::parse(&format!("fs:{absolute}:{mode}"));
+    }
+    Grant::parse(text)
+}
+
+/// How a token argument that names no file is shown: `token file NAME`.
+pub fn token_file(arg: &str) -> String {
+    format!("token file {arg}")
+}
+
+/// Whether a [`read_token`] error is a missing file (exit 76 where a command has exit codes).
+pub fn is_not_found(error: &str) -> bool {
+    error.contains(": file not found (give a token file")
+}
+
+/// The shortest text that can be a token: the smallest token `mint` makes is several hundred characters, and a
+/// revocation id is 128 hex digits.
+const MIN_TOKEN_TEXT: usize = 100;
 
 /// Reads a token argument: a file, `-` for stdin, or the base64 text itself.
 pub fn read_token(arg: &str) -> Result<String, String> {
@@ -117,10 +163,16 @@ pub fn read_token(arg: &str) -> Result<String, String> {
         }
         return std::fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|e| format!("{arg}: {e}"));
     }
-    // Tokens are URL-safe base64: anything with other characters was meant as a file name.
+    // Tokens are URL-safe base64 of a few hundred bytes at least: anything shorter, or with other characters, was
+    // meant as a file name.
     let text = arg.trim();
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=')) {
-        return Err(format!("token file {arg} not found (give a token file, `-` for stdin, or the token itself)"));
+    if text.len() < MIN_TOKEN_TEXT
+        || !text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='))
+    {
+        return Err(format!(
+            "{}: file not found (give a token file, `-` for stdin, or the token's base64 itself)",
+            token_file(arg)
+        ));
     }
     Ok(text.to_string())
 }
@@ -151,7 +203,7 @@ impl TokenCommand {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("toka-host: {e}");
-                1
+                if is_not_found(&e) { crate::error::Outcome::FileNotFound.exit_code() } else { 1 }
             }
         }
     }
@@ -231,8 +283,17 @@ impl TokenCommand {
                 } else {
                     let or_none = |v: Option<String>| v.unwrap_or_else(|| "none".into());
                     println!("agent:        {}", or_none(i.agent.clone()));
-                    println!("grants:       {}", if i.grants.is_empty() { "none".into() } else { i.grants.join(" ") });
+                    let list = |g: &[String]| if g.is_empty() { "none".to_string() } else { g.join(" ") };
+                    // What a run can use: the authority block's grants narrowed by every later block.
+                    println!("grants:       {}", list(&i.grants));
+                    if i.grants != i.authority_grants || !i.unread_blocks.is_empty() {
+                        println!("  authority:  {}", list(&i.authority_grants));
+                    }
+                    for n in &i.unread_blocks {
+                        println!("  block {n} narrows requests with checks of its own: see below");
+                    }
                     if let Some(l) = i.limits {
+                        // The smallest ceiling of every block: what a run gets without --fuel/--max-memory/--timeout.
                         println!("limits:       fuel {} memory {} timeout {} ms", l.fuel, l.memory, l.timeout_ms);
                     }
                     println!("expires:      {}", or_none(i.expires.clone()));

@@ -36,14 +36,14 @@ pub struct CallerArgs {
     /// for the agent `operator` that also grants the tools called.
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
-    /// Fuel for each call.
-    #[arg(long, value_name = "N", default_value_t = 10_000_000_000)]
+    /// Fuel for each call (about one unit per instruction), or `unlimited`.
+    #[arg(long, value_name = "N", default_value = "10000000000", value_parser = crate::units::parse_fuel)]
     pub fuel: u64,
-    /// Wall-clock limit of each call.
+    /// Wall-clock limit of each call, e.g. 500ms, 30s, 2m.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Memory cap of each call's sandbox.
-    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    /// Cap on each call's total linear memory, e.g. 64MiB (the same default as `run`).
+    #[arg(long, value_name = "SIZE", default_value = "512MiB", value_parser = parse_size)]
     pub max_memory: u64,
 }
 
@@ -51,6 +51,7 @@ pub struct CallerArgs {
 pub enum ToolAction {
     /// Install a tool component (it is asked to describe itself, in a sandbox with no rights).
     Add {
+        /// The tool component (world toka:agent/tool).
         path: PathBuf,
         /// Install under this name instead of the one its describe() gives.
         #[arg(long)]
@@ -58,15 +59,23 @@ pub enum ToolAction {
     },
     /// The installed tools.
     List {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// A tool's description: version, schemas, side-effect class, declared grants, digest.
-    Describe { name: String },
+    Describe {
+        /// The installed tool's name (`toka-host tool list`).
+        name: String,
+    },
     /// Uninstall a tool.
-    Remove { name: String },
+    Remove {
+        /// The installed tool's name.
+        name: String,
+    },
     /// Call a tool once, in its own sandbox, with the caller's grants and token; prints its JSON output.
     Call {
+        /// The installed tool's name.
         name: String,
         /// The tool's input, as JSON.
         #[arg(long, value_name = "JSON", default_value = "{}")]
@@ -92,7 +101,7 @@ impl CallerArgs {
     pub fn caller(&self, host: &Host, tools: &[String], local_ttl: Duration) -> Result<Caller, RunError> {
         let mut authorized = host.authorize_grants(&self.grants.request(false, grants::StateGrant::None))?;
         let token_text = self.token.as_deref().map(crate::commands::token::read_token).transpose();
-        let token_text = token_text.map_err(RunError::TokenRefused)?;
+        let token_text = token_text.map_err(crate::commands::run::token_arg_error)?;
         // With a token, the caller is the token's own agent; without one, the local operator.
         let agent = match &token_text {
             Some(text) => {

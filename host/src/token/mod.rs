@@ -268,6 +268,11 @@ pub fn attenuate(token: &UnverifiedBiscuit, a: &Attenuation, now: SystemTime) ->
             });
         }
         code.push_str(&format!("check if {};\n", alternatives.join(" or ")));
+        // What the check above allows, as facts `token inspect` reads back to show the grants in force. Facts of
+        // an attenuation block are trusted by no check of the authority block or the host, so they grant nothing.
+        for g in &a.only {
+            code.push_str(&format!("only({:?}, {:?}, {:?});\n", g.kind, g.value, g.mode));
+        }
     }
     if let Some(fuel) = a.fuel {
         code.push_str(&format!("check if fuel_request($f), $f <= {};\n", dl(fuel)));
@@ -493,8 +498,11 @@ pub fn authorize_caller(
     // The token as a whole first (its time checks, its agent, the limits), so that an expired token or one for
     // another agent is refused as a token, and a refused grant is named as such afterwards.
     let base = RunRequest { grants: Vec::new(), ..request.clone() };
-    authorize(&verified, &base, now).map_err(|(grant, reason)| token_refusal(&request.agent, grant, reason))?;
-    authorize(&verified, request, now).map_err(|(grant, reason)| RunError::GrantRefused { grant, reason })?;
+    authorize(&verified, &base, now).map_err(|(grant, reason)| token_refusal(&verified, &base, grant, reason))?;
+    authorize(&verified, request, now).map_err(|(grant, reason)| RunError::GrantRefused {
+        reason: explain_refusal(&verified, request, &grant, &reason),
+        grant,
+    })?;
     Ok(RunAuthorization {
         // The token's own block: what `token revoke` of this token revokes, and what its records name.
         token_id: verified.revocation_ids.last().cloned().unwrap_or_default(),
@@ -503,22 +511,109 @@ pub fn authorize_caller(
     })
 }
 
-/// Names what a failed whole-token check was about.
-fn token_refusal(agent: &str, grant: String, reason: String) -> crate::error::RunError {
+/// Names what a failed whole-token check was about, in words; the Datalog only with `--verbose`.
+fn token_refusal(verified: &Verified, request: &RunRequest, grant: String, reason: String) -> crate::error::RunError {
     use crate::error::RunError;
+    let blocks = block_sources(&verified.token);
+    let datalog = datalog_note(&reason);
+    let agent = &request.agent;
     if reason.contains("depth(") {
-        RunError::TokenRefused(format!("token carries more attenuation blocks than it allows: {reason}"))
+        let max = verified.max_depth.map_or_else(|| "fewer".to_string(), |d| d.to_string());
+        RunError::TokenRefused(format!(
+            "token carries more attenuation blocks than it allows: {} blocks after the first, at most {max}{datalog}",
+            blocks.len().saturating_sub(1)
+        ))
     } else if reason.contains("window_open(") {
-        RunError::TokenRefused(format!("token is used outside its time window: {reason}"))
+        let windows: Vec<&str> = verified.windows.iter().map(|(w, _)| w.as_str()).collect();
+        RunError::TokenRefused(format!(
+            "token is used outside its time window: usable only during {}{datalog}",
+            windows.join(" and ")
+        ))
     } else if reason.contains("time(") {
-        RunError::TokenRefused(format!("token has expired or is not valid yet: {reason}"))
+        let expires = time_bound(&blocks, "$t <= ", |a, b| a.min(b)).unwrap_or_else(|| "never".into());
+        let not_before = time_bound(&blocks, "$t >= ", |a, b| a.max(b));
+        RunError::TokenRefused(format!(
+            "token has expired or is not valid yet: valid until {expires}{}, with {} s of clock skew allowed{datalog}",
+            not_before.map(|t| format!(" and from {t}")).unwrap_or_default(),
+            CLOCK_SKEW.as_secs()
+        ))
     } else if reason.contains("component(") {
-        RunError::TokenRefused(format!("token is pinned to another component: {reason}"))
+        RunError::TokenRefused(format!(
+            "token is pinned to another component: it runs only {}{datalog}",
+            if verified.pinned.is_empty() { "a pinned component".into() } else { verified.pinned.join(" and ") }
+        ))
     } else if reason.contains("agent(") {
-        RunError::TokenRefused(format!("token is not for agent {agent}: {reason}"))
+        RunError::TokenRefused(format!(
+            "token is not for agent {agent}: it is for agent {} (the agent is the component's file name without \
+             .wasm){datalog}",
+            verified.agent.as_deref().unwrap_or("(none stated)")
+        ))
     } else {
-        RunError::GrantRefused { grant, reason }
+        RunError::GrantRefused { reason: explain_refusal(verified, request, &grant, &reason), grant }
     }
+}
+
+/// The Datalog of a refusal, shown only with `--verbose`; otherwise a pointer to it.
+fn datalog_note(reason: &str) -> String {
+    if !crate::error::verbose() {
+        return " (--verbose shows the failing Datalog checks)".to_string();
+    }
+    let reason = crate::error::one_line(reason);
+    // Biscuit words a request that no policy allows, with no failing check, as an empty list of checks.
+    match reason.strip_suffix(", and the following checks failed:") {
+        Some(_) => " [Datalog: no policy of the host allows it, and no check failed]".to_string(),
+        None => format!(" [Datalog: {reason}]"),
+    }
+}
+
+/// Every block's Datalog source, authority first.
+fn block_sources(token: &Biscuit) -> Vec<String> {
+    (0..token.block_count()).map(|i| token.print_block_source(i).unwrap_or_default()).collect()
+}
+
+fn limit_text(n: u64) -> String {
+    if n == u64::MAX || n == i64::MAX as u64 { "unlimited".into() } else { n.to_string() }
+}
+
+/// Why `request` was refused `grant` (a grant's text, or `limits`), in the terms of the request and of what the
+/// token allows: what was asked, and the grants or ceilings in force. Never an empty list: a token that grants
+/// nothing says so.
+pub fn explain_refusal(verified: &Verified, request: &RunRequest, grant: &str, reason: &str) -> String {
+    let datalog = datalog_note(reason);
+    if grant == "limits" {
+        let Ok(allowed) = &verified.limits else {
+            return format!("the token states no usable limits{datalog}");
+        };
+        let asked = request.limits;
+        let mut over = Vec::new();
+        for (what, asked, allowed, unit) in [
+            ("fuel", asked.fuel, allowed.fuel, ""),
+            ("memory", asked.memory, allowed.memory, " bytes"),
+            ("timeout", asked.timeout_ms, allowed.timeout_ms, " ms"),
+        ] {
+            if asked > allowed {
+                over.push(format!(
+                    "{what} {}{unit}, the token allows at most {}{unit}",
+                    limit_text(asked),
+                    limit_text(allowed)
+                ));
+            }
+        }
+        return if over.is_empty() {
+            format!("the token's own checks refuse this run{datalog}")
+        } else {
+            format!("asked for {} (give less, or a token with more){datalog}", over.join("; "))
+        };
+    }
+    let (in_force, _) = grants_in_force(&verified.grants, &block_sources(&verified.token));
+    let mut allowed: Vec<String> = in_force.iter().map(Grant::to_string).collect();
+    allowed.sort();
+    let allows =
+        if allowed.is_empty() { "grants nothing".to_string() } else { format!("allows {}", allowed.join(" ")) };
+    if allowed.iter().any(|g| g == grant) {
+        return format!("the token {allows}, but its checks refuse {grant}{datalog}");
+    }
+    format!("asked for {grant}, and the token {allows}{datalog}")
 }
 
 /// A token described for `token inspect`.
@@ -527,7 +622,14 @@ pub struct Inspection {
     pub root_key_id: Option<u32>,
     /// What the authority block states (present when the signature verifies).
     pub agent: Option<String>,
+    /// The grants in force: the authority block's, narrowed by every attenuation block (`--only`).
     pub grants: Vec<String>,
+    /// The grants the authority block states, before any attenuation.
+    pub authority_grants: Vec<String>,
+    /// The attenuation blocks whose grant checks could not be read back (not written by `token attenuate`): the
+    /// grants shown in force may be wider than what those blocks allow.
+    pub unread_blocks: Vec<usize>,
+    /// The limits in force: the smallest ceiling of every block.
     pub limits: Option<TokenLimits>,
     pub max_depth: Option<u32>,
     /// The earliest expiry and the latest not-before that any block's checks state (RFC 3339).
@@ -563,6 +665,76 @@ fn time_bound(blocks: &[String], op: &str, pick: fn(SystemTime, SystemTime) -> S
     found.map(rfc3339)
 }
 
+/// Whether `outer` (a grant a token states) covers `inner` (a grant asked for), as the host's policies decide.
+fn covers(outer: &Grant, inner: &Grant) -> bool {
+    match outer.kind.as_str() {
+        "fs" => {
+            outer.kind == inner.kind
+                && inner.value.starts_with(&outer.value)
+                && (outer.mode == "rw" || inner.mode == "ro")
+        }
+        "state" => inner.kind == "state" && (outer.mode == "rw" || inner.mode == "ro"),
+        _ => outer == inner,
+    }
+}
+
+/// The `only(KIND, VALUE, MODE)` facts of one block's source (as [`attenuate`] writes them), or `None` if the block
+/// checks requests in a way that has no such facts.
+fn only_facts(source: &str) -> Option<Vec<Grant>> {
+    let mut found = Vec::new();
+    for line in source.lines() {
+        let Some(args) = line.trim().strip_prefix("only(").and_then(|r| r.strip_suffix(");")) else {
+            continue;
+        };
+        // The three arguments are Datalog strings, which print as JSON strings do for the values grants hold.
+        let parts: Vec<String> = serde_json::from_str(&format!("[{args}]")).ok()?;
+        let [kind, value, mode] = <[String; 3]>::try_from(parts).ok()?;
+        found.push(Grant { kind, value, mode });
+    }
+    // `request(` as a predicate of its own (not the end of `fuel_request(`).
+    let narrows = source
+        .match_indices("request(")
+        .any(|(at, _)| !source[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_'));
+    match (narrows, found.is_empty()) {
+        (false, _) => Some(Vec::new()),
+        (true, false) => Some(found),
+        (true, true) => None,
+    }
+}
+
+/// The grants in force: the authority block's, narrowed by each later block's `only` list (a grant survives a block
+/// if one of its `only` grants covers it, and becomes the narrower `only` grant if it covers that one). Also the
+/// blocks that narrow requests without `only` facts (not written by `token attenuate`), which could not be read.
+fn grants_in_force(authority: &[Grant], blocks: &[String]) -> (Vec<Grant>, Vec<usize>) {
+    let mut in_force: Vec<Grant> = authority.to_vec();
+    let mut unread = Vec::new();
+    for (n, source) in blocks.iter().enumerate().skip(1) {
+        match only_facts(source) {
+            None => unread.push(n),
+            Some(only) if only.is_empty() => {}
+            Some(only) => {
+                let mut narrowed: Vec<Grant> = Vec::new();
+                for g in &in_force {
+                    for o in &only {
+                        let kept = if covers(o, g) {
+                            g.clone()
+                        } else if covers(g, o) {
+                            o.clone()
+                        } else {
+                            continue;
+                        };
+                        if !narrowed.contains(&kept) {
+                            narrowed.push(kept);
+                        }
+                    }
+                }
+                in_force = narrowed;
+            }
+        }
+    }
+    (in_force, unread)
+}
+
 /// Describes a token and whether it is usable at `at`: signature, root key, then its own checks (time, windows,
 /// depth) for a run of its own agent that asks for nothing. Revocation is the caller's to add (it needs the
 /// database).
@@ -576,6 +748,8 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
         root_key_id: unverified.root_key_id(),
         agent: None,
         grants: Vec::new(),
+        authority_grants: Vec::new(),
+        unread_blocks: Vec::new(),
         limits: None,
         max_depth: None,
         expires: time_bound(&blocks, "$t <= ", |a, b| a.min(b)),
@@ -596,7 +770,13 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
         }
     };
     inspection.agent = verified.agent.clone();
-    inspection.grants = verified.grants.iter().map(Grant::to_string).collect();
+    // Sorted: what the token states is a set, and the same token must print the same way every time.
+    inspection.authority_grants = verified.grants.iter().map(Grant::to_string).collect();
+    inspection.authority_grants.sort();
+    let (in_force, unread) = grants_in_force(&verified.grants, &inspection.blocks);
+    inspection.grants = in_force.iter().map(Grant::to_string).collect();
+    inspection.grants.sort();
+    inspection.unread_blocks = unread;
     inspection.limits = verified.limits.as_ref().ok().copied();
     inspection.max_depth = verified.max_depth;
     inspection.windows = verified.windows.iter().map(|(text, _)| text.clone()).collect();
@@ -612,7 +792,7 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
     };
     inspection.verifies = match authorize(&verified, &request, at) {
         Ok(()) => "ok".into(),
-        Err((grant, reason)) => token_refusal(&request.agent, grant, reason).to_string(),
+        Err((grant, reason)) => token_refusal(&verified, &request, grant, reason).to_string(),
     };
     Ok(inspection)
 }
@@ -695,6 +875,50 @@ mod tests {
         assert_eq!(fuel(&text), limits().fuel);
         assert_eq!(fuel(&once), 400_000);
         assert_eq!(fuel(&twice), 400_000, "a later block cannot raise it again");
+    }
+
+    /// `token inspect` shows the grants in force (the authority's narrowed by `--only`) and the smallest fuel
+    /// ceiling, not the authority block's: each grant it shows is one a run can use.
+    #[test]
+    fn inspect_shows_the_grants_and_limits_in_force_after_attenuation() {
+        let keys = store();
+        let t = minted(&keys, &["fs:/srv/data:rw", "env:LANG", "tool:echo"]);
+        let narrow = |text: &str, only: &[&str], fuel: Option<u64>| {
+            let a = Attenuation { only: only.iter().map(|s| g(s)).collect(), fuel, ..Attenuation::default() };
+            attenuate(&parse_unverified(text).unwrap(), &a, SystemTime::now()).unwrap().to_base64().unwrap()
+        };
+        let once = narrow(&t, &["fs:/srv/data/reports:ro", "env:LANG"], Some(10));
+        let twice = narrow(&once, &["env:LANG", "tool:echo"], None);
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        let i = inspect(&keys, &once, SystemTime::now()).unwrap();
+        assert_eq!(sorted(i.grants), ["env:LANG", "fs:/srv/data/reports/:ro"]);
+        assert_eq!(sorted(i.authority_grants), ["env:LANG", "fs:/srv/data/:rw", "tool:echo"]);
+        assert_eq!(i.limits.unwrap().fuel, 10);
+        assert!(i.unread_blocks.is_empty());
+        let i = inspect(&keys, &twice, SystemTime::now()).unwrap();
+        assert_eq!(i.grants, ["env:LANG"], "tool:echo was dropped by the first block, and stays dropped");
+        assert_eq!(i.limits.unwrap().fuel, 10);
+        // What inspect shows is what authorizes.
+        assert!(check(&keys, &once, &["fs:/srv/data/reports/x:ro"], 5).is_ok());
+        assert!(check(&keys, &once, &["fs:/srv/data:ro"], 5).is_err());
+        assert!(check(&keys, &twice, &["env:LANG"], 5).is_ok());
+        assert!(check(&keys, &twice, &["tool:echo"], 5).is_err());
+        // A hand-written block that narrows without `only` facts is named as unread.
+        let custom = parse_unverified(&t)
+            .unwrap()
+            .append(BlockBuilder::new().code(r#"check if request("env", "LANG", "");"#).unwrap())
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert_eq!(inspect(&keys, &custom, SystemTime::now()).unwrap().unread_blocks, [1]);
+        // A fuel-only block narrows no grant.
+        let fuel_only = narrow(&t, &[], Some(7));
+        let i = inspect(&keys, &fuel_only, SystemTime::now()).unwrap();
+        assert_eq!(sorted(i.grants.clone()), sorted(i.authority_grants.clone()));
+        assert!(i.unread_blocks.is_empty());
     }
 
     #[test]

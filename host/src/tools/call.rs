@@ -256,8 +256,12 @@ impl ToolHost {
             limits: TokenLimits::default(),
             component: caller.component.clone(),
         };
-        token::authorize(&caller.token, &request, SystemTime::now())
-            .map_err(|(grant, reason)| Failure::Denied(format!("grant refused: {grant}: {}", one_line(&reason))))
+        token::authorize(&caller.token, &request, SystemTime::now()).map_err(|(grant, reason)| {
+            Failure::Denied(format!(
+                "grant refused: {grant}: {}",
+                token::explain_refusal(&caller.token, &request, &grant, &reason)
+            ))
+        })
     }
 
     /// The installed tools the caller may call.
