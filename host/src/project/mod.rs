@@ -5,8 +5,8 @@
 //!
 //! What it must never do: write outside the project directory (except the toolchains' shared caches under the
 //! toolchain directory), overwrite a file `new` did not create, or run anything but the toolchain programs it names.
-//! A project's manifest (`toka-project.toml`) is data from the user: unknown fields and kinds are refused, names are checked
-//! against [`check_name`] before they reach a file name or a command line.
+//! A project's manifest (`toka-project.toml`) is data from the user: unknown fields and kinds are refused, names are
+//! checked against [`check_name`] before they reach a file name or a command line.
 
 pub mod build;
 pub mod componentize;
