@@ -102,6 +102,60 @@ impl std::fmt::Display for Rate {
     }
 }
 
+/// A budget of model tokens (prompt and completion) per period: `N/PERIOD`, e.g. `100000/day`. Counted in fixed
+/// windows of PERIOD from the Unix epoch (a day budget renews at 00:00 UTC), per agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenBudget {
+    pub tokens: u64,
+    pub period_ms: u64,
+}
+
+impl TokenBudget {
+    pub const MAX_TOKENS: u64 = 1_000_000_000_000;
+
+    /// Parses `N/PERIOD` as [`Rate::parse`] does, with N up to [`TokenBudget::MAX_TOKENS`].
+    pub fn parse(text: &str) -> Result<TokenBudget, String> {
+        let bad = |why: &str| format!("invalid token budget `{text}`: {why} (expected N/PERIOD, e.g. 100000/day)");
+        let (n, period) = text.split_once('/').ok_or_else(|| bad("no `/`"))?;
+        let tokens: u64 = n.trim().replace('_', "").parse().map_err(|_| bad("N is not a whole number"))?;
+        if tokens == 0 || tokens > Self::MAX_TOKENS {
+            return Err(bad(&format!("N must be 1 to {}", Self::MAX_TOKENS)));
+        }
+        // The period parses as a rate's does.
+        let rate = Rate::parse(&format!("1/{}", period.trim())).map_err(|_| bad("PERIOD is not s, min, h, day or a duration up to 7 days"))?;
+        Ok(TokenBudget { tokens, period_ms: rate.period_ms })
+    }
+
+    /// The stricter of two budgets: fewer tokens per millisecond, then fewer tokens.
+    pub fn stricter(self, other: TokenBudget) -> TokenBudget {
+        let (a, b) = (
+            u128::from(self.tokens) * u128::from(other.period_ms),
+            u128::from(other.tokens) * u128::from(self.period_ms),
+        );
+        match a.cmp(&b) {
+            std::cmp::Ordering::Less => self,
+            std::cmp::Ordering::Greater => other,
+            std::cmp::Ordering::Equal if self.tokens <= other.tokens => self,
+            std::cmp::Ordering::Equal => other,
+        }
+    }
+}
+
+impl std::fmt::Display for TokenBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rate = Rate { n: 1, period_ms: self.period_ms }.to_string();
+        write!(f, "{}/{}", self.tokens, rate.trim_start_matches("1/"))
+    }
+}
+
+/// An agent's use of model tokens in one window of a [`TokenBudget`]'s period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenWindow {
+    /// `time_ms / period_ms` of the window.
+    pub window: u64,
+    pub used: u64,
+}
+
 /// An agent's token bucket: its level in [`Rate`] units at `at_ms`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bucket {
@@ -156,6 +210,32 @@ pub enum Op {
     },
     /// A run hit one of its per-run caps (observations, tool calls, state writes); recorded once per cap.
     ReachLimit { run_id: String, limit: String, cap: u64 },
+    /// A model call begins: takes from the caller's rate bucket (the run's rate when `run_id` is a run, else
+    /// `rate`); refused while the agent has spent its `budget` of model tokens for the current window.
+    StartLlmCall {
+        call_id: String,
+        run_id: Option<String>,
+        agent: String,
+        model: String,
+        provider: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<Rate>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        budget: Option<TokenBudget>,
+        detail: serde_json::Value,
+    },
+    /// A model call ended; its `tokens` (prompt and completion) count against the agent's `budget` window.
+    EndLlmCall {
+        call_id: String,
+        run_id: Option<String>,
+        agent: String,
+        model: String,
+        ok: bool,
+        tokens: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        budget: Option<TokenBudget>,
+        detail: serde_json::Value,
+    },
     /// A tool call ended (`ok` false: refused, invalid input or output, trapped, out of fuel ...).
     EndToolCall {
         call_id: String,
@@ -215,6 +295,35 @@ pub struct State {
     /// Token buckets of rate-limited agents: runs and boundary host calls take from them.
     #[serde(default)]
     pub buckets: BTreeMap<String, Bucket>,
+    /// Model tokens used per agent, per budget period (in ms), in the current window of that period.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub llm_usage: BTreeMap<String, BTreeMap<u64, TokenWindow>>,
+}
+
+/// The tokens `agent` has used in the window of `budget`'s period that contains `time_ms`.
+fn window_used(state: &State, agent: &str, budget: TokenBudget, time_ms: u64) -> u64 {
+    let window = time_ms / budget.period_ms.max(1);
+    state
+        .llm_usage
+        .get(agent)
+        .and_then(|w| w.get(&budget.period_ms))
+        .filter(|w| w.window == window)
+        .map_or(0, |w| w.used)
+}
+
+/// Refuses a model call while the agent's budget for the current window is spent.
+fn check_llm_budget(state: &State, agent: &str, budget: Option<TokenBudget>, time_ms: u64, model: &str) -> Result<(), String> {
+    let Some(budget) = budget else { return Ok(()) };
+    let used = window_used(state, agent, budget, time_ms);
+    if used < budget.tokens {
+        return Ok(());
+    }
+    let period = budget.period_ms.max(1);
+    let renews_ms = period - time_ms % period;
+    Err(format!(
+        "llm budget: agent {agent} has used {used} of its {budget} model tokens; call of model {model} refused, the \
+         budget renews in {renews_ms} ms"
+    ))
 }
 
 /// The level of `agent`'s bucket at `time_ms` under `rate` (a bucket never used is full).
@@ -264,6 +373,9 @@ pub mod kind {
     pub const TOOL_COMPLETED: &str = "tool.completed";
     pub const TOOL_FAILED: &str = "tool.failed";
     pub const LIMIT_REACHED: &str = "limit.reached";
+    pub const LLM_CALLED: &str = "llm.called";
+    pub const LLM_COMPLETED: &str = "llm.completed";
+    pub const LLM_FAILED: &str = "llm.failed";
 }
 
 fn event(op: &Operation, kind: &str, agent: &str, run_id: &str, payload: serde_json::Value) -> EventDraft {
@@ -309,7 +421,9 @@ fn revoked_id<'a>(state: &'a State, op: &'a Operation) -> Option<&'a str> {
         | Op::WriteState { run_id, .. }
         | Op::SpawnAgent { parent_run: run_id, .. }
         | Op::StartToolCall { run_id: Some(run_id), .. }
-        | Op::EndToolCall { run_id: Some(run_id), .. } => state.runs.get(run_id).map(|r| r.chain.as_slice()),
+        | Op::EndToolCall { run_id: Some(run_id), .. }
+        | Op::StartLlmCall { run_id: Some(run_id), .. }
+        | Op::EndLlmCall { run_id: Some(run_id), .. } => state.runs.get(run_id).map(|r| r.chain.as_slice()),
         _ => None,
     };
     std::iter::once(&op.token)
@@ -321,7 +435,8 @@ fn revoked_id<'a>(state: &'a State, op: &'a Operation) -> Option<&'a str> {
 
 fn check(state: &State, op: &Operation) -> Result<(), String> {
     // A run's ending is recorded whatever happened to its token meanwhile: the log must never lose how a run ended.
-    let ending = matches!(op.op, Op::CompleteRun { .. } | Op::FailRun { .. } | Op::EndToolCall { .. });
+    let ending =
+        matches!(op.op, Op::CompleteRun { .. } | Op::FailRun { .. } | Op::EndToolCall { .. } | Op::EndLlmCall { .. });
     if !ending && let Some(id) = revoked_id(state, op) {
         return Err(format!("token {id} is revoked"));
     }
@@ -357,6 +472,17 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
         }
         Op::StartToolCall { run_id: None, agent, rate, tool, .. } => {
             check_rate(state, agent, *rate, op.time_ms, &format!("call of tool {tool}"))
+        }
+        Op::StartLlmCall { run_id, agent, rate, budget, model, .. } => {
+            let (agent, rate) = match run_id {
+                Some(run_id) => {
+                    let run = running(state, run_id)?;
+                    (run.agent.as_str(), run.rate)
+                }
+                None => (agent.as_str(), *rate),
+            };
+            check_rate(state, agent, rate, op.time_ms, &format!("call of model {model}"))?;
+            check_llm_budget(state, agent, *budget, op.time_ms, model)
         }
         _ => Ok(()),
     }
@@ -487,6 +613,34 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             }
             vec![event(op, kind::TOOL_CALLED, &agent, run_id.as_deref().unwrap_or(""), payload)]
         }
+        Op::StartLlmCall { call_id, run_id, agent, model, provider, rate, detail, .. } => {
+            let (agent, rate) = match run_id {
+                Some(run) => run_rate(state, run),
+                None => (agent.clone(), *rate),
+            };
+            take(state, &agent, rate, op.time_ms);
+            let mut payload = detail.clone();
+            if let Some(map) = payload.as_object_mut() {
+                map.insert("call_id".into(), json!(call_id));
+                map.insert("model".into(), json!(model));
+                map.insert("provider".into(), json!(provider));
+            }
+            vec![event(op, kind::LLM_CALLED, &agent, run_id.as_deref().unwrap_or(""), payload)]
+        }
+        Op::EndLlmCall { call_id, run_id, agent, model, ok, tokens, budget, detail } => {
+            if let Some(budget) = budget {
+                let window = op.time_ms / budget.period_ms.max(1);
+                let used = window_used(state, agent, *budget, op.time_ms).saturating_add(*tokens);
+                state.llm_usage.entry(agent.clone()).or_default().insert(budget.period_ms, TokenWindow { window, used });
+            }
+            let mut payload = detail.clone();
+            if let Some(map) = payload.as_object_mut() {
+                map.insert("call_id".into(), json!(call_id));
+                map.insert("model".into(), json!(model));
+            }
+            let k = if *ok { kind::LLM_COMPLETED } else { kind::LLM_FAILED };
+            vec![event(op, k, agent, run_id.as_deref().unwrap_or(""), payload)]
+        }
         Op::EndToolCall { call_id, run_id, agent, tool, ok, detail } => {
             let mut payload = detail.clone();
             if let Some(map) = payload.as_object_mut() {
@@ -553,6 +707,64 @@ mod tests {
         assert_eq!(apply(&mut s, &op(10_000, start("r3")))[0].kind, "run.started", "a full bucket after a pause");
         let free = Op::StartRun { run_id: "u".into(), agent: "a".into(), task_id: None, detail: json!({}), rate: None };
         assert_eq!(apply(&mut s, &op(10_000, free))[0].kind, "run.started", "a token without a rate is not limited");
+    }
+
+    #[test]
+    fn model_token_budgets_refuse_once_spent_and_renew_with_the_window() {
+        let mut s = State::default();
+        let budget = Some(TokenBudget { tokens: 100, period_ms: 1_000 });
+        let start_by = |call: &str, agent: &str, budget: Option<TokenBudget>| Op::StartLlmCall {
+            call_id: call.into(),
+            run_id: None,
+            agent: agent.into(),
+            model: "m".into(),
+            provider: "p".into(),
+            rate: None,
+            budget,
+            detail: json!({}),
+        };
+        let start = |call: &str| start_by(call, "a", budget);
+        let end = |call: &str, tokens: u64| Op::EndLlmCall {
+            call_id: call.into(),
+            run_id: None,
+            agent: "a".into(),
+            model: "m".into(),
+            ok: true,
+            tokens,
+            budget,
+            detail: json!({}),
+        };
+        assert_eq!(apply(&mut s, &op(10, start("c1")))[0].kind, "llm.called");
+        assert_eq!(apply(&mut s, &op(20, end("c1", 60)))[0].kind, "llm.completed");
+        assert_eq!(apply(&mut s, &op(30, start("c2")))[0].kind, "llm.called", "60 of 100 used");
+        apply(&mut s, &op(40, end("c2", 60)));
+        let refused = apply(&mut s, &op(50, start("c3")));
+        assert_eq!(refused[0].kind, "op.rejected");
+        let reason = refused[0].payload["reason"].as_str().unwrap();
+        assert!(reason.starts_with("llm budget: agent a has used 120 of its 100/s"), "{reason}");
+        assert!(reason.contains("renews in 950 ms"), "{reason}");
+        let other = start_by("c4", "b", budget);
+        assert_eq!(apply(&mut s, &op(50, other))[0].kind, "llm.called", "another agent has its own budget");
+        let unbudgeted = start_by("c5", "a", None);
+        assert_eq!(apply(&mut s, &op(50, unbudgeted))[0].kind, "llm.called", "a token without a budget");
+        assert_eq!(apply(&mut s, &op(1_000, start("c6")))[0].kind, "llm.called", "the next window starts afresh");
+        // Endings are recorded whatever happened meanwhile, and count.
+        apply(&mut s, &op(1_001, Op::RevokeToken { token_id: "tok".into() }));
+        assert_eq!(apply(&mut s, &op(1_002, end("c6", 5)))[0].kind, "llm.completed");
+        assert_eq!(s.llm_usage["a"][&1_000].used, 5);
+        assert_eq!(apply(&mut s, &op(1_003, start("c7")))[0].kind, "op.rejected", "revoked");
+    }
+
+    #[test]
+    fn token_budgets_parse_and_compare() {
+        assert_eq!(TokenBudget::parse("100000/day").unwrap(), TokenBudget { tokens: 100_000, period_ms: 86_400_000 });
+        assert_eq!(TokenBudget::parse("2_000/h").unwrap().to_string(), "2000/h");
+        for bad in ["", "100", "0/day", "x/day", "10/fortnight", "2000000000000/day"] {
+            assert!(TokenBudget::parse(bad).is_err(), "{bad}");
+        }
+        let (day, hour) = (TokenBudget::parse("240000/day").unwrap(), TokenBudget::parse("5000/h").unwrap());
+        assert_eq!(day.stricter(hour), hour);
+        assert_eq!(hour.stricter(day), hour);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod events;
 pub mod grants;
 pub mod home;
 pub mod kernel;
+pub mod llm;
 pub mod report;
 pub mod run;
 pub mod runtime;

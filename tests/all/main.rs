@@ -11,6 +11,7 @@ mod dirstat;
 mod events;
 mod hello;
 mod hostile;
+mod llm;
 mod preview1;
 mod schema;
 mod service;

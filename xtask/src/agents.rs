@@ -14,6 +14,8 @@
 //! | `go-echo`      | `agents/go-echo` (Go `main`)   | `GOOS=wasip1 go build` → preview 1 core module (not adapted)  |
 //! | `zig-echo`     | `agents/zig-echo/main.zig`     | `zig build-exe`, wasm32-wasi → preview 1 core module (same)   |
 //! | `summarize`    | `agents/summarize` (cdylib)    | like `hello-rust` (an agent that works through three tools)    |
+//! | `tool-chat`    | `agents/tool-chat` (cdylib)    | like `hello-rust` (a model conversation that calls tools)      |
+//! | `tool-chat-python` | `agents/tool-chat-python/agent.py` | componentize-py (the same conversation in Python)  |
 //!
 //! Tools (world `toka:agent/tool`, `toka_sdk::tool!`), built into `target/tools/NAME.wasm`:
 //!
@@ -131,6 +133,8 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("go-echo", Kind::Go),
     Agent::new("zig-echo", Kind::Zig),
     Agent::new("summarize", Kind::RustReactor),
+    Agent::new("tool-chat", Kind::RustReactor),
+    Agent::new("tool-chat-python", Kind::Python),
     Agent::new("echo", Kind::RustTool),
     Agent::new("file-reader", Kind::RustTool),
     Agent::new("file-writer", Kind::RustTool),

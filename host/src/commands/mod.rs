@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod key;
+pub mod llm;
 pub mod mcp;
 pub mod run;
 pub mod runs;
@@ -96,6 +97,8 @@ pub enum Command {
     Token(token::TokenCommand),
     /// Tools: add, list, describe, remove, call.
     Tool(tool::ToolCommand),
+    /// The model gateway: list the configured models, test one.
+    Llm(llm::LlmCommand),
     /// Serve the installed tools to LLM clients over MCP (stdio or streamable HTTP).
     Mcp(mcp::McpCommand),
     /// Serve the host over HTTP: runs, live events, tools, metrics, a dashboard.
@@ -115,6 +118,7 @@ impl Cli {
             Command::Token(cmd) => cmd.execute(&home),
             Command::Tool(cmd) => cmd.execute(&home),
             Command::Mcp(cmd) => cmd.execute(&home),
+            Command::Llm(cmd) => cmd.execute(&home),
             Command::Serve(cmd) => cmd.execute(&home),
         }
     }

@@ -39,6 +39,10 @@ pub struct ServeCommand {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Store the prompts and completions of runs' model calls in the event log (bounded like every payload).
+    #[arg(long)]
+    pub record_prompts: bool,
+
     /// Log format on stderr: `text` or `json`.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -64,7 +68,7 @@ impl ServeCommand {
     }
 
     async fn serve(self, home: &Home) -> Result<(), RunError> {
-        let host = Host::open(home.clone(), HostOptions { pooling: true })?;
+        let host = Host::open(home.clone(), HostOptions { pooling: true, record_prompts: self.record_prompts })?;
         let config = ServiceConfig {
             max_concurrent: self.max_concurrent.max(1),
             max_queue: self.max_queue,

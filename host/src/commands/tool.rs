@@ -132,6 +132,7 @@ impl CallerArgs {
             component: None,
             budget: None,
             cancel: None,
+            llm: None,
         })
     }
 }
