@@ -126,17 +126,19 @@ impl TokenBudget {
         Ok(TokenBudget { tokens, period_ms: rate.period_ms })
     }
 
-    /// The stricter of two budgets: fewer tokens per millisecond, then fewer tokens.
-    pub fn stricter(self, other: TokenBudget) -> TokenBudget {
-        let (a, b) = (
-            u128::from(self.tokens) * u128::from(other.period_ms),
-            u128::from(other.tokens) * u128::from(self.period_ms),
-        );
-        match a.cmp(&b) {
-            std::cmp::Ordering::Less => self,
-            std::cmp::Ordering::Greater => other,
-            std::cmp::Ordering::Equal if self.tokens <= other.tokens => self,
-            std::cmp::Ordering::Equal => other,
+    /// Most distinct periods a token may state budgets for (each is checked at every model call).
+    pub const MAX_PERIODS: usize = 8;
+
+    /// Adds `budget` to `budgets`, every one of which applies: for a period already there, the fewer tokens stay.
+    /// Budgets of different periods are all kept, never one for another (5000/h and 100000/day together are not
+    /// the same as either), so that a block can only narrow. Kept sorted by period.
+    pub fn narrow(budgets: &mut Vec<TokenBudget>, budget: TokenBudget) {
+        match budgets.iter_mut().find(|b| b.period_ms == budget.period_ms) {
+            Some(b) => b.tokens = b.tokens.min(budget.tokens),
+            None => {
+                budgets.push(budget);
+                budgets.sort_by_key(|b| b.period_ms);
+            }
         }
     }
 }
@@ -220,11 +222,13 @@ pub enum Op {
         provider: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rate: Option<Rate>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        budget: Option<TokenBudget>,
+        /// The caller's token's budgets per period; every one must have tokens left.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        budgets: Vec<TokenBudget>,
         detail: serde_json::Value,
     },
-    /// A model call ended; its `tokens` (prompt and completion) count against the agent's `budget` window.
+    /// A model call ended; its `tokens` (prompt and completion) count in the agent's current window of every period
+    /// in `budgets` and of every period the agent's use is already counted in.
     EndLlmCall {
         call_id: String,
         run_id: Option<String>,
@@ -232,8 +236,8 @@ pub enum Op {
         model: String,
         ok: bool,
         tokens: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        budget: Option<TokenBudget>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        budgets: Vec<TokenBudget>,
         detail: serde_json::Value,
     },
     /// A tool call ended (`ok` false: refused, invalid input or output, trapped, out of fuel ...).
@@ -311,19 +315,21 @@ fn window_used(state: &State, agent: &str, budget: TokenBudget, time_ms: u64) ->
         .map_or(0, |w| w.used)
 }
 
-/// Refuses a model call while the agent's budget for the current window is spent.
-fn check_llm_budget(state: &State, agent: &str, budget: Option<TokenBudget>, time_ms: u64, model: &str) -> Result<(), String> {
-    let Some(budget) = budget else { return Ok(()) };
-    let used = window_used(state, agent, budget, time_ms);
-    if used < budget.tokens {
-        return Ok(());
+/// Refuses a model call while any of the agent's budgets for its current window is spent.
+fn check_llm_budget(state: &State, agent: &str, budgets: &[TokenBudget], time_ms: u64, model: &str) -> Result<(), String> {
+    for &budget in budgets {
+        let used = window_used(state, agent, budget, time_ms);
+        if used < budget.tokens {
+            continue;
+        }
+        let period = budget.period_ms.max(1);
+        let renews_ms = period - time_ms % period;
+        return Err(format!(
+            "llm budget: agent {agent} has used {used} of its {budget} model tokens; call of model {model} refused, \
+             the budget renews in {renews_ms} ms"
+        ));
     }
-    let period = budget.period_ms.max(1);
-    let renews_ms = period - time_ms % period;
-    Err(format!(
-        "llm budget: agent {agent} has used {used} of its {budget} model tokens; call of model {model} refused, the \
-         budget renews in {renews_ms} ms"
-    ))
+    Ok(())
 }
 
 /// The level of `agent`'s bucket at `time_ms` under `rate` (a bucket never used is full).
@@ -473,7 +479,7 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
         Op::StartToolCall { run_id: None, agent, rate, tool, .. } => {
             check_rate(state, agent, *rate, op.time_ms, &format!("call of tool {tool}"))
         }
-        Op::StartLlmCall { run_id, agent, rate, budget, model, .. } => {
+        Op::StartLlmCall { run_id, agent, rate, budgets, model, .. } => {
             let (agent, rate) = match run_id {
                 Some(run_id) => {
                     let run = running(state, run_id)?;
@@ -482,7 +488,7 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
                 None => (agent.as_str(), *rate),
             };
             check_rate(state, agent, rate, op.time_ms, &format!("call of model {model}"))?;
-            check_llm_budget(state, agent, *budget, op.time_ms, model)
+            check_llm_budget(state, agent, budgets, op.time_ms, model)
         }
         _ => Ok(()),
     }
@@ -627,11 +633,20 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             }
             vec![event(op, kind::LLM_CALLED, &agent, run_id.as_deref().unwrap_or(""), payload)]
         }
-        Op::EndLlmCall { call_id, run_id, agent, model, ok, tokens, budget, detail } => {
-            if let Some(budget) = budget {
-                let window = op.time_ms / budget.period_ms.max(1);
-                let used = window_used(state, agent, *budget, op.time_ms).saturating_add(*tokens);
-                state.llm_usage.entry(agent.clone()).or_default().insert(budget.period_ms, TokenWindow { window, used });
+        Op::EndLlmCall { call_id, run_id, agent, model, ok, tokens, budgets, detail } => {
+            // Counted in every period some token of the agent has a budget for, whichever token made this call, so
+            // that a second token of the same agent does not spend outside the first one's budget.
+            let mut periods: Vec<u64> = budgets.iter().map(|b| b.period_ms).collect();
+            periods.extend(state.llm_usage.get(agent).into_iter().flat_map(|w| w.keys().copied()));
+            periods.sort_unstable();
+            periods.dedup();
+            if *tokens > 0 || !budgets.is_empty() {
+                for period_ms in periods {
+                    let budget = TokenBudget { tokens: 0, period_ms };
+                    let window = op.time_ms / period_ms.max(1);
+                    let used = window_used(state, agent, budget, op.time_ms).saturating_add(*tokens);
+                    state.llm_usage.entry(agent.clone()).or_default().insert(period_ms, TokenWindow { window, used });
+                }
             }
             let mut payload = detail.clone();
             if let Some(map) = payload.as_object_mut() {
@@ -712,28 +727,29 @@ mod tests {
     #[test]
     fn model_token_budgets_refuse_once_spent_and_renew_with_the_window() {
         let mut s = State::default();
-        let budget = Some(TokenBudget { tokens: 100, period_ms: 1_000 });
-        let start_by = |call: &str, agent: &str, budget: Option<TokenBudget>| Op::StartLlmCall {
+        let second = vec![TokenBudget { tokens: 100, period_ms: 1_000 }];
+        let start_by = |call: &str, agent: &str, budgets: &[TokenBudget]| Op::StartLlmCall {
             call_id: call.into(),
             run_id: None,
             agent: agent.into(),
             model: "m".into(),
             provider: "p".into(),
             rate: None,
-            budget,
+            budgets: budgets.to_vec(),
             detail: json!({}),
         };
-        let start = |call: &str| start_by(call, "a", budget);
-        let end = |call: &str, tokens: u64| Op::EndLlmCall {
+        let end_by = |call: &str, tokens: u64, budgets: &[TokenBudget]| Op::EndLlmCall {
             call_id: call.into(),
             run_id: None,
             agent: "a".into(),
             model: "m".into(),
             ok: true,
             tokens,
-            budget,
+            budgets: budgets.to_vec(),
             detail: json!({}),
         };
+        let start = |call: &str| start_by(call, "a", &second);
+        let end = |call: &str, tokens: u64| end_by(call, tokens, &second);
         assert_eq!(apply(&mut s, &op(10, start("c1")))[0].kind, "llm.called");
         assert_eq!(apply(&mut s, &op(20, end("c1", 60)))[0].kind, "llm.completed");
         assert_eq!(apply(&mut s, &op(30, start("c2")))[0].kind, "llm.called", "60 of 100 used");
@@ -743,28 +759,75 @@ mod tests {
         let reason = refused[0].payload["reason"].as_str().unwrap();
         assert!(reason.starts_with("llm budget: agent a has used 120 of its 100/s"), "{reason}");
         assert!(reason.contains("renews in 950 ms"), "{reason}");
-        let other = start_by("c4", "b", budget);
+        let other = start_by("c4", "b", &second);
         assert_eq!(apply(&mut s, &op(50, other))[0].kind, "llm.called", "another agent has its own budget");
-        let unbudgeted = start_by("c5", "a", None);
+        let unbudgeted = start_by("c5", "a", &[]);
         assert_eq!(apply(&mut s, &op(50, unbudgeted))[0].kind, "llm.called", "a token without a budget");
         assert_eq!(apply(&mut s, &op(1_000, start("c6")))[0].kind, "llm.called", "the next window starts afresh");
+        // What a token without a budget spends counts in the agent's windows all the same.
+        apply(&mut s, &op(1_001, end_by("c5", 30, &[])));
+        assert_eq!(s.llm_usage["a"][&1_000].used, 30);
         // Endings are recorded whatever happened meanwhile, and count.
         apply(&mut s, &op(1_001, Op::RevokeToken { token_id: "tok".into() }));
         assert_eq!(apply(&mut s, &op(1_002, end("c6", 5)))[0].kind, "llm.completed");
-        assert_eq!(s.llm_usage["a"][&1_000].used, 5);
+        assert_eq!(s.llm_usage["a"][&1_000].used, 35);
         assert_eq!(apply(&mut s, &op(1_003, start("c7")))[0].kind, "op.rejected", "revoked");
     }
 
+    /// Budgets of different periods all apply: the agent is refused as soon as any one of them is spent.
     #[test]
-    fn token_budgets_parse_and_compare() {
+    fn every_period_budget_of_a_token_applies() {
+        let mut s = State::default();
+        let both = [TokenBudget { tokens: 50, period_ms: 1_000 }, TokenBudget { tokens: 120, period_ms: 10_000 }];
+        let start = |call: &str| Op::StartLlmCall {
+            call_id: call.into(),
+            run_id: None,
+            agent: "a".into(),
+            model: "m".into(),
+            provider: "p".into(),
+            rate: None,
+            budgets: both.to_vec(),
+            detail: json!({}),
+        };
+        let end = |call: &str, tokens: u64| Op::EndLlmCall {
+            call_id: call.into(),
+            run_id: None,
+            agent: "a".into(),
+            model: "m".into(),
+            ok: true,
+            tokens,
+            budgets: both.to_vec(),
+            detail: json!({}),
+        };
+        let mut t = 0;
+        let mut step = |s: &mut State, call: &str, tokens: u64| {
+            t += 1_000;
+            let kind = apply(s, &op(t, start(call)))[0].kind.clone();
+            apply(s, &op(t + 1, end(call, tokens)));
+            kind
+        };
+        assert_eq!(step(&mut s, "c1", 50), "llm.called");
+        assert_eq!(step(&mut s, "c2", 50), "llm.called", "a new second: the 50/s budget renewed");
+        assert_eq!(step(&mut s, "c3", 50), "llm.called");
+        let refused = apply(&mut s, &op(4_000, start("c4")));
+        let reason = refused[0].payload["reason"].as_str().unwrap_or_default().to_string();
+        assert!(reason.contains("has used 150 of its 120/10s"), "the ten-second budget is spent: {refused:?}");
+    }
+
+    #[test]
+    fn token_budgets_parse_and_narrow() {
         assert_eq!(TokenBudget::parse("100000/day").unwrap(), TokenBudget { tokens: 100_000, period_ms: 86_400_000 });
         assert_eq!(TokenBudget::parse("2_000/h").unwrap().to_string(), "2000/h");
         for bad in ["", "100", "0/day", "x/day", "10/fortnight", "2000000000000/day"] {
             assert!(TokenBudget::parse(bad).is_err(), "{bad}");
         }
-        let (day, hour) = (TokenBudget::parse("240000/day").unwrap(), TokenBudget::parse("5000/h").unwrap());
-        assert_eq!(day.stricter(hour), hour);
-        assert_eq!(hour.stricter(day), hour);
+        let b = |text: &str| TokenBudget::parse(text).unwrap();
+        let mut budgets = Vec::new();
+        TokenBudget::narrow(&mut budgets, b("240000/day"));
+        TokenBudget::narrow(&mut budgets, b("5000/h"));
+        TokenBudget::narrow(&mut budgets, b("9000/h"));
+        TokenBudget::narrow(&mut budgets, b("100000/day"));
+        assert_eq!(budgets, [b("5000/h"), b("100000/day")], "both periods apply, each at its lowest");
     }
 
     #[test]

@@ -421,7 +421,7 @@ fn model_token_budgets_per_run_and_per_period() {
     r.expect_code(65);
     let inspect = home.toka(&["token", "inspect", "--json", &raised]);
     let i: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
-    assert_eq!(i["llm_budget"], "10/day");
+    assert_eq!(i["llm_budgets"], serde_json::json!(["10/day"]));
 }
 
 /// Model calls take from the agent's rate bucket like every boundary host call: the kernel refuses a call when the
@@ -522,4 +522,109 @@ fn calls_cut_short_still_end_with_an_event() {
     let failed = events.iter().find(|e| e["kind"] == "llm.failed").expect("the abandoned call is recorded");
     assert_eq!(failed["payload"]["outcome"], "abandoned");
     assert!(failed["payload"]["tokens_charged"].as_u64().unwrap() > 0, "text already generated counts");
+}
+
+/// A tool that declares `llm:` needs calls models through its calling run's access: only a model that the tool
+/// declares and the run's token grants, counted and recorded under the calling run. A tool called without a run
+/// behind it (the CLI's `tool call`) has no model access at all.
+#[test]
+fn a_tool_calls_only_models_it_declares_and_the_run_grants() {
+    let home = LlmHome::new();
+    home.toka(&["tool", "add", tool_path("llm-ask").to_str().unwrap()]).expect_code(0);
+    // The conversation's model asks the tool `llm-ask` (which declares `llm:oa-*` and `llm:an-chat`) to ask `asked`.
+    let through_tool = |asked: &str, grants: &[&str]| {
+        let question = format!("call llm-ask {{\"model\":\"{asked}\",\"question\":\"hi\"}}");
+        let input = serde_json::json!({ "model": "oa-chat", "question": question });
+        let mut flags = vec!["--allow-tool", "llm-ask"];
+        for g in grants {
+            flags.extend_from_slice(&["--allow-llm", g]);
+        }
+        let r = home.chat("tool-chat", &input, &flags);
+        r.expect_code(0);
+        let out = result(&r);
+        let run = r.report()["run_id"].as_str().unwrap().to_string();
+        (out, home.run_events(&run))
+    };
+    // Positive controls: a model under the tool's pattern, and the one it names, both granted to the run.
+    for asked in ["oa-chat", "an-chat"] {
+        let (out, events) = through_tool(asked, &["oa-chat", "an-chat"]);
+        assert_eq!(out["tool_calls"], serde_json::json!([{"name": "llm-ask", "ok": true}]), "{asked}: {out}");
+        assert!(out["answer"].as_str().unwrap().contains(r#"llm-ask returned {"answer":"You said: hi""#), "{out}");
+        let completed: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == "llm.completed").collect();
+        assert_eq!(completed.len(), 3, "two turns of the agent and the tool's call, all in the run: {events:?}");
+        assert!(completed.iter().any(|e| e["payload"]["model"] == asked && e["payload"]["messages"].is_null()));
+    }
+    // Declared by the tool but not granted to the run: the token refuses it (an error value for the tool).
+    let (out, events) = through_tool("an-chat", &["oa-chat"]);
+    assert_eq!(out["tool_calls"], serde_json::json!([{"name": "llm-ask", "ok": false}]), "{out}");
+    assert!(out["answer"].as_str().unwrap().contains("grant refused: llm:an-chat"), "{out}");
+    let failed = events.iter().find(|e| e["kind"] == "llm.failed").expect("the refusal is recorded");
+    assert_eq!((failed["payload"]["outcome"].as_str(), failed["payload"]["model"].as_str()), (Some("denied"), Some("an-chat")));
+    // Granted to the run but not declared by the tool: refused too, and the provider never asked.
+    let before = home.mock.requests_for("fail-500").len();
+    let (out, events) = through_tool("an-fail-500", &["oa-chat", "an-*"]);
+    assert_eq!(out["tool_calls"], serde_json::json!([{"name": "llm-ask", "ok": false}]), "{out}");
+    assert!(out["answer"].as_str().unwrap().contains("declares only the models oa-*, an-chat"), "{out}");
+    assert!(events.iter().any(|e| e["kind"] == "llm.failed" && e["payload"]["outcome"] == "denied"));
+    assert_eq!(home.mock.requests_for("fail-500").len(), before);
+    // Outside a run there is no model access to confine.
+    let r = home.toka(&["tool", "call", "llm-ask", "--input", r#"{"model":"oa-chat","question":"hi"}"#]);
+    assert_ne!(r.code, 0);
+    assert!(r.stdout.contains("no access to models") || r.stderr.contains("no access to models"), "{r:?}");
+}
+
+/// `serve` runs agents that call models, and `/metrics` reports model calls by configured model and outcome, with
+/// tokens and time, in a form a real Prometheus parser accepts.
+#[test]
+fn serve_reports_model_usage_in_metrics() {
+    let key = fresh_key();
+    let mock = Mock::start(&key);
+    let home = tempfile::tempdir().unwrap();
+    // A key from an owner-only file this time (the server's environment has no key).
+    let key_file = home.path().join("provider.key");
+    std::fs::write(&key_file, &key).unwrap();
+    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let toml = format!(
+        "[providers.oa]\nkind = \"openai\"\nbase_url = \"{}/v1\"\nkey_file = \"{}\"\nmax_retries = 0\n\n\
+         [models.oa-chat]\nprovider = \"oa\"\nmodel = \"mock-model\"\n[models.oa-fail-500]\nprovider = \"oa\"\nmodel = \"fail-500\"\n",
+        mock.url(),
+        key_file.display()
+    );
+    std::fs::write(home.path().join("llm.toml"), toml).unwrap();
+    toka_with(&["key", "init"], None, &[("TOKA_HOME", home.path().to_str().unwrap())]).expect_code(0);
+    let s = crate::service::Server::start_in(home, &[]);
+    let operator = s.mint(&["--agent", "*", "--grant", "api:read"]);
+    let token = s.mint(&["--agent", "tool-chat", "--grant", "llm:oa-*"]);
+    let submit = |model: &str| {
+        let body = serde_json::json!({
+            "component": { "path": "tool-chat.wasm" },
+            "input": { "model": model, "question": "hello" },
+            "grants": { "models": [model] },
+            "wait": true,
+        });
+        s.post("/v1/runs", Some(&token), &body)
+    };
+    let (status, body) = submit("oa-chat");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["report"]["outcome"], "success", "{body}");
+    let (_, body) = submit("oa-fail-500");
+    assert_eq!(body["report"]["outcome"], "agent-error", "{body}");
+    let text = crate::service::client().get(format!("{}/metrics", s.url)).bearer_auth(&operator).send().unwrap().text().unwrap();
+    assert!(text.contains("toka_llm_calls_total{model=\"oa-chat\",outcome=\"success\"} 1\n"), "{text}");
+    assert!(text.contains("toka_llm_calls_total{model=\"oa-fail-500\",outcome=\"provider-error\"} 1\n"), "{text}");
+    let prompt = text.lines().find(|l| l.starts_with("toka_llm_tokens_total{model=\"oa-chat\",kind=\"prompt\"}")).unwrap();
+    assert!(prompt.rsplit(' ').next().unwrap().parse::<u64>().unwrap() > 0, "{prompt}");
+    assert!(text.contains("toka_llm_call_seconds_total{model=\"oa-chat\"}"), "{text}");
+    assert!(!text.contains(&key));
+    let mut child = std::process::Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !said.contains("error"), "promtool: {said}\n{text}");
 }

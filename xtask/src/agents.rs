@@ -28,6 +28,7 @@
 //! | `json-query`     | `agents/json-query` (cdylib)        | same                                                 |
 //! | `http-fetch`     | `agents/http-fetch` (cdylib)        | same (raw `wasi:sockets` imports beside the adapter) |
 //! | `fail-tool`      | `agents/fail-tool` (cdylib)         | same (traps, spins, bad output: containment tests)   |
+//! | `llm-ask`        | `agents/llm-ask` (cdylib)           | same (a tool that calls a model it declares)         |
 //! | `date-validator` | `agents/date-validator/tool.py`     | componentize-py, world `toka:agent/tool`             |
 //!
 //! The Rust agents are built by one cargo invocation (cargo decides what is stale); the others are rebuilt only
@@ -142,6 +143,7 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("json-query", Kind::RustTool),
     Agent::new("http-fetch", Kind::RustTool),
     Agent::new("fail-tool", Kind::RustTool),
+    Agent::new("llm-ask", Kind::RustTool),
     Agent::new("date-validator", Kind::PythonTool),
     Agent::new("extism-echo", Kind::ExtismPlugin),
 ];

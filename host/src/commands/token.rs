@@ -60,8 +60,9 @@ pub enum TokenAction {
         #[arg(long, value_name = "N")]
         llm_tokens: Option<u64>,
         /// Model tokens the agent may use per PERIOD, in fixed windows from the Unix epoch: 100000/day, 5000/h.
-        #[arg(long, value_name = "N/PERIOD", value_parser = TokenBudget::parse)]
-        llm_budget: Option<TokenBudget>,
+        /// Repeatable: every budget applies.
+        #[arg(long = "llm-budget", value_name = "N/PERIOD", value_parser = TokenBudget::parse)]
+        llm_budgets: Vec<TokenBudget>,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -90,9 +91,10 @@ pub enum TokenAction {
         /// A lower ceiling of model tokens per run (the lowest in any block applies).
         #[arg(long, value_name = "N")]
         llm_tokens: Option<u64>,
-        /// A stricter budget of model tokens per period (the strictest in any block applies).
-        #[arg(long, value_name = "N/PERIOD", value_parser = TokenBudget::parse)]
-        llm_budget: Option<TokenBudget>,
+        /// A budget of model tokens per period, added to the token's (every budget of every block applies; for one
+        /// period, the lowest). Repeatable.
+        #[arg(long = "llm-budget", value_name = "N/PERIOD", value_parser = TokenBudget::parse)]
+        llm_budgets: Vec<TokenBudget>,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -187,7 +189,7 @@ impl TokenCommand {
                 windows,
                 rate,
                 llm_tokens,
-                llm_budget,
+                llm_budgets,
                 out,
             } => {
                 let limits =
@@ -213,7 +215,7 @@ impl TokenCommand {
                     windows,
                     rate,
                     llm_tokens,
-                    llm_budget,
+                    llm_budgets,
                 };
                 let t = token::mint(&keys()?, &request, now).map_err(|e| e.to_string())?;
                 emit(&t.to_base64().map_err(|e| e.to_string())?, out.as_ref())
@@ -228,7 +230,7 @@ impl TokenCommand {
                 component,
                 pin,
                 llm_tokens,
-                llm_budget,
+                llm_budgets,
                 out,
             } => {
                 let parsed = token::parse_unverified(&read_token(&token)?).map_err(|e| e.to_string())?;
@@ -236,7 +238,7 @@ impl TokenCommand {
                     (Some(file), _) => Some(component_digest(file)?),
                     (None, pin) => pin,
                 };
-                let a = Attenuation { only, fuel, ttl, windows, rate, component, llm_tokens, llm_budget };
+                let a = Attenuation { only, fuel, ttl, windows, rate, component, llm_tokens, llm_budgets };
                 let narrowed = token::attenuate(&parsed, &a, now).map_err(|e| e.to_string())?;
                 emit(&narrowed.to_base64().map_err(|e| e.to_string())?, out.as_ref())
             }
@@ -268,7 +270,10 @@ impl TokenCommand {
                     );
                     println!("rate:         {}", or_none(i.rate.clone()));
                     println!("llm tokens:   {} per run", or_none(i.llm_tokens.map(|n| n.to_string())));
-                    println!("llm budget:   {}", or_none(i.llm_budget.clone()));
+                    println!(
+                        "llm budgets:  {}",
+                        if i.llm_budgets.is_empty() { "none".into() } else { i.llm_budgets.join(", ") }
+                    );
                     println!(
                         "pinned to:    {}",
                         if i.pinned.is_empty() { "any component".into() } else { i.pinned.join(" ") }

@@ -7,7 +7,7 @@
 //! A model call is a boundary host call, like a tool call ([`Gateway::chat`], [`Gateway::chat_stream`]):
 //! 1. it takes one from the run's cap of recorded calls;
 //! 2. `llm.called` is recorded; the kernel refuses it when the agent's rate bucket is empty or its budget of model
-//!    tokens for the period is spent (a token's `llm_budget`);
+//!    tokens for a period is spent (a token's `llm_budget`s);
 //! 3. the caller's token is checked again for `llm:MODEL` (with the current time and revocations); the model must be
 //!    configured, the request valid, and the run's budget of model tokens (a token's `llm_tokens`, else
 //!    [`DEFAULT_RUN_TOKENS`]) not spent; `max_tokens` is lowered to what that budget has left;
@@ -197,9 +197,9 @@ impl Caller {
         Caller { confined, deadline: deadline.min(self.deadline), ..self.clone() }
     }
 
-    /// The per-period budget the caller's token states.
-    fn period_budget(&self) -> Option<TokenBudget> {
-        self.token.llm_budget
+    /// The per-period budgets the caller's token states (all apply).
+    fn period_budgets(&self) -> Vec<TokenBudget> {
+        self.token.llm_budgets.clone()
     }
 }
 
@@ -478,7 +478,7 @@ impl Gateway {
             model: model.clone(),
             provider: provider.clone(),
             rate: caller.rate,
-            budget: caller.period_budget(),
+            budgets: caller.period_budgets(),
             detail,
         };
         let started = Instant::now();
@@ -666,7 +666,7 @@ impl Call {
             model: self.model.clone(),
             ok: result.is_ok(),
             tokens: charged,
-            budget: self.caller.period_budget(),
+            budgets: self.caller.period_budgets(),
             detail,
         }
     }

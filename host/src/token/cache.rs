@@ -40,8 +40,9 @@ pub struct Verified {
     pub pinned: Vec<String>,
     /// The lowest `llm_tokens(N)` of any block: model tokens one run may use.
     pub llm_tokens: Option<u64>,
-    /// The strictest `llm_budget(N, PERIOD_MS)` of any block: model tokens the agent may use per period.
-    pub llm_budget: Option<TokenBudget>,
+    /// Every `llm_budget(N, PERIOD_MS)` of any block, the lowest per period: model tokens the agent may use per
+    /// period. All of them apply.
+    pub llm_budgets: Vec<TokenBudget>,
     /// Authorizations this token passed in the current second (see [`Verified::passed`]).
     passed: Mutex<Passed>,
 }
@@ -107,7 +108,7 @@ impl Verified {
             llm_tokens = Some(llm_tokens.map_or(n, |t| t.min(n)));
         }
         let budgets: Vec<(i64, i64)> = authorizer.query_all("b($n, $p) <- llm_budget($n, $p)").map_err(invalid)?;
-        let mut llm_budget: Option<TokenBudget> = None;
+        let mut llm_budgets: Vec<TokenBudget> = Vec::new();
         for (n, p) in budgets {
             let parsed = match (u64::try_from(n), u64::try_from(p)) {
                 (Ok(tokens), Ok(period_ms))
@@ -118,7 +119,14 @@ impl Verified {
                 }
                 _ => return Err(TokenError::Invalid(format!("token states an invalid llm_budget({n}, {p})"))),
             };
-            llm_budget = Some(llm_budget.map_or(parsed, |b| b.stricter(parsed)));
+            TokenBudget::narrow(&mut llm_budgets, parsed);
+        }
+        if llm_budgets.len() > TokenBudget::MAX_PERIODS {
+            return Err(TokenError::Invalid(format!(
+                "token states model token budgets for {} periods, over the {} the host checks",
+                llm_budgets.len(),
+                TokenBudget::MAX_PERIODS
+            )));
         }
         let mut rate: Option<Rate> = None;
         for (n, p) in rates {
@@ -145,7 +153,7 @@ impl Verified {
             rate,
             pinned: pinned.into_iter().map(|(p,)| p).collect(),
             llm_tokens,
-            llm_budget,
+            llm_budgets,
             token,
             passed: Mutex::new(Passed::default()),
         })

@@ -151,17 +151,17 @@ pub struct MintRequest {
     pub component: Option<String>,
     /// Model tokens (prompt and completion) one run may use.
     pub llm_tokens: Option<u64>,
-    /// Model tokens the agent may use per period (see [`TokenBudget`]).
-    pub llm_budget: Option<TokenBudget>,
+    /// Model tokens the agent may use per period (see [`TokenBudget`]); every one applies.
+    pub llm_budgets: Vec<TokenBudget>,
 }
 
 /// States the model token limits: a block (the authority or an attenuation) can only add ceilings, and the host
 /// applies the lowest of every block's (see [`cache::Verified`]).
-fn llm_code(code: &mut String, tokens: Option<u64>, budget: Option<TokenBudget>) {
+fn llm_code(code: &mut String, tokens: Option<u64>, budgets: &[TokenBudget]) {
     if let Some(n) = tokens {
         code.push_str(&format!("llm_tokens({});\n", dl(n)));
     }
-    if let Some(TokenBudget { tokens, period_ms }) = budget {
+    for &TokenBudget { tokens, period_ms } in budgets {
         code.push_str(&format!("llm_budget({}, {});\n", dl(tokens), dl(period_ms)));
     }
 }
@@ -241,7 +241,7 @@ pub fn mint(keys: &KeyStore, request: &MintRequest, now: SystemTime) -> Result<B
     if let Some(digest) = &request.component {
         pin_code(&mut code, digest)?;
     }
-    llm_code(&mut code, request.llm_tokens, request.llm_budget);
+    llm_code(&mut code, request.llm_tokens, &request.llm_budgets);
     Biscuit::builder().code(&code).map_err(invalid)?.root_key_id(id).build(&pair).map_err(invalid)
 }
 
@@ -282,8 +282,8 @@ pub struct Attenuation {
     pub component: Option<String>,
     /// A lower ceiling of model tokens per run.
     pub llm_tokens: Option<u64>,
-    /// A stricter budget of model tokens per period.
-    pub llm_budget: Option<TokenBudget>,
+    /// Budgets of model tokens per period, added to the token's (all apply; the lowest per period).
+    pub llm_budgets: Vec<TokenBudget>,
 }
 
 /// Appends a block of checks; needs no key.
@@ -320,7 +320,7 @@ pub fn attenuate(token: &UnverifiedBiscuit, a: &Attenuation, now: SystemTime) ->
     if let Some(digest) = &a.component {
         pin_code(&mut code, digest)?;
     }
-    llm_code(&mut code, a.llm_tokens, a.llm_budget);
+    llm_code(&mut code, a.llm_tokens, &a.llm_budgets);
     if code.is_empty() {
         return Err(TokenError::Invalid(
             "nothing to attenuate: give --only, --fuel, --ttl, --window, --rate, --component, --llm-tokens or \
@@ -566,8 +566,8 @@ pub struct Inspection {
     pub pinned: Vec<String>,
     /// The lowest ceiling of model tokens per run stated in any block.
     pub llm_tokens: Option<u64>,
-    /// The strictest budget of model tokens per period stated in any block, as `N/PERIOD`.
-    pub llm_budget: Option<String>,
+    /// The budgets of model tokens per period stated in any block (the lowest per period), as `N/PERIOD`.
+    pub llm_budgets: Vec<String>,
     /// The Datalog of each block: facts, and the checks that expiry, not-before, windows and attenuation became.
     pub blocks: Vec<String>,
     pub revocation_ids: Vec<String>,
@@ -613,7 +613,7 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
         rate: None,
         pinned: Vec::new(),
         llm_tokens: None,
-        llm_budget: None,
+        llm_budgets: Vec::new(),
         blocks,
         revocation_ids,
         evaluated_at: rfc3339(at),
@@ -634,7 +634,7 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
     inspection.rate = verified.rate.map(|r| r.to_string());
     inspection.pinned = verified.pinned.clone();
     inspection.llm_tokens = verified.llm_tokens;
-    inspection.llm_budget = verified.llm_budget.map(|b| b.to_string());
+    inspection.llm_budgets = verified.llm_budgets.iter().map(ToString::to_string).collect();
     // Evaluated as a run of the pinned component would be (a token pinned to two components is usable for none).
     let component = verified.pinned.first().and_then(|p| p.strip_prefix("sha256:")).map(str::to_string);
     let request = RunRequest {
@@ -871,35 +871,43 @@ mod tests {
     #[test]
     fn model_token_ceilings_only_go_down() {
         let keys = store();
+        let budget = |text: &str| TokenBudget::parse(text).unwrap();
         let req = MintRequest {
             agent: "a".into(),
             limits: limits(),
             ttl: Some(Duration::from_secs(60)),
             llm_tokens: Some(1_000),
-            llm_budget: Some(TokenBudget::parse("10000/h").unwrap()),
+            llm_budgets: vec![budget("10000/h")],
             ..MintRequest::default()
         };
         let text = mint(&keys, &req, SystemTime::now()).unwrap().to_base64().unwrap();
-        let narrowed = |text: &str, tokens: Option<u64>, budget: Option<&str>| {
+        let narrowed = |text: &str, tokens: Option<u64>, budgets: &[&str]| {
             let a = Attenuation {
                 llm_tokens: tokens,
-                llm_budget: budget.map(|b| TokenBudget::parse(b).unwrap()),
+                llm_budgets: budgets.iter().map(|b| budget(b)).collect(),
                 ..Default::default()
             };
             attenuate(&parse_unverified(text).unwrap(), &a, SystemTime::now()).unwrap().to_base64().unwrap()
         };
         let read = |t: &str| {
             let v = verify(&keys, t, SystemTime::now()).unwrap();
-            (v.llm_tokens, v.llm_budget.map(|b| b.to_string()))
+            (v.llm_tokens, v.llm_budgets.iter().map(ToString::to_string).collect::<Vec<_>>())
         };
-        assert_eq!(read(&text), (Some(1_000), Some("10000/h".into())));
-        let lower = narrowed(&text, Some(400), Some("50000/day"));
-        assert_eq!(read(&lower), (Some(400), Some("50000/day".into())), "50000/day is stricter than 10000/h");
-        let raised = narrowed(&lower, Some(5_000), Some("1000000/h"));
-        assert_eq!(read(&raised), (Some(400), Some("50000/day".into())), "a later block cannot raise them");
+        assert_eq!(read(&text), (Some(1_000), vec!["10000/h".to_string()]));
+        // A budget of another period adds to the token's: both apply (50000/day does not lift 10000/h).
+        let lower = narrowed(&text, Some(400), &["50000/day"]);
+        assert_eq!(read(&lower), (Some(400), vec!["10000/h".to_string(), "50000/day".to_string()]));
+        let raised = narrowed(&lower, Some(5_000), &["1000000/h", "9000000/day"]);
+        assert_eq!(read(&raised), read(&lower), "a later block cannot raise them");
+        let hour = narrowed(&lower, None, &["2000/h"]);
+        assert_eq!(read(&hour).1, ["2000/h", "50000/day"], "one period narrowed, the other kept");
         let unlimited = minted(&keys, &[]);
-        assert_eq!(read(&unlimited), (None, None));
-        assert_eq!(read(&narrowed(&unlimited, Some(7), None)), (Some(7), None), "attenuation can add a ceiling");
+        assert_eq!(read(&unlimited), (None, vec![]));
+        assert_eq!(read(&narrowed(&unlimited, Some(7), &[])), (Some(7), vec![]), "attenuation can add a ceiling");
+        // A token stating more periods than the host checks is refused, not partly applied.
+        let many: Vec<String> = (1..=TokenBudget::MAX_PERIODS + 1).map(|i| format!("100/{i}s")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(verify(&keys, &narrowed(&unlimited, None, &many), SystemTime::now()).is_err());
     }
 
     #[test]
