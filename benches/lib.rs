@@ -91,8 +91,8 @@ pub mod tool_call {
         let host = Arc::new(ToolHost::new(engine, registry.clone(), None));
         let (bytes, spec) = rt.block_on(host.describe_file(&super::tool_component("echo"))).unwrap();
         registry.add("echo", &bytes, spec).unwrap();
-        let mut keys = KeyStore::default();
-        keys.init(0).unwrap();
+        // In the home, as `toka-host key init` leaves it: each call re-reads the key's status from there.
+        let (keys, ()) = KeyStore::update(home.path(), |k| k.init(0).map(drop)).unwrap();
         let request = MintRequest {
             agent: "bench".into(),
             grants: vec![Grant::parse("tool:echo").unwrap()],

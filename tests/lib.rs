@@ -110,3 +110,71 @@ pub fn toka_with(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> R
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
 }
+
+/// The seed of a randomized test: `TOKA_TEST_SEED` if set, else the clock. Printed (the harness shows it when the
+/// test fails), so that any failure can be replayed with `TOKA_TEST_SEED=N cargo test ... -- NAME`.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("TOKA_TEST_SEED").ok().and_then(|s| s.trim().parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    eprintln!("{test}: seed {seed} (replay with TOKA_TEST_SEED={seed})");
+    seed
+}
+
+/// xorshift64*: enough randomness for tests (kill timings, inputs), no dependency, reproducible from its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // xorshift has one fixed point, 0; any other state works.
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (`0` when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.
+pub fn wait_for<T>(limit: std::time::Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = check() {
+            return Some(found);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits for `child` on a watchdog thread: if it has not exited after `limit`, it is killed (a hung host must fail
+/// the test, not hang the suite). Join the handle for the exit status; `true` in it means the watchdog killed it.
+pub fn watchdog(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> std::thread::JoinHandle<(std::process::ExitStatus, bool)> {
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the child") {
+                return (status, false);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                return (child.wait().expect("wait for the killed child"), true);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+}

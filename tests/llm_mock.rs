@@ -171,11 +171,16 @@ fn json_response(status: StatusCode, body: Value) -> Response {
 
 /// A body that sends `chunks` and then, with `cut`, breaks off instead of ending.
 fn streamed(chunks: Vec<String>, cut: bool) -> Response {
-    let mut items: Vec<Result<Bytes, std::io::Error>> = chunks.into_iter().map(|c| Ok(Bytes::from(c))).collect();
-    if cut {
-        items.push(Err(std::io::Error::other("connection lost")));
-    }
-    let stream = futures_util::stream::iter(items);
+    use futures_util::StreamExt;
+    let items: Vec<Result<Bytes, std::io::Error>> = chunks.into_iter().map(|c| Ok(Bytes::from(c))).collect();
+    // A cut comes a moment after the last piece, so that the status, the headers and that piece reach the client
+    // first (an error right away makes the server drop the connection before it has answered at all).
+    let end = futures_util::stream::once(async move {
+        tokio::time::sleep(Duration::from_millis(if cut { 200 } else { 0 })).await;
+        if cut { Some(Err(std::io::Error::other("connection lost"))) } else { None }
+    })
+    .filter_map(|item| async move { item });
+    let stream = futures_util::stream::iter(items).chain(end);
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -206,14 +211,18 @@ async fn failure(shared: &Shared, format: &str, model: &str, stream: bool, crede
             r.headers_mut().insert("retry-after", "0".parse().unwrap());
             Some(r)
         }
-        "fail-500-once" if once(model) => Some(error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "Internal server error")),
+        "fail-500-once" if once(model) => {
+            Some(error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "Internal server error"))
+        }
         "fail-500" => Some(error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "Internal server error")),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             None
         }
         "malformed" if stream => Some(streamed(vec!["data: {\"choices\": [oops\n\n".into()], false)),
-        "malformed" => Some(([(header::CONTENT_TYPE, "application/json")], "{\"id\": \"x\", \"choices\": [").into_response()),
+        "malformed" => {
+            Some(([(header::CONTENT_TYPE, "application/json")], "{\"id\": \"x\", \"choices\": [").into_response())
+        }
         "cut" if !stream => {
             let mut r = streamed(vec!["{\"id\": \"x\", \"choices\": [{\"index\": 0, ".into()], true);
             r.headers_mut().insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
@@ -231,7 +240,12 @@ async fn failure(shared: &Shared, format: &str, model: &str, stream: bool, crede
 async fn openai(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return json_response(StatusCode::BAD_REQUEST, json!({ "error": { "message": format!("We could not parse the JSON body of your request: {e}"), "type": "invalid_request_error", "param": null, "code": null } })),
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": { "message": format!("We could not parse the JSON body of your request: {e}"), "type": "invalid_request_error", "param": null, "code": null } }),
+            );
+        }
     };
     record(&shared, "/v1/chat/completions", &headers, &body);
     let credential = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
@@ -241,14 +255,21 @@ async fn openai(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         return r;
     }
     if credential != format!("Bearer {}", shared.key) {
-        return json_response(StatusCode::UNAUTHORIZED, json!({ "error": { "message": "Incorrect API key provided.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key" } }));
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({ "error": { "message": "Incorrect API key provided.", "type": "invalid_request_error", "param": null, "code": "invalid_api_key" } }),
+        );
     }
     let Some(messages) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
-        return json_response(StatusCode::BAD_REQUEST, json!({ "error": { "message": "'messages' must contain at least one message.", "type": "invalid_request_error", "param": "messages", "code": null } }));
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": { "message": "'messages' must contain at least one message.", "type": "invalid_request_error", "param": "messages", "code": null } }),
+        );
     };
     // The conversation: the last user message and the tool results after it, named by their calls.
     let mut names: BTreeMap<String, String> = BTreeMap::new();
-    let mut conversation = Conversation { user: String::new(), results: Vec::new(), tools: Vec::new(), prompt_bytes: 0 };
+    let mut conversation =
+        Conversation { user: String::new(), results: Vec::new(), tools: Vec::new(), prompt_bytes: 0 };
     for m in messages {
         let content = m["content"].as_str().unwrap_or_default();
         conversation.prompt_bytes += content.len();
@@ -270,8 +291,12 @@ async fn openai(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             _ => {}
         }
     }
-    conversation.tools =
-        body["tools"].as_array().into_iter().flatten().filter_map(|t| t["function"]["name"].as_str().map(String::from)).collect();
+    conversation.tools = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["function"]["name"].as_str().map(String::from))
+        .collect();
     let reply = script(&conversation);
     let id = format!("chatcmpl-mock{}", shared.seen.lock().unwrap().len());
     let call_id = format!("call_mock{}", conversation.results.len());
@@ -318,8 +343,11 @@ async fn openai(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         Reply::Call { name, arguments } => {
             let args = arguments.to_string();
             let (a, b) = args.split_at(args.len() / 2);
-            chunks.push(chunk(json!({ "tool_calls": [{ "index": 0, "id": call_id, "type": "function",
-                                                       "function": { "name": name, "arguments": "" } }] }), None));
+            chunks.push(chunk(
+                json!({ "tool_calls": [{ "index": 0, "id": call_id, "type": "function",
+                                                       "function": { "name": name, "arguments": "" } }] }),
+                None,
+            ));
             chunks.push(chunk(json!({ "tool_calls": [{ "index": 0, "function": { "arguments": a } }] }), None));
             chunks.push(chunk(json!({ "tool_calls": [{ "index": 0, "function": { "arguments": b } }] }), None));
         }
@@ -341,7 +369,10 @@ async fn openai(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
 
 async fn anthropic(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let invalid = |message: &str| {
-        json_response(StatusCode::BAD_REQUEST, json!({ "type": "error", "error": { "type": "invalid_request_error", "message": message } }))
+        json_response(
+            StatusCode::BAD_REQUEST,
+            json!({ "type": "error", "error": { "type": "invalid_request_error", "message": message } }),
+        )
     };
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -355,7 +386,10 @@ async fn anthropic(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         return r;
     }
     if credential != shared.key {
-        return json_response(StatusCode::UNAUTHORIZED, json!({ "type": "error", "error": { "type": "authentication_error", "message": "invalid x-api-key" } }));
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({ "type": "error", "error": { "type": "authentication_error", "message": "invalid x-api-key" } }),
+        );
     }
     if headers.get("anthropic-version").is_none() {
         return invalid("anthropic-version: header is required");
@@ -370,7 +404,8 @@ async fn anthropic(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         return invalid("messages: first message must use the \"user\" role");
     }
     let mut names: BTreeMap<String, String> = BTreeMap::new();
-    let mut conversation = Conversation { user: String::new(), results: Vec::new(), tools: Vec::new(), prompt_bytes: 0 };
+    let mut conversation =
+        Conversation { user: String::new(), results: Vec::new(), tools: Vec::new(), prompt_bytes: 0 };
     conversation.prompt_bytes += body["system"].as_str().map_or(0, str::len);
     for m in messages {
         let blocks: Vec<Value> = match &m["content"] {
@@ -392,7 +427,9 @@ async fn anthropic(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
                     conversation.prompt_bytes += content.len();
                     conversation.results.push((names.get(id).cloned().unwrap_or_default(), content.to_string()));
                 }
-                (Some("assistant"), Some("text")) => conversation.prompt_bytes += b["text"].as_str().map_or(0, str::len),
+                (Some("assistant"), Some("text")) => {
+                    conversation.prompt_bytes += b["text"].as_str().map_or(0, str::len)
+                }
                 (Some("assistant"), Some("tool_use")) => {
                     if !b["input"].is_object() {
                         return invalid("tool_use.input: Input should be a valid dictionary");
@@ -408,7 +445,8 @@ async fn anthropic(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
             conversation.results.clear();
         }
     }
-    conversation.tools = body["tools"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str().map(String::from)).collect();
+    conversation.tools =
+        body["tools"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str().map(String::from)).collect();
     let reply = script(&conversation);
     let id = format!("msg_mock{}", shared.seen.lock().unwrap().len());
     let tool_id = format!("toolu_mock{}", conversation.results.len());
@@ -435,28 +473,43 @@ async fn anthropic(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
     }
     let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
     let mut chunks = vec![
-        event("message_start", json!({ "type": "message_start", "message": {
+        event(
+            "message_start",
+            json!({ "type": "message_start", "message": {
             "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": null, "stop_sequence": null,
-            "usage": { "input_tokens": input_tokens, "output_tokens": 1 } } })),
+            "usage": { "input_tokens": input_tokens, "output_tokens": 1 } } }),
+        ),
         event("ping", json!({ "type": "ping" })),
     ];
     match &reply {
         Reply::Text(t) => {
-            chunks.push(event("content_block_start", json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } })));
+            chunks.push(event(
+                "content_block_start",
+                json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } }),
+            ));
             for piece in t.as_bytes().chunks(8) {
-                chunks.push(event("content_block_delta", json!({ "type": "content_block_delta", "index": 0,
-                    "delta": { "type": "text_delta", "text": String::from_utf8_lossy(piece) } })));
+                chunks.push(event(
+                    "content_block_delta",
+                    json!({ "type": "content_block_delta", "index": 0,
+                    "delta": { "type": "text_delta", "text": String::from_utf8_lossy(piece) } }),
+                ));
             }
         }
         Reply::Call { name, arguments } => {
             let args = arguments.to_string();
             let (a, b) = args.split_at(args.len() / 2);
-            chunks.push(event("content_block_start", json!({ "type": "content_block_start", "index": 0,
-                "content_block": { "type": "tool_use", "id": tool_id, "name": name, "input": {} } })));
+            chunks.push(event(
+                "content_block_start",
+                json!({ "type": "content_block_start", "index": 0,
+                "content_block": { "type": "tool_use", "id": tool_id, "name": name, "input": {} } }),
+            ));
             for part in ["", a, b] {
-                chunks.push(event("content_block_delta", json!({ "type": "content_block_delta", "index": 0,
-                    "delta": { "type": "input_json_delta", "partial_json": part } })));
+                chunks.push(event(
+                    "content_block_delta",
+                    json!({ "type": "content_block_delta", "index": 0,
+                    "delta": { "type": "input_json_delta", "partial_json": part } }),
+                ));
             }
         }
     }
@@ -465,8 +518,11 @@ async fn anthropic(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         return streamed(chunks, true);
     }
     chunks.push(event("content_block_stop", json!({ "type": "content_block_stop", "index": 0 })));
-    chunks.push(event("message_delta", json!({ "type": "message_delta", "delta": { "stop_reason": stop, "stop_sequence": null },
-                                               "usage": { "output_tokens": output_tokens } })));
+    chunks.push(event(
+        "message_delta",
+        json!({ "type": "message_delta", "delta": { "stop_reason": stop, "stop_sequence": null },
+                                               "usage": { "output_tokens": output_tokens } }),
+    ));
     chunks.push(event("message_stop", json!({ "type": "message_stop" })));
     streamed(chunks, false)
 }

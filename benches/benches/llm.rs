@@ -57,7 +57,9 @@ fn overhead(c: &mut Criterion) {
     let mock = toka_tests::llm_mock::Mock::start(KEY);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(EventLog::open(Db::open(&dir.path().join("bench.redb")).unwrap(), GroupCommit::default(), None).unwrap());
+    let log = Arc::new(
+        EventLog::open(Db::open(&dir.path().join("bench.redb")).unwrap(), GroupCommit::default(), None).unwrap(),
+    );
     let bare = gateway(&mock.url(), None);
     let recorded = gateway(&mock.url(), Some(log));
     let caller = caller();

@@ -51,20 +51,37 @@ impl Message {
     }
 }
 
-impl std::fmt::Display for LlmError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+// wit-bindgen implements `Display` (as `Debug`) and `Error` for the generated `LlmError`; these read better.
+impl LlmError {
+    /// The host's message, without the kind.
+    pub fn message(&self) -> &str {
         match self {
-            LlmError::Denied(m) => write!(f, "denied: {m}"),
-            LlmError::InvalidRequest(m) => write!(f, "invalid request: {m}"),
-            LlmError::RateLimited(m) => write!(f, "rate limited: {m}"),
-            LlmError::OverBudget(m) => write!(f, "over budget: {m}"),
-            LlmError::Timeout(m) => write!(f, "timeout: {m}"),
-            LlmError::Provider(m) => write!(f, "provider: {m}"),
+            LlmError::Denied(m)
+            | LlmError::InvalidRequest(m)
+            | LlmError::RateLimited(m)
+            | LlmError::OverBudget(m)
+            | LlmError::Timeout(m)
+            | LlmError::Provider(m) => m,
         }
     }
-}
 
-impl std::error::Error for LlmError {}
+    /// The kind, in words: `denied`, `invalid request`, `rate limited`, `over budget`, `timeout`, `provider`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LlmError::Denied(_) => "denied",
+            LlmError::InvalidRequest(_) => "invalid request",
+            LlmError::RateLimited(_) => "rate limited",
+            LlmError::OverBudget(_) => "over budget",
+            LlmError::Timeout(_) => "timeout",
+            LlmError::Provider(_) => "provider",
+        }
+    }
+
+    /// `KIND: MESSAGE`, one line (`rate limited: the provider refused: HTTP 429: ...`).
+    pub fn describe(&self) -> String {
+        format!("{}: {}", self.kind(), self.message())
+    }
+}
 
 /// One completion of `messages` by `model`.
 pub fn chat(model: &str, messages: Vec<Message>) -> Result<Response, LlmError> {

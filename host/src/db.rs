@@ -34,6 +34,14 @@ pub const STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("st
 /// Bytes of state held per agent (keys plus values), kept in step with [`STATE`] in the same transactions.
 pub const STATE_USAGE: TableDefinition<&str, u64> = TableDefinition::new("state_usage");
 
+/// redb's page cache for this process (its default is 1 GiB). redb keeps every page a transaction writes in the
+/// cache after the commit, so under the default a long-lived process (`run --repeat`, `mcp`, a server) grew by about
+/// the size of what it had appended, ~2-3 KB per run or tool call, until it reached a gigabyte. The writer only
+/// touches the tail of each table and readers scan the log once, so a small cache is enough for them (the
+/// operating system's page cache still holds the file); what it bounds is the process's memory. Pages beyond half of it that a transaction dirties go to disk before the commit
+/// (redb's own rule), so a large batch is still correct, only written out earlier.
+pub const CACHE_BYTES: usize = 2 << 20;
+
 /// Errors opening the database.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -84,7 +92,7 @@ impl Db {
         }
         let open = || -> Result<Database, redb::Error> {
             let mut builder = Database::builder();
-            builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
+            builder.set_concurrency_mode(ConcurrencyMode::MultiWriter).set_cache_size(CACHE_BYTES);
             let db = builder.create(path)?;
             let txn = db.begin_write()?;
             txn.open_table(EVENTS)?;

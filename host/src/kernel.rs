@@ -122,7 +122,8 @@ impl TokenBudget {
             return Err(bad(&format!("N must be 1 to {}", Self::MAX_TOKENS)));
         }
         // The period parses as a rate's does.
-        let rate = Rate::parse(&format!("1/{}", period.trim())).map_err(|_| bad("PERIOD is not s, min, h, day or a duration up to 7 days"))?;
+        let rate = Rate::parse(&format!("1/{}", period.trim()))
+            .map_err(|_| bad("PERIOD is not s, min, h, day or a duration up to 7 days"))?;
         Ok(TokenBudget { tokens, period_ms: rate.period_ms })
     }
 
@@ -316,7 +317,13 @@ fn window_used(state: &State, agent: &str, budget: TokenBudget, time_ms: u64) ->
 }
 
 /// Refuses a model call while any of the agent's budgets for its current window is spent.
-fn check_llm_budget(state: &State, agent: &str, budgets: &[TokenBudget], time_ms: u64, model: &str) -> Result<(), String> {
+fn check_llm_budget(
+    state: &State,
+    agent: &str,
+    budgets: &[TokenBudget],
+    time_ms: u64,
+    model: &str,
+) -> Result<(), String> {
     for &budget in budgets {
         let used = window_used(state, agent, budget, time_ms);
         if used < budget.tokens {

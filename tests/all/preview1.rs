@@ -187,12 +187,21 @@ fn write_needs_a_read_write_grant() {
             assert_eq!(written, "hello", "{name}");
         }
 
-        // Read-only (toka-host only: `wasmtime run` has no read-only preopen): refused, and no file appears.
+        // Read-only (toka-host only: `wasmtime run` has no read-only preopen): the program's open fails with the
+        // permission error (EPERM), and no file appears. Without the grant the same open fails differently
+        // (ENOTCAPABLE), so a directory that was not mounted at all cannot pass for a read-only one.
         let ro = tempfile::tempdir().unwrap();
         let r = toka_only(name, &[dir(ro.path(), "/out", true)], &args, None, &[]);
-        assert_ne!(r.code, 0, "{name} wrote into a read-only grant");
-        assert_eq!(r.stdout, "", "{name}");
+        expect(&r, 1, "");
+        let (eperm, enotcapable) = match name {
+            "go-echo" => ("open /out/new.txt: Operation not permitted", "open /out/new.txt: Bad file number"),
+            _ => ("PermissionDenied", "NotCapable"),
+        };
+        assert_eq!(r.stderr, format!("{name}: write /out/new.txt: {eperm}\n"), "{name}");
         assert!(!ro.path().join("new.txt").exists(), "{name} left a file in a read-only grant");
+        let r = toka_only(name, &[], &args, None, &[]);
+        expect(&r, 1, "");
+        assert_eq!(r.stderr, format!("{name}: write /out/new.txt: {enotcapable}\n"), "{name}");
     }
 }
 

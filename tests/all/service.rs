@@ -17,6 +17,36 @@ pub struct Server {
     child: Child,
     pub url: String,
     pub home: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+/// Starts `toka-host serve` on `addr` with `home`; the child and the URL it printed.
+fn spawn(home: &Path, addr: &str, extra: &[&str]) -> (Child, String) {
+    let agents = root().join("target").join("agents");
+    let mut child = Command::new(toka_host())
+        .args(["serve", "--addr", addr, "--component-dir", agents.to_str().unwrap()])
+        .args(extra)
+        .env("TOKA_HOME", home)
+        .env("TOKA_CACHE_DIR", shared_cache())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    // Keep draining stderr so the server never blocks on a full pipe.
+    let mut stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        drop(stderr.read_to_end(&mut sink));
+    });
+    (child, url)
 }
 
 impl Server {
@@ -28,31 +58,21 @@ impl Server {
     }
 
     pub fn start_in(home: tempfile::TempDir, extra: &[&str]) -> Server {
-        let agents = root().join("target").join("agents");
-        let mut child = Command::new(toka_host())
-            .args(["serve", "--addr", "127.0.0.1:0", "--component-dir", agents.to_str().unwrap()])
-            .args(extra)
-            .env("TOKA_HOME", home.path())
-            .env("TOKA_CACHE_DIR", shared_cache())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        // Keep draining stderr so the server never blocks on a full pipe.
-        let mut stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            drop(stderr.read_to_end(&mut sink));
-        });
-        Server { child, url, home }
+        let (child, url) = spawn(home.path(), "127.0.0.1:0", extra);
+        Server { child, url, home, extra: extra.iter().map(ToString::to_string).collect() }
+    }
+
+    /// Stops the server (SIGTERM, a clean exit), calls `while_down` with its home, and starts it again on the same
+    /// address, home and flags: clients see their connections drop and the same server come back.
+    pub fn restart<T>(&mut self, while_down: impl FnOnce(&Path) -> T) -> T {
+        assert_eq!(self.terminate(), Some(0), "the server exits cleanly on SIGTERM");
+        let done = while_down(self.home.path());
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let (child, url) = spawn(self.home.path(), &addr, &extra);
+        assert_eq!(url, self.url, "the server came back on another address");
+        self.child = child;
+        done
     }
 
     pub fn home(&self) -> &Path {

@@ -19,8 +19,13 @@ fn t(home: &Path, args: &[&str]) -> Ran {
 
 /// A home with every built-in tool installed.
 fn home_with_tools() -> tempfile::TempDir {
+    home_with(&TOOLS)
+}
+
+/// A home with the named built-in tools installed.
+fn home_with(tools: &[&str]) -> tempfile::TempDir {
     let home = tempfile::tempdir().unwrap();
-    for name in TOOLS {
+    for &name in tools {
         let r = t(home.path(), &["tool", "add", tool_path(name).to_str().unwrap()]);
         r.expect_code(0);
         assert!(r.stdout.starts_with(&format!("installed tool {name} 1.0.0")), "{}", r.stdout);
@@ -120,34 +125,100 @@ fn every_builtin_tool_allowed_and_refused() {
     assert!(failed.stdout.lines().count() >= TOOLS.len(), "refused calls are events");
 }
 
-/// `http-fetch` reaches a server only when the caller may (`--allow-net`), over plain HTTP.
+/// A loopback HTTP server that stays up and accepting until dropped, answering every request with `hi!`, and
+/// counting the connections it accepted.
+struct Server {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, stopping) = (accepted.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        conn.set_nonblocking(false).unwrap();
+                        conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+                        let mut request = [0u8; 4096];
+                        let n = conn.read(&mut request).unwrap_or(0);
+                        if request[..n].starts_with(b"GET /hello HTTP/1.1\r\n") {
+                            let _ = conn.write_all(
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhi!\n\n",
+                            );
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            }
+        });
+        Server { addr, accepted, stop, thread: Some(thread) }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `http-fetch` reaches a server only when the caller may (`--allow-net`), over plain HTTP. The server stays up and
+/// accepting through the refused calls, so a tool that ignored the grant would reach it (and be counted).
 #[test]
 fn http_fetch_only_where_the_caller_may_connect() {
-    use std::io::{Read, Write};
-    let home = home_with_tools();
+    let home = home_with(&["http-fetch"]);
     let h = home.path();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        // One connection: the allowed call. The refused calls never connect.
-        let (mut conn, _) = listener.accept().unwrap();
-        let mut request = [0u8; 4096];
-        let n = conn.read(&mut request).unwrap();
-        assert!(request[..n].starts_with(b"GET /hello HTTP/1.1\r\n"));
-        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhi!\n\n").unwrap();
-    });
+    let server = Server::start();
+    let other = Server::start();
+    let addr = server.addr.to_string();
     let url = format!(r#"{{"url":"http://{addr}/hello"}}"#);
-    let r = call(h, "http-fetch", &url, &["--allow-net", &addr.to_string()]);
+    let r = call(h, "http-fetch", &url, &["--allow-net", &addr]);
     r.expect_code(0);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["status"], 200);
     assert_eq!(v["body"], "hi!\n\n");
-    server.join().unwrap();
+    assert_eq!(server.accepted(), 1, "the allowed call connected once");
+
+    // No grant at all, then a grant for another peer only: both refused by the host, and neither connects.
     let r = call(h, "http-fetch", &url, &[]);
     r.expect_code(65);
+    let refused = format!(
+        "toka-host: tool http-fetch: connecting to {addr}: not allowed (a call may reach only the addresses its \
+         caller was granted: access-denied)\n"
+    );
+    assert_eq!(r.stderr, refused);
+    let r = call(h, "http-fetch", &url, &["--allow-net", &other.addr.to_string()]);
+    r.expect_code(65);
+    assert_eq!(r.stderr, refused);
+    assert_eq!((server.accepted(), other.accepted()), (1, 0), "refused calls never connected");
+
     let r = call(h, "http-fetch", r#"{"url":"https://example.com/"}"#, &["--allow-net", "127.0.0.1:443"]);
-    assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("TLS"), "{}", r.stderr);
+    r.expect_code(65);
+    assert_eq!(
+        r.stderr,
+        "toka-host: tool http-fetch: https:// is not supported: there is no TLS in the sandbox; use http://\n"
+    );
 }
 
 #[test]
@@ -180,11 +251,93 @@ fn misbehaving_tools_are_contained() {
     assert_eq!(r.report()["fuel_consumed"], 50_000_000);
     let r = call(h, "fail-tool", r#"{"mode":"spin"}"#, &["--json", "--fuel", "100000000000", "--timeout", "300ms"]);
     r.expect_code(69);
+    let wall = r.report()["wall_time_ms"].as_f64().unwrap();
+    assert!((300.0..2000.0).contains(&wall), "a 300 ms deadline ended after {wall} ms");
     call(h, "fail-tool", r#"{"mode":"error"}"#, &[]).expect_code(65);
     call(h, "fail-tool", r#"{"mode":"ok"}"#, &[]).expect_code(0);
     let r = call(h, "nope", "{}", &[]);
     r.expect_code(76);
     assert!(r.stderr.contains("no tool named `nope`"), "{}", r.stderr);
+}
+
+/// Tool calls made by the `hostile` agent: each answer as the agent saw it (`ok: OUTPUT` or `err: ERROR`).
+fn agent_calls(home: &Path, calls: serde_json::Value, extra: &[&str]) -> Ran {
+    let input = serde_json::json!({ "attack": "calls", "calls": calls }).to_string();
+    let hostile = agent("hostile");
+    let mut args = vec!["run", "--json", "--allow-tool", "fail-tool", "--allow-tool", "echo", "--input", &input];
+    args.extend_from_slice(extra);
+    args.push(hostile.to_str().unwrap());
+    t(home, &args)
+}
+
+fn tool_events(home: &Path, run: &str, kind: &str) -> Vec<serde_json::Value> {
+    let r = t(home, &["events", "--json", "--run", run, "--kind", kind]);
+    r.expect_code(0);
+    r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Under an agent, a tool that traps, returns output against its own schema, or fails is an error value the agent
+/// sees, and the agent goes on to its next call and finishes; each call is recorded with its own outcome.
+#[test]
+fn an_agent_goes_on_after_its_tools_trap_or_return_bad_output() {
+    let home = home_with(&["fail-tool", "echo"]);
+    let h = home.path();
+    let tool = |name: &str, input: &str| serde_json::json!({ "tool": { "name": name, "input": input } });
+    let calls = serde_json::json!([
+        tool("fail-tool", r#"{"mode":"trap"}"#),
+        tool("fail-tool", r#"{"mode":"bad-output"}"#),
+        tool("fail-tool", r#"{"mode":"error"}"#),
+        tool("echo", r#"{"after":"all"}"#),
+    ]);
+    let r = agent_calls(h, calls, &[]);
+    r.expect_code(0);
+    let report = r.report();
+    let answers: serde_json::Value = serde_json::from_str(report["result"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        answers["answers"],
+        serde_json::json!([
+            "err: ToolError::Failed(\"tool fail-tool: trap: wasm trap: wasm `unreachable` instruction executed\")",
+            "err: ToolError::Failed(\"tool fail-tool returned output against its output schema: at /ok: \\\"not a \
+             boolean\\\" is not of type \\\"boolean\\\"; Additional properties are not allowed ('extra' was \
+             unexpected)\")",
+            "err: ToolError::Failed(\"tool fail-tool: fail-tool was asked to fail\")",
+            "ok: {\"after\":\"all\"}",
+        ]),
+        "{report}"
+    );
+    let run = report["run_id"].as_str().unwrap();
+    let outcomes: Vec<String> = tool_events(h, run, "tool.failed")
+        .iter()
+        .map(|e| e["payload"]["outcome"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(outcomes, ["trap", "agent-error", "agent-error"]);
+    let completed = tool_events(h, run, "tool.completed");
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0]["payload"]["tool"], "echo");
+}
+
+/// A tool's fuel is its caller's (README: Tools): a tool that spins under an agent burns the agent's whole budget,
+/// so the run ends out of fuel at exactly its budget and the agent's next call never happens; the host records both
+/// endings and survives.
+#[test]
+fn a_spinning_tool_spends_its_callers_fuel() {
+    let home = home_with(&["fail-tool", "echo"]);
+    let h = home.path();
+    let calls = serde_json::json!([
+        { "tool": { "name": "fail-tool", "input": r#"{"mode":"spin"}"# } },
+        { "tool": { "name": "echo", "input": r#"{"never":"reached"}"# } },
+    ]);
+    let r = agent_calls(h, calls, &["--fuel", "50000000"]);
+    r.expect_code(68);
+    let report = r.report();
+    assert_eq!(report["outcome"], "out-of-fuel");
+    assert_eq!(report["fuel_consumed"], 50_000_000);
+    let run = report["run_id"].as_str().unwrap();
+    let failed = tool_events(h, run, "tool.failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["payload"]["tool"], "fail-tool");
+    assert_eq!(failed[0]["payload"]["outcome"], "out-of-fuel");
+    assert_eq!(tool_events(h, run, "tool.called").len(), 1, "the echo call never happened");
 }
 
 /// A tool calling itself is stopped by the depth limit (4), and the error travels back up as a value.

@@ -44,7 +44,7 @@ struct Input {
 fn ask(input: Input) -> Result<Value, ToolError> {
     let reply = llm::chat(&input.model, vec![Message::user(input.question)]).map_err(|e| match e {
         LlmError::Denied(m) => ToolError::Denied(m),
-        e => ToolError::Failed(e.to_string()),
+        e => ToolError::Failed(e.describe()),
     })?;
     let tokens = u64::from(reply.usage.prompt_tokens) + u64::from(reply.usage.completion_tokens);
     Ok(json!({ "answer": reply.message.content, "tokens": tokens }))

@@ -51,7 +51,7 @@ struct Output {
 fn model_error(e: LlmError) -> AgentError {
     match e {
         LlmError::Denied(m) => AgentError::Denied(format!("model call denied: {m}")),
-        e => AgentError::Failed(format!("model call failed: {e}")),
+        e => AgentError::Failed(format!("model call failed: {}", e.describe())),
     }
 }
 

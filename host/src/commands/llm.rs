@@ -125,7 +125,8 @@ fn models(host: &Host, token: Option<&str>, json: bool) -> i32 {
             }
         },
     };
-    let revoked = verified.as_ref().and_then(|v| crate::token::revoked_among(host.db(), &v.revocation_ids).ok().flatten());
+    let revoked =
+        verified.as_ref().and_then(|v| crate::token::revoked_among(host.db(), &v.revocation_ids).ok().flatten());
     let mut rows = Vec::new();
     for m in config.models.values() {
         let p = &config.providers[&m.provider];
@@ -268,10 +269,7 @@ async fn test(
     match result {
         Ok(r) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "model": model, "response": r, "seconds": seconds })
-                );
+                println!("{}", serde_json::json!({ "model": model, "response": r, "seconds": seconds }));
             } else {
                 if stream {
                     println!();

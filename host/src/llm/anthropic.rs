@@ -140,8 +140,8 @@ impl Wire for Anthropic {
     }
 
     fn parse(&self, body: &[u8], prompt: &[Message]) -> Result<ChatResponse, CallError> {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| CallError::Malformed(format!("the response is not JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| CallError::Malformed(format!("the response is not JSON: {e}")))?;
         if let Some(message) = error_message_of(&v) {
             return Err(CallError::Malformed(format!("the provider answered with an error: {message}")));
         }
@@ -150,8 +150,7 @@ impl Wire for Anthropic {
         };
         let (text, calls) = content(blocks)?;
         let message = Message { role: Role::Assistant, content: text, tool_calls: calls, tool_call_id: None };
-        let response =
-            ChatResponse { message, finish: finish(v["stop_reason"].as_str()), usage: Usage::default() };
+        let response = ChatResponse { message, finish: finish(v["stop_reason"].as_str()), usage: Usage::default() };
         Ok(with_usage(response, prompt, usage(&v["usage"], None)))
     }
 
@@ -186,8 +185,8 @@ struct AnthropicStream {
 
 impl Decoder for AnthropicStream {
     fn event(&mut self, event: Option<&str>, data: &str) -> Result<Option<String>, CallError> {
-        let v: Value = serde_json::from_str(data)
-            .map_err(|e| CallError::Malformed(format!("a stream event is not JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(data).map_err(|e| CallError::Malformed(format!("a stream event is not JSON: {e}")))?;
         let kind = v["type"].as_str().or(event).unwrap_or_default();
         if self.stopped && kind != "ping" {
             return Err(CallError::Malformed(format!("event {kind} after message_stop")));
@@ -202,7 +201,9 @@ impl Decoder for AnthropicStream {
             "ping" => {}
             "content_block_start" => {
                 let index = v["index"].as_u64().unwrap_or(u64::MAX);
-                if usize::try_from(index).ok() != Some(self.blocks.len()) || self.blocks.len() >= 4 * super::types::MAX_TOOL_CALLS {
+                if usize::try_from(index).ok() != Some(self.blocks.len())
+                    || self.blocks.len() >= 4 * super::types::MAX_TOOL_CALLS
+                {
                     return Err(CallError::Malformed(format!("content block {index} out of order")));
                 }
                 let b = &v["content_block"];
@@ -312,7 +313,11 @@ mod tests {
                 Message { tool_call_id: Some("toolu_1".into()), ..Message::new(Role::Tool, "42") },
                 Message::new(Role::User, "thanks"),
             ],
-            tools: vec![Function { name: "echo".into(), description: "d".into(), parameters: json!({"type": "object"}) }],
+            tools: vec![Function {
+                name: "echo".into(),
+                description: "d".into(),
+                parameters: json!({"type": "object"}),
+            }],
             temperature: None,
             max_tokens: 100,
             stop: vec!["STOP".into()],
@@ -354,17 +359,41 @@ mod tests {
     #[test]
     fn streams_assemble() {
         let events = [
-            ("message_start", r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-x","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":1}}}"#),
-            ("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#),
+            (
+                "message_start",
+                r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-x","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"output_tokens":1}}}"#,
+            ),
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            ),
             ("ping", r#"{"type": "ping"}"#),
-            ("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            ),
             ("content_block_stop", r#"{"type":"content_block_stop","index":0}"#),
-            ("content_block_start", r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"echo","input":{}}}"#),
-            ("content_block_delta", r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#),
-            ("content_block_delta", r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\": 1"}}"#),
-            ("content_block_delta", r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"}"}}"#),
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"echo","input":{}}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\": 1"}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"}"}}"#,
+            ),
             ("content_block_stop", r#"{"type":"content_block_stop","index":1}"#),
-            ("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":15}}"#),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":15}}"#,
+            ),
             ("message_stop", r#"{"type":"message_stop"}"#),
         ];
         let mut d = Anthropic.decoder();

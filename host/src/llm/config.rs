@@ -201,7 +201,8 @@ fn read_key_file(path: &Path) -> Result<SecretString, String> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("key file {shown}: {}", crate::error::one_line(&e.to_string())))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("key file {shown}: {}", crate::error::one_line(&e.to_string())))?;
     let meta = file.metadata().map_err(|e| format!("key file {shown}: {e}"))?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(format!("key file {shown} is readable by others: make it owner-only (chmod 600)"));
@@ -256,7 +257,10 @@ impl Config {
         let mut config = Config::default();
         for (name, p) in file.providers {
             let bad = |why: String| format!("provider `{}`: {why}", crate::llm::shown(&name));
-            if name.is_empty() || name.len() > MAX_NAME || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)) {
+            if name.is_empty()
+                || name.len() > MAX_NAME
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+            {
                 return Err(bad(format!("a provider name is 1 to {MAX_NAME} ASCII letters, digits, `_` or `-`")));
             }
             let key_source = match (p.key_env, p.key_file) {
@@ -287,7 +291,8 @@ impl Config {
                 .map_err(bad)?;
             let timeout = duration(p.timeout.as_deref(), Duration::from_secs(60), "timeout").map_err(bad)?;
             let backoff = duration(p.backoff.as_deref(), Duration::from_millis(500), "backoff").map_err(bad)?;
-            let max_backoff = duration(p.max_backoff.as_deref(), Duration::from_secs(10), "max_backoff").map_err(bad)?;
+            let max_backoff =
+                duration(p.max_backoff.as_deref(), Duration::from_secs(10), "max_backoff").map_err(bad)?;
             if timeout.is_zero() || timeout > Duration::from_secs(3600) {
                 return Err(bad("timeout must be from 1 ms to 1 h".into()));
             }

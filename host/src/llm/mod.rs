@@ -245,6 +245,9 @@ pub struct Gateway {
     config: Config,
     engines: BTreeMap<String, Arc<dyn LlmEngine>>,
     log: Option<Arc<EventLog>>,
+    /// The home whose root keys must still verify a caller's token at each call (`None`: not checked, for a
+    /// gateway without a home, such as a bench's).
+    home: Option<std::path::PathBuf>,
     record_prompts: bool,
     stats: Mutex<Stats>,
 }
@@ -273,7 +276,9 @@ impl Gateway {
     /// Opens the gateway of `home` (its `llm.toml`, keys from this process's environment), recording in `log`.
     pub fn open(home: &std::path::Path, log: Option<Arc<EventLog>>, record_prompts: bool) -> Result<Gateway, String> {
         let config = Config::load(home, &|name| std::env::var(name).ok()).map_err(|e| e.to_string())?;
-        Gateway::new(config, log, record_prompts)
+        let mut gateway = Gateway::new(config, log, record_prompts)?;
+        gateway.home = Some(home.to_path_buf());
+        Ok(gateway)
     }
 
     /// A gateway over `config`, each provider behind an [`HttpEngine`].
@@ -289,7 +294,7 @@ impl Gateway {
                 engines.insert(name.clone(), Arc::new(HttpEngine::new(p, wire, client.clone())));
             }
         }
-        Ok(Gateway { config, engines, log, record_prompts, stats: Mutex::default() })
+        Ok(Gateway { config, engines, log, home: None, record_prompts, stats: Mutex::default() })
     }
 
     /// Replaces a provider's engine (an embedder's own engine, or a test's).
@@ -302,9 +307,14 @@ impl Gateway {
         &self.config
     }
 
-    /// Whether a caller's token allows `llm:MODEL` now (and is not revoked).
+    /// Whether a caller's token allows `llm:MODEL` now (and is not revoked, nor signed by a root key retired or out
+    /// of its overlap since the caller verified it: a run holds its token for as long as it runs).
     pub fn allowed(&self, caller: &Caller, model: &str) -> Result<(), Failure> {
         config::check_model_name(model).map_err(Failure::InvalidRequest)?;
+        if let Some(home) = &self.home {
+            token::root_key_still_verifies(home, &caller.token, SystemTime::now())
+                .map_err(|e| Failure::Denied(format!("token refused: {}", crate::error::one_line(&e.to_string()))))?;
+        }
         if let Some(log) = &self.log {
             match token::revoked_among(log.db(), &caller.token.revocation_ids) {
                 Ok(None) => {}
@@ -551,8 +561,8 @@ impl Gateway {
             })?;
             functions.push(Function { name, description, parameters });
         }
-        let (messages, tools, stop) =
-            types::check(request.messages, functions, request.temperature, request.stop).map_err(Failure::InvalidRequest)?;
+        let (messages, tools, stop) = types::check(request.messages, functions, request.temperature, request.stop)
+            .map_err(Failure::InvalidRequest)?;
         if request.max_tokens == Some(0) {
             return Err(Failure::InvalidRequest("max-tokens must be at least 1".into()));
         }
@@ -567,8 +577,14 @@ impl Gateway {
         })?;
         let asked = request.max_tokens.unwrap_or(model.max_tokens);
         let max_tokens = u32::try_from(u64::from(asked).min(left)).unwrap_or(u32::MAX).max(1);
-        let checked =
-            ChatRequest { model: model.upstream.clone(), messages, tools, temperature: request.temperature, max_tokens, stop };
+        let checked = ChatRequest {
+            model: model.upstream.clone(),
+            messages,
+            tools,
+            temperature: request.temperature,
+            max_tokens,
+            stop,
+        };
         Ok((checked, engine))
     }
 }
@@ -691,7 +707,9 @@ impl Call {
         let usage = result.ok().map(|r| r.usage).or_else(|| {
             (charged > 0).then(|| Usage {
                 prompt_tokens: types::estimate_tokens(self.prompt_bytes),
-                completion_tokens: u32::try_from(charged).unwrap_or(u32::MAX).saturating_sub(types::estimate_tokens(self.prompt_bytes)),
+                completion_tokens: u32::try_from(charged)
+                    .unwrap_or(u32::MAX)
+                    .saturating_sub(types::estimate_tokens(self.prompt_bytes)),
                 estimated: true,
             })
         });
@@ -830,6 +848,54 @@ mod tests {
         assert!(pattern_matches("gpt-*", "gpt-4o") && pattern_matches("*", "x") && pattern_matches("m", "m"));
         assert!(!pattern_matches("gpt-*", "gpt") && !pattern_matches("m", "m2") && !pattern_matches("gpt-4o", "gpt-*"));
         assert_eq!(pattern_prefix("gpt-*"), Some("gpt-"));
+    }
+
+    /// A held token is checked again at each call: once its root key is retired, the same caller is refused.
+    #[test]
+    fn a_retired_root_key_refuses_a_held_token_at_the_next_call() {
+        let home = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let ms = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let (keys, ()) = crate::token::keys::KeyStore::update(home.path(), |k| k.init(ms(now)).map(drop)).unwrap();
+        let request = crate::token::MintRequest {
+            agent: "a".into(),
+            grants: vec![Grant::parse("llm:m").unwrap()],
+            ttl: Some(Duration::from_secs(600)),
+            ..Default::default()
+        };
+        let text = crate::token::mint(&keys, &request, now).unwrap().to_base64().unwrap();
+        let token = Arc::new(Verified::new(&keys, &text, now).unwrap());
+        std::fs::write(
+            home.path().join(config::FILE_NAME),
+            "[providers.p]\nkind = \"openai\"\n[models.m]\nprovider = \"p\"\n",
+        )
+        .unwrap();
+        let gateway = Gateway::open(home.path(), None, false).unwrap();
+        let caller = Caller {
+            agent: "a".into(),
+            run_id: None,
+            token_id: token.revocation_ids[0].clone(),
+            token,
+            rate: None,
+            component: None,
+            deadline: Instant::now() + Duration::from_secs(60),
+            budget: None,
+            tokens: Arc::new(RunTokens::new(100)),
+            cancel: None,
+            confined: Vec::new(),
+        };
+        assert_eq!(gateway.allowed(&caller, "m"), Ok(()));
+        assert!(matches!(gateway.allowed(&caller, "n"), Err(Failure::Denied(_))), "a model it does not grant");
+        crate::token::keys::KeyStore::update(home.path(), |k| {
+            k.rotate(ms(now), 0)?;
+            k.retire(1)
+        })
+        .unwrap();
+        let refused = gateway.allowed(&caller, "m").unwrap_err();
+        assert!(
+            matches!(&refused, Failure::Denied(m) if m.starts_with("token refused: ") && m.contains("retired")),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -84,8 +84,10 @@ impl Wire for OpenAi {
                     v["tool_calls"] = m
                         .tool_calls
                         .iter()
-                        .map(|c| json!({ "id": c.id, "type": "function",
-                                         "function": { "name": c.name, "arguments": c.arguments } }))
+                        .map(|c| {
+                            json!({ "id": c.id, "type": "function",
+                                         "function": { "name": c.name, "arguments": c.arguments } })
+                        })
                         .collect();
                 }
                 if let Some(id) = &m.tool_call_id {
@@ -117,8 +119,8 @@ impl Wire for OpenAi {
     }
 
     fn parse(&self, body: &[u8], prompt: &[Message]) -> Result<ChatResponse, CallError> {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| CallError::Malformed(format!("the response is not JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| CallError::Malformed(format!("the response is not JSON: {e}")))?;
         if let Some(message) = error_message_of(&v) {
             return Err(CallError::Malformed(format!("the provider answered with an error: {message}")));
         }
@@ -133,7 +135,8 @@ impl Wire for OpenAi {
             tool_calls: tool_calls(m.get("tool_calls"))?,
             tool_call_id: None,
         };
-        let response = ChatResponse { message, finish: finish(choice["finish_reason"].as_str()), usage: Usage::default() };
+        let response =
+            ChatResponse { message, finish: finish(choice["finish_reason"].as_str()), usage: Usage::default() };
         Ok(with_usage(response, prompt, usage(&v["usage"])))
     }
 
@@ -178,8 +181,8 @@ impl Decoder for OpenAiStream {
             self.done = true;
             return Ok(None);
         }
-        let chunk: Value = serde_json::from_str(data)
-            .map_err(|e| CallError::Malformed(format!("a stream chunk is not JSON: {e}")))?;
+        let chunk: Value =
+            serde_json::from_str(data).map_err(|e| CallError::Malformed(format!("a stream chunk is not JSON: {e}")))?;
         if let Some(message) = error_message_of(&chunk) {
             return Err(CallError::Status { status: 200, message: format!("error in the stream: {message}") });
         }
@@ -193,7 +196,8 @@ impl Decoder for OpenAiStream {
         let delta = &choice["delta"];
         if let Some(Value::Array(calls)) = delta.get("tool_calls") {
             for c in calls {
-                let index = c["index"].as_u64().ok_or_else(|| CallError::Malformed("a tool call delta has no index".into()))?;
+                let index =
+                    c["index"].as_u64().ok_or_else(|| CallError::Malformed("a tool call delta has no index".into()))?;
                 let index = usize::try_from(index).unwrap_or(usize::MAX);
                 if index > self.calls.len() || index >= super::types::MAX_TOOL_CALLS {
                     return Err(CallError::Malformed(format!("tool call delta index {index} out of order")));
@@ -226,7 +230,9 @@ impl Decoder for OpenAiStream {
     fn finish(&mut self, prompt: &[Message]) -> Result<ChatResponse, CallError> {
         // Some servers end without `[DONE]` once they sent a finish reason; without either, the stream was cut.
         let Some(finish) = self.finish.or(self.done.then_some(FinishReason::Other)) else {
-            return Err(CallError::Cut("the stream ended before the completion did (no finish reason, no [DONE])".into()));
+            return Err(CallError::Cut(
+                "the stream ended before the completion did (no finish reason, no [DONE])".into(),
+            ));
         };
         let calls = std::mem::take(&mut self.calls)
             .into_iter()
@@ -339,7 +345,10 @@ mod tests {
         assert_eq!(deltas, ["Hel", "lo"]);
         let r = d.finish(&[]).unwrap();
         assert_eq!(r.message.content, "Hello");
-        assert_eq!(r.message.tool_calls, vec![ToolCall { id: "call_1".into(), name: "echo".into(), arguments: r#"{"a":1}"#.into() }]);
+        assert_eq!(
+            r.message.tool_calls,
+            vec![ToolCall { id: "call_1".into(), name: "echo".into(), arguments: r#"{"a":1}"#.into() }]
+        );
         assert_eq!((r.finish, r.usage.total()), (FinishReason::ToolCalls, 8));
 
         let mut cut = OpenAi.decoder();

@@ -160,7 +160,9 @@ fn root_cause(e: &reqwest::Error) -> String {
 pub fn retry_after(headers: &reqwest::header::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
     const MAX: Duration = Duration::from_secs(86_400);
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(ms) = text("retry-after-ms").and_then(|t| t.parse::<f64>().ok()).filter(|ms| ms.is_finite() && *ms >= 0.0) {
+    if let Some(ms) =
+        text("retry-after-ms").and_then(|t| t.parse::<f64>().ok()).filter(|ms| ms.is_finite() && *ms >= 0.0)
+    {
         return Some(Duration::from_secs_f64(ms / 1e3).min(MAX));
     }
     let value = text("retry-after")?;
@@ -193,7 +195,11 @@ impl HttpEngine {
         HttpEngine {
             url: format!("{}{}", provider.base_url, wire.path()),
             wire,
-            key: provider.key.as_ref().map(|k| k.clone()).map_err(|e| format!("provider {} has no key: {e}", provider.name)),
+            key: provider
+                .key
+                .as_ref()
+                .map(|k| k.clone())
+                .map_err(|e| format!("provider {} has no key: {e}", provider.name)),
             client,
             timeout: provider.timeout,
             max_retries: provider.max_retries,
@@ -260,7 +266,8 @@ impl HttpEngine {
         let wait = retry_after(response.headers(), std::time::SystemTime::now());
         let body = read_limited(response, MAX_ERROR_BODY).await.unwrap_or_default();
         let message = self.wire.error_message(&body).unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        let message = if message.trim().is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { message };
+        let message =
+            if message.trim().is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { message };
         Err(if status.as_u16() == 429 {
             CallError::RateLimited { message: format!("the provider refused: HTTP 429: {message}"), retry_after: wait }
         } else {
@@ -382,7 +389,10 @@ impl HttpStream {
             match item {
                 None => return self.decoder.finish(&self.prompt).map(|r| Some(StreamEvent::Done(r))),
                 Some(Err(sse_stream::Error::Body(e))) => {
-                    return Err(CallError::Cut(format!("the stream broke off: {}", crate::error::one_line(&e.to_string()))));
+                    return Err(CallError::Cut(format!(
+                        "the stream broke off: {}",
+                        crate::error::one_line(&e.to_string())
+                    )));
                 }
                 Some(Err(e)) => return Err(CallError::Malformed(format!("the stream is not valid SSE: {e}"))),
                 Some(Ok(sse)) => {
@@ -492,7 +502,10 @@ mod tests {
             m
         };
         assert_eq!(retry_after(&h(&[("retry-after", "3")]), now), Some(Duration::from_secs(3)));
-        assert_eq!(retry_after(&h(&[("retry-after", "3"), ("retry-after-ms", "250")]), now), Some(Duration::from_millis(250)));
+        assert_eq!(
+            retry_after(&h(&[("retry-after", "3"), ("retry-after-ms", "250")]), now),
+            Some(Duration::from_millis(250))
+        );
         let later = httpdate::fmt_http_date(now + Duration::from_secs(20));
         assert_eq!(retry_after(&h(&[("retry-after", &later)]), now), Some(Duration::from_secs(20)));
         assert_eq!(retry_after(&h(&[("retry-after", "soon")]), now), None);
@@ -507,7 +520,8 @@ mod tests {
             &|_| Some("sk-secret-value".into()),
         )
         .unwrap();
-        let engine = HttpEngine::new(&provider.providers["p"], Box::new(super::super::openai::OpenAi), reqwest::Client::new());
+        let engine =
+            HttpEngine::new(&provider.providers["p"], Box::new(super::super::openai::OpenAi), reqwest::Client::new());
         let echoed = engine.clean(CallError::Status { status: 401, message: "bad key sk-secret-value\nagain".into() });
         assert_eq!(echoed.message(), "HTTP 401: bad key [redacted] again");
         let long = engine.redact(&"x".repeat(10_000));

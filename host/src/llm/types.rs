@@ -205,7 +205,10 @@ pub fn check(
                 return Err(format!("message {i}: a tool call id must be 1 to {MAX_ID} bytes without controls"));
             }
             if !function_name_ok(&call.name) {
-                return Err(format!("message {i}: tool call name `{}` is not a function name", super::shown(&call.name)));
+                return Err(format!(
+                    "message {i}: tool call name `{}` is not a function name",
+                    super::shown(&call.name)
+                ));
             }
             match serde_json::from_str::<serde_json::Value>(&call.arguments) {
                 Ok(v) if v.is_object() && crate::bounds::depth(&v) <= crate::bounds::MAX_DEPTH => {}
@@ -218,7 +221,10 @@ pub fn check(
                     return Err(format!("message {i}: a tool message needs the tool-call-id it answers"));
                 };
                 let Some(at) = open_calls.iter().position(|c| c == id) else {
-                    return Err(format!("message {i}: no earlier assistant tool call has the id `{}`", super::shown(id)));
+                    return Err(format!(
+                        "message {i}: no earlier assistant tool call has the id `{}`",
+                        super::shown(id)
+                    ));
                 };
                 open_calls.remove(at);
             }
@@ -268,7 +274,11 @@ mod tests {
         assert!(check(vec![user.clone()], vec![], Some(f32::NAN), vec![]).is_err());
         assert!(check(vec![user.clone()], vec![], Some(2.5), vec![]).is_err());
         assert!(check(vec![user.clone()], vec![], None, vec!["a".into(); 5]).is_err());
-        let f = |name: &str, p: serde_json::Value| Function { name: name.into(), description: String::new(), parameters: p };
+        let f = |name: &str, p: serde_json::Value| Function {
+            name: name.into(),
+            description: String::new(),
+            parameters: p,
+        };
         assert!(check(vec![user.clone()], vec![f("file-reader", serde_json::json!({}))], None, vec![]).is_ok());
         assert!(check(vec![user.clone()], vec![f("a.b", serde_json::json!({}))], None, vec![]).is_err());
         assert!(check(vec![user.clone()], vec![f("a", serde_json::json!([]))], None, vec![]).is_err());

@@ -215,12 +215,14 @@ impl OutputStream for CappedOutput {
     fn check_write(&mut self) -> StreamResult<usize> {
         let s = self.lock();
         let room = s.limit.saturating_sub(s.written);
-        if s.exceeded || room == 0 {
-            // The guest wants to write and nothing fits: stop it now rather than let it wait forever.
+        if s.exceeded {
             drop(s);
             return self.write(Bytes::from_static(b"\n")).map(|_| 0);
         }
-        Ok(room.min(WRITE_BUDGET) as usize)
+        // A full stream still says it can take a byte: `blocking-flush` waits for a non-zero answer here, so a guest
+        // that wrote exactly the cap and flushes must not be stopped (nor left waiting forever); the byte it may then
+        // write passes the cap and stops it.
+        Ok(room.clamp(1, WRITE_BUDGET) as usize)
     }
 }
 
@@ -257,6 +259,17 @@ mod tests {
         assert_eq!(out.captured(), "hello worl");
         assert!(out.exceeded());
         assert_eq!(out.bytes_written(), 10);
+    }
+
+    #[test]
+    fn a_full_stream_can_still_flush_and_its_next_byte_is_refused() {
+        let mut out = CappedOutput::new(Echo::None, true, 5, std::time::Instant::now());
+        out.accept(b"hello").unwrap();
+        assert_eq!(out.check_write().unwrap(), 1, "blocking-flush waits for a non-zero answer");
+        assert!(!out.exceeded(), "exactly the cap is within it");
+        assert!(out.write(Bytes::from_static(b"!")).is_err());
+        assert!(out.exceeded());
+        assert!(out.check_write().is_err());
     }
 
     #[test]

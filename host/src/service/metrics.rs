@@ -211,7 +211,11 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE toka_llm_tokens_total counter");
         for u in &host.llm {
             let _ = writeln!(out, "toka_llm_tokens_total{{model=\"{}\",kind=\"prompt\"}} {}", u.model, u.prompt_tokens);
-            let _ = writeln!(out, "toka_llm_tokens_total{{model=\"{}\",kind=\"completion\"}} {}", u.model, u.completion_tokens);
+            let _ = writeln!(
+                out,
+                "toka_llm_tokens_total{{model=\"{}\",kind=\"completion\"}} {}",
+                u.model, u.completion_tokens
+            );
         }
         let _ = writeln!(out, "# HELP toka_llm_call_seconds_total Time spent in model calls, by model.");
         let _ = writeln!(out, "# TYPE toka_llm_call_seconds_total counter");

@@ -1,16 +1,19 @@
 //! `toka-host serve`: the long-running host behind an HTTP API (axum), on one [`Host`] that owns the engine, the
 //! compile cache, the event log writer, the key store and the tools.
 //!
-//! Routes (JSON under `/v1`; every route but `/health` needs a bearer token, see [`auth`]): runs (submit, get, list,
-//! cancel), agents, events (list, server-sent stream), tools (list, describe, call), `/metrics` (Prometheus text),
-//! `/openapi.json` (generated from the handlers' types by utoipa), `/health`. Bodies are size-capped, runs are
-//! capped in number (a bounded queue, then 429), every error is JSON with a stable code. Shutting down (SIGTERM,
-//! Ctrl-C) stops taking requests, gives running runs a grace period, then cancels what is left and records it.
+//! Routes (JSON under `/v1`; every route but `/health` and the dashboard's files needs a bearer token, see
+//! [`auth`]): runs (submit, get, list, cancel), agents, events (list, server-sent stream), tools (list, describe,
+//! call), `/metrics` (Prometheus text), `/openapi.json` (generated from the handlers' types by utoipa), `/health`; and
+//! the dashboard (`/`, `/assets/...`: static files compiled in, holding no data, see [`dashboard`]). Bodies are
+//! size-capped, runs are capped in number (a bounded queue, then 429), every error is JSON with a stable code.
+//! Shutting down (SIGTERM, Ctrl-C) stops taking requests, gives running runs a grace period, then cancels what is
+//! left and records it.
 //!
 //! This module never opens the database, the keys or the cache itself: it goes through the [`Host`].
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod metrics;
@@ -273,6 +276,7 @@ pub fn router(service: Arc<Service>) -> axum::Router {
         }
     };
     api.route("/openapi.json", axum::routing::get(openapi))
+        .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(service.clone(), observe))
         .layer(axum::extract::DefaultBodyLimit::max(service.config.max_body))

@@ -104,7 +104,8 @@ impl Verified {
         let ceilings: Vec<(i64,)> = authorizer.query_all("t($n) <- llm_tokens($n)").map_err(invalid)?;
         let mut llm_tokens: Option<u64> = None;
         for (n,) in ceilings {
-            let n = from_dl(n).ok_or_else(|| TokenError::Invalid(format!("token states an invalid llm_tokens({n})")))?;
+            let n =
+                from_dl(n).ok_or_else(|| TokenError::Invalid(format!("token states an invalid llm_tokens({n})")))?;
             llm_tokens = Some(llm_tokens.map_or(n, |t| t.min(n)));
         }
         let budgets: Vec<(i64, i64)> = authorizer.query_all("b($n, $p) <- llm_budget($n, $p)").map_err(invalid)?;
@@ -235,5 +236,55 @@ impl TokenCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::{MintRequest, mint};
+
+    fn token(keys: &KeyStore, agent: &str) -> String {
+        let request =
+            MintRequest { agent: agent.into(), ttl: Some(std::time::Duration::from_secs(60)), ..Default::default() };
+        mint(keys, &request, SystemTime::now()).unwrap().to_base64().unwrap()
+    }
+
+    /// Past its capacity the cache evicts: it never holds more than its capacity, and an evicted token verifies
+    /// again from scratch (a new entry), while a kept one is the same entry.
+    #[test]
+    fn never_holds_more_than_its_capacity() {
+        let mut keys = KeyStore::default();
+        keys.init(0).unwrap();
+        let cache = TokenCache::new(2);
+        let now = SystemTime::now();
+        let texts: Vec<String> = (0..3).map(|i| token(&keys, &format!("agent-{i}"))).collect();
+        let first: Vec<Arc<Verified>> = texts.iter().map(|t| cache.verify(&keys, t, now).unwrap()).collect();
+        assert_eq!(cache.len(), 2);
+        let again: Vec<bool> =
+            texts.iter().zip(&first).map(|(t, v)| Arc::ptr_eq(v, &cache.verify(&keys, t, now).unwrap())).collect();
+        assert_eq!(cache.len(), 2);
+        assert!(again.iter().any(|kept| !kept), "one of the three was evicted and verified anew: {again:?}");
+        // The last one verified is always kept: a hit right after a miss.
+        assert!(Arc::ptr_eq(
+            &cache.verify(&keys, &texts[2], now).unwrap(),
+            &cache.verify(&keys, &texts[2], now).unwrap()
+        ));
+    }
+
+    /// A hit re-checks the root key: once key 1 is retired, its token is refused though it is in the cache.
+    #[test]
+    fn a_hit_rechecks_the_root_key() {
+        let mut keys = KeyStore::default();
+        keys.init(0).unwrap();
+        let cache = TokenCache::new(4);
+        let text = token(&keys, "a");
+        let now = SystemTime::now();
+        cache.verify(&keys, &text, now).unwrap();
+        keys.rotate(ms(now), 60_000).unwrap();
+        cache.verify(&keys, &text, now).unwrap();
+        keys.retire(1).unwrap();
+        let refused = cache.verify(&keys, &text, now).unwrap_err();
+        assert_eq!(refused.to_string(), "token is signed by root key 1, which is retired");
     }
 }

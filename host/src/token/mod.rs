@@ -342,6 +342,17 @@ pub fn verify(keys: &KeyStore, text: &str, now: SystemTime) -> Result<Verified, 
     Verified::new(keys, text, now)
 }
 
+/// Whether the root key that verified `verified` still verifies it at `now`: not retired, its overlap after a
+/// rotation not over, and still the same key. Whoever holds a verified token for long (the MCP server, a run calling
+/// tools) asks this at each use, as the token cache does on each hit: keys change in other processes.
+pub fn root_key_still_verifies(home: &std::path::Path, verified: &Verified, now: SystemTime) -> Result<(), TokenError> {
+    let public = KeyStore::load(home)?.verifying(verified.root_key_id, ms(now))?;
+    if public.to_bytes_hex() != verified.public_key {
+        return Err(TokenError::Signature(format!("root key {} is no longer the key it was", verified.root_key_id)));
+    }
+    Ok(())
+}
+
 fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

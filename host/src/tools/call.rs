@@ -242,8 +242,11 @@ impl ToolHost {
         Ok(tool)
     }
 
-    /// Whether the caller's token allows `tool:NAME` now (and is not revoked).
+    /// Whether the caller's token allows `tool:NAME` now (and is not revoked, nor signed by a key retired or out of
+    /// its overlap since the caller verified it).
     pub fn allowed(&self, caller: &Caller, name: &str) -> Result<(), Failure> {
+        token::root_key_still_verifies(self.registry.home(), &caller.token, SystemTime::now())
+            .map_err(|e| Failure::Denied(format!("token refused: {}", one_line(&e.to_string()))))?;
         if let Some(log) = &self.events {
             match token::revoked_among(log.db(), &caller.token.revocation_ids) {
                 Ok(None) => {}

@@ -14,9 +14,15 @@ use std::net::SocketAddr;
 /// One declared need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Declared {
-    Fs { path: String, read_write: bool },
+    Fs {
+        path: String,
+        read_write: bool,
+    },
     Env(String),
-    Net { host: Option<String>, port: Option<u16> },
+    Net {
+        host: Option<String>,
+        port: Option<u16>,
+    },
     /// A model, or a pattern ending in `*`.
     Llm(String),
 }

@@ -54,6 +54,11 @@ impl Registry {
         &self.dir
     }
 
+    /// The toka home this registry belongs to (its key file is beside the registry).
+    pub fn home(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
     pub fn component_path(&self, sha256: &str) -> PathBuf {
         self.dir.join(format!("{sha256}.wasm"))
     }
