@@ -23,10 +23,10 @@
 //! ```
 
 use crate::bindings::toka::agent::llm as host;
+use crate::tools::ToolSpec;
 pub use host::{
     CompletionStream, FinishReason, Function, LlmError, Message, Request, Response, Role, StreamEvent, ToolCall, Usage,
 };
-use crate::tools::ToolSpec;
 
 impl Message {
     fn of(role: Role, content: impl Into<String>) -> Message {
@@ -145,7 +145,9 @@ impl Chat {
     /// Offers every tool this run may call through the host ([`crate::tools::list`]) whose name is a valid
     /// function name.
     pub fn tools_from_host(mut self) -> Chat {
-        let valid = |n: &str| !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let valid = |n: &str| {
+            !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
         self.request.tools.extend(crate::tools::list().iter().filter(|t| valid(&t.name)).map(function_for));
         self
     }

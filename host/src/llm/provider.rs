@@ -195,11 +195,7 @@ impl HttpEngine {
         HttpEngine {
             url: format!("{}{}", provider.base_url, wire.path()),
             wire,
-            key: provider
-                .key
-                .as_ref()
-                .map(|k| k.clone())
-                .map_err(|e| format!("provider {} has no key: {e}", provider.name)),
+            key: provider.key.clone().map_err(|e| format!("provider {} has no key: {e}", provider.name)),
             client,
             timeout: provider.timeout,
             max_retries: provider.max_retries,
@@ -520,8 +516,9 @@ mod tests {
             &|_| Some("sk-secret-value".into()),
         )
         .unwrap();
-        let engine =
-            HttpEngine::new(&provider.providers["p"], Box::new(super::super::openai::OpenAi), reqwest::Client::new());
+        // The gateway's own client (rustls with the ring provider installed; reqwest has no provider of its own here).
+        let client = crate::llm::http_client().unwrap();
+        let engine = HttpEngine::new(&provider.providers["p"], Box::new(super::super::openai::OpenAi), client);
         let echoed = engine.clean(CallError::Status { status: 401, message: "bad key sk-secret-value\nagain".into() });
         assert_eq!(echoed.message(), "HTTP 401: bad key [redacted] again");
         let long = engine.redact(&"x".repeat(10_000));

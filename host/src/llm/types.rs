@@ -145,6 +145,9 @@ fn function_name_ok(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// A checked request's messages, functions and stop sequences.
+pub type Checked = (Vec<Message>, Vec<Function>, Vec<String>);
+
 /// Checks what a guest asks for before anything is sent or counted: sizes, roles in an order a provider accepts,
 /// tool calls answered by id, JSON where JSON is due, bounded depth. Returns the messages, functions and stops.
 pub fn check(
@@ -152,7 +155,7 @@ pub fn check(
     tools: Vec<Function>,
     temperature: Option<f32>,
     stop: Vec<String>,
-) -> Result<(Vec<Message>, Vec<Function>, Vec<String>), String> {
+) -> Result<Checked, String> {
     if messages.is_empty() {
         return Err("a request needs at least one message".into());
     }
