@@ -615,6 +615,11 @@ async fn record_ending(log: &EventLog, context: &RunContext, report: &RunReport)
     if !report.denied.is_empty() {
         detail["denied"] = serde_json::json!(report.denied);
     }
+    // The result is part of what the run did, and the only copy once a server that ran it restarts; like every
+    // recorded text it is bounded (a long one is cut with a marker by `bounds`), so the live report keeps the whole.
+    if let Some(result) = &report.result {
+        detail["result"] = serde_json::json!(result);
+    }
     let (run_id, fuel) = (context.run_id.clone(), report.fuel_consumed);
     let op = if report.outcome == Outcome::Success {
         Op::CompleteRun { run_id, fuel, detail }

@@ -155,7 +155,8 @@ fn stored_values_any_guest_json_keeps_the_log_readable() {
                 _ => json!({ "tool": { "name": "echo", "input": json!({ "v": rng.value(5) }).to_string() } }),
             });
         }
-        let fail = (case % 3 == 0).then(|| "x".repeat(rng.below(3 << 20) as usize) + &rng.text(100));
+        let xs = rng.below(3 << 20) as usize;
+        let fail = (case % 3 == 0).then(|| "x".repeat(xs) + &rng.text(100));
         let r = calls(h, Value::Array(list), fail.as_deref(), &["--state", "rw", "--allow-tool", "echo"]);
         assert!(r.code == 0 || r.code == 65, "case {case}: exit {}\n{}", r.code, r.stderr);
         let report = r.report();
@@ -173,7 +174,14 @@ fn stored_values_any_guest_json_keeps_the_log_readable() {
             assert_eq!(accepted, recorded, "case {case}: every acknowledged emit is in the log");
         } else {
             let error = all.last().unwrap()["payload"]["error"].as_str().unwrap();
-            assert!(error.len() <= 4096 && error.contains("[truncated: "), "case {case}: {}", error.len());
+            assert!(error.len() <= 4096, "case {case}: an error of {} bytes was stored", error.len());
+            // A long message is cut with a marker; a short one is kept (its run of x's at least, since control
+            // characters in the random tail are made printable on one line).
+            if xs > 4096 {
+                assert!(error.contains("[truncated: "), "case {case}: {} bytes, no marker", error.len());
+            } else if !error.contains("[truncated: ") {
+                assert!(error.contains(&"x".repeat(xs)), "case {case}: {xs} x's not kept in {error:?}");
+            }
         }
     }
     verify_ok(h);
@@ -372,6 +380,13 @@ fn compile_cache_planted_adapted_modules_are_redone() {
     let report = run();
     assert_eq!(report["stdout"], "args: hello\n", "{report}");
     assert_eq!(report["component"]["adapted_from_core_module"], true);
+    // Another component behind a forged seal (32 bytes where the MAC goes): a reader that stripped the seal without
+    // checking it would run echo-cmd here.
+    let mut forged = vec![0x5a; 32];
+    forged.extend(std::fs::read(agent("echo-cmd")).unwrap());
+    std::fs::write(&adapted[0], forged).unwrap();
+    let report = run();
+    assert_eq!(report["stdout"], "args: hello\n", "{report}");
 }
 
 fn mint(home: &Path, args: &[&str]) -> String {
@@ -562,6 +577,12 @@ fn no_silent_mix_up_repeat_exits_with_the_worst_outcome() {
     assert_eq!(report["repeat"]["outcomes"], json!({ "agent-error": 1, "success": 2 }));
     // Positive control: once the key exists, every run succeeds.
     calls(h, list, None, &["--state", "rw", "--repeat", "3"]).expect_code(0);
+    // The failure in the middle: run 1 finds the key and deletes it, run 2 finds it new (fails, sets it), run 3
+    // finds it again. Neither the first nor the last report is the answer.
+    let middle = json!([{ "fail-if-new": { "key": "seen" } }, { "delete": { "key": "seen" } }]);
+    let r = calls(h, middle, None, &["--state", "rw", "--repeat", "3"]);
+    r.expect_code(65);
+    assert_eq!(r.report()["repeat"]["outcomes"], json!({ "agent-error": 1, "success": 2 }));
 }
 
 /// A stalled stdout pipe does not hold a run past its deadline: the run ends (and is recorded) on time, though

@@ -107,6 +107,20 @@ impl RunBudget {
     }
 }
 
+
+/// Records that `over`'s cap was hit, the first time only. Failing to record it does not change the answer the guest
+/// gets (the call is refused either way).
+pub async fn report(log: Option<&crate::events::EventLog>, token: &str, run_id: &str, over: &OverBudget) {
+    if let (Some(log), true) = (log, over.first) {
+        let op = crate::kernel::Op::ReachLimit {
+            run_id: run_id.to_string(),
+            limit: over.counted.name().to_string(),
+            cap: over.cap,
+        };
+        drop(log.submit_async(crate::run::operation_by(token, op)).await);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,18 +145,5 @@ mod tests {
             small.take(&[(Counted::ToolCalls, 1)]).unwrap_err().to_string(),
             "run limit reached: at most 2 tool calls per run"
         );
-    }
-}
-
-/// Records that `over`'s cap was hit, the first time only. Failing to record it does not change the answer the guest
-/// gets (the call is refused either way).
-pub async fn report(log: Option<&crate::events::EventLog>, token: &str, run_id: &str, over: &OverBudget) {
-    if let (Some(log), true) = (log, over.first) {
-        let op = crate::kernel::Op::ReachLimit {
-            run_id: run_id.to_string(),
-            limit: over.counted.name().to_string(),
-            cap: over.cap,
-        };
-        drop(log.submit_async(crate::run::operation_by(token, op)).await);
     }
 }
