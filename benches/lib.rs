@@ -113,6 +113,7 @@ pub mod tool_call {
             component: None,
             budget: None,
             cancel: None,
+            llm: None,
         };
         Setup { _home: home, host, caller }
     }

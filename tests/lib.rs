@@ -4,6 +4,8 @@
 //! Nothing here fakes the host: every test spawns the binary that `cargo build --release --workspace` produced, on
 //! components that `cargo run --release -p xtask -- build-agents` compiled from `agents/`.
 
+pub mod llm_mock;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

@@ -38,7 +38,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
         ..MintRequest::default()
     };
     let token = toka_host::token::mint(&keys, &request, std::time::SystemTime::now()).unwrap().to_base64().unwrap();
-    let host = Host::open(h, HostOptions { pooling: true }).unwrap();
+    let host = Host::open(h, HostOptions { pooling: true, ..HostOptions::default() }).unwrap();
     let agents = agent("hello-rust").parent().unwrap().to_path_buf();
     let config =
         ServiceConfig { max_concurrent: 8, max_queue: 64, component_dirs: vec![agents], ..ServiceConfig::default() };
@@ -60,6 +60,7 @@ fn spec(token: &str, i: usize) -> RunSpec {
         args: Vec::new(),
         grants: Default::default(),
         tools: Vec::new(),
+        models: Vec::new(),
         limits: LimitRequest::default(),
         token: Some(token.to_string()),
     }

@@ -17,6 +17,8 @@
 //! * [`state`]: persistent per-agent key-value state ([`state::get`], [`state::set`] ...), granted by the run.
 //! * [`tools`]: calls to the tools installed in the host ([`tools::call`]), each in a sandbox of its own; agents and
 //!   tools alike may call tools.
+//! * [`llm`]: model calls through the host's gateway ([`llm::chat`], [`llm::Chat`] with streaming and tool calling);
+//!   the host holds the keys, checks the token's `llm:MODEL` grant and budgets, and records every call.
 //! * [`tool!`] and [`tool`](mod@tool): exports `describe` and `invoke` from a [`tool::Spec`] and a handler
 //!   `fn(In) -> Result<Out, ToolError>`, with the same serde conversions as [`agent!`] ([`tool::invoke_json`]).
 //! * [`bindings`]: the raw generated bindings for every interface the world imports, including those that Rust's
@@ -116,6 +118,7 @@ pub mod tool_bindings {
             "toka:agent/types@0.1.0": crate::bindings::toka::agent::types,
             "toka:agent/log@0.1.0": crate::bindings::toka::agent::log,
             "toka:agent/tools@0.1.0": crate::bindings::toka::agent::tools,
+            "toka:agent/llm@0.1.0": crate::bindings::toka::agent::llm,
             "wasi:cli/environment@0.2.12": crate::bindings::wasi::cli::environment,
             "wasi:cli/exit@0.2.12": crate::bindings::wasi::cli::exit,
             "wasi:cli/stdin@0.2.12": crate::bindings::wasi::cli::stdin,
@@ -148,6 +151,7 @@ pub mod tool_bindings {
 }
 
 pub mod events;
+pub mod llm;
 pub mod log;
 pub mod state;
 pub mod tool;

@@ -1,7 +1,7 @@
 //! The one place that turns `wit/` into Rust: host-side bindings for the worlds `toka:agent/agent` and
 //! `toka:agent/tool`. WASI interfaces come from wasmtime-wasi, so they are mapped rather than generated again.
 
-/// Bindings for the `agent` world: the `run` export and the `log` import.
+/// Bindings for the `agent` world: the `run` export and the host interfaces it imports.
 pub mod agent {
     wasmtime::component::bindgen!({
         world: "toka:agent/agent",
@@ -10,9 +10,14 @@ pub mod agent {
             "toka:agent/events.emit": async,
             "toka:agent/state.set": async,
             "toka:agent/state.delete": async,
+            // Model calls wait on the network.
+            "toka:agent/llm": async,
         },
         exports: { default: async },
-        with: { "wasi": wasmtime_wasi::p2::bindings },
+        with: {
+            "wasi": wasmtime_wasi::p2::bindings,
+            "toka:agent/llm.completion-stream": crate::llm::host::CompletionStream,
+        },
     });
 }
 
@@ -27,6 +32,7 @@ pub mod tool {
             "toka:agent/log": crate::bindings::agent::toka::agent::log,
             "toka:agent/types": crate::bindings::agent::toka::agent::types,
             "toka:agent/tools": crate::bindings::agent::toka::agent::tools,
+            "toka:agent/llm": crate::bindings::agent::toka::agent::llm,
         },
     });
 }

@@ -201,6 +201,19 @@ pub fn bound_operation(operation: &mut Operation) -> Result<(), String> {
             truncate(outcome, MAX_ID);
             detail(d);
         }
+        Op::StartLlmCall { call_id, run_id, agent, model, provider, detail: d, .. } => {
+            id("call id", call_id)?;
+            id("run id", run_id.as_deref().unwrap_or_default())?;
+            id("agent name", agent)?;
+            // The model is what the guest asked for, before it is checked: cut, so the call is recorded.
+            truncate(model, MAX_ID);
+            truncate(provider, MAX_ID);
+            detail(d);
+        }
+        Op::EndLlmCall { model, detail: d, .. } => {
+            truncate(model, MAX_ID);
+            detail(d);
+        }
     }
     Ok(())
 }

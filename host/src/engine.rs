@@ -133,6 +133,7 @@ impl HostEngine {
             &mut linker,
             |s: &mut SandboxState| &mut s.state,
         )?;
+        crate::llm::host::add_to_linker(&mut linker)?;
         // `toka:agent/tools` is defined by hand rather than through the generated trait: a call needs the caller's
         // store itself, to charge the tool's fuel to the caller.
         let mut tools = linker.instance("toka:agent/tools@0.1.0")?;

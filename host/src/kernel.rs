@@ -102,6 +102,63 @@ impl std::fmt::Display for Rate {
     }
 }
 
+/// A budget of model tokens (prompt and completion) per period: `N/PERIOD`, e.g. `100000/day`. Counted in fixed
+/// windows of PERIOD from the Unix epoch (a day budget renews at 00:00 UTC), per agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenBudget {
+    pub tokens: u64,
+    pub period_ms: u64,
+}
+
+impl TokenBudget {
+    pub const MAX_TOKENS: u64 = 1_000_000_000_000;
+
+    /// Parses `N/PERIOD` as [`Rate::parse`] does, with N up to [`TokenBudget::MAX_TOKENS`].
+    pub fn parse(text: &str) -> Result<TokenBudget, String> {
+        let bad = |why: &str| format!("invalid token budget `{text}`: {why} (expected N/PERIOD, e.g. 100000/day)");
+        let (n, period) = text.split_once('/').ok_or_else(|| bad("no `/`"))?;
+        let tokens: u64 = n.trim().replace('_', "").parse().map_err(|_| bad("N is not a whole number"))?;
+        if tokens == 0 || tokens > Self::MAX_TOKENS {
+            return Err(bad(&format!("N must be 1 to {}", Self::MAX_TOKENS)));
+        }
+        // The period parses as a rate's does.
+        let rate = Rate::parse(&format!("1/{}", period.trim()))
+            .map_err(|_| bad("PERIOD is not s, min, h, day or a duration up to 7 days"))?;
+        Ok(TokenBudget { tokens, period_ms: rate.period_ms })
+    }
+
+    /// Most distinct periods a token may state budgets for (each is checked at every model call).
+    pub const MAX_PERIODS: usize = 8;
+
+    /// Adds `budget` to `budgets`, every one of which applies: for a period already there, the fewer tokens stay.
+    /// Budgets of different periods are all kept, never one for another (5000/h and 100000/day together are not
+    /// the same as either), so that a block can only narrow. Kept sorted by period.
+    pub fn narrow(budgets: &mut Vec<TokenBudget>, budget: TokenBudget) {
+        match budgets.iter_mut().find(|b| b.period_ms == budget.period_ms) {
+            Some(b) => b.tokens = b.tokens.min(budget.tokens),
+            None => {
+                budgets.push(budget);
+                budgets.sort_by_key(|b| b.period_ms);
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TokenBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rate = Rate { n: 1, period_ms: self.period_ms }.to_string();
+        write!(f, "{}/{}", self.tokens, rate.trim_start_matches("1/"))
+    }
+}
+
+/// An agent's use of model tokens in one window of a [`TokenBudget`]'s period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenWindow {
+    /// `time_ms / period_ms` of the window.
+    pub window: u64,
+    pub used: u64,
+}
+
 /// An agent's token bucket: its level in [`Rate`] units at `at_ms`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bucket {
@@ -156,6 +213,34 @@ pub enum Op {
     },
     /// A run hit one of its per-run caps (observations, tool calls, state writes); recorded once per cap.
     ReachLimit { run_id: String, limit: String, cap: u64 },
+    /// A model call begins: takes from the caller's rate bucket (the run's rate when `run_id` is a run, else
+    /// `rate`); refused while the agent has spent its `budget` of model tokens for the current window.
+    StartLlmCall {
+        call_id: String,
+        run_id: Option<String>,
+        agent: String,
+        model: String,
+        provider: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<Rate>,
+        /// The caller's token's budgets per period; every one must have tokens left.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        budgets: Vec<TokenBudget>,
+        detail: serde_json::Value,
+    },
+    /// A model call ended; its `tokens` (prompt and completion) count in the agent's current window of every period
+    /// in `budgets` and of every period the agent's use is already counted in.
+    EndLlmCall {
+        call_id: String,
+        run_id: Option<String>,
+        agent: String,
+        model: String,
+        ok: bool,
+        tokens: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        budgets: Vec<TokenBudget>,
+        detail: serde_json::Value,
+    },
     /// A tool call ended (`ok` false: refused, invalid input or output, trapped, out of fuel ...).
     EndToolCall {
         call_id: String,
@@ -299,6 +384,43 @@ pub struct State {
     /// Live plans (a plan leaves when it ends).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub plans: BTreeMap<String, PlanState>,
+    /// Model tokens used per agent, per budget period (in ms), in the current window of that period.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub llm_usage: BTreeMap<String, BTreeMap<u64, TokenWindow>>,
+}
+
+/// The tokens `agent` has used in the window of `budget`'s period that contains `time_ms`.
+fn window_used(state: &State, agent: &str, budget: TokenBudget, time_ms: u64) -> u64 {
+    let window = time_ms / budget.period_ms.max(1);
+    state
+        .llm_usage
+        .get(agent)
+        .and_then(|w| w.get(&budget.period_ms))
+        .filter(|w| w.window == window)
+        .map_or(0, |w| w.used)
+}
+
+/// Refuses a model call while any of the agent's budgets for its current window is spent.
+fn check_llm_budget(
+    state: &State,
+    agent: &str,
+    budgets: &[TokenBudget],
+    time_ms: u64,
+    model: &str,
+) -> Result<(), String> {
+    for &budget in budgets {
+        let used = window_used(state, agent, budget, time_ms);
+        if used < budget.tokens {
+            continue;
+        }
+        let period = budget.period_ms.max(1);
+        let renews_ms = period - time_ms % period;
+        return Err(format!(
+            "llm budget: agent {agent} has used {used} of its {budget} model tokens; call of model {model} refused, \
+             the budget renews in {renews_ms} ms"
+        ));
+    }
+    Ok(())
 }
 
 /// The level of `agent`'s bucket at `time_ms` under `rate` (a bucket never used is full).
@@ -355,6 +477,9 @@ pub mod kind {
     pub const STEP_SKIPPED: &str = "step.skipped";
     /// `plan.completed`, `plan.failed`, `plan.cancelled` or `plan.timeout`.
     pub const PLAN_ENDED_PREFIX: &str = "plan.";
+    pub const LLM_CALLED: &str = "llm.called";
+    pub const LLM_COMPLETED: &str = "llm.completed";
+    pub const LLM_FAILED: &str = "llm.failed";
 }
 
 fn event(op: &Operation, kind: &str, agent: &str, run_id: &str, payload: serde_json::Value) -> EventDraft {
@@ -400,7 +525,9 @@ fn revoked_id<'a>(state: &'a State, op: &'a Operation) -> Option<&'a str> {
         | Op::WriteState { run_id, .. }
         | Op::SpawnAgent { parent_run: run_id, .. }
         | Op::StartToolCall { run_id: Some(run_id), .. }
-        | Op::EndToolCall { run_id: Some(run_id), .. } => state.runs.get(run_id).map(|r| r.chain.as_slice()),
+        | Op::EndToolCall { run_id: Some(run_id), .. }
+        | Op::StartLlmCall { run_id: Some(run_id), .. }
+        | Op::EndLlmCall { run_id: Some(run_id), .. } => state.runs.get(run_id).map(|r| r.chain.as_slice()),
         Op::StartStep { plan_id, .. } => state.plans.get(plan_id).map(|p| p.chain.as_slice()),
         _ => None,
     };
@@ -418,6 +545,7 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
         Op::CompleteRun { .. }
             | Op::FailRun { .. }
             | Op::EndToolCall { .. }
+            | Op::EndLlmCall { .. }
             | Op::EndStep { .. }
             | Op::SkipStep { .. }
             | Op::EndPlan { .. }
@@ -493,6 +621,17 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
                 Some((step, _)) => Err(format!("plan {plan_id} cannot end while step {step} is running")),
                 None => Ok(()),
             }
+        }
+        Op::StartLlmCall { run_id, agent, rate, budgets, model, .. } => {
+            let (agent, rate) = match run_id {
+                Some(run_id) => {
+                    let run = running(state, run_id)?;
+                    (run.agent.as_str(), run.rate)
+                }
+                None => (agent.as_str(), *rate),
+            };
+            check_rate(state, agent, rate, op.time_ms, &format!("call of model {model}"))?;
+            check_llm_budget(state, agent, budgets, op.time_ms, model)
         }
         _ => Ok(()),
     }
@@ -644,6 +783,43 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             }
             vec![event(op, kind::TOOL_CALLED, &agent, run_id.as_deref().unwrap_or(""), payload)]
         }
+        Op::StartLlmCall { call_id, run_id, agent, model, provider, rate, detail, .. } => {
+            let (agent, rate) = match run_id {
+                Some(run) => run_rate(state, run),
+                None => (agent.clone(), *rate),
+            };
+            take(state, &agent, rate, op.time_ms);
+            let mut payload = detail.clone();
+            if let Some(map) = payload.as_object_mut() {
+                map.insert("call_id".into(), json!(call_id));
+                map.insert("model".into(), json!(model));
+                map.insert("provider".into(), json!(provider));
+            }
+            vec![event(op, kind::LLM_CALLED, &agent, run_id.as_deref().unwrap_or(""), payload)]
+        }
+        Op::EndLlmCall { call_id, run_id, agent, model, ok, tokens, budgets, detail } => {
+            // Counted in every period some token of the agent has a budget for, whichever token made this call, so
+            // that a second token of the same agent does not spend outside the first one's budget.
+            let mut periods: Vec<u64> = budgets.iter().map(|b| b.period_ms).collect();
+            periods.extend(state.llm_usage.get(agent).into_iter().flat_map(|w| w.keys().copied()));
+            periods.sort_unstable();
+            periods.dedup();
+            if *tokens > 0 || !budgets.is_empty() {
+                for period_ms in periods {
+                    let budget = TokenBudget { tokens: 0, period_ms };
+                    let window = op.time_ms / period_ms.max(1);
+                    let used = window_used(state, agent, budget, op.time_ms).saturating_add(*tokens);
+                    state.llm_usage.entry(agent.clone()).or_default().insert(period_ms, TokenWindow { window, used });
+                }
+            }
+            let mut payload = detail.clone();
+            if let Some(map) = payload.as_object_mut() {
+                map.insert("call_id".into(), json!(call_id));
+                map.insert("model".into(), json!(model));
+            }
+            let k = if *ok { kind::LLM_COMPLETED } else { kind::LLM_FAILED };
+            vec![event(op, k, agent, run_id.as_deref().unwrap_or(""), payload)]
+        }
         Op::EndToolCall { call_id, run_id, agent, tool, ok, detail } => {
             let mut payload = detail.clone();
             if let Some(map) = payload.as_object_mut() {
@@ -789,6 +965,112 @@ mod tests {
         assert_eq!(apply(&mut s, &op(10_000, start("r3")))[0].kind, "run.started", "a full bucket after a pause");
         let free = Op::StartRun { run_id: "u".into(), agent: "a".into(), task_id: None, detail: json!({}), rate: None };
         assert_eq!(apply(&mut s, &op(10_000, free))[0].kind, "run.started", "a token without a rate is not limited");
+    }
+
+    #[test]
+    fn model_token_budgets_refuse_once_spent_and_renew_with_the_window() {
+        let mut s = State::default();
+        let second = vec![TokenBudget { tokens: 100, period_ms: 1_000 }];
+        let start_by = |call: &str, agent: &str, budgets: &[TokenBudget]| Op::StartLlmCall {
+            call_id: call.into(),
+            run_id: None,
+            agent: agent.into(),
+            model: "m".into(),
+            provider: "p".into(),
+            rate: None,
+            budgets: budgets.to_vec(),
+            detail: json!({}),
+        };
+        let end_by = |call: &str, tokens: u64, budgets: &[TokenBudget]| Op::EndLlmCall {
+            call_id: call.into(),
+            run_id: None,
+            agent: "a".into(),
+            model: "m".into(),
+            ok: true,
+            tokens,
+            budgets: budgets.to_vec(),
+            detail: json!({}),
+        };
+        let start = |call: &str| start_by(call, "a", &second);
+        let end = |call: &str, tokens: u64| end_by(call, tokens, &second);
+        assert_eq!(apply(&mut s, &op(10, start("c1")))[0].kind, "llm.called");
+        assert_eq!(apply(&mut s, &op(20, end("c1", 60)))[0].kind, "llm.completed");
+        assert_eq!(apply(&mut s, &op(30, start("c2")))[0].kind, "llm.called", "60 of 100 used");
+        apply(&mut s, &op(40, end("c2", 60)));
+        let refused = apply(&mut s, &op(50, start("c3")));
+        assert_eq!(refused[0].kind, "op.rejected");
+        let reason = refused[0].payload["reason"].as_str().unwrap();
+        assert!(reason.starts_with("llm budget: agent a has used 120 of its 100/s"), "{reason}");
+        assert!(reason.contains("renews in 950 ms"), "{reason}");
+        let other = start_by("c4", "b", &second);
+        assert_eq!(apply(&mut s, &op(50, other))[0].kind, "llm.called", "another agent has its own budget");
+        let unbudgeted = start_by("c5", "a", &[]);
+        assert_eq!(apply(&mut s, &op(50, unbudgeted))[0].kind, "llm.called", "a token without a budget");
+        assert_eq!(apply(&mut s, &op(1_000, start("c6")))[0].kind, "llm.called", "the next window starts afresh");
+        // What a token without a budget spends counts in the agent's windows all the same.
+        apply(&mut s, &op(1_001, end_by("c5", 30, &[])));
+        assert_eq!(s.llm_usage["a"][&1_000].used, 30);
+        // Endings are recorded whatever happened meanwhile, and count.
+        apply(&mut s, &op(1_001, Op::RevokeToken { token_id: "tok".into() }));
+        assert_eq!(apply(&mut s, &op(1_002, end("c6", 5)))[0].kind, "llm.completed");
+        assert_eq!(s.llm_usage["a"][&1_000].used, 35);
+        assert_eq!(apply(&mut s, &op(1_003, start("c7")))[0].kind, "op.rejected", "revoked");
+    }
+
+    /// Budgets of different periods all apply: the agent is refused as soon as any one of them is spent.
+    #[test]
+    fn every_period_budget_of_a_token_applies() {
+        let mut s = State::default();
+        let both = [TokenBudget { tokens: 50, period_ms: 1_000 }, TokenBudget { tokens: 120, period_ms: 10_000 }];
+        let start = |call: &str| Op::StartLlmCall {
+            call_id: call.into(),
+            run_id: None,
+            agent: "a".into(),
+            model: "m".into(),
+            provider: "p".into(),
+            rate: None,
+            budgets: both.to_vec(),
+            detail: json!({}),
+        };
+        let end = |call: &str, tokens: u64| Op::EndLlmCall {
+            call_id: call.into(),
+            run_id: None,
+            agent: "a".into(),
+            model: "m".into(),
+            ok: true,
+            tokens,
+            budgets: both.to_vec(),
+            detail: json!({}),
+        };
+        let mut t = 0;
+        let mut step = |s: &mut State, call: &str, tokens: u64| {
+            t += 1_000;
+            let kind = apply(s, &op(t, start(call)))[0].kind.clone();
+            apply(s, &op(t + 1, end(call, tokens)));
+            kind
+        };
+        assert_eq!(step(&mut s, "c1", 50), "llm.called");
+        assert_eq!(step(&mut s, "c2", 50), "llm.called", "a new second: the 50/s budget renewed");
+        assert_eq!(step(&mut s, "c3", 50), "llm.called");
+        let refused = apply(&mut s, &op(4_000, start("c4")));
+        let reason = refused[0].payload["reason"].as_str().unwrap_or_default().to_string();
+        assert!(reason.contains("has used 150 of its 120/10s"), "the ten-second budget is spent: {refused:?}");
+    }
+
+    #[test]
+    fn token_budgets_parse_and_narrow() {
+        assert_eq!(TokenBudget::parse("100000/day").unwrap(), TokenBudget { tokens: 100_000, period_ms: 86_400_000 });
+        assert_eq!(TokenBudget::parse("2_000/h").unwrap().to_string(), "2000/h");
+        for bad in ["", "100", "0/day", "x/day", "10/fortnight", "2000000000000/day"] {
+            assert!(TokenBudget::parse(bad).is_err(), "{bad}");
+        }
+        let b = |text: &str| TokenBudget::parse(text).unwrap();
+        let mut budgets = Vec::new();
+        TokenBudget::narrow(&mut budgets, b("240000/day"));
+        TokenBudget::narrow(&mut budgets, b("5000/h"));
+        TokenBudget::narrow(&mut budgets, b("9000/h"));
+        TokenBudget::narrow(&mut budgets, b("100000/day"));
+        assert_eq!(budgets, [b("5000/h"), b("100000/day")], "both periods apply, each at its lowest");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod events;
 pub mod grants;
 pub mod home;
 pub mod kernel;
+pub mod llm;
 pub mod orchestrate;
 pub mod progress;
 pub mod project;

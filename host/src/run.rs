@@ -37,9 +37,12 @@ pub struct Limits {
     pub max_output: u64,
     /// Cap on any one table's elements. Default 1 million.
     pub max_table_elements: usize,
-    /// Cap on the records of each kind (observations, tool calls, state writes) one run may add to the log.
-    /// Default 10,000.
+    /// Cap on the records of each kind (observations, tool calls, state writes, model calls) one run may add to
+    /// the log. Default 10,000.
     pub max_records: u64,
+    /// Model tokens the run may use (the lower of this and its token's `llm_tokens`); default
+    /// [`crate::llm::DEFAULT_RUN_TOKENS`] when neither says.
+    pub llm_tokens: Option<u64>,
 }
 
 impl Default for Limits {
@@ -51,6 +54,7 @@ impl Default for Limits {
             max_output: 1 << 20,
             max_table_elements: 1_000_000,
             max_records: crate::sandbox::budget::DEFAULT_MAX_RECORDS,
+            llm_tokens: None,
         }
     }
 }
@@ -107,6 +111,7 @@ pub struct Runner {
     programs: std::sync::Mutex<HashMap<std::path::PathBuf, Arc<Program>>>,
     events: Option<Arc<EventLog>>,
     tools: Option<Arc<ToolHost>>,
+    llm: Option<Arc<crate::llm::Gateway>>,
 }
 
 impl Runner {
@@ -120,12 +125,18 @@ impl Runner {
     /// A runner on a shared engine, recording in `events` (which also gives agents their `events` and `state`
     /// interfaces), letting agents call tools through `tools`.
     pub fn from_parts(host: Arc<HostEngine>, events: Option<Arc<EventLog>>, tools: Option<Arc<ToolHost>>) -> Self {
-        Runner { host, programs: std::sync::Mutex::new(HashMap::new()), events, tools }
+        Runner { host, programs: std::sync::Mutex::new(HashMap::new()), events, tools, llm: None }
     }
 
     /// Lets agents call the tools installed in `registry` (recorded in this runner's event log, if it has one).
     pub fn with_tools(mut self, registry: crate::tools::registry::Registry) -> Self {
         self.tools = Some(Arc::new(ToolHost::new(self.host.clone(), registry, self.events.clone())));
+        self
+    }
+
+    /// Lets agents call the models of `gateway` (`toka:agent/llm`), as their tokens allow.
+    pub fn with_llm(mut self, gateway: Arc<crate::llm::Gateway>) -> Self {
+        self.llm = Some(gateway);
         self
     }
 
@@ -271,8 +282,30 @@ impl Runner {
             tools: None,
             budget: Arc::new(crate::sandbox::budget::RunBudget::new(limits.max_records)),
             cancel: control.cancel,
+            llm: None,
         };
         let mut context = context;
+        if let (Some(gateway), Some(token)) = (&self.llm, &grants.token) {
+            let cap = [limits.llm_tokens, token.llm_tokens]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(crate::llm::DEFAULT_RUN_TOKENS);
+            let caller = crate::llm::Caller {
+                agent: context.agent.clone(),
+                run_id: Some(context.run_id.clone()),
+                token_id: context.token.clone(),
+                token: token.clone(),
+                rate: grants.rate,
+                component: Some(program.loaded.sha256.clone()),
+                deadline: crate::units::deadline_after(limits.timeout),
+                budget: Some(context.budget.clone()),
+                tokens: Arc::new(crate::llm::RunTokens::new(cap)),
+                cancel: context.cancel.clone(),
+                confined: Vec::new(),
+            };
+            context.llm = Some(Arc::new(crate::llm::Session { gateway: gateway.clone(), caller }));
+        }
         if let (Some(host), Some(token)) = (&self.tools, &grants.token) {
             let caller = Caller {
                 agent: context.agent.clone(),
@@ -287,6 +320,7 @@ impl Runner {
                 component: Some(program.loaded.sha256.clone()),
                 budget: Some(context.budget.clone()),
                 cancel: context.cancel.clone(),
+                llm: context.llm.clone(),
             };
             context.tools = Some(Arc::new(ToolSession { host: host.clone(), caller }));
         }

@@ -38,6 +38,8 @@ pub struct LimitRequest {
     pub max_memory: Option<u64>,
     pub max_output: Option<u64>,
     pub max_records: Option<u64>,
+    /// Model tokens the run may use (the lower of this and the token's).
+    pub llm_tokens: Option<u64>,
 }
 
 /// Everything a run asks for, whichever face it comes through (the CLI's flags, a JSON request).
@@ -50,8 +52,10 @@ pub struct RunSpec {
     /// A command's arguments.
     pub args: Vec<String>,
     pub grants: GrantRequest,
-    /// The host names of `grants.net`, as asked (the token speaks of names, not addresses).
+    /// The tools the run asks to call (`tool:NAME` grants).
     pub tools: Vec<String>,
+    /// The models (or model patterns, `gpt-*`) the run asks to call (`llm:MODEL` grants).
+    pub models: Vec<String>,
     pub limits: LimitRequest,
     /// The token's text; `None` mints one from the operator's own request with the local key (the CLI's way).
     pub token: Option<String>,
@@ -88,6 +92,8 @@ pub struct HostOptions {
     pub pooling: bool,
     /// Where long work (a first compile) is said; `None`: nowhere.
     pub progress: Option<Arc<dyn crate::progress::Progress>>,
+    /// Store prompts and completions of model calls in the event log (bounded); off by default.
+    pub record_prompts: bool,
 }
 
 /// A toka home, opened: see the module documentation.
@@ -97,6 +103,7 @@ pub struct Host {
     log: Arc<EventLog>,
     engine: Arc<HostEngine>,
     tools: Arc<ToolHost>,
+    llm: Arc<crate::llm::Gateway>,
 }
 
 impl std::fmt::Debug for Host {
@@ -126,8 +133,11 @@ impl Host {
             .map(|engine| Arc::new(engine.with_progress(progress)))
             .map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))?;
         let tools = Arc::new(ToolHost::new(engine.clone(), Registry::open(&home.dir), Some(log.clone())));
+        let llm = crate::llm::Gateway::open(&home.dir, Some(log.clone()), options.record_prompts)
+            .map(Arc::new)
+            .map_err(|e| RunError::host(format!("model gateway: {e}")))?;
         let protected = Protected::of(&home);
-        Ok(Host { home, protected, log, engine, tools })
+        Ok(Host { home, protected, log, engine, tools, llm })
     }
 
     pub fn home(&self) -> &Home {
@@ -150,9 +160,15 @@ impl Host {
         &self.tools
     }
 
+    /// The model gateway (`$TOKA_HOME/llm.toml`).
+    pub fn llm(&self) -> &Arc<crate::llm::Gateway> {
+        &self.llm
+    }
+
     /// A runner on this host's engine, recording in its log, with its tools.
     pub fn runner(&self) -> Runner {
         Runner::from_parts(self.engine.clone(), Some(self.log.clone()), Some(self.tools.clone()))
+            .with_llm(self.llm.clone())
     }
 
     /// Checks grants against the host filesystem and environment; nothing of the home is ever grantable.
@@ -223,6 +239,10 @@ impl Host {
             crate::tools::check_name(tool).map_err(RunError::InvalidInput)?;
             request.grants.push(crate::token::Grant { kind: "tool".into(), value: tool.clone(), mode: "".into() });
         }
+        for model in &spec.models {
+            let grant = crate::token::Grant::parse(&format!("llm:{model}")).map_err(RunError::InvalidInput)?;
+            request.grants.push(grant);
+        }
         let authorization = self.authorize_token(spec.token.as_deref(), &request, crate::token::LOCAL_TTL)?;
         authorized.token_id = authorization.token_id;
         authorized.rate = authorization.rate;
@@ -246,6 +266,7 @@ impl Host {
             max_memory: asked.max_memory.or(ceiling.map(|c| c.memory)).unwrap_or(defaults.max_memory),
             max_output: asked.max_output.unwrap_or(defaults.max_output),
             max_records: asked.max_records.unwrap_or(defaults.max_records),
+            llm_tokens: asked.llm_tokens,
             ..defaults
         })
     }

@@ -14,6 +14,7 @@ mod events;
 mod held_tokens;
 mod hello;
 mod hostile;
+mod llm;
 mod newcomer;
 mod output_caps;
 mod plans;

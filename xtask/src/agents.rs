@@ -14,6 +14,8 @@
 //! | `go-echo`      | `agents/go-echo` (Go `main`)   | `GOOS=wasip1 go build` → preview 1 core module (not adapted)  |
 //! | `zig-echo`     | `agents/zig-echo/main.zig`     | `zig build-exe`, wasm32-wasi → preview 1 core module (same)   |
 //! | `summarize`    | `agents/summarize` (cdylib)    | like `hello-rust` (an agent that works through three tools)    |
+//! | `tool-chat`    | `agents/tool-chat` (cdylib)    | like `hello-rust` (a model conversation that calls tools)      |
+//! | `tool-chat-python` | `agents/tool-chat-python/agent.py` | componentize-py (the same conversation in Python)  |
 //!
 //! Tools (world `toka:agent/tool`, `toka_sdk::tool!`), built into `target/tools/NAME.wasm`:
 //!
@@ -26,6 +28,7 @@
 //! | `json-query`     | `agents/json-query` (cdylib)        | same                                                 |
 //! | `http-fetch`     | `agents/http-fetch` (cdylib)        | same (raw `wasi:sockets` imports beside the adapter) |
 //! | `fail-tool`      | `agents/fail-tool` (cdylib)         | same (traps, spins, bad output: containment tests)   |
+//! | `llm-ask`        | `agents/llm-ask` (cdylib)           | same (a tool that calls a model it declares)         |
 //! | `date-validator` | `agents/date-validator/tool.py`     | componentize-py, world `toka:agent/tool`             |
 //!
 //! The Rust agents are built by one cargo invocation (cargo decides what is stale); the others are rebuilt only
@@ -131,6 +134,8 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("go-echo", Kind::Go),
     Agent::new("zig-echo", Kind::Zig),
     Agent::new("summarize", Kind::RustReactor),
+    Agent::new("tool-chat", Kind::RustReactor),
+    Agent::new("tool-chat-python", Kind::Python),
     Agent::new("echo", Kind::RustTool),
     Agent::new("file-reader", Kind::RustTool),
     Agent::new("file-writer", Kind::RustTool),
@@ -138,6 +143,7 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("json-query", Kind::RustTool),
     Agent::new("http-fetch", Kind::RustTool),
     Agent::new("fail-tool", Kind::RustTool),
+    Agent::new("llm-ask", Kind::RustTool),
     Agent::new("date-validator", Kind::PythonTool),
     Agent::new("extism-echo", Kind::ExtismPlugin),
 ];

@@ -4,6 +4,7 @@ pub mod build;
 pub mod componentize;
 pub mod events;
 pub mod key;
+pub mod llm;
 pub mod mcp;
 pub mod new;
 pub mod remote;
@@ -105,6 +106,8 @@ pub enum Command {
     Token(token::TokenCommand),
     /// Tools: add, list, describe, remove, call.
     Tool(tool::ToolCommand),
+    /// The model gateway: list the configured models, test one.
+    Llm(llm::LlmCommand),
     /// Serve the installed tools to LLM clients over MCP (stdio or streamable HTTP).
     Mcp(mcp::McpCommand),
     /// Serve the host over HTTP: runs, live events, tools, metrics, a dashboard.
@@ -133,6 +136,7 @@ impl Cli {
             Command::Token(cmd) => cmd.execute(&home),
             Command::Tool(cmd) => cmd.execute(&home),
             Command::Mcp(cmd) => cmd.execute(&home),
+            Command::Llm(cmd) => cmd.execute(&home),
             Command::Serve(cmd) => cmd.execute(&home),
             Command::Up(cmd) => cmd.execute(&home),
             Command::New(cmd) => cmd.execute(&home),

@@ -41,6 +41,21 @@ pub struct RunCommand {
     #[arg(long = "allow-tool", value_name = "NAME")]
     pub tools: Vec<String>,
 
+    /// Let an agent call the model MODEL through the host's gateway (`toka-host llm models`); a pattern ending in
+    /// `*` (`gpt-*`) allows every model it prefixes. Repeatable.
+    #[arg(long = "allow-llm", value_name = "MODEL")]
+    pub models: Vec<String>,
+
+    /// Model tokens (prompt and completion) the run may use, at most (the lower of this and the token's
+    /// `llm_tokens` applies) [default: the token's, else 200000].
+    #[arg(long, value_name = "N")]
+    pub llm_tokens: Option<u64>,
+
+    /// Store the prompts and completions of the run's model calls in the event log (bounded like every payload).
+    /// Off by default: only sizes, tokens, latency and outcomes are recorded.
+    #[arg(long)]
+    pub record_prompts: bool,
+
     /// Let the agent read (`ro`) or read and write (`rw`) its persistent state.
     #[arg(long, value_name = "ro|rw", value_parser = grants::parse_state)]
     pub state: Option<grants::StateGrant>,
@@ -136,6 +151,7 @@ impl RunCommand {
         let options = HostOptions {
             pooling: self.repeat > 1 || self.parallel > 1,
             progress: Some(crate::progress::Delayed::console()),
+            record_prompts: self.record_prompts,
         };
         let host = Host::open(home.clone(), options)?;
         let runner = host.runner();
@@ -235,12 +251,14 @@ impl RunCommand {
             args: self.args.clone(),
             grants: self.grants.request(self.inherit_stdin, self.state.unwrap_or_default()),
             tools: self.tools.clone(),
+            models: self.models.clone(),
             limits: LimitRequest {
                 fuel: self.fuel,
                 timeout: self.timeout,
                 max_memory: self.max_memory,
                 max_output: Some(self.max_output),
                 max_records: Some(self.max_records),
+                llm_tokens: self.llm_tokens,
             },
             token: token.map_err(token_arg_error)?,
             run_id: None,

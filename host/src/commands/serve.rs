@@ -39,6 +39,10 @@ pub struct ServeCommand {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Store the prompts and completions of runs' model calls in the event log (bounded like every payload).
+    #[arg(long)]
+    pub record_prompts: bool,
+
     /// Log format on stderr: `text` or `json` (one JSON object per line).
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -81,7 +85,11 @@ impl ServeCommand {
 
     async fn serve(self, home: &Home) -> Result<(), RunError> {
         // A first compile of a large component is said in the log, as the rest of the server's doings are.
-        let options = HostOptions { pooling: true, progress: Some(crate::progress::Delayed::log()) };
+        let options = HostOptions {
+            pooling: true,
+            progress: Some(crate::progress::Delayed::log()),
+            record_prompts: self.record_prompts,
+        };
         let host = Host::open(home.clone(), options)?;
         let config = ServiceConfig {
             max_concurrent: self.max_concurrent.max(1),

@@ -3,7 +3,7 @@
 use crate::events::{EventLog, GroupCommit, Signer};
 use crate::kernel::Op;
 use crate::token::keys::KeyStore;
-use crate::token::{self, Attenuation, Grant, MintRequest, Rate, TokenLimits, Window};
+use crate::token::{self, Attenuation, Grant, MintRequest, Rate, TokenBudget, TokenLimits, Window};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -61,6 +61,13 @@ pub enum TokenAction {
         /// At most N runs and boundary host calls of the agent per PERIOD (a token bucket): 10/min, 5/s, 100/h.
         #[arg(long, value_parser = Rate::parse)]
         rate: Option<Rate>,
+        /// Model tokens (prompt and completion) one run may use.
+        #[arg(long, value_name = "N")]
+        llm_tokens: Option<u64>,
+        /// Model tokens the agent may use per PERIOD, in fixed windows from the Unix epoch: 100000/day, 5000/h.
+        /// Repeatable: every budget applies.
+        #[arg(long = "llm-budget", value_name = "N/PERIOD", value_parser = TokenBudget::parse)]
+        llm_budgets: Vec<TokenBudget>,
         /// Write the token to FILE (owner-only) instead of standard output.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -90,6 +97,13 @@ pub enum TokenAction {
         /// Pin the narrowed token to the component with this sha256 (hex).
         #[arg(long, value_name = "SHA256", conflicts_with = "component")]
         pin: Option<String>,
+        /// A lower ceiling of model tokens per run (the lowest in any block applies).
+        #[arg(long, value_name = "N")]
+        llm_tokens: Option<u64>,
+        /// A budget of model tokens per period, added to the token's (every budget of every block applies; for one
+        /// period, the lowest). Repeatable.
+        #[arg(long = "llm-budget", value_name = "N/PERIOD", value_parser = TokenBudget::parse)]
+        llm_budgets: Vec<TokenBudget>,
         /// Write the token to FILE (owner-only) instead of standard output.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -226,6 +240,8 @@ impl TokenCommand {
                 max_depth,
                 windows,
                 rate,
+                llm_tokens,
+                llm_budgets,
                 out,
             } => {
                 let limits =
@@ -250,22 +266,42 @@ impl TokenCommand {
                     max_depth,
                     windows,
                     rate,
+                    llm_tokens,
+                    llm_budgets,
                 };
                 let t = token::mint(&keys()?, &request, now).map_err(|e| e.to_string())?;
                 emit(&t.to_base64().map_err(|e| e.to_string())?, out.as_ref())
             }
-            TokenAction::Attenuate { token, only, fuel, ttl, windows, rate, component, pin, out } => {
+            TokenAction::Attenuate {
+                token,
+                only,
+                fuel,
+                ttl,
+                windows,
+                rate,
+                component,
+                pin,
+                llm_tokens,
+                llm_budgets,
+                out,
+            } => {
                 let parsed = token::parse_unverified(&read_token(&token)?).map_err(|e| e.to_string())?;
                 let component = match (&component, pin) {
                     (Some(file), _) => Some(component_digest(file)?),
                     (None, pin) => pin,
                 };
-                let narrowed = token::attenuate(
-                    &parsed,
-                    &Attenuation { only, fuel, ttl, windows, rate, component, ..Attenuation::default() },
-                    now,
-                )
-                .map_err(|e| e.to_string())?;
+                let a = Attenuation {
+                    only,
+                    fuel,
+                    ttl,
+                    windows,
+                    rate,
+                    component,
+                    llm_tokens,
+                    llm_budgets,
+                    ..Attenuation::default()
+                };
+                let narrowed = token::attenuate(&parsed, &a, now).map_err(|e| e.to_string())?;
                 emit(&narrowed.to_base64().map_err(|e| e.to_string())?, out.as_ref())
             }
             TokenAction::Inspect { token, json, at } => {
@@ -304,6 +340,11 @@ impl TokenCommand {
                         if i.windows.is_empty() { "none".into() } else { i.windows.join("; ") }
                     );
                     println!("rate:         {}", or_none(i.rate.clone()));
+                    println!("llm tokens:   {} per run", or_none(i.llm_tokens.map(|n| n.to_string())));
+                    println!(
+                        "llm budgets:  {}",
+                        if i.llm_budgets.is_empty() { "none".into() } else { i.llm_budgets.join(", ") }
+                    );
                     println!(
                         "pinned to:    {}",
                         if i.pinned.is_empty() { "any component".into() } else { i.pinned.join(" ") }

@@ -141,6 +141,7 @@ impl CallerArgs {
             component: None,
             budget: None,
             cancel: None,
+            llm: None,
         })
     }
 }

@@ -397,6 +397,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::EndStep { .. } => "end-step",
         Op::SkipStep { .. } => "skip-step",
         Op::EndPlan { .. } => "end-plan",
+        Op::StartLlmCall { .. } => "start-llm-call",
+        Op::EndLlmCall { .. } => "end-llm-call",
     }
 }
 
@@ -411,7 +413,9 @@ fn unreadable_event(op: &Operation, reason: &str) -> EventDraft {
         | Op::FailRun { run_id, .. }
         | Op::ReachLimit { run_id, .. }
         | Op::StartToolCall { run_id: Some(run_id), .. }
-        | Op::EndToolCall { run_id: Some(run_id), .. } => run_id.as_str(),
+        | Op::EndToolCall { run_id: Some(run_id), .. }
+        | Op::StartLlmCall { run_id: Some(run_id), .. }
+        | Op::EndLlmCall { run_id: Some(run_id), .. } => run_id.as_str(),
         _ => "",
     };
     let run_id = if run_id.len() <= crate::bounds::MAX_ID { run_id } else { "" };

@@ -1,5 +1,5 @@
-//! A run's budget of recorded host calls: how many observations (and how many bytes of them), tool calls and state
-//! writes one run may add to the log, whatever its token's rate allows.
+//! A run's budget of recorded host calls: how many observations (and how many bytes of them), tool calls, state
+//! writes and model calls one run may add to the log, whatever its token's rate allows.
 //!
 //! Every such call is a durable record, so without a cap a guest spinning on `events.emit` grows the log for as
 //! long as its deadline lasts. Attempts are counted, refused ones too (a refused call may still be recorded as
@@ -24,6 +24,7 @@ pub enum Counted {
     ToolCalls,
     ToolInputBytes,
     StateWrites,
+    LlmCalls,
 }
 
 impl Counted {
@@ -34,12 +35,13 @@ impl Counted {
             Counted::ToolCalls => "tool-calls",
             Counted::ToolInputBytes => "tool-input-bytes",
             Counted::StateWrites => "state-writes",
+            Counted::LlmCalls => "llm-calls",
         }
     }
 
     fn cap(self, max_records: u64) -> u64 {
         match self {
-            Counted::Observations | Counted::ToolCalls | Counted::StateWrites => max_records,
+            Counted::Observations | Counted::ToolCalls | Counted::StateWrites | Counted::LlmCalls => max_records,
             Counted::ObservationBytes => MAX_OBSERVATION_BYTES,
             Counted::ToolInputBytes => MAX_TOOL_INPUT_BYTES,
         }
@@ -61,7 +63,7 @@ impl Default for RunBudget {
 
 #[derive(Debug, Default)]
 struct Used {
-    counts: [u64; 5],
+    counts: [u64; 6],
     /// Caps already reported in the log.
     reported: BTreeSet<Counted>,
 }

@@ -37,6 +37,8 @@ pub struct SandboxState {
     pub state: state::StateAccess,
     /// What `toka:agent/tools` calls go through; `None`: the guest cannot call tools.
     pub tools: Option<std::sync::Arc<crate::tools::call::ToolSession>>,
+    /// What `toka:agent/llm` calls go through.
+    pub llm: crate::llm::host::LlmAccess,
     /// What the guest tried without the grant for it.
     pub denied: denied::Denied,
     /// What the guest's name lookups may answer.
@@ -58,6 +60,8 @@ pub struct RunContext {
     pub budget: Arc<budget::RunBudget>,
     /// The run's cancellation switch, if it can be cancelled from outside.
     pub cancel: Option<Arc<cancel::Cancel>>,
+    /// The run's access to models, if any.
+    pub llm: Option<Arc<crate::llm::Session>>,
 }
 
 impl WasiView for SandboxState {
@@ -154,6 +158,7 @@ pub fn build(
             budget: context.budget.clone(),
         },
         tools: context.tools.clone(),
+        llm: crate::llm::host::LlmAccess::new(context.llm.clone()),
         denied,
         names,
     };

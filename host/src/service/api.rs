@@ -30,6 +30,9 @@ pub struct GrantsRequest {
     /// Installed tools the agent may call, as `--allow-tool`.
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Models (or patterns such as `gpt-*`) the agent may call through the host's gateway, as `--allow-llm`.
+    #[serde(default)]
+    pub models: Vec<String>,
     /// `ro` or `rw`: the agent's persistent state.
     #[serde(default)]
     pub state: Option<String>,
@@ -44,6 +47,8 @@ pub struct LimitsRequest {
     pub max_memory: Option<u64>,
     pub max_output: Option<u64>,
     pub max_records: Option<u64>,
+    /// Model tokens the run may use (the lower of this and the token's).
+    pub llm_tokens: Option<u64>,
 }
 
 /// `POST /v1/runs`.

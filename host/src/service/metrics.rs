@@ -1,9 +1,10 @@
 //! The service's counters, served at `/metrics` in the Prometheus text exposition format (0.0.4): runs by outcome,
 //! run latency, fuel used, events appended and group-commit batch sizes, token refusals, tool calls, compile cache
-//! hits, runs in flight and queued, HTTP requests by route and status.
+//! hits, runs in flight and queued, HTTP requests by route and status, and model calls through the gateway (by model
+//! and outcome, with tokens and time).
 //!
-//! Label values come only from closed sets the host defines (outcomes, route templates, status codes), never from
-//! what a client sent, so a client cannot grow the set of series.
+//! Label values come only from closed sets the host defines (outcomes, route templates, status codes, the models the
+//! operator configured), never from what a client sent, so a client cannot grow the set of series.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -85,6 +86,8 @@ pub struct HostCounters {
     pub batch_sum: f64,
     pub batch_count: u64,
     pub cache_hits: u64,
+    /// Model usage through the gateway, per configured model.
+    pub llm: Vec<crate::llm::ModelUsage>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -197,6 +200,28 @@ impl Metrics {
             "Runs waiting for a slot.",
             self.queued.load(Ordering::Relaxed).to_string(),
         );
+        let _ = writeln!(out, "# HELP toka_llm_calls_total Model calls through the gateway, by model and outcome.");
+        let _ = writeln!(out, "# TYPE toka_llm_calls_total counter");
+        for u in &host.llm {
+            for (outcome, n) in &u.calls {
+                let _ = writeln!(out, "toka_llm_calls_total{{model=\"{}\",outcome=\"{outcome}\"}} {n}", u.model);
+            }
+        }
+        let _ = writeln!(out, "# HELP toka_llm_tokens_total Model tokens used through the gateway, by model and kind.");
+        let _ = writeln!(out, "# TYPE toka_llm_tokens_total counter");
+        for u in &host.llm {
+            let _ = writeln!(out, "toka_llm_tokens_total{{model=\"{}\",kind=\"prompt\"}} {}", u.model, u.prompt_tokens);
+            let _ = writeln!(
+                out,
+                "toka_llm_tokens_total{{model=\"{}\",kind=\"completion\"}} {}",
+                u.model, u.completion_tokens
+            );
+        }
+        let _ = writeln!(out, "# HELP toka_llm_call_seconds_total Time spent in model calls, by model.");
+        let _ = writeln!(out, "# TYPE toka_llm_call_seconds_total counter");
+        for u in &host.llm {
+            let _ = writeln!(out, "toka_llm_call_seconds_total{{model=\"{}\"}} {}", u.model, u.seconds);
+        }
         let _ = writeln!(out, "# HELP toka_http_requests_total HTTP requests, by method, route and status.");
         let _ = writeln!(out, "# TYPE toka_http_requests_total counter");
         for ((method, route, status), n) in lock(&self.requests).iter() {

@@ -177,6 +177,7 @@ impl Service {
             batch_sum: stats.operations.load(Ordering::Relaxed) as f64,
             batch_count: stats.batches.load(Ordering::Relaxed),
             cache_hits: self.host.engine().cache_hits() as u64,
+            llm: self.host.llm().usage(),
         }
     }
 }

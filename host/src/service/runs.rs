@@ -192,13 +192,22 @@ fn run_token(bearer: &auth::Bearer, spec: &RunSpec, grants: &GrantRequest) -> Re
         mode: String::new(),
     }));
     only.extend(spec.tools.iter().map(|t| Grant { kind: "tool".into(), value: t.clone(), mode: String::new() }));
+    for model in &spec.models {
+        only.push(Grant::parse(&format!("llm:{model}")).map_err(ApiError::bad_request)?);
+    }
     match grants.state {
         StateGrant::None => {}
         StateGrant::ReadOnly => only.push(Grant { kind: "state".into(), value: String::new(), mode: "ro".into() }),
         StateGrant::ReadWrite => only.push(Grant { kind: "state".into(), value: String::new(), mode: "rw".into() }),
     }
     let ttl = spec.limits.timeout.unwrap_or(Duration::from_secs(30)).saturating_add(Duration::from_secs(60));
-    let narrowing = Attenuation { only, fuel: spec.limits.fuel, ttl: Some(ttl), ..Attenuation::default() };
+    let narrowing = Attenuation {
+        only,
+        fuel: spec.limits.fuel,
+        ttl: Some(ttl),
+        llm_tokens: spec.limits.llm_tokens,
+        ..Attenuation::default()
+    };
     let parsed = crate::token::parse_unverified(&bearer.text).map_err(|e| ApiError::unauthorized(e.to_string()))?;
     let narrowed = crate::token::attenuate(&parsed, &narrowing, std::time::SystemTime::now())
         .and_then(|t| t.to_base64().map_err(|e| crate::token::TokenError::Invalid(e.to_string())))
@@ -246,12 +255,14 @@ pub async fn submit(
         args: request.args.clone(),
         grants: grants.clone(),
         tools,
+        models: request.grants.models.clone(),
         limits: LimitRequest {
             fuel: l.fuel,
             timeout: l.timeout_ms.map(Duration::from_millis),
             max_memory: l.max_memory,
             max_output: Some(l.max_output.unwrap_or(1 << 20)),
             max_records: l.max_records,
+            llm_tokens: l.llm_tokens,
         },
         token: None,
         run_id: Some(run_id.clone()),

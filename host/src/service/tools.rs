@@ -82,6 +82,7 @@ pub async fn call(
         component: None,
         budget: None,
         cancel: None,
+        llm: None,
     };
     let fuel = request.fuel.unwrap_or(limits.fuel);
     let report = service.host.tools().call(&caller, &name, &request.input.to_string(), fuel).await;

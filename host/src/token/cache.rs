@@ -9,7 +9,9 @@
 //! second: the program states that second (and the open windows), so the same program has the same answer.
 
 use super::keys::KeyStore;
-use super::{AUTHORIZER_LIMITS, Grant, Rate, TokenError, TokenLimits, Window, from_dl, ms, parse_unverified};
+use super::{
+    AUTHORIZER_LIMITS, Grant, Rate, TokenBudget, TokenError, TokenLimits, Window, from_dl, ms, parse_unverified,
+};
 use biscuit_auth::{AuthorizerBuilder, Biscuit};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -36,6 +38,11 @@ pub struct Verified {
     pub rate: Option<Rate>,
     /// Every `pinned("sha256:HEX")` of any block: the components the token is limited to.
     pub pinned: Vec<String>,
+    /// The lowest `llm_tokens(N)` of any block: model tokens one run may use.
+    pub llm_tokens: Option<u64>,
+    /// Every `llm_budget(N, PERIOD_MS)` of any block, the lowest per period: model tokens the agent may use per
+    /// period. All of them apply.
+    pub llm_budgets: Vec<TokenBudget>,
     /// Authorizations this token passed in the current second (see [`Verified::passed`]).
     passed: Mutex<Passed>,
 }
@@ -98,6 +105,36 @@ impl Verified {
         let windows: Vec<(String,)> = authorizer.query_all("w($s) <- window($s)").map_err(invalid)?;
         let rates: Vec<(i64, i64)> = authorizer.query_all("r($n, $p) <- rate($n, $p)").map_err(invalid)?;
         let pinned: Vec<(String,)> = authorizer.query_all("p($d) <- pinned($d)").map_err(invalid)?;
+        // Model token ceilings narrow too: the lowest of any block applies. Fail closed on a value the host cannot
+        // apply.
+        let ceilings: Vec<(i64,)> = authorizer.query_all("t($n) <- llm_tokens($n)").map_err(invalid)?;
+        let mut llm_tokens: Option<u64> = None;
+        for (n,) in ceilings {
+            let n =
+                from_dl(n).ok_or_else(|| TokenError::Invalid(format!("token states an invalid llm_tokens({n})")))?;
+            llm_tokens = Some(llm_tokens.map_or(n, |t| t.min(n)));
+        }
+        let budgets: Vec<(i64, i64)> = authorizer.query_all("b($n, $p) <- llm_budget($n, $p)").map_err(invalid)?;
+        let mut llm_budgets: Vec<TokenBudget> = Vec::new();
+        for (n, p) in budgets {
+            let parsed = match (u64::try_from(n), u64::try_from(p)) {
+                (Ok(tokens), Ok(period_ms))
+                    if (1..=TokenBudget::MAX_TOKENS).contains(&tokens)
+                        && (1..=Rate::MAX_PERIOD_MS).contains(&period_ms) =>
+                {
+                    TokenBudget { tokens, period_ms }
+                }
+                _ => return Err(TokenError::Invalid(format!("token states an invalid llm_budget({n}, {p})"))),
+            };
+            TokenBudget::narrow(&mut llm_budgets, parsed);
+        }
+        if llm_budgets.len() > TokenBudget::MAX_PERIODS {
+            return Err(TokenError::Invalid(format!(
+                "token states model token budgets for {} periods, over the {} the host checks",
+                llm_budgets.len(),
+                TokenBudget::MAX_PERIODS
+            )));
+        }
         let mut rate: Option<Rate> = None;
         for (n, p) in rates {
             let parsed = match (u64::try_from(n), u64::try_from(p)) {
@@ -122,6 +159,8 @@ impl Verified {
             windows: windows.into_iter().map(|(text,)| (text.clone(), Window::parse(&text).ok())).collect(),
             rate,
             pinned: pinned.into_iter().map(|(p,)| p).collect(),
+            llm_tokens,
+            llm_budgets,
             token,
             passed: Mutex::new(Passed::default()),
         })

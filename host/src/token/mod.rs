@@ -11,7 +11,7 @@ pub mod cache;
 pub mod keys;
 pub mod window;
 
-pub use crate::kernel::Rate;
+pub use crate::kernel::{Rate, TokenBudget};
 pub use cache::{TokenCache, Verified};
 pub use window::Window;
 
@@ -81,7 +81,16 @@ impl Grant {
             // One canonical form for tokens and requests alike (`[::1]:8080`, lowercase names), so that what was
             // minted matches what a run asks for.
             "net" => Ok(g(&crate::grants::NetGrant::parse_peer(rest).map_err(|e| bad(&e))?.canonical(), "")),
-            "env" | "tool" | "llm" | "spawn" if !rest.is_empty() && !rest.contains('"') => Ok(g(rest, "")),
+            // A model, or a pattern that ends in `*` (`llm:gpt-*`, `llm:*`) and covers every model it prefixes.
+            "llm" => {
+                let name = rest.strip_suffix('*').unwrap_or(rest);
+                if name != rest && name.is_empty() {
+                    return Ok(g(rest, ""));
+                }
+                crate::llm::config::check_model_name(name).map_err(|e| bad(&e))?;
+                Ok(g(rest, ""))
+            }
+            "env" | "tool" | "spawn" if !rest.is_empty() && !rest.contains('"') => Ok(g(rest, "")),
             // The service's read side: runs, events, agents, tools and metrics (of the token's own agent, or of
             // every agent for a token whose agent is `*`).
             "api" if rest == "read" => Ok(g(rest, "")),
@@ -92,7 +101,18 @@ impl Grant {
     }
 
     fn datalog_fact(&self) -> String {
-        format!("grant({:?}, {:?}, {:?})", self.kind, self.value, self.mode)
+        let fact = format!("grant({:?}, {:?}, {:?})", self.kind, self.value, self.mode);
+        // A pattern's prefix is stated beside it, for the policy that matches a model against it (Datalog has no
+        // way to cut the `*` off a string).
+        match self.llm_prefix() {
+            Some(prefix) => format!("{fact};\ngrant_prefix({:?}, {prefix:?})", self.kind),
+            None => fact,
+        }
+    }
+
+    /// For a model pattern (`llm:PREFIX*`), its prefix.
+    pub fn llm_prefix(&self) -> Option<&str> {
+        if self.kind == "llm" { self.value.strip_suffix('*') } else { None }
     }
 }
 
@@ -129,6 +149,21 @@ pub struct MintRequest {
     pub rate: Option<Rate>,
     /// The sha256 (hex) of the only component the token may run (see [`pin_code`]).
     pub component: Option<String>,
+    /// Model tokens (prompt and completion) one run may use.
+    pub llm_tokens: Option<u64>,
+    /// Model tokens the agent may use per period (see [`TokenBudget`]); every one applies.
+    pub llm_budgets: Vec<TokenBudget>,
+}
+
+/// States the model token limits: a block (the authority or an attenuation) can only add ceilings, and the host
+/// applies the lowest of every block's (see [`cache::Verified`]).
+fn llm_code(code: &mut String, tokens: Option<u64>, budgets: &[TokenBudget]) {
+    if let Some(n) = tokens {
+        code.push_str(&format!("llm_tokens({});\n", dl(n)));
+    }
+    for &TokenBudget { tokens, period_ms } in budgets {
+        code.push_str(&format!("llm_budget({}, {});\n", dl(tokens), dl(period_ms)));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +241,7 @@ pub fn mint(keys: &KeyStore, request: &MintRequest, now: SystemTime) -> Result<B
     if let Some(digest) = &request.component {
         pin_code(&mut code, digest)?;
     }
+    llm_code(&mut code, request.llm_tokens, &request.llm_budgets);
     Biscuit::builder().code(&code).map_err(invalid)?.root_key_id(id).build(&pair).map_err(invalid)
 }
 
@@ -250,6 +286,10 @@ pub struct Attenuation {
     /// `only` is the exact list of what remains usable, even when it is empty (then no grant at all remains): how
     /// the orchestrator gives an agent exactly its own grants. Without it, an empty `only` narrows nothing.
     pub exact: bool,
+    /// A lower ceiling of model tokens per run.
+    pub llm_tokens: Option<u64>,
+    /// Budgets of model tokens per period, added to the token's (all apply; the lowest per period).
+    pub llm_budgets: Vec<TokenBudget>,
 }
 
 /// Appends a block of checks; needs no key.
@@ -264,6 +304,10 @@ pub fn attenuate(token: &UnverifiedBiscuit, a: &Attenuation, now: SystemTime) ->
                 "fs" if g.mode == "rw" => format!(r#"request("fs", $p, $m), $p.starts_with({:?})"#, g.value),
                 "fs" => format!(r#"request("fs", $p, "ro"), $p.starts_with({:?})"#, g.value),
                 "state" if g.mode == "rw" => r#"request("state", "", $m)"#.to_string(),
+                // A pattern keeps every model it prefixes (and nothing the token itself does not grant).
+                "llm" if g.llm_prefix().is_some() => {
+                    format!(r#"request("llm", $m, ""), $m.starts_with({:?})"#, g.llm_prefix().unwrap_or_default())
+                }
                 _ => format!("request({:?}, {:?}, {:?})", g.kind, g.value, g.mode),
             });
         }
@@ -293,9 +337,12 @@ pub fn attenuate(token: &UnverifiedBiscuit, a: &Attenuation, now: SystemTime) ->
     if let Some(digest) = &a.component {
         pin_code(&mut code, digest)?;
     }
+    llm_code(&mut code, a.llm_tokens, &a.llm_budgets);
     if code.is_empty() {
         return Err(TokenError::Invalid(
-            "nothing to attenuate: give --only, --fuel, --ttl, --window, --rate or --component".into(),
+            "nothing to attenuate: give --only, --fuel, --ttl, --window, --rate, --component, --llm-tokens or \
+             --llm-budget"
+                .into(),
         ));
     }
     let block = BlockBuilder::new().code(&code).map_err(|e| TokenError::Invalid(e.to_string()))?;
@@ -356,6 +403,7 @@ allow if request("none", "", "");
 allow if request("fs", $p, $m), grant("fs", $g, "rw"), $p.starts_with($g);
 allow if request("fs", $p, "ro"), grant("fs", $g, "ro"), $p.starts_with($g);
 allow if request("state", "", "ro"), grant("state", "", "rw");
+allow if request("llm", $m, ""), grant_prefix("llm", $p), $m.starts_with($p);
 allow if request($k, $v, $m), grant($k, $v, $m), $k != "fs";
 "#;
 
@@ -641,6 +689,10 @@ pub struct Inspection {
     pub rate: Option<String>,
     /// The components (`sha256:HEX`) the token is pinned to, by any block.
     pub pinned: Vec<String>,
+    /// The lowest ceiling of model tokens per run stated in any block.
+    pub llm_tokens: Option<u64>,
+    /// The budgets of model tokens per period stated in any block (the lowest per period), as `N/PERIOD`.
+    pub llm_budgets: Vec<String>,
     /// The Datalog of each block: facts, and the checks that expiry, not-before, windows and attenuation became.
     pub blocks: Vec<String>,
     pub revocation_ids: Vec<String>,
@@ -757,6 +809,8 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
         windows: Vec::new(),
         rate: None,
         pinned: Vec::new(),
+        llm_tokens: None,
+        llm_budgets: Vec::new(),
         blocks,
         revocation_ids,
         evaluated_at: rfc3339(at),
@@ -782,6 +836,8 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
     inspection.windows = verified.windows.iter().map(|(text, _)| text.clone()).collect();
     inspection.rate = verified.rate.map(|r| r.to_string());
     inspection.pinned = verified.pinned.clone();
+    inspection.llm_tokens = verified.llm_tokens;
+    inspection.llm_budgets = verified.llm_budgets.iter().map(ToString::to_string).collect();
     // Evaluated as a run of the pinned component would be (a token pinned to two components is usable for none).
     let component = verified.pinned.first().and_then(|p| p.strip_prefix("sha256:")).map(str::to_string);
     let request = RunRequest {
@@ -1009,6 +1065,96 @@ mod tests {
         let (name, why) = check(&keys, &t, &[], 2_000_000).unwrap_err();
         assert_eq!(name, "limits");
         assert!(why.contains("fuel"), "{why}");
+    }
+
+    /// A model pattern (`llm:gpt-*`) covers the models it prefixes, and never more than an attenuation allows:
+    /// narrowing a token to one model, or to a narrower pattern, holds against the wider pattern in its authority.
+    #[test]
+    fn model_patterns_cover_their_prefix_and_never_widen_an_attenuated_token() {
+        let keys = store();
+        let t = minted(&keys, &["llm:gpt-*", "llm:claude-3-haiku"]);
+        for ok in ["llm:gpt-4o", "llm:gpt-4o-mini", "llm:gpt-", "llm:claude-3-haiku"] {
+            assert!(check(&keys, &t, &[ok], 1).is_ok(), "{ok}");
+        }
+        for refused in ["llm:gpt", "llm:claude-3-opus", "llm:xgpt-4o", "llm:GPT-4o", "llm:claude-3-haiku-2"] {
+            assert!(check(&keys, &t, &[refused], 1).is_err(), "{refused}");
+        }
+        let narrow = |text: &str, only: &[&str]| {
+            let a = Attenuation { only: only.iter().map(|s| g(s)).collect(), ..Default::default() };
+            attenuate(&parse_unverified(text).unwrap(), &a, SystemTime::now()).unwrap().to_base64().unwrap()
+        };
+        // Narrowed to one model: the authority's pattern no longer covers its siblings.
+        let one = narrow(&t, &["llm:gpt-4o"]);
+        assert!(check(&keys, &one, &["llm:gpt-4o"], 1).is_ok());
+        for refused in ["llm:gpt-4o-mini", "llm:gpt-3.5-turbo", "llm:claude-3-haiku"] {
+            assert!(check(&keys, &one, &[refused], 1).is_err(), "{refused}");
+        }
+        // Narrowed to a narrower pattern: only what both cover.
+        let four = narrow(&t, &["llm:gpt-4*"]);
+        assert!(check(&keys, &four, &["llm:gpt-4o-mini"], 1).is_ok());
+        assert!(check(&keys, &four, &["llm:gpt-3.5-turbo"], 1).is_err());
+        assert!(check(&keys, &four, &["llm:claude-3-haiku"], 1).is_err());
+        // A pattern in an attenuation wider than the token's own grant adds nothing.
+        let exact = minted(&keys, &["llm:gpt-4o"]);
+        let wide = narrow(&exact, &["llm:*"]);
+        assert!(check(&keys, &wide, &["llm:gpt-4o"], 1).is_ok());
+        assert!(check(&keys, &wide, &["llm:gpt-4o-mini"], 1).is_err());
+        // A block stating its own pattern (or prefix) adds nothing: only the authority block is trusted.
+        let forged = parse_unverified(&exact)
+            .unwrap()
+            .append(BlockBuilder::new().code(r#"grant("llm", "*", ""); grant_prefix("llm", "");"#).unwrap())
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert!(check(&keys, &forged, &["llm:claude-3-opus"], 1).is_err());
+        // `llm:*` covers every model; patterns are checked like names.
+        let all = minted(&keys, &["llm:*"]);
+        assert!(check(&keys, &all, &["llm:llama3.1:8b"], 1).is_ok());
+        for bad in ["llm:", "llm:gpt*4", "llm:a b", "llm:**"] {
+            assert!(Grant::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn model_token_ceilings_only_go_down() {
+        let keys = store();
+        let budget = |text: &str| TokenBudget::parse(text).unwrap();
+        let req = MintRequest {
+            agent: "a".into(),
+            limits: limits(),
+            ttl: Some(Duration::from_secs(60)),
+            llm_tokens: Some(1_000),
+            llm_budgets: vec![budget("10000/h")],
+            ..MintRequest::default()
+        };
+        let text = mint(&keys, &req, SystemTime::now()).unwrap().to_base64().unwrap();
+        let narrowed = |text: &str, tokens: Option<u64>, budgets: &[&str]| {
+            let a = Attenuation {
+                llm_tokens: tokens,
+                llm_budgets: budgets.iter().map(|b| budget(b)).collect(),
+                ..Default::default()
+            };
+            attenuate(&parse_unverified(text).unwrap(), &a, SystemTime::now()).unwrap().to_base64().unwrap()
+        };
+        let read = |t: &str| {
+            let v = verify(&keys, t, SystemTime::now()).unwrap();
+            (v.llm_tokens, v.llm_budgets.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        assert_eq!(read(&text), (Some(1_000), vec!["10000/h".to_string()]));
+        // A budget of another period adds to the token's: both apply (50000/day does not lift 10000/h).
+        let lower = narrowed(&text, Some(400), &["50000/day"]);
+        assert_eq!(read(&lower), (Some(400), vec!["10000/h".to_string(), "50000/day".to_string()]));
+        let raised = narrowed(&lower, Some(5_000), &["1000000/h", "9000000/day"]);
+        assert_eq!(read(&raised), read(&lower), "a later block cannot raise them");
+        let hour = narrowed(&lower, None, &["2000/h"]);
+        assert_eq!(read(&hour).1, ["2000/h", "50000/day"], "one period narrowed, the other kept");
+        let unlimited = minted(&keys, &[]);
+        assert_eq!(read(&unlimited), (None, vec![]));
+        assert_eq!(read(&narrowed(&unlimited, Some(7), &[])), (Some(7), vec![]), "attenuation can add a ceiling");
+        // A token stating more periods than the host checks is refused, not partly applied.
+        let many: Vec<String> = (1..=TokenBudget::MAX_PERIODS + 1).map(|i| format!("100/{i}s")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(verify(&keys, &narrowed(&unlimited, None, &many), SystemTime::now()).is_err());
     }
 
     #[test]

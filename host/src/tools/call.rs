@@ -61,6 +61,8 @@ pub struct Caller {
     pub budget: Option<Arc<crate::sandbox::budget::RunBudget>>,
     /// The calling run's cancellation switch: cancelling the run stops its tools too.
     pub cancel: Option<Arc<crate::sandbox::cancel::Cancel>>,
+    /// The calling run's access to models: a tool that declares `llm:` needs calls those models through it.
+    pub llm: Option<Arc<crate::llm::Session>>,
 }
 
 /// A sandbox's access to tools: the host and the caller the sandbox's guest calls as.
@@ -145,6 +147,7 @@ const DESCRIBE_LIMITS: Limits = Limits {
     max_output: 64 << 10,
     max_table_elements: 1_000_000,
     max_records: 0,
+    llm_tokens: None,
 };
 
 impl ToolHost {
@@ -174,6 +177,7 @@ impl ToolHost {
             tools: None,
             budget: Arc::default(),
             cancel: None,
+            llm: None,
         };
         let output = OutputMode { echo: false, capture: false };
         let mut sb = sandbox::build(&self.engine, &Authorized::default(), &DESCRIBE_LIMITS, output, &context, &[])?;
@@ -424,8 +428,29 @@ impl ToolHost {
         }
         let limits = Limits { fuel, timeout, max_memory: caller.max_memory, max_output: 1 << 20, ..Limits::default() };
         let grants = intersect(&tool.declared, &caller.grants);
-        let nested =
-            Caller { grants: grants.clone(), depth: caller.depth + 1, deadline: now + timeout, ..caller.clone() };
+        // A tool calls models only if it declares which, and then within its caller's token, rate and budgets.
+        let models: Vec<String> = tool
+            .declared
+            .iter()
+            .filter_map(|d| match d {
+                Declared::Llm(pattern) => Some(pattern.clone()),
+                _ => None,
+            })
+            .collect();
+        let llm = match (&caller.llm, models.is_empty()) {
+            (Some(session), false) => Some(Arc::new(crate::llm::Session {
+                gateway: session.gateway.clone(),
+                caller: session.caller.confined_to(models, now + timeout),
+            })),
+            _ => None,
+        };
+        let nested = Caller {
+            grants: grants.clone(),
+            depth: caller.depth + 1,
+            deadline: now + timeout,
+            llm: llm.clone(),
+            ..caller.clone()
+        };
         let context = RunContext {
             agent: format!("tool:{name}"),
             run_id: caller.run_id.clone().unwrap_or_default(),
@@ -435,6 +460,7 @@ impl ToolHost {
             tools: Some(Arc::new(ToolSession { host: self.clone(), caller: nested })),
             budget: caller.budget.clone().unwrap_or_default(),
             cancel: caller.cancel.clone(),
+            llm,
         };
         let output = OutputMode { echo: false, capture: false };
         let mut sb = match sandbox::build(&self.engine, &grants, &limits, output, &context, &[name.to_string()]) {

@@ -4,7 +4,9 @@
 //! `fs:/:ro` (read any directory the caller can read), `fs:/srv/data:rw`, `env:LANG`, `net:*:*`, `net:*:443`,
 //! `net:10.0.0.5:8080`. A caller's directory is passed on if a declared `fs` path covers its guest path; read-write
 //! only if both sides are read-write. A caller's network address is passed on if a declared `net` pattern matches
-//! it. An environment variable is passed on if it is declared by name. State and stdin are never passed on.
+//! it. An environment variable is passed on if it is declared by name. State and stdin are never passed on. A
+//! declared `llm:MODEL` (or pattern, `llm:gpt-*`) lets the tool call those models through its caller's access,
+//! within the caller's token (see [`crate::llm::Caller::confined_to`]).
 
 use crate::grants::Authorized;
 use std::net::SocketAddr;
@@ -12,9 +14,17 @@ use std::net::SocketAddr;
 /// One declared need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Declared {
-    Fs { path: String, read_write: bool },
+    Fs {
+        path: String,
+        read_write: bool,
+    },
     Env(String),
-    Net { host: Option<String>, port: Option<u16> },
+    Net {
+        host: Option<String>,
+        port: Option<u16>,
+    },
+    /// A model, or a pattern ending in `*`.
+    Llm(String),
 }
 
 impl Declared {
@@ -45,7 +55,11 @@ impl Declared {
                 };
                 Ok(Declared::Net { host, port })
             }
-            _ => Err(bad("tools may declare fs, env and net needs")),
+            "llm" => {
+                let g = crate::token::Grant::parse(text).map_err(|e| bad(&e))?;
+                Ok(Declared::Llm(g.value))
+            }
+            _ => Err(bad("tools may declare fs, env, net and llm needs")),
         }
     }
 }
@@ -177,6 +191,10 @@ mod tests {
     #[test]
     fn declared_syntax() {
         for bad in ["fs:relative:ro", "fs:/x:rx", "env:", "net:host", "net::80", "net:*:0", "state:rw", "stdin", "x"] {
+            assert!(Declared::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Declared::parse("llm:gpt-*").unwrap(), Declared::Llm("gpt-*".into()));
+        for bad in ["llm:", "llm:a*b", "llm:a b"] {
             assert!(Declared::parse(bad).is_err(), "{bad}");
         }
     }

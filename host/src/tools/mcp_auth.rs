@@ -144,6 +144,7 @@ impl BearerAuth {
             component: None,
             budget: None,
             cancel: None,
+            llm: None,
         })
     }
 }
