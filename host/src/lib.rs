@@ -22,6 +22,7 @@ pub mod events;
 pub mod grants;
 pub mod home;
 pub mod kernel;
+pub mod plugin;
 pub mod report;
 pub mod run;
 pub mod runtime;

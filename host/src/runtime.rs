@@ -28,6 +28,9 @@ pub enum Source {
     Path(PathBuf),
     /// Bytes handed over (an upload), under an agent name.
     Bytes { name: String, bytes: Arc<Vec<u8>> },
+    /// An installed package (already verified against the home's trust), known by its name; `identity` is
+    /// `PUBLISHER_KEY_ID/NAME`, what a token bound to the package checks.
+    Plugin { name: String, identity: String, bytes: Arc<Vec<u8>> },
 }
 
 /// The limits a run asks for; `None` takes the token's ceiling (with a token), else the default.
@@ -171,13 +174,18 @@ impl Host {
         let limits = self.limits(spec)?;
         let program = match &spec.source {
             Source::Path(path) => runner.load(path)?,
-            Source::Bytes { name, bytes } => runner.load_bytes(name, bytes)?,
+            Source::Bytes { name, bytes } | Source::Plugin { name, bytes, .. } => runner.load_bytes(name, bytes)?,
+        };
+        let plugin = match &spec.source {
+            Source::Plugin { identity, .. } => Some(identity.clone()),
+            _ => None,
         };
         let invocation = invocation(program.world(), spec, input)?;
         let mut authorized = self.authorize_grants(&spec.grants)?;
         let digest = Some(program.loaded.sha256.clone());
         let mut request =
             crate::commands::run::token_request(program.name(), &spec.grants.net, &authorized, &limits, digest);
+        request.plugin = plugin.clone();
         for tool in &spec.tools {
             crate::tools::check_name(tool).map_err(RunError::InvalidInput)?;
             request.grants.push(crate::token::Grant { kind: "tool".into(), value: tool.clone(), mode: "".into() });
@@ -186,6 +194,7 @@ impl Host {
         authorized.token_id = authorization.token_id;
         authorized.rate = authorization.rate;
         authorized.token = Some(authorization.token);
+        authorized.plugin = plugin;
         Ok(Ready { program, invocation, grants: authorized, limits })
     }
 

@@ -13,6 +13,7 @@ mod events;
 mod held_tokens;
 mod hello;
 mod hostile;
+mod market;
 mod output_caps;
 mod preview1;
 mod schema;

@@ -3,12 +3,16 @@
 pub mod events;
 pub mod key;
 pub mod mcp;
+pub mod plugin;
+pub mod publisher;
+pub mod registry;
 pub mod run;
 pub mod runs;
 pub mod serve;
 pub mod state;
 pub mod token;
 pub mod tool;
+pub mod trust;
 
 use crate::grants::{DirGrant, EnvGrant, GrantRequest, NetGrant, StateGrant};
 use crate::home::Home;
@@ -100,6 +104,15 @@ pub enum Command {
     Mcp(mcp::McpCommand),
     /// Serve the host over HTTP: runs, live events, tools, metrics, a dashboard.
     Serve(serve::ServeCommand),
+    /// Plugin packages: pack, sign, verify, inspect, install, list, info, remove, upgrade, search, publish, yank,
+    /// push, pull.
+    Plugin(plugin::PluginCommand),
+    /// This home's publisher key, which signs the packages it packs: init, show.
+    Publisher(publisher::PublisherCommand),
+    /// The publisher keys whose packages this home accepts, and its install policy: add, list, remove, policy.
+    Trust(trust::TrustCommand),
+    /// Serve a package registry, or name the registries to install from: serve, key, add, list, remove.
+    Registry(registry::RegistryCommand),
 }
 
 impl Cli {
@@ -116,6 +129,10 @@ impl Cli {
             Command::Tool(cmd) => cmd.execute(&home),
             Command::Mcp(cmd) => cmd.execute(&home),
             Command::Serve(cmd) => cmd.execute(&home),
+            Command::Plugin(cmd) => cmd.execute(&home),
+            Command::Publisher(cmd) => cmd.execute(&home),
+            Command::Trust(cmd) => cmd.execute(&home),
+            Command::Registry(cmd) => cmd.execute(&home),
         }
     }
 }
