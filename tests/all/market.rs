@@ -132,7 +132,7 @@ fn a_signed_tool_installs_on_another_home_and_is_called_by_name() {
 
     // Not trusted yet: refused, and nothing is installed.
     t(&user, &["plugin", "install", "--yes", pkg.to_str().unwrap()]).expect_code(UNKNOWN_PUBLISHER);
-    t(&user, &["tool", "call", "echo", "--input", "{}"]).expect_code(77);
+    t(&user, &["tool", "call", "echo", "--input", "{}"]).expect_code(76);
 
     t(&user, &["trust", "add", "alice", &public]).expect_code(0);
     let installed = t(&user, &["plugin", "install", "--yes", pkg.to_str().unwrap()]);
@@ -157,7 +157,7 @@ fn a_signed_tool_installs_on_another_home_and_is_called_by_name() {
     assert_ne!(stopped.code, 0);
     assert!(stopped.stderr.contains("revoked publisher key"), "{}", stopped.stderr);
     t(&user, &["plugin", "remove", "echo"]).expect_code(0);
-    t(&user, &["tool", "call", "echo", "--input", "{}"]).expect_code(77);
+    t(&user, &["tool", "call", "echo", "--input", "{}"]).expect_code(76);
 }
 
 #[test]
@@ -556,23 +556,27 @@ fn publish_search_install_yank_through_the_registry_and_a_lying_mirror_is_refuse
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(index_text.as_bytes()).into()
     };
-    let h = via("unsigned", &serving(env.to_string().into_bytes(), package_v1.clone(), whole(), true));
+    let lying = serving(env.to_string().into_bytes(), package_v1.clone(), whole(), true);
+    let h = via("unsigned", &lying);
     let r = t(&h, &["plugin", "install", "--yes", "echo"]);
     r.expect_code(UNSIGNED_INDEX);
     assert!(r.stderr.contains("does not verify with the registry key"), "{}", r.stderr);
     env["signature"] = "".into();
-    let h = via("unsigned2", &serving(env.to_string().into_bytes(), package_v1.clone(), whole(), true));
+    let unsigned = serving(env.to_string().into_bytes(), package_v1.clone(), whole(), true);
+    let h = via("unsigned2", &unsigned);
     t(&h, &["plugin", "install", "--yes", "echo"]).expect_code(UNSIGNED_INDEX);
 
     // A download cut short every time (by a server that cannot resume): truncated after the retries. Cut short
     // once by a server that resumes: resumed with a Range request, installed.
     let cut = package_v1.len() / 3;
-    let h = via("truncated", &serving(current.clone(), package_v1.clone(), Box::new(move |_| cut), false));
+    let cutting = serving(current.clone(), package_v1.clone(), Box::new(move |_| cut), false);
+    let h = via("truncated", &cutting);
     let r = t(&h, &["plugin", "install", "--yes", "echo"]);
     r.expect_code(TRUNCATED);
     assert!(r.stderr.contains("after 3 attempts"), "{}", r.stderr);
     let once: Cut = Box::new(move |n| if n == 0 { cut } else { usize::MAX });
-    let h = via("resumed", &serving(current.clone(), package_v1.clone(), once, true));
+    let resuming = serving(current.clone(), package_v1.clone(), once, true);
+    let h = via("resumed", &resuming);
     let r = t(&h, &["plugin", "install", "--yes", "echo"]);
     r.expect_code(0);
     assert!(r.stderr.contains("retrying"), "{}", r.stderr);
@@ -581,7 +585,8 @@ fn publish_search_install_yank_through_the_registry_and_a_lying_mirror_is_refuse
     let mut other = package_v1.clone();
     let last = other.len() - 1;
     other[last] ^= 1;
-    let h = via("digest", &serving(current.clone(), other, whole(), true));
+    let swapped = serving(current.clone(), other, whole(), true);
+    let h = via("digest", &swapped);
     let r = t(&h, &["plugin", "install", "--yes", "echo"]);
     r.expect_code(PACKAGE_DIGEST);
     assert!(r.stderr.contains("the signed index gives"), "{}", r.stderr);
