@@ -7,8 +7,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use toka_tests::{Ran, agent, root, shared_cache, toka_host, toka_with};
 
@@ -231,7 +231,8 @@ fn every_package_tamper_case_is_refused_with_its_own_code() {
     let r = install(&h, &good);
     r.expect_code(DOWNGRADE);
     assert!(r.stderr.contains("echo 1.1.0 is installed; 1.0.0 is older"), "{}", r.stderr);
-    let other_bytes = pack(&alice, &tool("json-query"), &w.file("same-version.tokapkg"), &["--name", "echo", "--version", "1.1.0"]);
+    let other_bytes =
+        pack(&alice, &tool("json-query"), &w.file("same-version.tokapkg"), &["--name", "echo", "--version", "1.1.0"]);
     install(&h, &other_bytes).expect_code(DOWNGRADE);
     t(&h, &["plugin", "install", "--yes", "--allow-downgrade", good.to_str().unwrap()]).expect_code(0);
     let info: serde_json::Value = serde_json::from_str(&t(&h, &["plugin", "info", "--json", "echo"]).stdout).unwrap();
@@ -444,8 +445,10 @@ fn publish_search_install_yank_through_the_registry_and_a_lying_mirror_is_refuse
     let registry = RegistryServer::start(&operator, &w.home("registry-data"));
     let alice_key = publisher(&alice, "alice");
     t(&alice, &["registry", "add", "main", &registry.url, "--key", &registry.key]).expect_code(0);
-    let v1 = pack(&alice, &tool("echo"), &w.file("echo-1.0.0.tokapkg"), &["--keyword", "text", "--description", "echoes"]);
-    let v2 = pack(&alice, &tool("echo"), &w.file("echo-1.1.0.tokapkg"), &["--version", "1.1.0", "--description", "echoes"]);
+    let v1 =
+        pack(&alice, &tool("echo"), &w.file("echo-1.0.0.tokapkg"), &["--keyword", "text", "--description", "echoes"]);
+    let v2 =
+        pack(&alice, &tool("echo"), &w.file("echo-1.1.0.tokapkg"), &["--version", "1.1.0", "--description", "echoes"]);
 
     // Publishing needs a token for that name (positive control: the right token publishes).
     let publish = |pkg: &Path, token: &str| t(&alice, &["plugin", "publish", pkg.to_str().unwrap(), "--token", token]);
@@ -469,7 +472,11 @@ fn publish_search_install_yank_through_the_registry_and_a_lying_mirror_is_refuse
     t(&user, &["trust", "add", "alice", &alice_key]).expect_code(0);
     let search = t(&user, &["plugin", "search", "echo"]);
     search.expect_code(0);
-    assert!(search.stdout.contains("echo") && search.stdout.contains("1.0.0") && search.stdout.contains("alice"), "{}", search.stdout);
+    assert!(
+        search.stdout.contains("echo") && search.stdout.contains("1.0.0") && search.stdout.contains("alice"),
+        "{}",
+        search.stdout
+    );
     assert!(t(&user, &["plugin", "search", "nothing-like-it"]).stdout.contains("no package"));
     assert!(t(&user, &["plugin", "search", "text", "--kind", "tool", "--json"]).stdout.contains("\"echo\""));
     t(&user, &["plugin", "install", "--yes", "echo"]).expect_code(0);
@@ -480,7 +487,8 @@ fn publish_search_install_yank_through_the_registry_and_a_lying_mirror_is_refuse
     publish(&v2, &token).expect_code(0);
     let index_v2 = get(&format!("{}/v1/index", registry.url));
     t(&user, &["plugin", "upgrade", "--yes"]).expect_code(0);
-    let info: serde_json::Value = serde_json::from_str(&t(&user, &["plugin", "info", "--json", "echo"]).stdout).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&t(&user, &["plugin", "info", "--json", "echo"]).stdout).unwrap();
     assert_eq!(info["version"], "1.1.0", "upgraded from the registry");
     t(&alice, &["plugin", "yank", "echo@1.1.0", "--token", &token]).expect_code(0);
     let fresh = w.home("fresh");
@@ -490,7 +498,8 @@ fn publish_search_install_yank_through_the_registry_and_a_lying_mirror_is_refuse
     r.expect_code(YANKED);
     assert!(r.stderr.contains("echo@1.1.0 is yanked"), "{}", r.stderr);
     t(&fresh, &["plugin", "install", "--yes", "echo"]).expect_code(0);
-    let info: serde_json::Value = serde_json::from_str(&t(&fresh, &["plugin", "info", "--json", "echo"]).stdout).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&t(&fresh, &["plugin", "info", "--json", "echo"]).stdout).unwrap();
     assert_eq!(info["version"], "1.0.0");
 
     // Mirrors, each serving the registry's real bytes except where it lies; the live registry is the control.
@@ -603,7 +612,10 @@ struct OciRegistry {
 impl OciRegistry {
     fn start() -> OciRegistry {
         let bin = Path::new("/usr/bin/docker-registry");
-        assert!(bin.exists(), "docker-registry is missing: run scripts/setup-toolchains (Debian package docker-registry)");
+        assert!(
+            bin.exists(),
+            "docker-registry is missing: run scripts/setup-toolchains (Debian package docker-registry)"
+        );
         let dir = tempfile::tempdir().unwrap();
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -690,7 +702,8 @@ fn push_and_pull_through_an_oci_registry_and_a_tampered_blob_is_refused() {
             serde_json::from_str(&t(&user, &["plugin", "inspect", "--json", pulled.to_str().unwrap()]).stdout).unwrap();
         v["manifest"]["component"]["sha256"].as_str().unwrap().to_string()
     };
-    let blob = oci.storage.join(format!("docker/registry/v2/blobs/sha256/{}/{component_sha}/data", &component_sha[..2]));
+    let blob =
+        oci.storage.join(format!("docker/registry/v2/blobs/sha256/{}/{component_sha}/data", &component_sha[..2]));
     let mut bytes = std::fs::read(&blob).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;

@@ -454,9 +454,8 @@ impl PluginCommand {
                 Ok(())
             }
             PluginAction::Yank { package, token, registry } => {
-                let (name, version) = package
-                    .split_once('@')
-                    .ok_or_else(|| PluginError::Invalid("give NAME@VERSION".into()))?;
+                let (name, version) =
+                    package.split_once('@').ok_or_else(|| PluginError::Invalid("give NAME@VERSION".into()))?;
                 manifest::check_name("package name", name)?;
                 semver::Version::parse(version).map_err(|e| PluginError::Invalid(format!("{version}: {e}")))?;
                 let url = registry_url(dir, registry.as_deref())?;
@@ -486,9 +485,14 @@ impl PluginCommand {
             PluginAction::Pull { source, out } => {
                 let reference = oci::Reference::parse(&source)?;
                 let p = oci::pull(&Http::new()?, &reference)?;
-                let out = out.unwrap_or_else(|| PathBuf::from(format!("{}-{}.tokapkg", p.manifest.name, p.manifest.version)));
+                let out =
+                    out.unwrap_or_else(|| PathBuf::from(format!("{}-{}.tokapkg", p.manifest.name, p.manifest.version)));
                 write_file(&out, &p.to_bytes())?;
-                out!("pulled {} from {reference} into {} (not installed: toka-host plugin install)", p.id(), out.display());
+                out!(
+                    "pulled {} from {reference} into {} (not installed: toka-host plugin install)",
+                    p.id(),
+                    out.display()
+                );
                 Ok(())
             }
         }
@@ -562,7 +566,11 @@ fn report(installed: Installed) {
 fn confirm(s: &Summary, yes: bool) -> Result<bool, PluginError> {
     let mut e = std::io::stderr().lock();
     let upgrade = s.previous.as_ref().map(|p| format!(", replacing {p}")).unwrap_or_default();
-    drop(writeln!(e, "toka-host: {} ({}) by {} (key {}) from {}{upgrade}", s.package, s.kind, s.publisher, s.key_id, s.source));
+    drop(writeln!(
+        e,
+        "toka-host: {} ({}) by {} (key {}) from {}{upgrade}",
+        s.package, s.kind, s.publisher, s.key_id, s.source
+    ));
     drop(writeln!(e, "toka-host:   asks for: {}", grants_text(&s.grants)));
     drop(writeln!(e, "toka-host:   limits:   {}", limits_text(&s.limits)));
     if yes {

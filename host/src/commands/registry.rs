@@ -73,7 +73,10 @@ impl RegistryCommand {
                         .map_err(|e| PluginError::host(format!("cannot listen on {addr}: {e}")))?;
                     let local = listener.local_addr().map_err(PluginError::host)?;
                     println!("toka-host: registry {name} serving on http://{local} (key {})", registry.public_hex());
-                    let app = crate::plugin::server::router(Arc::new(registry), usize::try_from(max_body).unwrap_or(usize::MAX));
+                    let app = crate::plugin::server::router(
+                        Arc::new(registry),
+                        usize::try_from(max_body).unwrap_or(usize::MAX),
+                    );
                     axum::serve(listener, app)
                         .with_graceful_shutdown(crate::commands::serve::shutdown_signal())
                         .await

@@ -189,7 +189,8 @@ impl TokenCommand {
                 };
                 let bound = match &plugin {
                     Some(name) => {
-                        let record = crate::plugin::store::Store::open(&home.dir).get(name).map_err(|e| e.to_string())?;
+                        let record =
+                            crate::plugin::store::Store::open(&home.dir).get(name).map_err(|e| e.to_string())?;
                         if record.kind != crate::plugin::Kind::Agent {
                             return Err(format!("{name} is a tool package: bind tokens to agent packages"));
                         }
@@ -206,7 +207,10 @@ impl TokenCommand {
                 if let Some(record) = &bound
                     && agent != record.name
                 {
-                    return Err(format!("a token bound to package {} is for agent {}, not {agent}", record.name, record.name));
+                    return Err(format!(
+                        "a token bound to package {} is for agent {}, not {agent}",
+                        record.name, record.name
+                    ));
                 }
                 let request = MintRequest {
                     agent,

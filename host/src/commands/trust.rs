@@ -68,7 +68,11 @@ impl TrustCommand {
                 }
                 println!(
                     "policy: {}",
-                    if t.policy.deny.is_empty() { "no grant denied".into() } else { format!("deny {}", t.policy.deny.join(", ")) }
+                    if t.policy.deny.is_empty() {
+                        "no grant denied".into()
+                    } else {
+                        format!("deny {}", t.policy.deny.join(", "))
+                    }
                 );
                 Ok(())
             }
@@ -83,7 +87,9 @@ impl TrustCommand {
                 for rule in &deny {
                     let kind = rule.split(':').next().unwrap_or_default();
                     if !["fs", "env", "net"].contains(&kind) || rule.len() > 256 {
-                        return Err(PluginError::Invalid(format!("`{rule}`: a rule is fs, env or net, or a prefix of one")));
+                        return Err(PluginError::Invalid(format!(
+                            "`{rule}`: a rule is fs, env or net, or a prefix of one"
+                        )));
                     }
                 }
                 let policy = TrustStore::update(&home.dir, |t| {
@@ -97,7 +103,11 @@ impl TrustCommand {
                 })?;
                 println!(
                     "policy: {}",
-                    if policy.deny.is_empty() { "no grant denied".into() } else { format!("deny {}", policy.deny.join(", ")) }
+                    if policy.deny.is_empty() {
+                        "no grant denied".into()
+                    } else {
+                        format!("deny {}", policy.deny.join(", "))
+                    }
                 );
                 Ok(())
             }

@@ -112,7 +112,11 @@ impl Http {
                 break;
             }
             last_error = match read {
-                Err(e) => format!("interrupted after {} of {size} bytes: {}", bytes.len(), crate::error::one_line(&e.to_string())),
+                Err(e) => format!(
+                    "interrupted after {} of {size} bytes: {}",
+                    bytes.len(),
+                    crate::error::one_line(&e.to_string())
+                ),
                 Ok(()) => format!("ended after {} of {size} bytes", bytes.len()),
             };
         }
@@ -168,7 +172,7 @@ impl Progress {
         self.done = done;
         if self.tty && (self.last_drawn.elapsed() > Duration::from_millis(100) || done == self.total) {
             self.last_drawn = std::time::Instant::now();
-            let percent = if self.total == 0 { 100 } else { done * 100 / self.total };
+            let percent = (done * 100).checked_div(self.total).unwrap_or(100);
             let mut e = std::io::stderr().lock();
             drop(write!(e, "\r{} {:>3}% {} / {} bytes", self.label, percent, done, self.total));
         }

@@ -269,7 +269,9 @@ impl Registries {
                 .ok_or_else(|| PluginError::NotFound(format!("no registry `{n}` (toka-host registry add)"))),
             None => match self.registries.as_slice() {
                 [one] => Ok(one),
-                [] => Err(PluginError::NotFound("no registry configured (toka-host registry add NAME URL --key KEY)".into())),
+                [] => Err(PluginError::NotFound(
+                    "no registry configured (toka-host registry add NAME URL --key KEY)".into(),
+                )),
                 _ => Err(PluginError::Invalid("several registries are configured: choose one with --registry".into())),
             },
         }
@@ -304,7 +306,13 @@ mod tests {
 
     #[test]
     fn freshness_refuses_rollback_stale_and_future() {
-        let mut t = Trusted { name: "r".into(), url: String::new(), public_key: String::new(), seen_version: 0, seen_time_ms: 0 };
+        let mut t = Trusted {
+            name: "r".into(),
+            url: String::new(),
+            public_key: String::new(),
+            seen_version: 0,
+            seen_time_ms: 0,
+        };
         t.accept(&index(5, 10_000), 10_000, 1_000).unwrap();
         assert!(matches!(t.accept(&index(4, 10_500), 10_500, 1_000), Err(PluginError::IndexRollback(_))));
         assert!(matches!(t.accept(&index(5, 10_000), 20_000, 1_000), Err(PluginError::StaleIndex(_))));

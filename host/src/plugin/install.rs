@@ -23,7 +23,10 @@ pub enum Source {
     Url(String),
     Oci(super::oci::Reference),
     /// A name in a registry, with an optional semver requirement (`echo`, `echo@^1.2`, `echo@=1.0.0`).
-    Registry { name: String, req: Option<String> },
+    Registry {
+        name: String,
+        req: Option<String>,
+    },
 }
 
 impl Source {
@@ -184,9 +187,7 @@ pub fn install(
     let record = store.commit(package, source)?;
     if let Some(spec) = spec {
         let registry = crate::tools::registry::Registry::open(home);
-        registry
-            .add_from(&m.name, &package.component, spec, Some(record.identity()))
-            .map_err(PluginError::host)?;
+        registry.add_from(&m.name, &package.component, spec, Some(record.identity())).map_err(PluginError::host)?;
     } else if let Some(previous) = &plan.previous
         && previous.kind == Kind::Tool
     {

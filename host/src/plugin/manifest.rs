@@ -230,7 +230,8 @@ mod tests {
         unknown["install_script"] = "rm -rf /".into();
         let err = Manifest::parse(&serde_json::to_vec(&unknown).unwrap()).unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
-        let cases: Vec<(&str, Box<dyn Fn(&mut Manifest)>)> = vec![
+        type Change = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("path name", Box::new(|m| m.name = "../evil".into())),
             ("not semver", Box::new(|m| m.version = "1.2".into())),
             ("bad digest", Box::new(|m| m.component.sha256 = "AB".repeat(32))),

@@ -52,9 +52,8 @@ impl Reference {
         };
         // The distribution spec's path component: lowercase alphanumerics joined by `.`, `_` or `-`.
         let alnum = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit();
-        let component_ok = |c: &str| {
-            c.starts_with(alnum) && c.ends_with(alnum) && c.chars().all(|ch| alnum(ch) || "._-".contains(ch))
-        };
+        let component_ok =
+            |c: &str| c.starts_with(alnum) && c.ends_with(alnum) && c.chars().all(|ch| alnum(ch) || "._-".contains(ch));
         if repository.len() > 255 || !repository.split('/').all(component_ok) {
             return Err(bad("repository components are lowercase letters, digits, `.`, `_`, `-`"));
         }
@@ -132,7 +131,8 @@ fn refused_auth(url: &str) -> PluginError {
 /// Pushes a signed package; returns the manifest's digest.
 pub fn push(http: &Http, package: &Package, target: &Reference) -> Result<String, PluginError> {
     use base64::Engine;
-    let signature = package.signature.clone().ok_or_else(|| PluginError::Signature("not signed: sign it before pushing".into()))?;
+    let signature =
+        package.signature.clone().ok_or_else(|| PluginError::Signature("not signed: sign it before pushing".into()))?;
     let m = &package.manifest;
     let signed = serde_json::to_vec(&SignedManifest {
         manifest: base64::engine::general_purpose::STANDARD.encode(&package.manifest_bytes),
@@ -331,7 +331,10 @@ mod tests {
     #[test]
     fn references() {
         let r = Reference::parse("oci://127.0.0.1:5000/toka/echo:1.0.0").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.reference.as_str()), ("127.0.0.1:5000", "toka/echo", "1.0.0"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.reference.as_str()),
+            ("127.0.0.1:5000", "toka/echo", "1.0.0")
+        );
         assert_eq!(r.base(), "http://127.0.0.1:5000");
         assert_eq!(Reference::parse("oci://ghcr.io/a/b").unwrap().reference, "latest");
         assert_eq!(Reference::parse("oci://ghcr.io/a/b").unwrap().base(), "https://ghcr.io");

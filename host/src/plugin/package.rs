@@ -97,8 +97,7 @@ impl Package {
     /// A new, unsigned package of `component` under `manifest` (whose digest and size must be the component's).
     pub fn new(manifest: Manifest, component: Vec<u8>) -> Result<Package, PluginError> {
         manifest.check()?;
-        let package =
-            Package { manifest_bytes: manifest.to_bytes(), manifest, signature: None, component };
+        let package = Package { manifest_bytes: manifest.to_bytes(), manifest, signature: None, component };
         package.check_component()?;
         Ok(package)
     }
@@ -152,8 +151,7 @@ impl Package {
     pub fn to_bytes(&self) -> Vec<u8> {
         let signature = self.signature.as_ref().map(|s| serde_json::to_vec(s).expect("signatures serialize"));
         let signature = signature.unwrap_or_default();
-        let mut out =
-            Vec::with_capacity(32 + self.manifest_bytes.len() + signature.len() + self.component.len());
+        let mut out = Vec::with_capacity(32 + self.manifest_bytes.len() + signature.len() + self.component.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&CONTAINER.to_be_bytes());
         out.extend_from_slice(&(self.manifest_bytes.len() as u32).to_be_bytes());

@@ -115,7 +115,8 @@ impl Registry {
         }
         let now = SystemTime::now();
         let keys = crate::token::keys::KeyStore::load(&self.home.dir).map_err(|e| unauthorized(e.to_string()))?;
-        let verified = crate::token::cache::global().verify(&keys, value, now).map_err(|e| unauthorized(e.to_string()))?;
+        let verified =
+            crate::token::cache::global().verify(&keys, value, now).map_err(|e| unauthorized(e.to_string()))?;
         match crate::token::revoked_among(&self.db, &verified.revocation_ids) {
             Ok(None) => {}
             Ok(Some(id)) => return Err(unauthorized(format!("token is revoked (revocation id {id})"))),
@@ -152,7 +153,11 @@ impl Registry {
         let public = super::publisher::parse_public(&signature.public_key)
             .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "refused", e))?;
         if super::publisher::key_id(&public.to_bytes()) != signature.key_id || signature.key_id != m.publisher.key_id {
-            return Err(Refusal(StatusCode::BAD_REQUEST, "refused", "the signature's key is not the key the manifest names".into()));
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "refused",
+                "the signature's key is not the key the manifest names".into(),
+            ));
         }
         super::publisher::verify(&public, &package.manifest_bytes, &signature.signature)?;
         package.check_component()?;
@@ -201,11 +206,10 @@ impl Registry {
         self.authorize(headers, name)?;
         let mut index = self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut next = index.clone();
-        let entry = next
-            .entries
-            .iter_mut()
-            .find(|e| e.name == name && e.version == version)
-            .ok_or_else(|| Refusal(StatusCode::NOT_FOUND, "not-found", format!("{name}@{version} is not published")))?;
+        let entry =
+            next.entries.iter_mut().find(|e| e.name == name && e.version == version).ok_or_else(|| {
+                Refusal(StatusCode::NOT_FOUND, "not-found", format!("{name}@{version} is not published"))
+            })?;
         entry.yanked = true;
         let entry = entry.clone();
         next.version += 1;
@@ -249,7 +253,12 @@ struct SearchQuery {
 }
 
 async fn search(State(r): State<Arc<Registry>>, Query(q): Query<SearchQuery>) -> Result<Response, Refusal> {
-    let kind = q.kind.as_deref().map(str::parse).transpose().map_err(|e| Refusal(StatusCode::BAD_REQUEST, "invalid-request", e))?;
+    let kind = q
+        .kind
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "invalid-request", e))?;
     let index = r.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let hits: Vec<Entry> = index.search(&q.q, kind).into_iter().cloned().collect();
     Ok(Json(serde_json::json!({ "results": hits })).into_response())

@@ -6,10 +6,10 @@
 //! another's. Loading an installed package checks it again (digest of the bytes on disk, signature against the
 //! home's trust as it is now), so that removing a publisher from trust stops its installed packages too.
 
+use super::PluginError;
 use super::manifest::{Kind, Manifest};
 use super::package::{Package, Signature};
 use super::trust::TrustStore;
-use super::PluginError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -53,9 +53,9 @@ impl Policy {
             match kind {
                 "fs" => {
                     let path = value.rsplit_once(':').map_or(value, |(p, _)| p);
-                    let rule_path = rule_value.rsplit_once(':').map_or(rule_value, |(p, m)| {
-                        if m == "ro" || m == "rw" { p } else { rule_value }
-                    });
+                    let rule_path = rule_value
+                        .rsplit_once(':')
+                        .map_or(rule_value, |(p, m)| if m == "ro" || m == "rw" { p } else { rule_value });
                     match (crate::token::normalize_dir(path), crate::token::normalize_dir(rule_path)) {
                         (Ok(g), Ok(r)) => g.starts_with(&r) || r.starts_with(&g),
                         // Fail closed: a path that does not normalize is forbidden by any fs rule.
@@ -188,9 +188,10 @@ impl TrustStore {
     /// signature, a changed component (under an intact signed manifest) fails the digest.
     pub fn verify(&self, package: &Package) -> Result<&TrustedKey, PluginError> {
         let id = package.id();
-        let signature = package.signature.as_ref().ok_or_else(|| {
-            PluginError::Signature(format!("{id} is not signed (toka-host plugin sign)"))
-        })?;
+        let signature = package
+            .signature
+            .as_ref()
+            .ok_or_else(|| PluginError::Signature(format!("{id} is not signed (toka-host plugin sign)")))?;
         let claimed = &package.manifest.publisher;
         if signature.key_id != claimed.key_id {
             return Err(PluginError::WrongPublisher(format!(
@@ -226,8 +227,9 @@ impl TrustStore {
             )));
         }
         let public = super::publisher::parse_public(&key.public_key).map_err(PluginError::host)?;
-        super::publisher::verify(&public, &package.manifest_bytes, &signature.signature)
-            .map_err(|e| PluginError::Signature(format!("{id}: {}", e.to_string().trim_start_matches("bad signature: "))))?;
+        super::publisher::verify(&public, &package.manifest_bytes, &signature.signature).map_err(|e| {
+            PluginError::Signature(format!("{id}: {}", e.to_string().trim_start_matches("bad signature: ")))
+        })?;
         package.check_component()?;
         Ok(key)
     }

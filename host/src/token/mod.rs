@@ -244,9 +244,9 @@ fn pin_code(code: &mut String, digest: &str) -> Result<(), TokenError> {
 /// NAME whose publisher key is KEY_ID (and for the tool calls that run makes), so the check holds only for that
 /// publisher's package of that name, whatever its version; a bare file with the same name states none.
 fn plugin_code(code: &mut String, identity: &str) -> Result<(), TokenError> {
-    let ok = identity.split_once('/').is_some_and(|(key, name)| {
-        crate::plugin::publisher::is_key_id(key) && crate::tools::check_name(name).is_ok()
-    });
+    let ok = identity
+        .split_once('/')
+        .is_some_and(|(key, name)| crate::plugin::publisher::is_key_id(key) && crate::tools::check_name(name).is_ok());
     if !ok {
         return Err(TokenError::Invalid(format!("`{identity}` is not a package identity (KEY_ID/NAME)")));
     }
@@ -696,7 +696,13 @@ mod tests {
         let now = SystemTime::now();
         let t = verify(&keys, &text, now).unwrap();
         let ask = |agent: &str, grant: &str, at: SystemTime| {
-            let req = RunRequest { agent: agent.into(), grants: vec![g(grant)], limits: limits(), component: None , plugin: None};
+            let req = RunRequest {
+                agent: agent.into(),
+                grants: vec![g(grant)],
+                limits: limits(),
+                component: None,
+                plugin: None,
+            };
             authorize(&t, &req, at)
         };
         for _ in 0..2 {
@@ -777,7 +783,13 @@ mod tests {
         let t = verify(&keys, &text, SystemTime::now()).unwrap();
         assert_eq!(t.pinned, vec![format!("sha256:{mine}")]);
         let ask = |component: Option<&String>| {
-            let req = RunRequest { agent: "a".into(), grants: vec![], limits: limits(), component: component.cloned() , plugin: None};
+            let req = RunRequest {
+                agent: "a".into(),
+                grants: vec![],
+                limits: limits(),
+                component: component.cloned(),
+                plugin: None,
+            };
             authorize(&t, &req, SystemTime::now())
         };
         assert!(ask(Some(&mine)).is_ok(), "its own component");
@@ -786,7 +798,13 @@ mod tests {
         // Unpinned tokens run any component; attenuation can pin them.
         let free = minted(&keys, &[]);
         let free_t = verify(&keys, &free, SystemTime::now()).unwrap();
-        let any = RunRequest { agent: "a".into(), grants: vec![], limits: limits(), component: Some(other.clone()) , plugin: None};
+        let any = RunRequest {
+            agent: "a".into(),
+            grants: vec![],
+            limits: limits(),
+            component: Some(other.clone()),
+            plugin: None,
+        };
         assert!(authorize(&free_t, &any, SystemTime::now()).is_ok());
         let narrowed = attenuate(
             &parse_unverified(&free).unwrap(),
@@ -899,7 +917,13 @@ mod tests {
         let t = minted(&keys, &["env:LANG"]);
         let later = SystemTime::now() + Duration::from_secs(60) + CLOCK_SKEW + Duration::from_secs(5);
         let token = verify(&keys, &t, later).unwrap();
-        let req = RunRequest { agent: "a".into(), grants: vec![g("env:LANG")], limits: limits(), component: None , plugin: None};
+        let req = RunRequest {
+            agent: "a".into(),
+            grants: vec![g("env:LANG")],
+            limits: limits(),
+            component: None,
+            plugin: None,
+        };
         assert!(authorize(&token, &req, later).is_err(), "expired after its ttl");
         let now = ms(SystemTime::now());
         keys.rotate(now, 60_000).unwrap();

@@ -119,7 +119,8 @@ impl BearerAuth {
             Err(e) => return Err(Refusal::Host(format!("reading revocations: {e}"))),
         }
         let agent = verified.agent.clone().unwrap_or_default();
-        let base = RunRequest { agent: agent.clone(), grants: Vec::new(), limits: self.limits, component: None , plugin: None};
+        let base =
+            RunRequest { agent: agent.clone(), grants: Vec::new(), limits: self.limits, component: None, plugin: None };
         token::authorize(&verified, &base, now)
             .map_err(|(grant, reason)| Refusal::Unauthorized(format!("token refused: {grant}: {reason}")))?;
         let covers = |grant: Grant| {
