@@ -111,6 +111,7 @@ pub mod tool_call {
             deadline: Instant::now() + Duration::from_secs(3600),
             max_memory: 64 << 20,
             component: None,
+            plugin: None,
             budget: None,
             cancel: None,
             llm: None,

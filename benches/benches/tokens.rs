@@ -31,6 +31,7 @@ fn setup() -> (KeyStore, String, RunRequest) {
         grants: grants(&["fs:/srv/data/in:ro", "env:LANG"]),
         limits: LIMITS,
         component: None,
+        plugin: None,
     };
     (keys, text, run)
 }

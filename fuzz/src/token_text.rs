@@ -68,6 +68,7 @@ pub fn request(grants: &[&str]) -> RunRequest {
         grants: grants.iter().map(|g| Grant::parse(g).expect("a valid grant")).collect(),
         limits: TokenLimits { fuel: 1000, memory: 1 << 20, timeout_ms: 100 },
         component: None,
+        plugin: None,
     }
 }
 

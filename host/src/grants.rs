@@ -241,6 +241,8 @@ pub struct NetPeer {
 /// The grants a sandbox is built from. Only [`authorize`] makes one.
 #[derive(Debug, Clone, Default)]
 pub struct Authorized {
+    /// The installed package that runs (`KEY_ID/NAME`), stated to the token at the run's tool calls.
+    pub plugin: Option<String>,
     pub dirs: Vec<AuthorizedDir>,
     pub env: Vec<(String, String)>,
     /// Every socket address the granted `HOST:PORT`s resolved to.

@@ -25,6 +25,7 @@ pub mod home;
 pub mod kernel;
 pub mod llm;
 pub mod orchestrate;
+pub mod plugin;
 pub mod progress;
 pub mod project;
 pub mod report;

@@ -318,6 +318,7 @@ impl Runner {
                 deadline: crate::units::deadline_after(limits.timeout),
                 max_memory: limits.max_memory,
                 component: Some(program.loaded.sha256.clone()),
+                plugin: grants.plugin.clone(),
                 budget: Some(context.budget.clone()),
                 cancel: context.cancel.clone(),
                 llm: context.llm.clone(),

@@ -28,6 +28,9 @@ pub enum Source {
     Path(PathBuf),
     /// Bytes handed over (an upload), under an agent name.
     Bytes { name: String, bytes: Arc<Vec<u8>> },
+    /// An installed package (already verified against the home's trust), known by its name; `identity` is
+    /// `PUBLISHER_KEY_ID/NAME`, what a token bound to the package checks.
+    Plugin { name: String, identity: String, bytes: Arc<Vec<u8>> },
 }
 
 /// The limits a run asks for; `None` takes the token's ceiling (with a token), else the default.
@@ -217,17 +220,22 @@ impl Host {
             let component = match &spec.source {
                 Source::Path(path) => path.display().to_string(),
                 Source::Bytes { name, .. } => format!("upload:{name}"),
+                Source::Plugin { identity, .. } => format!("plugin:{identity}"),
             };
             let span = tracing::info_span!("load", run_id = %run_id, %component, cache_hit = tracing::field::Empty,
                 compile_ms = tracing::field::Empty);
             let _entered = span.enter();
             let program = match &spec.source {
                 Source::Path(path) => runner.load(path)?,
-                Source::Bytes { name, bytes } => runner.load_bytes(name, bytes)?,
+                Source::Bytes { name, bytes } | Source::Plugin { name, bytes, .. } => runner.load_bytes(name, bytes)?,
             };
             span.record("cache_hit", program.loaded.cache_hit);
             span.record("compile_ms", program.loaded.compile_time.as_secs_f64() * 1000.0);
             program
+        };
+        let plugin = match &spec.source {
+            Source::Plugin { identity, .. } => Some(identity.clone()),
+            _ => None,
         };
         let _authorize = tracing::info_span!("authorize", run_id = %run_id, agent = %program.name()).entered();
         let invocation = invocation(program.world(), spec, input)?;
@@ -235,6 +243,7 @@ impl Host {
         let digest = Some(program.loaded.sha256.clone());
         let mut request =
             crate::commands::run::token_request(program.name(), &spec.grants.net, &authorized, &limits, digest);
+        request.plugin = plugin.clone();
         for tool in &spec.tools {
             crate::tools::check_name(tool).map_err(RunError::InvalidInput)?;
             request.grants.push(crate::token::Grant { kind: "tool".into(), value: tool.clone(), mode: "".into() });
@@ -247,6 +256,7 @@ impl Host {
         authorized.token_id = authorization.token_id;
         authorized.rate = authorization.rate;
         authorized.token = Some(authorization.token);
+        authorized.plugin = plugin;
         Ok(Ready { run_id, program, invocation, grants: authorized, limits })
     }
 

@@ -15,6 +15,7 @@ mod held_tokens;
 mod hello;
 mod hostile;
 mod llm;
+mod market;
 mod newcomer;
 mod output_caps;
 mod plans;

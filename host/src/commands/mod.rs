@@ -8,6 +8,9 @@ pub mod llm;
 pub mod mcp;
 pub mod new;
 pub mod remote;
+pub mod plugin;
+pub mod publisher;
+pub mod registry;
 pub mod run;
 pub mod runs;
 pub mod serve;
@@ -15,6 +18,7 @@ pub mod state;
 pub mod token;
 pub mod tool;
 pub mod up;
+pub mod trust;
 
 use crate::grants::{DirGrant, EnvGrant, GrantRequest, NetGrant, StateGrant};
 use crate::home::Home;
@@ -120,6 +124,15 @@ pub enum Command {
     Build(build::BuildCommand),
     /// Make a component of a core module (wit-bindgen output, or a WASI preview 1 program).
     Componentize(componentize::ComponentizeCommand),
+    /// Plugin packages: pack, sign, verify, inspect, install, list, info, remove, upgrade, search, publish, yank,
+    /// push, pull.
+    Plugin(plugin::PluginCommand),
+    /// This home's publisher key, which signs the packages it packs: init, show.
+    Publisher(publisher::PublisherCommand),
+    /// The publisher keys whose packages this home accepts, and its install policy: add, list, remove, policy.
+    Trust(trust::TrustCommand),
+    /// Serve a package registry, or name the registries to install from: serve, key, add, list, remove.
+    Registry(registry::RegistryCommand),
 }
 
 impl Cli {
@@ -142,6 +155,10 @@ impl Cli {
             Command::New(cmd) => cmd.execute(&home),
             Command::Build(cmd) => cmd.execute(&home),
             Command::Componentize(cmd) => cmd.execute(&home),
+            Command::Plugin(cmd) => cmd.execute(&home),
+            Command::Publisher(cmd) => cmd.execute(&home),
+            Command::Trust(cmd) => cmd.execute(&home),
+            Command::Registry(cmd) => cmd.execute(&home),
         }
     }
 }

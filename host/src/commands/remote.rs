@@ -79,7 +79,7 @@ pub fn run(cmd: &RunCommand, server: &str) -> i32 {
 
 /// The request the flags make: the component uploaded, grants and limits as the local run takes them.
 fn request(cmd: &RunCommand) -> Result<SubmitRun, Stop> {
-    let spec = cmd.spec()?;
+    let spec = cmd.spec(crate::runtime::Source::Path(cmd.component.clone()))?;
     // Checked here as a local run checks it, so a bad input is refused with the same line before any upload.
     let input = crate::runtime::check_input(spec.input.as_deref())?
         .map(|text| serde_json::from_str::<serde_json::Value>(&text))

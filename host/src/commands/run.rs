@@ -111,7 +111,7 @@ pub struct RunCommand {
     #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub parallel: u32,
 
-    /// The component (or preview 1 module) to run.
+    /// The component (or preview 1 module) to run, or the name of an installed agent package.
     pub component: PathBuf,
 
     /// Arguments for a command component (after the component path; use `--` before ones that start with `-`).
@@ -127,8 +127,17 @@ impl RunCommand {
         // Spans of the run (load, authorize, run, record) are logged only when RUST_LOG asks for them.
         let _telemetry = std::env::var_os("RUST_LOG").map(|_| crate::commands::init_logging("text"));
         let json = self.json;
+        // An installed package is checked (digest on disk, signature against the home's trust now) before anything
+        // else; its refusals keep the plugin commands' exit codes.
+        let source = match self.source(home) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("toka-host: {}", crate::error::one_line(&e.to_string()));
+                return e.exit_code();
+            }
+        };
         let report = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-            Ok(rt) => rt.block_on(self.run(home)),
+            Ok(rt) => rt.block_on(self.run(home, source)),
             Err(e) => Err(RunError::host(format!("cannot start the async runtime: {e}"))),
         };
         let report = match report {
@@ -146,7 +155,7 @@ impl RunCommand {
         report.exit_code
     }
 
-    async fn run(self, home: &Home) -> Result<RunReport, RunError> {
+    async fn run(self, home: &Home, source: Source) -> Result<RunReport, RunError> {
         // A first compile of a large component says so on stderr (a spinner on a terminal).
         let options = HostOptions {
             pooling: self.repeat > 1 || self.parallel > 1,
@@ -156,7 +165,7 @@ impl RunCommand {
         let host = Host::open(home.clone(), options)?;
         let runner = host.runner();
         // The token is read once: `--token -` reads stdin, which cannot be read twice.
-        let prepared = self.spec().and_then(|spec| host.prepare(&runner, &spec));
+        let prepared = self.spec(source).and_then(|spec| host.prepare(&runner, &spec));
         let Ready { run_id, program, invocation, grants: authorized, limits } = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -236,8 +245,29 @@ impl RunCommand {
         Ok(report)
     }
 
+    /// What to run: the installed agent package of that name (a bare name, no `/`, not ending in `.wasm`), else
+    /// the file.
+    fn source(&self, home: &Home) -> Result<Source, crate::plugin::PluginError> {
+        use crate::plugin::PluginError;
+        let text = self.component.to_string_lossy();
+        let bare = !text.contains('/') && !text.ends_with(".wasm") && crate::tools::check_name(&text).is_ok();
+        let store = crate::plugin::store::Store::open(&home.dir);
+        let Some(record) = (if bare { store.find(&text)? } else { None }) else {
+            return Ok(Source::Path(self.component.clone()));
+        };
+        if record.kind != crate::plugin::Kind::Agent {
+            return Err(PluginError::Invalid(format!(
+                "{} is an installed tool: call it with `toka-host tool call {}` or let an agent --allow-tool it",
+                record.name, record.name
+            )));
+        }
+        let trust = crate::plugin::trust::TrustStore::load(&home.dir)?;
+        let (record, bytes) = store.load(&record.name, &trust)?;
+        Ok(Source::Plugin { identity: record.identity(), name: record.name, bytes: Arc::new(bytes) })
+    }
+
     /// The run these flags ask for.
-    pub(crate) fn spec(&self) -> Result<RunSpec, RunError> {
+    pub(crate) fn spec(&self, source: Source) -> Result<RunSpec, RunError> {
         let token = self.token.as_deref().map(crate::commands::token::read_token).transpose();
         let input = match (&self.input, &self.input_file) {
             (Some(text), _) => Some(text.clone()),
@@ -245,7 +275,7 @@ impl RunCommand {
             (None, None) => None,
         };
         Ok(RunSpec {
-            source: Source::Path(self.component.clone()),
+            source,
             task_id: self.task_id.clone(),
             input,
             args: self.args.clone(),
@@ -319,6 +349,7 @@ pub fn token_request(
             timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
         },
         component,
+        plugin: None,
     }
 }
 

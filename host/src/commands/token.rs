@@ -19,9 +19,13 @@ pub enum TokenAction {
     /// Mint a token for an agent, signed by the active root key; prints it as base64.
     Mint {
         /// The agent the token is for: the name a run of it goes by, its component's file name without `.wasm`
-        /// (default: the name of the --component file; `*`: every agent, an operator's token).
-        #[arg(long, required_unless_present = "component")]
+        /// (default: the name of the --component file or --plugin package; `*`: every agent, an operator's token).
+        #[arg(long, required_unless_present_any = ["component", "plugin"])]
         agent: Option<String>,
+        /// Bind the token to the installed package NAME: it runs only that package of that publisher (any version
+        /// the publisher signs), never a file or another publisher's package of the same name.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["component", "pin"])]
+        plugin: Option<String>,
         /// Pin the token to this component file: it can run only a component with the same sha256. The agent
         /// defaults to the file's name.
         #[arg(long, value_name = "FILE")]
@@ -228,6 +232,7 @@ impl TokenCommand {
         match self.action {
             TokenAction::Mint {
                 agent,
+                plugin,
                 component,
                 pin,
                 grants,
@@ -250,13 +255,34 @@ impl TokenCommand {
                     (Some(file), _) => Some(component_digest(file)?),
                     (None, pin) => pin,
                 };
-                let agent = match (agent, &component) {
-                    (Some(agent), _) => agent,
-                    (None, Some(file)) => crate::run::agent_name(file),
-                    (None, None) => return Err("give --agent NAME or --component FILE".into()),
+                let bound = match &plugin {
+                    Some(name) => {
+                        let record =
+                            crate::plugin::store::Store::open(&home.dir).get(name).map_err(|e| e.to_string())?;
+                        if record.kind != crate::plugin::Kind::Agent {
+                            return Err(format!("{name} is a tool package: bind tokens to agent packages"));
+                        }
+                        Some(record)
+                    }
+                    None => None,
                 };
+                let agent = match (agent, &component, &bound) {
+                    (Some(agent), ..) => agent,
+                    (None, Some(file), _) => crate::run::agent_name(file),
+                    (None, None, Some(record)) => record.name.clone(),
+                    (None, None, None) => return Err("give --agent NAME, --component FILE or --plugin NAME".into()),
+                };
+                if let Some(record) = &bound
+                    && agent != record.name
+                {
+                    return Err(format!(
+                        "a token bound to package {} is for agent {}, not {agent}",
+                        record.name, record.name
+                    ));
+                }
                 let request = MintRequest {
                     agent,
+                    plugin: bound.map(|r| r.identity()),
                     component: digest,
                     grants,
                     limits,
@@ -349,6 +375,9 @@ impl TokenCommand {
                         "pinned to:    {}",
                         if i.pinned.is_empty() { "any component".into() } else { i.pinned.join(" ") }
                     );
+                    if !i.bound_to.is_empty() {
+                        println!("bound to:     {} (installed package KEY_ID/NAME)", i.bound_to.join(" "));
+                    }
                     println!("root key id:  {}", or_none(i.root_key_id.map(|id| id.to_string())));
                     println!("revocation:   {}", i.revocation_ids.join(" "));
                     for (n, block) in i.blocks.iter().enumerate() {

@@ -139,6 +139,7 @@ impl CallerArgs {
             deadline: crate::units::deadline_after(self.timeout),
             max_memory: self.max_memory,
             component: None,
+            plugin: None,
             budget: None,
             cancel: None,
             llm: None,

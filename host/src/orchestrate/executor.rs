@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Exit code of a plan that ended with a failed or skipped step (83; 82 is a cancelled plan, 69 a timed-out one).
-pub const PLAN_FAILED: i32 = 83;
+/// Exit code of a plan that ended with a failed or skipped step (85; 82 is a cancelled plan, 69 a timed-out one).
+pub const PLAN_FAILED: i32 = 85;
 
 /// Where a plan comes from.
 #[derive(Debug, Clone)]

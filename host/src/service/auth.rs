@@ -76,6 +76,7 @@ pub fn reader(host: &Host, headers: &HeaderMap) -> Result<Bearer, ApiError> {
         grants: vec![Grant { kind: "api".into(), value: "read".into(), mode: String::new() }],
         limits: TokenLimits::default(),
         component: None,
+        plugin: None,
     };
     crate::token::authorize(&bearer.verified, &request, SystemTime::now()).map_err(|(grant, reason)| {
         ApiError::forbidden(format!("the token does not allow {grant}: {}", crate::error::one_line(&reason)))

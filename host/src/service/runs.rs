@@ -270,7 +270,7 @@ pub async fn submit(
     spec.token = Some(run_token(&bearer, &spec, &grants)?);
     let agent = match &spec.source {
         Source::Path(p) => crate::run::agent_name(p),
-        Source::Bytes { name, .. } => name.clone(),
+        Source::Bytes { name, .. } | Source::Plugin { name, .. } => name.clone(),
     };
     // Admission: a run holds a slot or a place in the queue from here on; a full queue is 429.
     let Some(admission) = service.admit() else {
@@ -521,6 +521,7 @@ pub async fn cancel(
         grants: Vec::new(),
         limits: crate::token::TokenLimits::default(),
         component: None,
+        plugin: None,
     };
     if crate::token::authorize(&bearer.verified, &request, std::time::SystemTime::now()).is_err()
         || !bearer.sees(&agent)

@@ -80,6 +80,7 @@ pub async fn call(
         deadline: crate::units::deadline_after(timeout),
         max_memory: limits.max_memory,
         component: None,
+        plugin: None,
         budget: None,
         cancel: None,
         llm: None,

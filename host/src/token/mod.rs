@@ -22,7 +22,7 @@ use serde::Serialize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Kinds of grant a token can carry.
-pub const KINDS: [&str; 9] = ["fs", "env", "net", "tool", "llm", "spawn", "state", "stdin", "api"];
+pub const KINDS: [&str; 10] = ["fs", "env", "net", "tool", "llm", "spawn", "state", "stdin", "api", "publish"];
 
 /// One grant, as a token states it and as a run requests it: `(kind, value, mode)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -95,6 +95,9 @@ impl Grant {
             // every agent for a token whose agent is `*`).
             "api" if rest == "read" => Ok(g(rest, "")),
             "api" => Err(bad("expected api:read")),
+            // A package registry's write side: publish (and yank) the package NAME, or any package with `*`.
+            "publish" if rest == "*" || crate::tools::check_name(rest).is_ok() => Ok(g(rest, "")),
+            "publish" => Err(bad("expected publish:NAME or publish:*")),
             k if KINDS.contains(&k) => Err(bad("missing or invalid value")),
             _ => Err(bad(&format!("unknown kind `{kind}` (kinds: {})", KINDS.join(", ")))),
         }
@@ -153,6 +156,9 @@ pub struct MintRequest {
     pub llm_tokens: Option<u64>,
     /// Model tokens the agent may use per period (see [`TokenBudget`]); every one applies.
     pub llm_budgets: Vec<TokenBudget>,
+    /// The installed package (`PUBLISHER_KEY_ID/NAME`) the token is bound to: it runs only that package, in any
+    /// version its publisher signs (see [`plugin_code`]).
+    pub plugin: Option<String>,
 }
 
 /// States the model token limits: a block (the authority or an attenuation) can only add ceilings, and the host
@@ -242,6 +248,9 @@ pub fn mint(keys: &KeyStore, request: &MintRequest, now: SystemTime) -> Result<B
         pin_code(&mut code, digest)?;
     }
     llm_code(&mut code, request.llm_tokens, &request.llm_budgets);
+    if let Some(identity) = &request.plugin {
+        plugin_code(&mut code, identity)?;
+    }
     Biscuit::builder().code(&code).map_err(invalid)?.root_key_id(id).build(&pair).map_err(invalid)
 }
 
@@ -264,6 +273,20 @@ fn pin_code(code: &mut String, digest: &str) -> Result<(), TokenError> {
     }
     let pin = format!("sha256:{}", digest.to_ascii_lowercase());
     code.push_str(&format!("pinned({pin:?});\ncheck if component({pin:?});\n"));
+    Ok(())
+}
+
+/// A binding to an installed package: the host states `plugin("KEY_ID/NAME")` for a run of the installed package
+/// NAME whose publisher key is KEY_ID (and for the tool calls that run makes), so the check holds only for that
+/// publisher's package of that name, whatever its version; a bare file with the same name states none.
+fn plugin_code(code: &mut String, identity: &str) -> Result<(), TokenError> {
+    let ok = identity
+        .split_once('/')
+        .is_some_and(|(key, name)| crate::plugin::publisher::is_key_id(key) && crate::tools::check_name(name).is_ok());
+    if !ok {
+        return Err(TokenError::Invalid(format!("`{identity}` is not a package identity (KEY_ID/NAME)")));
+    }
+    code.push_str(&format!("plugin_bound({identity:?});\ncheck if plugin({identity:?});\n"));
     Ok(())
 }
 
@@ -395,6 +418,8 @@ pub struct RunRequest {
     pub limits: TokenLimits,
     /// The sha256 (hex) of the component that runs (for a pinned token); `None` when no component runs.
     pub component: Option<String>,
+    /// The installed package that runs (`PUBLISHER_KEY_ID/NAME`); `None` for a file, an upload, or no component.
+    pub plugin: Option<String>,
 }
 
 /// The host's policies: how a grant in the token covers a requested grant.
@@ -405,6 +430,7 @@ allow if request("fs", $p, "ro"), grant("fs", $g, "ro"), $p.starts_with($g);
 allow if request("state", "", "ro"), grant("state", "", "rw");
 allow if request("llm", $m, ""), grant_prefix("llm", $p), $m.starts_with($p);
 allow if request($k, $v, $m), grant($k, $v, $m), $k != "fs";
+allow if request("publish", $v, ""), grant("publish", "*", "");
 "#;
 
 /// The facts the host states about the moment of a check: `time` at both ends of the clock-skew tolerance, and
@@ -435,6 +461,9 @@ pub fn authorize(verified: &Verified, request: &RunRequest, now: SystemTime) -> 
     let mut time = time_facts(verified, now);
     if let Some(digest) = &request.component {
         time.push_str(&format!("component({:?});\n", format!("sha256:{digest}")));
+    }
+    if let Some(identity) = &request.plugin {
+        time.push_str(&format!("plugin({identity:?});\n"));
     }
     for grant in grants {
         let TokenLimits { fuel, memory, timeout_ms } = request.limits;
@@ -530,6 +559,7 @@ pub fn authorize_caller(
                 limits: request.limits,
                 ttl: Some(local_ttl),
                 component: request.component.clone(),
+                plugin: request.plugin.clone(),
                 ..MintRequest::default()
             };
             mint(&keys, &mint_request, now)
@@ -590,6 +620,8 @@ fn token_refusal(verified: &Verified, request: &RunRequest, grant: String, reaso
             "token is pinned to another component: it runs only {}{datalog}",
             if verified.pinned.is_empty() { "a pinned component".into() } else { verified.pinned.join(" and ") }
         ))
+    } else if reason.contains("plugin(") {
+        RunError::TokenRefused(format!("token is bound to another installed package{datalog}"))
     } else if reason.contains("agent(") {
         RunError::TokenRefused(format!(
             "token is not for agent {agent}: it is for agent {} (the agent is the component's file name without \
@@ -693,6 +725,8 @@ pub struct Inspection {
     pub llm_tokens: Option<u64>,
     /// The budgets of model tokens per period stated in any block (the lowest per period), as `N/PERIOD`.
     pub llm_budgets: Vec<String>,
+    /// The installed packages (`KEY_ID/NAME`) the token is bound to, by any block.
+    pub bound_to: Vec<String>,
     /// The Datalog of each block: facts, and the checks that expiry, not-before, windows and attenuation became.
     pub blocks: Vec<String>,
     pub revocation_ids: Vec<String>,
@@ -811,6 +845,7 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
         pinned: Vec::new(),
         llm_tokens: None,
         llm_budgets: Vec::new(),
+        bound_to: Vec::new(),
         blocks,
         revocation_ids,
         evaluated_at: rfc3339(at),
@@ -838,6 +873,7 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
     inspection.pinned = verified.pinned.clone();
     inspection.llm_tokens = verified.llm_tokens;
     inspection.llm_budgets = verified.llm_budgets.iter().map(ToString::to_string).collect();
+    inspection.bound_to = bound_plugins(&inspection.blocks);
     // Evaluated as a run of the pinned component would be (a token pinned to two components is usable for none).
     let component = verified.pinned.first().and_then(|p| p.strip_prefix("sha256:")).map(str::to_string);
     let request = RunRequest {
@@ -845,12 +881,28 @@ pub fn inspect(keys: &KeyStore, text: &str, at: SystemTime) -> Result<Inspection
         grants: Vec::new(),
         limits: TokenLimits { fuel: 0, memory: 0, timeout_ms: 0 },
         component,
+        plugin: inspection.bound_to.first().cloned(),
     };
     inspection.verifies = match authorize(&verified, &request, at) {
         Ok(()) => "ok".into(),
         Err((grant, reason)) => token_refusal(&verified, &request, grant, reason).to_string(),
     };
     Ok(inspection)
+}
+
+/// The `plugin_bound("KEY_ID/NAME")` facts in the blocks' source (for display: the check itself is Datalog's).
+fn bound_plugins(blocks: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for block in blocks {
+        for part in block.split("plugin_bound(\"").skip(1) {
+            if let Some((identity, _)) = part.split_once('"')
+                && !out.iter().any(|o| o == identity)
+            {
+                out.push(identity.to_string());
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -892,7 +944,13 @@ mod tests {
         let now = SystemTime::now();
         let t = verify(&keys, &text, now).unwrap();
         let ask = |agent: &str, grant: &str, at: SystemTime| {
-            let req = RunRequest { agent: agent.into(), grants: vec![g(grant)], limits: limits(), component: None };
+            let req = RunRequest {
+                agent: agent.into(),
+                grants: vec![g(grant)],
+                limits: limits(),
+                component: None,
+                plugin: None,
+            };
             authorize(&t, &req, at)
         };
         for _ in 0..2 {
@@ -913,8 +971,33 @@ mod tests {
             grants: grants.iter().map(|s| g(s)).collect(),
             limits: TokenLimits { fuel, ..limits() },
             component: None,
+            plugin: None,
         };
         authorize(&t, &req, now)
+    }
+
+    #[test]
+    fn a_token_bound_to_a_package_runs_only_that_publishers_package() {
+        let keys = store();
+        let mine = "0123456789abcdef/hello".to_string();
+        let request = MintRequest { agent: "hello".into(), plugin: Some(mine.clone()), ..MintRequest::default() };
+        let token = mint(&keys, &request, SystemTime::now()).unwrap().to_base64().unwrap();
+        let t = verify(&keys, &token, SystemTime::now()).unwrap();
+        let ask = |plugin: Option<&str>| {
+            let req = RunRequest {
+                agent: "hello".into(),
+                grants: vec![],
+                limits: TokenLimits::default(),
+                component: Some("ab".repeat(32)),
+                plugin: plugin.map(str::to_string),
+            };
+            authorize(&t, &req, SystemTime::now())
+        };
+        assert!(ask(Some(&mine)).is_ok(), "its own package");
+        assert!(ask(Some("fedcba9876543210/hello")).unwrap_err().1.contains("plugin("), "another publisher's");
+        assert!(ask(None).is_err(), "a file of the same name");
+        let bad = MintRequest { plugin: Some("nope".into()), ..request };
+        assert!(mint(&keys, &bad, SystemTime::now()).is_err());
     }
 
     #[test]
@@ -992,7 +1075,13 @@ mod tests {
         let t = verify(&keys, &text, SystemTime::now()).unwrap();
         assert_eq!(t.pinned, vec![format!("sha256:{mine}")]);
         let ask = |component: Option<&String>| {
-            let req = RunRequest { agent: "a".into(), grants: vec![], limits: limits(), component: component.cloned() };
+            let req = RunRequest {
+                agent: "a".into(),
+                grants: vec![],
+                limits: limits(),
+                component: component.cloned(),
+                plugin: None,
+            };
             authorize(&t, &req, SystemTime::now())
         };
         assert!(ask(Some(&mine)).is_ok(), "its own component");
@@ -1001,7 +1090,13 @@ mod tests {
         // Unpinned tokens run any component; attenuation can pin them.
         let free = minted(&keys, &[]);
         let free_t = verify(&keys, &free, SystemTime::now()).unwrap();
-        let any = RunRequest { agent: "a".into(), grants: vec![], limits: limits(), component: Some(other.clone()) };
+        let any = RunRequest {
+            agent: "a".into(),
+            grants: vec![],
+            limits: limits(),
+            component: Some(other.clone()),
+            plugin: None,
+        };
         assert!(authorize(&free_t, &any, SystemTime::now()).is_ok());
         let narrowed = attenuate(
             &parse_unverified(&free).unwrap(),
@@ -1204,7 +1299,13 @@ mod tests {
         let t = minted(&keys, &["env:LANG"]);
         let later = SystemTime::now() + Duration::from_secs(60) + CLOCK_SKEW + Duration::from_secs(5);
         let token = verify(&keys, &t, later).unwrap();
-        let req = RunRequest { agent: "a".into(), grants: vec![g("env:LANG")], limits: limits(), component: None };
+        let req = RunRequest {
+            agent: "a".into(),
+            grants: vec![g("env:LANG")],
+            limits: limits(),
+            component: None,
+            plugin: None,
+        };
         assert!(authorize(&token, &req, later).is_err(), "expired after its ttl");
         let now = ms(SystemTime::now());
         keys.rotate(now, 60_000).unwrap();

@@ -57,6 +57,8 @@ pub struct Caller {
     /// The sha256 (hex) of the calling run's component, checked against a token pinned to one (`None` outside a
     /// run: a pinned token cannot call tools from `tool call` or MCP).
     pub component: Option<String>,
+    /// The installed package the calling run is (`KEY_ID/NAME`), checked against a token bound to one.
+    pub plugin: Option<String>,
     /// The calling run's caps on recorded calls (`None` outside a run).
     pub budget: Option<Arc<crate::sandbox::budget::RunBudget>>,
     /// The calling run's cancellation switch: cancelling the run stops its tools too.
@@ -211,6 +213,14 @@ impl ToolHost {
         if let Some(t) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(t.clone());
         }
+        if installed.plugin.is_some() {
+            // A tool from a package: its publisher must still be trusted, its signed manifest still intact.
+            let home = self.registry.home();
+            let trust = crate::plugin::trust::TrustStore::load(home).map_err(|e| Failure::Failed(e.to_string()))?;
+            crate::plugin::store::Store::open(home)
+                .load(name, &trust)
+                .map_err(|e| Failure::Denied(format!("tool {name}: {e}")))?;
+        }
         let path = self.registry.component_path(&installed.sha256);
         let loaded = crate::component::load(&self.engine, &path).map_err(|e| run_failure(&e))?;
         if loaded.sha256 != installed.sha256 {
@@ -259,6 +269,7 @@ impl ToolHost {
             grants: vec![Grant { kind: "tool".into(), value: name.into(), mode: String::new() }],
             limits: TokenLimits::default(),
             component: caller.component.clone(),
+            plugin: caller.plugin.clone(),
         };
         token::authorize(&caller.token, &request, SystemTime::now()).map_err(|(grant, reason)| {
             Failure::Denied(format!(

@@ -119,7 +119,8 @@ impl BearerAuth {
             Err(e) => return Err(Refusal::Host(format!("reading revocations: {e}"))),
         }
         let agent = verified.agent.clone().unwrap_or_default();
-        let base = RunRequest { agent: agent.clone(), grants: Vec::new(), limits: self.limits, component: None };
+        let base =
+            RunRequest { agent: agent.clone(), grants: Vec::new(), limits: self.limits, component: None, plugin: None };
         token::authorize(&verified, &base, now)
             .map_err(|(grant, reason)| Refusal::Unauthorized(format!("token refused: {grant}: {reason}")))?;
         let covers = |grant: Grant| {
@@ -142,6 +143,7 @@ impl BearerAuth {
             deadline: self.server.deadline,
             max_memory: self.server.max_memory,
             component: None,
+            plugin: None,
             budget: None,
             cancel: None,
             llm: None,

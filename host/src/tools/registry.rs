@@ -15,6 +15,10 @@ pub struct Installed {
     pub size: u64,
     pub added_ms: u64,
     pub spec: Spec,
+    /// For a tool installed from a signed package (`plugin install`): the package's identity, `KEY_ID/NAME`. Such a
+    /// tool is checked against the home's trust again when it is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,17 @@ impl Registry {
     /// Installs `bytes` (already checked to be a tool whose `describe()` gave `spec`) under `name`, replacing a tool
     /// of that name.
     pub fn add(&self, name: &str, bytes: &[u8], spec: Spec) -> Result<Installed, RegistryError> {
+        self.add_from(name, bytes, spec, None)
+    }
+
+    /// [`Registry::add`] for a tool that comes from the installed package `plugin` (`KEY_ID/NAME`).
+    pub fn add_from(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        spec: Spec,
+        plugin: Option<String>,
+    ) -> Result<Installed, RegistryError> {
         use sha2::{Digest, Sha256};
         check_name(name).map_err(RegistryError::Invalid)?;
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
@@ -84,6 +99,7 @@ impl Registry {
             size: bytes.len() as u64,
             added_ms: crate::events::now_ms(),
             spec,
+            plugin,
         };
         let manifest = serde_json::to_vec_pretty(&installed).expect("manifests serialize");
         write_atomically(&self.manifest_path(name), &manifest)?;
