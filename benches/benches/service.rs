@@ -63,6 +63,7 @@ fn spec(token: &str, i: usize) -> RunSpec {
         models: Vec::new(),
         limits: LimitRequest::default(),
         token: Some(token.to_string()),
+        run_id: None,
     }
 }
 

@@ -197,6 +197,11 @@ pub fn bound_operation(operation: &mut Operation) -> Result<(), String> {
             detail(d);
         }
         Op::SkipStep { reason, .. } => truncate(reason, MAX_TEXT),
+        Op::ChangeHome { change, subject, detail: d } => {
+            id("change", change)?;
+            truncate(subject, MAX_ID);
+            detail(d);
+        }
         Op::EndPlan { outcome, detail: d, .. } => {
             truncate(outcome, MAX_ID);
             detail(d);

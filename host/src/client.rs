@@ -14,6 +14,8 @@ use std::time::Duration;
 pub const MAX_BODY: usize = 128 << 20;
 /// Largest server-sent event read, in bytes.
 pub const MAX_EVENT: usize = 8 << 20;
+/// Largest error body read from a server (the rest is not read).
+const MAX_ERROR_BODY: usize = 64 << 10;
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request that does not wait for a run may take.
@@ -103,10 +105,7 @@ impl Client {
 
     /// Whether the token travels in clear over a network (plain http to a host that is not loopback).
     pub fn in_clear(&self) -> bool {
-        let Ok(url) = reqwest::Url::parse(&self.base) else { return false };
-        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
-        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        url.scheme() == "http" && !loopback
+        in_clear(&self.base)
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {
@@ -214,7 +213,15 @@ impl Client {
         let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         if !response.status().is_success() {
             let status = response.status();
-            let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+            // An error body is small: read at most 64 KiB of it (a hostile server may send one without end).
+            let mut response = response;
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
+                if body.len() + chunk.len() > MAX_ERROR_BODY {
+                    break;
+                }
+                body.extend_from_slice(&chunk);
+            }
             return Err(match serde_json::from_slice::<crate::service::api::ErrorBody>(&body) {
                 Ok(e) => ClientError::Api {
                     status: status.as_u16(),
@@ -252,6 +259,15 @@ impl EventQuery {
     }
 }
 
+/// Whether a token sent to `url` could be read on the network: plain `http://` to a host that is not loopback (an
+/// address that does not parse counts as in the clear).
+pub fn in_clear(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else { return true };
+    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    url.scheme() == "http" && !loopback
+}
+
 /// Percent-encodes a path segment (a run id is the server's, but it is still text from outside).
 fn escape(segment: &str) -> String {
     segment
@@ -279,17 +295,21 @@ impl EventStream {
     /// The next event; `Ok(None)` when the server ends the stream.
     pub async fn next(&mut self) -> Result<Option<EventView>, ClientError> {
         loop {
-            while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-                let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
+            // Lines are read in place and the buffer is drained once (per line it would be quadratic in a chunk of
+            // many short lines).
+            let mut start = 0;
+            while let Some(at) = self.buffer[start..].iter().position(|b| *b == b'\n') {
+                let mut line = &self.buffer[start..start + at];
+                start += at + 1;
+                if let Some(stripped) = line.strip_suffix(b"\r") {
+                    line = stripped;
                 }
                 if line.is_empty() {
                     // A blank line ends an event: its data is one EventView.
                     if self.data.is_empty() {
                         continue;
                     }
+                    self.buffer.drain(..start);
                     let data = std::mem::take(&mut self.data);
                     return self.client.parse(&data).map(Some);
                 }
@@ -301,6 +321,7 @@ impl EventStream {
                 }
                 // `id:`, `event:` and comments (keep-alives) add nothing the data does not carry.
             }
+            self.buffer.drain(..start);
             if self.buffer.len() + self.data.len() > MAX_EVENT {
                 return Err(self.client.protocol(format!("an event over {MAX_EVENT} bytes")));
             }
@@ -315,6 +336,17 @@ impl EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_http_beyond_loopback_is_in_the_clear() {
+        assert!(in_clear("http://registry.example.com:7879"));
+        assert!(in_clear("http://10.0.0.5/"));
+        assert!(in_clear("not a url"));
+        assert!(!in_clear("http://127.0.0.1:7879"));
+        assert!(!in_clear("http://[::1]:7879"));
+        assert!(!in_clear("http://localhost:7879"));
+        assert!(!in_clear("https://registry.example.com"));
+    }
 
     #[test]
     fn refusals_map_to_the_local_exit_codes() {

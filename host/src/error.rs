@@ -205,15 +205,37 @@ pub fn verbose() -> bool {
     VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Folds a multi-line message (wasmtime's errors often span lines) into one line.
+/// Folds a multi-line message (wasmtime's errors often span lines) into one line, with control characters shown
+/// escaped (`\u{1b}`): a message may carry text from a guest, a package or a server, and must not drive the
+/// terminal it is printed on.
 pub fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut out = String::with_capacity(message.len());
+    for word in message.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        for c in word.chars() {
+            if c.is_control() {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn one_line_folds_whitespace_and_escapes_control_characters() {
+        assert_eq!(one_line("a\n  b\tc\r\n"), "a b c");
+        assert_eq!(one_line("clear \u{1b}[2J now\u{7}"), "clear \\u{1b}[2J now\\u{7}");
+        assert_eq!(one_line("plain ünïcode"), "plain ünïcode");
+    }
 
     #[test]
     fn names_are_the_serialized_names() {

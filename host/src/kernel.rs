@@ -286,6 +286,16 @@ pub enum Op {
         #[serde(default)]
         detail: serde_json::Value,
     },
+    /// A change to what code this home will run: a plugin installed or removed, a publisher key trusted or removed
+    /// from trust, the install policy changed. Recorded after the change, with names and digests only.
+    ChangeHome {
+        /// One of [`kind::HOME_CHANGES`]; it is the event's kind.
+        change: String,
+        /// What changed: a package (`NAME@VERSION`), a publisher, or `policy`.
+        subject: String,
+        #[serde(default)]
+        detail: serde_json::Value,
+    },
 }
 
 /// The outcome of a step's attempt that the host's own stop cut short (recorded by the resume that finds it).
@@ -480,6 +490,13 @@ pub mod kind {
     pub const LLM_CALLED: &str = "llm.called";
     pub const LLM_COMPLETED: &str = "llm.completed";
     pub const LLM_FAILED: &str = "llm.failed";
+    pub const PLUGIN_INSTALLED: &str = "plugin.installed";
+    pub const PLUGIN_REMOVED: &str = "plugin.removed";
+    pub const TRUST_ADDED: &str = "trust.added";
+    pub const TRUST_REMOVED: &str = "trust.removed";
+    pub const TRUST_POLICY: &str = "trust.policy";
+    /// The changes a `change-home` operation may record.
+    pub const HOME_CHANGES: [&str; 5] = [PLUGIN_INSTALLED, PLUGIN_REMOVED, TRUST_ADDED, TRUST_REMOVED, TRUST_POLICY];
 }
 
 fn event(op: &Operation, kind: &str, agent: &str, run_id: &str, payload: serde_json::Value) -> EventDraft {
@@ -632,6 +649,9 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
             };
             check_rate(state, agent, rate, op.time_ms, &format!("call of model {model}"))?;
             check_llm_budget(state, agent, budgets, op.time_ms, model)
+        }
+        Op::ChangeHome { change, .. } if !kind::HOME_CHANGES.contains(&change.as_str()) => {
+            Err(format!("unknown change {change}"))
         }
         _ => Ok(()),
     }
@@ -907,6 +927,15 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                 _ => "plan.failed",
             };
             vec![event(op, k, "", plan_id, payload)]
+        }
+        Op::ChangeHome { change, subject, detail } => {
+            let mut payload = json!({ "subject": subject });
+            if let (Some(map), Some(extra)) = (payload.as_object_mut(), detail.as_object()) {
+                for (k, v) in extra {
+                    map.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            vec![event(op, change, "", "", payload)]
         }
     }
 }

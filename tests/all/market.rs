@@ -158,6 +158,25 @@ fn a_signed_tool_installs_on_another_home_and_is_called_by_name() {
     assert!(stopped.stderr.contains("revoked publisher key"), "{}", stopped.stderr);
     t(&user, &["plugin", "remove", "echo"]).expect_code(0);
     t(&user, &["tool", "call", "echo", "--input", "{}"]).expect_code(76);
+
+    // Every change to what this home runs is in its log, in order (the refused and the repeated install are not),
+    // and the log still verifies.
+    let events = t(&user, &["events", "--json"]);
+    let changes: Vec<(String, String)> = events
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("plugin.") || k.starts_with("trust.")))
+        .map(|e| (e["kind"].as_str().unwrap().to_string(), e["payload"]["subject"].as_str().unwrap().to_string()))
+        .collect();
+    let expected = [
+        ("trust.added", "alice"),
+        ("plugin.installed", "echo@1.0.0"),
+        ("trust.removed", "alice"),
+        ("plugin.removed", "echo@1.0.0"),
+    ];
+    assert_eq!(changes, expected.map(|(k, s)| (k.to_string(), s.to_string())), "{}", events.stdout);
+    t(&user, &["events", "verify"]).expect_code(0);
 }
 
 #[test]
@@ -713,4 +732,75 @@ fn push_and_pull_through_an_oci_registry_and_a_tampered_blob_is_refused() {
     let r = t(&h, &["plugin", "install", "--yes", &target]);
     r.expect_code(PACKAGE_DIGEST);
     assert!(r.stderr.contains("not the digest its OCI manifest gives"), "{}", r.stderr);
+}
+
+/// Through the service's API an installed agent package runs by name (`{"component":{"plugin":"hello"}}`), checked
+/// as a local run of it is: a token bound to the package runs it but not an upload of the same agent name. Once its
+/// publisher leaves trust, the same server (no restart) refuses the agent package (403 `plugin-refused`) and the
+/// publisher's tool package, even though that tool was already loaded and cached by an earlier call.
+#[test]
+fn the_service_runs_installed_packages_until_their_publisher_leaves_trust() {
+    use serde_json::json;
+    let w = World::new();
+    let alice = w.home("alice");
+    let key = publisher(&alice, "alice");
+    let flags = ["--name", "hello", "--version", "1.0.0", "--description", "greets"];
+    let package = pack(&alice, &agent("hello-rust"), &w.file("alice-hello.tokapkg"), &flags);
+    let user = tempfile::tempdir().unwrap();
+    t(user.path(), &["key", "init"]).expect_code(0);
+    t(user.path(), &["trust", "add", "alice", &key]).expect_code(0);
+    t(user.path(), &["plugin", "install", "--yes", package.to_str().unwrap()]).expect_code(0);
+    let echo = pack(&alice, &tool("echo"), &w.file("echo.tokapkg"), &[]);
+    t(user.path(), &["plugin", "install", "--yes", echo.to_str().unwrap()]).expect_code(0);
+    let s = crate::service::Server::start_in(user, &[]);
+    let caller = s.mint(&["--agent", "*", "--grant", "tool:echo", "--ttl", "10m"]);
+    let call = || s.post("/v1/tools/echo/call", Some(&caller), &json!({ "input": { "hi": 1 } })).1;
+    let first = call();
+    assert_eq!((first["outcome"].as_str(), &first["output"]["hi"]), (Some("success"), &json!(1)), "{first}");
+    let bound = s.mint(&["--plugin", "hello", "--ttl", "10m"]);
+    let by_name = json!({ "component": { "plugin": "hello" }, "input": { "name": "market" }, "wait": true });
+    let (status, body) = s.post("/v1/runs", Some(&bound), &by_name);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["report"]["result"], r#"{"greeting":"Hello, market!"}"#, "{body}");
+    // The bound token runs only the package: the same bytes uploaded as agent `hello` are refused.
+    use base64::Engine;
+    let bytes = std::fs::read(agent("hello-rust")).unwrap();
+    let upload = json!({ "component": { "upload": { "name": "hello",
+        "wasm_base64": base64::engine::general_purpose::STANDARD.encode(bytes) } }, "wait": true });
+    let (status, body) = s.post("/v1/runs", Some(&bound), &upload);
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("token-refused")), "{body}");
+    // A name that is not installed.
+    let missing = json!({ "component": { "plugin": "nope" }, "wait": true });
+    let (status, body) = s.post("/v1/runs", Some(&bound), &missing);
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not-found")), "{body}");
+    // The publisher leaves trust: the running server refuses the package from the next request on.
+    t(s.home(), &["trust", "remove", "alice"]).expect_code(0);
+    let (status, body) = s.post("/v1/runs", Some(&bound), &by_name);
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("plugin-refused")), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("revoked publisher key")), "{body}");
+    let stopped = call();
+    assert_eq!(stopped["outcome"], "denied", "{stopped}");
+    assert!(stopped["error"].as_str().is_some_and(|m| m.contains("revoked publisher key")), "{stopped}");
+}
+
+/// Installing a package never replaces a tool of the same name installed another way: every token that grants
+/// `tool:NAME` would silently run the publisher's code instead.
+#[test]
+fn a_package_does_not_replace_a_tool_installed_another_way() {
+    let w = World::new();
+    let (alice, user) = (w.home("alice"), w.home("user"));
+    let public = publisher(&alice, "alice");
+    let pkg = pack(&alice, &tool("echo"), &w.file("echo.tokapkg"), &[]);
+    t(&user, &["trust", "add", "alice", &public]).expect_code(0);
+    t(&user, &["tool", "add", tool("fail-tool").to_str().unwrap(), "--name", "echo"]).expect_code(0);
+    let r = t(&user, &["plugin", "install", "--yes", pkg.to_str().unwrap()]);
+    r.expect_code(WRONG_PUBLISHER);
+    assert!(r.stderr.contains("a tool named echo is already installed here (by `toka-host tool add`)"), "{}", r.stderr);
+    let list: serde_json::Value = serde_json::from_str(&t(&user, &["tool", "list", "--json"]).stdout).unwrap();
+    assert_eq!((&list[0]["name"], list[0]["plugin"].is_null()), (&serde_json::json!("echo"), true), "{list}");
+    // Positive control: once the local tool is removed, the package installs (and installs again unchanged).
+    t(&user, &["tool", "remove", "echo"]).expect_code(0);
+    t(&user, &["plugin", "install", "--yes", pkg.to_str().unwrap()]).expect_code(0);
+    let again = t(&user, &["plugin", "install", "--yes", pkg.to_str().unwrap()]);
+    assert!(again.stdout.contains("already installed"), "{}", again.stdout);
 }

@@ -187,7 +187,7 @@ input = {{ attack = "calls", {calls} }}
 "#
     ));
     let r = up(h, &path, &[]);
-    r.expect_code(83);
+    r.expect_code(85);
     let s = steps(&r.report());
     assert_eq!(s["granted"]["status"], "completed", "{:?}", s["granted"]);
     assert!(s["granted"]["output"].to_string().contains("s3"), "the granted agent read it: {}", s["granted"]["output"]);
@@ -230,7 +230,7 @@ component = "{hello-rust}"
 "#,
     );
     let r = up(home.path(), &path, &[]);
-    r.expect_code(83);
+    r.expect_code(85);
     let summary = r.report();
     assert_eq!(summary["outcome"], "failed");
     let s = steps(&summary);

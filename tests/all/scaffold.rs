@@ -168,9 +168,32 @@ fn a_js_tool_from_outside_the_repository() {
     tool_in("js");
 }
 
+/// The C tool (the fastest toolchain) also goes the rest of the way: packed from its project directory, signed,
+/// installed on another home that trusts the publisher, and called there by name.
 #[test]
 fn a_c_tool_from_outside_the_repository() {
     tool_in("c");
+    let Some(p) = scaffold_and_build("tool", "c") else { return };
+    p.run(&["publisher", "init", "--name", "me"]).expect_code(0);
+    let show = p.run(&["publisher", "show", "--json"]);
+    let public =
+        serde_json::from_str::<serde_json::Value>(&show.stdout).unwrap()["public_key"].as_str().unwrap().to_string();
+    let packed = p.run(&["plugin", "pack", ".", "--sign", "--license", "MIT"]);
+    packed.expect_code(0);
+    let package = p.dir.join(format!("{}-0.1.0.tokapkg", p.name));
+    assert!(package.is_file(), "{}", packed.stdout);
+    let other = p.dir.parent().unwrap().join("other-home");
+    let t = |args: &[&str]| t_in(&p.dir, &other, args);
+    t(&["trust", "add", "me", &public]).expect_code(0);
+    t(&["plugin", "install", "--yes", package.to_str().unwrap()]).expect_code(0);
+    let r = t(&["tool", "call", &p.name, "--input", r#"{"name":"Grace"}"#]);
+    r.expect_code(0);
+    assert_eq!(r.stdout.trim(), r#"{"greeting":"Hello, Grace!"}"#);
+    // A project not built yet is refused with what to do.
+    std::fs::remove_file(p.dir.join(format!("{}.wasm", p.name))).unwrap();
+    let r = p.run(&["plugin", "pack", ".", "--sign"]);
+    r.expect_code(76);
+    assert!(r.stderr.contains("not built yet (run toka-host build in"), "{}", r.stderr);
 }
 
 #[test]
@@ -241,4 +264,23 @@ fn new_and_build_refuse_what_they_cannot_do() {
     let r = t(&["build"]);
     r.expect_code(1);
     assert!(r.stderr.contains("toka-project.toml: file not found: not a toka-host project"), "{}", r.stderr);
+
+    // A project's files are hostile too: a manifest without end is read bounded, and a `build` directory that is a
+    // symlink is refused before anything is written through it.
+    let project = base.join("empty");
+    let manifest = std::fs::read(project.join("toka-project.toml")).unwrap();
+    std::fs::remove_file(project.join("toka-project.toml")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", project.join("toka-project.toml")).unwrap();
+    let r = t_in(&project, &home, &["build"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("toka-project.toml: over 64 KiB"), "{}", r.stderr);
+    std::fs::remove_file(project.join("toka-project.toml")).unwrap();
+    std::fs::write(project.join("toka-project.toml"), manifest).unwrap();
+    let outside = base.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, project.join("build")).unwrap();
+    let r = t_in(&project, &home, &["build"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("build: a symlink; the build writes only inside the project"), "{}", r.stderr);
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing was written through the symlink");
 }

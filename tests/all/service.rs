@@ -235,6 +235,35 @@ fn a_run_is_refused_beyond_the_bearer_tokens_rights() {
     assert!(r.stdout.lines().count() >= 1, "refusals are recorded: {}", r.stdout);
 }
 
+/// A run is narrowed to exactly what it asks for: a run that names no tool calls none, even with a bearer that
+/// allows the tool (an empty list of grants must not mean "the bearer's grants").
+#[test]
+fn a_run_that_names_no_tool_calls_none_even_when_the_bearer_allows_it() {
+    let home = tempfile::tempdir().unwrap();
+    t(home.path(), &["key", "init"]).expect_code(0);
+    let echo = root().join("target").join("tools").join("echo.wasm");
+    t(home.path(), &["tool", "add", echo.to_str().unwrap()]).expect_code(0);
+    let s = Server::start_in(home, &[]);
+    let bearer = s.mint(&["--agent", "hostile", "--grant", "tool:echo"]);
+    let calls = json!({ "attack": "calls", "calls": [{ "tool": { "name": "echo", "input": r#"{"hi":1}"# } }] });
+    let answers = |tools: Value| {
+        let body = json!({ "component": { "path": "hostile.wasm" }, "input": calls, "tools": tools, "wait": true });
+        let (status, body) = s.post("/v1/runs", Some(&bearer), &body);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["report"]["outcome"], "success", "{body}");
+        let result: Value = serde_json::from_str(body["report"]["result"].as_str().unwrap()).unwrap();
+        result["answers"][0].as_str().unwrap().to_string()
+    };
+    let refused = answers(json!([]));
+    assert!(
+        refused.starts_with("err: ") && refused.contains("echo"),
+        "a call of a tool the run did not name: {refused}"
+    );
+    // Positive control: the same bearer, the run naming the tool.
+    let allowed = answers(json!(["echo"]));
+    assert!(allowed.starts_with("ok: "), "{allowed}");
+}
+
 #[test]
 fn an_uploaded_component_runs_as_its_named_agent() {
     use base64::Engine;

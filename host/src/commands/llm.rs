@@ -26,6 +26,7 @@ pub enum LlmAction {
         /// A token: each model is marked allowed or not for it (a file, `-` for stdin, or the base64 itself).
         #[arg(long)]
         token: Option<String>,
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -40,6 +41,7 @@ pub enum LlmAction {
         /// Stream the answer, printing it as it comes.
         #[arg(long)]
         stream: bool,
+        /// The most completion tokens to ask for [default: the model's configured max_tokens].
         #[arg(long, value_name = "N")]
         max_tokens: Option<u32>,
         /// How long the call may take in all, retries included.
@@ -51,6 +53,7 @@ pub enum LlmAction {
         /// Record the prompt and the completion in the event log.
         #[arg(long)]
         record_prompts: bool,
+        /// Print the answer as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -216,6 +219,7 @@ async fn test(
         grants: vec![Grant { kind: "llm".into(), value: model.to_string(), mode: String::new() }],
         limits: TokenLimits::default(),
         component: None,
+        plugin: None,
     };
     let authorization = match host.authorize_token(token.as_deref(), &request, crate::token::LOCAL_TTL) {
         Ok(a) => a,

@@ -52,28 +52,37 @@ pub enum PluginAction {
     /// Make a package of a component (what `toka-host build` or any toolchain produced). A tool's name, version,
     /// description and grants default to what its describe() says.
     Pack {
+        /// The component file, or a project directory made by `toka-host new` (after `toka-host build`): its
+        /// NAME.wasm, packed under the project's name and kind.
         component: PathBuf,
+        /// The package's name [default: a tool's describe() name, or the project's name].
         #[arg(long)]
         name: Option<String>,
+        /// Its semver version [default: a tool's describe() version; required for an agent].
         #[arg(long)]
         version: Option<String>,
         /// agent or tool [default: from the component's world].
         #[arg(long)]
         kind: Option<Kind>,
+        /// One line on what it does [default: a tool's describe() description].
         #[arg(long)]
         description: Option<String>,
         /// An SPDX license expression.
         #[arg(long, default_value = "UNLICENSED")]
         license: String,
+        /// A keyword for `plugin search` (repeatable).
         #[arg(long = "keyword")]
         keywords: Vec<String>,
         /// A grant the package asks for (repeatable); a tool's declared grants are always included.
         #[arg(long = "grant")]
         grants: Vec<String>,
+        /// The fuel a run of it needs.
         #[arg(long)]
         fuel: Option<u64>,
+        /// The memory it needs (e.g. 64MiB).
         #[arg(long, value_parser = crate::units::parse_size)]
         memory: Option<u64>,
+        /// The time a run of it needs (e.g. 30s).
         #[arg(long, value_parser = crate::units::parse_duration)]
         timeout: Option<Duration>,
         /// Sign it with this home's publisher key at once.
@@ -85,20 +94,28 @@ pub enum PluginAction {
     },
     /// Sign a package with this home's publisher key (in place unless --out).
     Sign {
+        /// The package file (.tokapkg).
         package: PathBuf,
+        /// Write the signed package here instead of replacing PACKAGE.
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
     /// Check a package as install would: structure, signature by a trusted publisher, digest, install policy.
-    Verify { package: PathBuf },
+    Verify {
+        /// The package file (.tokapkg).
+        package: PathBuf,
+    },
     /// Show a package's manifest and signature (without trusting it).
     Inspect {
+        /// The package file (.tokapkg).
         package: PathBuf,
+        /// Print it as one JSON object.
         #[arg(long)]
         json: bool,
     },
     /// Install a package: FILE, URL, NAME[@SEMVER-REQ] from a registry, or oci://HOST/REPO[:TAG].
     Install {
+        /// FILE, http(s)://URL, NAME[@SEMVER-REQ] (from a registry), or oci://HOST[:PORT]/REPO[:TAG].
         source: String,
         /// Install without asking (the grants asked for are still printed).
         #[arg(long)]
@@ -111,20 +128,28 @@ pub enum PluginAction {
     },
     /// The installed packages.
     List {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// An installed package's manifest, publisher, digest and source.
     Info {
+        /// The installed package's name.
         name: String,
+        /// Print it as one JSON object.
         #[arg(long)]
         json: bool,
     },
     /// Uninstall a package.
-    Remove { name: String },
+    Remove {
+        /// The installed package's name.
+        name: String,
+    },
     /// Install the newest version from the registry of every installed package that came from one (or of NAME).
     Upgrade {
+        /// Only this installed package [default: every one installed from a registry].
         name: Option<String>,
+        /// Install without asking (the grants asked for are still printed).
         #[arg(long)]
         yes: bool,
         #[command(flatten)]
@@ -132,10 +157,13 @@ pub enum PluginAction {
     },
     /// Search a registry's signed index by name, description and keywords.
     Search {
+        /// Words to look for in names, descriptions and keywords [default: everything].
         #[arg(default_value = "")]
         query: String,
+        /// Only agents, or only tools.
         #[arg(long)]
         kind: Option<Kind>,
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -143,10 +171,12 @@ pub enum PluginAction {
     },
     /// Publish a signed package to a registry (with a token granting publish:NAME).
     Publish {
+        /// The signed package file (.tokapkg).
         package: PathBuf,
         /// The registry's publish token (a file, `-` for stdin, or the base64 itself).
         #[arg(long, value_name = "TOKEN")]
         token: String,
+        /// The registry to publish to (`toka-host registry list`) [default: the only one named].
         #[arg(long, value_name = "NAME")]
         registry: Option<String>,
     },
@@ -154,16 +184,25 @@ pub enum PluginAction {
     Yank {
         /// NAME@VERSION
         package: String,
+        /// The registry's publish token (a file, `-` for stdin, or the base64 itself).
         #[arg(long, value_name = "TOKEN")]
         token: String,
+        /// The registry to yank from (`toka-host registry list`) [default: the only one named].
         #[arg(long, value_name = "NAME")]
         registry: Option<String>,
     },
     /// Push a signed package to an OCI registry (oci://HOST[:PORT]/REPOSITORY[:TAG]).
-    Push { package: PathBuf, target: String },
+    Push {
+        /// The signed package file (.tokapkg).
+        package: PathBuf,
+        /// oci://HOST[:PORT]/REPOSITORY[:TAG].
+        target: String,
+    },
     /// Pull a package from an OCI registry into a package file (checked like any package at install).
     Pull {
+        /// oci://HOST[:PORT]/REPOSITORY[:TAG].
         source: String,
+        /// The package file to write [default: NAME-VERSION.tokapkg].
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
@@ -199,6 +238,7 @@ impl PluginCommand {
                 out,
             } => {
                 let key = PublisherKey::load(dir)?;
+                let (component, name) = pack_source(&component, name)?;
                 let host = Host::open(home.clone(), HostOptions::default())?;
                 let bytes = crate::component::read(&component)?;
                 let program = host.runner().load(&component).map(|p| p.world());
@@ -384,7 +424,9 @@ impl PluginCommand {
             PluginAction::Remove { name } => {
                 let r = install::remove(dir, &name)?;
                 out!("removed {}@{}", r.name, r.version);
-                Ok(())
+                let detail = serde_json::json!({ "key_id": r.key_id, "sha256": r.sha256 });
+                let subject = format!("{}@{}", r.name, r.version);
+                crate::plugin::record_change_in(home, crate::kernel::kind::PLUGIN_REMOVED, &subject, detail)
             }
             PluginAction::Upgrade { name, yes, registry } => {
                 let store = Store::open(dir);
@@ -437,6 +479,7 @@ impl PluginCommand {
                 let url = registry_url(dir, registry.as_deref())?;
                 let token = crate::commands::token::read_token(&token).map_err(PluginError::Invalid)?;
                 let http = Http::new()?;
+                refuse_in_clear(&url)?;
                 let endpoint = format!("{url}/v1/packages");
                 let response = http
                     .inner()
@@ -460,6 +503,7 @@ impl PluginCommand {
                 semver::Version::parse(version).map_err(|e| PluginError::Invalid(format!("{version}: {e}")))?;
                 let url = registry_url(dir, registry.as_deref())?;
                 let token = crate::commands::token::read_token(&token).map_err(PluginError::Invalid)?;
+                refuse_in_clear(&url)?;
                 let endpoint = format!("{url}/v1/packages/{name}/{version}/yank");
                 let response = Http::new()?
                     .inner()
@@ -555,7 +599,7 @@ fn report(installed: Installed) {
             r.source,
             r.publisher,
             r.key_id,
-            &r.sha256[..16]
+            r.sha256.get(..16).unwrap_or(&r.sha256)
         ),
         Installed::Unchanged(r) => out!("{}@{} is already installed", r.name, r.version),
     }
@@ -598,4 +642,38 @@ impl<R: BufRead> TakeLine for R {
         use std::io::Read;
         drop(self.take(256).read_line(line));
     }
+}
+
+/// A publish token is never sent where the network can read it: plain `http://` only to loopback.
+fn refuse_in_clear(url: &str) -> Result<(), PluginError> {
+    if crate::client::in_clear(url) {
+        return Err(PluginError::Invalid(format!(
+            "{url}: the token would cross the network in the clear; use https:// (plain http only to loopback)"
+        )));
+    }
+    Ok(())
+}
+
+/// What `plugin pack PATH` packs: a component file as given, or for a project directory (`toka-host new`) the
+/// component its `toka-host build` made, `DIR/NAME.wasm`, named after the project unless --name says otherwise.
+fn pack_source(path: &Path, name: Option<String>) -> Result<(PathBuf, Option<String>), PluginError> {
+    if !path.is_dir() {
+        return Ok((path.to_path_buf(), name));
+    }
+    let project = crate::project::Manifest::read(path).map_err(|e| PluginError::Invalid(e.to_string()))?;
+    if project.kind == crate::project::Kind::Command {
+        return Err(PluginError::Invalid(format!(
+            "{}: a command project; packages hold agents and tools",
+            path.display()
+        )));
+    }
+    let component = path.join(format!("{}.wasm", project.name));
+    if !component.is_file() {
+        return Err(PluginError::NotFound(format!(
+            "{}: not built yet (run toka-host build in {})",
+            component.display(),
+            path.display()
+        )));
+    }
+    Ok((component, name.or(Some(project.name))))
 }

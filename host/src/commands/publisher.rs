@@ -21,6 +21,7 @@ pub enum PublisherAction {
     },
     /// Print the publisher's name, key id and public key (what others pass to `toka-host trust add`).
     Show {
+        /// Print it as one JSON object.
         #[arg(long)]
         json: bool,
     },

@@ -26,6 +26,7 @@ pub enum RegistryAction {
         /// The registry's name (in its index).
         #[arg(long, default_value = "local")]
         name: String,
+        /// The address to listen on.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7879")]
         addr: SocketAddr,
         /// Largest package accepted.
@@ -34,20 +35,27 @@ pub enum RegistryAction {
     },
     /// Print the public key of the registry in DIR (what clients pass to `registry add --key`).
     Key {
+        /// The registry's directory (as given to `registry serve --dir`).
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
     },
     /// Install from the registry at URL, whose index must be signed by KEY (64 hex digits).
     Add {
+        /// A name for it in this home.
         name: String,
+        /// Its address, http(s)://HOST:PORT.
         url: String,
+        /// The registry's public key (`toka-host registry key`): its index must be signed by it.
         #[arg(long)]
         key: String,
     },
     /// The registries this home uses.
     List,
     /// Forget a registry.
-    Remove { name: String },
+    Remove {
+        /// The registry's name in this home.
+        name: String,
+    },
 }
 
 impl RegistryCommand {

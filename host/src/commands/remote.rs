@@ -122,6 +122,7 @@ fn request(cmd: &RunCommand) -> Result<SubmitRun, Stop> {
             env,
             net: g.net.iter().map(crate::grants::NetGrant::canonical).collect(),
             tools: spec.tools.clone(),
+            models: spec.models.clone(),
             state: match g.state {
                 StateGrant::None => None,
                 StateGrant::ReadOnly => Some("ro".into()),
@@ -134,6 +135,7 @@ fn request(cmd: &RunCommand) -> Result<SubmitRun, Stop> {
             max_memory: l.max_memory,
             max_output: l.max_output,
             max_records: l.max_records,
+            llm_tokens: l.llm_tokens,
         },
         wait: true,
         wait_ms: Some(u64::try_from(WAIT.as_millis()).unwrap_or(u64::MAX)),

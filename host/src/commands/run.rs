@@ -248,22 +248,10 @@ impl RunCommand {
     /// What to run: the installed agent package of that name (a bare name, no `/`, not ending in `.wasm`), else
     /// the file.
     fn source(&self, home: &Home) -> Result<Source, crate::plugin::PluginError> {
-        use crate::plugin::PluginError;
         let text = self.component.to_string_lossy();
         let bare = !text.contains('/') && !text.ends_with(".wasm") && crate::tools::check_name(&text).is_ok();
-        let store = crate::plugin::store::Store::open(&home.dir);
-        let Some(record) = (if bare { store.find(&text)? } else { None }) else {
-            return Ok(Source::Path(self.component.clone()));
-        };
-        if record.kind != crate::plugin::Kind::Agent {
-            return Err(PluginError::Invalid(format!(
-                "{} is an installed tool: call it with `toka-host tool call {}` or let an agent --allow-tool it",
-                record.name, record.name
-            )));
-        }
-        let trust = crate::plugin::trust::TrustStore::load(&home.dir)?;
-        let (record, bytes) = store.load(&record.name, &trust)?;
-        Ok(Source::Plugin { identity: record.identity(), name: record.name, bytes: Arc::new(bytes) })
+        let installed = if bare { crate::plugin::installed_agent(&home.dir, &text)? } else { None };
+        Ok(installed.unwrap_or_else(|| Source::Path(self.component.clone())))
     }
 
     /// The run these flags ask for.

@@ -1,6 +1,7 @@
 //! `toka-host trust`: the publisher keys whose packages this home installs and runs, and its install policy.
 
 use crate::home::Home;
+use crate::kernel::kind;
 use crate::plugin::PluginError;
 use crate::plugin::trust::TrustStore;
 use clap::{Args, Subcommand};
@@ -14,15 +15,24 @@ pub struct TrustCommand {
 #[derive(Debug, Subcommand)]
 pub enum TrustAction {
     /// Trust a publisher's key (64 hex digits, from `toka-host publisher show`) under its name.
-    Add { name: String, public_key: String },
+    Add {
+        /// The publisher's name, as its packages name it.
+        name: String,
+        /// Its public key: 64 hex digits.
+        public_key: String,
+    },
     /// The trusted (and revoked) publisher keys, and the install policy.
     List {
+        /// Print it as one JSON object.
         #[arg(long)]
         json: bool,
     },
     /// Stop trusting a key (by key id) or every key of a publisher (by name). The key stays listed as revoked:
     /// its packages are refused from now on, installed ones included, and it cannot be trusted again.
-    Remove { key_or_name: String },
+    Remove {
+        /// A key id, or a publisher's name (every key of it).
+        key_or_name: String,
+    },
     /// Grants no package installed here may ask for: KIND (fs, env, net ...) or a prefix (fs:/home, net:*:22).
     Policy {
         /// Add a rule (repeatable).
@@ -51,7 +61,8 @@ impl TrustCommand {
             TrustAction::Add { name, public_key } => {
                 let key = TrustStore::update(&home.dir, |t| t.add(&name, &public_key, now))?;
                 println!("trusted publisher {} key {}", key.name, key.key_id);
-                Ok(())
+                let detail = serde_json::json!({ "key_id": key.key_id, "public_key": key.public_key });
+                crate::plugin::record_change_in(home, kind::TRUST_ADDED, &key.name, detail)
             }
             TrustAction::List { json } => {
                 let t = TrustStore::load(&home.dir)?;
@@ -80,15 +91,17 @@ impl TrustCommand {
                 let revoked = TrustStore::update(&home.dir, |t| t.revoke(&key_or_name, now))?;
                 for k in revoked {
                     println!("revoked publisher {} key {}", k.name, k.key_id);
+                    let detail = serde_json::json!({ "key_id": k.key_id });
+                    crate::plugin::record_change_in(home, kind::TRUST_REMOVED, &k.name, detail)?;
                 }
                 Ok(())
             }
             TrustAction::Policy { deny, allow } => {
                 for rule in &deny {
                     let kind = rule.split(':').next().unwrap_or_default();
-                    if !["fs", "env", "net"].contains(&kind) || rule.len() > 256 {
+                    if !["fs", "env", "net", "llm", "tool"].contains(&kind) || rule.len() > 256 {
                         return Err(PluginError::Invalid(format!(
-                            "`{rule}`: a rule is fs, env or net, or a prefix of one"
+                            "`{rule}`: a rule is fs, env, net, llm or tool, or a prefix of one"
                         )));
                     }
                 }
@@ -109,7 +122,12 @@ impl TrustCommand {
                         format!("deny {}", policy.deny.join(", "))
                     }
                 );
-                Ok(())
+                crate::plugin::record_change_in(
+                    home,
+                    kind::TRUST_POLICY,
+                    "policy",
+                    serde_json::json!({ "deny": policy.deny }),
+                )
             }
         }
     }

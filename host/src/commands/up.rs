@@ -85,7 +85,14 @@ impl UpCommand {
             Ok(t) => t,
             Err(e) => return self.fail(Outcome::TokenRefused.exit_code(), &format!("token refused: {e}")),
         };
-        let host = match Host::open(home.clone(), HostOptions { pooling: true, progress: Some(crate::progress::Delayed::console()), ..HostOptions::default() }) {
+        let host = match Host::open(
+            home.clone(),
+            HostOptions {
+                pooling: true,
+                progress: Some(crate::progress::Delayed::console()),
+                ..HostOptions::default()
+            },
+        ) {
             Ok(h) => Arc::new(h),
             Err(e) => return self.fail(e.outcome().exit_code(), &e.to_string()),
         };

@@ -397,6 +397,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::EndStep { .. } => "end-step",
         Op::SkipStep { .. } => "skip-step",
         Op::EndPlan { .. } => "end-plan",
+        Op::ChangeHome { .. } => "change-home",
         Op::StartLlmCall { .. } => "start-llm-call",
         Op::EndLlmCall { .. } => "end-llm-call",
     }

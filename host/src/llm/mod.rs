@@ -126,8 +126,11 @@ impl RunTokens {
         self.used.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 
-    /// What is left; `Err` (with whether this is the first refusal) when nothing is.
-    fn left(&self, prompt_estimate: u64) -> Result<u64, (String, bool)> {
+    /// Reserves what a call may use, the prompt and at most `asked` tokens of completion, before the call is made:
+    /// returns the completion tokens granted (at most what is left after the prompt). Calls open at once (streams,
+    /// a tool's calls) each reserve their share, so together they never pass the cap; [`RunTokens::settle`] gives
+    /// back what a call did not use. `Err` (with whether this is the first refusal) when nothing is left.
+    fn reserve(&self, prompt_estimate: u64, asked: u64) -> Result<u64, (String, bool)> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         let left = self.cap.saturating_sub(used.0);
         if left == 0 || prompt_estimate >= left {
@@ -143,12 +146,15 @@ impl RunTokens {
             };
             return Err((why, first));
         }
-        Ok(left - prompt_estimate)
+        let granted = asked.clamp(1, left - prompt_estimate);
+        used.0 = used.0.saturating_add(prompt_estimate + granted);
+        Ok(granted)
     }
 
-    fn charge(&self, tokens: u64) {
+    /// Ends a reservation of `reserved` tokens: the call used `charged` (more than reserved if the provider says so).
+    fn settle(&self, reserved: u64, charged: u64) {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        used.0 = used.0.saturating_add(tokens);
+        used.0 = used.0.saturating_sub(reserved).saturating_add(charged);
     }
 }
 
@@ -517,14 +523,16 @@ impl Gateway {
             started,
             retries: 0,
             max_tokens: 0,
+            reserved: 0,
             prompt_bytes: types::prompt_bytes(&request.messages),
             engine: Arc::new(NoEngine),
             deadline: caller.deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(caller.deadline),
             ended: false,
         };
         match self.check(caller, request, configured.as_ref()) {
-            Ok((checked, engine)) => {
+            Ok((checked, engine, reserved)) => {
                 call.max_tokens = checked.max_tokens;
+                call.reserved = reserved;
                 call.engine = engine;
                 Ok((call, checked))
             }
@@ -541,7 +549,7 @@ impl Gateway {
         caller: &Caller,
         request: Request,
         model: Option<&config::Model>,
-    ) -> Result<(ChatRequest, Arc<dyn LlmEngine>), Failure> {
+    ) -> Result<(ChatRequest, Arc<dyn LlmEngine>, u64), Failure> {
         self.allowed(caller, &request.model)?;
         let Some(model) = model else {
             return Err(Failure::InvalidRequest(format!(
@@ -567,7 +575,8 @@ impl Gateway {
             return Err(Failure::InvalidRequest("max-tokens must be at least 1".into()));
         }
         let prompt = u64::from(types::estimate_tokens(types::prompt_bytes(&messages)));
-        let left = caller.tokens.left(prompt).map_err(|(why, first)| {
+        let asked = request.max_tokens.unwrap_or(model.max_tokens);
+        let granted = caller.tokens.reserve(prompt, u64::from(asked)).map_err(|(why, first)| {
             if first && let Some(run) = caller.run_id.clone() {
                 // Recorded before the call's own ending; the refusal stands whether or not this lands.
                 let op = Op::ReachLimit { run_id: run, limit: "llm-tokens".into(), cap: caller.tokens.cap() };
@@ -575,8 +584,8 @@ impl Gateway {
             }
             Failure::OverBudget(why)
         })?;
-        let asked = request.max_tokens.unwrap_or(model.max_tokens);
-        let max_tokens = u32::try_from(u64::from(asked).min(left)).unwrap_or(u32::MAX).max(1);
+        // From here on the reservation is the call's: its ending (or its drop) settles it.
+        let max_tokens = u32::try_from(granted).unwrap_or(u32::MAX);
         let checked = ChatRequest {
             model: model.upstream.clone(),
             messages,
@@ -585,7 +594,7 @@ impl Gateway {
             max_tokens,
             stop,
         };
-        Ok((checked, engine))
+        Ok((checked, engine, prompt + granted))
     }
 }
 
@@ -598,6 +607,7 @@ pub fn token_allows(token: &Verified, agent: &str, component: Option<String>, mo
         grants: vec![Grant { kind: "llm".into(), value: model.into(), mode: String::new() }],
         limits: TokenLimits::default(),
         component,
+        plugin: None,
     };
     token::authorize(token, &request, SystemTime::now())
         .map_err(|(grant, reason)| format!("grant refused: {grant}: {}", crate::error::one_line(&reason)))
@@ -639,6 +649,8 @@ struct Call {
     started: Instant,
     retries: u32,
     max_tokens: u32,
+    /// The run's tokens reserved for this call by its check, settled when it ends.
+    reserved: u64,
     prompt_bytes: usize,
     engine: Arc<dyn LlmEngine>,
     deadline: Instant,
@@ -703,7 +715,7 @@ impl Call {
     }
 
     fn finish(&self, result: Result<&ChatResponse, &Failure>, charged: u64, outcome: &'static str) {
-        self.caller.tokens.charge(charged);
+        self.caller.tokens.settle(self.reserved, charged);
         let usage = result.ok().map(|r| r.usage).or_else(|| {
             (charged > 0).then(|| Usage {
                 prompt_tokens: types::estimate_tokens(self.prompt_bytes),
@@ -834,13 +846,35 @@ mod tests {
     #[test]
     fn run_tokens_refuse_once_spent_and_report_once() {
         let t = RunTokens::new(100);
-        assert_eq!(t.left(10).unwrap(), 90);
-        t.charge(95);
-        let (why, first) = t.left(10).unwrap_err();
+        // A call of prompt 10 asking for up to 1000 is granted the 90 left, all of it reserved.
+        assert_eq!(t.reserve(10, 1000).unwrap(), 90);
+        // It used 95 in all: settled to that.
+        t.settle(100, 95);
+        assert_eq!(t.used(), 95);
+        let (why, first) = t.reserve(10, 50).unwrap_err();
         assert!(first && why.contains("more than the 5 model tokens the run has left"), "{why}");
-        t.charge(5);
-        let (why, first) = t.left(0).unwrap_err();
+        t.settle(0, 5);
+        let (why, first) = t.reserve(0, 50).unwrap_err();
         assert!(!first && why.contains("used its 100 model tokens"), "{why}");
+    }
+
+    /// Calls open at once (four streams) cannot together pass the cap: each reserves its share when it is checked,
+    /// not when it ends; what a call does not use comes back when it is settled.
+    #[test]
+    fn calls_open_at_once_share_the_cap_instead_of_each_seeing_all_of_it() {
+        let t = RunTokens::new(1000);
+        let first = t.reserve(10, 1000).unwrap();
+        assert_eq!(first, 990);
+        assert!(t.reserve(10, 1000).is_err(), "a second call open at the same time finds nothing left");
+        // Positive control: the first call used 200 in all; the rest comes back for the next call.
+        t.settle(10 + first, 200);
+        assert_eq!(t.reserve(10, 1000).unwrap(), 790);
+        // A small ask reserves only what it asks.
+        let t = RunTokens::new(1000);
+        let grants: Vec<u64> = (0..4).map(|_| t.reserve(10, 200).unwrap()).collect();
+        assert_eq!(grants, [200, 200, 200, 200]);
+        assert_eq!(t.used(), 840);
+        assert_eq!(t.reserve(10, 200).unwrap(), 150, "the fifth gets what is left, no more");
     }
 
     #[test]

@@ -737,14 +737,15 @@ async fn run_once(
     cancel: &Arc<Cancel>,
 ) -> Result<crate::report::RunReport, RunError> {
     let input = input.clone().map_err(RunError::InvalidInput)?;
-    let spec = spec(prepared, input);
+    let spec = spec(prepared, input, Some(run_id.to_string()));
     let ready = context.host.prepare(&context.runner, &spec)?;
     let control = RunControl { run_id: Some(run_id.to_string()), cancel: Some(cancel.clone()) };
     let output = OutputMode { echo: false, capture: true };
     Ok(context.runner.run_with(&ready.program, &ready.grants, &ready.limits, &ready.invocation, output, control).await)
 }
 
-fn spec(prepared: &Prepared, input: Option<String>) -> RunSpec {
+/// The run of a step; `run_id`: the id its start was recorded under (none for the check before the plan starts).
+fn spec(prepared: &Prepared, input: Option<String>, run_id: Option<String>) -> RunSpec {
     let step = &prepared.step;
     RunSpec {
         source: Source::Path(prepared.component.clone()),
@@ -753,8 +754,10 @@ fn spec(prepared: &Prepared, input: Option<String>) -> RunSpec {
         args: Vec::new(),
         grants: step.grants.clone(),
         tools: step.tools.clone(),
+        models: Vec::new(),
         limits: prepared.limits.clone(),
         token: Some(prepared.token.clone()),
+        run_id,
     }
 }
 
@@ -795,6 +798,7 @@ async fn authorize(
             max_memory: Some(asked.max_memory.or(ceilings.map(|c| c.memory)).unwrap_or(defaults.max_memory)),
             max_output: asked.max_output,
             max_records: asked.max_records,
+            llm_tokens: asked.llm_tokens,
         };
         let run_limits = crate::run::Limits {
             fuel: limits.fuel.unwrap_or(defaults.fuel),
@@ -877,7 +881,7 @@ async fn authorize(
             Pipes::None => step.input.as_ref().map(Value::to_string),
             _ => Some("{}".to_string()),
         };
-        if let Err(e) = host.prepare(runner, &spec(&p, stand_in)) {
+        if let Err(e) = host.prepare(runner, &spec(&p, stand_in, None)) {
             drop(runner.record_refusal(&p.component, &e).await);
             return Err(refusal(step, &e));
         }

@@ -567,6 +567,7 @@ fn limits(l: &LimitSection) -> Result<LimitRequest, String> {
         max_memory: l.memory.as_deref().map(crate::units::parse_size).transpose()?,
         max_output: l.output.as_deref().map(crate::units::parse_size).transpose()?,
         max_records: l.records,
+        llm_tokens: None,
     })
 }
 

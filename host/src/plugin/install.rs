@@ -156,10 +156,23 @@ pub fn install(
     trust.policy.check(package)?;
     let store = Store::open(home);
     let plan = store.plan(package, allow_downgrade)?;
+    let m = &package.manifest;
+    // A tool of that name installed another way (`tool add`, or a package of another publisher) is never replaced
+    // silently: every token that grants `tool:NAME` would run the newcomer's code.
+    let identity = super::store::identity(&m.publisher.key_id, &m.name);
+    let registry = crate::tools::registry::Registry::open(home);
+    if let Ok(tool) = registry.get(&m.name)
+        && tool.plugin.as_deref() != Some(identity.as_str())
+    {
+        let from = tool.plugin.map_or_else(|| "by `toka-host tool add`".to_string(), |p| format!("from package {p}"));
+        return Err(PluginError::WrongPublisher(format!(
+            "a tool named {} is already installed here ({from}); remove it first (toka-host tool remove {})",
+            m.name, m.name
+        )));
+    }
     if plan.unchanged {
         return Ok(Installed::Unchanged(plan.previous.expect("an unchanged plan has a previous record")));
     }
-    let m = &package.manifest;
     // The component must be what the manifest says it is; a tool must not declare more than the manifest shows.
     let staged = store.stage_blob(package)?;
     let checked = check_kind(host, package, &staged);
@@ -186,13 +199,23 @@ pub fn install(
     }
     let record = store.commit(package, source)?;
     if let Some(spec) = spec {
-        let registry = crate::tools::registry::Registry::open(home);
         registry.add_from(&m.name, &package.component, spec, Some(record.identity())).map_err(PluginError::host)?;
     } else if let Some(previous) = &plan.previous
         && previous.kind == Kind::Tool
     {
-        drop(crate::tools::registry::Registry::open(home).remove(&m.name));
+        // Only the tool this package installed (checked above: a registry entry of that name is this package's).
+        drop(registry.remove(&m.name));
     }
+    let detail = serde_json::json!({
+        "kind": record.kind,
+        "publisher": record.publisher,
+        "key_id": record.key_id,
+        "sha256": record.sha256,
+        "source": record.source,
+        "previous": plan.previous.as_ref().map(|p| p.version.clone()),
+    });
+    let subject = format!("{}@{}", record.name, record.version);
+    super::record_change(host.log(), crate::kernel::kind::PLUGIN_INSTALLED, &subject, detail)?;
     if let Some(previous) = plan.previous.filter(|p| p.sha256 != record.sha256) {
         store.drop_unused_blob(&previous.sha256)?;
     }

@@ -155,3 +155,54 @@ mod tests {
         assert!(codes.is_disjoint(&run_codes));
     }
 }
+
+/// The installed agent package `name`, checked as a run of it is (its digest on disk, its signature against the
+/// home's trust now); `None` when no package of that name is installed. An installed tool is refused: tools are
+/// called, not run.
+pub fn installed_agent(home: &std::path::Path, name: &str) -> Result<Option<crate::runtime::Source>, PluginError> {
+    let store = store::Store::open(home);
+    let Some(record) = store.find(name)? else {
+        return Ok(None);
+    };
+    if record.kind != Kind::Agent {
+        return Err(PluginError::Invalid(format!(
+            "{} is an installed tool: call it with `toka-host tool call {}` or let an agent --allow-tool it",
+            record.name, record.name
+        )));
+    }
+    let trust = trust::TrustStore::load(home)?;
+    let (record, bytes) = store.load(&record.name, &trust)?;
+    Ok(Some(crate::runtime::Source::Plugin {
+        identity: record.identity(),
+        name: record.name,
+        bytes: std::sync::Arc::new(bytes),
+    }))
+}
+
+/// Records a change to what this home will run (see [`crate::kernel::Op::ChangeHome`]) in `log`, after the change:
+/// an error says the change was made but is not in the log.
+pub fn record_change(
+    log: &crate::events::EventLog,
+    change: &str,
+    subject: &str,
+    detail: serde_json::Value,
+) -> Result<(), PluginError> {
+    let op = crate::kernel::Op::ChangeHome { change: change.into(), subject: subject.into(), detail };
+    log.submit(crate::run::operation(op))
+        .map(drop)
+        .map_err(|e| PluginError::Host(format!("{change} {subject} was done but could not be recorded: {e}")))
+}
+
+/// [`record_change`] in `home`'s log, opened for it (commands that need nothing else of the host).
+pub fn record_change_in(
+    home: &crate::home::Home,
+    change: &str,
+    subject: &str,
+    detail: serde_json::Value,
+) -> Result<(), PluginError> {
+    let db = home.open_db().map_err(PluginError::host)?;
+    let signer = crate::events::Signer::for_home(home);
+    let log = crate::events::EventLog::open(db, crate::events::GroupCommit::default(), Some(signer))
+        .map_err(PluginError::host)?;
+    record_change(&log, change, subject, detail)
+}

@@ -23,6 +23,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+/// Most versions of one package name in the index.
+pub const MAX_VERSIONS: usize = 256;
+/// Room kept below the clients' largest index, for yanks and the signing time.
+const INDEX_MARGIN: usize = 64 << 10;
+
 /// A registry being served.
 pub struct Registry {
     dir: PathBuf,
@@ -192,10 +197,28 @@ impl Registry {
             published_ms: crate::events::now_ms(),
             yanked: false,
         };
+        // The index stays one that every client accepts: a publisher (even one allowed a single name) must not be
+        // able to grow it past the clients' limits and so break it for every package.
+        let versions = index.entries.iter().filter(|e| e.name == m.name).count();
+        if versions >= MAX_VERSIONS {
+            return Err(Refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                format!("{} has {versions} versions published, the most a name may have", m.name),
+            ));
+        }
         let mut next = index.clone();
         next.entries.push(entry.clone());
         next.version += 1;
         next.time_ms = crate::events::now_ms();
+        let size = serde_json::to_vec(&next.sign(&self.key)).map_or(usize::MAX, |v| v.len());
+        if next.entries.len() > super::index::MAX_ENTRIES || size > super::index::MAX_INDEX - INDEX_MARGIN {
+            return Err(Refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                format!("the index would be {size} bytes and {} entries, over what clients accept", next.entries.len()),
+            ));
+        }
         self.save_index(&next)?;
         *index = next;
         tracing::info!(package = %package.id(), "published");

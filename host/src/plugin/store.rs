@@ -151,7 +151,7 @@ impl Store {
                      replace it)",
                     m.name,
                     installed,
-                    &previous.sha256[..16]
+                    previous.sha256.get(..16).unwrap_or(&previous.sha256)
                 )));
             }
         }

@@ -69,7 +69,19 @@ impl Policy {
                     let port_overlaps = port == "*" || rule_port == "*" || port == rule_port;
                     host_overlaps && port_overlaps
                 }
-                _ => value == rule_value,
+                // Names with patterns (`llm:gpt-*`, `publish:*`, `tool:*`): a trailing `*` on either side covers every
+                // name it starts, so `llm:*` asked for overlaps a rule `llm:gpt-4`, and a rule `llm:gpt-*` forbids
+                // `llm:gpt-4o`.
+                _ => {
+                    let covers = |pattern: &str, name: &str| match pattern.strip_suffix('*') {
+                        Some(prefix) => {
+                            name.starts_with(prefix)
+                                || (name.ends_with('*') && prefix.starts_with(name.trim_end_matches('*')))
+                        }
+                        None => pattern == name,
+                    };
+                    covers(value, rule_value) || covers(rule_value, value)
+                }
             }
         })
     }
@@ -183,6 +195,18 @@ impl TrustStore {
         Ok(revoked)
     }
 
+    /// The trusted key `key_id`, unless it was removed from trust: what every use of an installed package checks
+    /// again (cheap, no signature), so a publisher removed from trust stops in long-running processes too.
+    pub fn still_trusted(&self, key_id: &str, what: &str) -> Result<&TrustedKey, PluginError> {
+        let key = self.publishers.iter().find(|k| k.key_id == key_id).ok_or_else(|| {
+            PluginError::UnknownPublisher(format!("{what} is signed by key {key_id}, which this home does not trust"))
+        })?;
+        match key.revoked_ms {
+            Some(at) => Err(revoked(what, key, at)),
+            None => Ok(key),
+        }
+    }
+
     /// Checks a package's signature against this home's trust, then its component against its digest; returns the
     /// trusted key that signed it. The order makes each tamper case its own refusal: a changed manifest fails the
     /// signature, a changed component (under an intact signed manifest) fails the digest.
@@ -206,12 +230,7 @@ impl TrustStore {
             ))
         })?;
         if let Some(at) = key.revoked_ms {
-            return Err(PluginError::RevokedPublisher(format!(
-                "{id} is signed by key {} of {}, removed from trust at {}",
-                key.key_id,
-                key.name,
-                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(at))
-            )));
+            return Err(revoked(&id, key, at));
         }
         if !key.public_key.eq_ignore_ascii_case(&signature.public_key) {
             // Same 64-bit id, another key: not the key this home trusts.
@@ -233,6 +252,15 @@ impl TrustStore {
         package.check_component()?;
         Ok(key)
     }
+}
+
+fn revoked(what: &str, key: &TrustedKey, at: u64) -> PluginError {
+    PluginError::RevokedPublisher(format!(
+        "{what} is signed by key {} of {}, removed from trust at {}",
+        key.key_id,
+        key.name,
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(at))
+    ))
 }
 
 #[cfg(test)]
@@ -299,5 +327,18 @@ mod tests {
         assert!(n.forbids("net:*:443").is_some());
         assert!(n.forbids("net:api.example.com:443").is_some());
         assert!(n.forbids("net:other.example.com:443").is_none());
+        // Patterns overlap the names they cover, in either direction.
+        let m = Policy { deny: vec!["llm:gpt-4".into(), "publish:*".into()] };
+        assert!(m.forbids("llm:gpt-4").is_some());
+        assert!(m.forbids("llm:*").is_some(), "llm:* reaches gpt-4");
+        assert!(m.forbids("llm:gpt-*").is_some(), "llm:gpt-* reaches gpt-4");
+        assert!(m.forbids("llm:claude-3").is_none());
+        assert!(m.forbids("llm:claude-*").is_none());
+        assert!(m.forbids("publish:echo").is_some());
+        let w = Policy { deny: vec!["llm:gpt-*".into()] };
+        assert!(w.forbids("llm:gpt-4o").is_some());
+        assert!(w.forbids("llm:g*").is_some(), "g* covers gpt-*");
+        assert!(w.forbids("llm:claude-3").is_none());
+        assert!(w.forbids("llm:g").is_none(), "the name g is not covered by gpt-*");
     }
 }

@@ -49,6 +49,13 @@ pub fn build(dir: &Path) -> Result<Built, ProjectError> {
     let dir = std::path::absolute(dir).map_err(|e| ProjectError::io(dir, e))?;
     let manifest = Manifest::read(&dir)?;
     let scratch = dir.join("build");
+    // The build's scratch directory is inside the project: a symlink there would send its writes elsewhere.
+    if scratch.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(ProjectError::Invalid(format!(
+            "{}: a symlink; the build writes only inside the project (remove it)",
+            scratch.display()
+        )));
+    }
     std::fs::create_dir_all(&scratch).map_err(|e| ProjectError::io(&scratch, e))?;
     let wit = scratch.join("wit");
     super::templates::write_wit(&wit)?;
@@ -144,7 +151,16 @@ pub fn build(dir: &Path) -> Result<Built, ProjectError> {
     let component_path = dir.join(format!("{name}.wasm"));
     // Through a temporary file: a failed build never leaves half a component behind.
     let tmp = scratch.join(format!("{name}.wasm.tmp"));
-    std::fs::write(&tmp, &component).map_err(|e| ProjectError::io(&tmp, e))?;
+    // A fresh file (a leftover, or a symlink planted at its place, is removed first, never written through).
+    if tmp.symlink_metadata().is_ok() {
+        std::fs::remove_file(&tmp).map_err(|e| ProjectError::io(&tmp, e))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &component))
+        .map_err(|e| ProjectError::io(&tmp, e))?;
     std::fs::rename(&tmp, &component_path).map_err(|e| ProjectError::io(&component_path, e))?;
     Ok(Built { manifest, component: component_path, bytes: component.len() })
 }

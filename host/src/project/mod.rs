@@ -152,7 +152,13 @@ impl Manifest {
     /// Reads `DIR/toka-project.toml`.
     pub fn read(dir: &Path) -> Result<Manifest, ProjectError> {
         let path = dir.join(MANIFEST);
-        let text = match std::fs::read_to_string(&path) {
+        // Read bounded: the file is the user's, and may be anything (a symlink to /dev/zero).
+        let read = std::fs::File::open(&path).and_then(|f| {
+            use std::io::Read;
+            let mut text = String::new();
+            f.take(64 * 1024 + 1).read_to_string(&mut text).map(|_| text)
+        });
+        let text = match read {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ProjectError::Invalid(format!(

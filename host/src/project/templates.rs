@@ -41,6 +41,17 @@ pub fn write_wit(dir: &Path) -> Result<(), ProjectError> {
         let file = dir.join(path);
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent).map_err(|e| ProjectError::io(parent, e))?;
+            // The WIT lives inside the project: a symlinked directory on the way would write it elsewhere.
+            if parent.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(ProjectError::Invalid(format!(
+                    "{}: a symlink; refusing to write through it",
+                    parent.display()
+                )));
+            }
+        }
+        // Replaced, never written through: a symlink left at the file's place is removed, not followed.
+        if file.symlink_metadata().is_ok() {
+            std::fs::remove_file(&file).map_err(|e| ProjectError::io(&file, e))?;
         }
         std::fs::write(&file, text).map_err(|e| ProjectError::io(&file, e))?;
     }

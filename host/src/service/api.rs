@@ -12,6 +12,10 @@ pub enum ComponentRef {
     Path(String),
     /// The component's bytes, base64 (standard alphabet), run as agent `name`.
     Upload { name: String, wasm_base64: String },
+    /// An installed agent package (`toka-host plugin install`), by name: checked as `toka-host run NAME` checks it
+    /// (its digest on disk, its signature against the home's trust at this moment); a token bound to the package
+    /// (`token mint --plugin`) runs it.
+    Plugin(String),
 }
 
 /// Grants a run asks for, in the CLI's syntax; each must be covered by the bearer token.

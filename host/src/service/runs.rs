@@ -165,6 +165,19 @@ fn source(service: &Service, component: &ComponentRef) -> Result<Source, ApiErro
             }
             Err(ApiError::not_found(format!("no component {} in the server's component directories", path.display())))
         }
+        ComponentRef::Plugin(name) => {
+            crate::tools::check_name(name).map_err(|e| ApiError::bad_request(format!("plugin: {e}")))?;
+            match crate::plugin::installed_agent(&service.host.home().dir, name) {
+                Ok(Some(source)) => Ok(source),
+                Ok(None) => Err(ApiError::not_found(format!("no installed agent package named {name}"))),
+                Err(e @ (crate::plugin::PluginError::Invalid(_) | crate::plugin::PluginError::NotFound(_))) => {
+                    Err(ApiError::bad_request(e))
+                }
+                Err(crate::plugin::PluginError::Host(e)) => Err(ApiError::internal(e)),
+                // Tampered, unsigned, no longer trusted: the package is refused, not the request's shape.
+                Err(e) => Err(ApiError::new(axum::http::StatusCode::FORBIDDEN, "plugin-refused", e)),
+            }
+        }
         ComponentRef::Upload { name, wasm_base64 } => {
             use base64::Engine;
             let bytes = base64::engine::general_purpose::STANDARD
@@ -201,9 +214,15 @@ fn run_token(bearer: &auth::Bearer, spec: &RunSpec, grants: &GrantRequest) -> Re
         StateGrant::ReadWrite => only.push(Grant { kind: "state".into(), value: String::new(), mode: "rw".into() }),
     }
     let ttl = spec.limits.timeout.unwrap_or(Duration::from_secs(30)).saturating_add(Duration::from_secs(60));
+    // `exact`: `only` is the whole list even when it is empty. A run that asks for no grant and no tool keeps none
+    // of the bearer's (an empty list alone would narrow nothing, and its tool calls would reach every tool the
+    // bearer allows).
     let narrowing = Attenuation {
         only,
+        exact: true,
         fuel: spec.limits.fuel,
+        memory: spec.limits.max_memory,
+        timeout_ms: spec.limits.timeout.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         ttl: Some(ttl),
         llm_tokens: spec.limits.llm_tokens,
         ..Attenuation::default()

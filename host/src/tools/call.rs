@@ -208,18 +208,35 @@ impl ToolHost {
             RegistryError::Unknown(_) => Failure::InvalidInput(e.to_string()),
             e => Failure::Failed(e.to_string()),
         })?;
+        // A tool from a package: its publisher must still be trusted at every call, before the cache is looked at,
+        // so a publisher removed from trust stops its tools in long-running processes (serve, mcp) too.
+        let trust = match &installed.plugin {
+            Some(identity) => {
+                let home = self.registry.home();
+                let trust = crate::plugin::trust::TrustStore::load(home).map_err(|e| Failure::Failed(e.to_string()))?;
+                let key_id = identity.split_once('/').map_or(identity.as_str(), |(k, _)| k);
+                trust.still_trusted(key_id, &format!("tool {name}")).map_err(|e| Failure::Denied(e.to_string()))?;
+                Some(trust)
+            }
+            None => None,
+        };
         // By name and digest: a tool re-installed under the same name with new bytes is loaded again.
         let key = format!("{}@{}", installed.name, installed.sha256);
         if let Some(t) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(t.clone());
         }
-        if installed.plugin.is_some() {
-            // A tool from a package: its publisher must still be trusted, its signed manifest still intact.
-            let home = self.registry.home();
-            let trust = crate::plugin::trust::TrustStore::load(home).map_err(|e| Failure::Failed(e.to_string()))?;
-            crate::plugin::store::Store::open(home)
-                .load(name, &trust)
+        if let (Some(identity), Some(trust)) = (&installed.plugin, &trust) {
+            // First use: the signed manifest still intact, and the package installed is the one this entry names.
+            let (record, _) = crate::plugin::store::Store::open(self.registry.home())
+                .load(name, trust)
                 .map_err(|e| Failure::Denied(format!("tool {name}: {e}")))?;
+            if record.sha256 != installed.sha256 || &record.identity() != identity {
+                return Err(Failure::Denied(format!(
+                    "tool {name}: the installed package ({}, {}) is not the one this tool was installed from ({identity})",
+                    record.identity(),
+                    record.sha256
+                )));
+            }
         }
         let path = self.registry.component_path(&installed.sha256);
         let loaded = crate::component::load(&self.engine, &path).map_err(|e| run_failure(&e))?;
