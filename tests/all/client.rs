@@ -150,15 +150,19 @@ fn an_unreachable_or_busy_server_has_its_own_exit_code() {
     // Nothing listens on a port just freed.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
-    let gone = toka_with(&["run", "--server", &url, "--token", "abc", hello], None, &[]);
+    // Text that reads as a token (base64 of a few hundred bytes): the client needs no valid one to find the server
+    // gone.
+    let abc = "abc".repeat(50);
+    let abc = abc.as_str();
+    let gone = toka_with(&["run", "--server", &url, "--token", abc, hello], None, &[]);
     gone.expect_code(83);
     assert_eq!(gone.stderr.lines().count(), 1, "{}", gone.stderr);
     assert!(gone.stderr.starts_with(&format!("toka-host: cannot reach the server at {url}: ")), "{}", gone.stderr);
-    let json = toka_with(&["run", "--json", "--server", &url, "--token", "abc", hello], None, &[]);
+    let json = toka_with(&["run", "--json", "--server", &url, "--token", abc, hello], None, &[]);
     json.expect_code(83);
     assert_eq!(json.report()["outcome"], "unreachable");
     for bad in ["127.0.0.1:7878", "http://127.0.0.1:7878/v1/runs"] {
-        let r = toka_with(&["run", "--server", bad, "--token", "abc", hello], None, &[]);
+        let r = toka_with(&["run", "--server", bad, "--token", abc, hello], None, &[]);
         r.expect_code(83);
         assert!(r.stderr.contains("cannot reach the server"), "{}", r.stderr);
     }

@@ -779,7 +779,7 @@ fn the_service_runs_installed_packages_until_their_publisher_leaves_trust() {
     assert_eq!((status, body["error"]["code"].as_str()), (403, Some("plugin-refused")), "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("revoked publisher key")), "{body}");
     let stopped = call();
-    assert_eq!(stopped["outcome"], "denied", "{stopped}");
+    assert_eq!(stopped["outcome"], "grant-refused", "{stopped}");
     assert!(stopped["error"].as_str().is_some_and(|m| m.contains("revoked publisher key")), "{stopped}");
 }
 

@@ -247,7 +247,8 @@ fn a_run_that_names_no_tool_calls_none_even_when_the_bearer_allows_it() {
     let bearer = s.mint(&["--agent", "hostile", "--grant", "tool:echo"]);
     let calls = json!({ "attack": "calls", "calls": [{ "tool": { "name": "echo", "input": r#"{"hi":1}"# } }] });
     let answers = |tools: Value| {
-        let body = json!({ "component": { "path": "hostile.wasm" }, "input": calls, "tools": tools, "wait": true });
+        let body = json!({ "component": { "path": "hostile.wasm" }, "input": calls, "grants": { "tools": tools },
+            "wait": true });
         let (status, body) = s.post("/v1/runs", Some(&bearer), &body);
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["report"]["outcome"], "success", "{body}");

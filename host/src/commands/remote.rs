@@ -51,7 +51,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Stop> {
 
 /// The client for `server` with the token of `--token` (read as the local form reads it).
 fn client(server: &str, token: &str) -> Result<Client, Stop> {
-    let token = crate::commands::token::read_token(token).map_err(RunError::TokenRefused)?;
+    let token = crate::commands::token::read_token(token).map_err(crate::commands::run::token_arg_error)?;
     let client = Client::new(server, &token)?;
     if client.in_clear() {
         eprintln!(

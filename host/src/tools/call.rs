@@ -410,6 +410,8 @@ impl ToolHost {
         let tool = match self.load(name) {
             Ok(t) => t,
             Err(f @ Failure::InvalidInput(_)) => return (Outcome::FileNotFound, Err(f), 0),
+            // A tool whose package is no longer trusted is refused, as a grant the caller does not hold is.
+            Err(f @ Failure::Denied(_)) => return (Outcome::GrantRefused, Err(f), 0),
             Err(f) => return (Outcome::HostError, Err(f), 0),
         };
         if input.len() > MAX_IO {
