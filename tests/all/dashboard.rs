@@ -103,7 +103,7 @@ fn dashboard_in_a_real_browser_refuses_without_a_token_then_shows_runs_live() {
         .spawn()
         .expect("node (Debian's nodejs) runs the browser script");
     let group = child.id();
-    let kill_group = || drop(Command::new("kill").args(["-KILL", &format!("-{group}")]).status());
+    let kill_group = || kill_process_group(group);
     let mut stdin = child.stdin.take().unwrap();
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
@@ -202,4 +202,23 @@ fn dashboard_in_a_real_browser_refuses_without_a_token_then_shows_runs_live() {
     assert_eq!(runs.len(), 4, "{operator_view}");
     assert!(runs.iter().all(|r| r["outcome"] == "success"), "{operator_view}");
     eprintln!("the browser test took {:?}", started.elapsed());
+}
+
+/// Kills every process of process group `group` one by one, by its own (positive) pid, found in /proc. Never a
+/// negative argument to kill(1): procps-ng 4.0.2's `kill -KILL -PGID` was seen to kill every process of the user,
+/// the test runner and the shell that started it included.
+fn kill_process_group(group: u32) {
+    if group <= 1 {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // After the command name (in parentheses, possibly with spaces): state, ppid, pgrp, ...
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        if rest.split_whitespace().nth(2).and_then(|p| p.parse::<u32>().ok()) == Some(group) {
+            drop(Command::new("kill").args(["-s", "KILL", &pid.to_string()]).status());
+        }
+    }
 }

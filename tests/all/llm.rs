@@ -1,5 +1,5 @@
 //! The model gateway end to end: the real `toka-host` binary, the example agents built from `agents/tool-chat`
-//! (Rust) and `agents/tool-chat-python`, real tools, a real redb file, and a local provider on
+//! (Rust), `agents/tool-chat-python` and `agents/tool-chat-js`, real tools, a real redb file, and a local provider on
 //! loopback that speaks OpenAI's and Anthropic's wire formats (`toka_tests::llm_mock`). Every refusal and failure is
 //! checked to be an error value the agent sees and an event, next to the same setup succeeding.
 
@@ -74,7 +74,7 @@ impl LlmHome {
         toka_with(args, None, &[("TOKA_HOME", self.path().to_str().unwrap()), (KEY_ENV, &self.key)])
     }
 
-    /// Runs `agent` (`tool-chat` or `tool-chat-python`) with `input` and extra flags, as JSON.
+    /// Runs `agent` (`tool-chat`, `tool-chat-python` or `tool-chat-js`) with `input` and extra flags, as JSON.
     fn chat(&self, agent_name: &str, input: &serde_json::Value, flags: &[&str]) -> Ran {
         let input = input.to_string();
         let component = agent(agent_name);
@@ -118,13 +118,13 @@ const QUESTION: &str =
     "Please look this up.\ncall echo {\"n\":1}\ncall json-query {\"document\":{\"a\":[1,2]},\"path\":\"$.a[*]\"}";
 const ANSWER: &str = r#"Done. echo returned {"n":1}; json-query returned {"matches":[1,2]}"#;
 
-/// The issue's "done when": both example agents (Rust, Python) complete a multi-turn, tool-calling conversation through the gateway
+/// The issue's "done when": the example agents (Rust, Python, and JavaScript too) complete a multi-turn, tool-calling conversation through the gateway
 /// in both wire formats, whole and streamed; every model call and tool call is recorded; the provider received the
 /// key in its own header and requests in its own format.
 #[test]
 fn both_agents_hold_a_tool_calling_conversation_in_both_wire_formats() {
     let home = LlmHome::new();
-    for agent_name in ["tool-chat", "tool-chat-python"] {
+    for agent_name in ["tool-chat", "tool-chat-python", "tool-chat-js"] {
         for model in ["oa-chat", "an-chat"] {
             for stream in [false, true] {
                 let input = serde_json::json!({ "model": model, "question": QUESTION, "stream": stream });
@@ -176,7 +176,7 @@ fn both_agents_hold_a_tool_calling_conversation_in_both_wire_formats() {
     }
     // What the provider saw: its own wire format and header, the key, and the tool results on the later turns.
     let seen = home.mock.requests_for("mock-model");
-    assert_eq!(seen.len(), 2 * 2 * 2 * 3, "two agents, two formats, whole and streamed, three turns");
+    assert_eq!(seen.len(), 3 * 2 * 2 * 3, "three agents, two formats, whole and streamed, three turns");
     for s in &seen {
         let openai = s.path == "/v1/chat/completions";
         if openai {

@@ -16,6 +16,7 @@
 //! | `summarize`    | `agents/summarize` (cdylib)    | like `hello-rust` (an agent that works through three tools)    |
 //! | `tool-chat`    | `agents/tool-chat` (cdylib)    | like `hello-rust` (a model conversation that calls tools)      |
 //! | `tool-chat-python` | `agents/tool-chat-python/agent.py` | componentize-py (the same conversation in Python)  |
+//! | `tool-chat-js`     | `agents/tool-chat-js/agent.js`     | componentize-js (the same conversation in JavaScript) |
 //!
 //! Tools (world `toka:agent/tool`, `toka_sdk::tool!`), built into `target/tools/NAME.wasm`:
 //!
@@ -136,6 +137,7 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("summarize", Kind::RustReactor),
     Agent::new("tool-chat", Kind::RustReactor),
     Agent::new("tool-chat-python", Kind::Python),
+    Agent::new("tool-chat-js", Kind::JavaScript),
     Agent::new("echo", Kind::RustTool),
     Agent::new("file-reader", Kind::RustTool),
     Agent::new("file-writer", Kind::RustTool),

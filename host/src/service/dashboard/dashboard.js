@@ -449,6 +449,12 @@
       else row.removeAttribute('aria-selected');
     }
     const section = $('detail-section');
+    if (section.getAttribute('data-run-id') !== runId) {
+      // Another run: nothing of the one shown before may stay on screen under this run's id while it loads.
+      $('detail-facts').replaceChildren();
+      $('detail-events').tBodies[0].replaceChildren();
+      $('detail-result').hidden = true;
+    }
     section.hidden = false;
     section.setAttribute('data-run-id', runId);
     $('detail-id').textContent = runId;
