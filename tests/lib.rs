@@ -89,7 +89,26 @@ pub fn toka(args: &[&str]) -> Ran {
 }
 
 /// Runs `toka-host` with `args`, optional stdin and extra environment.
+///
+/// The host's own lines about a first compile (`toka-host: compiling ...`, `toka-host: compiled ...`) are taken out
+/// of `stderr`: whether they appear depends on the compile cache's warmth and the machine's speed, not on what a test
+/// checks. [`toka_raw`] keeps them (the progress test reads them).
 pub fn toka_with(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Ran {
+    let mut ran = toka_raw(args, stdin, env);
+    ran.stderr = without_compile_progress(&ran.stderr);
+    ran
+}
+
+/// `stderr` without the host's lines about a first compile.
+pub fn without_compile_progress(stderr: &str) -> String {
+    stderr
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("toka-host: compiling ") && !l.starts_with("toka-host: compiled "))
+        .collect()
+}
+
+/// [`toka_with`], with stderr exactly as the host wrote it.
+pub fn toka_raw(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Ran {
     let mut cmd = Command::new(toka_host());
     cmd.args(args).env("TOKA_CACHE_DIR", shared_cache()).env("TOKA_HOME", shared_home()).env_remove("RUST_LOG");
     for (k, v) in env {

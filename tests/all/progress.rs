@@ -2,7 +2,7 @@
 //! Python agent, 5-20 s) says it is compiling and then that later runs are fast; a later run from the compile cache
 //! says nothing.
 
-use toka_tests::{agent, toka_with};
+use toka_tests::{agent, toka_raw};
 
 #[test]
 fn a_first_compile_says_so_and_a_cached_run_is_quiet() {
@@ -17,7 +17,7 @@ fn a_first_compile_says_so_and_a_cached_run_is_quiet() {
         r#"{"name":"Ada"}"#,
         python.to_str().unwrap(),
     ];
-    let first = toka_with(&args, None, &[]);
+    let first = toka_raw(&args, None, &[]);
     first.expect_code(0);
     assert_eq!(first.stdout, "{\"greeting\":\"Hello, Ada!\"}\n");
     let lines: Vec<&str> = first.stderr.lines().collect();
@@ -35,7 +35,7 @@ fn a_first_compile_says_so_and_a_cached_run_is_quiet() {
     assert_eq!(lines.len(), 3, "no other line, no terminal escape codes:\n{}", first.stderr);
 
     // Loaded from the cache: in milliseconds, so nothing is said.
-    let second = toka_with(&args, None, &[]);
+    let second = toka_raw(&args, None, &[]);
     second.expect_code(0);
     assert_eq!(second.stdout, first.stdout);
     assert!(!second.stderr.contains("toka-host: "), "{}", second.stderr);
