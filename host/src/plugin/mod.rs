@@ -124,38 +124,6 @@ pub fn is_sha256_hex(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exit_codes_are_distinct_and_do_not_collide_with_run_outcomes() {
-        let all = [
-            PluginError::Malformed(String::new()),
-            PluginError::ComponentDigest { expected: String::new(), actual: String::new() },
-            PluginError::Signature(String::new()),
-            PluginError::UnknownPublisher(String::new()),
-            PluginError::WrongPublisher(String::new()),
-            PluginError::RevokedPublisher(String::new()),
-            PluginError::Downgrade(String::new()),
-            PluginError::Yanked(String::new()),
-            PluginError::StaleIndex(String::new()),
-            PluginError::UnsignedIndex(String::new()),
-            PluginError::IndexRollback(String::new()),
-            PluginError::PolicyForbids(String::new()),
-            PluginError::PackageDigest(String::new()),
-            PluginError::Truncated(String::new()),
-            PluginError::NotConfirmed(String::new()),
-            PluginError::Remote(String::new()),
-        ];
-        let codes: std::collections::HashSet<i32> = all.iter().map(PluginError::exit_code).collect();
-        assert_eq!(codes.len(), all.len());
-        let run_codes: std::collections::HashSet<i32> =
-            crate::error::Outcome::ALL.iter().map(|o| o.exit_code()).chain([80]).collect();
-        assert!(codes.is_disjoint(&run_codes));
-    }
-}
-
 /// The installed agent package `name`, checked as a run of it is (its digest on disk, its signature against the
 /// home's trust now); `None` when no package of that name is installed. An installed tool is refused: tools are
 /// called, not run.
@@ -205,4 +173,36 @@ pub fn record_change_in(
     let log = crate::events::EventLog::open(db, crate::events::GroupCommit::default(), Some(signer))
         .map_err(PluginError::host)?;
     record_change(&log, change, subject, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_distinct_and_do_not_collide_with_run_outcomes() {
+        let all = [
+            PluginError::Malformed(String::new()),
+            PluginError::ComponentDigest { expected: String::new(), actual: String::new() },
+            PluginError::Signature(String::new()),
+            PluginError::UnknownPublisher(String::new()),
+            PluginError::WrongPublisher(String::new()),
+            PluginError::RevokedPublisher(String::new()),
+            PluginError::Downgrade(String::new()),
+            PluginError::Yanked(String::new()),
+            PluginError::StaleIndex(String::new()),
+            PluginError::UnsignedIndex(String::new()),
+            PluginError::IndexRollback(String::new()),
+            PluginError::PolicyForbids(String::new()),
+            PluginError::PackageDigest(String::new()),
+            PluginError::Truncated(String::new()),
+            PluginError::NotConfirmed(String::new()),
+            PluginError::Remote(String::new()),
+        ];
+        let codes: std::collections::HashSet<i32> = all.iter().map(PluginError::exit_code).collect();
+        assert_eq!(codes.len(), all.len());
+        let run_codes: std::collections::HashSet<i32> =
+            crate::error::Outcome::ALL.iter().map(|o| o.exit_code()).chain([80]).collect();
+        assert!(codes.is_disjoint(&run_codes));
+    }
 }
