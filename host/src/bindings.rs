@@ -1,6 +1,9 @@
 //! The one place that turns `wit/` into Rust: host-side bindings for the worlds `toka:agent/agent` and
 //! `toka:agent/tool`. WASI interfaces come from wasmtime-wasi, so they are mapped rather than generated again.
 
+/// The resource type of `toka:agent/llm` `completion-stream` handles (the sandbox keeps the streams themselves).
+pub struct CompletionStream;
+
 /// Bindings for the `agent` world: the `run` export and the host interfaces it imports.
 pub mod agent {
     wasmtime::component::bindgen!({
@@ -16,7 +19,7 @@ pub mod agent {
         exports: { default: async },
         with: {
             "wasi": wasmtime_wasi::p2::bindings,
-            "toka:agent/llm.completion-stream": crate::llm::host::CompletionStream,
+            "toka:agent/llm.completion-stream": crate::bindings::CompletionStream,
         },
     });
 }

@@ -133,19 +133,9 @@ impl HostEngine {
             &mut linker,
             |s: &mut SandboxState| &mut s.state,
         )?;
-        crate::llm::host::add_to_linker(&mut linker)?;
-        // `toka:agent/tools` is defined by hand rather than through the generated trait: a call needs the caller's
-        // store itself, to charge the tool's fuel to the caller.
-        let mut tools = linker.instance("toka:agent/tools@0.1.0")?;
-        tools.func_wrap("list", |store: wasmtime::StoreContextMut<'_, SandboxState>, (): ()| {
-            Ok((crate::tools::call::list_from_guest(store),))
-        })?;
-        tools.func_wrap_async(
-            "call",
-            |store: wasmtime::StoreContextMut<'_, SandboxState>, (name, input): (String, String)| {
-                Box::new(crate::tools::call::call_from_guest(store, name, input))
-            },
-        )?;
+        // Tools and models are served above the sandbox; these reach them through the traits the sandbox defines.
+        crate::sandbox::caps::llm::add_to_linker(&mut linker)?;
+        crate::sandbox::caps::tools::add_to_linker(&mut linker, options.fuel)?;
         start_epoch_ticker(&engine)?;
         let progress = std::sync::Arc::new(crate::progress::Silent);
         Ok(HostEngine { engine, linker, fuel: options.fuel, cache_dir, cache, cache_auth, progress })

@@ -22,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod grants;
 pub mod home;
+pub mod journal;
 pub mod kernel;
 pub mod llm;
 pub mod orchestrate;
@@ -37,3 +38,6 @@ pub mod telemetry;
 pub mod token;
 pub mod tools;
 pub mod units;
+
+#[cfg(test)]
+mod layers;

@@ -3,7 +3,8 @@
 //! A [`Runner`] keeps every component it has loaded (compiled code and a type-checked `InstancePre`), so running the
 //! same file again in the process only instantiates. Each run gets its own store: nothing a guest does survives into
 //! the next run. A guest can end a run in many ways (trap, fuel, deadline, memory, output flood, `proc_exit`); each is
-//! told apart here by host-side facts (trap codes, limiter and output flags), never by parsing guest text.
+//! told apart by host-side facts (trap codes, limiter and output flags), never by parsing guest text (the
+//! classification itself is the sandbox's, [`crate::sandbox::outcome`], shared with tool calls).
 
 use crate::bindings::agent::{Agent, AgentPre};
 use crate::bindings::{AgentError, Task};
@@ -12,52 +13,22 @@ use crate::engine::{EngineOptions, HostEngine};
 use crate::error::{Outcome, RunError, one_line};
 use crate::events::{AppendError, EventLog};
 use crate::grants::Authorized;
-use crate::kernel::{LOCAL_TOKEN, Op, Operation};
+use crate::kernel::{LOCAL_TOKEN, Op};
 use crate::report::{AgentErrorReport, ComponentReport, RunReport};
+use crate::sandbox::outcome::classify;
 use crate::sandbox::{self, OutputMode, RunContext, Sandbox};
 use crate::tools::call::{Caller, ToolHost, ToolSession};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::Trap;
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
-/// Per-run limits. Every one has a default that a caller can lower or raise.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Fuel budget (roughly one unit per wasm instruction). Default 10 billion.
-    pub fuel: u64,
-    /// Wall-clock deadline, from the start of instantiation. Default 30 s.
-    pub timeout: Duration,
-    /// Cap on the total linear memory of the run's instances, in bytes. Default 512 MiB.
-    pub max_memory: u64,
-    /// Cap on each of stdout and stderr (and on the log), in bytes. Default 1 MiB.
-    pub max_output: u64,
-    /// Cap on any one table's elements. Default 1 million.
-    pub max_table_elements: usize,
-    /// Cap on the records of each kind (observations, tool calls, state writes, model calls) one run may add to
-    /// the log. Default 10,000.
-    pub max_records: u64,
-    /// Model tokens the run may use (the lower of this and its token's `llm_tokens`); default
-    /// [`crate::llm::DEFAULT_RUN_TOKENS`] when neither says.
-    pub llm_tokens: Option<u64>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            fuel: 10_000_000_000,
-            timeout: Duration::from_secs(30),
-            max_memory: 512 << 20,
-            max_output: 1 << 20,
-            max_table_elements: 1_000_000,
-            max_records: crate::sandbox::budget::DEFAULT_MAX_RECORDS,
-            llm_tokens: None,
-        }
-    }
-}
+// Limits and the recording helpers live in the layers below a run (the sandbox and the journal); they are named
+// here too, where callers have always found them.
+pub use crate::journal::{fresh_call_id, fresh_plan_id, fresh_run_id, fresh_task_id, operation, operation_by};
+pub use crate::sandbox::Limits;
 
 /// What a caller may set about one run besides its program, grants and limits.
 #[derive(Debug, Clone, Default)]
@@ -285,6 +256,7 @@ impl Runner {
             llm: None,
         };
         let mut context = context;
+        let mut llm = None;
         if let (Some(gateway), Some(token)) = (&self.llm, &grants.token) {
             let cap = [limits.llm_tokens, token.llm_tokens]
                 .into_iter()
@@ -304,7 +276,9 @@ impl Runner {
                 cancel: context.cancel.clone(),
                 confined: Vec::new(),
             };
-            context.llm = Some(Arc::new(crate::llm::Session { gateway: gateway.clone(), caller }));
+            let session = Arc::new(crate::llm::Session { gateway: gateway.clone(), caller });
+            context.llm = Some(session.clone() as Arc<dyn crate::sandbox::caps::llm::ModelGateway>);
+            llm = Some(session);
         }
         if let (Some(host), Some(token)) = (&self.tools, &grants.token) {
             let caller = Caller {
@@ -321,7 +295,7 @@ impl Runner {
                 plugin: grants.plugin.clone(),
                 budget: Some(context.budget.clone()),
                 cancel: context.cancel.clone(),
-                llm: context.llm.clone(),
+                llm,
             };
             context.tools = Some(Arc::new(ToolSession { host: host.clone(), caller }));
         }
@@ -563,41 +537,6 @@ fn exit_or(e: wasmtime::Error) -> Result<Returned, Ending> {
     }
 }
 
-pub(crate) fn classify(
-    e: &wasmtime::Error,
-    store: &wasmtime::Store<sandbox::SandboxState>,
-    stdout: &sandbox::output::CappedOutput,
-    stderr: &sandbox::output::CappedOutput,
-    limits: &Limits,
-) -> (Outcome, String) {
-    if stdout.exceeded() || stderr.exceeded() {
-        let which = if stdout.exceeded() { "stdout" } else { "stderr" };
-        return (Outcome::OutputLimit, format!("output limit: {which} passed {} bytes", limits.max_output));
-    }
-    if e.downcast_ref::<crate::sandbox::cancel::Cancelled>().is_some() {
-        return (Outcome::Cancelled, "cancelled".into());
-    }
-    let trap = e.downcast_ref::<Trap>().copied();
-    // The trap itself, or the innermost error; the wasm backtrace that wasmtime attaches as context is left out so
-    // the message stays one short line.
-    let cause = match trap {
-        Some(t) => t.to_string(),
-        None => one_line(&e.root_cause().to_string()),
-    };
-    match trap {
-        Some(Trap::OutOfFuel) => (Outcome::OutOfFuel, format!("out of fuel: used all {} units", limits.fuel)),
-        Some(Trap::Interrupt) => {
-            (Outcome::Timeout, format!("timeout: stopped after {}", humantime::format_duration(limits.timeout)))
-        }
-        Some(Trap::StackOverflow) => (Outcome::StackOverflow, "stack overflow: call stack exhausted".into()),
-        _ if store.data().limiter.refused() => (
-            Outcome::MemoryLimit,
-            format!("memory limit: guest tried to grow past {} bytes, then failed: {cause}", limits.max_memory),
-        ),
-        _ => (Outcome::Trap, format!("trap: {cause}")),
-    }
-}
-
 /// The process's resident set size in bytes, from `/proc/self/status` (0 where unavailable).
 pub fn resident_set_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -608,26 +547,6 @@ pub fn resident_set_bytes() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
-}
-
-/// A fresh task id.
-pub fn fresh_task_id() -> String {
-    fresh_id("task")
-}
-
-/// A fresh run id.
-pub fn fresh_run_id() -> String {
-    fresh_id("run")
-}
-
-/// A fresh tool call id.
-pub fn fresh_call_id() -> String {
-    fresh_id("call")
-}
-
-/// A fresh plan id.
-pub fn fresh_plan_id() -> String {
-    fresh_id("plan")
 }
 
 /// The name an agent is known by: its file name without the extension.
@@ -662,25 +581,4 @@ async fn record_ending(log: &EventLog, context: &RunContext, report: &RunReport)
         Op::FailRun { run_id, reason: reason.unwrap_or_default(), fuel, detail }
     };
     log.submit_accepted(operation_by(&context.token, op)).await.map(drop)
-}
-
-/// An operation submitted now under the local operator's authority (`toka-host state set`, `token revoke` ...).
-pub fn operation(op: Op) -> Operation {
-    operation_by(LOCAL_TOKEN, op)
-}
-
-/// An operation submitted now under the authority of the token with revocation id `token`.
-pub fn operation_by(token: &str, op: Op) -> Operation {
-    Operation { time_ms: crate::events::now_ms(), token: token.into(), chain: Vec::new(), op }
-}
-
-/// An id unique enough to correlate a run's records: time, process and a per-process counter.
-fn fresh_id(prefix: &str) -> String {
-    use sha2::{Digest, Sha256};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let seed = format!("{}-{}-{}", now.as_nanos(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-    let digest = Sha256::digest(seed.as_bytes());
-    format!("{prefix}-{}", hex::encode(&digest[..8]))
 }

@@ -1,42 +1,17 @@
-//! The host side of `toka:agent/llm`: the per-sandbox state ([`LlmAccess`]) that the engine links, turning WIT
-//! values into gateway requests and gateway answers (and failures) into WIT values. Every failure is an error value;
-//! nothing here traps the guest. Open streams are held here (at most [`super::MAX_OPEN_STREAMS`] at once), keyed by
-//! the handle's representation; dropping one abandons its call, which the gateway records.
+//! The model gateway as a sandbox's `toka:agent/llm` sees it: a [`Session`] is the sandbox's
+//! [`ModelGateway`], a [`Streaming`] its [`ModelStream`]. This turns WIT values into gateway requests and gateway
+//! answers (and failures) into WIT values; the sandbox's own state ([`LlmAccess`], linked by the engine) holds the
+//! open streams. Every failure is an error value; nothing here traps the guest.
 
 use super::types::{self, Role};
 use super::{Failure, Request, Session, Streaming};
 use crate::bindings::agent::toka::agent::llm as wit;
-use std::collections::HashMap;
-use std::sync::Arc;
-use wasmtime::component::Resource;
+use crate::sandbox::caps::BoxFuture;
+use crate::sandbox::caps::llm::{ModelGateway, ModelStream};
 
-/// The resource type of `completion-stream` handles (the host keeps the streams themselves).
-pub struct CompletionStream;
-
-/// One sandbox's access to models.
-#[derive(Default)]
-pub struct LlmAccess {
-    /// `None`: the sandbox's guest may call no model.
-    session: Option<Arc<Session>>,
-    streams: HashMap<u32, Streaming>,
-    next_rep: u32,
-}
-
-impl std::fmt::Debug for LlmAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LlmAccess").field("open_streams", &self.streams.len()).finish_non_exhaustive()
-    }
-}
-
-impl LlmAccess {
-    pub fn new(session: Option<Arc<Session>>) -> Self {
-        LlmAccess { session, streams: HashMap::new(), next_rep: 0 }
-    }
-
-    fn session(&self) -> Result<Arc<Session>, wit::LlmError> {
-        self.session.clone().ok_or_else(|| wit::LlmError::Denied("this sandbox has no access to models".into()))
-    }
-}
+// The handle type lives with the bindings and the per-sandbox state with the sandbox; both are named here too.
+pub use crate::bindings::CompletionStream;
+pub use crate::sandbox::caps::llm::LlmAccess;
 
 fn role(r: wit::Role) -> Role {
     match r {
@@ -116,50 +91,31 @@ fn error_out(f: Failure) -> wit::LlmError {
     }
 }
 
-impl wit::Host for LlmAccess {
-    async fn chat(&mut self, request: wit::Request) -> Result<wit::Response, wit::LlmError> {
-        let session = self.session()?;
-        let model = request.model.clone();
-        let response = session.gateway.chat(&session.caller, request_in(request)).await.map_err(error_out)?;
-        Ok(response_out(&model, response))
+impl ModelGateway for Session {
+    fn chat(&self, request: wit::Request) -> BoxFuture<'_, Result<wit::Response, wit::LlmError>> {
+        Box::pin(async move {
+            let model = request.model.clone();
+            let response = self.gateway.chat(&self.caller, request_in(request)).await.map_err(error_out)?;
+            Ok(response_out(&model, response))
+        })
     }
 
-    async fn chat_stream(&mut self, request: wit::Request) -> Result<Resource<CompletionStream>, wit::LlmError> {
-        let session = self.session()?;
-        if self.streams.len() >= super::MAX_OPEN_STREAMS {
-            return Err(wit::LlmError::InvalidRequest(format!(
-                "{} streams are open already: drop one first",
-                super::MAX_OPEN_STREAMS
-            )));
-        }
-        let stream = session.gateway.chat_stream(&session.caller, request_in(request)).await.map_err(error_out)?;
-        let rep = self.next_rep;
-        self.next_rep = self.next_rep.wrapping_add(1);
-        self.streams.insert(rep, stream);
-        Ok(Resource::new_own(rep))
+    fn chat_stream(&self, request: wit::Request) -> BoxFuture<'_, Result<Box<dyn ModelStream>, wit::LlmError>> {
+        Box::pin(async move {
+            let stream = self.gateway.chat_stream(&self.caller, request_in(request)).await.map_err(error_out)?;
+            Ok(Box::new(stream) as Box<dyn ModelStream>)
+        })
     }
 }
 
-impl wit::HostCompletionStream for LlmAccess {
-    async fn next(&mut self, handle: Resource<CompletionStream>) -> Result<Option<wit::StreamEvent>, wit::LlmError> {
-        let Some(stream) = self.streams.get_mut(&handle.rep()) else {
-            return Ok(None);
-        };
-        match stream.next().await.map_err(error_out)? {
-            None => Ok(None),
-            Some(types::StreamEvent::Delta(d)) => Ok(Some(wit::StreamEvent::Delta(d))),
-            Some(types::StreamEvent::Done(r)) => Ok(Some(wit::StreamEvent::Done(response_out(&stream.model, r)))),
-        }
+impl ModelStream for Streaming {
+    fn next(&mut self) -> BoxFuture<'_, Result<Option<wit::StreamEvent>, wit::LlmError>> {
+        Box::pin(async move {
+            match Streaming::next(self).await.map_err(error_out)? {
+                None => Ok(None),
+                Some(types::StreamEvent::Delta(d)) => Ok(Some(wit::StreamEvent::Delta(d))),
+                Some(types::StreamEvent::Done(r)) => Ok(Some(wit::StreamEvent::Done(response_out(&self.model, r)))),
+            }
+        })
     }
-
-    async fn drop(&mut self, handle: Resource<CompletionStream>) -> wasmtime::Result<()> {
-        // Dropping a stream before its end abandons its call; `Streaming`'s own drop records that.
-        self.streams.remove(&handle.rep());
-        Ok(())
-    }
-}
-
-/// Links `toka:agent/llm` into the engine's linker: each store's calls go to its own [`LlmAccess`].
-pub fn add_to_linker(linker: &mut wasmtime::component::Linker<crate::sandbox::SandboxState>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |s: &mut crate::sandbox::SandboxState| &mut s.llm)
 }

@@ -43,8 +43,8 @@ use types::{ChatRequest, ChatResponse, Function, Message, StreamEvent, Usage};
 pub const DEFAULT_RUN_TOKENS: u64 = 200_000;
 /// How long before the run's deadline a model call gives up, so that its ending is recorded before the run's own.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(150);
-/// Most streams one sandbox may hold open at once.
-pub const MAX_OPEN_STREAMS: usize = 4;
+/// Most streams one sandbox may hold open at once (the sandbox holds them).
+pub use crate::sandbox::caps::llm::MAX_OPEN_STREAMS;
 /// Bytes of prompt (or completion) kept in an event with `--record-prompts`.
 const MAX_RECORDED: usize = 24 << 10;
 
@@ -391,7 +391,7 @@ impl Gateway {
     }
 
     fn operation(caller: &Caller, op: Op) -> crate::kernel::Operation {
-        let mut operation = crate::run::operation_by(&caller.token_id, op);
+        let mut operation = crate::journal::operation_by(&caller.token_id, op);
         // A call outside a run names its token's whole chain; a run's calls are checked against the run's.
         if caller.run_id.is_none() {
             operation.chain = caller.token.revocation_ids.clone();
@@ -486,7 +486,7 @@ impl Gateway {
         if self.record_prompts {
             detail["prompt"] = recorded_messages(&request.messages);
         }
-        let call_id = crate::run::fresh_call_id();
+        let call_id = crate::journal::fresh_call_id();
         let start = Op::StartLlmCall {
             call_id: call_id.clone(),
             run_id: caller.run_id.clone(),

@@ -116,7 +116,7 @@ pub async fn report(log: Option<&crate::events::EventLog>, token: &str, run_id: 
             limit: over.counted.name().to_string(),
             cap: over.cap,
         };
-        drop(log.submit_async(crate::run::operation_by(token, op)).await);
+        drop(log.submit_async(crate::journal::operation_by(token, op)).await);
     }
 }
 

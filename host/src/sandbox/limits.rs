@@ -1,13 +1,50 @@
-//! Memory, table and instance caps for one store, through wasmtime's `ResourceLimiter`.
+//! A run's limits ([`Limits`]), and its memory, table and instance caps for one store, through wasmtime's
+//! `ResourceLimiter`.
 //!
 //! The cap is on the sum of all linear memories of the store (a component built with the preview1 adapter has at
 //! least two), counted from their initial size on. Growth past the cap is refused the way the spec allows
 //! (`memory.grow` returns -1), so a guest that handles allocation failure can recover; the limiter remembers the
 //! refusal, so a guest that traps afterwards is reported as having hit the memory limit rather than a plain trap.
 
+use std::time::Duration;
 use wasmtime::ResourceLimiter;
 
-/// Caps for one store. Defaults are documented on [`crate::run::Limits`].
+/// Per-run limits. Every one has a default that a caller can lower or raise.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Fuel budget (roughly one unit per wasm instruction). Default 10 billion.
+    pub fuel: u64,
+    /// Wall-clock deadline, from the start of instantiation. Default 30 s.
+    pub timeout: Duration,
+    /// Cap on the total linear memory of the run's instances, in bytes. Default 512 MiB.
+    pub max_memory: u64,
+    /// Cap on each of stdout and stderr (and on the log), in bytes. Default 1 MiB.
+    pub max_output: u64,
+    /// Cap on any one table's elements. Default 1 million.
+    pub max_table_elements: usize,
+    /// Cap on the records of each kind (observations, tool calls, state writes, model calls) one run may add to
+    /// the log. Default 10,000.
+    pub max_records: u64,
+    /// Model tokens the run may use (the lower of this and its token's `llm_tokens`); the model gateway's default
+    /// (`llm::DEFAULT_RUN_TOKENS`) when neither says.
+    pub llm_tokens: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 10_000_000_000,
+            timeout: Duration::from_secs(30),
+            max_memory: 512 << 20,
+            max_output: 1 << 20,
+            max_table_elements: 1_000_000,
+            max_records: super::budget::DEFAULT_MAX_RECORDS,
+            llm_tokens: None,
+        }
+    }
+}
+
+/// Caps for one store. Defaults are documented on [`Limits`].
 #[derive(Debug, Clone)]
 pub struct MemoryLimiter {
     max_memory: u64,

@@ -7,18 +7,22 @@
 
 pub mod budget;
 pub mod cancel;
+pub mod caps;
 pub mod denied;
 pub mod limits;
 pub mod log;
 pub mod net;
 pub mod observe;
+pub mod outcome;
 pub mod output;
 pub mod state;
 
 use crate::engine::HostEngine;
 use crate::error::RunError;
 use crate::grants::Authorized;
-use crate::run::Limits;
+use caps::llm::{LlmAccess, ModelGateway};
+use caps::tools::ToolBroker;
+pub use limits::Limits;
 use limits::MemoryLimiter;
 use log::LogSink;
 use output::{CappedOutput, Echo};
@@ -36,9 +40,9 @@ pub struct SandboxState {
     pub observer: observe::Observer,
     pub state: state::StateAccess,
     /// What `toka:agent/tools` calls go through; `None`: the guest cannot call tools.
-    pub tools: Option<std::sync::Arc<crate::tools::call::ToolSession>>,
+    pub tools: Option<Arc<dyn ToolBroker>>,
     /// What `toka:agent/llm` calls go through.
-    pub llm: crate::llm::host::LlmAccess,
+    pub llm: LlmAccess,
     /// What the guest tried without the grant for it.
     pub denied: denied::Denied,
     /// What the guest's name lookups may answer.
@@ -50,18 +54,18 @@ pub struct SandboxState {
 pub struct RunContext {
     pub agent: String,
     pub run_id: String,
-    pub events: Option<std::sync::Arc<crate::events::EventLog>>,
+    pub events: Option<Arc<crate::events::EventLog>>,
     pub state: state::StateGrant,
     /// The revocation id of the token that authorized the run; every operation of the run names it.
     pub token: String,
     /// The run's access to tools, if any.
-    pub tools: Option<std::sync::Arc<crate::tools::call::ToolSession>>,
+    pub tools: Option<Arc<dyn ToolBroker>>,
     /// The run's caps on recorded host calls, shared with its nested tool calls.
     pub budget: Arc<budget::RunBudget>,
     /// The run's cancellation switch, if it can be cancelled from outside.
     pub cancel: Option<Arc<cancel::Cancel>>,
     /// The run's access to models, if any.
-    pub llm: Option<Arc<crate::llm::Session>>,
+    pub llm: Option<Arc<dyn ModelGateway>>,
 }
 
 impl WasiView for SandboxState {
@@ -158,7 +162,7 @@ pub fn build(
             budget: context.budget.clone(),
         },
         tools: context.tools.clone(),
-        llm: crate::llm::host::LlmAccess::new(context.llm.clone()),
+        llm: LlmAccess::new(context.llm.clone()),
         denied,
         names,
     };

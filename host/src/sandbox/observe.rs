@@ -66,7 +66,7 @@ impl Host for Observer {
         };
         let op = Op::EmitObservation { run_id: self.run_id.clone(), kind: observed, payload };
         let applied =
-            log.submit_accepted(crate::run::operation_by(&self.token, op)).await.map_err(|e| e.to_string())?;
+            log.submit_accepted(crate::journal::operation_by(&self.token, op)).await.map_err(|e| e.to_string())?;
         self.emitted += 1;
         applied.events.first().map(|a| a.seq).ok_or_else(|| "the observation produced no event".to_string())
     }

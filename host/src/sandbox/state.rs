@@ -82,7 +82,7 @@ impl StateAccess {
     async fn record(&self, payload: serde_json::Value) -> Result<(), StateError> {
         if let Some(log) = &self.log {
             let op = Op::WriteState { run_id: self.run_id.clone(), detail: payload };
-            log.submit_accepted(crate::run::operation_by(&self.token, op)).await.map_err(|e| match e {
+            log.submit_accepted(crate::journal::operation_by(&self.token, op)).await.map_err(|e| match e {
                 AppendError::Rejected(reason) => StateError::Denied(reason),
                 e => storage(e),
             })?;

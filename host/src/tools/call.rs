@@ -21,13 +21,15 @@ use crate::error::{Outcome, RunError, one_line};
 use crate::events::{AppendError, EventLog};
 use crate::grants::Authorized;
 use crate::kernel::{Op, Rate};
-use crate::run::Limits;
-use crate::sandbox::{self, OutputMode, RunContext, SandboxState};
+use crate::sandbox::caps::BoxFuture;
+use crate::sandbox::caps::llm::ModelGateway;
+use crate::sandbox::caps::tools::{ToolAnswer, ToolBroker};
+use crate::sandbox::outcome::classify;
+use crate::sandbox::{self, Limits, OutputMode, RunContext, SandboxState};
 use crate::token::{self, Grant, RunRequest, TokenLimits, Verified};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use wasmtime::StoreContextMut;
 
 /// Deepest chain of tool calls (an agent calling a tool is depth 1; a tool calling another, 2 ...).
 pub const DEFAULT_MAX_DEPTH: u32 = 4;
@@ -190,7 +192,7 @@ impl ToolHost {
         let spec = match tokio::time::timeout(DESCRIBE_LIMITS.timeout + Duration::from_millis(250), call).await {
             Ok(Ok(spec)) => spec,
             Ok(Err(e)) => {
-                let (_, message) = crate::run::classify(&e, &sb.store, &sb.stdout, &sb.stderr, &DESCRIBE_LIMITS);
+                let (_, message) = classify(&e, &sb.store, &sb.stdout, &sb.stderr, &DESCRIBE_LIMITS);
                 return Err(RunError::InvalidInput(format!("{}: describe() failed: {message}", path.display())));
             }
             Err(_) => return Err(RunError::InvalidInput(format!("{}: describe() did not return", path.display()))),
@@ -303,7 +305,7 @@ impl ToolHost {
 
     async fn record(&self, caller: &Caller, op: Op) -> Result<(), AppendError> {
         let Some(log) = &self.events else { return Ok(()) };
-        let mut operation = crate::run::operation_by(&caller.token_id, op);
+        let mut operation = crate::journal::operation_by(&caller.token_id, op);
         // A call outside a run names its token's whole chain; a run's calls are checked against the run's.
         if caller.run_id.is_none() {
             operation.chain = caller.token.revocation_ids.clone();
@@ -327,7 +329,7 @@ impl ToolHost {
         refusal: Option<Failure>,
     ) -> CallReport {
         let started = Instant::now();
-        let call_id = crate::run::fresh_call_id();
+        let call_id = crate::journal::fresh_call_id();
         let mut report = CallReport {
             call_id: call_id.clone(),
             tool: name.to_string(),
@@ -490,7 +492,7 @@ impl ToolHost {
             tools: Some(Arc::new(ToolSession { host: self.clone(), caller: nested })),
             budget: caller.budget.clone().unwrap_or_default(),
             cancel: caller.cancel.clone(),
-            llm,
+            llm: llm.map(|s| s as Arc<dyn ModelGateway>),
         };
         let output = OutputMode { echo: false, capture: false };
         let mut sb = match sandbox::build(&self.engine, &grants, &limits, output, &context, &[name.to_string()]) {
@@ -518,7 +520,7 @@ impl ToolHost {
                 (Outcome::AgentError, Err(f), used)
             }
             Ok(Err(e)) => {
-                let (outcome, message) = crate::run::classify(&e, &sb.store, &sb.stdout, &sb.stderr, &limits);
+                let (outcome, message) = classify(&e, &sb.store, &sb.stdout, &sb.stderr, &limits);
                 (outcome, Err(Failure::Failed(format!("tool {name}: {message}"))), used)
             }
             Err(_) => {
@@ -542,47 +544,33 @@ fn schema_errors(validator: &jsonschema::Validator, value: &serde_json::Value) -
     if errors.is_empty() { None } else { Some(errors.join("; ")) }
 }
 
-/// `toka:agent/tools.call`, from a guest: the caller is the sandbox's session; the tool's fuel comes out of the
-/// caller's store.
-pub async fn call_from_guest(
-    mut store: StoreContextMut<'_, SandboxState>,
-    name: String,
-    input: String,
-) -> wasmtime::Result<(Result<String, WitToolError>,)> {
-    let Some(session) = store.data().tools.clone() else {
-        return Ok((Err(WitToolError::Denied("this sandbox has no access to tools".into())),));
-    };
-    if let Some(budget) = &session.caller.budget {
-        use crate::sandbox::budget::Counted;
-        if let Err(over) = budget.take(&[(Counted::ToolCalls, 1), (Counted::ToolInputBytes, input.len() as u64)]) {
-            let log = session.host.events.as_deref();
-            let run = session.caller.run_id.as_deref().unwrap_or_default();
-            crate::sandbox::budget::report(log, &session.caller.token_id, run, &over).await;
-            return Ok((Err(WitToolError::Denied(over.to_string())),));
-        }
-    }
-    // The tool gets what is left of the caller's memory, not a cap of its own on top of it.
-    let limiter = &store.data().limiter;
-    let left = limiter.max().saturating_sub(limiter.current());
-    let caller = Caller { max_memory: left.min(session.caller.max_memory), ..session.caller.clone() };
-    let metered = session.host.engine.fuel;
-    let fuel = if metered { store.get_fuel()? } else { u64::MAX };
-    let report = Box::pin(session.host.call(&caller, &name, &input, fuel)).await;
-    if metered {
-        store.set_fuel(fuel.saturating_sub(report.fuel_consumed))?;
-    }
-    Ok((report.result.map_err(Failure::into_wit),))
-}
-
-/// `toka:agent/tools.list`, from a guest.
-pub fn list_from_guest(store: StoreContextMut<'_, SandboxState>) -> Vec<crate::bindings::ToolSpec> {
-    match store.data().tools.clone() {
-        Some(session) => session
-            .host
-            .list_for(&session.caller)
+/// A guest's tool calls: the caller is the sandbox's session.
+impl ToolBroker for ToolSession {
+    fn list(&self) -> Vec<crate::bindings::ToolSpec> {
+        self.host
+            .list_for(&self.caller)
             .iter()
             .map(|t| crate::bindings::ToolSpec { name: t.name.clone(), ..t.spec.to_wit() })
-            .collect(),
-        None => Vec::new(),
+            .collect()
+    }
+
+    fn call(&self, name: String, input: String, fuel: u64, memory: u64) -> BoxFuture<'_, ToolAnswer> {
+        Box::pin(async move {
+            if let Some(budget) = &self.caller.budget {
+                use crate::sandbox::budget::Counted;
+                if let Err(over) =
+                    budget.take(&[(Counted::ToolCalls, 1), (Counted::ToolInputBytes, input.len() as u64)])
+                {
+                    let log = self.host.events.as_deref();
+                    let run = self.caller.run_id.as_deref().unwrap_or_default();
+                    crate::sandbox::budget::report(log, &self.caller.token_id, run, &over).await;
+                    return ToolAnswer { result: Err(WitToolError::Denied(over.to_string())), fuel_consumed: 0 };
+                }
+            }
+            // The tool gets what is left of the caller's memory, not a cap of its own on top of it.
+            let caller = Caller { max_memory: memory.min(self.caller.max_memory), ..self.caller.clone() };
+            let report = Box::pin(self.host.call(&caller, &name, &input, fuel)).await;
+            ToolAnswer { result: report.result.map_err(Failure::into_wit), fuel_consumed: report.fuel_consumed }
+        })
     }
 }
