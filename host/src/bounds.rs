@@ -84,6 +84,11 @@ pub fn bound_value(value: &mut Value, max_depth: usize, max_text: Option<usize>)
     }
 }
 
+/// Largest plan manifest accepted, in bytes: a plan is recorded with its manifest in one operation of the log.
+pub const MAX_MANIFEST: usize = 48 * 1024;
+/// Most agents in one plan.
+pub const MAX_AGENTS: usize = 128;
+
 fn id(field: &str, value: &str) -> Result<(), String> {
     if value.len() > MAX_ID {
         return Err(format!("{field} is {} bytes, over the {MAX_ID} byte limit", value.len()));
@@ -165,18 +170,14 @@ pub fn bound_operation(operation: &mut Operation) -> Result<(), String> {
             id("plan name", name)?;
             id("manifest digest", digest)?;
             // The manifest is what a resume runs: never cut, refused whole if too large.
-            if manifest.len() > crate::orchestrate::manifest::MAX_MANIFEST {
-                return Err(format!(
-                    "manifest is {} bytes, over the {} byte limit",
-                    manifest.len(),
-                    crate::orchestrate::manifest::MAX_MANIFEST
-                ));
+            if manifest.len() > MAX_MANIFEST {
+                return Err(format!("manifest is {} bytes, over the {} byte limit", manifest.len(), MAX_MANIFEST));
             }
             if base.len() > MAX_TEXT {
                 return Err(format!("manifest directory is {} bytes, over the {MAX_TEXT} byte limit", base.len()));
             }
-            if steps.len() > crate::orchestrate::manifest::MAX_AGENTS {
-                return Err(format!("a plan has at most {} steps", crate::orchestrate::manifest::MAX_AGENTS));
+            if steps.len() > MAX_AGENTS {
+                return Err(format!("a plan has at most {} steps", MAX_AGENTS));
             }
             for s in steps {
                 id("step name", s)?;

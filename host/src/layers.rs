@@ -81,6 +81,16 @@ fn the_sandbox_and_the_engine_import_no_higher_layer() {
     assert!(found.is_empty(), "lower layers import higher ones: {found:?}");
 }
 
+/// The record layer (the kernel, the log, the database, the bounds of what is recorded) knows nothing above it
+/// either: a plan's bounds live in `bounds` and `orchestrate` re-exports them.
+#[test]
+fn the_record_layer_imports_no_higher_layer() {
+    let mut files = vec![src().join("kernel.rs"), src().join("bounds.rs"), src().join("db.rs")];
+    sources_of(&src().join("events"), &mut files);
+    let found = upward_imports(&files);
+    assert!(found.is_empty(), "the record layer imports higher ones: {found:?}");
+}
+
 #[test]
 fn the_check_sees_imports() {
     // Positive controls: the same check on files that do import the layers named finds them.

@@ -9,6 +9,8 @@
 //! This module never touches the filesystem beyond nothing at all: it parses text and resolves paths relative to a
 //! base directory it is given; whether a component exists is the runner's to find out.
 
+/// The plan bounds live with the log's bounds, which check a recorded plan against them.
+pub use crate::bounds::{MAX_AGENTS, MAX_MANIFEST};
 use crate::grants::{DirGrant, EnvGrant, GrantRequest, NetGrant, StateGrant};
 use crate::runtime::LimitRequest;
 use schemars::JsonSchema;
@@ -19,10 +21,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
-/// Largest manifest accepted, in bytes: a plan is recorded with its manifest in one operation of the log.
-pub const MAX_MANIFEST: usize = 48 * 1024;
-/// Most agents in one plan.
-pub const MAX_AGENTS: usize = 128;
 /// Longest agent name, in bytes.
 pub const MAX_NAME: usize = 64;
 /// Most dependencies (`depends_on` plus `after` plus piped sources) of one agent.
