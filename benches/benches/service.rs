@@ -259,7 +259,8 @@ fn sse_latency(rt: &tokio::runtime::Runtime, s: &Setup, client: &reqwest::Client
             let arrived = Instant::now();
             let event: String = buf.drain(..end + 2).collect();
             // `id:` with or without the optional space (axum writes none).
-            let Some(seq) = event.lines().find_map(|l| l.strip_prefix("id:")).and_then(|v| v.trim().parse::<u64>().ok())
+            let Some(seq) =
+                event.lines().find_map(|l| l.strip_prefix("id:")).and_then(|v| v.trim().parse::<u64>().ok())
             else {
                 continue;
             };

@@ -210,13 +210,7 @@ pub enum PluginAction {
 
 impl PluginCommand {
     pub fn execute(self, home: &Home) -> i32 {
-        match self.run(home) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("toka-host: {}", crate::error::one_line(&e.to_string()));
-                e.exit_code()
-            }
-        }
+        crate::plugin::exit_code_of(self.run(home))
     }
 
     fn run(self, home: &Home) -> Result<(), PluginError> {

@@ -29,13 +29,7 @@ pub enum PublisherAction {
 
 impl PublisherCommand {
     pub fn execute(self, home: &Home) -> i32 {
-        match self.run(home) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("toka-host: {e}");
-                e.exit_code()
-            }
-        }
+        crate::plugin::exit_code_of(self.run(home))
     }
 
     fn run(self, home: &Home) -> Result<(), PluginError> {

@@ -175,6 +175,17 @@ pub fn record_change_in(
     record_change(&log, change, subject, detail)
 }
 
+/// A plugin command's end: 0, or its refusal said on one line and its own exit code.
+pub fn exit_code_of(result: Result<(), PluginError>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("toka-host: {}", crate::error::one_line(&e.to_string()));
+            e.exit_code()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
