@@ -248,31 +248,46 @@ fn sse_latency(rt: &tokio::runtime::Runtime, s: &Setup, client: &reqwest::Client
                 }
             })
         };
-        let mut samples = Vec::new();
+        // Every event of the runs is awaited (not every sample: an event may reach the client before the watcher
+        // has noted its commit), within a deadline, so that a stream that stops short fails instead of hanging.
+        let mut arrivals = Vec::new();
         let mut buf = String::new();
-        while samples.len() < EVENTS {
-            let Some(end) = buf.find("\n\n") else {
-                let chunk = body.next().await.unwrap().unwrap();
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                continue;
-            };
-            let arrived = Instant::now();
-            let event: String = buf.drain(..end + 2).collect();
-            // `id:` with or without the optional space (axum writes none).
-            let Some(seq) =
-                event.lines().find_map(|l| l.strip_prefix("id:")).and_then(|v| v.trim().parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let committed = commits.lock().unwrap().range(seq..).next().map(|(_, t)| *t);
-            if let Some(committed) = committed {
-                samples.push(arrived.saturating_duration_since(committed));
+        let receive = async {
+            while arrivals.len() < EVENTS {
+                let Some(end) = buf.find("\n\n") else {
+                    let chunk = body.next().await.expect("the stream ended early").expect("the stream broke");
+                    buf.push_str(&String::from_utf8_lossy(&chunk));
+                    continue;
+                };
+                let arrived = Instant::now();
+                let event: String = buf.drain(..end + 2).collect();
+                // `id:` with or without the optional space (axum writes none).
+                if let Some(seq) =
+                    event.lines().find_map(|l| l.strip_prefix("id:")).and_then(|v| v.trim().parse::<u64>().ok())
+                {
+                    arrivals.push((seq, arrived));
+                }
             }
-        }
+        };
+        tokio::time::timeout(Duration::from_secs(120), receive)
+            .await
+            .expect("200 run.completed events did not all arrive on the stream within 120 s");
         runs.await.unwrap();
+        // A commit noted after its event arrived counts as no delay (the watcher's lag, not the stream's).
+        let commits = commits.lock().unwrap();
+        let samples: Vec<Duration> = arrivals
+            .iter()
+            .filter_map(|(seq, arrived)| {
+                commits.range(seq..).next().map(|(_, t)| arrived.saturating_duration_since(*t))
+            })
+            .collect();
         watcher.abort();
         samples
     });
+    if samples.is_empty() {
+        println!("service: SSE delivery: no event's commit was noted, nothing to report");
+        return;
+    }
     let (p50, p99) = percentiles(samples);
     println!(
         "service: SSE delivery from commit to client, {EVENTS} events: p50 {:.2} ms, p99 {:.2} ms",
