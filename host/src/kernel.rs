@@ -499,6 +499,15 @@ pub mod kind {
     pub const HOME_CHANGES: [&str; 5] = [PLUGIN_INSTALLED, PLUGIN_REMOVED, TRUST_ADDED, TRUST_REMOVED, TRUST_POLICY];
 }
 
+/// Adds `detail`'s fields to an event's `payload`, never over a field the kernel set itself.
+fn add_detail(payload: &mut serde_json::Value, detail: &serde_json::Value) {
+    if let (Some(map), Some(extra)) = (payload.as_object_mut(), detail.as_object()) {
+        for (k, v) in extra {
+            map.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+}
+
 fn event(op: &Operation, kind: &str, agent: &str, run_id: &str, payload: serde_json::Value) -> EventDraft {
     EventDraft { time_ms: op.time_ms, kind: kind.into(), agent: agent.into(), run_id: run_id.into(), payload }
 }
@@ -885,11 +894,7 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             set_step(state, plan_id, step, status);
             let mut payload = json!({ "plan_id": plan_id, "step": step, "attempt": attempt, "outcome": outcome,
                                       "output_bytes": output.as_ref().map(String::len) });
-            if let (Some(map), Some(extra)) = (payload.as_object_mut(), detail.as_object()) {
-                for (k, v) in extra {
-                    map.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-            }
+            add_detail(&mut payload, detail);
             let k = if *ok { kind::STEP_COMPLETED } else { kind::STEP_FAILED };
             vec![event(op, k, "", &run_id, payload)]
         }
@@ -915,11 +920,7 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                 "skipped": count(|s| matches!(s, StepStatus::Skipped { .. })),
                 "wall_time_ms": op.time_ms.saturating_sub(plan.started_ms),
             });
-            if let (Some(map), Some(extra)) = (payload.as_object_mut(), detail.as_object()) {
-                for (k, v) in extra {
-                    map.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-            }
+            add_detail(&mut payload, detail);
             let k = match outcome.as_str() {
                 "completed" => "plan.completed",
                 "cancelled" => "plan.cancelled",
@@ -930,11 +931,7 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
         }
         Op::ChangeHome { change, subject, detail } => {
             let mut payload = json!({ "subject": subject });
-            if let (Some(map), Some(extra)) = (payload.as_object_mut(), detail.as_object()) {
-                for (k, v) in extra {
-                    map.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-            }
+            add_detail(&mut payload, detail);
             vec![event(op, change, "", "", payload)]
         }
     }
