@@ -28,7 +28,7 @@ const POLICY: i32 = 97;
 const PACKAGE_DIGEST: i32 = 98;
 const TRUNCATED: i32 = 99;
 const NOT_CONFIRMED: i32 = 100;
-const REMOTE: i32 = 101;
+const REMOTE: i32 = 102;
 const TOKEN_REFUSED: i32 = 78;
 
 fn t(home: &Path, args: &[&str]) -> Ran {

@@ -71,7 +71,8 @@ pub enum PluginError {
 }
 
 impl PluginError {
-    /// The process exit code (see the README's table). 86..=101 are the plugin commands' own.
+    /// The process exit code (see the README's table). 86..=100 and 102 are the plugin commands' own (101 is
+    /// what a Rust panic exits with, so no refusal may use it).
     pub fn exit_code(&self) -> i32 {
         match self {
             PluginError::Malformed(_) => 86,
@@ -89,7 +90,7 @@ impl PluginError {
             PluginError::PackageDigest(_) => 98,
             PluginError::Truncated(_) => 99,
             PluginError::NotConfirmed(_) => 100,
-            PluginError::Remote(_) => 101,
+            PluginError::Remote(_) => 102,
             PluginError::NotFound(_) => crate::error::Outcome::FileNotFound.exit_code(),
             PluginError::Invalid(_) => crate::error::Outcome::InvalidInput.exit_code(),
             PluginError::Host(_) => crate::error::Outcome::HostError.exit_code(),
@@ -215,5 +216,7 @@ mod tests {
         let run_codes: std::collections::HashSet<i32> =
             crate::error::Outcome::ALL.iter().map(|o| o.exit_code()).chain([80]).collect();
         assert!(codes.is_disjoint(&run_codes));
+        // A panicking Rust process exits with 101: a refusal must never be mistaken for a crash, nor one for it.
+        assert!(!codes.contains(&101), "101 is a panic's exit code");
     }
 }
