@@ -6,7 +6,7 @@
 //! locks, and every write transaction reads the current tail before appending. This module must never hold a write
 //! transaction open longer than one batch.
 
-use redb::{ConcurrencyMode, Database, TableDefinition};
+use redb::{ConcurrencyMode, Database, ReadableDatabase, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -82,6 +82,28 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// Whether `db` already holds every table of the schema.
+fn has_every_table(db: &Database) -> Result<bool, redb::Error> {
+    fn has<K: redb::Key + 'static, V: redb::Value + 'static>(
+        txn: &redb::ReadTransaction,
+        table: TableDefinition<K, V>,
+    ) -> Result<bool, redb::Error> {
+        match txn.open_table(table) {
+            Ok(_) => Ok(true),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+    let txn = db.begin_read()?;
+    Ok(has(&txn, EVENTS)?
+        && has(&txn, OPS)?
+        && has(&txn, KERNEL)?
+        && has(&txn, REVOKED)?
+        && has(&txn, CHECKPOINTS)?
+        && has(&txn, STATE)?
+        && has(&txn, STATE_USAGE)?)
+}
+
 impl Db {
     /// Opens (creating if needed) the database at `path`, and makes sure every table exists.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
@@ -94,6 +116,11 @@ impl Db {
             let mut builder = Database::builder();
             builder.set_concurrency_mode(ConcurrencyMode::MultiWriter).set_cache_size(CACHE_BYTES);
             let db = builder.create(path)?;
+            // A durable commit costs two fsyncs, and every process would pay them at start: write only when a
+            // table is missing (a new database, or one made by an older toka-host).
+            if has_every_table(&db)? {
+                return Ok(db);
+            }
             let txn = db.begin_write()?;
             txn.open_table(EVENTS)?;
             txn.open_table(OPS)?;
@@ -115,5 +142,34 @@ impl Db {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTable;
+
+    /// A database with only some of the tables (as an older toka-host left it) gets the others on open, and a
+    /// database with all of them opens as it is.
+    #[test]
+    fn open_adds_missing_tables_and_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let db = Database::builder().set_concurrency_mode(ConcurrencyMode::MultiWriter).create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(EVENTS).unwrap().insert(1, b"x".as_slice()).unwrap();
+            txn.commit().unwrap();
+            assert!(!has_every_table(&db).unwrap());
+        }
+        let db = Db::open(&path).unwrap();
+        assert!(has_every_table(db.redb()).unwrap());
+        let txn = db.redb().begin_read().unwrap();
+        assert_eq!(txn.open_table(EVENTS).unwrap().get(1).unwrap().unwrap().value(), b"x");
+        drop(txn);
+        drop(db);
+        let again = Db::open(&path).unwrap();
+        assert!(has_every_table(again.redb()).unwrap());
     }
 }

@@ -14,14 +14,6 @@ use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, P
 /// How often the epoch advances. Deadlines are precise to about this much.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The number of epoch ticks that covers `timeout` (at least one, plus one for the partial tick now under way).
-pub fn ticks_for(timeout: Duration) -> u64 {
-    // wasmtime adds the deadline to the current epoch: a deadline near u64::MAX would wrap into the past and stop
-    // the guest at once, so "practically never" is capped at 2^62 ticks (about 1.5 billion years).
-    let ticks = timeout.as_nanos() / EPOCH_TICK.as_nanos();
-    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1).clamp(2, 1 << 62)
-}
-
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -172,17 +164,4 @@ fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
             }
         })
         .map(drop)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ticks_cover_the_timeout() {
-        assert_eq!(ticks_for(Duration::from_millis(0)), 2);
-        assert_eq!(ticks_for(Duration::from_millis(100)), 11);
-        assert_eq!(ticks_for(Duration::from_secs(3600 * 24 * 365 * 1000)), 3_153_600_000_001);
-        assert_eq!(ticks_for(Duration::MAX), 1 << 62);
-    }
 }

@@ -80,7 +80,8 @@ fn every_run_is_recorded_with_its_outcome() {
 /// An observation is in the log while its run is still going: the agent emits, then blocks in a tool call that
 /// never returns (a spinning tool under a 60 s deadline), and another process reads the observation from the
 /// database before the run ends (no `run.completed` or `run.failed` yet). A log that held events in memory until the
-/// run's end, or committed them lazily after `emit` returned, would show nothing here.
+/// run's end would show nothing here. (A commit that lags `emit` but still lands during the run passes here; the
+/// crash test below is the one that sees an event acknowledged before it is durable.)
 #[test]
 fn an_observation_is_durable_while_its_run_is_still_going() {
     let home = tempfile::tempdir().unwrap();

@@ -171,7 +171,7 @@ pub fn build(
     if host.fuel {
         store.set_fuel(limits.fuel).map_err(RunError::host)?;
     }
-    // The epoch ticker advances every `EPOCH_TICK`; the deadline is counted in ticks from now.
+    // The epoch ticker advances every `EPOCH_TICK`; the deadline is an instant, checked at every tick.
     // At every epoch tick the guest yields to the async executor (so a guest spinning in wasm never holds a
     // worker thread: other runs, the service's requests and this run's outer deadline and cancellation all get
     // their turn), then goes on unless it is cancelled or past its deadline.
