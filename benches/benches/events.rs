@@ -1,6 +1,6 @@
 //! Event log append throughput and latency: group commit (one durable redb transaction per batch of waiting appends)
 //! vs one durable transaction per event, with 64 concurrent appenders on the same disk in the same run.
-//! Run with `cargo bench -p toka-benches --bench events`. Prints events/s, p50/p99 latency and the ratio.
+//! Run with `cargo bench --locked --workspace --bench events`. Prints events/s, p50/p99 latency and the ratio.
 //!
 //! It also measures the storage floor under those figures, with none of toka-host's code in the way: the same bytes
 //! (one event record and one operation of the sizes the log really stores) written 1 and 64 at a time, first as

@@ -2,7 +2,7 @@
 //! server on loopback that speaks OpenAI's Chat Completions), sent directly with reqwest and parsed, and sent
 //! through toka-host's gateway (the token check, the request check, the wire translation, the provider's HTTP
 //! engine), in the same run: once without an event log, once recording `llm.called` and `llm.completed` durably in a
-//! real redb log (what every agent's call costs). Run with `cargo bench -p toka-benches --bench llm`.
+//! real redb log (what every agent's call costs). Run with `cargo bench --locked --workspace --bench llm`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;

@@ -3,7 +3,7 @@
 //!     with plain wasmtime and the same engine settings;
 //! (b) a cold run (new engine, load, run) with and without the on-disk compile cache;
 //! (c) a CPU-bound guest with fuel metering on vs off.
-//! Ratios are printed after each group. Run with `cargo bench -p toka-benches --bench run`.
+//! Ratios are printed after each group. Run with `cargo bench --locked --workspace --bench run`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::{Duration, Instant};

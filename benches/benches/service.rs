@@ -4,7 +4,7 @@
 //! event takes from its commit to a client of the server-sent event stream.
 //!
 //! Prints runs/s, p50 and p99 for 8 concurrent submitters on each path, and their ratios. Run with
-//! `cargo bench -p toka-benches --bench service` (`TOKA_BENCH_RUNS=N` sets the runs per path, default 2000).
+//! `cargo bench --locked --workspace --bench service` (`TOKA_BENCH_RUNS=N` sets the runs per path, default 2000).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! Token benches: verifying and authorizing a run's token cold (signature chain checked, facts read) vs through the
 //! verified-token cache (key status re-checked, Datalog authorization run again with the current time), and the
 //! cost of each attenuation block on a cold verify+authorize. Ratios are printed after each group.
-//! Run with `cargo bench -p toka-benches --bench tokens`.
+//! Run with `cargo bench --locked --workspace --bench tokens`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;

@@ -3,7 +3,7 @@
 //! instantiated and called with plain wasmtime (same engine settings, no checks); and tool calls per second with a
 //! warm instance pool (pooling allocator), sequential and from 4 concurrent callers. Calls are not recorded here
 //! (no event log): the durable events of a recorded call are measured by the `events` bench.
-//! Run with `cargo bench -p toka-benches --bench tools`.
+//! Run with `cargo bench --locked --workspace --bench tools`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::time::{Duration, Instant};
