@@ -286,6 +286,28 @@ fn an_uploaded_component_runs_as_its_named_agent() {
     assert_eq!((status, err["error"]["code"].as_str()), (413, Some("too-large")), "{err}");
 }
 
+/// An installed agent named by a client (`{"component":{"plugin":NAME}}`) is name-checked before any lookup: a
+/// 100 KB name or a path is refused 400 with the bound, quoted short, and the server goes on. Control: a well-formed
+/// name that is not installed gets past the check to the lookup (404); the market tests run an installed one.
+#[test]
+fn a_plugin_name_from_a_client_is_checked_before_any_lookup() {
+    let s = Server::start(&[]);
+    let token = s.mint(&["--agent", "*"]);
+    let run = |name: &str| s.post("/v1/runs", Some(&token), &json!({ "component": { "plugin": name }, "wait": true }));
+    for bad in ["a".repeat(100_000), "../keys".to_string(), "x\u{1b}[2J".to_string()] {
+        let (status, err) = run(&bad);
+        assert_eq!((status, err["error"]["code"].as_str()), (400, Some("invalid-request")), "{err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("plugin: invalid package name `"), "{message}");
+        assert!(message.len() < 400, "the refusal quotes the name bounded: {} bytes", message.len());
+    }
+    let (status, err) = run("not-installed");
+    assert_eq!((status, err["error"]["code"].as_str()), (404, Some("not-found")), "{err}");
+    assert_eq!(err["error"]["message"], "no installed agent package named not-installed");
+    let (status, health) = s.get("/health", None);
+    assert_eq!((status, &health["status"]), (200, &json!("ok")));
+}
+
 fn spin(timeout_ms: u64) -> Value {
     json!({ "component": { "path": "hostile.wasm" }, "input": { "attack": "spin" },
             "limits": { "fuel": u64::MAX, "timeout_ms": timeout_ms } })

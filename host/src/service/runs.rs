@@ -166,7 +166,8 @@ fn source(service: &Service, component: &ComponentRef) -> Result<Source, ApiErro
             Err(ApiError::not_found(format!("no component {} in the server's component directories", path.display())))
         }
         ComponentRef::Plugin(name) => {
-            crate::tools::check_name(name).map_err(|e| ApiError::bad_request(format!("plugin: {e}")))?;
+            crate::tools::check_name(name)
+                .map_err(|e| ApiError::bad_request(format!("plugin: {}", e.replace("tool name", "package name"))))?;
             match crate::plugin::installed_agent(&service.host.home().dir, name) {
                 Ok(Some(source)) => Ok(source),
                 Ok(None) => Err(ApiError::not_found(format!("no installed agent package named {name}"))),

@@ -40,13 +40,17 @@ pub fn check_name(name: &str) -> Result<(), String> {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric());
     if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid tool name `{name}`: 1 to {MAX_NAME} characters, lowercase letters, digits, `-`, `_`, `.`, \
-             starting with a letter or digit"
-        ))
+        return Ok(());
     }
+    // The refusal quotes the name, bounded and escaped: a hostile name must not come back whole, nor as controls.
+    let mut shown: String = name.chars().take(MAX_NAME).flat_map(char::escape_debug).collect();
+    if name.chars().count() > MAX_NAME {
+        shown.push_str(&format!("... ({} bytes)", name.len()));
+    }
+    Err(format!(
+        "invalid tool name `{shown}`: 1 to {MAX_NAME} characters, lowercase letters, digits, `-`, `_`, `.`, \
+         starting with a letter or digit"
+    ))
 }
 
 impl Spec {
@@ -115,5 +119,20 @@ mod tests {
         for bad in ["", "File", "../x", "a/b", "-x", ".hidden", &"x".repeat(65), "a b"] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A refused name comes back bounded and escaped: a 100 KB name or one with a terminal escape in it is not
+    /// echoed as it is into an error line, an HTTP answer or a log.
+    #[test]
+    fn a_refused_name_is_quoted_bounded_and_escaped() {
+        let huge = "a".repeat(100_000);
+        let e = check_name(&huge).unwrap_err();
+        assert!(e.len() < 300, "{} bytes", e.len());
+        assert!(e.starts_with(&format!("invalid tool name `{}... (100000 bytes)`", "a".repeat(MAX_NAME))), "{e}");
+        let e = check_name("x\u{1b}[2Jy").unwrap_err();
+        assert!(e.starts_with("invalid tool name `x\\u{1b}[2Jy`"), "{e}");
+        assert!(!e.contains('\u{1b}'));
+        // Control: a name at the limit is accepted whole.
+        assert!(check_name(&"a".repeat(MAX_NAME)).is_ok());
     }
 }
