@@ -72,6 +72,8 @@ impl Bundle {
     /// A new cluster founded by node `id` at `addr`, with `home`'s root keys (created if it has none).
     pub fn create(home: &Path, id: u64, addr: &str, now_ms: u64) -> Result<Bundle, BundleError> {
         check_addr(addr).map_err(|reason| BundleError::Invalid { path: "(new)".into(), reason })?;
+        crate::home::private_dir(home)
+            .map_err(|e| BundleError::File { path: home.display().to_string(), reason: e.to_string() })?;
         let keys = KeyStore::load_or_init(home, now_ms).map_err(|e| BundleError::Keys(e.to_string()))?;
         let secret = random_bytes().map_err(|e| BundleError::File { path: "/dev/urandom".into(), reason: e.to_string() })?;
         // The cluster's id names it in logs and errors: derived from the secret, it reveals nothing of it.
