@@ -261,6 +261,9 @@ pub struct Status {
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// The last snapshot this node built or installed, and the last log index it purged.
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
     pub voters: BTreeSet<NodeId>,
     /// Every node of the membership and its address.
     pub nodes: BTreeMap<NodeId, String>,
@@ -316,6 +319,8 @@ async fn status(State(c): State<Cluster>, headers: HeaderMap, Query(q): Query<St
         term: m.current_term,
         last_log_index: m.last_log_index,
         applied_index: m.last_applied.map(|l| l.index),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
         voters: membership.voter_ids().collect(),
         nodes: membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect(),
         ops,
