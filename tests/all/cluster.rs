@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use toka_tests::{Rng, Ran, root, shared_cache, test_seed, toka_host, toka_with, wait_for};
+use toka_tests::{Ran, Rng, root, shared_cache, test_seed, toka_host, toka_with, wait_for};
 
 fn t(home: &Path, args: &[&str]) -> Ran {
     toka_with(args, None, &[("TOKA_HOME", home.to_str().unwrap())])
@@ -76,8 +76,11 @@ impl Cluster {
             .collect();
         let bundle = dir.path().join("bundle.json");
         let founder = nodes[0].url();
-        t(&nodes[0].home, &["cluster", "init", "--node-id", "1", "--addr", &founder, "--bundle", bundle.to_str().unwrap()])
-            .expect_code(0);
+        t(
+            &nodes[0].home,
+            &["cluster", "init", "--node-id", "1", "--addr", &founder, "--bundle", bundle.to_str().unwrap()],
+        )
+        .expect_code(0);
         let secret: Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
         let secret = secret["secret"].as_str().unwrap().to_string();
         let mut cluster =
@@ -147,7 +150,12 @@ impl Cluster {
             let i = self.nodes.iter().position(|n| n.id == leader)?;
             (agreed && self.nodes[i].child.is_some()).then_some(i)
         })
-        .unwrap_or_else(|| panic!("no leader agreed within {within:?}: {:?}", self.live().iter().map(|i| self.status(*i)).collect::<Vec<_>>()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no leader agreed within {within:?}: {:?}",
+                self.live().iter().map(|i| self.status(*i)).collect::<Vec<_>>()
+            )
+        })
     }
 
     /// Waits until every live node has applied the same log: same operations, events and head.
@@ -163,7 +171,12 @@ impl Cluster {
                 .collect::<Option<_>>()?;
             heads.windows(2).all(|w| w[0] == w[1]).then(|| heads[0].clone())
         })
-        .unwrap_or_else(|| panic!("the nodes did not converge within {within:?}: {:?}", self.live().iter().map(|i| self.status(*i)).collect::<Vec<_>>()))
+        .unwrap_or_else(|| {
+            panic!(
+                "the nodes did not converge within {within:?}: {:?}",
+                self.live().iter().map(|i| self.status(*i)).collect::<Vec<_>>()
+            )
+        })
     }
 
     /// Every node's `events --json` (read from its database while it runs), verified.
@@ -275,13 +288,17 @@ fn check_after_fault(cluster: &Cluster, acked: &[(String, u64)], rng: &mut Rng) 
     let inspect = t(&cluster.nodes[0].home, &["token", "inspect", &token]);
     let id = inspect.stdout.lines().find_map(|l| l.strip_prefix("revocation:")).unwrap().trim().to_string();
     let through = &cluster.nodes[rng.below(cluster.nodes.len() as u64) as usize];
-    t(&cluster.nodes[0].home, &["cluster", "revoke", &id, "--server", &through.url(), "--cluster", cluster.bundle.to_str().unwrap()])
-        .expect_code(0);
+    t(
+        &cluster.nodes[0].home,
+        &["cluster", "revoke", &id, "--server", &through.url(), "--cluster", cluster.bundle.to_str().unwrap()],
+    )
+    .expect_code(0);
     // At once, without waiting for the nodes to catch up: a node that has applied the revocation refuses the
     // bearer (401); one that has not yet gets its run's start rejected by the kernel, which orders every operation
     // after the revocation (a refused run). Either way no run of the token starts anywhere.
     for n in &cluster.nodes {
-        let resp = client().post(format!("{}/v1/runs", n.url())).bearer_auth(&token).json(&hello("after")).send().unwrap();
+        let resp =
+            client().post(format!("{}/v1/runs", n.url())).bearer_auth(&token).json(&hello("after")).send().unwrap();
         let status = resp.status().as_u16();
         let body: Value = resp.json().unwrap();
         assert_ne!(body["report"]["outcome"], "success", "node {} ran a revoked token's run: {body}", n.id);
@@ -355,7 +372,11 @@ fn a_follower_killed_and_restarted_catches_up_from_a_snapshot() {
         let s = cluster.status(follower)?;
         s["snapshot_index"].as_u64().filter(|i| *i >= purged)
     });
-    assert!(installed.is_some(), "the follower installed no snapshot covering index {purged}: {:?}", cluster.status(follower));
+    assert!(
+        installed.is_some(),
+        "the follower installed no snapshot covering index {purged}: {:?}",
+        cluster.status(follower)
+    );
     std::thread::sleep(Duration::from_millis(500 + rng.below(1_000)));
     stop.store(true, Ordering::SeqCst);
     let mut acked = Vec::new();
@@ -371,7 +392,9 @@ fn raft_routes_refuse_a_request_without_the_clusters_secret() {
     let cluster = Cluster::start(1, &[]);
     let url = cluster.nodes[0].url();
     let http = client();
-    for (route, body) in [("append", json!({})), ("vote", json!({})), ("snapshot", json!({})), ("write", json!({ "op": "{}" }))] {
+    for (route, body) in
+        [("append", json!({})), ("vote", json!({})), ("snapshot", json!({})), ("write", json!({ "op": "{}" }))]
+    {
         let path = format!("{url}/v1/raft/{route}");
         let none = http.post(&path).json(&body).send().unwrap();
         assert_eq!(none.status().as_u16(), 401, "{route} without a bearer");
@@ -390,7 +413,10 @@ fn raft_routes_refuse_a_request_without_the_clusters_secret() {
     assert_eq!(status.status().as_u16(), 401);
     assert_eq!(cluster.status(0).unwrap()["state"], "Leader", "with the secret");
     // The node's database refuses a local writer: its log is the cluster's.
-    let local = t(&cluster.nodes[0].home, &["run", toka_tests::agent("hello-rust").to_str().unwrap(), "--input", r#"{"name":"x"}"#]);
+    let local = t(
+        &cluster.nodes[0].home,
+        &["run", toka_tests::agent("hello-rust").to_str().unwrap(), "--input", r#"{"name":"x"}"#],
+    );
     assert_ne!(local.code, 0);
     assert!(local.stderr.contains("belongs to a node of cluster"), "{}", local.stderr);
 }

@@ -75,7 +75,8 @@ impl Bundle {
         crate::home::private_dir(home)
             .map_err(|e| BundleError::File { path: home.display().to_string(), reason: e.to_string() })?;
         let keys = KeyStore::load_or_init(home, now_ms).map_err(|e| BundleError::Keys(e.to_string()))?;
-        let secret = random_bytes().map_err(|e| BundleError::File { path: "/dev/urandom".into(), reason: e.to_string() })?;
+        let secret =
+            random_bytes().map_err(|e| BundleError::File { path: "/dev/urandom".into(), reason: e.to_string() })?;
         // The cluster's id names it in logs and errors: derived from the secret, it reveals nothing of it.
         let cluster = {
             use sha2::{Digest, Sha256};
@@ -111,7 +112,10 @@ impl Bundle {
         if secret.len() != SECRET_BYTES {
             return Err(format!("the secret must be {SECRET_BYTES} bytes"));
         }
-        if self.cluster.is_empty() || self.cluster.len() > 64 || !self.cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if self.cluster.is_empty()
+            || self.cluster.len() > 64
+            || !self.cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
             return Err("the cluster id must be 1-64 letters, digits or -".into());
         }
         if self.keys.is_empty() {
@@ -137,7 +141,11 @@ impl Bundle {
         if own.is_file() {
             let existing = Bundle::read(&own)?;
             if existing.cluster != self.cluster || existing.secret != self.secret {
-                return Err(BundleError::OtherCluster { home: shown, other: existing.cluster, cluster: self.cluster.clone() });
+                return Err(BundleError::OtherCluster {
+                    home: shown,
+                    other: existing.cluster,
+                    cluster: self.cluster.clone(),
+                });
             }
         }
         let publics = |keys: &[RootKey]| keys.iter().map(|k| k.public_hex.clone()).collect::<Vec<_>>();
@@ -218,7 +226,8 @@ mod tests {
         assert!(check_addr("http://127.0.0.1:7001").is_ok());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("b.json");
-        std::fs::write(&file, r#"{"cluster":"c","secret":"00","founder":{"id":1,"addr":"http://h"},"keys":[]}"#).unwrap();
+        std::fs::write(&file, r#"{"cluster":"c","secret":"00","founder":{"id":1,"addr":"http://h"},"keys":[]}"#)
+            .unwrap();
         let e = Bundle::read(&file).unwrap_err().to_string();
         assert!(e.contains("the secret must be 32 bytes"), "{e}");
     }

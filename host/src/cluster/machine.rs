@@ -13,8 +13,8 @@
 use super::store::{meta, put_meta};
 use super::{NodeId, Outcome, TypeConfig};
 use crate::db::{CHECKPOINTS, Db, EVENTS, KERNEL, OPS, REVOKED};
-use crate::events::log::{CLUSTER_MARK, LogStats, apply_replicated};
 use crate::events::Signer;
+use crate::events::log::{CLUSTER_MARK, LogStats, apply_replicated};
 use crate::kernel::State;
 use base64::Engine;
 use openraft::storage::RaftStateMachine;
@@ -72,12 +72,7 @@ fn sm_read(e: impl std::fmt::Display) -> StorageError<NodeId> {
 
 impl Machine {
     /// The state machine of `db` for `cluster`, signing checkpoints with `signer`.
-    pub fn open(
-        db: Db,
-        cluster: String,
-        signer: Option<Signer>,
-        stats: Arc<LogStats>,
-    ) -> Result<Machine, redb::Error> {
+    pub fn open(db: Db, cluster: String, signer: Option<Signer>, stats: Arc<LogStats>) -> Result<Machine, redb::Error> {
         // The tables exist (the log store opens them too; opening twice is harmless).
         let txn = db.redb().begin_write()?;
         txn.open_table(super::store::RAFT_META)?;
@@ -187,10 +182,8 @@ pub struct Builder(Machine);
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let machine = self.0.clone();
-        let (applied, membership, bytes) = tokio::task::spawn_blocking(move || machine.dump())
-            .await
-            .map_err(sm_read)?
-            .map_err(sm_read)?;
+        let (applied, membership, bytes) =
+            tokio::task::spawn_blocking(move || machine.dump()).await.map_err(sm_read)?.map_err(sm_read)?;
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let snapshot_id = format!("{}-{nanos}", applied.map_or(0, |l| l.index));
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };

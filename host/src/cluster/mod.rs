@@ -109,8 +109,9 @@ impl Outcome {
                 let mut acks = Vec::with_capacity(events.len());
                 for (seq, hash) in events {
                     let mut h = [0u8; 32];
-                    hex::decode_to_slice(&hash, &mut h)
-                        .map_err(|_| AppendError::Storage(format!("cluster: event {seq}'s hash is not 32 hex bytes")))?;
+                    hex::decode_to_slice(&hash, &mut h).map_err(|_| {
+                        AppendError::Storage(format!("cluster: event {seq}'s hash is not 32 hex bytes"))
+                    })?;
                     acks.push(crate::events::Ack { seq, hash: h });
                 }
                 Ok(Applied { op_seq, events: acks, rejected })
@@ -269,7 +270,12 @@ impl Cluster {
 }
 
 impl crate::events::log::Replicate for Cluster {
-    fn propose(&self, _op: crate::kernel::Operation, encoded: Vec<u8>, reply: Box<dyn FnOnce(Result<Applied, AppendError>) + Send>) {
+    fn propose(
+        &self,
+        _op: crate::kernel::Operation,
+        encoded: Vec<u8>,
+        reply: Box<dyn FnOnce(Result<Applied, AppendError>) + Send>,
+    ) {
         let this = self.clone();
         self.runtime.spawn(async move {
             // serde_json writes UTF-8; anything else is refused, not proposed.
@@ -281,3 +287,6 @@ impl crate::events::log::Replicate for Cluster {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,8 +17,8 @@ use openraft::error::{
 };
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, ClientWriteResponse, InstallSnapshotRequest,
-    InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, ClientWriteResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, ChangeMembers, RaftNetwork, RaftNetworkFactory};
 use serde::{Deserialize, Serialize};
@@ -79,7 +79,11 @@ impl Peer {
         let sent = self.client.post(&url).bearer_auth(&self.secret).timeout(timeout).json(request).send().await;
         let response = sent.map_err(|e| {
             // Not reached at all: Raft backs off before trying this node again.
-            if e.is_connect() { RPCError::Unreachable(Unreachable::new(&e)) } else { RPCError::Network(NetworkError::new(&e)) }
+            if e.is_connect() {
+                RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                RPCError::Network(NetworkError::new(&e))
+            }
         })?;
         if !response.status().is_success() {
             let why = std::io::Error::other(format!("node {} answered {} to {route}", self.target, response.status()));
@@ -160,7 +164,8 @@ pub async fn forward(client: &reqwest::Client, addr: &str, secret: &str, op: &st
 
 /// A refusal or failure, as the service's errors are shaped.
 fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
-    let body = serde_json::json!({ "error": { "code": code, "message": crate::error::one_line(&message.to_string()) } });
+    let body =
+        serde_json::json!({ "error": { "code": code, "message": crate::error::one_line(&message.to_string()) } });
     (status, Json(body)).into_response()
 }
 
@@ -241,7 +246,10 @@ async fn write(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::
     if let Err(e) = serde_json::from_str::<crate::kernel::Operation>(&proposal.op) {
         let answer: WriteAnswer = Ok(ClientWriteResponse {
             log_id: Default::default(),
-            data: Outcome::Failed { kind: "unreadable".into(), message: format!("the operation does not read back: {e}") },
+            data: Outcome::Failed {
+                kind: "unreadable".into(),
+                message: format!("the operation does not read back: {e}"),
+            },
             membership: None,
         });
         return Json(answer).into_response();
@@ -301,7 +309,11 @@ async fn status(State(c): State<Cluster>, headers: HeaderMap, Query(q): Query<St
     if q.linearizable
         && let Err(e) = c.raft.ensure_linearizable().await
     {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "no-leader", format!("a leader-checked read is not possible: {e}"));
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-leader",
+            format!("a leader-checked read is not possible: {e}"),
+        );
     }
     let m = c.raft.metrics().borrow().clone();
     let db = c.db.clone();
@@ -346,9 +358,7 @@ fn not_leader(c: &Cluster) -> Response {
 fn membership_error(c: &Cluster, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Response {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => not_leader(c),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            error(StatusCode::CONFLICT, "membership", e)
-        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => error(StatusCode::CONFLICT, "membership", e),
         other => error(StatusCode::SERVICE_UNAVAILABLE, "cluster", other),
     }
 }

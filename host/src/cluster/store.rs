@@ -47,14 +47,21 @@ pub(crate) fn meta<T: serde::de::DeserializeOwned>(db: &Db, key: &str) -> std::r
 }
 
 /// Stores `value` under `key` in [`RAFT_META`] within `txn`.
-pub(crate) fn put_meta<T: serde::Serialize>(txn: &redb::WriteTransaction, key: &str, value: &T) -> std::result::Result<(), redb::Error> {
+pub(crate) fn put_meta<T: serde::Serialize>(
+    txn: &redb::WriteTransaction,
+    key: &str,
+    value: &T,
+) -> std::result::Result<(), redb::Error> {
     let bytes = serde_json::to_vec(value).expect("raft metadata serializes");
     txn.open_table(RAFT_META)?.insert(key, bytes.as_slice())?;
     Ok(())
 }
 
 /// Runs `f` in one durable write transaction, off the async runtime's threads.
-async fn write(db: &Db, f: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<(), redb::Error> + Send + 'static) -> std::result::Result<(), redb::Error> {
+async fn write(
+    db: &Db,
+    f: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<(), redb::Error> + Send + 'static,
+) -> std::result::Result<(), redb::Error> {
     let db = db.clone();
     tokio::task::spawn_blocking(move || {
         let txn = db.redb().begin_write()?;
@@ -133,7 +140,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
-        Ok(meta::<Option<LogId<NodeId>>>(&self.db, COMMITTED).map_err(|e| read_err(std::io::Error::other(e)))?.flatten())
+        Ok(meta::<Option<LogId<NodeId>>>(&self.db, COMMITTED)
+            .map_err(|e| read_err(std::io::Error::other(e)))?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>

@@ -159,9 +159,10 @@ impl ServeCommand {
             snapshot_every: self.raft_snapshot_every.max(1),
             ..ClusterOptions::default()
         };
-        let cluster = Cluster::start(node_id, bundle, db.clone(), Some(Signer::for_home(home)), stats.clone(), &cluster_options)
-            .await
-            .map_err(RunError::host)?;
+        let cluster =
+            Cluster::start(node_id, bundle, db.clone(), Some(Signer::for_home(home)), stats.clone(), &cluster_options)
+                .await
+                .map_err(RunError::host)?;
         let log = Arc::new(EventLog::replicated(db, Arc::new(cluster.clone()), stats));
         let host = Host::open_with_log(home.clone(), options, log)?;
         tracing::info!(node_id, cluster = %cluster.bundle.cluster, "cluster node started");

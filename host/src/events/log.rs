@@ -691,7 +691,9 @@ pub fn apply_replicated(
                 outcomes.push(None);
                 requests.push(Request { op, encoded, reply: Reply::Returned });
             }
-            Err(e) => outcomes.push(Some(Err(AppendError::Unreadable(format!("the operation does not read back: {e}"))))),
+            Err(e) => {
+                outcomes.push(Some(Err(AppendError::Unreadable(format!("the operation does not read back: {e}")))))
+            }
         }
     }
     let mut rest = requests.into_iter();
@@ -711,7 +713,10 @@ pub fn apply_replicated(
     match result {
         Ok(applied) => {
             let mut applied = applied.into_iter();
-            Ok(outcomes.into_iter().map(|o| o.unwrap_or_else(|| applied.next().unwrap_or(Err(AppendError::Closed)))).collect())
+            Ok(outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| applied.next().unwrap_or(Err(AppendError::Closed))))
+                .collect())
         }
         Err(e) => {
             *state = State::default();
