@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 
 /// Modules above the sandbox and the engine.
 const HIGHER: &[&str] =
-    &["run", "runtime", "tools", "llm", "commands", "service", "orchestrate", "plugin", "project", "client"];
+    &["run", "runtime", "tools", "llm", "commands", "service", "orchestrate", "plugin", "project", "client", "cluster"];
+
+/// The faces and the host object: the cluster (below them, above the record layer) imports none of them.
+const ABOVE_CLUSTER: &[&str] =
+    &["run", "runtime", "tools", "llm", "commands", "service", "orchestrate", "plugin", "project", "client", "sandbox"];
 
 /// The modules every `crate::` path in `source` starts with.
 fn crate_modules(source: &str) -> Vec<String> {
@@ -89,6 +93,27 @@ fn the_record_layer_imports_no_higher_layer() {
     sources_of(&src().join("events"), &mut files);
     let found = upward_imports(&files);
     assert!(found.is_empty(), "the record layer imports higher ones: {found:?}");
+}
+
+/// The cluster replicates the record layer's operations: it knows no face, no host object and no sandbox.
+#[test]
+fn the_cluster_imports_no_face() {
+    let mut files = Vec::new();
+    sources_of(&src().join("cluster"), &mut files);
+    assert!(files.len() >= 4, "the cluster's files were not found: {files:?}");
+    let mut found = Vec::new();
+    for file in &files {
+        let source = std::fs::read_to_string(file).unwrap();
+        for module in crate_modules(&source) {
+            if ABOVE_CLUSTER.contains(&module.as_str()) {
+                found.push((file.display().to_string(), module));
+            }
+        }
+    }
+    assert!(found.is_empty(), "the cluster imports a face: {found:?}");
+    // Positive control: the record layer's modules it does use are seen.
+    let all: Vec<String> = files.iter().flat_map(|f| crate_modules(&std::fs::read_to_string(f).unwrap())).collect();
+    assert!(all.iter().any(|m| m == "events") && all.iter().any(|m| m == "db"), "{all:?}");
 }
 
 #[test]

@@ -14,6 +14,7 @@ pub mod bindings;
 pub mod bounds;
 pub mod cache_auth;
 pub mod client;
+pub mod cluster;
 pub mod commands;
 pub mod component;
 pub mod db;

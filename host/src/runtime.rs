@@ -125,7 +125,13 @@ impl Host {
         let signer = crate::events::Signer::for_home(&home);
         let log = EventLog::open(db, GroupCommit::default(), Some(signer))
             .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;
-        let log = Arc::new(log);
+        Host::open_with_log(home, options, Arc::new(log))
+    }
+
+    /// Opens `home` with `log` as its event log (a cluster node's: its operations go through the cluster and are
+    /// applied to `log`'s database by the cluster's state machine). `log`'s database must be `home`'s.
+    pub fn open_with_log(home: Home, options: HostOptions, log: Arc<EventLog>) -> Result<Host, RunError> {
+        home.ensure_dir().map_err(|e| RunError::host(e.to_string()))?;
         if let Some(cache) = &home.cache {
             // The cache holds compiled code the host will execute: owner-only, like the home.
             crate::home::private_dir(cache).map_err(|e| RunError::host(format!("compile cache: {e}")))?;

@@ -7,6 +7,7 @@ mod attacks_net;
 mod cache;
 mod cli;
 mod client;
+mod cluster;
 mod command;
 mod dashboard;
 mod dirstat;

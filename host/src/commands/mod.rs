@@ -1,6 +1,7 @@
 //! The `toka-host` command line: one file per subcommand, each a `clap` type with an `execute` method.
 
 pub mod build;
+pub mod cluster;
 pub mod componentize;
 pub mod events;
 pub mod key;
@@ -116,6 +117,7 @@ pub enum Command {
     Mcp(mcp::McpCommand),
     /// Serve the host over HTTP: runs, live events, tools, metrics, a dashboard.
     Serve(serve::ServeCommand),
+    Cluster(cluster::ClusterCommand),
     /// Run the agents of a plan manifest (toka.toml) in dependency order, or resume a stopped plan.
     Up(up::UpCommand),
     /// Make a new agent, tool or command project of your own (Rust, Python, JavaScript, C, Go, Zig).
@@ -151,6 +153,7 @@ impl Cli {
             Command::Mcp(cmd) => cmd.execute(&home),
             Command::Llm(cmd) => cmd.execute(&home),
             Command::Serve(cmd) => cmd.execute(&home),
+            Command::Cluster(cmd) => cmd.execute(&home),
             Command::Up(cmd) => cmd.execute(&home),
             Command::New(cmd) => cmd.execute(&home),
             Command::Build(cmd) => cmd.execute(&home),

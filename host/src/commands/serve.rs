@@ -51,6 +51,22 @@ pub struct ServeCommand {
     /// OTLP/HTTP as JSON to this collector, e.g. http://127.0.0.1:4318 (its /v1/traces). Off by default.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+
+    /// Run as node N of a cluster (with --cluster): its operations go through the cluster's replicated log.
+    #[arg(long, value_name = "N", requires = "cluster")]
+    pub node_id: Option<u64>,
+
+    /// The cluster's bundle (from `toka-host cluster init`); installed into this home on first use.
+    #[arg(long, value_name = "FILE", requires = "node_id")]
+    pub cluster: Option<PathBuf>,
+
+    /// Raft heartbeat interval in milliseconds (elections after 3 to 6 missed heartbeats).
+    #[arg(long, value_name = "MS", default_value_t = 100, hide = true)]
+    pub raft_heartbeat_ms: u64,
+
+    /// Raft log entries between snapshots (the log before a snapshot is purged).
+    #[arg(long, value_name = "N", default_value_t = 20_000, hide = true)]
+    pub raft_snapshot_every: u64,
 }
 
 impl ServeCommand {
@@ -90,7 +106,17 @@ impl ServeCommand {
             progress: Some(crate::progress::Delayed::log()),
             record_prompts: self.record_prompts,
         };
-        let host = Host::open(home.clone(), options)?;
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .map_err(|e| RunError::host(format!("serve: cannot listen on {}: {e}", self.addr)))?;
+        let local = listener.local_addr().map_err(RunError::host)?;
+        let (host, cluster) = match (&self.cluster, self.node_id) {
+            (Some(bundle), Some(node_id)) => {
+                let (host, cluster) = self.join_cluster(home, options, bundle, node_id).await?;
+                (host, Some(cluster))
+            }
+            _ => (Host::open(home.clone(), options)?, None),
+        };
         let config = ServiceConfig {
             max_concurrent: self.max_concurrent.max(1),
             max_queue: self.max_queue,
@@ -99,14 +125,48 @@ impl ServeCommand {
             shutdown_grace: self.shutdown_grace,
             ..ServiceConfig::default()
         };
-        let listener = tokio::net::TcpListener::bind(self.addr)
-            .await
-            .map_err(|e| RunError::host(format!("serve: cannot listen on {}: {e}", self.addr)))?;
-        let local = listener.local_addr().map_err(RunError::host)?;
         let service = Service::new(host, config);
         // The address on stdout (for scripts and tests); everything else goes to stderr.
         println!("toka-host: serving on http://{local} (dashboard at /, API under /v1, /openapi.json)");
-        crate::service::serve(service, listener, shutdown_signal()).await.map_err(RunError::host)
+        let Some(cluster) = cluster else {
+            return crate::service::serve(service, listener, shutdown_signal()).await.map_err(RunError::host);
+        };
+        let routes = crate::cluster::network::routes(cluster.clone());
+        let served = crate::service::serve_with(service, listener, shutdown_signal(), routes).await;
+        cluster.shutdown().await;
+        served.map_err(RunError::host)
+    }
+
+    /// Makes this home a node of the bundle's cluster and starts its Raft: the host's event log is the cluster's
+    /// (every operation goes through the leader and is applied to this node's database by the state machine).
+    async fn join_cluster(
+        &self,
+        home: &Home,
+        options: HostOptions,
+        bundle: &std::path::Path,
+        node_id: u64,
+    ) -> Result<(Host, crate::cluster::Cluster), RunError> {
+        use crate::cluster::{Bundle, Cluster, ClusterOptions};
+        use crate::events::{EventLog, LogStats, Signer};
+        use std::sync::Arc;
+        let bundle = Bundle::read(bundle).map_err(RunError::host)?;
+        home.ensure_dir().map_err(RunError::host)?;
+        bundle.install(&home.dir).map_err(RunError::host)?;
+        let db = home.open_db().map_err(|e| RunError::host(format!("event log: {e}")))?;
+        let stats = Arc::new(LogStats::default());
+        let cluster_options = ClusterOptions {
+            heartbeat_ms: self.raft_heartbeat_ms.clamp(10, 10_000),
+            snapshot_every: self.raft_snapshot_every.max(1),
+            ..ClusterOptions::default()
+        };
+        let cluster =
+            Cluster::start(node_id, bundle, db.clone(), Some(Signer::for_home(home)), stats.clone(), &cluster_options)
+                .await
+                .map_err(RunError::host)?;
+        let log = Arc::new(EventLog::replicated(db, Arc::new(cluster.clone()), stats));
+        let host = Host::open_with_log(home.clone(), options, log)?;
+        tracing::info!(node_id, cluster = %cluster.bundle.cluster, "cluster node started");
+        Ok((host, cluster))
     }
 }
 

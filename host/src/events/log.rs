@@ -103,6 +103,8 @@ enum CommitError {
     Storage(redb::Error),
     Unanchored(String),
     Keys(String),
+    /// A local writer on a cluster node's database.
+    Clustered(String),
 }
 
 macro_rules! storage_errors {
@@ -119,6 +121,9 @@ storage_errors!(redb::Error, redb::TableError, redb::StorageError, redb::CommitE
 enum Reply {
     Blocking(mpsc::SyncSender<Result<Applied, AppendError>>),
     Async(tokio::sync::oneshot::Sender<Result<Applied, AppendError>>),
+    /// A replicated operation: its outcome is returned by [`apply_replicated`] (and sent back through the
+    /// replication to whoever proposed it).
+    Returned,
 }
 
 impl Reply {
@@ -127,6 +132,7 @@ impl Reply {
         match self {
             Reply::Blocking(s) => drop(s.send(result)),
             Reply::Async(s) => drop(s.send(result)),
+            Reply::Returned => {}
         }
     }
 }
@@ -168,7 +174,8 @@ impl Default for LogStats {
 }
 
 impl LogStats {
-    fn committed(&self, operations: usize, events: u64, head: u64) {
+    /// Counts a durable commit of `operations` that appended `events`, the last of them `head` (0: none).
+    pub fn committed(&self, operations: usize, events: u64, head: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         self.events.fetch_add(events, Relaxed);
         self.batches.fetch_add(1, Relaxed);
@@ -188,7 +195,24 @@ pub struct EventLog {
     writer: Option<JoinHandle<()>>,
     db: Db,
     stats: std::sync::Arc<LogStats>,
+    /// On a cluster node: where operations go instead of this process's writer (the replicated log, which applies
+    /// them to this database through [`apply_replicated`]).
+    replicator: Option<std::sync::Arc<dyn Replicate>>,
 }
+
+/// A replicated operation log (the cluster): takes an operation, makes it durable on a quorum, applies it on every
+/// node with [`apply_replicated`], and answers with what it did on the node that proposed it. Defined here, and
+/// implemented by the layer above, so that the record layer never imports the cluster.
+pub trait Replicate: Send + Sync {
+    /// Proposes `op` (`encoded`: its exact JSON bytes, which read back) and calls `reply` exactly once with its
+    /// outcome, from any thread. Must not block.
+    fn propose(&self, op: Operation, encoded: Vec<u8>, reply: Box<dyn FnOnce(Result<Applied, AppendError>) + Send>);
+}
+
+/// The key in [`KERNEL`] that marks a database as a cluster node's: its logs are written only by the replicated
+/// log ([`apply_replicated`]); a local writer refuses to extend them (that would fork the node's chain from the
+/// cluster's).
+pub const CLUSTER_MARK: &str = "cluster";
 
 impl std::fmt::Debug for EventLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -209,7 +233,18 @@ impl EventLog {
         let writer = std::thread::Builder::new()
             .name("toka-events".into())
             .spawn(move || write_loop(&writer_db, &inbox, max_batch, signer, &writer_stats))?;
-        Ok(EventLog { queue: Some(queue), writer: Some(writer), db, stats })
+        Ok(EventLog { queue: Some(queue), writer: Some(writer), db, stats, replicator: None })
+    }
+
+    /// A submitter that writes nothing itself: every operation goes to `replicator`, which applies it to `db` (on
+    /// every node) through [`apply_replicated`] and reports its commits in `stats`.
+    pub fn replicated(db: Db, replicator: std::sync::Arc<dyn Replicate>, stats: std::sync::Arc<LogStats>) -> Self {
+        EventLog { queue: None, writer: None, db, stats, replicator: Some(replicator) }
+    }
+
+    /// Whether operations go to a replicated log rather than this process's writer.
+    pub fn is_replicated(&self) -> bool {
+        self.replicator.is_some()
     }
 
     pub fn db(&self) -> &Db {
@@ -227,6 +262,20 @@ impl EventLog {
         let encoded = serde_json::to_vec(&op).map_err(|e| AppendError::Storage(e.to_string()))?;
         if encoded.len() > MAX_PAYLOAD + 4096 {
             return Err(AppendError::PayloadTooLarge(encoded.len()));
+        }
+        if let Some(replicator) = &self.replicator {
+            // Every node decodes what it applies: bytes that do not read back are refused before they are proposed
+            // (a local writer records an `op.rejected` event instead; here nothing is replicated).
+            if let Err(e) = serde_json::from_slice::<Operation>(&encoded) {
+                return Err(AppendError::Unreadable(format!("the operation does not read back: {e}")));
+            }
+            let reply = match reply {
+                Reply::Blocking(s) => Box::new(move |r| drop(s.send(r))) as Box<dyn FnOnce(_) + Send>,
+                Reply::Async(s) => Box::new(move |r| drop(s.send(r))),
+                Reply::Returned => Box::new(drop),
+            };
+            replicator.propose(op, encoded, reply);
+            return Ok(());
         }
         // Whether these exact bytes read back is checked by the writer, which records a rejection as an event.
         let queue = self.queue.as_ref().ok_or(AppendError::Closed)?;
@@ -302,7 +351,7 @@ fn write_loop(
             }
         };
         let mut batch = Vec::new();
-        let result = commit(db, &mut state, signer.as_mut(), first, &mut batch, next);
+        let result = commit(db, &mut state, signer.as_mut(), first, &mut batch, next, None);
         recent[batches % recent.len()] = batch.len();
         batches += 1;
         match result {
@@ -322,6 +371,7 @@ fn write_loop(
                     CommitError::Storage(e) => AppendError::Storage(crate::error::one_line(&e.to_string())),
                     CommitError::Unanchored(why) => AppendError::Unanchored(why),
                     CommitError::Keys(why) => AppendError::Storage(format!("cannot sign the log's checkpoint: {why}")),
+                    CommitError::Clustered(why) => AppendError::Invalid(why),
                 };
                 for request in batch {
                     request.reply.send(Err(error.clone()));
@@ -436,6 +486,9 @@ fn unreadable_event(op: &Operation, reason: &str) -> EventDraft {
 /// (called with the batch's size so far, `None` ends the batch), and stores the new heads and checkpoint. Every
 /// submission taken is pushed onto `batch` before anything can fail, so the caller can answer each one; the outcome
 /// of each is in the same order.
+///
+/// `replicated`: the batch comes from the cluster's replicated log, and this hook records, in the same transaction,
+/// how far the replicated log has been applied. Without it (a local writer), a cluster node's database is refused.
 fn commit(
     db: &Db,
     state: &mut State,
@@ -443,6 +496,7 @@ fn commit(
     first: Request,
     batch: &mut Vec<Request>,
     mut next: impl FnMut(usize) -> Option<Request>,
+    replicated: Option<&mut dyn FnMut(&redb::WriteTransaction) -> Result<(), redb::Error>>,
 ) -> Result<Vec<Result<Applied, AppendError>>, CommitError> {
     batch.push(first);
     // Without a key (no signer, or a home without a root key yet) this commit stores no checkpoint.
@@ -461,6 +515,15 @@ fn commit(
         let mut kernel_table = txn.open_table(KERNEL)?;
         let mut revoked = txn.open_table(REVOKED)?;
         let mut checkpoints = txn.open_table(CHECKPOINTS)?;
+        if replicated.is_none()
+            && let Some(cluster) = kernel_table.get(CLUSTER_MARK)?
+        {
+            let cluster = String::from_utf8_lossy(cluster.value()).into_owned();
+            return Err(CommitError::Clustered(format!(
+                "this database belongs to a node of cluster {cluster}: its log is written only through the cluster \
+                 (`toka-host serve --cluster ...`, or `--server` to a node)"
+            )));
+        }
         let before = catch_up(state, &kernel_table, &op_table)?;
         let (mut seq, mut prev) = match events.last()? {
             None => (0, GENESIS),
@@ -598,8 +661,73 @@ fn commit(
             kernel_table.insert(SNAPSHOT, snapshot.as_slice())?;
         }
     }
+    if let Some(hook) = replicated {
+        hook(&txn)?;
+    }
     txn.commit()?;
     Ok(outcomes)
+}
+
+/// Applies operations of the cluster's replicated log to this node's database, exactly as a local writer's batch
+/// does (the same kernel, the same checks, the same chain), in one durable transaction that also runs `hook` (the
+/// replicated log's own bookkeeping: how far it has been applied). Every node applies the same operations in the
+/// same order from the same state, so its events and their hash chain are byte-identical to every other node's.
+///
+/// `ops` are the exact bytes proposed; bytes that do not decode (never proposed by a toka-host node) are answered
+/// as unreadable and change nothing, on every node alike. On an error the transaction is abandoned and `state` is
+/// reset (to be rebuilt from the database by the next call).
+pub fn apply_replicated(
+    db: &Db,
+    state: &mut State,
+    signer: Option<&mut Signer>,
+    ops: Vec<Vec<u8>>,
+    mut hook: impl FnMut(&redb::WriteTransaction) -> Result<(), redb::Error>,
+) -> Result<Vec<Result<Applied, AppendError>>, AppendError> {
+    let mut outcomes: Vec<Option<Result<Applied, AppendError>>> = Vec::with_capacity(ops.len());
+    let mut requests = Vec::with_capacity(ops.len());
+    for encoded in ops {
+        match serde_json::from_slice::<Operation>(&encoded) {
+            Ok(op) => {
+                outcomes.push(None);
+                requests.push(Request { op, encoded, reply: Reply::Returned });
+            }
+            Err(e) => {
+                outcomes.push(Some(Err(AppendError::Unreadable(format!("the operation does not read back: {e}")))))
+            }
+        }
+    }
+    let mut rest = requests.into_iter();
+    let result = match rest.next() {
+        Some(first) => {
+            let mut batch = Vec::new();
+            commit(db, state, signer, first, &mut batch, |_| rest.next(), Some(&mut hook))
+        }
+        None => (|| {
+            // Nothing to apply (membership changes, a new leader's blank entry): the bookkeeping alone.
+            let txn = db.redb().begin_write()?;
+            hook(&txn)?;
+            txn.commit()?;
+            Ok(Vec::new())
+        })(),
+    };
+    match result {
+        Ok(applied) => {
+            let mut applied = applied.into_iter();
+            Ok(outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| applied.next().unwrap_or(Err(AppendError::Closed))))
+                .collect())
+        }
+        Err(e) => {
+            *state = State::default();
+            Err(match e {
+                CommitError::Storage(e) => AppendError::Storage(crate::error::one_line(&e.to_string())),
+                CommitError::Unanchored(why) => AppendError::Unanchored(why),
+                CommitError::Keys(why) => AppendError::Storage(format!("cannot sign the log's checkpoint: {why}")),
+                CommitError::Clustered(why) => AppendError::Invalid(why),
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -738,7 +866,7 @@ mod tests {
         let first = rest.next().unwrap();
         let mut state = State::default();
         let mut batch = Vec::new();
-        let outcomes = commit(db, &mut state, signer, first, &mut batch, |_| rest.next()).unwrap();
+        let outcomes = commit(db, &mut state, signer, first, &mut batch, |_| rest.next(), None).unwrap();
         // What the writer keeps in memory is what replaying the stored operations gives.
         let txn = redb::ReadableDatabase::begin_read(db.redb()).unwrap();
         let stored: Vec<Operation> = txn

@@ -293,7 +293,18 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(service.clone());
+    serve_with(service, listener, stop, axum::Router::new()).await
+}
+
+/// [`serve`], with `extra` routes beside the API's (a cluster node's `/v1/raft/*` and `/v1/cluster/*`, which carry
+/// their own authentication and body limit).
+pub async fn serve_with(
+    service: Arc<Service>,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    extra: axum::Router,
+) -> std::io::Result<()> {
+    let app = extra.merge(router(service.clone()));
     let stopping = service.clone();
     let shutdown = async move {
         stop.await;
