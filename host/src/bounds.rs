@@ -119,10 +119,11 @@ pub fn bound_operation(operation: &mut Operation) -> Result<(), String> {
             id("task id", task_id.as_deref().unwrap_or_default())?;
             detail(d);
         }
-        Op::SpawnAgent { parent_run, run_id, agent } => {
+        Op::SpawnAgent { parent_run, run_id, agent, detail: d } => {
             id("run id", parent_run)?;
             id("run id", run_id)?;
             id("agent name", agent)?;
+            detail(d);
         }
         Op::EmitObservation { run_id, kind, payload } => {
             id("run id", run_id)?;

@@ -183,8 +183,17 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rate: Option<Rate>,
     },
-    /// Start a sub-agent's run on behalf of a running parent.
-    SpawnAgent { parent_run: String, run_id: String, agent: String },
+    /// Start a sub-agent's run on behalf of a running parent (`toka:agent/spawn`): a boundary host call of the
+    /// parent (it takes from the parent's rate bucket) that starts a run of its own. The child's run then ends as
+    /// any run does (`complete-run`, `fail-run`).
+    SpawnAgent {
+        parent_run: String,
+        run_id: String,
+        agent: String,
+        /// What the child's `run.started` event carries (component, grants, limits, depth).
+        #[serde(default)]
+        detail: serde_json::Value,
+    },
     /// A run's observation.
     EmitObservation { run_id: String, kind: String, payload: serde_json::Value },
     /// A run's write to its agent's state.
@@ -596,7 +605,10 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
             }
             check_rate(state, agent, *rate, op.time_ms, "run")
         }
-        Op::SpawnAgent { parent_run, .. } => running(state, parent_run).map(drop),
+        Op::SpawnAgent { parent_run, agent, .. } => {
+            let parent = running(state, parent_run)?;
+            check_rate(state, &parent.agent, parent.rate, op.time_ms, &format!("spawn of agent {agent}"))
+        }
         Op::EmitObservation { run_id, .. } | Op::WriteState { run_id, .. } => {
             let run = running(state, run_id)?;
             let what = if matches!(op.op, Op::EmitObservation { .. }) { "events.emit" } else { "state write" };
@@ -732,7 +744,12 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             }
             vec![event(op, kind::RUN_STARTED, agent, run_id, payload)]
         }
-        Op::SpawnAgent { parent_run, run_id, agent } => {
+        Op::SpawnAgent { parent_run, run_id, agent, detail } => {
+            let (parent_agent, rate) = run_rate(state, parent_run);
+            take(state, &parent_agent, rate, op.time_ms);
+            // The child acts under its own token (the parent's, narrowed): its chain names every block, the parent's
+            // among them. An operation without one acts under the parent's chain.
+            let chain = if op.chain.is_empty() { state.runs[parent_run].chain.clone() } else { op.chain.clone() };
             state.runs.insert(
                 run_id.clone(),
                 RunState {
@@ -741,19 +758,32 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                     parent: Some(parent_run.clone()),
                     started_ms: op.time_ms,
                     observations: 0,
-                    rate: state.runs[parent_run].rate,
-                    chain: state.runs[parent_run].chain.clone(),
+                    rate,
+                    chain,
                 },
             );
             *state.agent_runs.entry(agent.clone()).or_default() += 1;
-            let parent_agent = state.runs[parent_run].agent.clone();
-            vec![event(
-                op,
-                kind::AGENT_SPAWNED,
-                &parent_agent,
-                parent_run,
-                json!({ "child_run": run_id, "agent": agent }),
-            )]
+            // The child is a run like any other (`run.started` ... `run.completed`), with its parent named; the
+            // parent's side of the link is `agent.spawned` on the parent's run.
+            let mut payload = detail.clone();
+            if !payload.is_object() {
+                payload = json!({});
+            }
+            if let Some(map) = payload.as_object_mut() {
+                map.insert("parent".into(), json!(parent_run));
+                map.insert("task_id".into(), json!(null));
+                map.insert("token".into(), json!(op.token));
+            }
+            vec![
+                event(
+                    op,
+                    kind::AGENT_SPAWNED,
+                    &parent_agent,
+                    parent_run,
+                    json!({ "child_run": run_id, "agent": agent }),
+                ),
+                event(op, kind::RUN_STARTED, agent, run_id, payload),
+            ]
         }
         Op::EmitObservation { run_id, kind: observed, payload } => {
             let (agent, rate) = run_rate(state, run_id);
@@ -1261,7 +1291,12 @@ mod tests {
             (id(), id(), prop::option::of(id()), prop::option::of(1u64..4)).prop_map(|(run_id, agent, task_id, n)| {
                 Op::StartRun { run_id, agent, task_id, detail: json!({}), rate: n.map(|n| Rate { n, period_ms: 10 }) }
             }),
-            (id(), id(), id()).prop_map(|(parent_run, run_id, agent)| Op::SpawnAgent { parent_run, run_id, agent }),
+            (id(), id(), id()).prop_map(|(parent_run, run_id, agent)| Op::SpawnAgent {
+                parent_run,
+                run_id,
+                agent,
+                detail: json!({})
+            }),
             (id(), any::<u8>()).prop_map(|(run_id, n)| Op::EmitObservation {
                 run_id,
                 kind: "k".into(),

@@ -34,6 +34,7 @@ pub mod run;
 pub mod runtime;
 pub mod sandbox;
 pub mod service;
+pub mod spawn;
 pub mod telemetry;
 pub mod token;
 pub mod tools;
