@@ -30,3 +30,9 @@ pub fn describe(error: &SpawnError) -> (&'static str, &str) {
         SpawnError::Failed(m) => ("failed", m),
     }
 }
+
+/// Schedules a run of the installed agent `agent` with a JSON input, due `delay_ms` from now; returns the task's id
+/// at once. The host's service starts it when due (see `wit/agent.wit`, `spawn.schedule`).
+pub fn schedule(agent: &str, input: &serde_json::Value, delay_ms: u64) -> Result<String, SpawnError> {
+    host::schedule(agent, &input.to_string(), delay_ms)
+}

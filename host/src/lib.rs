@@ -35,6 +35,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod service;
 pub mod spawn;
+pub mod tasks;
 pub mod telemetry;
 pub mod token;
 pub mod tools;

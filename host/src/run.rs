@@ -39,6 +39,12 @@ pub struct RunControl {
     pub cancel: Option<Arc<crate::sandbox::cancel::Cancel>>,
     /// The run is a child started by another run (`toka:agent/spawn`), not a run of its own.
     pub spawned: Option<crate::spawn::SpawnedBy>,
+    /// Whose authority the run's boundary calls state to its token, if not its own (a scheduled task acts under
+    /// the run that scheduled it).
+    pub acting_as: Option<crate::spawn::Identity>,
+    /// Revocation ids the run's start names besides its token's (a scheduled task: the scheduling token's chain),
+    /// so that revoking any of them stops the run.
+    pub chain: Vec<String>,
 }
 
 /// Most programs a runner keeps loaded.
@@ -276,9 +282,10 @@ impl Runner {
         let mut context = context;
         // Whose authority the run's boundary calls state to its token: its own, or for a spawned child, its parent's
         // (the child acts under the parent's token, narrowed, and that token may be bound to the parent alone).
-        let identity = match &control.spawned {
-            Some(by) => by.identity.clone(),
-            None => crate::spawn::Identity {
+        let identity = match (&control.spawned, &control.acting_as) {
+            (Some(by), _) => by.identity.clone(),
+            (None, Some(identity)) => identity.clone(),
+            (None, None) => crate::spawn::Identity {
                 agent: program.name.clone(),
                 component: program.loaded.sha256.clone(),
                 plugin: grants.plugin.clone(),
@@ -376,6 +383,9 @@ impl Runner {
             };
             let mut start = operation_by(&context.token, op);
             start.chain = grants.token.as_ref().map(|t| t.revocation_ids.clone()).unwrap_or_default();
+            start
+                .chain
+                .extend(control.chain.iter().filter(|id| !start.chain.contains(id)).cloned().collect::<Vec<_>>());
             let record = tracing::info_span!("record", run_id = %context.run_id, event = "run.started");
             match log.submit_accepted(start).instrument(record).await {
                 Ok(_) => {}

@@ -41,6 +41,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Largest output a child may hand back, in bytes (its parent gets it as one string).
 pub const MAX_CHILD_OUTPUT: usize = 4 << 20;
+/// The longest a task may be scheduled ahead.
+pub const MAX_DELAY: Duration = Duration::from_secs(7 * 86_400);
+/// Largest input of a scheduled task, in bytes (it is kept in the log until the task runs).
+pub const MAX_TASK_INPUT: usize = crate::bounds::MAX_TEXT;
 
 /// Who a run's boundary calls name to its token: the agent, component and package the token authorizes.
 #[derive(Debug, Clone)]
@@ -235,31 +239,7 @@ impl SpawnSession {
         let crate::runtime::Source::Plugin { name, identity, bytes } = source else {
             return Err(not_found(format!("{agent} is not an installed package")));
         };
-        let declared = crate::plugin::store::Store::open(&self.home)
-            .find(&name)
-            .ok()
-            .flatten()
-            .and_then(|r| r.manifest().ok())
-            .map(|m| m.grants)
-            .unwrap_or_default();
-
-        // What the child may use: its declared needs, within what the parent has.
-        let mut sandboxed = Vec::new();
-        let mut granted = Vec::new();
-        for text in &declared {
-            if let Ok(d) = Declared::parse(text) {
-                if let Declared::Llm(model) = &d {
-                    granted.push(Grant { kind: "llm".into(), value: model.clone(), mode: String::new() });
-                } else {
-                    sandboxed.push(d);
-                }
-            } else if let Ok(g) = Grant::parse(text)
-                && matches!(g.kind.as_str(), "tool" | "spawn")
-            {
-                granted.push(g);
-            }
-        }
-        let granted: Vec<Grant> = granted.into_iter().filter(|g| self.allows(g.clone()).is_ok()).collect();
+        let (sandboxed, granted) = self.declared(&name);
         let mut grants = crate::tools::grants::intersect(&sandboxed, &self.parent.grants);
 
         // At most what is left of the parent's fuel, memory and time; the parent's caps, never raised.
@@ -330,7 +310,116 @@ impl SpawnSession {
     }
 }
 
+impl SpawnSession {
+    /// `toka:agent/spawn.schedule`: checks what a spawn checks (but the caps, which the kernel counts for pending
+    /// tasks), then records the task with what it will run with (see [`crate::tasks`]).
+    async fn schedule_checked(&self, agent: &str, input: &str, delay_ms: u64) -> Result<String, Refusal> {
+        let invalid = |m: String| Refusal::new(Outcome::InvalidInput, SpawnError::InvalidInput(m));
+        crate::tools::check_name(agent).map_err(|e| invalid(e.replace("tool name", "agent name")))?;
+        crate::runtime::check_input(Some(input)).map_err(|e| invalid(e.to_string()))?;
+        if input.len() > MAX_TASK_INPUT {
+            return Err(invalid(format!("a task's input is at most {MAX_TASK_INPUT} bytes, this one {}", input.len())));
+        }
+        if u128::from(delay_ms) > MAX_DELAY.as_millis() {
+            return Err(invalid("a task may be scheduled at most 7 days ahead".into()));
+        }
+        let denied = |m: String| Refusal::new(Outcome::GrantRefused, SpawnError::Denied(m));
+        self.token_still_good().map_err(denied)?;
+        self.allows(Grant { kind: "spawn".into(), value: agent.into(), mode: String::new() })
+            .map_err(|e| denied(format!("grant refused: {e}")))?;
+        let not_found = |m: String| Refusal::new(Outcome::FileNotFound, SpawnError::NotFound(m));
+        let source = match crate::plugin::installed_agent(&self.home, agent) {
+            Ok(Some(source)) => source,
+            Ok(None) => return Err(not_found(format!("no installed agent package named {agent}"))),
+            Err(e) => return Err(not_found(format!("{agent}: {}", one_line(&e.to_string())))),
+        };
+        let crate::runtime::Source::Plugin { bytes, .. } = source else {
+            return Err(not_found(format!("{agent} is not an installed package")));
+        };
+        let (sandboxed, granted) = self.declared(agent);
+        // Directories and variables are the parent's own (opened and read for its run), not the home's: a task
+        // later gets neither. Peers it may reach are named again when it starts.
+        let reachable = crate::tools::grants::intersect(&sandboxed, &self.parent.grants);
+        let mut grants: Vec<String> = reachable.peers.iter().map(|p| format!("net:{}", p.grant.canonical())).collect();
+        grants.extend(granted.iter().map(ToString::to_string));
+        let limits = &self.parent.limits;
+        let token = &self.parent.token;
+        let spec = crate::tasks::TaskSpec {
+            sha256: crate::plugin::sha256_hex(&bytes),
+            grants,
+            fuel: limits.fuel,
+            timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            memory: limits.max_memory,
+            max_records: limits.max_records,
+            max_spawn_depth: limits.max_spawn_depth,
+            max_spawns: limits.max_spawns,
+            acting_agent: self.parent.identity.agent.clone(),
+            acting_component: self.parent.identity.component.clone(),
+            acting_plugin: self.parent.identity.plugin.clone(),
+            chain: token.revocation_ids.clone(),
+        };
+        let task_id = crate::run::fresh_task_id();
+        let op = Op::ScheduleTask {
+            task_id: task_id.clone(),
+            agent: agent.into(),
+            input: input.into(),
+            due_ms: Some(crate::events::now_ms().saturating_add(delay_ms)),
+            parent_run: Some(self.parent.run_id.clone()),
+            detail: serde_json::json!({ "task": spec }),
+        };
+        let Some(log) = self.runner.events() else {
+            return Err(denied("this host keeps no log, so it schedules nothing".into()));
+        };
+        match log.submit_accepted(crate::journal::operation_by(&self.parent.token_id, op)).await {
+            Ok(_) => Ok(task_id),
+            Err(crate::events::AppendError::Rejected(why)) if why.starts_with("task cap") => {
+                Err(Refusal::new(Outcome::GrantRefused, SpawnError::Limit(why)))
+            }
+            Err(crate::events::AppendError::Rejected(why)) => Err(denied(why)),
+            Err(e) => Err(Refusal::new(Outcome::HostError, SpawnError::Failed(format!("cannot record the task: {e}")))),
+        }
+    }
+
+    /// What `agent`'s package declares: the needs a sandbox serves (directories, variables, peers) and the grants
+    /// of `tool:`, `llm:` and `spawn:` kind that the parent's token allows.
+    fn declared(&self, agent: &str) -> (Vec<Declared>, Vec<Grant>) {
+        let declared = crate::plugin::store::Store::open(&self.home)
+            .find(agent)
+            .ok()
+            .flatten()
+            .and_then(|r| r.manifest().ok())
+            .map(|m| m.grants)
+            .unwrap_or_default();
+        let mut sandboxed = Vec::new();
+        let mut granted = Vec::new();
+        for text in &declared {
+            if let Ok(d) = Declared::parse(text) {
+                if let Declared::Llm(model) = &d {
+                    granted.push(Grant { kind: "llm".into(), value: model.clone(), mode: String::new() });
+                } else {
+                    sandboxed.push(d);
+                }
+            } else if let Ok(g) = Grant::parse(text)
+                && matches!(g.kind.as_str(), "tool" | "spawn")
+            {
+                granted.push(g);
+            }
+        }
+        let granted = granted.into_iter().filter(|g| self.allows(g.clone()).is_ok()).collect();
+        (sandboxed, granted)
+    }
+}
+
 impl Spawner for SpawnSession {
+    fn schedule(&self, agent: String, input: String, delay_ms: u64) -> BoxFuture<'_, Result<String, SpawnError>> {
+        Box::pin(async move {
+            match self.schedule_checked(&agent, &input, delay_ms).await {
+                Ok(task_id) => Ok(task_id),
+                Err(refusal) => self.refused(&agent, refusal).await.result,
+            }
+        })
+    }
+
     fn spawn(&self, agent: String, input: String, fuel: u64, memory: u64) -> BoxFuture<'_, SpawnAnswer> {
         Box::pin(async move {
             let (program, grants, limits) = match self.prepare(&agent, &input, fuel, memory).await {
@@ -346,6 +435,7 @@ impl Spawner for SpawnSession {
                     depth: self.parent.depth + 1,
                     identity: self.parent.identity.clone(),
                 }),
+                ..RunControl::default()
             };
             let invocation = Invocation::Task { id: crate::run::fresh_task_id(), input };
             let runner = self.runner.clone();

@@ -259,3 +259,79 @@ fn a_childs_fuel_is_charged_to_its_parent() {
     let control = run(h, &json!({}), &["--fuel", &budget]);
     assert_eq!(control["outcome"], "success", "{control}");
 }
+
+/// The run ids of the completed runs of `task_id` (a task runs once).
+fn task_runs(home: &Path, task_id: &str) -> Vec<Value> {
+    events(home, "run.started").into_iter().filter(|e| e["payload"]["task_id"] == task_id).collect()
+}
+
+#[test]
+fn scheduled_tasks_run_under_serve_when_due_and_survive_a_restart() {
+    use crate::service::Server;
+    use std::time::{Duration, Instant};
+    let home = home_with(&[("hello", "hello-rust", &[])]);
+    let h = home.path();
+    // Scheduled by a run of its own (no service yet): `soon` is due at once, `later` in 6 s.
+    let input = json!({ "schedule": [
+        { "agent": "hello", "input": { "name": "soon" }, "delay_ms": 0 },
+        { "agent": "hello", "input": { "name": "later" }, "delay_ms": 6000 },
+    ]});
+    let out = result(&run(h, &input, &["--allow-spawn", "hello"]));
+    let soon = out["scheduled"][0]["ok"].as_str().unwrap_or_else(|| panic!("{out}")).to_string();
+    let later = out["scheduled"][1]["ok"].as_str().unwrap_or_else(|| panic!("{out}")).to_string();
+    let scheduled = events(h, "task.scheduled");
+    assert_eq!(scheduled.len(), 2, "{scheduled:?}");
+    assert!(scheduled[1]["payload"]["due_ms"].as_u64().unwrap() >= scheduled[1]["time_ms"].as_u64().unwrap() + 6000);
+    assert!(task_runs(h, &soon).is_empty(), "nothing runs a task without a service");
+
+    // A service started afterwards finds `soon` in the log and runs it; `later` is not due yet.
+    let mut server = Server::start_in(home, &[]);
+    let h = server.home().to_path_buf();
+    let ended = toka_tests::wait_for(Duration::from_secs(30), || {
+        events(&h, "run.completed")
+            .into_iter()
+            .find(|e| e["agent"] == "hello" && task_runs(&h, &soon).iter().any(|s| s["run_id"] == e["run_id"]))
+    })
+    .expect("the due task ran");
+    assert!(ended["payload"]["result"].as_str().unwrap().contains("Hello, soon!"), "{ended}");
+    assert!(task_runs(&h, &later).is_empty(), "a task never starts before it is due");
+    // Restarted before `later` is due: the new process runs it, and does not run `soon` again.
+    let started = Instant::now();
+    server.restart(|_| ());
+    toka_tests::wait_for(Duration::from_secs(30), || (task_runs(&h, &later).len() == 1).then_some(()))
+        .expect("the task scheduled before the restart ran after it");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(task_runs(&h, &soon).len(), 1, "a task runs once");
+    assert_eq!(task_runs(&h, &later).len(), 1, "a task runs once");
+    let done = events(&h, "run.completed");
+    assert!(done.iter().any(|e| e["payload"]["result"].as_str().is_some_and(|r| r.contains("Hello, later!"))));
+    t(&h, &["events", "verify"]).expect_code(0);
+    drop(server);
+}
+
+#[test]
+fn scheduling_needs_the_spawn_grant_and_pending_tasks_are_capped_per_run() {
+    let home = home_with(&[("hello", "hello-rust", &[])]);
+    let h = home.path();
+    let many = json!({ "schedule": vec![json!({ "agent": "hello", "delay_ms": 3_600_000 }); 17] });
+    let out = result(&run(h, &many, &["--allow-spawn", "hello"]));
+    let kinds: Vec<String> = out["scheduled"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| if r["ok"].is_string() { "ok".into() } else { r["error"]["kind"].as_str().unwrap().to_string() })
+        .collect();
+    assert_eq!(kinds[..16], vec!["ok".to_string(); 16], "{out}");
+    assert_eq!(kinds[16], "limit", "{out}");
+    assert!(out["scheduled"][16]["error"]["message"].as_str().unwrap().contains("at most 16"), "{out}");
+    assert_eq!(events(h, "task.scheduled").len(), 16);
+    // Without the grant: refused, and nothing is queued.
+    let one = json!({ "schedule": [{ "agent": "hello", "delay_ms": 10 }] });
+    let out = result(&run(h, &one, &[]));
+    assert_eq!(out["scheduled"][0]["error"]["kind"], "denied", "{out}");
+    assert_eq!(events(h, "task.scheduled").len(), 16);
+    // Another run has its own allowance (control).
+    let out = result(&run(h, &one, &["--allow-spawn", "hello"]));
+    assert!(out["scheduled"][0]["ok"].is_string(), "{out}");
+}

@@ -192,7 +192,7 @@ impl RunCommand {
         let output = OutputMode { echo: !self.json, capture: self.json };
 
         let rss_before = crate::run::resident_set_bytes();
-        let control = crate::run::RunControl { run_id: Some(run_id), cancel: None, spawned: None };
+        let control = crate::run::RunControl { run_id: Some(run_id), ..Default::default() };
         let first = runner.run_with(&program, &authorized, &limits, &invocation, output, control).await;
         let rss_first = crate::run::resident_set_bytes();
         let mut tally = Tally::default();

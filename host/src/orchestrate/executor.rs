@@ -739,7 +739,8 @@ async fn run_once(
     let input = input.clone().map_err(RunError::InvalidInput)?;
     let spec = spec(prepared, input, Some(run_id.to_string()));
     let ready = context.host.prepare(&context.runner, &spec)?;
-    let control = RunControl { run_id: Some(run_id.to_string()), cancel: Some(cancel.clone()), spawned: None };
+    let control =
+        RunControl { run_id: Some(run_id.to_string()), cancel: Some(cancel.clone()), ..RunControl::default() };
     let output = OutputMode { echo: false, capture: true };
     Ok(context.runner.run_with(&ready.program, &ready.grants, &ready.limits, &ready.invocation, output, control).await)
 }

@@ -382,7 +382,7 @@ async fn execute(
     service.runs.set_running(&run_id);
     let started = Instant::now();
     let output = crate::sandbox::OutputMode { echo: false, capture: true };
-    let control = crate::run::RunControl { run_id: Some(run_id.clone()), cancel: Some(cancel), spawned: None };
+    let control = crate::run::RunControl { run_id: Some(run_id.clone()), cancel: Some(cancel), ..Default::default() };
     let report =
         service.runner.run_with(&ready.program, &ready.grants, &ready.limits, &ready.invocation, output, control).await;
     drop(slot);

@@ -1,5 +1,5 @@
-//! `toka:agent/spawn`: a guest starts an installed agent and waits for its result, through the [`Spawner`] its
-//! sandbox was given (none: every call is denied).
+//! `toka:agent/spawn`: a guest starts an installed agent and waits for its result, or schedules one for later,
+//! through the [`Spawner`] its sandbox was given (none: every call is denied).
 //!
 //! Linked by hand, as `toka:agent/tools` is: a spawn needs the caller's store itself, to hand the child what is left
 //! of the caller's fuel and memory and to charge the fuel the child used to the caller. What a child may do, and
@@ -17,6 +17,9 @@ pub trait Spawner: Send + Sync + std::fmt::Debug {
     /// engine does not meter fuel) and `memory` bytes of linear memory (what is left of the caller's). Never traps:
     /// whatever the child does, the guest gets a value.
     fn spawn(&self, agent: String, input: String, fuel: u64, memory: u64) -> BoxFuture<'_, SpawnAnswer>;
+
+    /// Schedules a run of the installed agent `agent` with `input`, due `delay_ms` from now; the task's id.
+    fn schedule(&self, agent: String, input: String, delay_ms: u64) -> BoxFuture<'_, Result<String, SpawnError>>;
 }
 
 /// How a spawn went, for the guest and for the caller's fuel.
@@ -34,6 +37,17 @@ pub fn add_to_linker(linker: &mut Linker<SandboxState>, metered: bool) -> wasmti
         "spawn",
         move |store: StoreContextMut<'_, SandboxState>, (agent, input): (String, String)| {
             Box::new(call(store, agent, input, metered))
+        },
+    )?;
+    spawn.func_wrap_async(
+        "schedule",
+        |store: StoreContextMut<'_, SandboxState>, (agent, input, delay_ms): (String, String, u64)| {
+            Box::new(async move {
+                let Some(spawner) = store.data().spawner.clone() else {
+                    return Ok((Err(SpawnError::Denied("this sandbox may not schedule agents".into())),));
+                };
+                Ok((spawner.schedule(agent, input, delay_ms).await,))
+            })
         },
     )?;
     Ok(())
