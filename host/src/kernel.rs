@@ -1420,7 +1420,13 @@ mod tests {
             rate: None,
         };
         assert_eq!(apply(&mut s, &op(10, run.clone()))[0].kind, "run.started");
-        let twice = Op::StartRun { run_id: "t2".into(), ..run.clone() };
+        let twice = Op::StartRun {
+            run_id: "t2".into(),
+            agent: "child".into(),
+            task_id: Some("again".into()),
+            detail: json!({}),
+            rate: None,
+        };
         assert_eq!(apply(&mut s, &op(11, twice))[0].kind, "op.rejected");
         assert_eq!(
             apply(&mut s, &op(11, Op::DropTask { task_id: "again".into(), reason: "x".into() }))[0].kind,

@@ -271,17 +271,17 @@ fn scheduled_tasks_run_under_serve_when_due_and_survive_a_restart() {
     use std::time::{Duration, Instant};
     let home = home_with(&[("hello", "hello-rust", &[])]);
     let h = home.path();
-    // Scheduled by a run of its own (no service yet): `soon` is due at once, `later` in 6 s.
+    // Scheduled by a run of its own (no service yet): `soon` is due at once, `later` in 10 s.
     let input = json!({ "schedule": [
         { "agent": "hello", "input": { "name": "soon" }, "delay_ms": 0 },
-        { "agent": "hello", "input": { "name": "later" }, "delay_ms": 6000 },
+        { "agent": "hello", "input": { "name": "later" }, "delay_ms": 10_000 },
     ]});
     let out = result(&run(h, &input, &["--allow-spawn", "hello"]));
     let soon = out["scheduled"][0]["ok"].as_str().unwrap_or_else(|| panic!("{out}")).to_string();
     let later = out["scheduled"][1]["ok"].as_str().unwrap_or_else(|| panic!("{out}")).to_string();
     let scheduled = events(h, "task.scheduled");
     assert_eq!(scheduled.len(), 2, "{scheduled:?}");
-    assert!(scheduled[1]["payload"]["due_ms"].as_u64().unwrap() >= scheduled[1]["time_ms"].as_u64().unwrap() + 6000);
+    assert!(scheduled[1]["payload"]["due_ms"].as_u64().unwrap() >= scheduled[1]["time_ms"].as_u64().unwrap() + 9_000);
     assert!(task_runs(h, &soon).is_empty(), "nothing runs a task without a service");
 
     // A service started afterwards finds `soon` in the log and runs it; `later` is not due yet.
