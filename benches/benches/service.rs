@@ -61,6 +61,7 @@ fn spec(token: &str, i: usize) -> RunSpec {
         grants: Default::default(),
         tools: Vec::new(),
         models: Vec::new(),
+        spawn: Vec::new(),
         limits: LimitRequest::default(),
         token: Some(token.to_string()),
         run_id: None,

@@ -19,6 +19,8 @@
 //!   tools alike may call tools.
 //! * [`llm`]: model calls through the host's gateway ([`llm::chat`], [`llm::Chat`] with streaming and tool calling);
 //!   the host holds the keys, checks the token's `llm:MODEL` grant and budgets, and records every call.
+//! * [`spawn`]: sub-agents ([`spawn::spawn`]): start an agent installed in the host and wait for its result, with
+//!   this run's token narrowed to it and its fuel charged to this run.
 //! * [`tool!`] and [`tool`](mod@tool): exports `describe` and `invoke` from a [`tool::Spec`] and a handler
 //!   `fn(In) -> Result<Out, ToolError>`, with the same serde conversions as [`agent!`] ([`tool::invoke_json`]).
 //! * [`bindings`]: the raw generated bindings for every interface the world imports, including those that Rust's
@@ -153,6 +155,7 @@ pub mod tool_bindings {
 pub mod events;
 pub mod llm;
 pub mod log;
+pub mod spawn;
 pub mod state;
 pub mod tool;
 pub mod tools;

@@ -41,4 +41,5 @@ pub mod tool {
 }
 
 pub use agent::toka::agent::log::Level as LogLevel;
+pub use agent::toka::agent::spawn::SpawnError;
 pub use agent::toka::agent::types::{AgentError, SideEffect, Task, ToolError, ToolSpec};

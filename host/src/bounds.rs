@@ -108,10 +108,17 @@ pub fn bound_operation(operation: &mut Operation) -> Result<(), String> {
         id("token id", t)?;
     }
     match &mut operation.op {
-        Op::ScheduleTask { task_id, agent, input } => {
+        Op::ScheduleTask { task_id, agent, input, parent_run, detail: d, .. } => {
             id("task id", task_id)?;
             id("agent name", agent)?;
+            id("run id", parent_run.as_deref().unwrap_or_default())?;
+            // Cut like any text (a scheduler refuses a longer input before it gets here: a cut one is not JSON).
             truncate(input, MAX_TEXT);
+            detail(d);
+        }
+        Op::DropTask { task_id, reason } => {
+            id("task id", task_id)?;
+            truncate(reason, MAX_TEXT);
         }
         Op::StartRun { run_id, agent, task_id, detail: d, .. } => {
             id("run id", run_id)?;
@@ -119,10 +126,11 @@ pub fn bound_operation(operation: &mut Operation) -> Result<(), String> {
             id("task id", task_id.as_deref().unwrap_or_default())?;
             detail(d);
         }
-        Op::SpawnAgent { parent_run, run_id, agent } => {
+        Op::SpawnAgent { parent_run, run_id, agent, detail: d } => {
             id("run id", parent_run)?;
             id("run id", run_id)?;
             id("agent name", agent)?;
+            detail(d);
         }
         Op::EmitObservation { run_id, kind, payload } => {
             id("run id", run_id)?;

@@ -125,9 +125,10 @@ impl HostEngine {
             &mut linker,
             |s: &mut SandboxState| &mut s.state,
         )?;
-        // Tools and models are served above the sandbox; these reach them through the traits the sandbox defines.
+        // Tools, models and child agents are served above the sandbox; these reach them through the traits the sandbox defines.
         crate::sandbox::caps::llm::add_to_linker(&mut linker)?;
         crate::sandbox::caps::tools::add_to_linker(&mut linker, options.fuel)?;
+        crate::sandbox::caps::spawn::add_to_linker(&mut linker, options.fuel)?;
         start_epoch_ticker(&engine)?;
         let progress = std::sync::Arc::new(crate::progress::Silent);
         Ok(HostEngine { engine, linker, fuel: options.fuel, cache_dir, cache, cache_auth, progress })

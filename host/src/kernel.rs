@@ -170,8 +170,25 @@ pub struct Bucket {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Op {
-    /// Queue a task for an agent.
-    ScheduleTask { task_id: String, agent: String, input: String },
+    /// Queue a task for an agent: at once, or (`due_ms`) for later, by a running run (`parent_run`,
+    /// `toka:agent/spawn.schedule`) or by the operator. The due time comes in with the operation (the scheduler reads
+    /// its clock, never the kernel); the service starts the task's run (`start-run` naming it) once it is due.
+    /// Pending tasks are capped per scheduling run ([`MAX_PENDING_PER_RUN`]) and per home ([`MAX_PENDING_TASKS`]).
+    ScheduleTask {
+        task_id: String,
+        agent: String,
+        input: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_run: Option<String>,
+        /// What the task runs with (the package's digest, its grants and limits, whose authority it acts under),
+        /// for the service that starts it.
+        #[serde(default)]
+        detail: serde_json::Value,
+    },
+    /// A scheduled task that will not run (its agent is gone, its authority was revoked ...): it leaves the queue.
+    DropTask { task_id: String, reason: String },
     /// Start a run of an agent, for a scheduled task or a direct invocation.
     StartRun {
         run_id: String,
@@ -183,8 +200,17 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rate: Option<Rate>,
     },
-    /// Start a sub-agent's run on behalf of a running parent.
-    SpawnAgent { parent_run: String, run_id: String, agent: String },
+    /// Start a sub-agent's run on behalf of a running parent (`toka:agent/spawn`): a boundary host call of the
+    /// parent (it takes from the parent's rate bucket) that starts a run of its own. The child's run then ends as
+    /// any run does (`complete-run`, `fail-run`).
+    SpawnAgent {
+        parent_run: String,
+        run_id: String,
+        agent: String,
+        /// What the child's `run.started` event carries (component, grants, limits, depth).
+        #[serde(default)]
+        detail: serde_json::Value,
+    },
     /// A run's observation.
     EmitObservation { run_id: String, kind: String, payload: serde_json::Value },
     /// A run's write to its agent's state.
@@ -369,7 +395,21 @@ pub enum TaskStatus {
 pub struct TaskState {
     pub agent: String,
     pub status: TaskStatus,
+    /// When it is due (Unix ms); `None`: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_ms: Option<u64>,
+    /// The run that scheduled it, if a run did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The sequence number of its `schedule-task` operation (which holds its input and what it runs with).
+    #[serde(default)]
+    pub op_seq: u64,
 }
+
+/// Most tasks one run may leave pending (scheduled, not yet started).
+pub const MAX_PENDING_PER_RUN: usize = 16;
+/// Most tasks pending in one home.
+pub const MAX_PENDING_TASKS: usize = 1024;
 
 /// Everything the kernel knows. Ordered maps only, so that equal histories give byte-equal states.
 ///
@@ -473,6 +513,7 @@ fn run_rate(state: &State, run_id: &str) -> (String, Option<Rate>) {
 pub mod kind {
     pub use crate::events::kind::*;
     pub const TASK_SCHEDULED: &str = "task.scheduled";
+    pub const TASK_DROPPED: &str = "task.dropped";
     pub const AGENT_SPAWNED: &str = "agent.spawned";
     pub const TOKEN_REVOKED: &str = "token.revoked";
     pub const OP_REJECTED: &str = "op.rejected";
@@ -550,6 +591,7 @@ fn revoked_id<'a>(state: &'a State, op: &'a Operation) -> Option<&'a str> {
         Op::EmitObservation { run_id, .. }
         | Op::WriteState { run_id, .. }
         | Op::SpawnAgent { parent_run: run_id, .. }
+        | Op::ScheduleTask { parent_run: Some(run_id), .. }
         | Op::StartToolCall { run_id: Some(run_id), .. }
         | Op::EndToolCall { run_id: Some(run_id), .. }
         | Op::StartLlmCall { run_id: Some(run_id), .. }
@@ -575,6 +617,7 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
             | Op::EndStep { .. }
             | Op::SkipStep { .. }
             | Op::EndPlan { .. }
+            | Op::DropTask { .. }
     );
     if !ending && let Some(id) = revoked_id(state, op) {
         return Err(format!("token {id} is revoked"));
@@ -583,6 +626,27 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
         Op::ScheduleTask { task_id, .. } if state.tasks.contains_key(task_id) => {
             Err(format!("task {task_id} is already scheduled"))
         }
+        Op::ScheduleTask { parent_run, agent, .. } => {
+            let pending = state.tasks.values().filter(|t| t.status == TaskStatus::Scheduled);
+            let home = pending.clone().count();
+            if home >= MAX_PENDING_TASKS {
+                return Err(format!("task cap: {home} tasks are pending in this home, at most {MAX_PENDING_TASKS}"));
+            }
+            let Some(parent_run) = parent_run else { return Ok(()) };
+            let parent = running(state, parent_run)?;
+            let mine = pending.filter(|t| t.parent.as_deref() == Some(parent_run.as_str())).count();
+            if mine >= MAX_PENDING_PER_RUN {
+                return Err(format!(
+                    "task cap: run {parent_run} has {mine} tasks pending, at most {MAX_PENDING_PER_RUN}"
+                ));
+            }
+            check_rate(state, &parent.agent, parent.rate, op.time_ms, &format!("schedule of agent {agent}"))
+        }
+        Op::DropTask { task_id, .. } => match state.tasks.get(task_id) {
+            Some(t) if t.status == TaskStatus::Scheduled => Ok(()),
+            Some(_) => Err(format!("task {task_id} is running")),
+            None => Err(format!("task {task_id} is not scheduled")),
+        },
         Op::StartRun { run_id, .. } | Op::SpawnAgent { run_id, .. } if state.runs.contains_key(run_id) => {
             Err(format!("run {run_id} already exists"))
         }
@@ -596,7 +660,10 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
             }
             check_rate(state, agent, *rate, op.time_ms, "run")
         }
-        Op::SpawnAgent { parent_run, .. } => running(state, parent_run).map(drop),
+        Op::SpawnAgent { parent_run, agent, .. } => {
+            let parent = running(state, parent_run)?;
+            check_rate(state, &parent.agent, parent.rate, op.time_ms, &format!("spawn of agent {agent}"))
+        }
         Op::EmitObservation { run_id, .. } | Op::WriteState { run_id, .. } => {
             let run = running(state, run_id)?;
             let what = if matches!(op.op, Op::EmitObservation { .. }) { "events.emit" } else { "state write" };
@@ -703,9 +770,27 @@ fn end_run(state: &mut State, run_id: &str, completed: bool) -> String {
 
 fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
     match &op.op {
-        Op::ScheduleTask { task_id, agent, input } => {
-            state.tasks.insert(task_id.clone(), TaskState { agent: agent.clone(), status: TaskStatus::Scheduled });
-            vec![event(op, kind::TASK_SCHEDULED, agent, "", json!({ "task_id": task_id, "input_bytes": input.len() }))]
+        Op::ScheduleTask { task_id, agent, input, due_ms, parent_run, detail } => {
+            if let Some(parent) = parent_run {
+                let (parent_agent, rate) = run_rate(state, parent);
+                take(state, &parent_agent, rate, op.time_ms);
+            }
+            let task = TaskState {
+                agent: agent.clone(),
+                status: TaskStatus::Scheduled,
+                due_ms: *due_ms,
+                parent: parent_run.clone(),
+                op_seq: state.applied,
+            };
+            state.tasks.insert(task_id.clone(), task);
+            let mut payload = json!({ "task_id": task_id, "input_bytes": input.len(), "due_ms": due_ms,
+                                      "parent": parent_run });
+            add_detail(&mut payload, detail);
+            vec![event(op, kind::TASK_SCHEDULED, agent, parent_run.as_deref().unwrap_or(""), payload)]
+        }
+        Op::DropTask { task_id, reason } => {
+            let task = state.tasks.remove(task_id).expect("checked: the task exists");
+            vec![event(op, kind::TASK_DROPPED, &task.agent, "", json!({ "task_id": task_id, "reason": reason }))]
         }
         Op::StartRun { run_id, agent, task_id, detail, rate } => {
             if let Some(task) = task_id.as_ref().and_then(|t| state.tasks.get_mut(t)) {
@@ -732,7 +817,12 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             }
             vec![event(op, kind::RUN_STARTED, agent, run_id, payload)]
         }
-        Op::SpawnAgent { parent_run, run_id, agent } => {
+        Op::SpawnAgent { parent_run, run_id, agent, detail } => {
+            let (parent_agent, rate) = run_rate(state, parent_run);
+            take(state, &parent_agent, rate, op.time_ms);
+            // The child acts under its own token (the parent's, narrowed): its chain names every block, the parent's
+            // among them. An operation without one acts under the parent's chain.
+            let chain = if op.chain.is_empty() { state.runs[parent_run].chain.clone() } else { op.chain.clone() };
             state.runs.insert(
                 run_id.clone(),
                 RunState {
@@ -741,19 +831,32 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                     parent: Some(parent_run.clone()),
                     started_ms: op.time_ms,
                     observations: 0,
-                    rate: state.runs[parent_run].rate,
-                    chain: state.runs[parent_run].chain.clone(),
+                    rate,
+                    chain,
                 },
             );
             *state.agent_runs.entry(agent.clone()).or_default() += 1;
-            let parent_agent = state.runs[parent_run].agent.clone();
-            vec![event(
-                op,
-                kind::AGENT_SPAWNED,
-                &parent_agent,
-                parent_run,
-                json!({ "child_run": run_id, "agent": agent }),
-            )]
+            // The child is a run like any other (`run.started` ... `run.completed`), with its parent named; the
+            // parent's side of the link is `agent.spawned` on the parent's run.
+            let mut payload = detail.clone();
+            if !payload.is_object() {
+                payload = json!({});
+            }
+            if let Some(map) = payload.as_object_mut() {
+                map.insert("parent".into(), json!(parent_run));
+                map.insert("task_id".into(), json!(null));
+                map.insert("token".into(), json!(op.token));
+            }
+            vec![
+                event(
+                    op,
+                    kind::AGENT_SPAWNED,
+                    &parent_agent,
+                    parent_run,
+                    json!({ "child_run": run_id, "agent": agent }),
+                ),
+                event(op, kind::RUN_STARTED, agent, run_id, payload),
+            ]
         }
         Op::EmitObservation { run_id, kind: observed, payload } => {
             let (agent, rate) = run_rate(state, run_id);
@@ -949,7 +1052,20 @@ mod tests {
     #[test]
     fn a_run_lifecycle() {
         let mut s = State::default();
-        let ev = apply(&mut s, &op(1, Op::ScheduleTask { task_id: "t".into(), agent: "a".into(), input: "{}".into() }));
+        let ev = apply(
+            &mut s,
+            &op(
+                1,
+                Op::ScheduleTask {
+                    task_id: "t".into(),
+                    agent: "a".into(),
+                    input: "{}".into(),
+                    due_ms: None,
+                    parent_run: None,
+                    detail: json!({}),
+                },
+            ),
+        );
         assert_eq!(ev[0].kind, "task.scheduled");
         let start = Op::StartRun {
             run_id: "r".into(),
@@ -1243,12 +1359,99 @@ mod tests {
         assert_eq!(apply(&mut s, &op(4, end))[0].kind, "step.completed", "an ending is always recorded");
     }
 
+    fn schedule(task: &str, parent: Option<&str>, due_ms: u64) -> Op {
+        Op::ScheduleTask {
+            task_id: task.into(),
+            agent: "child".into(),
+            input: "{}".into(),
+            due_ms: Some(due_ms),
+            parent_run: parent.map(String::from),
+            detail: json!({}),
+        }
+    }
+
+    #[test]
+    fn pending_tasks_are_capped_per_run_and_per_home_and_a_dropped_one_leaves_the_queue() {
+        let mut s = State::default();
+        let start = |run: &str| Op::StartRun {
+            run_id: run.into(),
+            agent: "parent".into(),
+            task_id: None,
+            detail: json!({}),
+            rate: None,
+        };
+        apply(&mut s, &op(1, start("r1")));
+        for i in 0..MAX_PENDING_PER_RUN {
+            let ev = apply(&mut s, &op(2, schedule(&format!("t{i}"), Some("r1"), 100)));
+            assert_eq!(ev[0].kind, "task.scheduled", "{i}");
+            assert_eq!(ev[0].payload["due_ms"], 100);
+        }
+        let over = apply(&mut s, &op(3, schedule("over", Some("r1"), 100)));
+        assert_eq!(over[0].kind, "op.rejected");
+        assert!(over[0].payload["reason"].as_str().unwrap().starts_with("task cap: run r1"));
+        // Another run has its own allowance; a run that is not running schedules nothing.
+        apply(&mut s, &op(4, start("r2")));
+        assert_eq!(apply(&mut s, &op(5, schedule("other", Some("r2"), 100)))[0].kind, "task.scheduled");
+        assert_eq!(apply(&mut s, &op(5, schedule("ghost", Some("nope"), 100)))[0].kind, "op.rejected");
+        // A dropped task frees its place; dropping it twice is refused.
+        assert_eq!(
+            apply(&mut s, &op(6, Op::DropTask { task_id: "t0".into(), reason: "x".into() }))[0].kind,
+            "task.dropped"
+        );
+        assert_eq!(
+            apply(&mut s, &op(6, Op::DropTask { task_id: "t0".into(), reason: "x".into() }))[0].kind,
+            "op.rejected"
+        );
+        assert_eq!(apply(&mut s, &op(7, schedule("again", Some("r1"), 100)))[0].kind, "task.scheduled");
+        // The home's cap counts every pending task, whoever scheduled it.
+        let mut i = 0;
+        while s.tasks.len() < MAX_PENDING_TASKS {
+            apply(&mut s, &op(8, schedule(&format!("op{i}"), None, 100)));
+            i += 1;
+        }
+        let full = apply(&mut s, &op(9, schedule("full", None, 100)));
+        assert!(full[0].payload["reason"].as_str().unwrap().starts_with("task cap: "), "{:?}", full[0].payload);
+        // A task's start marks it running: it cannot start twice, nor be dropped while it runs.
+        let run = Op::StartRun {
+            run_id: "t".into(),
+            agent: "child".into(),
+            task_id: Some("again".into()),
+            detail: json!({}),
+            rate: None,
+        };
+        assert_eq!(apply(&mut s, &op(10, run.clone()))[0].kind, "run.started");
+        let twice = Op::StartRun {
+            run_id: "t2".into(),
+            agent: "child".into(),
+            task_id: Some("again".into()),
+            detail: json!({}),
+            rate: None,
+        };
+        assert_eq!(apply(&mut s, &op(11, twice))[0].kind, "op.rejected");
+        assert_eq!(
+            apply(&mut s, &op(11, Op::DropTask { task_id: "again".into(), reason: "x".into() }))[0].kind,
+            "op.rejected"
+        );
+    }
+
     #[test]
     fn revoked_tokens_authorize_nothing() {
         let mut s = State::default();
         apply(&mut s, &op(1, Op::RevokeToken { token_id: "tok".into() }));
-        let ev =
-            apply(&mut s, &op(2, Op::ScheduleTask { task_id: "t".into(), agent: "a".into(), input: String::new() }));
+        let ev = apply(
+            &mut s,
+            &op(
+                2,
+                Op::ScheduleTask {
+                    task_id: "t".into(),
+                    agent: "a".into(),
+                    input: String::new(),
+                    due_ms: None,
+                    parent_run: None,
+                    detail: json!({}),
+                },
+            ),
+        );
         assert_eq!(ev[0].kind, "op.rejected");
         assert!(s.tasks.is_empty());
     }
@@ -1257,11 +1460,26 @@ mod tests {
     fn arb_op() -> impl Strategy<Value = Operation> {
         let id = || prop::sample::select(vec!["a", "b", "c"]).prop_map(String::from);
         let op = prop_oneof![
-            (id(), id()).prop_map(|(task_id, agent)| Op::ScheduleTask { task_id, agent, input: "{}".into() }),
+            (id(), id(), prop::option::of(id()), prop::option::of(0u64..4)).prop_map(
+                |(task_id, agent, parent_run, due_ms)| Op::ScheduleTask {
+                    task_id,
+                    agent,
+                    input: "{}".into(),
+                    due_ms,
+                    parent_run,
+                    detail: json!({}),
+                }
+            ),
+            (id(), id()).prop_map(|(task_id, reason)| Op::DropTask { task_id, reason }),
             (id(), id(), prop::option::of(id()), prop::option::of(1u64..4)).prop_map(|(run_id, agent, task_id, n)| {
                 Op::StartRun { run_id, agent, task_id, detail: json!({}), rate: n.map(|n| Rate { n, period_ms: 10 }) }
             }),
-            (id(), id(), id()).prop_map(|(parent_run, run_id, agent)| Op::SpawnAgent { parent_run, run_id, agent }),
+            (id(), id(), id()).prop_map(|(parent_run, run_id, agent)| Op::SpawnAgent {
+                parent_run,
+                run_id,
+                agent,
+                detail: json!({})
+            }),
             (id(), any::<u8>()).prop_map(|(run_id, n)| Op::EmitObservation {
                 run_id,
                 kind: "k".into(),

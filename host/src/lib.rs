@@ -35,6 +35,8 @@ pub mod run;
 pub mod runtime;
 pub mod sandbox;
 pub mod service;
+pub mod spawn;
+pub mod tasks;
 pub mod telemetry;
 pub mod token;
 pub mod tools;

@@ -37,6 +37,14 @@ pub struct RunControl {
     pub run_id: Option<String>,
     /// A switch to cancel the run from outside.
     pub cancel: Option<Arc<crate::sandbox::cancel::Cancel>>,
+    /// The run is a child started by another run (`toka:agent/spawn`), not a run of its own.
+    pub spawned: Option<crate::spawn::SpawnedBy>,
+    /// Whose authority the run's boundary calls state to its token, if not its own (a scheduled task acts under
+    /// the run that scheduled it).
+    pub acting_as: Option<crate::spawn::Identity>,
+    /// Revocation ids the run's start names besides its token's (a scheduled task: the scheduling token's chain),
+    /// so that revoking any of them stops the run.
+    pub chain: Vec<String>,
 }
 
 /// Most programs a runner keeps loaded.
@@ -76,13 +84,17 @@ impl Program {
     }
 }
 
-/// Loads components and runs them.
+/// Loads components and runs them. A clone shares everything (the engine, the programs loaded, the log, the tool
+/// host, the gateway): it is how a run's spawned children run on the same runner.
+#[derive(Clone)]
 pub struct Runner {
     host: Arc<HostEngine>,
-    programs: std::sync::Mutex<HashMap<std::path::PathBuf, Arc<Program>>>,
+    programs: Arc<std::sync::Mutex<HashMap<std::path::PathBuf, Arc<Program>>>>,
     events: Option<Arc<EventLog>>,
     tools: Option<Arc<ToolHost>>,
     llm: Option<Arc<crate::llm::Gateway>>,
+    /// The home whose installed agents runs may spawn (`None`: runs cannot spawn).
+    spawn_home: Option<Arc<std::path::PathBuf>>,
 }
 
 impl Runner {
@@ -96,7 +108,18 @@ impl Runner {
     /// A runner on a shared engine, recording in `events` (which also gives agents their `events` and `state`
     /// interfaces), letting agents call tools through `tools`.
     pub fn from_parts(host: Arc<HostEngine>, events: Option<Arc<EventLog>>, tools: Option<Arc<ToolHost>>) -> Self {
-        Runner { host, programs: std::sync::Mutex::new(HashMap::new()), events, tools, llm: None }
+        Runner { host, programs: Arc::default(), events, tools, llm: None, spawn_home: None }
+    }
+
+    /// Lets agents spawn the agents installed in `home` (`toka:agent/spawn`), as their tokens allow.
+    pub fn with_spawn(mut self, home: std::path::PathBuf) -> Self {
+        self.spawn_home = Some(Arc::new(home));
+        self
+    }
+
+    /// The event log runs are recorded in, if any.
+    pub fn events(&self) -> Option<&Arc<EventLog>> {
+        self.events.as_ref()
     }
 
     /// Lets agents call the tools installed in `registry` (recorded in this runner's event log, if it has one).
@@ -254,8 +277,20 @@ impl Runner {
             budget: Arc::new(crate::sandbox::budget::RunBudget::new(limits.max_records)),
             cancel: control.cancel,
             llm: None,
+            spawner: None,
         };
         let mut context = context;
+        // Whose authority the run's boundary calls state to its token: its own, or for a spawned child, its parent's
+        // (the child acts under the parent's token, narrowed, and that token may be bound to the parent alone).
+        let identity = match (&control.spawned, &control.acting_as) {
+            (Some(by), _) => by.identity.clone(),
+            (None, Some(identity)) => identity.clone(),
+            (None, None) => crate::spawn::Identity {
+                agent: program.name.clone(),
+                component: program.loaded.sha256.clone(),
+                plugin: grants.plugin.clone(),
+            },
+        };
         let mut llm = None;
         if let (Some(gateway), Some(token)) = (&self.llm, &grants.token) {
             let cap = [limits.llm_tokens, token.llm_tokens]
@@ -264,12 +299,12 @@ impl Runner {
                 .min()
                 .unwrap_or(crate::llm::DEFAULT_RUN_TOKENS);
             let caller = crate::llm::Caller {
-                agent: context.agent.clone(),
+                agent: identity.agent.clone(),
                 run_id: Some(context.run_id.clone()),
                 token_id: context.token.clone(),
                 token: token.clone(),
                 rate: grants.rate,
-                component: Some(program.loaded.sha256.clone()),
+                component: Some(identity.component.clone()),
                 deadline: crate::units::deadline_after(limits.timeout),
                 budget: Some(context.budget.clone()),
                 tokens: Arc::new(crate::llm::RunTokens::new(cap)),
@@ -280,9 +315,24 @@ impl Runner {
             context.llm = Some(session.clone() as Arc<dyn crate::sandbox::caps::llm::ModelGateway>);
             llm = Some(session);
         }
+        if let (Some(home), Some(token)) = (&self.spawn_home, &grants.token) {
+            let parent = crate::spawn::Parent {
+                identity: identity.clone(),
+                run_id: context.run_id.clone(),
+                token_id: context.token.clone(),
+                token: token.clone(),
+                grants: grants.clone(),
+                depth: control.spawned.as_ref().map_or(0, |by| by.depth),
+                deadline: crate::units::deadline_after(limits.timeout),
+                limits: limits.clone(),
+                cancel: context.cancel.clone(),
+            };
+            let session = crate::spawn::SpawnSession::new(self.clone(), home.clone(), parent);
+            context.spawner = Some(Arc::new(session) as Arc<dyn crate::sandbox::caps::spawn::Spawner>);
+        }
         if let (Some(host), Some(token)) = (&self.tools, &grants.token) {
             let caller = Caller {
-                agent: context.agent.clone(),
+                agent: identity.agent.clone(),
                 run_id: Some(context.run_id.clone()),
                 token_id: context.token.clone(),
                 token: token.clone(),
@@ -291,8 +341,8 @@ impl Runner {
                 depth: 0,
                 deadline: crate::units::deadline_after(limits.timeout),
                 max_memory: limits.max_memory,
-                component: Some(program.loaded.sha256.clone()),
-                plugin: grants.plugin.clone(),
+                component: Some(identity.component.clone()),
+                plugin: identity.plugin.clone(),
                 budget: Some(context.budget.clone()),
                 cancel: context.cancel.clone(),
                 llm,
@@ -312,15 +362,30 @@ impl Runner {
                 Invocation::Task { id, .. } => Some(id.clone()),
                 Invocation::Command { .. } => None,
             };
-            let op = Op::StartRun {
-                run_id: context.run_id.clone(),
-                agent: context.agent.clone(),
-                task_id,
-                detail,
-                rate: grants.rate,
+            let op = match &control.spawned {
+                None => Op::StartRun {
+                    run_id: context.run_id.clone(),
+                    agent: context.agent.clone(),
+                    task_id,
+                    detail,
+                    rate: grants.rate,
+                },
+                Some(by) => {
+                    let mut detail = detail;
+                    detail["depth"] = serde_json::json!(by.depth);
+                    Op::SpawnAgent {
+                        parent_run: by.parent_run.clone(),
+                        run_id: context.run_id.clone(),
+                        agent: context.agent.clone(),
+                        detail,
+                    }
+                }
             };
             let mut start = operation_by(&context.token, op);
             start.chain = grants.token.as_ref().map(|t| t.revocation_ids.clone()).unwrap_or_default();
+            start
+                .chain
+                .extend(control.chain.iter().filter(|id| !start.chain.contains(id)).cloned().collect::<Vec<_>>());
             let record = tracing::info_span!("record", run_id = %context.run_id, event = "run.started");
             match log.submit_accepted(start).instrument(record).await {
                 Ok(_) => {}
@@ -336,8 +401,9 @@ impl Runner {
         let mut report = self.run_in_sandbox(program, grants, limits, invocation, output, &context).await;
         report.run_id = Some(context.run_id.clone());
         let record = tracing::info_span!("record", run_id = %context.run_id, event = "run.ended");
+        let parent = control.spawned.as_ref().map(|by| by.parent_run.as_str());
         if let Some(log) = &self.events
-            && let Err(e) = record_ending(log, &context, &report).instrument(record).await
+            && let Err(e) = record_ending(log, &context, &report, parent).instrument(record).await
         {
             report.outcome = Outcome::HostError;
             report.exit_code = Outcome::HostError.exit_code();
@@ -554,7 +620,12 @@ pub fn agent_name(path: &Path) -> String {
     path.file_stem().map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned())
 }
 
-async fn record_ending(log: &EventLog, context: &RunContext, report: &RunReport) -> Result<(), AppendError> {
+async fn record_ending(
+    log: &EventLog,
+    context: &RunContext,
+    report: &RunReport,
+    parent: Option<&str>,
+) -> Result<(), AppendError> {
     let mut detail = serde_json::json!({
         "outcome": report.outcome,
         "exit_code": report.exit_code,
@@ -567,6 +638,9 @@ async fn record_ending(log: &EventLog, context: &RunContext, report: &RunReport)
     });
     if !report.denied.is_empty() {
         detail["denied"] = serde_json::json!(report.denied);
+    }
+    if let Some(parent) = parent {
+        detail["parent"] = serde_json::json!(parent);
     }
     // The result is part of what the run did, and the only copy once a server that ran it restarts; like every
     // recorded text it is bounded (a long one is cut with a marker by `bounds`), so the live report keeps the whole.

@@ -43,6 +43,10 @@ pub struct LimitRequest {
     pub max_records: Option<u64>,
     /// Model tokens the run may use (the lower of this and the token's).
     pub llm_tokens: Option<u64>,
+    /// How deep agents spawned from the run may nest, and how many one run may spawn (capped at
+    /// [`crate::sandbox::limits::MAX_SPAWN_DEPTH`] and [`crate::sandbox::limits::MAX_SPAWNS`]).
+    pub max_spawn_depth: Option<u32>,
+    pub max_spawns: Option<u32>,
 }
 
 /// Everything a run asks for, whichever face it comes through (the CLI's flags, a JSON request).
@@ -59,6 +63,8 @@ pub struct RunSpec {
     pub tools: Vec<String>,
     /// The models (or model patterns, `gpt-*`) the run asks to call (`llm:MODEL` grants).
     pub models: Vec<String>,
+    /// The installed agents the run asks to spawn (`spawn:AGENT` grants).
+    pub spawn: Vec<String>,
     pub limits: LimitRequest,
     /// The token's text; `None` mints one from the operator's own request with the local key (the CLI's way).
     pub token: Option<String>,
@@ -174,10 +180,12 @@ impl Host {
         &self.llm
     }
 
-    /// A runner on this host's engine, recording in its log, with its tools.
+    /// A runner on this host's engine, recording in its log, with its tools, its models and its installed agents to
+    /// spawn.
     pub fn runner(&self) -> Runner {
         Runner::from_parts(self.engine.clone(), Some(self.log.clone()), Some(self.tools.clone()))
             .with_llm(self.llm.clone())
+            .with_spawn(self.home.dir.clone())
     }
 
     /// Checks grants against the host filesystem and environment; nothing of the home is ever grantable.
@@ -222,6 +230,12 @@ impl Host {
         let run_id = spec.run_id.clone().unwrap_or_else(crate::run::fresh_run_id);
         let input = check_input(spec.input.as_deref())?;
         let limits = self.limits(spec)?;
+        use crate::sandbox::limits::{MAX_SPAWN_DEPTH, MAX_SPAWNS};
+        if limits.max_spawn_depth > MAX_SPAWN_DEPTH || limits.max_spawns > MAX_SPAWNS {
+            return Err(RunError::InvalidInput(format!(
+                "spawn caps: depth at most {MAX_SPAWN_DEPTH}, spawns per run at most {MAX_SPAWNS}"
+            )));
+        }
         let program = {
             let component = match &spec.source {
                 Source::Path(path) => path.display().to_string(),
@@ -258,6 +272,11 @@ impl Host {
             let grant = crate::token::Grant::parse(&format!("llm:{model}")).map_err(RunError::InvalidInput)?;
             request.grants.push(grant);
         }
+        for child in &spec.spawn {
+            crate::tools::check_name(child)
+                .map_err(|e| RunError::InvalidInput(e.replace("tool name", "agent name")))?;
+            request.grants.push(crate::token::Grant { kind: "spawn".into(), value: child.clone(), mode: "".into() });
+        }
         let authorization = self.authorize_token(spec.token.as_deref(), &request, crate::token::LOCAL_TTL)?;
         authorized.token_id = authorization.token_id;
         authorized.rate = authorization.rate;
@@ -283,6 +302,8 @@ impl Host {
             max_output: asked.max_output.unwrap_or(defaults.max_output),
             max_records: asked.max_records.unwrap_or(defaults.max_records),
             llm_tokens: asked.llm_tokens,
+            max_spawn_depth: asked.max_spawn_depth.unwrap_or(defaults.max_spawn_depth),
+            max_spawns: asked.max_spawns.unwrap_or(defaults.max_spawns),
             ..defaults
         })
     }

@@ -709,3 +709,44 @@ fn serve_reports_model_usage_in_metrics() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && !said.contains("error"), "promtool: {said}\n{text}");
 }
+
+/// A plan's agent calls models through the gateway with the manifest's `models` grant (the operator's token narrowed
+/// to it, as to every other grant), within its `llm_tokens` limit; without the grant its calls are refused, in the
+/// same home.
+#[test]
+fn a_plan_step_calls_the_models_its_manifest_grants_and_no_other() {
+    let home = LlmHome::new();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = |models: &str| {
+        let text = format!(
+            "[agents.chat]\ncomponent = \"{}\"\ninput = {{ model = \"oa-chat\", question = {:?} }}\n\n\
+             [agents.chat.grants]\ntools = [\"echo\", \"json-query\"]\n{models}\n\n\
+             [agents.chat.limits]\nllm_tokens = 100000\n",
+            agent("tool-chat").display(),
+            QUESTION
+        );
+        let path = dir.path().join("toka.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let r = home.toka(&["up", manifest("models = [\"oa-*\"]").to_str().unwrap(), "--json"]);
+    r.expect_code(0);
+    let step = &r.report()["steps"][0];
+    assert_eq!(step["status"], "completed", "{step}");
+    assert_eq!(step["output"]["answer"], ANSWER, "{step}");
+    let completed = home.events("llm.completed");
+    assert_eq!(completed.len(), 3, "three model calls: {completed:?}");
+    assert_eq!(completed[0]["run_id"], step["run_id"]);
+
+    // Without the grant: the agent's calls are refused (an error value it reports), the step fails, and the refusal
+    // is recorded; the model was not called again.
+    let r = home.toka(&["up", manifest("").to_str().unwrap(), "--json"]);
+    r.expect_code(85);
+    let step = &r.report()["steps"][0];
+    assert_eq!(step["status"], "failed", "{step}");
+    assert!(step["error"].as_str().unwrap().contains("model call denied"), "{step}");
+    assert_eq!(home.events("llm.completed").len(), 3, "no further model call");
+    let failed = home.events("llm.failed");
+    let last = &failed.last().expect("the refusal is recorded")["payload"];
+    assert_eq!((last["outcome"].as_str(), last["model"].as_str()), (Some("denied"), Some("oa-chat")));
+}

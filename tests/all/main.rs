@@ -27,6 +27,7 @@ mod scaffold;
 mod schema;
 mod service;
 mod soak;
+mod spawn;
 mod state;
 mod tokens;
 mod tools;

@@ -15,6 +15,7 @@
 //! | `zig-echo`     | `agents/zig-echo/main.zig`     | `zig build-exe`, wasm32-wasi → preview 1 core module (same)   |
 //! | `summarize`    | `agents/summarize` (cdylib)    | like `hello-rust` (an agent that works through three tools)    |
 //! | `tool-chat`    | `agents/tool-chat` (cdylib)    | like `hello-rust` (a model conversation that calls tools)      |
+//! | `spawner`      | `agents/spawner` (cdylib)      | like `hello-rust` (starts installed agents: spawn tests)       |
 //! | `tool-chat-python` | `agents/tool-chat-python/agent.py` | componentize-py (the same conversation in Python)  |
 //! | `tool-chat-js`     | `agents/tool-chat-js/agent.js`     | componentize-js (the same conversation in JavaScript) |
 //!
@@ -136,6 +137,7 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("zig-echo", Kind::Zig),
     Agent::new("summarize", Kind::RustReactor),
     Agent::new("tool-chat", Kind::RustReactor),
+    Agent::new("spawner", Kind::RustReactor),
     Agent::new("tool-chat-python", Kind::Python),
     Agent::new("tool-chat-js", Kind::JavaScript),
     Agent::new("echo", Kind::RustTool),

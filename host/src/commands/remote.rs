@@ -123,6 +123,7 @@ fn request(cmd: &RunCommand) -> Result<SubmitRun, Stop> {
             net: g.net.iter().map(crate::grants::NetGrant::canonical).collect(),
             tools: spec.tools.clone(),
             models: spec.models.clone(),
+            spawn: spec.spawn.clone(),
             state: match g.state {
                 StateGrant::None => None,
                 StateGrant::ReadOnly => Some("ro".into()),
@@ -136,6 +137,8 @@ fn request(cmd: &RunCommand) -> Result<SubmitRun, Stop> {
             max_output: l.max_output,
             max_records: l.max_records,
             llm_tokens: l.llm_tokens,
+            max_spawn_depth: l.max_spawn_depth,
+            max_spawns: l.max_spawns,
         },
         wait: true,
         wait_ms: Some(u64::try_from(WAIT.as_millis()).unwrap_or(u64::MAX)),

@@ -46,6 +46,19 @@ pub struct RunCommand {
     #[arg(long = "allow-llm", value_name = "MODEL")]
     pub models: Vec<String>,
 
+    /// Let an agent start the installed agent package NAME (`toka-host plugin list`) and wait for its result
+    /// (`toka:agent/spawn`); the child runs with this run's token narrowed to what it declares. Repeatable.
+    #[arg(long = "allow-spawn", value_name = "NAME")]
+    pub spawn: Vec<String>,
+
+    /// How deep spawned agents may nest (a child of this run is at depth 1) [default: 3, at most 8].
+    #[arg(long, value_name = "N")]
+    pub max_spawn_depth: Option<u32>,
+
+    /// How many agents the run (and each of its children) may spawn, refused attempts included [default: 16].
+    #[arg(long, value_name = "N")]
+    pub max_spawns: Option<u32>,
+
     /// Model tokens (prompt and completion) the run may use, at most (the lower of this and the token's
     /// `llm_tokens` applies) [default: the token's, else 200000].
     #[arg(long, value_name = "N")]
@@ -179,7 +192,7 @@ impl RunCommand {
         let output = OutputMode { echo: !self.json, capture: self.json };
 
         let rss_before = crate::run::resident_set_bytes();
-        let control = crate::run::RunControl { run_id: Some(run_id), cancel: None };
+        let control = crate::run::RunControl { run_id: Some(run_id), ..Default::default() };
         let first = runner.run_with(&program, &authorized, &limits, &invocation, output, control).await;
         let rss_first = crate::run::resident_set_bytes();
         let mut tally = Tally::default();
@@ -270,6 +283,7 @@ impl RunCommand {
             grants: self.grants.request(self.inherit_stdin, self.state.unwrap_or_default()),
             tools: self.tools.clone(),
             models: self.models.clone(),
+            spawn: self.spawn.clone(),
             limits: LimitRequest {
                 fuel: self.fuel,
                 timeout: self.timeout,
@@ -277,6 +291,8 @@ impl RunCommand {
                 max_output: Some(self.max_output),
                 max_records: Some(self.max_records),
                 llm_tokens: self.llm_tokens,
+                max_spawn_depth: self.max_spawn_depth,
+                max_spawns: self.max_spawns,
             },
             token: token.map_err(token_arg_error)?,
             run_id: None,

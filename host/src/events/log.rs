@@ -430,6 +430,7 @@ pub fn operation_at(db: &Db, seq: u64) -> Result<Option<Operation>, redb::Error>
 fn op_name(op: &Op) -> &'static str {
     match op {
         Op::ScheduleTask { .. } => "schedule-task",
+        Op::DropTask { .. } => "drop-task",
         Op::StartRun { .. } => "start-run",
         Op::SpawnAgent { .. } => "spawn-agent",
         Op::EmitObservation { .. } => "emit-observation",

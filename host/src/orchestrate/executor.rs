@@ -739,7 +739,8 @@ async fn run_once(
     let input = input.clone().map_err(RunError::InvalidInput)?;
     let spec = spec(prepared, input, Some(run_id.to_string()));
     let ready = context.host.prepare(&context.runner, &spec)?;
-    let control = RunControl { run_id: Some(run_id.to_string()), cancel: Some(cancel.clone()) };
+    let control =
+        RunControl { run_id: Some(run_id.to_string()), cancel: Some(cancel.clone()), ..RunControl::default() };
     let output = OutputMode { echo: false, capture: true };
     Ok(context.runner.run_with(&ready.program, &ready.grants, &ready.limits, &ready.invocation, output, control).await)
 }
@@ -754,7 +755,8 @@ fn spec(prepared: &Prepared, input: Option<String>, run_id: Option<String>) -> R
         args: Vec::new(),
         grants: step.grants.clone(),
         tools: step.tools.clone(),
-        models: Vec::new(),
+        models: step.models.clone(),
+        spawn: step.spawn.clone(),
         limits: prepared.limits.clone(),
         token: Some(prepared.token.clone()),
         run_id,
@@ -799,6 +801,8 @@ async fn authorize(
             max_output: asked.max_output,
             max_records: asked.max_records,
             llm_tokens: asked.llm_tokens,
+            max_spawn_depth: asked.max_spawn_depth,
+            max_spawns: asked.max_spawns,
         };
         let run_limits = crate::run::Limits {
             fuel: limits.fuel.unwrap_or(defaults.fuel),
@@ -815,6 +819,14 @@ async fn authorize(
         );
         for tool in &step.tools {
             request.grants.push(Grant { kind: "tool".into(), value: tool.clone(), mode: String::new() });
+        }
+        for model in &step.models {
+            let grant = Grant::parse(&format!("llm:{model}"))
+                .map_err(|e| UpError::new(Outcome::InvalidInput, format!("agent `{}`: {e}", step.name)))?;
+            request.grants.push(grant);
+        }
+        for child in &step.spawn {
+            request.grants.push(Grant { kind: "spawn".into(), value: child.clone(), mode: String::new() });
         }
         needs.push((step, component, program, limits, request));
     }

@@ -150,6 +150,14 @@ pub struct GrantSection {
     /// Installed tools the agent may call, as `--allow-tool`.
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Models the agent may call through the host's model gateway, as `--allow-llm` (the API's `grants.models`):
+    /// a model name, or a pattern ending in `*` (`gpt-*`).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Installed agents this agent may start and wait for (`toka:agent/spawn`), as `--allow-spawn`; each child runs
+    /// with this agent's token narrowed further, never wider.
+    #[serde(default)]
+    pub spawn: Vec<String>,
     /// The agent's persistent state: `ro` or `rw`.
     pub state: Option<String>,
 }
@@ -168,6 +176,12 @@ pub struct LimitSection {
     pub output: Option<String>,
     /// Cap on the records of each kind (observations, tool calls, state writes) one run may add.
     pub records: Option<u64>,
+    /// Model tokens (prompt and completion) one run may use, as `--llm-tokens`.
+    pub llm_tokens: Option<u64>,
+    /// How deep agents spawned by this agent may nest, as `--max-spawn-depth` (default 3, at most 8).
+    pub spawn_depth: Option<u32>,
+    /// How many agents this agent (and each of its children) may spawn, as `--max-spawns` (default 16).
+    pub spawns: Option<u32>,
 }
 
 /// A manifest that does not parse or does not resolve: one line, naming where.
@@ -210,6 +224,10 @@ pub struct Step {
     #[serde(serialize_with = "grants_text")]
     pub grants: GrantRequest,
     pub tools: Vec<String>,
+    /// The models (or patterns) the agent may call (`llm:MODEL` grants).
+    pub models: Vec<String>,
+    /// The installed agents it may spawn (`spawn:AGENT` grants).
+    pub spawn: Vec<String>,
     #[serde(serialize_with = "limits_text")]
     pub limits: LimitRequest,
     pub retries: u32,
@@ -268,6 +286,9 @@ fn limits_text<S: serde::Serializer>(l: &LimitRequest, s: S) -> Result<S::Ok, S:
         "memory": l.max_memory,
         "output": l.max_output,
         "records": l.max_records,
+        "llm_tokens": l.llm_tokens,
+        "spawn_depth": l.max_spawn_depth,
+        "spawns": l.max_spawns,
     });
     serde::Serialize::serialize(&map, s)
 }
@@ -504,6 +525,15 @@ impl Resolver<'_> {
         for t in &tools {
             crate::tools::check_name(t).map_err(|e| err(here, format!("grants.tools: {e}")))?;
         }
+        let models = a.grants.models.clone();
+        for m in &models {
+            crate::token::Grant::parse(&format!("llm:{m}")).map_err(|e| err(here, format!("grants.models: {e}")))?;
+        }
+        let spawn = a.grants.spawn.clone();
+        for child in &spawn {
+            crate::tools::check_name(child)
+                .map_err(|e| err(here, format!("grants.spawn: {}", e.replace("tool name", "agent name"))))?;
+        }
         let limits = limits(&a.limits).map_err(|e| err(here, format!("limits: {e}")))?;
         if a.retries > MAX_RETRIES {
             return Err(err(here, format!("retries must be at most {MAX_RETRIES}")));
@@ -529,6 +559,8 @@ impl Resolver<'_> {
             after: after.into_iter().collect(),
             grants,
             tools,
+            models,
+            spawn,
             limits,
             retries: a.retries,
             backoff,
@@ -565,7 +597,9 @@ fn limits(l: &LimitSection) -> Result<LimitRequest, String> {
         max_memory: l.memory.as_deref().map(crate::units::parse_size).transpose()?,
         max_output: l.output.as_deref().map(crate::units::parse_size).transpose()?,
         max_records: l.records,
-        llm_tokens: None,
+        llm_tokens: l.llm_tokens,
+        max_spawn_depth: l.spawn_depth,
+        max_spawns: l.spawns,
     })
 }
 

@@ -28,7 +28,22 @@ pub struct Limits {
     /// Model tokens the run may use (the lower of this and its token's `llm_tokens`); the model gateway's default
     /// (`llm::DEFAULT_RUN_TOKENS`) when neither says.
     pub llm_tokens: Option<u64>,
+    /// How deep spawned agents may nest: a run's children are at depth 1, theirs at 2 ... Default
+    /// [`DEFAULT_SPAWN_DEPTH`]; a child inherits its parent's cap, so a child cannot raise it.
+    pub max_spawn_depth: u32,
+    /// How many agents one run may spawn (refused attempts count). Default [`DEFAULT_SPAWNS`]; inherited as the
+    /// depth cap is.
+    pub max_spawns: u32,
 }
+
+/// Default depth cap of spawned agents.
+pub const DEFAULT_SPAWN_DEPTH: u32 = 3;
+/// Default number of agents one run may spawn.
+pub const DEFAULT_SPAWNS: u32 = 16;
+/// Highest depth cap a run may ask for.
+pub const MAX_SPAWN_DEPTH: u32 = 8;
+/// Highest fan-out cap a run may ask for.
+pub const MAX_SPAWNS: u32 = 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -40,6 +55,8 @@ impl Default for Limits {
             max_table_elements: 1_000_000,
             max_records: super::budget::DEFAULT_MAX_RECORDS,
             llm_tokens: None,
+            max_spawn_depth: DEFAULT_SPAWN_DEPTH,
+            max_spawns: DEFAULT_SPAWNS,
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::engine::HostEngine;
 use crate::error::RunError;
 use crate::grants::Authorized;
 use caps::llm::{LlmAccess, ModelGateway};
+use caps::spawn::Spawner;
 use caps::tools::ToolBroker;
 pub use limits::Limits;
 use limits::MemoryLimiter;
@@ -43,6 +44,8 @@ pub struct SandboxState {
     pub tools: Option<Arc<dyn ToolBroker>>,
     /// What `toka:agent/llm` calls go through.
     pub llm: LlmAccess,
+    /// What `toka:agent/spawn` calls go through; `None`: the guest cannot spawn agents.
+    pub spawner: Option<Arc<dyn Spawner>>,
     /// What the guest tried without the grant for it.
     pub denied: denied::Denied,
     /// What the guest's name lookups may answer.
@@ -66,6 +69,8 @@ pub struct RunContext {
     pub cancel: Option<Arc<cancel::Cancel>>,
     /// The run's access to models, if any.
     pub llm: Option<Arc<dyn ModelGateway>>,
+    /// The run's way to start child agents, if any.
+    pub spawner: Option<Arc<dyn Spawner>>,
 }
 
 impl WasiView for SandboxState {
@@ -163,6 +168,7 @@ pub fn build(
         },
         tools: context.tools.clone(),
         llm: LlmAccess::new(context.llm.clone()),
+        spawner: context.spawner.clone(),
         denied,
         names,
     };

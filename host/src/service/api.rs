@@ -37,6 +37,9 @@ pub struct GrantsRequest {
     /// Models (or patterns such as `gpt-*`) the agent may call through the host's gateway, as `--allow-llm`.
     #[serde(default)]
     pub models: Vec<String>,
+    /// Installed agent packages the agent may spawn (`toka:agent/spawn`), as `--allow-spawn`.
+    #[serde(default)]
+    pub spawn: Vec<String>,
     /// `ro` or `rw`: the agent's persistent state.
     #[serde(default)]
     pub state: Option<String>,
@@ -53,6 +56,10 @@ pub struct LimitsRequest {
     pub max_records: Option<u64>,
     /// Model tokens the run may use (the lower of this and the token's).
     pub llm_tokens: Option<u64>,
+    /// How deep agents spawned from the run may nest (default 3, at most 8).
+    pub max_spawn_depth: Option<u32>,
+    /// How many agents the run may spawn (default 16).
+    pub max_spawns: Option<u32>,
 }
 
 /// `POST /v1/runs`.

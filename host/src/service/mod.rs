@@ -6,7 +6,7 @@
 //! call), `/metrics` (Prometheus text), `/openapi.json` (generated from the handlers' types by utoipa), `/health`; and
 //! the dashboard (`/`, `/assets/...`: static files compiled in, holding no data, see [`dashboard`]). Bodies are
 //! size-capped, runs are capped in number (a bounded queue, then 429), every error is JSON with a stable code.
-//! Shutting down (SIGTERM, Ctrl-C) stops taking requests, gives running runs a grace period, then cancels what is
+//! Tasks that runs scheduled for later ([`crate::tasks`]) are started here when due. Shutting down (SIGTERM, Ctrl-C) stops taking requests, gives running runs a grace period, then cancels what is
 //! left and records it.
 //!
 //! This module never opens the database, the keys or the cache itself: it goes through the [`Host`].
@@ -305,6 +305,14 @@ pub async fn serve_with(
     extra: axum::Router,
 ) -> std::io::Result<()> {
     let app = extra.merge(router(service.clone()));
+    // Scheduled tasks: started when due, from the log (so also those scheduled before this process started).
+    let scheduler = tokio::spawn(crate::tasks::scheduler(
+        service.host.clone(),
+        service.runner.clone(),
+        service.config.max_concurrent,
+        Duration::from_millis(250),
+        service.shutdown.clone(),
+    ));
     let stopping = service.clone();
     let shutdown = async move {
         stop.await;
@@ -315,6 +323,7 @@ pub async fn serve_with(
     let server =
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown);
     server.await?;
+    drop(scheduler.await);
     // Queued runs do not start; running runs get the grace period, then are cancelled.
     service.slots.close();
     let running = service.runs.live();

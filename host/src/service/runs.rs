@@ -209,6 +209,7 @@ fn run_token(bearer: &auth::Bearer, spec: &RunSpec, grants: &GrantRequest) -> Re
     for model in &spec.models {
         only.push(Grant::parse(&format!("llm:{model}")).map_err(ApiError::bad_request)?);
     }
+    only.extend(spec.spawn.iter().map(|a| Grant { kind: "spawn".into(), value: a.clone(), mode: String::new() }));
     match grants.state {
         StateGrant::None => {}
         StateGrant::ReadOnly => only.push(Grant { kind: "state".into(), value: String::new(), mode: "ro".into() }),
@@ -276,6 +277,7 @@ pub async fn submit(
         grants: grants.clone(),
         tools,
         models: request.grants.models.clone(),
+        spawn: request.grants.spawn.clone(),
         limits: LimitRequest {
             fuel: l.fuel,
             timeout: l.timeout_ms.map(Duration::from_millis),
@@ -283,6 +285,8 @@ pub async fn submit(
             max_output: Some(l.max_output.unwrap_or(1 << 20)),
             max_records: l.max_records,
             llm_tokens: l.llm_tokens,
+            max_spawn_depth: l.max_spawn_depth,
+            max_spawns: l.max_spawns,
         },
         token: None,
         run_id: Some(run_id.clone()),
@@ -379,7 +383,7 @@ async fn execute(
     service.runs.set_running(&run_id);
     let started = Instant::now();
     let output = crate::sandbox::OutputMode { echo: false, capture: true };
-    let control = crate::run::RunControl { run_id: Some(run_id.clone()), cancel: Some(cancel) };
+    let control = crate::run::RunControl { run_id: Some(run_id.clone()), cancel: Some(cancel), ..Default::default() };
     let report =
         service.runner.run_with(&ready.program, &ready.grants, &ready.limits, &ready.invocation, output, control).await;
     drop(slot);

@@ -152,6 +152,8 @@ const DESCRIBE_LIMITS: Limits = Limits {
     max_table_elements: 1_000_000,
     max_records: 0,
     llm_tokens: None,
+    max_spawn_depth: 0,
+    max_spawns: 0,
 };
 
 impl ToolHost {
@@ -182,6 +184,7 @@ impl ToolHost {
             budget: Arc::default(),
             cancel: None,
             llm: None,
+            spawner: None,
         };
         let output = OutputMode { echo: false, capture: false };
         let mut sb = sandbox::build(&self.engine, &Authorized::default(), &DESCRIBE_LIMITS, output, &context, &[])?;
@@ -493,6 +496,8 @@ impl ToolHost {
             budget: caller.budget.clone().unwrap_or_default(),
             cancel: caller.cancel.clone(),
             llm: llm.map(|s| s as Arc<dyn ModelGateway>),
+            // A tool never starts agents: the `tool` world does not import `toka:agent/spawn`.
+            spawner: None,
         };
         let output = OutputMode { echo: false, capture: false };
         let mut sb = match sandbox::build(&self.engine, &grants, &limits, output, &context, &[name.to_string()]) {
