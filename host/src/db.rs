@@ -148,7 +148,6 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::ReadableTable;
 
     /// A database with only some of the tables (as an older toka-host left it) gets the others on open, and a
     /// database with all of them opens as it is.

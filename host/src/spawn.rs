@@ -168,6 +168,11 @@ impl SpawnSession {
 
     /// Whether the parent's token allows `grant` now, stated as the parent (its agent, component and package).
     fn allows(&self, grant: Grant) -> Result<(), String> {
+        self.allows_at(grant, SystemTime::now())
+    }
+
+    /// Whether the parent's token allows `grant` at `at` (its expiry, not-before and windows evaluated then).
+    fn allows_at(&self, grant: Grant, at: SystemTime) -> Result<(), String> {
         let request = RunRequest {
             agent: self.parent.identity.agent.clone(),
             grants: vec![grant],
@@ -175,7 +180,7 @@ impl SpawnSession {
             component: Some(self.parent.identity.component.clone()),
             plugin: self.parent.identity.plugin.clone(),
         };
-        crate::token::authorize(&self.parent.token, &request, SystemTime::now()).map_err(|(grant, reason)| {
+        crate::token::authorize(&self.parent.token, &request, at).map_err(|(grant, reason)| {
             format!("{grant}: {}", crate::token::explain_refusal(&self.parent.token, &request, &grant, &reason))
         })
     }
@@ -325,8 +330,13 @@ impl SpawnSession {
         }
         let denied = |m: String| Refusal::new(Outcome::GrantRefused, SpawnError::Denied(m));
         self.token_still_good().map_err(denied)?;
-        self.allows(Grant { kind: "spawn".into(), value: agent.into(), mode: String::new() })
-            .map_err(|e| denied(format!("grant refused: {e}")))?;
+        let spawn = Grant { kind: "spawn".into(), value: agent.into(), mode: String::new() };
+        self.allows(spawn.clone()).map_err(|e| denied(format!("grant refused: {e}")))?;
+        // A task acts on the scheduling token's authority when it starts, so that authority must still hold then:
+        // a token that expires (or whose window closes) before the task is due cannot schedule it.
+        let due = SystemTime::now() + Duration::from_millis(delay_ms);
+        self.allows_at(spawn, due)
+            .map_err(|e| denied(format!("grant refused at the task's due time, {delay_ms} ms from now: {e}")))?;
         let not_found = |m: String| Refusal::new(Outcome::FileNotFound, SpawnError::NotFound(m));
         let source = match crate::plugin::installed_agent(&self.home, agent) {
             Ok(Some(source)) => source,
@@ -357,6 +367,7 @@ impl SpawnSession {
             acting_component: self.parent.identity.component.clone(),
             acting_plugin: self.parent.identity.plugin.clone(),
             chain: token.revocation_ids.clone(),
+            root_key_id: Some(token.root_key_id),
         };
         let task_id = crate::run::fresh_task_id();
         let op = Op::ScheduleTask {

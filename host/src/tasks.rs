@@ -44,6 +44,10 @@ pub struct TaskSpec {
     pub acting_plugin: Option<String>,
     /// The revocation ids of the scheduling run's token (and its chain): revoking one drops the task.
     pub chain: Vec<String>,
+    /// The root key that signed the scheduling token: retired (past its overlap) or removed by the time the task is
+    /// due, the task is dropped, as a run under that token would be refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_key_id: Option<u32>,
 }
 
 /// The tasks due at `now_ms` that no run has started, oldest due first.
@@ -107,6 +111,12 @@ fn prepare(host: &Arc<Host>, runner: &Runner, task_id: &str, task: &TaskState) -
     let spec: TaskSpec = serde_json::from_value(detail.get("task").cloned().unwrap_or_default())
         .map_err(|e| format!("the task's record is not one this host can run: {e}"))?;
     crate::runtime::check_input(Some(&input)).map_err(|e| e.to_string())?;
+    if let Some(id) = spec.root_key_id {
+        let now_ms = crate::events::now_ms();
+        crate::token::keys::KeyStore::load(&host.home().dir)
+            .and_then(|keys| keys.verifying(id, now_ms).map(drop))
+            .map_err(|e| format!("the scheduling token's root key {id} no longer verifies: {e}"))?;
+    }
     let source = crate::plugin::installed_agent(&host.home().dir, &agent)
         .map_err(|e| format!("{agent}: {e}"))?
         .ok_or_else(|| format!("no installed agent package named {agent} any more"))?;

@@ -335,3 +335,25 @@ fn scheduling_needs_the_spawn_grant_and_pending_tasks_are_capped_per_run() {
     let out = result(&run(h, &one, &["--allow-spawn", "hello"]));
     assert!(out["scheduled"][0]["ok"].is_string(), "{out}");
 }
+
+/// A task acts on the scheduling token's authority when it starts, so that authority must hold at the due time: a
+/// token that expires in two minutes cannot schedule a task an hour ahead (denied, nothing queued), and can one ten
+/// seconds ahead (control, same token and run).
+#[test]
+fn a_token_cannot_schedule_a_task_past_its_own_expiry() {
+    let home = home_with(&[("hello", "hello-rust", &[])]);
+    let h = home.path();
+    let token = t(h, &["token", "mint", "--agent", "spawner", "--grant", "spawn:hello", "--ttl", "2m"]);
+    token.expect_code(0);
+    let token = token.stdout.trim().to_string();
+    let input = json!({ "schedule": [
+        { "agent": "hello", "delay_ms": 3_600_000 },
+        { "agent": "hello", "delay_ms": 10_000 },
+    ] });
+    let out = result(&run(h, &input, &["--token", &token, "--allow-spawn", "hello"]));
+    assert_eq!(out["scheduled"][0]["error"]["kind"], "denied", "{out}");
+    let message = out["scheduled"][0]["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("grant refused at the task's due time, 3600000 ms from now: "), "{message}");
+    assert!(out["scheduled"][1]["ok"].is_string(), "{out}");
+    assert_eq!(events(h, "task.scheduled").len(), 1);
+}
