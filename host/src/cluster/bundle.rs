@@ -179,7 +179,7 @@ pub fn check_addr(addr: &str) -> Result<(), String> {
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(format!("address {addr:?} must be an http:// or https:// URL with a host"));
     }
-    if url.path().trim_end_matches('/') != "" || url.query().is_some() {
+    if !url.path().trim_end_matches('/').is_empty() || url.query().is_some() {
         return Err(format!("address {addr:?} must have no path or query"));
     }
     Ok(())

@@ -32,6 +32,9 @@ const MEMBERSHIP: &str = "membership";
 
 type Membership = StoredMembership<NodeId, BasicNode>;
 
+/// The applied position, its membership and the replicated tables' bytes, as one snapshot carries them.
+type Dumped = (Option<LogId<NodeId>>, Membership, Vec<u8>);
+
 struct Inner {
     /// The kernel state as of the last applied operation (rebuilt from the database when empty).
     state: State,
@@ -93,7 +96,7 @@ impl Machine {
     }
 
     /// The replicated tables and the Raft position they are at, read in one transaction.
-    fn dump(&self) -> Result<(Option<LogId<NodeId>>, Membership, Vec<u8>), String> {
+    fn dump(&self) -> Result<Dumped, String> {
         let txn = self.db.redb().begin_read().map_err(|e| e.to_string())?;
         let read_meta = |key: &str| -> Result<Option<Vec<u8>>, String> {
             let table = txn.open_table(super::store::RAFT_META).map_err(|e| e.to_string())?;

@@ -170,7 +170,7 @@ fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Res
 }
 
 /// Refuses a request that does not carry the cluster's secret.
-fn authenticate(cluster: &Cluster, headers: &HeaderMap) -> Result<(), Response> {
+fn authenticate(cluster: &Cluster, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -178,8 +178,12 @@ fn authenticate(cluster: &Cluster, headers: &HeaderMap) -> Result<(), Response> 
         .map(str::trim);
     match bearer {
         Some(b) if cluster.bundle.authenticates(b) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "not this cluster's secret")),
-        None => Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "missing Authorization: Bearer <cluster secret>")),
+        Some(_) => Err(Box::new(error(StatusCode::UNAUTHORIZED, "unauthorized", "not this cluster's secret"))),
+        None => Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing Authorization: Bearer <cluster secret>",
+        ))),
     }
 }
 
@@ -200,47 +204,47 @@ pub fn routes(cluster: Cluster) -> Router {
 }
 
 /// Parses a body only once the caller is authenticated (an unauthenticated body is never parsed).
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(bytes).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid-request", e))
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(bytes).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "invalid-request", e)))
 }
 
 async fn append(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     if let Err(r) = authenticate(&c, &headers) {
-        return r;
+        return *r;
     }
     match body::<AppendEntriesRequest<TypeConfig>>(&bytes) {
         Ok(rpc) => Json(c.raft.append_entries(rpc).await).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn vote(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     if let Err(r) = authenticate(&c, &headers) {
-        return r;
+        return *r;
     }
     match body::<VoteRequest<NodeId>>(&bytes) {
         Ok(rpc) => Json(c.raft.vote(rpc).await).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn snapshot(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     if let Err(r) = authenticate(&c, &headers) {
-        return r;
+        return *r;
     }
     match body::<InstallSnapshotRequest<TypeConfig>>(&bytes) {
         Ok(rpc) => Json(c.raft.install_snapshot(rpc).await).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn write(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     if let Err(r) = authenticate(&c, &headers) {
-        return r;
+        return *r;
     }
     let proposal = match body::<Proposal>(&bytes) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     // The leader checks what it is handed as a local submitter's bytes are checked: it must read back.
     if let Err(e) = serde_json::from_str::<crate::kernel::Operation>(&proposal.op) {
@@ -304,7 +308,7 @@ fn heads(db: &crate::db::Db) -> Result<(u64, u64, String), redb::Error> {
 
 async fn status(State(c): State<Cluster>, headers: HeaderMap, Query(q): Query<StatusQuery>) -> Response {
     if let Err(r) = authenticate(&c, &headers) {
-        return r;
+        return *r;
     }
     if q.linearizable
         && let Err(e) = c.raft.ensure_linearizable().await
@@ -373,11 +377,11 @@ pub struct AddNode {
 /// Adds a node: as a learner (until it has caught up), then as a voter.
 async fn add_node(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     if let Err(r) = authenticate(&c, &headers) {
-        return r;
+        return *r;
     }
     let add: AddNode = match body(&bytes) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(why) = super::bundle::check_addr(&add.addr) {
         return error(StatusCode::BAD_REQUEST, "invalid-request", why);
@@ -395,7 +399,7 @@ async fn add_node(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::bod
 /// Removes a node from the voters and from the cluster.
 async fn remove_node(State(c): State<Cluster>, headers: HeaderMap, Path(id): Path<NodeId>) -> Response {
     if let Err(r) = authenticate(&c, &headers) {
-        return r;
+        return *r;
     }
     match c.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await {
         Ok(done) => Json(serde_json::json!({ "removed": id, "log_index": done.log_id.index })).into_response(),
@@ -412,11 +416,11 @@ pub struct Revoke {
 /// Revokes a token on every node: one replicated operation, acknowledged once applied here.
 async fn revoke(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     if let Err(r) = authenticate(&c, &headers) {
-        return r;
+        return *r;
     }
     let revoke: Revoke = match body(&bytes) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut op = crate::journal::operation(crate::kernel::Op::RevokeToken { token_id: revoke.token_id });
     if let Err(why) = crate::bounds::bound_operation(&mut op) {

@@ -46,7 +46,9 @@ fn log() -> Vec<Entry<TypeConfig>> {
 }
 
 /// Every row of the replicated tables, as stored.
-fn rows(db: &Db) -> (Vec<(u64, Vec<u8>)>, Vec<(u64, Vec<u8>)>, Vec<(String, u64)>) {
+type Rows = (Vec<(u64, Vec<u8>)>, Vec<(u64, Vec<u8>)>, Vec<(String, u64)>);
+
+fn rows(db: &Db) -> Rows {
     let txn = db.redb().begin_read().unwrap();
     let u64_rows = |t: redb::ReadOnlyTable<u64, &'static [u8]>| {
         t.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value(), v.value().to_vec())).collect::<Vec<_>>()

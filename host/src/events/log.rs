@@ -490,6 +490,9 @@ fn unreadable_event(op: &Operation, reason: &str) -> EventDraft {
 ///
 /// `replicated`: the batch comes from the cluster's replicated log, and this hook records, in the same transaction,
 /// how far the replicated log has been applied. Without it (a local writer), a cluster node's database is refused.
+/// What a replicated batch records in its own transaction (see [`apply_replicated`]).
+type ReplicatedHook<'a> = dyn FnMut(&redb::WriteTransaction) -> Result<(), redb::Error> + 'a;
+
 fn commit(
     db: &Db,
     state: &mut State,
@@ -497,7 +500,7 @@ fn commit(
     first: Request,
     batch: &mut Vec<Request>,
     mut next: impl FnMut(usize) -> Option<Request>,
-    replicated: Option<&mut dyn FnMut(&redb::WriteTransaction) -> Result<(), redb::Error>>,
+    replicated: Option<&mut ReplicatedHook<'_>>,
 ) -> Result<Vec<Result<Applied, AppendError>>, CommitError> {
     batch.push(first);
     // Without a key (no signer, or a home without a root key yet) this commit stores no checkpoint.
