@@ -258,6 +258,9 @@ pub struct Authorized {
     pub rate: Option<crate::kernel::Rate>,
     /// The verified token itself (checked again at each tool call).
     pub token: Option<std::sync::Arc<crate::token::Verified>>,
+    /// The token was minted on the spot for an operator's run without `--token` (its short lifetime is a formality
+    /// of that run, not a limit the operator set).
+    pub local_token: bool,
 }
 
 impl Authorized {

@@ -281,6 +281,7 @@ impl Host {
         authorized.token_id = authorization.token_id;
         authorized.rate = authorization.rate;
         authorized.token = Some(authorization.token);
+        authorized.local_token = spec.token.is_none();
         authorized.plugin = plugin;
         Ok(Ready { run_id, program, invocation, grants: authorized, limits })
     }

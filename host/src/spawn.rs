@@ -333,10 +333,13 @@ impl SpawnSession {
         let spawn = Grant { kind: "spawn".into(), value: agent.into(), mode: String::new() };
         self.allows(spawn.clone()).map_err(|e| denied(format!("grant refused: {e}")))?;
         // A task acts on the scheduling token's authority when it starts, so that authority must still hold then:
-        // a token that expires (or whose window closes) before the task is due cannot schedule it.
-        let due = SystemTime::now() + Duration::from_millis(delay_ms);
-        self.allows_at(spawn, due)
-            .map_err(|e| denied(format!("grant refused at the task's due time, {delay_ms} ms from now: {e}")))?;
+        // a token that expires (or whose window closes) before the task is due cannot schedule it. An operator's
+        // run without a token is the operator's authority; its token's minute-long life is not a limit they set.
+        if !self.parent.grants.local_token {
+            let due = SystemTime::now() + Duration::from_millis(delay_ms);
+            self.allows_at(spawn, due)
+                .map_err(|e| denied(format!("grant refused at the task's due time, {delay_ms} ms from now: {e}")))?;
+        }
         let not_found = |m: String| Refusal::new(Outcome::FileNotFound, SpawnError::NotFound(m));
         let source = match crate::plugin::installed_agent(&self.home, agent) {
             Ok(Some(source)) => source,

@@ -343,6 +343,7 @@ fn scheduling_needs_the_spawn_grant_and_pending_tasks_are_capped_per_run() {
 fn a_token_cannot_schedule_a_task_past_its_own_expiry() {
     let home = home_with(&[("hello", "hello-rust", &[])]);
     let h = home.path();
+    t(h, &["key", "init"]).expect_code(0);
     let token = t(h, &["token", "mint", "--agent", "spawner", "--grant", "spawn:hello", "--ttl", "2m"]);
     token.expect_code(0);
     let token = token.stdout.trim().to_string();
