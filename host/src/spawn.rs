@@ -273,14 +273,7 @@ impl SpawnSession {
         );
         request.plugin = self.parent.identity.plugin.clone();
         request.grants.extend(granted);
-        let narrowing = Attenuation {
-            only: request.grants.clone(),
-            exact: true,
-            fuel: Some(request.limits.fuel),
-            memory: Some(request.limits.memory),
-            timeout_ms: Some(request.limits.timeout_ms),
-            ..Attenuation::default()
-        };
+        let narrowing = Attenuation::exactly(&request);
         let text = self
             .parent
             .token

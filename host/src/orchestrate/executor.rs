@@ -873,15 +873,8 @@ async fn authorize(
         .map_err(|e| UpError::new(Outcome::TokenRefused, format!("operator token: {e}")))?;
     let mut prepared = Vec::new();
     for (step, component, program, limits, request) in needs {
-        let narrowing = Attenuation {
-            only: request.grants.clone(),
-            exact: true,
-            fuel: Some(request.limits.fuel),
-            memory: Some(request.limits.memory),
-            timeout_ms: Some(request.limits.timeout_ms),
-            component: Some(program.loaded.sha256.clone()),
-            ..Attenuation::default()
-        };
+        let narrowing =
+            Attenuation { component: Some(program.loaded.sha256.clone()), ..Attenuation::exactly(&request) };
         let narrowed = crate::token::attenuate(&parsed, &narrowing, now)
             .and_then(|t| t.to_base64().map_err(|e| crate::token::TokenError::Invalid(e.to_string())))
             .map_err(|e| {

@@ -315,6 +315,22 @@ pub struct Attenuation {
     pub llm_budgets: Vec<TokenBudget>,
 }
 
+impl Attenuation {
+    /// Narrows a token to exactly what `request` asks for: its grants (none beyond them, even when there are none)
+    /// and its limits as ceilings. How a run gets exactly its own rights from a wider token (a plan step, a spawned
+    /// child).
+    pub fn exactly(request: &RunRequest) -> Attenuation {
+        Attenuation {
+            only: request.grants.clone(),
+            exact: true,
+            fuel: Some(request.limits.fuel),
+            memory: Some(request.limits.memory),
+            timeout_ms: Some(request.limits.timeout_ms),
+            ..Attenuation::default()
+        }
+    }
+}
+
 /// Appends a block of checks; needs no key.
 pub fn attenuate(token: &UnverifiedBiscuit, a: &Attenuation, now: SystemTime) -> Result<UnverifiedBiscuit, TokenError> {
     let mut code = String::new();
