@@ -1,5 +1,5 @@
-// go-echo: a WASI preview 1 command written in Go (GOOS=wasip1), run by toka-host as a core module that is adapted
-// into a component on the fly. Each subcommand exercises one thing the host provides, so that its output can be
+// go-echo: a WASI preview 1 command written in Go (GOOS=wasip1), which toka-host runs as the core module it is.
+// Each subcommand exercises one thing the host provides, so that its output can be
 // compared with `wasmtime run`:
 //
 //	go-echo args A B ...     prints "args: A B ..."

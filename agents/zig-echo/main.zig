@@ -1,5 +1,5 @@
 //! zig-echo: the Zig twin of agents/go-echo, a WASI preview 1 command (wasm32-wasi, no libc) that toka-host runs as
-//! a core module adapted into a component on the fly. Same subcommands, same output, same exit statuses, so that its
+//! the core module it is. Same subcommands, same output, same exit statuses, so that its
 //! runs can be compared with go-echo's and with a reference WASI runtime:
 //!
 //!     zig-echo args A B ...     prints "args: A B ..."

@@ -1,4 +1,6 @@
-//! WASI preview 1 core modules become `wasi:cli/command` components, in-process, before they are compiled.
+//! WASI preview 1 core modules: the check that one is a command `toka-host run` can run as it is (on wasmtime-wasi's
+//! own preview 1 implementation, see [`crate::engine`]), and its adaptation into a `wasi:cli/command` component, which
+//! only `toka-host componentize` needs (a package or a tool must be a component).
 //!
 //! The preview 1 adapter that matches this wasmtime (crate `wasi-preview1-component-adapter-provider`) provides every
 //! `wasi_snapshot_preview1` function on top of WASI p2. One behaviour of it would differ from `wasmtime run`: its
@@ -46,15 +48,26 @@ struct Scan {
     imports_proc_exit: bool,
 }
 
-/// Adapts a preview 1 command module (one with `_start`) into a command component.
-pub fn preview1_command(shown: &str, bytes: &[u8]) -> Result<Vec<u8>, RunError> {
+/// Checks that a core module is a WASI preview 1 command: it imports nothing but `wasi_snapshot_preview1` and
+/// exports `_start`. `toka-host run` runs such a module as it is; [`preview1_command`] makes a component of it.
+pub fn check_preview1_command(shown: &str, bytes: &[u8]) -> Result<(), RunError> {
+    scan_command(shown, bytes).map(drop)
+}
+
+fn scan_command(shown: &str, bytes: &[u8]) -> Result<Scan, RunError> {
     let scan = scan(shown, bytes)?;
     if !scan.has_start {
         return Err(RunError::NotAComponent {
             path: shown.to_string(),
-            reason: "core module has no `_start` export; only WASI preview 1 commands can be adapted".into(),
+            reason: "core module has no `_start` export; only WASI preview 1 commands can be run".into(),
         });
     }
+    Ok(scan)
+}
+
+/// Adapts a preview 1 command module (one with `_start`) into a command component.
+pub fn preview1_command(shown: &str, bytes: &[u8]) -> Result<Vec<u8>, RunError> {
+    let scan = scan_command(shown, bytes)?;
     let failed = |what: &str, e: &dyn std::fmt::Display| RunError::NotAComponent {
         path: shown.to_string(),
         reason: format!("cannot adapt preview 1 module: {what}: {}", one_line(&e.to_string())),

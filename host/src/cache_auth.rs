@@ -7,8 +7,8 @@
 //! Before a component is compiled or loaded, every artifact file is checked (by a stat fingerprint when the file has
 //! not changed since it was authenticated, else by its HMAC), and every file that is unknown or does not match is
 //! deleted, so wasmtime compiles afresh instead of loading it.
-//! After a compilation, the files it left are authenticated and recorded. The adapted preview 1 modules (our own
-//! cache, `<cache>/adapted/`) carry their HMAC in front of their bytes. Changes to the index go through an exclusive
+//! After a compilation, the files it left are authenticated and recorded (components' and preview 1 modules' alike).
+//! Changes to the index go through an exclusive
 //! lock, so concurrent host processes share one consistent index. This module never decides what runs: it only
 //! removes what it cannot vouch for.
 
@@ -97,22 +97,6 @@ impl CacheAuth {
         let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
         m.update(bytes);
         m.finalize().into_bytes().into()
-    }
-
-    /// `bytes` with their HMAC in front, for a cache file of our own.
-    pub fn seal(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = self.mac(bytes).to_vec();
-        out.extend_from_slice(bytes);
-        out
-    }
-
-    /// The bytes of a sealed cache file, if its HMAC verifies.
-    pub fn open_sealed(&self, sealed: &[u8]) -> Option<Vec<u8>> {
-        let (mac, bytes) = sealed.split_at_checked(32)?;
-        let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
-        m.update(bytes);
-        m.verify_slice(mac).ok()?;
-        Some(bytes.to_vec())
     }
 
     fn modules(&self) -> PathBuf {
@@ -254,16 +238,9 @@ mod tests {
     }
 
     #[test]
-    fn sealed_files_open_only_unchanged() {
+    fn the_key_file_is_owner_only() {
         let tmp = tempfile::tempdir().unwrap();
-        let auth = CacheAuth::open(tmp.path()).unwrap();
-        let sealed = auth.seal(b"component");
-        assert_eq!(auth.open_sealed(&sealed).as_deref(), Some(&b"component"[..]));
-        let mut edited = sealed.clone();
-        *edited.last_mut().unwrap() ^= 1;
-        assert_eq!(auth.open_sealed(&edited), None);
-        let other = CacheAuth::open(&tmp.path().join("other")).unwrap();
-        assert_eq!(other.open_sealed(&sealed), None, "another cache's key does not vouch for it");
+        CacheAuth::open(tmp.path()).unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(tmp.path().join("key")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

@@ -2,8 +2,9 @@
 //! host can run.
 //!
 //! Accepted: components of the world `toka:agent/agent` (export `run`), `wasi:cli/command` components (export
-//! `wasi:cli/run`), and WASI preview 1 core modules with a `_start` export, which are adapted into command components
-//! in-process with the preview 1 adapter that matches this wasmtime. Everything else is refused with the reason.
+//! `wasi:cli/run`), and WASI preview 1 core modules with a `_start` export that import only
+//! `wasi_snapshot_preview1`, which run as they are on wasmtime-wasi's preview 1 implementation (as under
+//! `wasmtime run`). Everything else is refused with the reason.
 //! This module never runs guest code.
 
 use crate::engine::HostEngine;
@@ -31,19 +32,40 @@ pub enum World {
     Tool,
 }
 
-/// A compiled component ready to be instantiated many times.
+/// What was compiled, ready to be instantiated many times.
+pub enum Compiled {
+    /// A component, linked against the host's component linker.
+    Component { pre: InstancePre<crate::sandbox::SandboxState> },
+    /// A WASI preview 1 core module (a command: `_start`), linked against wasmtime-wasi's own preview 1
+    /// implementation, as `wasmtime run` runs it.
+    Module { pre: wasmtime::InstancePre<crate::sandbox::SandboxState> },
+}
+
+/// A compiled program ready to be instantiated many times.
 pub struct Loaded {
     pub path: PathBuf,
     /// sha256 of the file's bytes, hex.
     pub sha256: String,
     pub world: World,
-    /// Whether the file was a preview 1 core module adapted into a component.
-    pub adapted: bool,
     /// Time spent compiling, or loading from the cache.
     pub compile_time: Duration,
     pub cache_hit: bool,
-    pub component: Component,
-    pub pre: InstancePre<crate::sandbox::SandboxState>,
+    pub compiled: Compiled,
+}
+
+impl Loaded {
+    /// Whether the file was a preview 1 core module (run as it is, not as a component).
+    pub fn is_core_module(&self) -> bool {
+        matches!(self.compiled, Compiled::Module { .. })
+    }
+
+    /// The linked component, if the program is one (tools and agents always are).
+    pub fn component_pre(&self) -> Option<&InstancePre<crate::sandbox::SandboxState>> {
+        match &self.compiled {
+            Compiled::Component { pre } => Some(pre),
+            Compiled::Module { .. } => None,
+        }
+    }
 }
 
 /// Reads, classifies, compiles and links `path`.
@@ -61,10 +83,11 @@ pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Load
         });
     }
     let sha256 = hex::encode(Sha256::digest(&bytes));
-    let (bytes, adapted) = if Parser::is_component(&bytes) {
-        (bytes, false)
+    let core_module = if Parser::is_component(&bytes) {
+        false
     } else if Parser::is_core_wasm(&bytes) {
-        (adapt_cached(host, &shown, &sha256, &bytes)?, true)
+        crate::adapt::check_preview1_command(&shown, &bytes)?;
+        true
     } else {
         return Err(RunError::InvalidWasm {
             path: shown,
@@ -80,8 +103,12 @@ pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Load
         // Whatever the cache holds that the host cannot vouch for is removed before wasmtime may load it.
         auth.before_load().map_err(|e| RunError::host(e.to_string()))?;
     }
-    let component = Component::new(&host.engine, &bytes)
-        .map_err(|e| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) })?;
+    let invalid = |e: wasmtime::Error| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) };
+    let compiled = if core_module {
+        CompiledCode::Module(wasmtime::Module::new(&host.engine, &bytes).map_err(invalid)?)
+    } else {
+        CompiledCode::Component(Component::new(&host.engine, &bytes).map_err(invalid)?)
+    };
     let compile_time = started.elapsed();
     let cache_hit = host.cache_hits() > hits_before;
     let took = crate::progress::seconds(compile_time);
@@ -94,38 +121,25 @@ pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Load
         auth.after_compile().map_err(|e| RunError::host(e.to_string()))?;
     }
 
-    let world = classify(host, &component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
-    let pre = host
-        .linker
-        .instantiate_pre(&component)
-        .map_err(|e| RunError::WrongWorld { path: shown.clone(), reason: root_cause(&e) })?;
-    Ok(Loaded { path: path.to_path_buf(), sha256, world, adapted, compile_time, cache_hit, component, pre })
+    let wrong = |e: wasmtime::Error| RunError::WrongWorld { path: shown.clone(), reason: root_cause(&e) };
+    let (world, compiled) = match compiled {
+        CompiledCode::Component(component) => {
+            let world =
+                classify(host, &component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
+            let pre = host.linker.instantiate_pre(&component).map_err(wrong)?;
+            (world, Compiled::Component { pre })
+        }
+        CompiledCode::Module(module) => {
+            (World::Command, Compiled::Module { pre: host.module_linker.instantiate_pre(&module).map_err(wrong)? })
+        }
+    };
+    Ok(Loaded { path: path.to_path_buf(), sha256, world, compile_time, cache_hit, compiled })
 }
 
-/// Adapts a preview 1 module, reusing the adapted component stored under the module's digest by an earlier run.
-/// The key also names the adapter (the host's wasmtime-wasi version and the exit shim's revision), so a host with a
-/// different adapter never picks up another's output. The compiled artifact is then cached by wasmtime as usual.
-fn adapt_cached(host: &HostEngine, shown: &str, sha256: &str, module: &[u8]) -> Result<Vec<u8>, RunError> {
-    let (Some(dir), Some(auth)) = (&host.cache_dir, &host.cache_auth) else {
-        return crate::adapt::preview1_command(shown, module);
-    };
-    let path = dir.join("adapted").join(format!("{sha256}-{}.wasm", crate::adapt::adapter_id()));
-    // A cached file whose HMAC does not verify (planted, edited, or truncated by a crash) is simply redone.
-    if let Ok(sealed) = std::fs::read(&path)
-        && let Some(cached) = auth.open_sealed(&sealed)
-        && Parser::is_component(&cached)
-    {
-        return Ok(cached);
-    }
-    let adapted = crate::adapt::preview1_command(shown, module)?;
-    // The cache is an optimization: failing to write it never fails the run.
-    if let Some(parent) = path.parent() {
-        let written = crate::home::private_dir(parent)
-            .map_err(std::io::Error::other)
-            .and_then(|()| crate::home::write_private(&path, &auth.seal(&adapted)));
-        drop(written);
-    }
-    Ok(adapted)
+/// Compiled code before it is linked.
+enum CompiledCode {
+    Component(Component),
+    Module(wasmtime::Module),
 }
 
 /// Reads a wasm file with a size cap, mapping "not there" to its own error.

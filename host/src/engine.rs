@@ -47,13 +47,27 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// on top, through the store's limiter).
 const POOL_MAX_MEMORY: usize = 1 << 32;
 
+/// A preview 1 `proc_exit` with a status outside `0..126`: refused by WASI, so the program ends with status 1.
+#[derive(Debug)]
+pub struct InvalidExitStatus(pub i32);
+
+impl std::fmt::Display for InvalidExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "proc_exit({}): exit status outside of 0..126", self.0)
+    }
+}
+
+impl std::error::Error for InvalidExitStatus {}
+
 /// An engine with its linker. Dropping it stops the epoch ticker.
 pub struct HostEngine {
     pub engine: Engine,
     pub linker: Linker<SandboxState>,
+    /// The linker of preview 1 core modules: `wasi_snapshot_preview1` only, on the same store state as components.
+    pub module_linker: wasmtime::Linker<SandboxState>,
     /// Whether stores of this engine meter fuel.
     pub fuel: bool,
-    /// Where compiled components (and adapted preview 1 modules) are cached, if anywhere.
+    /// Where compiled components and preview 1 modules are cached, if anywhere.
     pub cache_dir: Option<PathBuf>,
     cache: Option<Cache>,
     /// What vouches for the cache's contents (see [`crate::cache_auth`]); present whenever the cache is.
@@ -84,7 +98,7 @@ impl HostEngine {
         let cache = match &cache_dir {
             Some(dir) => {
                 let mut cc = CacheConfig::new();
-                // wasmtime owns (and garbage-collects) its own subdirectory; adapted modules live beside it.
+                // wasmtime owns (and garbage-collects) its own subdirectory.
                 cc.with_directory(absolute(dir)?.join("compiled"));
                 let cache = Cache::new(cc)?;
                 config.cache(Some(cache.clone()));
@@ -129,9 +143,23 @@ impl HostEngine {
         crate::sandbox::caps::llm::add_to_linker(&mut linker)?;
         crate::sandbox::caps::tools::add_to_linker(&mut linker, options.fuel)?;
         crate::sandbox::caps::spawn::add_to_linker(&mut linker, options.fuel)?;
+        // Preview 1 programs run on wasmtime-wasi's own preview 1 implementation, as under `wasmtime run`: no
+        // adapter in between, so they behave exactly as there. They import nothing else (checked when loaded).
+        let mut module_linker = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, SandboxState::preview1)?;
+        // wasmtime-wasi's `proc_exit` refuses a status of 126 and up with an untyped error; ours ends the same way
+        // with a typed one, so that a run tells it from a host failure without reading the message.
+        module_linker.allow_shadowing(true);
+        module_linker.func_wrap("wasi_snapshot_preview1", "proc_exit", |status: i32| -> wasmtime::Result<()> {
+            match u32::try_from(status) {
+                Ok(code) if code < 126 => Err(wasmtime_wasi::I32Exit(status).into()),
+                _ => Err(InvalidExitStatus(status).into()),
+            }
+        })?;
+        module_linker.allow_shadowing(false);
         start_epoch_ticker(&engine)?;
         let progress = std::sync::Arc::new(crate::progress::Silent);
-        Ok(HostEngine { engine, linker, fuel: options.fuel, cache_dir, cache, cache_auth, progress })
+        Ok(HostEngine { engine, linker, module_linker, fuel: options.fuel, cache_dir, cache, cache_auth, progress })
     }
 
     /// Says long compiles through `progress` (a face's choice: a spinner, plain lines, log records).

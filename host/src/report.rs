@@ -61,7 +61,8 @@ pub struct ComponentReport {
     pub path: String,
     pub sha256: String,
     pub world: World,
-    pub adapted_from_core_module: bool,
+    /// A WASI preview 1 core module, run as it is (not a component).
+    pub core_module: bool,
     pub compile_ms: f64,
     pub cache_hit: bool,
 }

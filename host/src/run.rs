@@ -1,4 +1,4 @@
-//! Running a loaded component in a fresh sandbox and classifying how it ended.
+//! Running a loaded program (a component, or a preview 1 core module) in a fresh sandbox and classifying how it ended.
 //!
 //! A [`Runner`] keeps every component it has loaded (compiled code and a type-checked `InstancePre`), so running the
 //! same file again in the process only instantiates. Each run gets its own store: nothing a guest does survives into
@@ -65,6 +65,8 @@ pub enum Invocation {
 enum Prepared {
     Agent(AgentPre<sandbox::SandboxState>),
     Command(CommandPre<sandbox::SandboxState>),
+    /// A preview 1 command module: `_start` is called.
+    Module(wasmtime::InstancePre<sandbox::SandboxState>),
 }
 
 /// A component loaded once, runnable many times.
@@ -194,10 +196,15 @@ impl Runner {
         let shown = loaded.path.display().to_string();
         let wrong =
             |e: wasmtime::Error| RunError::WrongWorld { path: shown.clone(), reason: component::root_cause(&e) };
-        let prepared = match loaded.world {
-            World::Agent => Prepared::Agent(AgentPre::new(loaded.pre.clone()).map_err(wrong)?),
-            World::Command => Prepared::Command(CommandPre::new(loaded.pre.clone()).map_err(wrong)?),
-            World::Tool => {
+        let prepared = match (&loaded.compiled, loaded.world) {
+            (component::Compiled::Module { pre }, _) => Prepared::Module(pre.clone()),
+            (component::Compiled::Component { pre }, World::Agent) => {
+                Prepared::Agent(AgentPre::new(pre.clone()).map_err(wrong)?)
+            }
+            (component::Compiled::Component { pre }, World::Command) => {
+                Prepared::Command(CommandPre::new(pre.clone()).map_err(wrong)?)
+            }
+            (component::Compiled::Component { .. }, World::Tool) => {
                 return Err(RunError::WrongWorld {
                     path: shown,
                     reason: "this is a toka:agent/tool component; tools are called by agents, not run".into(),
@@ -443,10 +450,14 @@ impl Runner {
                 let call = call_command(pre, &mut sandbox);
                 bounded(call, grace, cancel.as_deref()).await
             }
+            (Prepared::Module(pre), Invocation::Command { .. }) => {
+                let call = call_module(pre, &mut sandbox);
+                bounded(call, grace, cancel.as_deref()).await
+            }
             (Prepared::Agent(_), Invocation::Command { .. }) => {
                 Ok(Returned::Invalid("this is an agent: it takes a task (--input), not command-line arguments".into()))
             }
-            (Prepared::Command(_), Invocation::Task { .. }) => {
+            (Prepared::Command(_) | Prepared::Module(_), Invocation::Task { .. }) => {
                 Ok(Returned::Invalid("this is a command: it takes arguments, not a task".into()))
             }
         };
@@ -502,6 +513,17 @@ impl Runner {
                 outcome = o;
                 error = Some(m);
             }
+            Err(Ending::NotStarted(e)) => {
+                let (o, m) = classify(&e, &store, &stdout, &stderr, limits);
+                // A trap in a start function or the memory limiter's refusal is the guest's doing; any other failure
+                // to instantiate is the host's (no instance slot or memory mapping left), never a guest trap.
+                (outcome, error) = if o == Outcome::Trap && e.downcast_ref::<wasmtime::Trap>().is_none() {
+                    let cause = one_line(&e.root_cause().to_string());
+                    (Outcome::HostError, Some(format!("host error: cannot start the guest: {cause}")))
+                } else {
+                    (o, Some(m))
+                };
+            }
         }
         if outcome != Outcome::Exited {
             exit_code = outcome.exit_code();
@@ -517,7 +539,7 @@ impl Runner {
                 path: program.loaded.path.display().to_string(),
                 sha256: program.loaded.sha256.clone(),
                 world: program.loaded.world,
-                adapted_from_core_module: program.loaded.adapted,
+                core_module: program.loaded.is_core_module(),
                 compile_ms: program.loaded.compile_time.as_secs_f64() * 1e3,
                 cache_hit: program.loaded.cache_hit,
             }),
@@ -552,6 +574,8 @@ enum Returned {
 /// How a call failed.
 enum Ending {
     Error(wasmtime::Error),
+    /// Instantiation failed: the guest never started.
+    NotStarted(wasmtime::Error),
     Deadline,
     Cancelled,
 }
@@ -578,7 +602,7 @@ async fn bounded(
 }
 
 async fn call_agent(pre: &AgentPre<sandbox::SandboxState>, sb: &mut Sandbox, task: &Task) -> Result<Returned, Ending> {
-    let agent: Agent = pre.instantiate_async(&mut sb.store).await.map_err(Ending::Error)?;
+    let agent: Agent = pre.instantiate_async(&mut sb.store).await.map_err(Ending::NotStarted)?;
     match agent.call_run(&mut sb.store, task).await {
         Ok(Ok(v)) => Ok(Returned::Value(v)),
         Ok(Err(e)) => Ok(Returned::AgentError(e)),
@@ -587,7 +611,7 @@ async fn call_agent(pre: &AgentPre<sandbox::SandboxState>, sb: &mut Sandbox, tas
 }
 
 async fn call_command(pre: &CommandPre<sandbox::SandboxState>, sb: &mut Sandbox) -> Result<Returned, Ending> {
-    let command = pre.instantiate_async(&mut sb.store).await.map_err(Ending::Error)?;
+    let command = pre.instantiate_async(&mut sb.store).await.map_err(Ending::NotStarted)?;
     match command.wasi_cli_run().call_run(&mut sb.store).await {
         Ok(Ok(())) => Ok(Returned::Exit(0)),
         Ok(Err(())) => Ok(Returned::Exit(1)),
@@ -595,12 +619,25 @@ async fn call_command(pre: &CommandPre<sandbox::SandboxState>, sb: &mut Sandbox)
     }
 }
 
-/// `proc_exit` reaches the host as an error carrying the status; it is a normal ending, not a failure.
-fn exit_or(e: wasmtime::Error) -> Result<Returned, Ending> {
-    match e.downcast_ref::<I32Exit>() {
-        Some(I32Exit(code)) => Ok(Returned::Exit(*code)),
-        None => Err(Ending::Error(e)),
+async fn call_module(pre: &wasmtime::InstancePre<sandbox::SandboxState>, sb: &mut Sandbox) -> Result<Returned, Ending> {
+    let instance = pre.instantiate_async(&mut sb.store).await.map_err(Ending::NotStarted)?;
+    let start = instance.get_typed_func::<(), ()>(&mut sb.store, "_start").map_err(Ending::Error)?;
+    match start.call_async(&mut sb.store, ()).await {
+        Ok(()) => Ok(Returned::Exit(0)),
+        Err(e) => exit_or(e),
     }
+}
+
+/// `proc_exit` reaches the host as an error carrying the status; it is a normal ending, not a failure. A preview 1
+/// status outside `0..126` is refused, and the program ends with status 1 (as under `wasmtime run`).
+fn exit_or(e: wasmtime::Error) -> Result<Returned, Ending> {
+    if let Some(I32Exit(code)) = e.downcast_ref::<I32Exit>() {
+        return Ok(Returned::Exit(*code));
+    }
+    if e.downcast_ref::<crate::engine::InvalidExitStatus>().is_some() {
+        return Ok(Returned::Exit(1));
+    }
+    Err(Ending::Error(e))
 }
 
 /// The process's resident set size in bytes, from `/proc/self/status` (0 where unavailable).

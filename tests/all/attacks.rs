@@ -355,10 +355,11 @@ fn compile_cache_planted_artifacts_are_rebuilt_not_loaded() {
     assert_eq!(r.report()["component"]["cache_hit"], false);
 }
 
-/// The adapted-module cache (preview 1 programs) is authenticated too: a component planted under a preview 1
-/// program's cache entry is not run.
+/// Preview 1 modules' compiled code is authenticated like components': another module's compiled code planted under
+/// a module's cache entry is not run (without the check, `go-echo args hello` would run wasi-probe's code, which
+/// prints `argc 1`).
 #[test]
-fn compile_cache_planted_adapted_modules_are_redone() {
+fn compile_cache_planted_module_artifacts_are_rebuilt_not_loaded() {
     let base = tempfile::tempdir().unwrap();
     let cache = base.path().join("cache");
     let env = [
@@ -366,27 +367,26 @@ fn compile_cache_planted_adapted_modules_are_redone() {
         ("TOKA_CACHE_DIR", cache.to_str().unwrap().to_string()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let go = agent("go-echo");
-    let run = || {
-        let r = toka_with(&["run", "--json", &go.to_string_lossy(), "args", "hello"], None, &env);
+    let run = |name: &str| {
+        let r = toka_with(&["run", "--json", &agent(name).to_string_lossy(), "args", "hello"], None, &env);
         r.expect_code(0);
         r.report()
     };
-    assert_eq!(run()["stdout"], "args: hello\n");
-    let adapted: Vec<PathBuf> = std::fs::read_dir(cache.join("adapted")).unwrap().flatten().map(|e| e.path()).collect();
-    assert_eq!(adapted.len(), 1);
-    // Another component, in the clear, where the adapted program was.
-    std::fs::copy(agent("echo-cmd"), &adapted[0]).unwrap();
-    let report = run();
+    let probe = run("wasi-probe");
+    assert_eq!(probe["stdout"], "argc 1\n\"hello\"\n", "{probe}");
+    assert_eq!(probe["component"]["core_module"], true);
+    let probe_artifact = artifacts(&cache);
+    assert_eq!(probe_artifact.len(), 1, "{probe_artifact:?}");
+    assert_eq!(run("go-echo")["component"]["cache_hit"], false);
+    let report = run("go-echo");
+    assert_eq!((&report["stdout"], &report["component"]["cache_hit"]), (&"args: hello\n".into(), &true.into()));
+    let echo_artifact: Vec<PathBuf> = artifacts(&cache).into_iter().filter(|p| !probe_artifact.contains(p)).collect();
+    assert_eq!(echo_artifact.len(), 1);
+    // wasi-probe's compiled code where go-echo's was: a valid artifact of this engine, the wrong program.
+    std::fs::copy(&probe_artifact[0], &echo_artifact[0]).unwrap();
+    let report = run("go-echo");
     assert_eq!(report["stdout"], "args: hello\n", "{report}");
-    assert_eq!(report["component"]["adapted_from_core_module"], true);
-    // Another component behind a forged seal (32 bytes where the MAC goes): a reader that stripped the seal without
-    // checking it would run echo-cmd here.
-    let mut forged = vec![0x5a; 32];
-    forged.extend(std::fs::read(agent("echo-cmd")).unwrap());
-    std::fs::write(&adapted[0], forged).unwrap();
-    let report = run();
-    assert_eq!(report["stdout"], "args: hello\n", "{report}");
+    assert_eq!(report["component"]["cache_hit"], false, "{report}");
 }
 
 fn mint(home: &Path, args: &[&str]) -> String {

@@ -198,3 +198,31 @@ fn host_survives_repeated_attacks_in_one_process() {
     assert_eq!(rep["repeat"]["runs"], 5);
     assert_eq!(rep["repeat"]["failures"], 5);
 }
+
+/// `--parallel` copies past the pooling allocator's 64 instance slots all run (a host on the pool failed the 65th
+/// concurrent copy as a guest `trap`), each parked on a timer long enough for all to be alive at once.
+#[test]
+fn parallel_copies_beyond_an_instance_pool_all_run() {
+    let sleep = r#"{"attack":"calls","calls":[{"sleep":{"ms":1500}}]}"#;
+    let r = attack(sleep, &["--parallel", "100", "--timeout", "60s"]);
+    r.expect_code(0);
+    let rep = r.report();
+    assert_eq!(rep["repeat"]["runs"], 100, "{rep}");
+    assert_eq!(rep["repeat"]["outcomes"], serde_json::json!({ "success": 100 }), "{rep}");
+}
+
+/// A guest parked on a WASI timer (no guest code running for epochs to stop) still ends at its deadline.
+#[test]
+fn a_guest_parked_on_a_timer_is_stopped_at_its_deadline() {
+    let sleep = r#"{"attack":"calls","calls":[{"sleep":{"ms":600000}}]}"#;
+    let r = attack(sleep, &["--timeout", "500ms"]);
+    r.expect_code(69);
+    let rep = r.report();
+    assert_eq!(rep["outcome"], "timeout", "{rep}");
+    let wall = rep["wall_time_ms"].as_f64().unwrap();
+    assert!((500.0..3000.0).contains(&wall), "a 500 ms deadline ended after {wall} ms");
+    // Positive control: the same guest with a short sleep completes within the same deadline.
+    let r = attack(r#"{"attack":"calls","calls":[{"sleep":{"ms":50}}]}"#, &["--timeout", "500ms"]);
+    r.expect_code(0);
+    assert_eq!(r.report()["result"], r#"{"answers":["ok: slept 50 ms"]}"#);
+}

@@ -340,6 +340,37 @@ fn a_running_run_is_cancelled_and_recorded_as_cancelled() {
     assert_eq!(status, 404);
 }
 
+/// More runs at once than a pool of instance slots holds (the pooling allocator's 64): every one starts and ends.
+/// A server on the pooling allocator failed the 65th concurrent run as a guest `trap`.
+#[test]
+fn more_concurrent_runs_than_an_instance_pool_holds_all_run() {
+    let runs = 80;
+    let s = Server::start(&["--max-concurrent", "80"]);
+    let (operator, _) = tokens(&s);
+    let token = s.mint(&["--agent", "hostile", "--timeout", "5m"]);
+    // Each run sleeps long enough for all of them to be alive at once on a busy machine.
+    let sleeper = json!({ "component": { "path": "hostile.wasm" },
+        "input": { "attack": "calls", "calls": [{ "sleep": { "ms": 4000 } }] }, "limits": { "timeout_ms": 120_000 } });
+    let ids: Vec<String> = (0..runs)
+        .map(|_| {
+            let (status, body) = s.post("/v1/runs", Some(&token), &sleeper);
+            assert_eq!(status, 202, "{body}");
+            body["run_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let mut outcomes = std::collections::BTreeMap::new();
+    for id in &ids {
+        let (status, run) = s.get(&format!("/v1/runs/{id}?wait_ms=120000"), Some(&operator));
+        assert_eq!((status, &run["status"]), (200, &json!("ended")), "{run}");
+        let outcome = run["report"]["outcome"].as_str().unwrap().to_string();
+        if outcome != "success" {
+            eprintln!("{id}: {}", run["report"]["error"]);
+        }
+        *outcomes.entry(outcome).or_insert(0) += 1;
+    }
+    assert_eq!(outcomes, std::collections::BTreeMap::from([("success".to_string(), runs)]));
+}
+
 #[test]
 fn a_full_queue_answers_429_and_shutdown_cancels_what_is_left() {
     let mut s = Server::start(&["--max-concurrent", "1", "--max-queue", "1", "--shutdown-grace", "500ms"]);

@@ -13,6 +13,7 @@
 //! | `hello-c`      | `agents/hello-c/hello.c`       | wit-bindgen-c → clang → component (reactor adapter)           |
 //! | `go-echo`      | `agents/go-echo` (Go `main`)   | `GOOS=wasip1 go build` → preview 1 core module (not adapted)  |
 //! | `zig-echo`     | `agents/zig-echo/main.zig`     | `zig build-exe`, wasm32-wasi → preview 1 core module (same)   |
+//! | `wasi-probe`   | `agents/wasi-probe/probe.c`    | clang, wasm32-wasi `main` → preview 1 core module (same)      |
 //! | `summarize`    | `agents/summarize` (cdylib)    | like `hello-rust` (an agent that works through three tools)    |
 //! | `tool-chat`    | `agents/tool-chat` (cdylib)    | like `hello-rust` (a model conversation that calls tools)      |
 //! | `spawner`      | `agents/spawner` (cdylib)      | like `hello-rust` (starts installed agents: spawn tests)       |
@@ -37,8 +38,8 @@
 //! when a file in their directory (or, for those built against the toka WIT, in `wit/`) is newer than their output.
 //! Every output is validated and checked for the export the host calls (`run`, `wasi:cli/run` for commands,
 //! `describe` and `invoke` for tools, whose imports must also all be in the tool world) before it replaces the
-//! previous one. `go-echo` and `zig-echo` stay core modules on purpose (toka-host adapts preview 1 modules into
-//! components when it runs them): their check is a valid core module that exports `_start` and imports nothing but
+//! previous one. `go-echo`, `zig-echo` and `wasi-probe` stay core modules on purpose (toka-host runs preview 1
+//! modules as they are): their check is a valid core module that exports `_start` and imports nothing but
 //! `wasi_snapshot_preview1`.
 
 use std::fs;
@@ -63,6 +64,8 @@ pub enum Kind {
     JavaScript,
     /// A C source (`hello.c`) built with wit-bindgen-c bindings, clang and the reactor adapter.
     C,
+    /// A C program (`main`) built with clang against wasi-libc: a WASI preview 1 core module, not componentized.
+    CCommand,
     /// A Go main package built for `GOOS=wasip1`: a WASI preview 1 core module, not componentized.
     Go,
     /// A Zig program (`main.zig`) built for wasm32-wasi: a WASI preview 1 core module, not componentized.
@@ -105,7 +108,7 @@ impl Agent {
     fn expect(&self) -> Expect {
         match self.kind {
             Kind::RustCommand => Expect::Command,
-            Kind::Go | Kind::Zig => Expect::Preview1Command,
+            Kind::Go | Kind::Zig | Kind::CCommand => Expect::Preview1Command,
             Kind::RustReactor | Kind::Python | Kind::JavaScript | Kind::C => Expect::Agent,
             Kind::RustTool | Kind::PythonTool => Expect::Tool,
             Kind::ExtismPlugin => Expect::CoreModule,
@@ -115,7 +118,7 @@ impl Agent {
     /// What a build reads besides the toolchain: the agent's directory, and `wit/` for agents built against it.
     fn inputs(&self, layout: &Layout) -> Vec<PathBuf> {
         let mut inputs = vec![layout.agents.join(self.name)];
-        if !matches!(self.kind, Kind::Go | Kind::Zig) {
+        if !matches!(self.kind, Kind::Go | Kind::Zig | Kind::CCommand) {
             inputs.push(layout.wit.clone());
         }
         inputs
@@ -135,6 +138,7 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("hello-js", Kind::JavaScript),
     Agent::new("go-echo", Kind::Go),
     Agent::new("zig-echo", Kind::Zig),
+    Agent::new("wasi-probe", Kind::CCommand),
     Agent::new("summarize", Kind::RustReactor),
     Agent::new("tool-chat", Kind::RustReactor),
     Agent::new("spawner", Kind::RustReactor),
@@ -224,6 +228,7 @@ fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
             let core = crate::c::build_core(layout, agent.name, &scratch)?;
             component::encode(&core, Adapter::Reactor)
         }
+        Kind::CCommand => crate::c::build_command(layout, agent.name, &scratch),
         Kind::Go => crate::preview1::go_build(layout, agent.name, &scratch),
         Kind::Zig => crate::preview1::zig_build(layout, agent.name, &scratch),
         Kind::RustReactor | Kind::RustCommand | Kind::RustTool | Kind::ExtismPlugin => {

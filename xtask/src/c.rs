@@ -1,5 +1,6 @@
 //! C agents: bindings for world `toka:agent/agent` generated in-process with the `wit-bindgen-c` crate, compiled
-//! with clang for wasm32-wasi as a reactor against Debian's wasi-libc, then componentized by the caller.
+//! with clang for wasm32-wasi as a reactor against Debian's wasi-libc, then componentized by the caller. Also plain
+//! C commands (`main`), left WASI preview 1 core modules.
 //!
 //! The generated `agent_component_type.o` carries the world in a `component-type` custom section; linking it in is
 //! what lets the component encoder know which imports and exports the module's functions stand for.
@@ -34,15 +35,11 @@ fn generate_bindings(layout: &Layout, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Compiles `agents/NAME/*.c` with fresh bindings into a core module; returns its bytes.
-pub fn build_core(layout: &Layout, name: &str, scratch: &Path) -> Result<Vec<u8>> {
+/// The `.c` files of `agents/NAME`, sorted; fails if wasi-libc or the sources are missing.
+fn sources(layout: &Layout, name: &str) -> Result<Vec<std::path::PathBuf>> {
     if !Path::new(WASI_SYSROOT_LIB).join("libc.a").exists() {
         bail!("wasi-libc is missing ({WASI_SYSROOT_LIB}/libc.a not found): run scripts/setup-toolchains");
     }
-    let gen_dir = scratch.join("gen");
-    fs::create_dir_all(&gen_dir).with_context(|| format!("creating {}", gen_dir.display()))?;
-    generate_bindings(layout, &gen_dir)?;
-
     let source_dir = layout.agents.join(name);
     let mut sources: Vec<_> = fs::read_dir(&source_dir)
         .with_context(|| format!("listing {}", source_dir.display()))?
@@ -53,6 +50,34 @@ pub fn build_core(layout: &Layout, name: &str, scratch: &Path) -> Result<Vec<u8>
     if sources.is_empty() {
         bail!("no .c file in {}", source_dir.display());
     }
+    Ok(sources)
+}
+
+/// Compiles `agents/NAME/*.c` (a program with `main`) into a WASI preview 1 command module; returns its bytes.
+pub fn build_command(layout: &Layout, name: &str, scratch: &Path) -> Result<Vec<u8>> {
+    let sources = sources(layout, name)?;
+    let core = scratch.join("command.wasm");
+    let mut clang = Command::new(CLANG);
+    clang
+        .args(["--target=wasm32-wasi", "-O2", "-std=c11", "-D_WASI_EMULATED_PROCESS_CLOCKS"])
+        .args(["-Wall", "-Wextra", "-Werror"])
+        .args(&sources)
+        .args(["-lwasi-emulated-process-clocks", "-Wl,--strip-debug", "-o"])
+        .arg(&core);
+    let status =
+        clang.status().with_context(|| format!("running {CLANG} (install it with scripts/setup-toolchains)"))?;
+    if !status.success() {
+        bail!("{CLANG} exited with {status}");
+    }
+    fs::read(&core).with_context(|| format!("reading {}", core.display()))
+}
+
+/// Compiles `agents/NAME/*.c` with fresh bindings into a core module; returns its bytes.
+pub fn build_core(layout: &Layout, name: &str, scratch: &Path) -> Result<Vec<u8>> {
+    let sources = sources(layout, name)?;
+    let gen_dir = scratch.join("gen");
+    fs::create_dir_all(&gen_dir).with_context(|| format!("creating {}", gen_dir.display()))?;
+    generate_bindings(layout, &gen_dir)?;
 
     let core = scratch.join("core.wasm");
     let mut clang = Command::new(CLANG);

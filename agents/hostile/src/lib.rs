@@ -105,6 +105,8 @@ enum Call {
     Log { message: String },
     /// Allocates and touches `mib` MiB that stay held until the run ends.
     Alloc { mib: u64 },
+    /// Waits `ms` milliseconds on a WASI timer (`poll_oneoff` on a clock): a guest parked in the host, not spinning.
+    Sleep { ms: u64 },
     /// Fails the whole run if the state key `key` is not set yet (and sets it): the first run fails, later ones go on.
     FailIfNew { key: String },
 }
@@ -165,6 +167,10 @@ fn make_calls(calls: Vec<Call>) -> Result<Vec<String>, AgentError> {
                     black_box(chunk);
                 }
                 format!("ok: {mib} MiB held")
+            }
+            Call::Sleep { ms } => {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                format!("ok: slept {ms} ms")
             }
             Call::FailIfNew { key } => match toka_sdk::state::get(&key) {
                 Ok(Some(_)) => "ok: seen before".to_owned(),

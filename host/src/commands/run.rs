@@ -120,8 +120,9 @@ pub struct RunCommand {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
 
-    /// Run P copies concurrently (each `--repeat` times), on the host's worker threads (for load tests).
-    #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    /// Run P copies concurrently (each `--repeat` times), on the host's worker threads (for load tests). Past about
+    /// 9,000 copies Linux's default `vm.max_map_count` (65530) is too low: each live instance maps about 7 regions.
+    #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_PARALLEL))]
     pub parallel: u32,
 
     /// The component (or preview 1 module) to run, or the name of an installed agent package.
@@ -171,7 +172,8 @@ impl RunCommand {
     async fn run(self, home: &Home, source: Source) -> Result<RunReport, RunError> {
         // A first compile of a large component says so on stderr (a spinner on a terminal).
         let options = HostOptions {
-            pooling: self.repeat > 1 || self.parallel > 1,
+            // The pool's fixed slots make repeated instantiation cheap, but more copies than slots would fail.
+            pooling: (self.repeat > 1 || self.parallel > 1) && self.parallel <= POOLED_PARALLEL,
             progress: Some(crate::progress::Delayed::console()),
             record_prompts: self.record_prompts,
         };
@@ -391,6 +393,13 @@ pub(crate) fn print_json(value: &serde_json::Value) {
     let mut out = std::io::stdout().lock();
     drop(writeln!(out, "{value:#}").and_then(|()| out.flush()));
 }
+
+/// Most `--parallel` copies.
+const MAX_PARALLEL: i64 = 10_000;
+
+/// Most `--parallel` copies that run on the pooling allocator (its slots: 64 component instances, each run's nested
+/// tool calls included); more run on instances allocated on demand.
+const POOLED_PARALLEL: u32 = 8;
 
 /// What `--repeat`/`--parallel` runs came to: the worst report (the process exits with its code), the number of
 /// failures and a count per outcome.

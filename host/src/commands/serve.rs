@@ -101,8 +101,11 @@ impl ServeCommand {
 
     async fn serve(self, home: &Home) -> Result<(), RunError> {
         // A first compile of a large component is said in the log, as the rest of the server's doings are.
+        // On-demand instances, not the pooling allocator: a pool has a fixed number of slots (the 65th concurrent run
+        // would fail), while a server runs as many agents as clients start (10,000 parked agents measured by the
+        // `density` bench); a run's durable records cost far more than the pool saves per instantiation.
         let options = HostOptions {
-            pooling: true,
+            pooling: false,
             progress: Some(crate::progress::Delayed::log()),
             record_prompts: self.record_prompts,
         };

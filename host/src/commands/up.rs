@@ -88,7 +88,8 @@ impl UpCommand {
         let host = match Host::open(
             home.clone(),
             HostOptions {
-                pooling: true,
+                // On-demand instances: a plan's steps, their tools and their children are not bounded by a pool.
+                pooling: false,
                 progress: Some(crate::progress::Delayed::console()),
                 ..HostOptions::default()
             },

@@ -29,13 +29,14 @@ use log::LogSink;
 use output::{CappedOutput, Echo};
 use std::sync::Arc;
 use wasmtime::Store;
-use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// The per-run state inside a `Store`.
 pub struct SandboxState {
-    wasi: WasiCtx,
-    table: ResourceTable,
+    /// WASI as a component sees it (through [`WasiView`]) and as a preview 1 core module sees it (the same context,
+    /// files, clocks and streams, behind `wasi_snapshot_preview1`): one store type serves both kinds of program.
+    wasi: WasiP1Ctx,
     pub limiter: MemoryLimiter,
     pub log: LogSink,
     pub observer: observe::Observer,
@@ -75,7 +76,14 @@ pub struct RunContext {
 
 impl WasiView for SandboxState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        self.wasi.ctx()
+    }
+}
+
+impl SandboxState {
+    /// What a preview 1 core module's `wasi_snapshot_preview1` imports act on.
+    pub fn preview1(&mut self) -> &mut WasiP1Ctx {
+        &mut self.wasi
     }
 }
 
@@ -145,8 +153,7 @@ pub fn build(
     let names = Arc::new(net::Names::new(&grants.peers, has_net));
 
     let state = SandboxState {
-        wasi: wasi.build(),
-        table: ResourceTable::new(),
+        wasi: wasi.build_p1(),
         limiter: MemoryLimiter::new(limits.max_memory, limits.max_table_elements),
         log: LogSink::new(name, output.echo, output.capture, limits.max_output, deadline),
         observer: observe::Observer {

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, ResourceType};
+use wasmtime_wasi::WasiView;
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddress};
 use wasmtime_wasi::p2::{DynPollable, Network, Pollable};
 use wasmtime_wasi::sockets::SocketAddrUse;
@@ -121,7 +122,7 @@ pub fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> 
 fn define(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
     let mut lookup = linker.instance(IP_NAME_LOOKUP)?;
     lookup.resource("resolve-address-stream", ResourceType::host::<NameStream>(), |mut store, rep| {
-        store.data_mut().table.delete(Resource::<NameStream>::new_own(rep))?;
+        store.data_mut().ctx().table.delete(Resource::<NameStream>::new_own(rep))?;
         Ok(())
     })?;
     lookup.func_wrap(
@@ -129,9 +130,9 @@ fn define(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
         |mut store: StoreContextMut<'_, SandboxState>, (network, name): (Resource<Network>, String)| {
             let state = store.data_mut();
             // The network handle is the capability to look names up; it must be a live one.
-            state.table.get(&network)?;
+            state.ctx().table.get(&network)?;
             let answer = match state.names.resolve(&name) {
-                Ok(addrs) => Ok(state.table.push(NameStream(addrs.into_iter()))?),
+                Ok(addrs) => Ok(state.ctx().table.push(NameStream(addrs.into_iter()))?),
                 Err((code, denial)) => {
                     state.denied.note(denial);
                     Err(code)
@@ -143,14 +144,14 @@ fn define(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
     lookup.func_wrap(
         "[method]resolve-address-stream.resolve-next-address",
         |mut store: StoreContextMut<'_, SandboxState>, (stream,): (Resource<NameStream>,)| {
-            let next = store.data_mut().table.get_mut(&stream)?.0.next().map(IpAddress::from);
+            let next = store.data_mut().ctx().table.get_mut(&stream)?.0.next().map(IpAddress::from);
             Ok((Ok::<_, ErrorCode>(next),))
         },
     )?;
     lookup.func_wrap(
         "[method]resolve-address-stream.subscribe",
         |mut store: StoreContextMut<'_, SandboxState>, (stream,): (Resource<NameStream>,)| {
-            let pollable: Resource<DynPollable> = wasmtime_wasi::p2::subscribe(&mut store.data_mut().table, stream)?;
+            let pollable: Resource<DynPollable> = wasmtime_wasi::p2::subscribe(store.data_mut().ctx().table, stream)?;
             Ok((pollable,))
         },
     )?;

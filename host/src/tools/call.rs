@@ -170,10 +170,10 @@ impl ToolHost {
                 reason: format!("expected a toka:agent/tool component, found {:?}", loaded.world).to_lowercase(),
             });
         }
-        let pre = ToolPre::new(loaded.pre.clone()).map_err(|e| RunError::WrongWorld {
-            path: path.display().to_string(),
-            reason: crate::component::root_cause(&e),
-        })?;
+        let wrong = |reason: String| RunError::WrongWorld { path: path.display().to_string(), reason };
+        let pre =
+            loaded.component_pre().ok_or_else(|| wrong("a preview 1 core module, not a tool component".into()))?;
+        let pre = ToolPre::new(pre.clone()).map_err(|e| wrong(crate::component::root_cause(&e)))?;
         let context = RunContext {
             agent: "tool-describe".into(),
             run_id: "describe".into(),
@@ -251,7 +251,10 @@ impl ToolHost {
                 path.display()
             )));
         }
-        let pre = ToolPre::new(loaded.pre.clone())
+        let pre = loaded
+            .component_pre()
+            .ok_or_else(|| Failure::Failed(format!("tool {name}: a preview 1 core module, not a tool component")))?;
+        let pre = ToolPre::new(pre.clone())
             .map_err(|e| Failure::Failed(format!("tool {name}: {}", crate::component::root_cause(&e))))?;
         let schema = |v: &serde_json::Value| {
             jsonschema::validator_for(v).map_err(|e| Failure::Failed(format!("tool {name}: bad schema: {e}")))
