@@ -584,7 +584,7 @@ fn plans_over_http_are_refused_before_anything_starts_each_beside_its_positive_c
     // An unknown key, named by its line.
     let typo = good.replace("depends_on", "depend_on");
     let m = expect(submit(&s, Some(&token), &typo), 400, "invalid-manifest");
-    assert!(m.contains("line 6") && m.contains("depend_on"), "{m}");
+    assert!(m.contains("line 8, column 1") && m.contains("unknown field `depend_on`"), "{m}");
     // A component outside the server's component directories.
     let outside = good.replace("\"hello-rust.wasm\"", "\"../../Cargo.toml\"");
     expect(submit(&s, Some(&token), &outside), 403, "forbidden");
@@ -680,8 +680,18 @@ fn install_helper(home: &Path) {
     let out = home.join("helper.tokapkg");
     let hello = agent("hello-rust");
     let pack = [
-        "plugin", "pack", hello.to_str().unwrap(), "--name", "helper", "--version", "1.0.0", "--kind", "agent", "--sign",
-        "--out", out.to_str().unwrap(),
+        "plugin",
+        "pack",
+        hello.to_str().unwrap(),
+        "--name",
+        "helper",
+        "--version",
+        "1.0.0",
+        "--kind",
+        "agent",
+        "--sign",
+        "--out",
+        out.to_str().unwrap(),
     ];
     toka_in(home, &pack).expect_code(0);
     toka_in(home, &["plugin", "install", "--yes", out.to_str().unwrap()]).expect_code(0);
@@ -748,7 +758,7 @@ fn without_the_helper_installed_the_follow_up_gets_a_refusal_and_the_report_cann
     assert_eq!(s["follow-up"]["status"], "completed", "a refused spawn is a result for the spawner");
     assert!(s["follow-up"]["output"]["results"][0]["error"].is_object(), "{}", s["follow-up"]);
     assert_eq!(s["report"]["status"], "failed");
-    assert!(s["report"]["error"].as_str().unwrap().contains("has no field `results.0.ok.greeting`"), "{}", s["report"]);
+    assert!(s["report"]["error"].as_str().unwrap().contains("has no field `results/0/ok/greeting`"), "{}", s["report"]);
     assert_eq!(s["check"]["status"], "completed", "the rest of the plan ran");
 }
 
@@ -789,7 +799,8 @@ fn the_research_example_runs_through_serve_with_its_child_on_the_plans_event_str
     // The helper's run is among the plan's events, as the follow-up step's child.
     let (_, evs) = s.get(&format!("/v1/events?plan={plan_id}&kind=run.started&limit=1000"), Some(&token));
     let follow_up_run = st["follow-up"]["run_id"].as_str().unwrap();
-    let child: Vec<&Value> = evs.as_array().unwrap().iter().filter(|e| e["payload"]["parent"] == follow_up_run).collect();
+    let child: Vec<&Value> =
+        evs.as_array().unwrap().iter().filter(|e| e["payload"]["parent"] == follow_up_run).collect();
     assert_eq!(child.len(), 1, "{evs}");
     assert_eq!(child[0]["agent"], "helper");
     // Without spawn:helper in the bearer token, the same plan is refused before anything starts (naming the grant).

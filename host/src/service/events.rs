@@ -97,9 +97,14 @@ pub async fn list(
             f.limit = since.map(|_| limit);
             return Ok((head, events::read(&db, &f)?));
         };
-        // A plan's events are known by reading in order from the start (its runs are learnt from its steps).
+        // A plan's events are known by reading in order from the start (its runs are learnt from its steps, so
+        // the kind filter applies after the scope).
         let mut scope = super::plans::PlanScope::new(&plan);
-        let mut records: Vec<EventRecord> = events::read(&db, &f)?.into_iter().filter(|r| scope.takes(r)).collect();
+        let kind = f.kind.take();
+        let mut records: Vec<EventRecord> = events::read(&db, &f)?
+            .into_iter()
+            .filter(|r| scope.takes(r) && kind.as_deref().is_none_or(|k| kind_matches(k, &r.kind)))
+            .collect();
         if let Some(since) = since {
             records.retain(|r| r.seq >= since);
             records.truncate(limit);
@@ -157,10 +162,19 @@ pub async fn stream(
             Some(scope)
         }
     };
+    // With a plan, the kind filter applies after the plan's scope (which learns its runs from its steps' events).
+    let (filter, kind) = match (filter, &scope) {
+        (Some(mut f), Some(_)) => {
+            let kind = f.kind.take();
+            (Some(f), kind)
+        }
+        (filter, _) => (filter, None),
+    };
     let tail = Tail {
         db,
         filter,
         scope,
+        kind,
         after,
         pending: std::collections::VecDeque::new(),
         head: service.host.log().stats().head.subscribe(),
@@ -184,6 +198,8 @@ struct Tail {
     filter: Option<Filter>,
     /// Only the events of one plan.
     scope: Option<super::plans::PlanScope>,
+    /// With a plan: only events of this kind (applied after the scope).
+    kind: Option<String>,
     after: u64,
     pending: std::collections::VecDeque<EventRecord>,
     head: tokio::sync::watch::Receiver<u64>,
@@ -204,7 +220,11 @@ impl Tail {
                 self.after = self.after.max(last);
                 match &mut self.scope {
                     None => self.pending.extend(records),
-                    Some(scope) => self.pending.extend(records.into_iter().filter(|r| scope.takes(r))),
+                    Some(scope) => {
+                        let kind = self.kind.as_deref();
+                        let mine = records.into_iter().filter(|r| scope.takes(r));
+                        self.pending.extend(mine.filter(|r| kind.is_none_or(|k| kind_matches(k, &r.kind))));
+                    }
                 }
                 if more || !self.pending.is_empty() {
                     continue;
@@ -217,6 +237,11 @@ impl Tail {
             }
         }
     }
+}
+
+/// Whether an event of kind `kind` matches the filter `k` (`run` matches `run.started` ...), as the log's filter does.
+fn kind_matches(k: &str, kind: &str) -> bool {
+    kind == k || kind.strip_prefix(k).is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// Records read at most per look at the log.

@@ -318,6 +318,7 @@ pub async fn serve_with(
         service.runner.clone(),
         service.config.max_concurrent,
         Duration::from_millis(250),
+        service.config.shutdown_grace,
         service.shutdown.clone(),
     ));
     let stopping = service.clone();
@@ -330,7 +331,6 @@ pub async fn serve_with(
     let server =
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown);
     server.await?;
-    drop(scheduler.await);
     // Queued runs do not start; running runs get the grace period, then are cancelled.
     service.slots.close();
     let running = service.runs.live();
@@ -355,5 +355,7 @@ pub async fn serve_with(
     while (service.runs.live() > 0 || service.plans.live() > 0) && tokio::time::Instant::now() < wait {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The scheduler has been stopping meanwhile (same grace, then its running tasks cancelled and recorded).
+    drop(scheduler.await);
     Ok(())
 }

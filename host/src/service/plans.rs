@@ -424,13 +424,8 @@ pub fn read_plan(db: &crate::db::Db, plan_id: &str, live_here: bool) -> Result<O
     // Steps are recorded in a dependency order, so each one's level follows from those before it.
     for name in &names {
         let (depends_on, input_from, after) = graph.get(name).cloned().unwrap_or_default();
-        let level = depends_on
-            .iter()
-            .chain(&input_from)
-            .chain(&after)
-            .filter_map(|d| levels.get(d))
-            .max()
-            .map_or(0, |l| l + 1);
+        let level =
+            depends_on.iter().chain(&input_from).chain(&after).filter_map(|d| levels.get(d)).max().map_or(0, |l| l + 1);
         levels.insert(name.clone(), level);
         let view = PlanStepView {
             name: name.clone(),
@@ -563,9 +558,7 @@ impl PlanScope {
 
 /// `plan` query values are plan ids: bounded and plain.
 pub fn check_plan_filter(plan: &str) -> Result<(), ApiError> {
-    if plan.is_empty()
-        || plan.len() > 128
-        || !plan.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    if plan.is_empty() || plan.len() > 128 || !plan.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         return Err(ApiError::bad_request("plan: a plan id is 1 to 128 letters, digits, `-` and `_`"));
     }
