@@ -279,7 +279,7 @@ pub async fn list(
             }
         }
         let mut plans: Vec<(u64, PlanSummaryView)> = by_id.into_values().collect();
-        plans.sort_by(|a, b| b.0.cmp(&a.0));
+        plans.sort_by_key(|p| std::cmp::Reverse(p.0));
         Ok(plans.into_iter().take(limit).map(|(_, v)| v).collect())
     })
     .await
