@@ -970,8 +970,9 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                 steps: steps.iter().map(|s| (s.clone(), StepStatus::Pending)).collect(),
             };
             state.plans.insert(plan_id.clone(), plan);
-            let payload =
-                json!({ "plan_id": plan_id, "name": name, "digest": digest, "steps": steps, "token": op.token });
+            // `op_seq` names the operation that holds the manifest, so a reader finds the plan's graph after it ended.
+            let payload = json!({ "plan_id": plan_id, "name": name, "digest": digest, "steps": steps, "token": op.token,
+                                  "op_seq": state.applied });
             vec![event(op, kind::PLAN_STARTED, "", plan_id, payload)]
         }
         Op::StartStep { plan_id, step, attempt, run_id, agent } => {
@@ -995,8 +996,9 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                 StepStatus::Failed { attempt: *attempt, outcome: outcome.clone(), failures: failures + failed }
             };
             set_step(state, plan_id, step, status);
+            // `op_seq` names the operation that holds the output, for readers of a plan's steps.
             let mut payload = json!({ "plan_id": plan_id, "step": step, "attempt": attempt, "outcome": outcome,
-                                      "output_bytes": output.as_ref().map(String::len) });
+                                      "output_bytes": output.as_ref().map(String::len), "op_seq": state.applied });
             add_detail(&mut payload, detail);
             let k = if *ok { kind::STEP_COMPLETED } else { kind::STEP_FAILED };
             vec![event(op, k, "", &run_id, payload)]

@@ -9,6 +9,12 @@
 //! root key and naming the scheduling run's token chain, so revoking that token drops the task. A task that cannot
 //! start is dropped (`task.dropped`, with the reason), never retried in a loop.
 //!
+//! A task never outlives the service that runs it unrecorded: on shutdown the scheduler gives running tasks the
+//! shutdown grace period, then cancels them (their runs end `cancelled`, and the tasks leave the queue). A task that
+//! a server left `running` without an end (killed, crashed) is found by the next scheduler to start on the home and
+//! recorded as interrupted (its run fails with outcome `interrupted`), never run again: it may have done part of its
+//! work already, and a task is run at most once.
+//!
 //! What this module must never do: start a task before it is due, start one twice (the kernel refuses a second
 //! start of a task), or give a task a right that was not recorded with it.
 
@@ -70,8 +76,15 @@ async fn drop_task(host: &Host, task_id: &str, reason: &str) {
     }
 }
 
-/// Starts task `task_id` and waits for its run; drops it (recorded) if it cannot start.
-pub async fn start(host: &Arc<Host>, runner: &Runner, task_id: &str, task: &TaskState) -> Option<RunReport> {
+/// Starts task `task_id` and waits for its run; drops it (recorded) if it cannot start. `cancel` stops the run from
+/// outside (the service shutting down).
+pub async fn start(
+    host: &Arc<Host>,
+    runner: &Runner,
+    task_id: &str,
+    task: &TaskState,
+    cancel: Option<Arc<crate::sandbox::cancel::Cancel>>,
+) -> Option<RunReport> {
     match prepare(host, runner, task_id, task) {
         Ok((program, grants, limits, input, chain)) => {
             let identity = Identity {
@@ -79,7 +92,8 @@ pub async fn start(host: &Arc<Host>, runner: &Runner, task_id: &str, task: &Task
                 component: chain.acting_component.clone(),
                 plugin: chain.acting_plugin.clone(),
             };
-            let control = RunControl { acting_as: Some(identity), chain: chain.chain.clone(), ..RunControl::default() };
+            let control =
+                RunControl { acting_as: Some(identity), chain: chain.chain.clone(), cancel, ..RunControl::default() };
             let invocation = Invocation::Task { id: task_id.to_string(), input };
             let output = OutputMode { echo: false, capture: false };
             let report = runner.run_with(&program, &grants, &limits, &invocation, output, control).await;
@@ -178,17 +192,60 @@ fn prepare(host: &Arc<Host>, runner: &Runner, task_id: &str, task: &TaskState) -
     Ok((program, authorized, limits, input, spec))
 }
 
-/// The service's scheduler: until `stop`, starts every due task (at most `max_at_once` at a time), waking at least
-/// every `tick`.
+/// The outcome of a task's run that a server left running when it stopped without ending it.
+pub const INTERRUPTED: &str = crate::kernel::INTERRUPTED;
+
+/// Records every task left `running` by a server that stopped without ending it (there is no such server any more
+/// when a scheduler starts on the home): its run fails with outcome `interrupted`, which ends the task. The task is
+/// not run again. Returns how many were found.
+pub async fn recover_interrupted(host: &Host) -> usize {
+    let state = match crate::events::log::kernel_state(host.db()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("scheduler: reading the kernel's state: {e}");
+            return 0;
+        }
+    };
+    let mut found = 0;
+    for (task_id, task) in state.tasks.iter().filter(|(_, t)| t.status == TaskStatus::Running) {
+        let Some((run_id, _)) = state.runs.iter().find(|(_, r)| r.task_id.as_deref() == Some(task_id.as_str())) else {
+            continue;
+        };
+        let detail = serde_json::json!({
+            "outcome": INTERRUPTED,
+            "task_id": task_id,
+            "error": "the server running this scheduled task stopped before it ended; the task is not run again",
+        });
+        let op = Op::FailRun { run_id: run_id.clone(), reason: INTERRUPTED.into(), fuel: 0, detail };
+        match host.log().submit_accepted(crate::run::operation(op)).await {
+            Ok(_) => {
+                found += 1;
+                tracing::info!(task_id = %task_id, run_id = %run_id, agent = %task.agent, "task interrupted by a stopped server");
+            }
+            Err(e) => tracing::warn!("scheduler: cannot record task {task_id} as interrupted: {e}"),
+        }
+    }
+    found
+}
+
+/// The service's scheduler: first records the tasks a stopped server left running ([`recover_interrupted`]); then,
+/// until `stop`, starts every due task (at most `max_at_once` at a time), waking at least every `tick`. When stopped,
+/// gives running tasks `grace` to end, then cancels them and waits (bounded) for their ends to be recorded.
 pub async fn scheduler(
     host: Arc<Host>,
     runner: Arc<Runner>,
     max_at_once: usize,
     tick: Duration,
+    grace: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let in_flight: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+    recover_interrupted(&host).await;
+    let in_flight: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Arc<crate::sandbox::cancel::Cancel>>>> =
+        Arc::default();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_at_once.max(1)));
+    let running = |in_flight: &std::sync::Mutex<std::collections::BTreeMap<_, _>>| {
+        in_flight.lock().unwrap_or_else(|p| p.into_inner()).len()
+    };
     loop {
         let now = crate::events::now_ms();
         let due = match due(&host, now) {
@@ -199,8 +256,13 @@ pub async fn scheduler(
             }
         };
         for (task_id, task) in due {
-            if !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(task_id.clone()) {
-                continue;
+            let cancel = Arc::new(crate::sandbox::cancel::Cancel::default());
+            {
+                let mut live = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                if live.contains_key(&task_id) {
+                    continue;
+                }
+                live.insert(task_id.clone(), cancel.clone());
             }
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
@@ -208,7 +270,7 @@ pub async fn scheduler(
             };
             let (host, runner, in_flight) = (host.clone(), runner.clone(), in_flight.clone());
             tokio::spawn(async move {
-                let report = start(&host, &runner, &task_id, &task).await;
+                let report = start(&host, &runner, &task_id, &task, Some(cancel)).await;
                 if let Some(r) = report {
                     tracing::info!(task_id = %task_id, outcome = r.outcome.name(), "scheduled task ended");
                 }
@@ -217,8 +279,22 @@ pub async fn scheduler(
             });
         }
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             () = tokio::time::sleep(tick) => {}
         }
+    }
+    // Stopped: running tasks get the grace period, then are cancelled, and their ends recorded before this returns.
+    let deadline = tokio::time::Instant::now() + grace;
+    while running(&in_flight) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<_> = in_flight.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+    if !left.is_empty() {
+        tracing::info!(tasks = left.len(), "cancelling scheduled tasks still running after the grace period");
+    }
+    left.iter().for_each(|c| c.cancel());
+    let wait = tokio::time::Instant::now() + Duration::from_secs(5);
+    while running(&in_flight) > 0 && tokio::time::Instant::now() < wait {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -190,6 +190,7 @@ fn dashboard_in_a_real_browser_refuses_without_a_token_then_shows_runs_live() {
         "stream-resumes-after-a-drop",
         "run-detail",
         "submit-form",
+        "plan-graph",
         "no-policy-violation",
         "all",
     ] {

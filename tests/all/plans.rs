@@ -440,3 +440,372 @@ fn a_plan_past_its_timeout_is_stopped_and_recorded() {
     assert_eq!(s["quick"]["status"], "completed", "the other agent ran meanwhile");
     assert_eq!(events(home.path(), "plan.timeout").len(), 1);
 }
+
+// Plans through the service: `POST /v1/plans` on a real `serve`, the plan read back from the kernel's record.
+
+use crate::service::{Server, client};
+use serde_json::json;
+
+/// A manifest for a server whose component directory is `target/agents`: components by file name.
+fn served(text: &str) -> String {
+    let mut text = text.to_string();
+    for name in ["hello-rust", "hello-python", "hello-js", "busy", "hostile", "spawner"] {
+        text = text.replace(&format!("{{{name}}}"), &format!("{name}.wasm"));
+    }
+    text
+}
+
+fn submit(s: &Server, token: Option<&str>, manifest: &str) -> (u16, Value) {
+    s.post("/v1/plans", token, &json!({ "manifest": manifest }))
+}
+
+/// Polls the plan until it has ended (bounded); its last view.
+fn ended_plan(s: &Server, token: &str, plan_id: &str) -> Value {
+    let mut last = Value::Null;
+    let ended = wait_for(Duration::from_secs(90), || {
+        let (status, view) = s.get(&format!("/v1/plans/{plan_id}"), Some(token));
+        assert_eq!(status, 200, "{view}");
+        let done = view["status"] != "running";
+        last = view;
+        done.then_some(())
+    });
+    assert!(ended.is_some(), "the plan did not end in time: {last}");
+    last
+}
+
+fn plan_steps(view: &Value) -> BTreeMap<String, Value> {
+    view["steps"].as_array().unwrap().iter().map(|s| (s["name"].as_str().unwrap().to_string(), s.clone())).collect()
+}
+
+fn operator(s: &Server) -> String {
+    s.mint(&["--agent", "*", "--grant", "api:read"])
+}
+
+#[test]
+fn a_plan_submitted_over_http_runs_end_to_end_with_piped_outputs_and_its_own_events() {
+    let s = Server::start(&[]);
+    let token = operator(&s);
+    // A run outside the plan, whose events must not show among the plan's.
+    let (status, outside) = s.post(
+        "/v1/runs",
+        Some(&token),
+        &json!({ "component": { "path": "hello-rust.wasm" }, "input": { "name": "Bob" }, "wait": true }),
+    );
+    assert_eq!(status, 200, "{outside}");
+    let (status, started) = submit(&s, Some(&token), &served(DIAMOND));
+    assert_eq!(status, 202, "{started}");
+    let plan_id = started["plan_id"].as_str().unwrap().to_string();
+    assert_eq!(started["name"], "diamond");
+    assert_eq!(started["live_here"], true);
+    let view = ended_plan(&s, &token, &plan_id);
+    assert_eq!(view["status"], "completed", "{view}");
+    let st = plan_steps(&view);
+    assert_eq!(st["greet"]["output"]["greeting"], "Hello, Ada!");
+    assert_eq!(st["python"]["output"]["greeting"], "Hello, Hello, Ada!!", "greet's field piped into python");
+    assert_eq!(st["js"]["output"]["greeting"], "Hello, Hello, Ada!!");
+    assert_eq!(st["join"]["output"]["greeting"], "Hello, Hello, Hello, Ada!!!", "python's field piped into join");
+    for step in st.values() {
+        assert_eq!(step["status"], "succeeded", "{step}");
+        assert!(step["fuel"].as_u64().unwrap() > 0, "{step}");
+        assert!(step["run_id"].as_str().is_some_and(|r| !r.is_empty()), "{step}");
+        assert!(step["time_ms"].as_u64().is_some(), "{step}");
+    }
+    // The graph: levels and edges as the manifest has them.
+    let level = |n: &str| st[n]["level"].as_u64().unwrap();
+    assert_eq!((level("greet"), level("python"), level("js"), level("join")), (0, 1, 1, 2));
+    assert_eq!(st["join"]["depends_on"], json!(["js"]));
+    assert_eq!(st["join"]["input_from"], json!(["python"]));
+    assert_eq!(st["python"]["input_from"], json!(["greet"]));
+    // The listing has it.
+    let (status, list) = s.get("/v1/plans", Some(&token));
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["plan_id"], plan_id.as_str());
+    assert_eq!(list[0]["status"], "completed");
+    // Its events, by plan id: its own, its steps' runs, and nothing of the run outside it.
+    let (status, evs) = s.get(&format!("/v1/events?plan={plan_id}&limit=1000"), Some(&token));
+    assert_eq!(status, 200, "{evs}");
+    let evs = evs.as_array().unwrap();
+    let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"plan.started"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"plan.completed"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "run.completed").count(), 4, "the four steps' runs: {kinds:?}");
+    let step_runs: Vec<&str> = st.values().map(|s| s["run_id"].as_str().unwrap()).collect();
+    for e in evs.iter().filter(|e| e["kind"].as_str().unwrap().starts_with("run.")) {
+        assert!(step_runs.contains(&e["run_id"].as_str().unwrap()), "not a step's run: {e}");
+    }
+    let outside_run = outside["run_id"].as_str().unwrap();
+    assert!(evs.iter().all(|e| e["run_id"] != outside_run), "the run outside the plan is not among its events");
+    // The same on the live stream, from the start of the log: every event of the plan up to its end, in order.
+    let resp =
+        client().get(format!("{}/v1/events/stream?plan={plan_id}&since=1", s.url)).bearer_auth(&token).send().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut streamed = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(resp)) {
+        let Some(kind) = line.unwrap().strip_prefix("event: ").map(String::from) else { continue };
+        let end = kind == "plan.completed";
+        streamed.push(kind);
+        if end || streamed.len() > 200 {
+            break;
+        }
+    }
+    assert_eq!(streamed, kinds, "the stream gives what the listing gives");
+}
+
+#[test]
+fn plans_over_http_are_refused_before_anything_starts_each_beside_its_positive_control() {
+    let s = Server::start(&[]);
+    let h = s.home();
+    let token = s.mint(&["--agent", "*", "--grant", "api:read", "--grant", "env:LANG", "--fuel", "2000000000"]);
+    let plan = |env_b: &str| {
+        served(&format!(
+            "[agents.a]\ncomponent = \"{{hello-rust}}\"\ngrants = {{ env = [\"LANG=C\"] }}\nlimits = {{ fuel = 100_000_000 }}\n\n\
+             [agents.b]\ncomponent = \"{{hello-rust}}\"\ndepends_on = [\"a\"]\ngrants = {{ env = [\"{env_b}\"] }}\n\
+             limits = {{ fuel = 100_000_000 }}\n"
+        ))
+    };
+    let good = plan("LANG=C");
+    let expect = |(status, body): (u16, Value), want: u16, code: &str| -> String {
+        assert_eq!(status, want, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        let message = body["error"]["message"].as_str().unwrap().to_string();
+        assert!(!message.contains('\n'), "one line: {message}");
+        message
+    };
+    // No token, a forged one.
+    expect(submit(&s, None, &good), 401, "unauthorized");
+    expect(submit(&s, Some("not-a-token"), &good), 401, "token-refused");
+    // A grant wider than the bearer token: named with its agent.
+    let m = expect(submit(&s, Some(&token), &plan("HOME=/root")), 403, "grant-refused");
+    assert!(m.contains("agent `b` asks for env:HOME"), "{m}");
+    // A cycle, named.
+    let cyclic = served(DIAMOND).replace("[agents.greet]\n", "[agents.greet]\ndepends_on = [\"join\"]\n");
+    let m = expect(submit(&s, Some(&token), &cyclic), 400, "invalid-manifest");
+    assert!(m.contains("dependency cycle: ") && m.contains("greet") && m.contains("join"), "{m}");
+    // An unknown key, named by its line.
+    let typo = good.replace("depends_on", "depend_on");
+    let m = expect(submit(&s, Some(&token), &typo), 400, "invalid-manifest");
+    assert!(m.contains("line 8, column 1") && m.contains("unknown field `depend_on`"), "{m}");
+    // A component outside the server's component directories.
+    let outside = good.replace("\"hello-rust.wasm\"", "\"../../Cargo.toml\"");
+    expect(submit(&s, Some(&token), &outside), 403, "forbidden");
+    let missing = good.replace("\"hello-rust.wasm\"", "\"no-such.wasm\"");
+    expect(submit(&s, Some(&token), &missing), 404, "file-not-found");
+    // Too large: one byte over the limit, padded with a comment (and exactly at the limit, below, it runs).
+    let limit = 48 * 1024;
+    let pad = |to: usize| format!("{good}#{}\n", "x".repeat(to - good.len() - 2));
+    let at_limit = pad(limit);
+    assert_eq!(at_limit.len(), limit);
+    expect(submit(&s, Some(&token), &pad(limit + 1)), 413, "too-large");
+    // Nothing of any of them started.
+    let (_, plans) = s.get("/v1/plans", Some(&token));
+    assert_eq!(plans, json!([]), "no refused plan was recorded");
+    assert!(events(h, "run.started").is_empty(), "no run started");
+    // Positive controls: the narrow plan, and the one at the size limit, both run.
+    for manifest in [&good, &at_limit] {
+        let (status, started) = submit(&s, Some(&token), manifest);
+        assert_eq!(status, 202, "{started}");
+        let view = ended_plan(&s, &token, started["plan_id"].as_str().unwrap());
+        assert_eq!(view["status"], "completed", "{view}");
+    }
+}
+
+#[test]
+fn a_plan_started_by_up_on_the_same_home_is_visible_over_the_api() {
+    let s = Server::start(&[]);
+    let token = operator(&s);
+    let (_dir, path) = manifest(DIAMOND);
+    let r = toka_in(s.home(), &["up", path.to_str().unwrap(), "--json", "--plan-id", "from-up"]);
+    r.expect_code(0);
+    let (status, list) = s.get("/v1/plans", Some(&token));
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list[0]["plan_id"], "from-up");
+    let (status, view) = s.get("/v1/plans/from-up", Some(&token));
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["status"], "completed");
+    assert_eq!(view["live_here"], false, "run by `up`, not by this server");
+    let st = plan_steps(&view);
+    assert_eq!(st.len(), 4);
+    assert!(st.values().all(|s| s["status"] == "succeeded"), "{view}");
+    assert_eq!(st["join"]["output"]["greeting"], "Hello, Hello, Hello, Ada!!!");
+    // Positive control for the 404: an unknown plan is not found, and a token for one agent sees no plan.
+    assert_eq!(s.get("/v1/plans/no-such-plan", Some(&token)).0, 404);
+    let one_agent = s.mint(&["--agent", "hello-rust", "--grant", "api:read"]);
+    assert_eq!(s.get("/v1/plans/from-up", Some(&one_agent)).0, 404);
+    assert_eq!(s.get("/v1/plans", Some(&one_agent)).1, json!([]));
+}
+
+#[test]
+fn a_plan_cancelled_over_http_cancels_its_running_step_and_skips_the_rest() {
+    let s = Server::start(&[]);
+    let token = s.mint(&["--agent", "*", "--grant", "api:read", "--fuel", "100000000000", "--timeout", "10m"]);
+    let (status, started) = submit(&s, Some(&token), &served(&slow_plan()));
+    assert_eq!(status, 202, "{started}");
+    let plan_id = started["plan_id"].as_str().unwrap().to_string();
+    let running = wait_for(Duration::from_secs(30), || {
+        let (_, view) = s.get(&format!("/v1/plans/{plan_id}"), Some(&token));
+        plan_steps(&view).values().any(|s| s["status"] == "running").then_some(())
+    });
+    assert!(running.is_some(), "no step started");
+    // A token for one agent may not cancel a plan of another: 404, and the plan runs on.
+    let other = s.mint(&["--agent", "hello-rust"]);
+    let del = |t: &str, id: &str| {
+        let resp = client().delete(format!("{}/v1/plans/{id}", s.url)).bearer_auth(t).send().unwrap();
+        resp.status().as_u16()
+    };
+    assert_eq!(del(&other, &plan_id), 404);
+    assert_eq!(del(&token, "no-such-plan"), 404);
+    assert_eq!(s.get(&format!("/v1/plans/{plan_id}"), Some(&token)).1["status"], "running");
+    // The operator may.
+    let cancelled_at = Instant::now();
+    assert_eq!(del(&token, &plan_id), 202);
+    let view = ended_plan(&s, &token, &plan_id);
+    assert!(cancelled_at.elapsed() < Duration::from_secs(10), "cancelling took {:?}", cancelled_at.elapsed());
+    assert_eq!(view["status"], "cancelled", "{view}");
+    let st = plan_steps(&view);
+    assert!(st.values().any(|s| s["outcome"] == "cancelled"), "the running step was cancelled: {view}");
+    assert_eq!(st["s7"]["status"], "skipped");
+    assert!(st.values().all(|s| s["status"] != "running" && s["status"] != "pending"), "{view}");
+    assert_eq!(del(&token, &plan_id), 404, "an ended plan is no longer live");
+}
+
+// The research example (`examples/research/toka.toml`): six agents in four languages, a diamond, pipes (fields of
+// other agents' JSON output) and an agent that spawns another, run as it is shipped.
+
+/// Installs hello-rust as the signed agent package `helper` (the agent the example's follow-up step spawns) in `home`.
+fn install_helper(home: &Path) {
+    toka_in(home, &["publisher", "init", "--name", "research-tests"]).expect_code(0);
+    let show = toka_in(home, &["publisher", "show", "--json"]);
+    let public: Value = serde_json::from_str(&show.stdout).unwrap();
+    toka_in(home, &["trust", "add", "research-tests", public["public_key"].as_str().unwrap()]).expect_code(0);
+    let out = home.join("helper.tokapkg");
+    let hello = agent("hello-rust");
+    let pack = [
+        "plugin",
+        "pack",
+        hello.to_str().unwrap(),
+        "--name",
+        "helper",
+        "--version",
+        "1.0.0",
+        "--kind",
+        "agent",
+        "--sign",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    toka_in(home, &pack).expect_code(0);
+    toka_in(home, &["plugin", "install", "--yes", out.to_str().unwrap()]).expect_code(0);
+}
+
+fn research_manifest() -> PathBuf {
+    toka_tests::root().join("examples").join("research").join("toka.toml")
+}
+
+/// What every step of the research example must have given, from its steps' outputs (by step name).
+fn check_research_outputs(output: impl Fn(&str) -> Value) {
+    let survey = output("survey");
+    assert_eq!(survey["files"], 3, "{survey}");
+    assert_eq!(survey["largest"][0]["path"], "/corpus/wasm-sandboxing.md", "{survey}");
+    let largest = "Hello, /corpus/wasm-sandboxing.md!";
+    assert_eq!(output("read-python")["greeting"], largest, "survey.largest.0.path piped into read-python");
+    assert_eq!(output("read-js")["greeting"], largest, "and into read-js");
+    assert_eq!(output("check")["greeting"], format!("Hello, {largest}!"), "read-python.greeting piped into check");
+    let follow_up = output("follow-up");
+    assert_eq!(follow_up["results"][0]["ok"]["greeting"], "Hello, open questions!", "the helper answered: {follow_up}");
+    assert_eq!(output("report")["greeting"], "Hello, Hello, open questions!!", "the helper's answer piped into report");
+}
+
+#[test]
+fn the_research_example_runs_end_to_end_with_up_and_its_spawned_child_names_its_parent() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    install_helper(h);
+    let r = up(h, &research_manifest(), &[]);
+    r.expect_code(0);
+    let summary = r.report();
+    let s = steps(&summary);
+    assert_eq!(s.len(), 6);
+    assert!(s.values().all(|step| step["status"] == "completed" && step["attempts"] == 1), "{summary}");
+    check_research_outputs(|name| s[name]["output"].clone());
+    // Four languages: the components the steps ran.
+    let agents: std::collections::BTreeSet<&str> = s.values().map(|step| step["agent"].as_str().unwrap()).collect();
+    for a in ["dirstat", "hello-python", "hello-js", "hello-c", "spawner", "hello-rust"] {
+        assert!(agents.contains(a), "{a} ran: {agents:?}");
+    }
+    // The helper ran as a run of its own, whose parent is the follow-up step's run.
+    let follow_up_run = s["follow-up"]["run_id"].as_str().unwrap();
+    let children: Vec<Value> =
+        events(h, "run.started").into_iter().filter(|e| e["payload"]["parent"] == follow_up_run).collect();
+    assert_eq!(children.len(), 1, "{children:?}");
+    assert_eq!(children[0]["agent"], "helper");
+    // The diamond: check started only after both readers had ended.
+    let seq_of = |kind: &str, step: &str| {
+        events(h, kind).iter().find(|e| e["payload"]["step"] == step).map(|e| e["seq"].as_u64().unwrap()).unwrap()
+    };
+    let check_started = seq_of("step.started", "check");
+    assert!(check_started > seq_of("step.completed", "read-python"));
+    assert!(check_started > seq_of("step.completed", "read-js"));
+}
+
+#[test]
+fn without_the_helper_installed_the_follow_up_gets_a_refusal_and_the_report_cannot_be_made() {
+    // The control of the test above: the spawn is real, so a home without the package gives no answer to pipe.
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let r = up(h, &research_manifest(), &[]);
+    r.expect_code(85);
+    let s = steps(&r.report());
+    assert_eq!(s["follow-up"]["status"], "completed", "a refused spawn is a result for the spawner");
+    assert!(s["follow-up"]["output"]["results"][0]["error"].is_object(), "{}", s["follow-up"]);
+    assert_eq!(s["report"]["status"], "failed");
+    assert!(s["report"]["error"].as_str().unwrap().contains("has no field `results/0/ok/greeting`"), "{}", s["report"]);
+    assert_eq!(s["check"]["status"], "completed", "the rest of the plan ran");
+}
+
+#[test]
+fn the_research_example_runs_through_serve_with_its_child_on_the_plans_event_stream() {
+    let home = tempfile::tempdir().unwrap();
+    install_helper(home.path());
+    toka_in(home.path(), &["key", "init"]).expect_code(0);
+    let s = Server::start_in(home, &[]);
+    let corpus = toka_tests::root().join("examples").join("research").join("corpus");
+    let corpus = corpus.canonicalize().unwrap();
+    let token = s.mint(&[
+        "--agent",
+        "*",
+        "--grant",
+        "api:read",
+        "--grant",
+        &format!("fs:{}:ro", corpus.display()),
+        "--grant",
+        "spawn:helper",
+    ]);
+    // As shipped, but with components by name in the server's component directory and the corpus by its path.
+    let text = std::fs::read_to_string(research_manifest())
+        .unwrap()
+        .replace("../../target/agents/", "")
+        .replace("\"corpus::/corpus:ro\"", &format!("\"{}::/corpus:ro\"", corpus.display()));
+    let (status, started) = submit(&s, Some(&token), &text);
+    assert_eq!(status, 202, "{started}");
+    let plan_id = started["plan_id"].as_str().unwrap().to_string();
+    let view = ended_plan(&s, &token, &plan_id);
+    assert_eq!(view["status"], "completed", "{view}");
+    let st = plan_steps(&view);
+    check_research_outputs(|name| st[name]["output"].clone());
+    assert_eq!(st["check"]["depends_on"], json!(["read-js"]));
+    assert_eq!(st["check"]["input_from"], json!(["read-python"]));
+    assert_eq!(st["check"]["level"], 2);
+    assert_eq!(st["report"]["level"], 4);
+    // The helper's run is among the plan's events, as the follow-up step's child.
+    let (_, evs) = s.get(&format!("/v1/events?plan={plan_id}&kind=run.started&limit=1000"), Some(&token));
+    let follow_up_run = st["follow-up"]["run_id"].as_str().unwrap();
+    let child: Vec<&Value> =
+        evs.as_array().unwrap().iter().filter(|e| e["payload"]["parent"] == follow_up_run).collect();
+    assert_eq!(child.len(), 1, "{evs}");
+    assert_eq!(child[0]["agent"], "helper");
+    // Without spawn:helper in the bearer token, the same plan is refused before anything starts (naming the grant).
+    let narrow = s.mint(&["--agent", "*", "--grant", "api:read", "--grant", &format!("fs:{}:ro", corpus.display())]);
+    let (status, body) = submit(&s, Some(&narrow), &text);
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("agent `follow-up` asks for spawn:helper"), "{body}");
+}

@@ -75,6 +75,17 @@ impl Server {
         done
     }
 
+    /// Kills the server (SIGKILL: no shutdown at all) and starts it again on the same address, home and flags.
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let (child, url) = spawn(self.home.path(), &addr, &extra);
+        assert_eq!(url, self.url, "the server came back on another address");
+        self.child = child;
+    }
+
     pub fn home(&self) -> &Path {
         self.home.path()
     }
@@ -472,6 +483,8 @@ fn openapi_document_is_in_sync() {
         "/v1/runs/{run_id}/cancel",
         "/v1/events",
         "/v1/events/stream",
+        "/v1/plans",
+        "/v1/plans/{plan_id}",
         "/v1/tools",
         "/health",
         "/metrics",

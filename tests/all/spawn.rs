@@ -310,6 +310,65 @@ fn scheduled_tasks_run_under_serve_when_due_and_survive_a_restart() {
     drop(server);
 }
 
+/// The ending event (`run.completed` or `run.failed`) of each run of task `task_id`.
+fn task_run_ends(home: &Path, task_id: &str) -> Vec<Value> {
+    let runs: Vec<Value> = task_runs(home, task_id).iter().map(|r| r["run_id"].clone()).collect();
+    let mut ends = events(home, "run.completed");
+    ends.extend(events(home, "run.failed"));
+    ends.into_iter().filter(|e| runs.contains(&e["run_id"])).collect()
+}
+
+#[test]
+fn a_task_running_when_serve_stops_is_cancelled_and_one_a_killed_server_left_is_recorded_interrupted_not_rerun() {
+    use crate::service::Server;
+    use std::time::{Duration, Instant};
+    let home = home_with(&[("hello", "hello-rust", &[]), ("spin", "busy", &[])]);
+    let h = home.path();
+    let long = json!({ "agent": "spin", "input": { "n": 100_000_000_000u64 }, "delay_ms": 0 });
+    let schedule = |h: &Path, tasks: Value| {
+        let flags = ["--allow-spawn", "hello", "--allow-spawn", "spin", "--fuel", "1000000000000", "--timeout", "10m"];
+        let out = result(&run(h, &json!({ "schedule": tasks }), &flags));
+        out["scheduled"].as_array().unwrap().iter().map(|s| s["ok"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    // A quick task (the control: it completes) and a long one, due at once.
+    let ids = schedule(h, json!([{ "agent": "hello", "input": { "name": "quick" }, "delay_ms": 0 }, long.clone()]));
+    let (quick, spin) = (ids[0].clone(), ids[1].clone());
+    let mut server = Server::start_in(home, &["--shutdown-grace", "500ms"]);
+    let h = server.home().to_path_buf();
+    toka_tests::wait_for(Duration::from_secs(30), || {
+        (task_run_ends(&h, &quick).len() == 1 && task_runs(&h, &spin).len() == 1).then_some(())
+    })
+    .expect("the quick task ended and the long one started");
+    assert_eq!(task_run_ends(&h, &quick)[0]["kind"], "run.completed");
+    // Stopped mid-task: the long task's run is cancelled and recorded, within the grace period and a little.
+    let stopping = Instant::now();
+    assert_eq!(server.terminate(), Some(0));
+    assert!(stopping.elapsed() < Duration::from_secs(8), "shutdown took {:?}", stopping.elapsed());
+    let ends = task_run_ends(&h, &spin);
+    assert_eq!(ends.len(), 1, "the task's run has an end: {ends:?}");
+    assert_eq!(ends[0]["kind"], "run.failed");
+    assert_eq!(ends[0]["payload"]["outcome"], "cancelled", "{}", ends[0]);
+
+    // A server killed mid-task leaves it running: the next server records it interrupted, and does not run it again.
+    let again = schedule(&h, json!([long]));
+    let again = again[0].clone();
+    server.restart(|_| ());
+    toka_tests::wait_for(Duration::from_secs(30), || (task_runs(&h, &again).len() == 1).then_some(()))
+        .expect("the second long task started");
+    server.kill_and_restart();
+    let ended = toka_tests::wait_for(Duration::from_secs(30), || {
+        let ends = task_run_ends(&h, &again);
+        (!ends.is_empty()).then_some(ends)
+    })
+    .expect("the interrupted task was recorded by the next server");
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0]["payload"]["outcome"], "interrupted", "{}", ended[0]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(task_runs(&h, &again).len(), 1, "an interrupted task is not run again");
+    assert_eq!(task_runs(&h, &spin).len(), 1, "nor is a cancelled one");
+    t(&h, &["events", "verify"]).expect_code(0);
+}
+
 #[test]
 fn scheduling_needs_the_spawn_grant_and_pending_tasks_are_capped_per_run() {
     let home = home_with(&[("hello", "hello-rust", &[])]);

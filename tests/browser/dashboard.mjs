@@ -265,6 +265,51 @@ async function run(context, lines) {
   check(posts() === 2, `expected two submissions, saw ${posts()}`);
   ok(step);
 
+  // 9b. Plans: a plan wider than the token is refused with the server's words; then a plan is submitted from the page
+  // and its graph reaches the final states live: a failed step drawn failed, its dependent skipped, a piped one done.
+  step = 'plan-graph';
+  const planPosts = () => answers.filter((a) => a.method === 'POST' && a.path === '/v1/plans').length;
+  const manifest = [
+    '[agents.first]', 'component = "hello-js.wasm"', 'input = { name = "Plan" }', '',
+    '[agents.piped]', 'component = "hello-python.wasm"', 'input_from = { name = "first.greeting" }', '',
+    '[agents.broken]', 'component = "hostile.wasm"', 'input = { attack = "panic" }', 'depends_on = ["first"]', '',
+    '[agents.after-broken]', 'component = "hello-python.wasm"', 'depends_on = ["broken"]', '',
+  ].join('\n');
+  await page.fill('#plan-manifest', manifest.replace('input = { name = "Plan" }', 'grants = { env = ["HOME=/root"] }'));
+  await page.click('#plan-button');
+  const refusal = await until('the plan\'s refusal', () => {
+    const t = document.getElementById('plan-result').textContent;
+    return t.startsWith('refused') ? t : null;
+  });
+  check(refusal.includes('grant-refused') && refusal.includes('agent `first`'), `the refusal: ${refusal}`);
+  check(await page.evaluate(() => !document.getElementById('plan-result').dataset.planId), 'a refused plan got an id');
+  await page.fill('#plan-manifest', manifest);
+  await page.click('#plan-button');
+  const planId = await until('the plan started', () => document.getElementById('plan-result').dataset.planId || null);
+  const states = await until('the nodes in their final states', (id) => {
+    if (document.getElementById('plan-view').dataset.planId !== id) return null;
+    const nodes = Object.fromEntries([...document.querySelectorAll('#plan-graph g.node')]
+      .map((g) => [g.dataset.step, g.dataset.status]));
+    const done = nodes.first === 'succeeded' && nodes.piped === 'succeeded' && nodes.broken === 'failed'
+      && nodes['after-broken'] === 'skipped' && document.getElementById('plan-status').textContent === 'failed';
+    return done ? nodes : null;
+  }, planId);
+  check(Object.keys(states).length === 4, `nodes: ${JSON.stringify(states)}`);
+  const graph = await page.evaluate(() => ({
+    levels: Object.fromEntries([...document.querySelectorAll('#plan-graph g.node')].map((g) => [g.dataset.step, g.dataset.level])),
+    edges: [...document.querySelectorAll('#plan-graph path.edge')].map((e) => `${e.dataset.from}>${e.dataset.to}:${e.dataset.kind}`).sort(),
+    skippedWhy: document.querySelector('#plan-graph g.node[data-step="after-broken"] title').textContent,
+  }));
+  const sortedLevels = Object.entries(graph.levels).sort().map(([k, v]) => `${k}=${v}`).join(' ');
+  check(sortedLevels === 'after-broken=2 broken=1 first=0 piped=1',
+    `levels: ${JSON.stringify(graph.levels)}`);
+  check(JSON.stringify(graph.edges) === JSON.stringify(['broken>after-broken:depends_on', 'first>broken:depends_on', 'first>piped:input_from']),
+    `edges: ${JSON.stringify(graph.edges)}`);
+  check(graph.skippedWhy.includes('required dependency `broken` failed'), `the skipped node's reason: ${graph.skippedWhy}`);
+  await until('the plan in the listing', (id) => document.querySelector(`#plans tbody tr[data-plan-id="${CSS.escape(id)}"]`), planId);
+  check(planPosts() === 2, `expected two plan submissions, saw ${planPosts()}`);
+  ok(step);
+
   // 10. The page ran under its Content-Security-Policy without a violation or an uncaught error.
   step = 'no-policy-violation';
   const violations = consoleLines.filter((l) => /Content Security Policy|Refused to/i.test(l));

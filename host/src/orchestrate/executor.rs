@@ -59,11 +59,13 @@ pub struct Options {
 pub struct UpError {
     pub message: String,
     pub exit_code: i32,
+    /// What kind of refusal or fault it is (the service maps it to a status).
+    pub outcome: Outcome,
 }
 
 impl UpError {
     fn new(outcome: Outcome, message: impl Into<String>) -> UpError {
-        UpError { message: message.into(), exit_code: outcome.exit_code() }
+        UpError { message: message.into(), exit_code: outcome.exit_code(), outcome }
     }
 
     fn host(message: impl Into<String>) -> UpError {

@@ -191,6 +191,74 @@ pub struct ToolCallView {
     pub wall_time_ms: f64,
 }
 
+/// `POST /v1/plans`: a plan manifest (`toka.toml`'s text), run with the bearer token as the operator's token.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitPlan {
+    /// The manifest's TOML text (at most 48 KiB). Relative component paths are relative to the server's first
+    /// component directory (`serve --component-dir`), and every component must be inside one of them.
+    pub manifest: String,
+    /// Agents running at once (critical agents always run alone); default and most: the server's run slots.
+    pub jobs: Option<u32>,
+}
+
+/// One step of a plan, as the kernel's record has it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PlanStepView {
+    pub name: String,
+    /// The agent it runs (known once it has started).
+    pub agent: Option<String>,
+    /// `pending`, `running`, `succeeded`, `failed` or `skipped`.
+    pub status: String,
+    /// Why a skipped step did not run, or the error of a failed one.
+    pub reason: Option<String>,
+    /// The run of its latest attempt.
+    pub run_id: Option<String>,
+    pub attempt: u32,
+    /// The latest attempt's outcome (`success`, `trap` ...).
+    pub outcome: Option<String>,
+    pub fuel: Option<u64>,
+    /// From the latest attempt's start to its end (or to now while it runs), in ms.
+    pub time_ms: Option<u64>,
+    /// Steps that must complete first (`depends_on`), without those piped in.
+    pub depends_on: Vec<String>,
+    /// Steps whose output (or a field of it) is piped into this one's input (`input_from`).
+    pub input_from: Vec<String>,
+    /// Steps that must end first, whatever their outcome (`after`).
+    pub after: Vec<String>,
+    /// A succeeded step's JSON output (absent when it was too large to record).
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<serde_json::Value>,
+    /// Dependency level: 0 for a step that waits for none, else one more than the deepest it waits for.
+    pub level: u32,
+}
+
+/// A plan: its state and each step's, from the kernel's record (plans started by `toka-host up` on the same home
+/// included).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PlanView {
+    pub plan_id: String,
+    pub name: String,
+    /// `running`, `completed`, `failed`, `cancelled` or `timeout`.
+    pub status: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    /// Whether this server is running it (and so can cancel it).
+    pub live_here: bool,
+    pub steps: Vec<PlanStepView>,
+}
+
+/// A plan in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PlanSummaryView {
+    pub plan_id: String,
+    pub name: String,
+    pub status: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub steps: usize,
+}
+
 /// `GET /health`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {

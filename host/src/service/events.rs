@@ -29,6 +29,8 @@ pub struct EventQuery {
     pub run: Option<String>,
     /// Only events of this kind (`run` matches `run.started`, `run.completed` ...).
     pub kind: Option<String>,
+    /// Only events of this plan: its `plan.*` and `step.*` events, its steps' runs and the runs they spawned.
+    pub plan: Option<String>,
     /// Only events with this sequence number or later.
     pub since: Option<u64>,
     /// At most this many (default 100, at most 1000): the last N, or with `since` the first N from there.
@@ -60,6 +62,9 @@ fn filter(bearer: &auth::Bearer, q: &EventQuery) -> Result<Option<Filter>, ApiEr
             return Err(ApiError::bad_request("filters are at most 256 bytes"));
         }
     }
+    if let Some(plan) = &q.plan {
+        super::plans::check_plan_filter(plan)?;
+    }
     Ok(Some(Filter { agent, run_id: q.run.clone(), kind: q.kind.clone(), after: None, limit: None }))
 }
 
@@ -83,12 +88,28 @@ pub async fn list(
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let db = service.host.db().clone();
     let since = q.since;
+    let plan = q.plan.clone();
     let (head, mut records) = tokio::task::spawn_blocking(move || -> Result<_, redb::Error> {
         let head = events::last_seq(&db)?;
         let Some(mut f) = filter else { return Ok((head, Vec::new())) };
-        f.after = since.map(|s| s.saturating_sub(1));
-        f.limit = since.map(|_| limit);
-        Ok((head, events::read(&db, &f)?))
+        let Some(plan) = plan else {
+            f.after = since.map(|s| s.saturating_sub(1));
+            f.limit = since.map(|_| limit);
+            return Ok((head, events::read(&db, &f)?));
+        };
+        // A plan's events are known by reading in order from the start (its runs are learnt from its steps, so
+        // the kind filter applies after the scope).
+        let mut scope = super::plans::PlanScope::new(&plan);
+        let kind = f.kind.take();
+        let mut records: Vec<EventRecord> = events::read(&db, &f)?
+            .into_iter()
+            .filter(|r| scope.takes(r) && kind.as_deref().is_none_or(|k| kind_matches(k, &r.kind)))
+            .collect();
+        if let Some(since) = since {
+            records.retain(|r| r.seq >= since);
+            records.truncate(limit);
+        }
+        Ok((head, records))
     })
     .await
     .map_err(ApiError::internal)?
@@ -126,9 +147,34 @@ pub async fn stream(
                 .map_err(ApiError::internal)?
         }
     };
+    let scope = match &q.plan {
+        None => None,
+        Some(plan) => {
+            // A stream that starts mid-plan first learns the runs the plan already has.
+            let (db, plan) = (db.clone(), plan.clone());
+            let scope = tokio::task::spawn_blocking(move || {
+                let mut scope = super::plans::PlanScope::new(&plan);
+                scope.learn(&db, after).map(|()| scope)
+            })
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+            Some(scope)
+        }
+    };
+    // With a plan, the kind filter applies after the plan's scope (which learns its runs from its steps' events).
+    let (filter, kind) = match (filter, &scope) {
+        (Some(mut f), Some(_)) => {
+            let kind = f.kind.take();
+            (Some(f), kind)
+        }
+        (filter, _) => (filter, None),
+    };
     let tail = Tail {
         db,
         filter,
+        scope,
+        kind,
         after,
         pending: std::collections::VecDeque::new(),
         head: service.host.log().stats().head.subscribe(),
@@ -150,6 +196,10 @@ struct Tail {
     db: crate::db::Db,
     /// `None`: the bearer may see nothing this query asks for (the stream stays open and empty).
     filter: Option<Filter>,
+    /// Only the events of one plan.
+    scope: Option<super::plans::PlanScope>,
+    /// With a plan: only events of this kind (applied after the scope).
+    kind: Option<String>,
     after: u64,
     pending: std::collections::VecDeque<EventRecord>,
     head: tokio::sync::watch::Receiver<u64>,
@@ -168,7 +218,14 @@ impl Tail {
                 let scanned = tokio::task::spawn_blocking(move || events::scan(&db, &filter, after, SCAN)).await;
                 let (records, last, more) = scanned.ok()?.ok()?;
                 self.after = self.after.max(last);
-                self.pending.extend(records);
+                match &mut self.scope {
+                    None => self.pending.extend(records),
+                    Some(scope) => {
+                        let kind = self.kind.as_deref();
+                        let mine = records.into_iter().filter(|r| scope.takes(r));
+                        self.pending.extend(mine.filter(|r| kind.is_none_or(|k| kind_matches(k, &r.kind))));
+                    }
+                }
                 if more || !self.pending.is_empty() {
                     continue;
                 }
@@ -180,6 +237,11 @@ impl Tail {
             }
         }
     }
+}
+
+/// Whether an event of kind `kind` matches the filter `k` (`run` matches `run.started` ...), as the log's filter does.
+fn kind_matches(k: &str, kind: &str) -> bool {
+    kind == k || kind.strip_prefix(k).is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// Records read at most per look at the log.

@@ -2,12 +2,13 @@
 //! compile cache, the event log writer, the key store and the tools.
 //!
 //! Routes (JSON under `/v1`; every route but `/health` and the dashboard's files needs a bearer token, see
-//! [`auth`]): runs (submit, get, list, cancel), agents, events (list, server-sent stream), tools (list, describe,
-//! call), `/metrics` (Prometheus text), `/openapi.json` (generated from the handlers' types by utoipa), `/health`; and
-//! the dashboard (`/`, `/assets/...`: static files compiled in, holding no data, see [`dashboard`]). Bodies are
-//! size-capped, runs are capped in number (a bounded queue, then 429), every error is JSON with a stable code.
-//! Tasks that runs scheduled for later ([`crate::tasks`]) are started here when due. Shutting down (SIGTERM, Ctrl-C) stops taking requests, gives running runs a grace period, then cancels what is
-//! left and records it.
+//! [`auth`]): runs (submit, get, list, cancel), plans (submit a manifest, get, list, cancel; see [`plans`]),
+//! agents, events (list, server-sent stream), tools (list, describe, call), `/metrics` (Prometheus text),
+//! `/openapi.json` (generated from the handlers' types by utoipa), `/health`; and the dashboard (`/`,
+//! `/assets/...`: static files compiled in, holding no data, see [`dashboard`]). Bodies are size-capped, runs are
+//! capped in number (a bounded queue, then 429), every error is JSON with a stable code. Tasks that runs scheduled
+//! for later ([`crate::tasks`]) are started here when due. Shutting down (SIGTERM, Ctrl-C) stops taking requests,
+//! gives running runs and plans a grace period, then cancels what is left and records it.
 //!
 //! This module never opens the database, the keys or the cache itself: it goes through the [`Host`].
 
@@ -17,6 +18,7 @@ pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod plans;
 pub mod runs;
 pub mod tools;
 
@@ -73,6 +75,8 @@ pub struct Service {
     pub host: Arc<Host>,
     pub runner: Arc<Runner>,
     pub runs: runs::RunTable,
+    /// The plans this server is running.
+    pub plans: plans::PlanTable,
     pub metrics: metrics::Metrics,
     pub config: ServiceConfig,
     slots: Arc<Semaphore>,
@@ -143,6 +147,7 @@ impl Service {
             host: Arc::new(host),
             runner,
             runs: runs::RunTable::default(),
+            plans: plans::PlanTable::default(),
             metrics: metrics::Metrics::default(),
             config,
             admitted: Arc::new(AtomicUsize::new(0)),
@@ -236,6 +241,8 @@ pub fn api() -> (axum::Router<Arc<Service>>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::agents))
+        .routes(routes!(plans::submit, plans::list))
+        .routes(routes!(plans::get_plan, plans::cancel))
         .routes(routes!(events::list))
         .routes(routes!(events::stream))
         .routes(routes!(tools::list))
@@ -311,6 +318,7 @@ pub async fn serve_with(
         service.runner.clone(),
         service.config.max_concurrent,
         Duration::from_millis(250),
+        service.config.shutdown_grace,
         service.shutdown.clone(),
     ));
     let stopping = service.clone();
@@ -323,7 +331,6 @@ pub async fn serve_with(
     let server =
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown);
     server.await?;
-    drop(scheduler.await);
     // Queued runs do not start; running runs get the grace period, then are cancelled.
     service.slots.close();
     let running = service.runs.live();
@@ -332,16 +339,23 @@ pub async fn serve_with(
         tracing::info!(running, "waiting up to {grace} for running runs to finish");
     }
     let deadline = tokio::time::Instant::now() + service.config.shutdown_grace;
-    while service.runs.live() > 0 && tokio::time::Instant::now() < deadline {
+    while (service.runs.live() > 0 || service.plans.live() > 0) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cancelled = service.runs.cancel_all();
     if cancelled > 0 {
         tracing::info!(cancelled, "cancelled runs still going after the grace period");
     }
+    // Plans still going are cancelled too: each cancels its running steps, skips the rest and records its end.
+    let plans = service.plans.cancel_all();
+    if plans > 0 {
+        tracing::info!(plans, "cancelled plans still going after the grace period");
+    }
     let wait = tokio::time::Instant::now() + Duration::from_secs(5);
-    while service.runs.live() > 0 && tokio::time::Instant::now() < wait {
+    while (service.runs.live() > 0 || service.plans.live() > 0) && tokio::time::Instant::now() < wait {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The scheduler has been stopping meanwhile (same grace, then its running tasks cancelled and recorded).
+    drop(scheduler.await);
     Ok(())
 }

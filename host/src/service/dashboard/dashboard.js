@@ -1,4 +1,5 @@
-// toka-host's dashboard: agents, recent runs, a fuel chart, a live event timeline, a run's detail, a submit form.
+// toka-host's dashboard: agents, recent runs, a fuel chart, a live event timeline, a run's detail, a submit form,
+// and plans: a listing, the selected plan's steps drawn as a graph (updated live), a form to submit a manifest.
 //
 // It talks only to the service's own API, with the bearer token the person pasted (kept in this tab's
 // sessionStorage, never in localStorage, a cookie or a URL). Everything the server sends can carry a guest's words
@@ -24,6 +25,9 @@
     detailTimer: null,
     generation: 0,       // bumped on every (re)start, so answers to an older start are dropped
     runs: [],            // the runs last listed (the chart is redrawn from them when the window resizes)
+    plan: null,          // the plan whose graph is shown
+    plansTimer: null,
+    planTimer: null,
   };
 
   // ---- small helpers ------------------------------------------------------------------------------------------
@@ -319,6 +323,9 @@
       if (!live) continue;
       if (kind.startsWith('run.') || kind === 'grant.refused') scheduleRefresh();
       if (state.selected && ev.run_id === state.selected) scheduleDetail();
+      if (kind.startsWith('plan.')) schedulePlans();
+      const planOf = ev.payload && typeof ev.payload === 'object' ? ev.payload.plan_id : undefined;
+      if (state.plan && (kind.startsWith('plan.') || kind.startsWith('step.')) && planOf === state.plan) schedulePlan();
     }
     while (list.childElementCount > MAX_TIMELINE) list.lastElementChild.remove();
     $('timeline-empty').hidden = list.childElementCount > 0;
@@ -568,6 +575,152 @@
     }
   }
 
+  // ---- plans: the listing, a plan's steps as a graph, the submit form -------------------------------------------
+
+  const NODE_W = 176, NODE_H = 50, GAP_X = 64, GAP_Y = 16, PAD = 8, MAX_LEVELS = 64;
+
+  function cut(s, max) {
+    return s.length > max ? s.slice(0, max - 1) + '…' : s;
+  }
+
+  async function loadPlans(gen) {
+    const { body } = await api('/v1/plans?limit=20');
+    if (gen !== state.generation) return;
+    const plans = Array.isArray(body) ? body : [];
+    $('plans').tBodies[0].replaceChildren(...plans.map((p) => {
+      const id = str(p.plan_id);
+      const row = el('tr', { 'data-plan-id': id, tabindex: 0, title: 'Show this plan as a graph' },
+        el('td', null, el('code', { title: id }, shortId(id))),
+        el('td', null, str(p.name)),
+        el('td', null, dateTime(p.started_ms)),
+        el('td', null, el('span', { class: 'pill', 'data-outcome': str(p.status) }, str(p.status))),
+        el('td', { class: 'num' }, count(p.steps)));
+      if (id === state.plan) row.setAttribute('aria-selected', 'true');
+      return row;
+    }));
+    $('plans-empty').hidden = plans.length > 0;
+  }
+
+  function schedulePlans() {
+    if (state.plansTimer) return;
+    state.plansTimer = setTimeout(async () => {
+      state.plansTimer = null;
+      try {
+        await loadPlans(state.generation);
+      } catch (e) {
+        if (e instanceof ApiFailure && e.refused) refused(e);
+      }
+    }, 150);
+  }
+
+  function schedulePlan() {
+    if (state.planTimer) return;
+    state.planTimer = setTimeout(() => {
+      state.planTimer = null;
+      if (state.plan) showPlan(state.plan);
+    }, 120);
+  }
+
+  /** Shows plan `planId` as a graph (its state read again from the server). */
+  async function showPlan(planId) {
+    state.plan = planId;
+    for (const row of $('plans').tBodies[0].rows) {
+      if (row.getAttribute('data-plan-id') === planId) row.setAttribute('aria-selected', 'true');
+      else row.removeAttribute('aria-selected');
+    }
+    let view;
+    try {
+      ({ body: view } = await api(`/v1/plans/${encodeURIComponent(planId)}`));
+    } catch (e) {
+      if (state.plan !== planId) return;
+      if (e instanceof ApiFailure && e.refused) return refused(e);
+      $('plan-result').textContent = 'Could not load the plan: ' + (e.line || e.message);
+      return;
+    }
+    if (state.plan !== planId || !view || typeof view !== 'object') return;
+    $('plan-view').hidden = false;
+    $('plan-view').setAttribute('data-plan-id', planId);
+    $('plan-id').textContent = planId;
+    const pill = $('plan-status');
+    pill.textContent = str(view.status);
+    pill.setAttribute('data-outcome', str(view.status));
+    drawPlan(Array.isArray(view.steps) ? view.steps : []);
+  }
+
+  /** Nodes in columns by dependency level, edges from each dependency to its dependent. */
+  function drawPlan(steps) {
+    const graph = $('plan-graph');
+    const columns = new Map();
+    for (const s of steps) {
+      const level = Math.min(MAX_LEVELS, Math.max(0, num(s.level) || 0));
+      if (!columns.has(level)) columns.set(level, []);
+      columns.get(level).push(s);
+    }
+    const at = new Map();
+    let rows = 1, last = 0;
+    for (const [level, column] of columns) {
+      column.forEach((s, i) => at.set(str(s.name), { x: PAD + level * (NODE_W + GAP_X), y: PAD + i * (NODE_H + GAP_Y) }));
+      rows = Math.max(rows, column.length);
+      last = Math.max(last, level);
+    }
+    const W = 2 * PAD + (last + 1) * NODE_W + last * GAP_X, H = 2 * PAD + rows * NODE_H + (rows - 1) * GAP_Y;
+    graph.setAttribute('viewBox', `0 0 ${W} ${H}`);
+    graph.setAttribute('height', String(Math.min(H, 600)));
+    const parts = [$('plan-graph-title')];
+    for (const s of steps) {
+      const to = at.get(str(s.name));
+      for (const kind of ['depends_on', 'input_from', 'after']) {
+        for (const dep of Array.isArray(s[kind]) ? s[kind] : []) {
+          const from = at.get(str(dep));
+          if (!from || !to) continue;
+          const x1 = from.x + NODE_W, y1 = from.y + NODE_H / 2, x2 = to.x, y2 = to.y + NODE_H / 2, mid = (x1 + x2) / 2;
+          parts.push(svg('path', { class: 'edge', 'data-kind': kind, 'data-from': str(dep), 'data-to': str(s.name),
+            d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}` }));
+        }
+      }
+    }
+    for (const s of steps) {
+      const p = at.get(str(s.name));
+      const status = str(s.status);
+      const facts = [status, num(s.fuel) !== null ? compact(s.fuel) + ' fuel' : '',
+        num(s.time_ms) !== null ? millis(s.time_ms) : ''].filter(Boolean).join(' · ');
+      const tip = [str(s.name), str(s.agent), status, str(s.reason)].filter(Boolean).join(' — ');
+      const node = svg('g', { class: 'node', 'data-step': str(s.name), 'data-status': status,
+        'data-level': str(s.level), transform: `translate(${p.x},${p.y})` },
+        svg('title', null, tip),
+        svg('rect', { width: NODE_W, height: NODE_H, rx: 6 }),
+        svg('text', { x: 10, y: 20, class: 'name' }, cut(str(s.name), 22)),
+        svg('text', { x: 10, y: 38, class: 'state' }, cut(facts, 28)));
+      const runId = str(s.run_id);
+      if (runId) node.addEventListener('click', () => showDetail(runId, true));
+      parts.push(node);
+    }
+    graph.replaceChildren(...parts);
+  }
+
+  async function submitPlan(event) {
+    event.preventDefault();
+    const manifest = $('plan-manifest').value;
+    const result = $('plan-result');
+    const button = $('plan-button');
+    button.disabled = true;
+    result.textContent = 'submitting …';
+    result.removeAttribute('data-plan-id');
+    try {
+      const { body } = await api('/v1/plans', { method: 'POST', body: { manifest } });
+      const id = str(body.plan_id);
+      result.textContent = `plan ${id} started`;
+      result.setAttribute('data-plan-id', id);
+      schedulePlans();
+      showPlan(id);
+    } catch (e) {
+      result.textContent = e instanceof ApiFailure ? `refused: ${e.line}` : e.message;
+      if (e instanceof ApiFailure && e.status === 401) askToken(`The server refused the plan: ${e.line}.`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // ---- start ----------------------------------------------------------------------------------------------------
 
   /** Loads everything with the current token (or none: then the server's refusal is what the page shows). */
@@ -575,7 +728,7 @@
     stopStream();
     const gen = ++state.generation;
     try {
-      await Promise.all([loadAgents(gen), loadRuns(gen), loadTimeline(gen)]);
+      await Promise.all([loadAgents(gen), loadRuns(gen), loadTimeline(gen), loadPlans(gen)]);
     } catch (e) {
       if (gen !== state.generation) return;
       if (e instanceof ApiFailure && e.refused) return refused(e);
@@ -614,6 +767,15 @@
   });
   $('change-token').addEventListener('click', () => askToken(''));
   $('submit-form').addEventListener('submit', submitRun);
+  $('plan-form').addEventListener('submit', submitPlan);
+  $('plans').tBodies[0].addEventListener('click', (event) => {
+    const row = event.target.closest('tr[data-plan-id]');
+    if (row) showPlan(row.getAttribute('data-plan-id'));
+  });
+  $('plans').tBodies[0].addEventListener('keydown', (event) => {
+    const row = event.target.closest('tr[data-plan-id]');
+    if (row && event.key === 'Enter') showPlan(row.getAttribute('data-plan-id'));
+  });
   $('detail-close').addEventListener('click', closeDetail);
   $('runs').tBodies[0].addEventListener('click', (event) => {
     const row = event.target.closest('tr[data-run-id]');
