@@ -21,7 +21,7 @@ use toka_benches::agent;
 use toka_host::engine::EngineOptions;
 use toka_host::error::Outcome;
 use toka_host::grants::Authorized;
-use toka_host::run::{Invocation, Limits, Runner, resident_set_bytes};
+use toka_host::run::{Invocation, Limits, Runner, proportional_set_bytes, resident_set_bytes};
 use toka_host::sandbox::OutputMode;
 
 const QUIET: OutputMode = OutputMode { echo: false, capture: false };
@@ -32,20 +32,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 fn mapped_regions() -> usize {
     std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count())
-}
-
-/// Proportional set size in bytes (`/proc/self/smaps_rollup`): resident memory with each shared page counted once
-/// over all its mappings. RSS counts a page once per mapping, so the copy-on-write image of a component's initial
-/// memory, mapped read-only by every instance, counts N times in RSS and once here.
-fn proportional_set_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/smaps_rollup")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// Mapped regions each live agent needs (its linear memory in three pieces around the copy-on-write image plus its

@@ -642,14 +642,25 @@ fn exit_or(e: wasmtime::Error) -> Result<Returned, Ending> {
 
 /// The process's resident set size in bytes, from `/proc/self/status` (0 where unavailable).
 pub fn resident_set_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    proc_kib("/proc/self/status", "VmRSS:") * 1024
+}
+
+/// The process's proportional set size in bytes, from `/proc/self/smaps_rollup` (0 where unavailable): resident
+/// memory with a page shared by several mappings (a component's copy-on-write memory image) counted once.
+pub fn proportional_set_bytes() -> u64 {
+    proc_kib("/proc/self/smaps_rollup", "Pss:") * 1024
+}
+
+/// The `field` line of a `/proc` file in KiB (0 where unavailable).
+fn proc_kib(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
-        .map_or(0, |kb| kb * 1024)
+        .unwrap_or(0)
 }
 
 /// The name an agent is known by: its file name without the extension.

@@ -64,12 +64,7 @@ pub fn build_command(layout: &Layout, name: &str, scratch: &Path) -> Result<Vec<
         .args(&sources)
         .args(["-lwasi-emulated-process-clocks", "-Wl,--strip-debug", "-o"])
         .arg(&core);
-    let status =
-        clang.status().with_context(|| format!("running {CLANG} (install it with scripts/setup-toolchains)"))?;
-    if !status.success() {
-        bail!("{CLANG} exited with {status}");
-    }
-    fs::read(&core).with_context(|| format!("reading {}", core.display()))
+    compile(clang, &core)
 }
 
 /// Compiles `agents/NAME/*.c` with fresh bindings into a core module; returns its bytes.
@@ -91,10 +86,15 @@ pub fn build_core(layout: &Layout, name: &str, scratch: &Path) -> Result<Vec<u8>
         .arg(gen_dir.join("agent_component_type.o"))
         .args(["-Wl,--strip-debug", "-o"])
         .arg(&core);
+    compile(clang, &core)
+}
+
+/// Runs a prepared clang command and returns the module it wrote to `out`.
+fn compile(mut clang: Command, out: &Path) -> Result<Vec<u8>> {
     let status =
         clang.status().with_context(|| format!("running {CLANG} (install it with scripts/setup-toolchains)"))?;
     if !status.success() {
         bail!("{CLANG} exited with {status}");
     }
-    fs::read(&core).with_context(|| format!("reading {}", core.display()))
+    fs::read(out).with_context(|| format!("reading {}", out.display()))
 }
