@@ -310,14 +310,21 @@ async fn status(State(c): State<Cluster>, headers: HeaderMap, Query(q): Query<St
     if let Err(r) = authenticate(&c, &headers) {
         return *r;
     }
-    if q.linearizable
-        && let Err(e) = c.raft.ensure_linearizable().await
-    {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no-leader",
-            format!("a leader-checked read is not possible: {e}"),
-        );
+    if q.linearizable {
+        // A leader cut off from its majority would wait for acknowledgements that never come: bounded.
+        let bound = c.leaderless_after();
+        let checked = match tokio::time::timeout(bound, c.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no majority confirmed the leader within {}", humantime::format_duration(bound))),
+        };
+        if let Err(e) = checked {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-leader",
+                format!("a leader-checked read is not possible: {e}"),
+            );
+        }
     }
     let m = c.raft.metrics().borrow().clone();
     let db = c.db.clone();
