@@ -619,12 +619,13 @@ fn without_times(acked: Vec<(String, u64, Instant)>) -> Vec<(String, u64)> {
     acked.into_iter().map(|(run, node, _)| (run, node)).collect()
 }
 
-/// The leader that the nodes in `among` agree on (none of them may be paused or cut off from the test).
-fn agreed_leader(cluster: &Cluster, among: &[usize], within: Duration) -> Option<u64> {
+/// A leader other than `old` that the nodes in `among` agree on (none of them may be paused or cut off from the
+/// test).
+fn agreed_leader(cluster: &Cluster, among: &[usize], old: u64, within: Duration) -> Option<u64> {
     wait_for(within, || {
         let leaders: Vec<Option<u64>> =
             among.iter().map(|i| cluster.status(*i).and_then(|s| s["leader"].as_u64())).collect();
-        let first = leaders[0]?;
+        let first = leaders[0].filter(|l| *l != old)?;
         leaders.iter().all(|l| *l == Some(first)).then_some(first)
     })
 }
@@ -688,8 +689,7 @@ fn a_leader_paused_with_sigstop_is_replaced_and_steps_down_when_resumed() {
         let (url, tok) = (cluster.nodes[old].url(), token.clone());
         let stuck = std::thread::spawn(move || run_on(&url, &tok, &format!("paused-{round}")));
         let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
-        let new_id = agreed_leader(&cluster, &others, Duration::from_secs(15))
-            .filter(|l| *l != old_id)
+        let new_id = agreed_leader(&cluster, &others, old_id, Duration::from_secs(15))
             .unwrap_or_else(|| panic!("round {round}: no new leader while node {old_id} was paused"));
         let new_term = cluster.status(others[0]).unwrap()["term"].as_u64().unwrap();
         assert!(new_term > term, "a new leader is elected in a later term ({term} -> {new_term})");
@@ -740,17 +740,23 @@ fn a_node_without_a_leader_says_so_and_refuses_writes_within_the_leaderless_boun
         }
         t(&cluster.nodes[0].home, &args)
     };
-    // Positive controls: with a leader, every node is healthy and names it; a leader-checked read works anywhere.
+    // Positive controls: with a leader, every node is healthy and names it; a leader-checked read on any node
+    // (follower or leader) includes every write acknowledged before it, through any node.
+    let kept = rng.below(3) as usize;
+    let through = rng.below(3) as usize;
+    run_on(&cluster.nodes[through].url(), &token, "with-a-majority").expect("a run with a majority up");
+    let acked_events = cluster.status(through).unwrap()["events"].as_u64().unwrap();
     for i in 0..3 {
         let (code, body) = cluster.health(i).unwrap();
         assert_eq!((code, body["status"].as_str()), (200, Some("ok")), "node {i}: {body}");
         assert_eq!(body["cluster"]["leader"].as_u64(), Some(leader_id), "{body}");
         let read = status_of(&cluster, i, true);
-        assert_eq!(read.code, 0, "{}", read.stderr);
-        assert_eq!(serde_json::from_str::<Value>(&read.stdout).unwrap()["read"], "leader");
+        assert_eq!(read.code, 0, "node {i}: {}", read.stderr);
+        let read: Value = serde_json::from_str(&read.stdout).unwrap();
+        assert_eq!(read["read"], "leader");
+        assert!(read["read_index"].as_u64().is_some(), "{read}");
+        assert!(read["events"].as_u64().unwrap() >= acked_events, "node {i} read stale: {read} < {acked_events}");
     }
-    let kept = rng.below(3) as usize;
-    run_on(&cluster.nodes[kept].url(), &token, "with-a-majority").expect("a run with a majority up");
     // Kill the other two (the leader among them, unless the kept node leads): the kept node is a minority of one.
     for i in (0..3).filter(|i| *i != kept) {
         cluster.kill(i);
@@ -830,8 +836,7 @@ fn a_partitioned_leader_refuses_writes_while_the_majority_goes_on_and_healing_co
         assert_eq!((code, body["status"].as_str()), (503, Some("no-leader")), "{body}");
         // The majority elects another leader and goes on.
         let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
-        let new_id = agreed_leader(&cluster, &others, Duration::from_secs(15))
-            .filter(|l| *l != old_id)
+        let new_id = agreed_leader(&cluster, &others, old_id, Duration::from_secs(15))
             .unwrap_or_else(|| panic!("round {round}: the majority elected no leader"));
         eprintln!("round {round}: node {new_id} leads the majority {:?} after the cut", cut.elapsed());
         std::thread::sleep(Duration::from_millis(800 + rng.below(1_200)));
@@ -899,10 +904,13 @@ fn a_node_whose_disk_fills_fails_cleanly_and_catches_up_once_space_is_freed() {
     });
     assert!(failed_at.is_some(), "node 3 never failed on its full disk: {:?} {}", cluster.health(2), cluster.log_of(2));
     let failed_at = failed_at.unwrap();
+    // Its database refuses writes (the disk is full) and its Raft has stopped: both said.
     let (code, body) = cluster.health(2).unwrap();
-    assert_eq!((code, body["status"].as_str()), (503, Some("no-leader")), "{body}");
+    assert_eq!((code, body["status"].as_str(), body["log_writable"].as_bool()), (503, Some("degraded"), Some(false)));
+    let why = body["cluster"]["raft_error"].as_str().unwrap_or_default();
+    assert!(why.contains("No space left on device"), "its health does not say why: {body}");
     let log = cluster.log_of(2);
-    assert!(log.contains("No space left on device"), "node 3's log does not say why: {log}");
+    assert!(log.contains("Raft stopped") && log.contains("No space left on device"), "its log does not say why: {log}");
     std::thread::sleep(Duration::from_millis(1_000 + rng.below(1_000)));
     // The node is still up (no crash, no panic); the two others went on.
     let child = cluster.nodes[2].child.as_mut().unwrap();

@@ -246,6 +246,22 @@ impl Cluster {
             let members = std::collections::BTreeMap::from([(node_id, BasicNode { addr: founder.addr.clone() })]);
             raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
         }
+        // A storage failure stops this node's Raft (fail closed: it never skips an entry it could not store or
+        // apply). Said once in the node's log, with the cause; `/health` says it too.
+        let mut metrics = raft.metrics();
+        tokio::spawn(async move {
+            while metrics.changed().await.is_ok() {
+                let state = metrics.borrow().running_state.clone();
+                match state {
+                    Ok(()) | Err(openraft::error::Fatal::Stopped) => {}
+                    Err(fatal) => {
+                        let why = crate::error::one_line(&fatal.to_string());
+                        tracing::error!(node_id, "cluster: this node's Raft stopped: {why}; restart it once the cause is fixed");
+                        return;
+                    }
+                }
+            }
+        });
         Ok(Cluster {
             raft,
             node_id,
@@ -306,6 +322,31 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Makes a read of this node's database linearizable: every write acknowledged before this call is applied here
+    /// when it returns. The leader confirms with a majority that it still leads (its read index); a follower asks
+    /// the leader for it (once: `forwarded` stops a second hop) and waits until it has applied as far. Fails without
+    /// a leader; the caller bounds how long it may take.
+    pub async fn linearizable_read(&self, forwarded: bool) -> Result<Option<u64>, String> {
+        use openraft::error::CheckIsLeaderError;
+        let leader = match self.raft.ensure_linearizable().await {
+            Ok(read) => return Ok(read.map(|l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) if !forwarded => {
+                f.leader_id.filter(|l| *l != self.node_id).zip(f.leader_node)
+            }
+            Err(e) => return Err(crate::error::one_line(&e.to_string())),
+        };
+        let Some((id, node)) = leader else { return Err(format!("node {} knows no leader", self.node_id)) };
+        let index = network::read_index(&self.client, &node.addr, &self.bundle.secret)
+            .await
+            .map_err(|e| format!("the leader (node {id}) did not confirm a read index: {e}"))?;
+        self.raft
+            .wait(None)
+            .applied_index_at_least(index, "a linearizable read")
+            .await
+            .map_err(|e| format!("waiting to apply the leader's read index: {e}"))?;
+        Ok(index)
     }
 
     /// How long a node may know no leader before it refuses writes at once.

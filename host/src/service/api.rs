@@ -214,6 +214,9 @@ pub struct ClusterHealth {
     pub leader: Option<u64>,
     /// False once this node's Raft has stopped on a fatal error (its storage failed): restart the node.
     pub raft_running: bool,
+    /// Why its Raft stopped, when it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_error: Option<String>,
     /// If this node leads but no majority acknowledged it lately: milliseconds since one last did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_stale_ms: Option<u64>,

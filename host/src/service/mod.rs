@@ -203,8 +203,14 @@ async fn health(State(service): State<Arc<Service>>) -> (StatusCode, Json<api::H
             Leadership::Follows(id) => (Some(id), None),
             Leadership::None { stale_ms } => (None, stale_ms),
         };
-        let running = c.raft.metrics().borrow().running_state.is_ok();
-        api::ClusterHealth { node_id: c.node_id, leader, raft_running: running, leader_stale_ms: stale_ms }
+        let stopped = c.raft.metrics().borrow().running_state.clone().err();
+        api::ClusterHealth {
+            node_id: c.node_id,
+            leader,
+            raft_running: stopped.is_none(),
+            raft_error: stopped.map(|e| crate::error::one_line(&e.to_string())),
+            leader_stale_ms: stale_ms,
+        }
     });
     let leaderless = cluster.as_ref().is_some_and(|c| c.leader.is_none() || !c.raft_running);
     let status = match (writable, leaderless) {
