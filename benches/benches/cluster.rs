@@ -96,7 +96,16 @@ fn start(n: usize) -> Nodes {
     for i in 1..n {
         cli(
             &homes[0],
-            &["cluster", "join", "--server", &nodes.urls[0], "--node-id", &(i + 1).to_string(), "--addr", &nodes.urls[i]],
+            &[
+                "cluster",
+                "join",
+                "--server",
+                &nodes.urls[0],
+                "--node-id",
+                &(i + 1).to_string(),
+                "--addr",
+                &nodes.urls[i],
+            ],
         );
     }
     nodes

@@ -192,7 +192,8 @@ impl Cluster {
 
     /// Node `i`'s `/health`: its HTTP status and body.
     fn health(&self, i: usize) -> Option<(u16, Value)> {
-        let resp = client().get(format!("{}/health", self.nodes[i].url())).timeout(Duration::from_secs(5)).send().ok()?;
+        let resp =
+            client().get(format!("{}/health", self.nodes[i].url())).timeout(Duration::from_secs(5)).send().ok()?;
         let status = resp.status().as_u16();
         Some((status, resp.json().ok()?))
     }
@@ -725,8 +726,7 @@ fn a_leader_paused_with_sigstop_is_replaced_and_steps_down_when_resumed() {
 
 #[test]
 fn a_node_without_a_leader_says_so_and_refuses_writes_within_the_leaderless_bound() {
-    let mut rng =
-        Rng::new(test_seed("a_node_without_a_leader_says_so_and_refuses_writes_within_the_leaderless_bound"));
+    let mut rng = Rng::new(test_seed("a_node_without_a_leader_says_so_and_refuses_writes_within_the_leaderless_bound"));
     let mut cluster = Cluster::start(3, &[]);
     let token = cluster.mint(&["--agent", "hello-rust"]);
     let leader = cluster.leader(Duration::from_secs(10));
@@ -799,9 +799,8 @@ fn a_node_without_a_leader_says_so_and_refuses_writes_within_the_leaderless_boun
 
 #[test]
 fn a_partitioned_leader_refuses_writes_while_the_majority_goes_on_and_healing_converges() {
-    let mut rng = Rng::new(test_seed(
-        "a_partitioned_leader_refuses_writes_while_the_majority_goes_on_and_healing_converges",
-    ));
+    let mut rng =
+        Rng::new(test_seed("a_partitioned_leader_refuses_writes_while_the_majority_goes_on_and_healing_converges"));
     let net = match Net::create(3, &mut rng) {
         Ok(net) => net,
         Err(why) => {
@@ -867,11 +866,8 @@ fn a_node_whose_disk_fills_fails_cleanly_and_catches_up_once_space_is_freed() {
     // Node 3's home on a filesystem of its own, 32 MiB (tmpfs, mounted as root).
     let home = cluster.nodes[2].home.clone();
     std::fs::create_dir_all(&home).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs"])
-        .arg(&home)
-        .output()
-        .unwrap();
+    let mounted =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs"]).arg(&home).output().unwrap();
     if !mounted.status.success() {
         let why = String::from_utf8_lossy(&mounted.stderr).trim().to_string();
         eprintln!("SKIPPED a_node_whose_disk_fills...: cannot mount a small filesystem here: {why}");

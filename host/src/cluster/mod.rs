@@ -256,7 +256,10 @@ impl Cluster {
                     Ok(()) | Err(openraft::error::Fatal::Stopped) => {}
                     Err(fatal) => {
                         let why = crate::error::one_line(&fatal.to_string());
-                        tracing::error!(node_id, "cluster: this node's Raft stopped: {why}; restart it once the cause is fixed");
+                        tracing::error!(
+                            node_id,
+                            "cluster: this node's Raft stopped: {why}; restart it once the cause is fixed"
+                        );
                         return;
                     }
                 }
@@ -298,12 +301,7 @@ impl Cluster {
     /// Proposes `op` through this node's Raft and waits for the answer; `None` if the write timeout passes or this
     /// node leads without a majority's acknowledgement for longer than the leaderless bound meanwhile (a leader cut
     /// off by a partition would otherwise hold the write until the partition heals).
-    async fn propose(
-        &self,
-        op: &str,
-        deadline: tokio::time::Instant,
-    ) -> Option<Result<openraft::raft::ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>>
-    {
+    async fn propose(&self, op: &str, deadline: tokio::time::Instant) -> Option<network::WriteAnswer> {
         let proposed = self.raft.client_write(Proposal { op: op.to_string() });
         tokio::pin!(proposed);
         loop {

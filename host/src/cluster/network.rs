@@ -131,7 +131,8 @@ pub enum Forwarded {
     NotLeader,
 }
 
-type WriteAnswer = Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
+/// What a write through Raft answers.
+pub type WriteAnswer = Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
 
 /// Forwards `op` to the leader at `addr`.
 pub async fn forward(client: &reqwest::Client, addr: &str, secret: &str, op: &str, timeout: Duration) -> Forwarded {
