@@ -139,11 +139,28 @@ pub struct ClusterOptions {
     pub snapshot_every: u64,
     /// How long a write may wait for a leader (elections, forwarding) before it is reported as not recorded.
     pub write_timeout: Duration,
+    /// A node that has known no leader for this long (a follower or candidate that hears from none, or a leader
+    /// that has had no acknowledgement from a majority for this long) refuses a write at once instead of waiting out
+    /// the write timeout: it is cut off from a majority, and an election would have been over long before.
+    pub leaderless_after: Duration,
+}
+
+impl ClusterOptions {
+    /// The default leaderless bound for heartbeats every `heartbeat_ms`: 20 heartbeats (about 3 election timeouts),
+    /// at least one second, so that an ordinary election on a busy machine never trips it.
+    pub fn leaderless_for(heartbeat_ms: u64) -> Duration {
+        Duration::from_millis((heartbeat_ms * 20).max(1_000))
+    }
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { heartbeat_ms: 100, snapshot_every: 20_000, write_timeout: Duration::from_secs(30) }
+        ClusterOptions {
+            heartbeat_ms: 100,
+            snapshot_every: 20_000,
+            write_timeout: Duration::from_secs(30),
+            leaderless_after: ClusterOptions::leaderless_for(100),
+        }
     }
 }
 
@@ -157,6 +174,19 @@ pub struct Cluster {
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
     write_timeout: Duration,
+    leaderless_after: Duration,
+}
+
+/// Whom a node takes for its leader, now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leadership {
+    /// This node leads, and a majority acknowledged it within the leaderless bound.
+    Leads,
+    /// This node follows a leader it knows.
+    Follows(NodeId),
+    /// No leader: an election is under way, this node is cut off from a majority, or it leads without a majority's
+    /// acknowledgement for longer than the bound (`stale_ms`: since the last one, if it leads).
+    None { stale_ms: Option<u64> },
 }
 
 impl std::fmt::Debug for Cluster {
@@ -216,6 +246,25 @@ impl Cluster {
             let members = std::collections::BTreeMap::from([(node_id, BasicNode { addr: founder.addr.clone() })]);
             raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))?;
         }
+        // A storage failure stops this node's Raft (fail closed: it never skips an entry it could not store or
+        // apply). Said once in the node's log, with the cause; `/health` says it too.
+        let mut metrics = raft.metrics();
+        tokio::spawn(async move {
+            while metrics.changed().await.is_ok() {
+                let state = metrics.borrow().running_state.clone();
+                match state {
+                    Ok(()) | Err(openraft::error::Fatal::Stopped) => {}
+                    Err(fatal) => {
+                        let why = crate::error::one_line(&fatal.to_string());
+                        tracing::error!(
+                            node_id,
+                            "cluster: this node's Raft stopped: {why}; restart it once the cause is fixed"
+                        );
+                        return;
+                    }
+                }
+            }
+        });
         Ok(Cluster {
             raft,
             node_id,
@@ -224,6 +273,7 @@ impl Cluster {
             client,
             runtime: tokio::runtime::Handle::current(),
             write_timeout: options.write_timeout,
+            leaderless_after: options.leaderless_after,
         })
     }
 
@@ -232,27 +282,140 @@ impl Cluster {
         drop(self.raft.shutdown().await);
     }
 
+    /// Whom this node takes for its leader (from its Raft metrics: no network round trip).
+    pub fn leadership(&self) -> Leadership {
+        let m = self.raft.metrics().borrow().clone();
+        match (m.state, m.current_leader) {
+            (openraft::ServerState::Leader, _) => match m.millis_since_quorum_ack {
+                // A leader whose majority has not answered within the bound is cut off: the others elect another.
+                Some(ms) if ms <= self.leaderless_after.as_millis() as u64 => Leadership::Leads,
+                // A single-node cluster is its own majority.
+                _ if m.membership_config.membership().voter_ids().count() <= 1 => Leadership::Leads,
+                stale => Leadership::None { stale_ms: stale },
+            },
+            (_, Some(leader)) if leader != self.node_id => Leadership::Follows(leader),
+            _ => Leadership::None { stale_ms: None },
+        }
+    }
+
+    /// Proposes `op` through this node's Raft and waits for the answer; `None` if the write timeout passes or this
+    /// node leads without a majority's acknowledgement for longer than the leaderless bound meanwhile (a leader cut
+    /// off by a partition would otherwise hold the write until the partition heals).
+    async fn propose(&self, op: &str, deadline: tokio::time::Instant) -> Option<network::WriteAnswer> {
+        let proposed = self.raft.client_write(Proposal { op: op.to_string() });
+        tokio::pin!(proposed);
+        loop {
+            let check = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
+            tokio::select! {
+                answer = &mut proposed => return Some(answer),
+                () = tokio::time::sleep_until(check) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return None;
+                    }
+                    if let Leadership::None { stale_ms: Some(ms) } = self.leadership()
+                        && ms >= self.leaderless_after.as_millis() as u64
+                    {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes a read of this node's database linearizable: every write acknowledged before this call is applied here
+    /// when it returns. The leader confirms with a majority that it still leads (its read index); a follower asks
+    /// the leader for it (once: `forwarded` stops a second hop) and waits until it has applied as far. Fails without
+    /// a leader; the caller bounds how long it may take.
+    pub async fn linearizable_read(&self, forwarded: bool) -> Result<Option<u64>, String> {
+        use openraft::error::CheckIsLeaderError;
+        let leader = match self.raft.ensure_linearizable().await {
+            Ok(read) => return Ok(read.map(|l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) if !forwarded => {
+                f.leader_id.filter(|l| *l != self.node_id).zip(f.leader_node)
+            }
+            Err(e) => return Err(crate::error::one_line(&e.to_string())),
+        };
+        let Some((id, node)) = leader else { return Err(format!("node {} knows no leader", self.node_id)) };
+        let index = network::read_index(&self.client, &node.addr, &self.bundle.secret)
+            .await
+            .map_err(|e| format!("the leader (node {id}) did not confirm a read index: {e}"))?;
+        self.raft
+            .wait(None)
+            .applied_index_at_least(index, "a linearizable read")
+            .await
+            .map_err(|e| format!("waiting to apply the leader's read index: {e}"))?;
+        Ok(index)
+    }
+
+    /// How long a node may know no leader before it refuses writes at once.
+    pub fn leaderless_after(&self) -> Duration {
+        self.leaderless_after
+    }
+
     /// Proposes `op` (an operation's JSON) and waits until it is applied: through this node's Raft if it leads,
     /// else forwarded to the leader. Retried (within the write timeout) only while it provably was not appended.
+    /// A node that has known no leader for [`ClusterOptions::leaderless_after`] refuses it (not recorded) rather than
+    /// waiting out the write timeout; a write appended by a leader that then loses its majority is answered
+    /// "outcome unknown" after the write timeout instead of hanging until the partition heals.
     pub async fn write(&self, op: String) -> Result<Applied, AppendError> {
-        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.write_timeout;
         let mut pause = Duration::from_millis(20);
+        // Since when this write has seen no leader (reset whenever one is known).
+        let mut leaderless_since: Option<tokio::time::Instant> = None;
         loop {
-            let leader = match self.raft.client_write(Proposal { op: op.clone() }).await {
-                Ok(response) => return response.data.into_result(),
-                // Not appended here (this node does not lead, or the entry was truncated by a new leader).
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    f.leader_id.filter(|l| *l != self.node_id).zip(f.leader_node)
-                }
-                Err(e) => {
+            let leadership = self.leadership();
+            if let Leadership::None { stale_ms } = leadership {
+                let now = tokio::time::Instant::now();
+                // A leader cut off for a while already, or a node that has seen none since this write began.
+                let since = *leaderless_since.get_or_insert_with(|| match stale_ms {
+                    Some(ms) => now.checked_sub(Duration::from_millis(ms)).unwrap_or(now),
+                    None => now,
+                });
+                if now.duration_since(since) >= self.leaderless_after {
                     return Err(AppendError::Storage(format!(
-                        "cluster: {}; the operation's outcome is unknown",
-                        crate::error::one_line(&e.to_string())
+                        "cluster: node {} has had no leader for {} (it cannot reach a majority); the operation was \
+                         not recorded",
+                        self.node_id,
+                        humantime::format_duration(Duration::from_millis(now.duration_since(since).as_millis() as u64))
                     )));
+                }
+            } else {
+                leaderless_since = None;
+            }
+            // Nothing is proposed without a leader (a cut-off leader's entries could not commit).
+            let leader = if matches!(leadership, Leadership::None { .. }) {
+                None
+            } else {
+                let answer = match self.propose(&op, deadline).await {
+                    Some(answer) => answer,
+                    // Appended here as leader, not committed while this node lost its majority (or within the
+                    // write timeout): it may still commit if this node keeps its leadership, so it is unknown.
+                    None => {
+                        return Err(AppendError::Storage(format!(
+                            "cluster: node {} appended the operation but lost its majority before it was \
+                             committed; its outcome is unknown",
+                            self.node_id
+                        )));
+                    }
+                };
+                match answer {
+                    Ok(response) => return response.data.into_result(),
+                    // Not appended here (this node does not lead, or the entry was truncated by a new leader).
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        f.leader_id.filter(|l| *l != self.node_id).zip(f.leader_node)
+                    }
+                    Err(e) => {
+                        return Err(AppendError::Storage(format!(
+                            "cluster: {}; the operation's outcome is unknown",
+                            crate::error::one_line(&e.to_string())
+                        )));
+                    }
                 }
             };
             if let Some((_, node)) = leader {
-                match network::forward(&self.client, &node.addr, &self.bundle.secret, &op, self.write_timeout).await {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match network::forward(&self.client, &node.addr, &self.bundle.secret, &op, left).await {
                     network::Forwarded::Done(outcome) => return outcome,
                     network::Forwarded::NotSent | network::Forwarded::NotLeader => {}
                 }

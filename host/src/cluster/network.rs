@@ -131,7 +131,8 @@ pub enum Forwarded {
     NotLeader,
 }
 
-type WriteAnswer = Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
+/// What a write through Raft answers.
+pub type WriteAnswer = Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
 
 /// Forwards `op` to the leader at `addr`.
 pub async fn forward(client: &reqwest::Client, addr: &str, secret: &str, op: &str, timeout: Duration) -> Forwarded {
@@ -286,12 +287,29 @@ pub struct Status {
     /// `local` (this node's database as it stands) or `leader` (checked with the leader first: every write
     /// acknowledged before the request is included).
     pub read: String,
+    /// With `leader`: the log index the leader confirmed, which this node had applied before answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_index: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 struct StatusQuery {
     #[serde(default)]
     linearizable: bool,
+    /// Set by a follower asking the leader for a read index: answered only by a node that leads (no second hop).
+    #[serde(default)]
+    forwarded: bool,
+}
+
+/// The read index of the leader at `addr` (it confirms its leadership with a majority first).
+pub async fn read_index(client: &reqwest::Client, addr: &str, secret: &str) -> Result<Option<u64>, String> {
+    let url = format!("{addr}/v1/cluster/status?linearizable=true&forwarded=true");
+    let response = client.get(&url).bearer_auth(secret).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("it answered {}", response.status()));
+    }
+    let status: Status = response.json().await.map_err(|e| e.to_string())?;
+    Ok(status.read_index)
 }
 
 /// The last operation's sequence number, the last event's, and its hash.
@@ -310,14 +328,25 @@ async fn status(State(c): State<Cluster>, headers: HeaderMap, Query(q): Query<St
     if let Err(r) = authenticate(&c, &headers) {
         return *r;
     }
-    if q.linearizable
-        && let Err(e) = c.raft.ensure_linearizable().await
-    {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no-leader",
-            format!("a leader-checked read is not possible: {e}"),
-        );
+    let mut read_index = None;
+    if q.linearizable {
+        // A leader cut off from its majority would wait for acknowledgements that never come: bounded.
+        let bound = c.leaderless_after();
+        let checked = match tokio::time::timeout(bound, c.linearizable_read(q.forwarded)).await {
+            Ok(Ok(index)) => {
+                read_index = index;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no majority confirmed the leader within {}", humantime::format_duration(bound))),
+        };
+        if let Err(e) = checked {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-leader",
+                format!("a leader-checked read is not possible: {e}"),
+            );
+        }
     }
     let m = c.raft.metrics().borrow().clone();
     let db = c.db.clone();
@@ -343,6 +372,7 @@ async fn status(State(c): State<Cluster>, headers: HeaderMap, Query(q): Query<St
         events,
         head,
         read: if q.linearizable { "leader" } else { "local" }.into(),
+        read_index,
     })
     .into_response()
 }

@@ -126,6 +126,7 @@ impl ServeCommand {
             max_body: usize::try_from(self.max_body).unwrap_or(usize::MAX),
             component_dirs: self.component_dirs.clone(),
             shutdown_grace: self.shutdown_grace,
+            cluster: cluster.clone(),
             ..ServiceConfig::default()
         };
         let service = Service::new(host, config);
@@ -157,9 +158,11 @@ impl ServeCommand {
         bundle.install(&home.dir).map_err(RunError::host)?;
         let db = home.open_db().map_err(|e| RunError::host(format!("event log: {e}")))?;
         let stats = Arc::new(LogStats::default());
+        let heartbeat_ms = self.raft_heartbeat_ms.clamp(10, 10_000);
         let cluster_options = ClusterOptions {
-            heartbeat_ms: self.raft_heartbeat_ms.clamp(10, 10_000),
+            heartbeat_ms,
             snapshot_every: self.raft_snapshot_every.max(1),
+            leaderless_after: ClusterOptions::leaderless_for(heartbeat_ms),
             ..ClusterOptions::default()
         };
         let cluster =

@@ -262,12 +262,32 @@ pub struct PlanSummaryView {
 /// `GET /health`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `ok` when the log accepts writes, else `degraded`.
+    /// `ok` when the log accepts writes; `degraded` when this node's database does not; `no-leader` when this
+    /// cluster node knows no leader (or its Raft has stopped), so no write can be recorded through it.
     pub status: String,
     pub log_writable: bool,
     pub version: String,
     pub runs_in_flight: u64,
     pub runs_queued: u64,
+    /// On a cluster's node only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterHealth>,
+}
+
+/// A cluster node's view of its leader, in `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterHealth {
+    pub node_id: u64,
+    /// The leader this node knows (itself if it leads with a majority behind it); `null` when it knows none.
+    pub leader: Option<u64>,
+    /// False once this node's Raft has stopped on a fatal error (its storage failed): restart the node.
+    pub raft_running: bool,
+    /// Why its Raft stopped, when it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_error: Option<String>,
+    /// If this node leads but no majority acknowledged it lately: milliseconds since one last did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_stale_ms: Option<u64>,
 }
 
 /// Every error: a stable code (for programs) and a one-line message (for people).

@@ -55,6 +55,8 @@ pub struct ServiceConfig {
     pub shutdown_grace: Duration,
     /// Components compiled at once (a compile is CPU-heavy and not counted as a run).
     pub max_compiles: usize,
+    /// The cluster this service is a node of (`/health` says whether it knows a leader).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Default for ServiceConfig {
@@ -66,6 +68,7 @@ impl Default for ServiceConfig {
             component_dirs: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
             max_compiles: 2,
+            cluster: None,
         }
     }
 }
@@ -187,7 +190,8 @@ impl Service {
     }
 }
 
-/// Liveness, and whether the log accepts writes.
+/// Liveness, and whether the log accepts writes: on a cluster's node, also whether it knows a leader (without one,
+/// no write can be recorded: `no-leader`, 503).
 #[utoipa::path(get, path = "/health", responses((status = 200, body = api::Health), (status = 503, body = api::Health)))]
 async fn health(State(service): State<Arc<Service>>) -> (StatusCode, Json<api::Health>) {
     let db = service.host.db().clone();
@@ -197,14 +201,37 @@ async fn health(State(service): State<Arc<Service>>) -> (StatusCode, Json<api::H
     })
     .await
     .unwrap_or(false);
+    let cluster = service.config.cluster.as_ref().map(|c| {
+        use crate::cluster::Leadership;
+        let (leader, stale_ms) = match c.leadership() {
+            Leadership::Leads => (Some(c.node_id), None),
+            Leadership::Follows(id) => (Some(id), None),
+            Leadership::None { stale_ms } => (None, stale_ms),
+        };
+        let stopped = c.raft.metrics().borrow().running_state.clone().err();
+        api::ClusterHealth {
+            node_id: c.node_id,
+            leader,
+            raft_running: stopped.is_none(),
+            raft_error: stopped.map(|e| crate::error::one_line(&e.to_string())),
+            leader_stale_ms: stale_ms,
+        }
+    });
+    let leaderless = cluster.as_ref().is_some_and(|c| c.leader.is_none() || !c.raft_running);
+    let status = match (writable, leaderless) {
+        (false, _) => "degraded",
+        (true, true) => "no-leader",
+        (true, false) => "ok",
+    };
     let body = api::Health {
-        status: if writable { "ok" } else { "degraded" }.into(),
+        status: status.into(),
         log_writable: writable,
         version: env!("CARGO_PKG_VERSION").into(),
         runs_in_flight: service.metrics.in_flight.load(Ordering::Relaxed),
         runs_queued: service.metrics.queued.load(Ordering::Relaxed),
+        cluster,
     };
-    (if writable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+    (if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }
 
 /// Prometheus metrics (text format 0.0.4).
