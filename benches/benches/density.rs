@@ -42,9 +42,11 @@ const REGIONS_PER_AGENT: usize = 7;
 type Sample = (Instant, u64, usize, Option<u64>);
 
 fn main() {
-    // `cargo bench` passes `--bench`; this bench has no criterion groups to filter.
-    let agents: usize = env_or("TOKA_DENSITY_AGENTS", 10_000);
-    let timeout = Duration::from_secs(env_or("TOKA_DENSITY_TIMEOUT_S", 10));
+    // `cargo bench` passes `--bench`; `cargo test --benches` (the test suite's smoke run) does not, and gets a
+    // small run that still checks every figure is produced.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let agents: usize = env_or("TOKA_DENSITY_AGENTS", if smoke { 200 } else { 10_000 });
+    let timeout = Duration::from_secs(env_or("TOKA_DENSITY_TIMEOUT_S", if smoke { 3 } else { 10 }));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let runner = Arc::new(Runner::new(&EngineOptions { fuel: true, cache_dir: None, pooling: false }).unwrap());
     let program = runner.load(&agent("hostile")).unwrap();
@@ -180,5 +182,8 @@ fn main() {
     println!("DENSITY failures: {} runs did not end by their deadline as a timeout", failures.len());
     for f in failures.iter().take(5) {
         println!("  {f}");
+    }
+    if !failures.is_empty() {
+        std::process::exit(1);
     }
 }
