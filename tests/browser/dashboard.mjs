@@ -50,15 +50,19 @@ function ok(name) {
   console.log(`ok ${name}`);
 }
 
-/** Waits (bounded) until `fn` (run in the page) returns a truthy value, which it returns. */
-async function until(what, fn, arg) {
+/** Waits (bounded, `WAIT` unless told) until `fn` (run in the page) returns a truthy value, which it returns. */
+async function until(what, fn, arg, timeout = WAIT) {
   try {
-    const handle = await page.waitForFunction(fn, arg, { timeout: WAIT, polling: 50 });
+    const handle = await page.waitForFunction(fn, arg, { timeout, polling: 50 });
     return await handle.jsonValue();
   } catch (e) {
-    throw new StepFailure(`timed out after ${WAIT} ms waiting for ${what}`);
+    throw new StepFailure(`timed out after ${timeout} ms waiting for ${what}`);
   }
 }
+
+/** How long a plan's answer may take: the server loads its steps' components first, and on a cold compile cache
+ * (a fresh clone) the Python and JavaScript ones take several seconds each to compile. */
+const PLAN_WAIT = 90000;
 
 const text = (sel) => page.evaluate((s) => document.querySelector(s)?.textContent ?? null, sel);
 const visible = (sel) => page.evaluate((s) => { const e = document.querySelector(s); return !!e && !e.hidden; }, sel);
@@ -280,12 +284,13 @@ async function run(context, lines) {
   const refusal = await until('the plan\'s refusal', () => {
     const t = document.getElementById('plan-result').textContent;
     return t.startsWith('refused') ? t : null;
-  });
+  }, undefined, PLAN_WAIT);
   check(refusal.includes('grant-refused') && refusal.includes('agent `first`'), `the refusal: ${refusal}`);
   check(await page.evaluate(() => !document.getElementById('plan-result').dataset.planId), 'a refused plan got an id');
   await page.fill('#plan-manifest', manifest);
   await page.click('#plan-button');
-  const planId = await until('the plan started', () => document.getElementById('plan-result').dataset.planId || null);
+  const planId = await until('the plan started', () => document.getElementById('plan-result').dataset.planId || null,
+    undefined, PLAN_WAIT);
   const states = await until('the nodes in their final states', (id) => {
     if (document.getElementById('plan-view').dataset.planId !== id) return null;
     const nodes = Object.fromEntries([...document.querySelectorAll('#plan-graph g.node')]
@@ -293,7 +298,7 @@ async function run(context, lines) {
     const done = nodes.first === 'succeeded' && nodes.piped === 'succeeded' && nodes.broken === 'failed'
       && nodes['after-broken'] === 'skipped' && document.getElementById('plan-status').textContent === 'failed';
     return done ? nodes : null;
-  }, planId);
+  }, planId, PLAN_WAIT);
   check(Object.keys(states).length === 4, `nodes: ${JSON.stringify(states)}`);
   const graph = await page.evaluate(() => ({
     levels: Object.fromEntries([...document.querySelectorAll('#plan-graph g.node')].map((g) => [g.dataset.step, g.dataset.level])),
