@@ -43,7 +43,7 @@ pub enum PlanSource {
 }
 
 /// How to run a plan.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// Non-critical steps running at once.
     pub jobs: usize,
@@ -51,6 +51,8 @@ pub struct Options {
     pub token: Option<String>,
     /// The new plan's id (default: a fresh one).
     pub plan_id: Option<String>,
+    /// The runner the steps go through (a server's, with the programs it has loaded); `None`: a new one on `host`.
+    pub runner: Option<Arc<crate::run::Runner>>,
 }
 
 /// A refusal before the plan starts (or a host fault), with the exit code it maps to.
@@ -176,7 +178,7 @@ pub async fn up(
     stop: CancellationToken,
 ) -> Result<PlanSummary, UpError> {
     let started = Instant::now();
-    let runner = Arc::new(host.runner());
+    let runner = options.runner.clone().unwrap_or_else(|| Arc::new(host.runner()));
     let (plan, plan_id, resume) = match source {
         PlanSource::Manifest { text, base, fallback_name } => {
             let plan = manifest::parse(&text, &base, &fallback_name)

@@ -206,7 +206,13 @@ pub async fn submit(
     let (tell, started) = tokio::sync::oneshot::channel();
     let observer = Arc::new(Started { tell: Mutex::new(Some(tell)), agents });
     let source = PlanSource::Manifest { text: submitted.manifest, base, fallback_name: "plan".into() };
-    let options = Options { jobs, token: Some(bearer.text.clone()), plan_id: Some(plan_id.clone()) };
+    // The service's runner: a plan's steps reuse the programs it has loaded (and leave theirs for the next plan).
+    let options = Options {
+        jobs,
+        token: Some(bearer.text.clone()),
+        plan_id: Some(plan_id.clone()),
+        runner: Some(service.runner.clone()),
+    };
     let task = tokio::spawn({
         let (service, plan_id) = (service.clone(), plan_id.clone());
         async move {
