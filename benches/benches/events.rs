@@ -44,6 +44,7 @@ fn open_signed(path: &std::path::Path, policy: GroupCommit, signer: Option<Signe
         task_id: None,
         detail: serde_json::json!({}),
         rate: None,
+        node: None,
     };
     log.submit(operation(start)).unwrap();
     log

@@ -89,6 +89,16 @@ pub const MAX_MANIFEST: usize = 48 * 1024;
 /// Most agents in one plan.
 pub const MAX_AGENTS: usize = 128;
 
+/// Checks an id handed in from outside to name something new (a run id another node chose): 1 to [`MAX_ID`] bytes
+/// of letters, digits and `. _ -`.
+pub fn check_id(field: &str, value: &str) -> Result<(), String> {
+    id(field, value)?;
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(format!("{field} must be letters, digits and . _ - only"));
+    }
+    Ok(())
+}
+
 fn id(field: &str, value: &str) -> Result<(), String> {
     if value.len() > MAX_ID {
         return Err(format!("{field} is {} bytes, over the {MAX_ID} byte limit", value.len()));
@@ -146,6 +156,10 @@ pub fn bound_operation(operation: &mut Operation) -> Result<(), String> {
             detail(d);
         }
         Op::CompleteRun { detail: d, .. } => detail(d),
+        Op::LoseRun { run_id, reason, .. } => {
+            id("run id", run_id)?;
+            truncate(reason, MAX_TEXT);
+        }
         Op::FailRun { reason, detail: d, .. } => {
             truncate(reason, MAX_TEXT);
             detail(d);
@@ -301,6 +315,7 @@ mod tests {
                 task_id: None,
                 detail: json!({}),
                 rate: None,
+                node: None,
             },
         };
         assert!(bound_operation(&mut op).unwrap_err().contains("run id is 257 bytes"));

@@ -54,6 +54,9 @@ pub enum Outcome {
     Unreachable,
     /// `--server`: the server is too busy (its queue is full) or shutting down; retry later.
     ServerBusy,
+    /// The cluster node the run executed on was lost (killed, cut off, restarted) before the run ended: what the run
+    /// did before is in the log; it was not completed.
+    Lost,
 }
 
 impl Outcome {
@@ -82,6 +85,7 @@ impl Outcome {
             Outcome::Cancelled => 82,
             Outcome::Unreachable => 83,
             Outcome::ServerBusy => 84,
+            Outcome::Lost => crate::kernel::LOST_EXIT_CODE,
         }
     }
 
@@ -109,6 +113,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Unreachable => "unreachable",
             Outcome::ServerBusy => "server-busy",
+            Outcome::Lost => "lost",
         }
     }
 
@@ -118,7 +123,7 @@ impl Outcome {
     }
 
     /// Every outcome, for documentation and for tests that check the codes are distinct.
-    pub const ALL: [Outcome; 21] = [
+    pub const ALL: [Outcome; 22] = [
         Outcome::Success,
         Outcome::Exited,
         Outcome::AgentError,
@@ -140,6 +145,7 @@ impl Outcome {
         Outcome::Cancelled,
         Outcome::Unreachable,
         Outcome::ServerBusy,
+        Outcome::Lost,
     ];
 }
 

@@ -199,7 +199,16 @@ pub enum Op {
         /// The token's rate limit for this agent, shared by the run's start and its boundary host calls.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rate: Option<Rate>,
+        /// The cluster node the run executes on (none outside a cluster): if that node is lost, the cluster's leader
+        /// ends the run with [`Op::LoseRun`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<u64>,
     },
+    /// A run whose cluster node was lost (it stopped answering, or restarted without it): recorded by the leader (or
+    /// by the node itself when it restarts) so that the run ends in the log and may be run again elsewhere. Only a
+    /// live run on exactly that node can be lost; any later operation of the lost run (a node that was only slow) is
+    /// rejected as the operation of a run that is not running, so a run lost is never also completed.
+    LoseRun { run_id: String, node: u64, reason: String },
     /// Start a sub-agent's run on behalf of a running parent (`toka:agent/spawn`): a boundary host call of the
     /// parent (it takes from the parent's rate bucket) that starts a run of its own. The child's run then ends as
     /// any run does (`complete-run`, `fail-run`).
@@ -324,6 +333,9 @@ pub enum Op {
     },
 }
 
+/// The exit code of a run lost with its cluster node (`crate::error::Outcome::Lost`'s).
+pub const LOST_EXIT_CODE: i32 = 103;
+
 /// The outcome of a step's attempt that the host's own stop cut short (recorded by the resume that finds it).
 pub const INTERRUPTED: &str = "interrupted";
 
@@ -382,6 +394,9 @@ pub struct RunState {
     /// The revocation ids of the token the run started under (see [`Operation::chain`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chain: Vec<String>,
+    /// The cluster node it executes on (a spawned child: its parent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -612,6 +627,7 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
         op.op,
         Op::CompleteRun { .. }
             | Op::FailRun { .. }
+            | Op::LoseRun { .. }
             | Op::EndToolCall { .. }
             | Op::EndLlmCall { .. }
             | Op::EndStep { .. }
@@ -672,6 +688,11 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
         Op::CompleteRun { run_id, .. } | Op::FailRun { run_id, .. } | Op::ReachLimit { run_id, .. } => {
             running(state, run_id).map(drop)
         }
+        Op::LoseRun { run_id, node, .. } => match running(state, run_id)?.node {
+            Some(n) if n == *node => Ok(()),
+            Some(n) => Err(format!("run {run_id} runs on node {n}, not on node {node}")),
+            None => Err(format!("run {run_id} runs on no cluster node")),
+        },
         Op::StartToolCall { run_id: Some(run_id), tool, .. } => {
             let run = running(state, run_id)?;
             check_rate(state, &run.agent, run.rate, op.time_ms, &format!("call of tool {tool}"))
@@ -792,7 +813,7 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             let task = state.tasks.remove(task_id).expect("checked: the task exists");
             vec![event(op, kind::TASK_DROPPED, &task.agent, "", json!({ "task_id": task_id, "reason": reason }))]
         }
-        Op::StartRun { run_id, agent, task_id, detail, rate } => {
+        Op::StartRun { run_id, agent, task_id, detail, rate, node } => {
             if let Some(task) = task_id.as_ref().and_then(|t| state.tasks.get_mut(t)) {
                 task.status = TaskStatus::Running;
             }
@@ -807,6 +828,7 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                     observations: 0,
                     rate: *rate,
                     chain: op.chain.clone(),
+                    node: *node,
                 },
             );
             *state.agent_runs.entry(agent.clone()).or_default() += 1;
@@ -814,6 +836,9 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             if let Some(map) = payload.as_object_mut() {
                 map.insert("task_id".into(), json!(task_id));
                 map.insert("token".into(), json!(op.token));
+                if let Some(node) = node {
+                    map.insert("node".into(), json!(node));
+                }
             }
             vec![event(op, kind::RUN_STARTED, agent, run_id, payload)]
         }
@@ -823,6 +848,7 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             // The child acts under its own token (the parent's, narrowed): its chain names every block, the parent's
             // among them. An operation without one acts under the parent's chain.
             let chain = if op.chain.is_empty() { state.runs[parent_run].chain.clone() } else { op.chain.clone() };
+            let node = state.runs[parent_run].node;
             state.runs.insert(
                 run_id.clone(),
                 RunState {
@@ -833,6 +859,7 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                     observations: 0,
                     rate,
                     chain,
+                    node,
                 },
             );
             *state.agent_runs.entry(agent.clone()).or_default() += 1;
@@ -889,6 +916,18 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
                 event(op, kind::FUEL_CONSUMED, &agent, run_id, json!({ "fuel": fuel })),
                 event(op, kind::RUN_FAILED, &agent, run_id, payload),
             ]
+        }
+        Op::LoseRun { run_id, node, reason } => {
+            let agent = end_run(state, run_id, false);
+            // Shaped as a run's report, so that whatever reads a run's ending reads this one too.
+            let payload = json!({
+                "outcome": "lost",
+                "exit_code": LOST_EXIT_CODE,
+                "error": format!("run {run_id} was lost with node {node}: {reason}"),
+                "node": node,
+                "reason": reason,
+            });
+            vec![event(op, kind::RUN_FAILED, &agent, run_id, payload)]
         }
         Op::RefuseRun { agent, grant_refused, detail } => {
             let k = if *grant_refused { kind::GRANT_REFUSED } else { kind::RUN_FAILED };
@@ -1075,6 +1114,7 @@ mod tests {
             task_id: Some("t".into()),
             detail: json!({}),
             rate: None,
+            node: None,
         };
         assert_eq!(apply(&mut s, &op(2, start.clone()))[0].kind, "run.started");
         assert_eq!(s.tasks["t"].status, TaskStatus::Running);
@@ -1092,8 +1132,14 @@ mod tests {
     fn rate_limits_runs_and_host_calls_per_agent() {
         let mut s = State::default();
         let rate = Some(Rate { n: 2, period_ms: 1_000 });
-        let start =
-            |run: &str| Op::StartRun { run_id: run.into(), agent: "a".into(), task_id: None, detail: json!({}), rate };
+        let start = |run: &str| Op::StartRun {
+            run_id: run.into(),
+            agent: "a".into(),
+            task_id: None,
+            detail: json!({}),
+            rate,
+            node: None,
+        };
         assert_eq!(apply(&mut s, &op(0, start("r1")))[0].kind, "run.started");
         let emit = Op::EmitObservation { run_id: "r1".into(), kind: "k".into(), payload: json!(1) };
         assert_eq!(apply(&mut s, &op(0, emit.clone()))[0].kind, "observation", "the second action of the burst");
@@ -1104,10 +1150,18 @@ mod tests {
         assert_eq!(apply(&mut s, &op(1, start("r2")))[0].kind, "op.rejected", "runs share the agent's bucket");
         assert_eq!(apply(&mut s, &op(500, emit.clone()))[0].kind, "observation", "half a period refills one");
         assert_eq!(apply(&mut s, &op(500, emit))[0].kind, "op.rejected");
-        let other = Op::StartRun { run_id: "b1".into(), agent: "b".into(), task_id: None, detail: json!({}), rate };
+        let other =
+            Op::StartRun { run_id: "b1".into(), agent: "b".into(), task_id: None, detail: json!({}), rate, node: None };
         assert_eq!(apply(&mut s, &op(500, other))[0].kind, "run.started", "another agent has its own bucket");
         assert_eq!(apply(&mut s, &op(10_000, start("r3")))[0].kind, "run.started", "a full bucket after a pause");
-        let free = Op::StartRun { run_id: "u".into(), agent: "a".into(), task_id: None, detail: json!({}), rate: None };
+        let free = Op::StartRun {
+            run_id: "u".into(),
+            agent: "a".into(),
+            task_id: None,
+            detail: json!({}),
+            rate: None,
+            node: None,
+        };
         assert_eq!(apply(&mut s, &op(10_000, free))[0].kind, "run.started", "a token without a rate is not limited");
     }
 
@@ -1243,7 +1297,14 @@ mod tests {
             time_ms: 1,
             token: token.into(),
             chain: chain.iter().map(|c| c.to_string()).collect(),
-            op: Op::StartRun { run_id: run.into(), agent: "a".into(), task_id: None, detail: json!({}), rate: None },
+            op: Op::StartRun {
+                run_id: run.into(),
+                agent: "a".into(),
+                task_id: None,
+                detail: json!({}),
+                rate: None,
+                node: None,
+            },
         };
         let emit = |run: &str| op(2, Op::EmitObservation { run_id: run.into(), kind: "k".into(), payload: json!(1) });
         assert_eq!(apply(&mut s, &under("c1", &["p", "c1"], "r1"))[0].kind, "run.started");
@@ -1381,6 +1442,7 @@ mod tests {
             task_id: None,
             detail: json!({}),
             rate: None,
+            node: None,
         };
         apply(&mut s, &op(1, start("r1")));
         for i in 0..MAX_PENDING_PER_RUN {
@@ -1420,6 +1482,7 @@ mod tests {
             task_id: Some("again".into()),
             detail: json!({}),
             rate: None,
+            node: None,
         };
         assert_eq!(apply(&mut s, &op(10, run.clone()))[0].kind, "run.started");
         let twice = Op::StartRun {
@@ -1428,6 +1491,7 @@ mod tests {
             task_id: Some("again".into()),
             detail: json!({}),
             rate: None,
+            node: None,
         };
         assert_eq!(apply(&mut s, &op(11, twice))[0].kind, "op.rejected");
         assert_eq!(
@@ -1474,7 +1538,14 @@ mod tests {
             ),
             (id(), id()).prop_map(|(task_id, reason)| Op::DropTask { task_id, reason }),
             (id(), id(), prop::option::of(id()), prop::option::of(1u64..4)).prop_map(|(run_id, agent, task_id, n)| {
-                Op::StartRun { run_id, agent, task_id, detail: json!({}), rate: n.map(|n| Rate { n, period_ms: 10 }) }
+                Op::StartRun {
+                    run_id,
+                    agent,
+                    task_id,
+                    detail: json!({}),
+                    rate: n.map(|n| Rate { n, period_ms: 10 }),
+                    node: None,
+                }
             }),
             (id(), id(), id()).prop_map(|(parent_run, run_id, agent)| Op::SpawnAgent {
                 parent_run,

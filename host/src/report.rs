@@ -80,6 +80,27 @@ impl RunReport {
 
     /// A report for a run that ended before the guest started, for `outcome`, saying `error` (a server's refusal,
     /// read back by a client).
+    /// A report as another node gave it (JSON, as this type serializes), with what a plan reads of it: outcome,
+    /// exit code, error, result, fuel, time, memory and output. An unknown outcome reads as a host error.
+    pub fn from_json(value: &serde_json::Value) -> Self {
+        let text = |key: &str| value[key].as_str().map(String::from);
+        let outcome = value["outcome"].as_str().and_then(Outcome::from_name).unwrap_or(Outcome::HostError);
+        let mut report = RunReport::failed_before_start(outcome, String::new());
+        report.error = text("error");
+        report.exit_code = value["exit_code"].as_i64().and_then(|c| i32::try_from(c).ok()).unwrap_or(report.exit_code);
+        report.result = text("result");
+        report.task_id = text("task_id");
+        report.run_id = text("run_id");
+        report.fuel_consumed = value["fuel_consumed"].as_u64().unwrap_or(0);
+        report.wall_time_ms = value["wall_time_ms"].as_f64().unwrap_or(0.0);
+        report.peak_memory_bytes = value["peak_memory_bytes"].as_u64().unwrap_or(0);
+        report.stdout = text("stdout").unwrap_or_default();
+        report.stderr = text("stderr").unwrap_or_default();
+        report.stdout_bytes = value["stdout_bytes"].as_u64().unwrap_or(0);
+        report.stderr_bytes = value["stderr_bytes"].as_u64().unwrap_or(0);
+        report
+    }
+
     pub fn failed_before_start(outcome: Outcome, error: String) -> Self {
         RunReport {
             outcome,

@@ -97,6 +97,8 @@ pub struct Runner {
     llm: Option<Arc<crate::llm::Gateway>>,
     /// The home whose installed agents runs may spawn (`None`: runs cannot spawn).
     spawn_home: Option<Arc<std::path::PathBuf>>,
+    /// The cluster node this runner's runs execute on (named in their `start-run`), if this host is a node.
+    node: Option<u64>,
 }
 
 impl Runner {
@@ -110,7 +112,14 @@ impl Runner {
     /// A runner on a shared engine, recording in `events` (which also gives agents their `events` and `state`
     /// interfaces), letting agents call tools through `tools`.
     pub fn from_parts(host: Arc<HostEngine>, events: Option<Arc<EventLog>>, tools: Option<Arc<ToolHost>>) -> Self {
-        Runner { host, programs: Arc::default(), events, tools, llm: None, spawn_home: None }
+        Runner { host, programs: Arc::default(), events, tools, llm: None, spawn_home: None, node: None }
+    }
+
+    /// Names cluster node `node` as where this runner's runs execute (so that the cluster can end them if the node
+    /// is lost).
+    pub fn on_node(mut self, node: Option<u64>) -> Self {
+        self.node = node;
+        self
     }
 
     /// Lets agents spawn the agents installed in `home` (`toka:agent/spawn`), as their tokens allow.
@@ -376,6 +385,7 @@ impl Runner {
                     task_id,
                     detail,
                     rate: grants.rate,
+                    node: self.node,
                 },
                 Some(by) => {
                     let mut detail = detail;

@@ -59,6 +59,8 @@ struct Cluster {
     secret: String,
     nodes: Vec<Node>,
     extra: Vec<String>,
+    /// Arguments of one node's `serve` only (its labels), by index.
+    node_args: Vec<Vec<String>>,
     mounts: Vec<PathBuf>,
     net: Option<Net>,
 }
@@ -106,6 +108,7 @@ impl Cluster {
             secret: String::new(),
             nodes,
             extra: extra.iter().map(ToString::to_string).collect(),
+            node_args: vec![Vec::new(); n as usize],
             mounts: Vec::new(),
             net: None,
         }
@@ -164,6 +167,7 @@ impl Cluster {
             .args(["serve", "--addr", &format!("{}:{}", node.ip, node.port), "--node-id", &node.id.to_string()])
             .args(["--cluster", self.bundle.to_str().unwrap(), "--component-dir", agents.to_str().unwrap()])
             .args(&self.extra)
+            .args(&self.node_args[i])
             .env("TOKA_HOME", &node.home)
             .env("TOKA_CACHE_DIR", shared_cache())
             .stdin(Stdio::null())
@@ -936,4 +940,311 @@ fn a_node_whose_disk_fills_fails_cleanly_and_catches_up_once_space_is_freed() {
     cluster.kill(2);
     cluster.spawn(2);
     check_after_fault(&cluster, &without_times(acked), &mut rng);
+}
+
+// Placement: runs go to the node the leader chooses (labels, then the least loaded); a node lost mid-run has its
+// runs recorded lost in the log, and a run with retries left is started again on another node.
+
+/// A run of `hostile` parked on a timer for `ms`, placed on a node with `labels`, started again up to `retries`
+/// times if its node is lost.
+fn sleeper(ms: u64, labels: &[&str], retries: u32) -> Value {
+    json!({
+        "component": { "path": "hostile.wasm" },
+        "input": { "attack": "calls", "calls": [{ "sleep": { "ms": ms } }] },
+        "limits": { "timeout_ms": 25_000 },
+        "placement": { "labels": labels, "retries": retries },
+    })
+}
+
+/// Submits `body` to `url`: the answer's status and body.
+fn submit(url: &str, token: &str, body: &Value) -> (u16, Value) {
+    let resp = client().post(format!("{url}/v1/runs")).bearer_auth(token).json(body).send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap())
+}
+
+/// Run `run_id` as the node at `url` sees it, once ended (or after `wait`).
+fn ended_run(url: &str, token: &str, run_id: &str, wait: Duration) -> Value {
+    let url = format!("{url}/v1/runs/{run_id}?wait_ms={}", wait.as_millis());
+    let view: Value = client().get(url).bearer_auth(token).timeout(wait * 2).send().unwrap().json().unwrap();
+    assert_eq!(view["status"], "ended", "run {run_id} has not ended within {wait:?}: {view}");
+    view
+}
+
+/// The events of the node at index `i`, read from its database while it runs.
+fn events_at(cluster: &Cluster, i: usize) -> Vec<Value> {
+    let r = t(&cluster.nodes[i].home, &["events", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Waits until node `i`'s log holds `run_id`'s `run.started`; the node it names.
+fn started_on(cluster: &Cluster, i: usize, run_id: &str) -> u64 {
+    wait_for(Duration::from_secs(30), || {
+        events_at(cluster, i)
+            .into_iter()
+            .find(|e| e["kind"] == "run.started" && e["run_id"] == run_id)
+            .and_then(|e| e["payload"]["node"].as_u64())
+    })
+    .unwrap_or_else(|| panic!("run {run_id} never started with a node named"))
+}
+
+/// The index of the node with id `id`.
+fn index_of(cluster: &Cluster, id: u64) -> usize {
+    cluster.nodes.iter().position(|n| n.id == id).unwrap()
+}
+
+#[test]
+fn runs_are_placed_on_nodes_with_their_labels_and_on_the_least_loaded_one() {
+    let mut cluster = Cluster::new(3, &[]);
+    cluster.node_args[1] = vec!["--label".into(), "zone=a".into()];
+    cluster.node_args[2] = vec!["--label".into(), "zone=a".into(), "--label".into(), "gpu".into()];
+    cluster.boot();
+    let token = cluster.mint(&["--agent", "*", "--grant", "api:read"]);
+    let url = cluster.nodes[0].url();
+    // A run that needs a GPU goes to node 3, the only one with the label, wherever it was submitted.
+    for i in 0..3 {
+        let mut body = sleeper(10, &["gpu"], 0);
+        body["wait"] = json!(true);
+        let (status, view) = submit(&cluster.nodes[i].url(), &token, &body);
+        assert_eq!((status, view["report"]["outcome"].as_str()), (200, Some("success")), "{view}");
+        assert_eq!(view["node"], 3, "{view}");
+        let run_id = view["run_id"].as_str().unwrap();
+        assert_eq!(started_on(&cluster, 0, run_id), 3, "the log names node 3 as where run {run_id} ran");
+    }
+    // The least loaded: node 3 busy with one long run, every run for zone a goes to node 2. (Placing by turns alone
+    // would send some to node 3.) Each after the nodes' next load reports: until then the leader counts a run it
+    // placed as running.
+    let (status, busy) = submit(&url, &token, &sleeper(20_000, &["gpu"], 0));
+    assert_eq!((status, &busy["node"]), (202, &json!(3)), "{busy}");
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(1_200));
+        let mut body = sleeper(10, &["zone=a"], 0);
+        body["wait"] = json!(true);
+        let (status, view) = submit(&url, &token, &body);
+        assert_eq!((status, view["report"]["outcome"].as_str()), (200, Some("success")), "{view}");
+        assert_eq!(view["node"], 2, "node 3 is busy, node 2 idle: {view}");
+    }
+    // Positive control: without labels, runs are spread over the nodes, node 1 among them (the two idle ones come
+    // first; once the leader counts as many runs placed on them as node 3 runs, node 3 takes its turn too).
+    let mut nodes = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let mut body = sleeper(10, &[], 0);
+        body["wait"] = json!(true);
+        let (_, view) = submit(&url, &token, &body);
+        assert_eq!(view["report"]["outcome"], "success", "{view}");
+        nodes.insert(view["node"].as_u64().unwrap_or(1));
+    }
+    assert!(nodes.contains(&1) && nodes.contains(&2), "runs without labels went to {nodes:?}");
+    // Refusals: no node has the label (503, named); a label that is no label (400). Nothing is recorded for them.
+    let before = events_at(&cluster, 0).len();
+    let (status, body) = submit(&url, &token, &sleeper(10, &["tpu"], 0));
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no-node")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("tpu"), "{body}");
+    let (status, body) = submit(&url, &token, &sleeper(10, &["a b"], 0));
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid-request")), "{body}");
+    let (status, body) = submit(&url, &token, &sleeper(10, &[], 11));
+    assert_eq!(status, 400, "{body}");
+    let busy_id = busy["run_id"].as_str().unwrap();
+    let client = client();
+    let cancel = client.post(format!("{url}/v1/runs/{busy_id}/cancel")).bearer_auth(&token).send().unwrap();
+    assert_eq!(cancel.status().as_u16(), 202, "a run placed elsewhere is cancelled through the node it was sent to");
+    let view = ended_run(&url, &token, busy_id, Duration::from_secs(30));
+    assert_eq!(view["report"]["outcome"], "cancelled", "{view}");
+    let after = events_at(&cluster, 0);
+    let refused = after[before..].iter().filter(|e| e["kind"] == "run.started").count();
+    assert_eq!(refused, 0, "a refused placement recorded a run: {:?}", &after[before..]);
+    cluster.converge(Duration::from_secs(30));
+    let logs = cluster.events_of_every_node();
+    assert!(logs.iter().all(|l| l == &logs[0]), "the nodes hold different logs");
+}
+
+#[test]
+fn a_run_whose_node_is_lost_is_recorded_lost_and_with_retries_runs_again_elsewhere() {
+    let mut rng =
+        Rng::new(test_seed("a_run_whose_node_is_lost_is_recorded_lost_and_with_retries_runs_again_elsewhere"));
+    // A node is lost after 2 s without a word to the leader.
+    let mut cluster = Cluster::new(3, &["--node-timeout", "2s"]);
+    cluster.node_args[1] = vec!["--label".into(), "worker".into()];
+    cluster.node_args[2] = vec!["--label".into(), "worker".into()];
+    cluster.boot();
+    let token = cluster.mint(&["--agent", "*", "--grant", "api:read"]);
+    let url = cluster.nodes[0].url();
+    let leader = cluster.leader(Duration::from_secs(10));
+    // 1. Killed (SIGKILL) mid-run, no retries: the run ends `lost`, naming the node, and is not run again.
+    let (status, view) = submit(&url, &token, &sleeper(6_000, &["worker"], 0));
+    assert_eq!(status, 202, "{view}");
+    let first = view["run_id"].as_str().unwrap().to_string();
+    let node = started_on(&cluster, 0, &first);
+    std::thread::sleep(Duration::from_millis(rng.below(1_000)));
+    let killed = index_of(&cluster, node);
+    cluster.kill(killed);
+    let killed_at = Instant::now();
+    let view = ended_run(&url, &token, &first, Duration::from_secs(60));
+    eprintln!(
+        "run {first} on node {node} (leader: node {}) ended {:?} after the kill",
+        leader + 1,
+        killed_at.elapsed()
+    );
+    let report = &view["report"];
+    assert_eq!((report["outcome"].as_str(), report["exit_code"].as_i64()), (Some("lost"), Some(103)), "{view}");
+    assert_eq!(report["node"], node, "{view}");
+    assert!(report["error"].as_str().unwrap().contains(&format!("node {node}")), "{view}");
+    assert_eq!(report["lost_attempts"].as_array().map(Vec::len), Some(1), "{view}");
+    cluster.spawn(killed);
+    // 2. Paused (SIGSTOP) past the timeout, one retry: lost, then run again on the other worker to the end. When the
+    //    paused node resumes, its run's ending is refused (the run is lost): the run is not completed twice.
+    cluster.converge(Duration::from_secs(30));
+    let (status, view) = submit(&url, &token, &sleeper(3_000, &["worker"], 1));
+    assert_eq!(status, 202, "{view}");
+    let second = view["run_id"].as_str().unwrap().to_string();
+    let node = started_on(&cluster, 0, &second);
+    let paused = index_of(&cluster, node);
+    cluster.signal(paused, "STOP");
+    let view = ended_run(&url, &token, &second, Duration::from_secs(60));
+    let report = &view["report"];
+    assert_eq!(report["outcome"], "success", "the retry completes: {view}");
+    assert_ne!(report["node"], node, "{view}");
+    let lost = &report["lost_attempts"][0];
+    assert_eq!((lost["run_id"].as_str(), &lost["node"]), (Some(second.as_str()), &json!(node)), "{view}");
+    let retry = report["run_id"].as_str().unwrap().to_string();
+    assert_ne!(retry, second, "a retry is a run of its own");
+    cluster.signal(paused, "CONT");
+    // The resumed node's run wakes (its timer is long past) and tries to record its ending.
+    std::thread::sleep(Duration::from_secs(4));
+    cluster.converge(Duration::from_secs(60));
+    let logs = cluster.events_of_every_node();
+    assert!(logs.iter().all(|l| l == &logs[0]), "the nodes hold different logs");
+    let events: Vec<Value> = logs[0].lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |run: &str| -> Vec<String> {
+        events.iter().filter(|e| e["run_id"] == run).map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+    };
+    let kinds = of(&second);
+    assert!(kinds.contains(&"run.failed".to_string()), "{kinds:?}");
+    assert!(!kinds.contains(&"run.completed".to_string()), "the lost run was also completed: {kinds:?}");
+    let lost_event = events.iter().find(|e| e["run_id"] == second && e["kind"] == "run.failed").unwrap();
+    assert_eq!(
+        (lost_event["payload"]["outcome"].as_str(), &lost_event["payload"]["node"]),
+        (Some("lost"), &json!(node))
+    );
+    assert!(of(&retry).contains(&"run.completed".to_string()), "{:?}", of(&retry));
+    let retry_started = events.iter().find(|e| e["run_id"] == retry && e["kind"] == "run.started").unwrap();
+    assert_ne!(retry_started["payload"]["node"], node);
+    assert!(of(&first).iter().filter(|k| *k == "run.failed").count() == 1, "{:?}", of(&first));
+    // The resumed node's late ending was refused by the kernel, said in the log.
+    let rejected =
+        events.iter().any(|e| e["kind"] == "op.rejected" && e["payload"]["operation"].to_string().contains(&second));
+    assert!(rejected, "the resumed node's ending of the lost run left no op.rejected");
+}
+
+#[test]
+fn a_node_restarted_mid_run_records_its_old_runs_lost_before_the_leader_would() {
+    // The leader would wait a minute; the restarted node says it at once.
+    let mut cluster = Cluster::new(3, &["--node-timeout", "60s"]);
+    cluster.node_args[1] = vec!["--label".into(), "worker".into()];
+    cluster.node_args[2] = vec!["--label".into(), "worker".into()];
+    cluster.boot();
+    let token = cluster.mint(&["--agent", "*", "--grant", "api:read"]);
+    let url = cluster.nodes[0].url();
+    let (status, view) = submit(&url, &token, &sleeper(8_000, &["worker"], 1));
+    assert_eq!(status, 202, "{view}");
+    let run = view["run_id"].as_str().unwrap().to_string();
+    let node = started_on(&cluster, 0, &run);
+    let i = index_of(&cluster, node);
+    cluster.kill(i);
+    let restarted_at = Instant::now();
+    cluster.spawn(i);
+    let view = ended_run(&url, &token, &run, Duration::from_secs(60));
+    let took = restarted_at.elapsed();
+    let report = &view["report"];
+    assert_eq!(report["outcome"], "success", "{view}");
+    let lost = &report["lost_attempts"][0];
+    assert_eq!(lost["node"], node, "{view}");
+    assert!(lost["error"].as_str().unwrap().contains("restarted"), "{view}");
+    // Lost by the restart (not the leader's minute), then run again for 8 s.
+    assert!(took < Duration::from_secs(45), "the run ended {took:?} after the restart");
+    cluster.converge(Duration::from_secs(30));
+    let logs = cluster.events_of_every_node();
+    assert!(logs.iter().all(|l| l == &logs[0]), "the nodes hold different logs");
+}
+
+/// A plan whose first step sleeps on a worker node (retried if its node is lost), then a step that needs a GPU.
+const PLACED_PLAN: &str = r#"
+[plan]
+name = "placed"
+
+[agents.long]
+component = "hostile.wasm"
+input = { attack = "calls", calls = [{ sleep = { ms = 4000 } }] }
+labels = ["worker"]
+retries = 2
+backoff = "100ms"
+limits = { timeout = "20s" }
+
+[agents.gpu]
+component = "hostile.wasm"
+input = { attack = "calls", calls = [{ sleep = { ms = 10 } }] }
+labels = ["gpu"]
+depends_on = ["long"]
+"#;
+
+#[test]
+fn a_plan_sent_to_a_follower_places_its_steps_by_label_and_survives_its_leader_being_killed() {
+    let mut rng =
+        Rng::new(test_seed("a_plan_sent_to_a_follower_places_its_steps_by_label_and_survives_its_leader_being_killed"));
+    let mut cluster = Cluster::new(3, &[]);
+    // Every node is a worker; node 3 alone has a GPU.
+    for i in 0..3 {
+        cluster.node_args[i] = vec!["--label".into(), "worker".into()];
+    }
+    cluster.node_args[2].extend(["--label".to_string(), "gpu".to_string()]);
+    cluster.boot();
+    let token = cluster.mint(&["--agent", "*", "--grant", "api:read"]);
+    let leader = cluster.leader(Duration::from_secs(10));
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let url = cluster.nodes[follower].url();
+    let resp =
+        client().post(format!("{url}/v1/plans")).bearer_auth(&token).json(&json!({ "manifest": PLACED_PLAN })).send();
+    let resp = resp.unwrap();
+    let status = resp.status().as_u16();
+    let started: Value = resp.json().unwrap();
+    assert_eq!(status, 202, "{started}");
+    let plan_id = started["plan_id"].as_str().unwrap().to_string();
+    // While the first step runs (wherever it was placed), the leader is killed.
+    let view = |url: &str| -> Value {
+        client().get(format!("{url}/v1/plans/{plan_id}")).bearer_auth(&token).send().unwrap().json().unwrap()
+    };
+    wait_for(Duration::from_secs(30), || {
+        let v = view(&url);
+        v["steps"].as_array()?.iter().any(|s| s["name"] == "long" && s["status"] == "running").then_some(())
+    })
+    .expect("the first step started");
+    std::thread::sleep(Duration::from_millis(300 + rng.below(1_500)));
+    let killed = cluster.nodes[leader].id;
+    cluster.kill(leader);
+    eprintln!("node {killed} (the leader) killed while the plan ran on node {}", cluster.nodes[follower].id);
+    let ended = wait_for(Duration::from_secs(120), || {
+        let v = view(&url);
+        (v["status"] != "running").then_some(v)
+    })
+    .expect("the plan ended");
+    assert_eq!(ended["status"], "completed", "{ended}");
+    cluster.spawn(leader);
+    cluster.converge(Duration::from_secs(60));
+    let logs = cluster.events_of_every_node();
+    assert!(logs.iter().all(|l| l == &logs[0]), "the nodes hold different logs");
+    let events: Vec<Value> = logs[0].lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let steps: Vec<&Value> = ended["steps"].as_array().unwrap().iter().collect();
+    let run_of = |name: &str| steps.iter().find(|s| s["name"] == name).unwrap()["run_id"].as_str().unwrap().to_string();
+    let node_of = |run: &str| {
+        events.iter().find(|e| e["kind"] == "run.started" && e["run_id"] == run).unwrap()["payload"]["node"].as_u64()
+    };
+    assert_eq!(node_of(&run_of("gpu")), Some(3), "the GPU step ran on node 3, the only one with the label");
+    let long = node_of(&run_of("long")).expect("the first step names its node");
+    // If the first step was placed on the killed leader, its first attempt was lost and the plan retried it.
+    let lost: Vec<&Value> =
+        events.iter().filter(|e| e["kind"] == "run.failed" && e["payload"]["outcome"] == "lost").collect();
+    eprintln!("the first step's last attempt ran on node {long}; {} attempt(s) lost", lost.len());
+    assert!(lost.iter().all(|e| e["payload"]["node"] == killed), "only the killed node's runs are lost: {lost:?}");
+    assert_ne!(long, killed, "the step's completed attempt cannot be on the killed node");
 }

@@ -21,6 +21,7 @@
 pub mod bundle;
 pub mod machine;
 pub mod network;
+pub mod placement;
 pub mod store;
 
 use crate::db::Db;
@@ -143,6 +144,8 @@ pub struct ClusterOptions {
     /// that has had no acknowledgement from a majority for this long) refuses a write at once instead of waiting out
     /// the write timeout: it is cut off from a majority, and an election would have been over long before.
     pub leaderless_after: Duration,
+    /// A node the leader has not heard from for this long is lost, and its runs with it (see [`placement`]).
+    pub node_timeout: Duration,
 }
 
 impl ClusterOptions {
@@ -160,6 +163,7 @@ impl Default for ClusterOptions {
             snapshot_every: 20_000,
             write_timeout: Duration::from_secs(30),
             leaderless_after: ClusterOptions::leaderless_for(100),
+            node_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -175,6 +179,11 @@ pub struct Cluster {
     runtime: tokio::runtime::Handle,
     write_timeout: Duration,
     leaderless_after: Duration,
+    /// The leader's view of the nodes' load (see [`placement`]).
+    loads: Arc<placement::Loads>,
+    node_timeout: Duration,
+    /// When this process started this node (Unix ms): runs recorded on this node before it are not running.
+    boot_ms: u64,
 }
 
 /// Whom a node takes for its leader, now.
@@ -274,6 +283,9 @@ impl Cluster {
             runtime: tokio::runtime::Handle::current(),
             write_timeout: options.write_timeout,
             leaderless_after: options.leaderless_after,
+            loads: Arc::default(),
+            node_timeout: options.node_timeout,
+            boot_ms: crate::events::now_ms(),
         })
     }
 
@@ -347,6 +359,11 @@ impl Cluster {
         Ok(index)
     }
 
+    /// The HTTP client this node talks to the others with.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// How long a node may know no leader before it refuses writes at once.
     pub fn leaderless_after(&self) -> Duration {
         self.leaderless_after
@@ -417,6 +434,19 @@ impl Cluster {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match network::forward(&self.client, &node.addr, &self.bundle.secret, &op, left).await {
                     network::Forwarded::Done(outcome) => return outcome,
+                    // Read your writes: answered once this node has applied it too (as a write through this
+                    // node's own Raft is), so that whoever submitted it here finds it here.
+                    network::Forwarded::Committed(outcome, index) => {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        let wait = self.raft.wait(Some(left));
+                        if let Err(e) = wait.applied_index_at_least(Some(index), "a forwarded write").await {
+                            tracing::warn!(
+                                index,
+                                "cluster: a forwarded write is committed but not yet applied here: {e}"
+                            );
+                        }
+                        return outcome;
+                    }
                     network::Forwarded::NotSent | network::Forwarded::NotLeader => {}
                 }
             }

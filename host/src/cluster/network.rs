@@ -6,6 +6,7 @@
 //! Bodies are JSON (openraft's own message types) and size-capped. This module must never apply or store anything
 //! itself: it hands requests to the node's Raft and answers with what Raft says.
 
+use super::placement::{LoadReport, PlaceError, PlaceRequest, Placed, check_labels};
 use super::{Cluster, NodeId, Outcome, Proposal, TypeConfig};
 use crate::events::{AppendError, Applied};
 use axum::extract::{Path, Query, State};
@@ -125,6 +126,8 @@ impl RaftNetwork<TypeConfig> for Peer {
 pub enum Forwarded {
     /// The leader answered (applied, or failed in a way that must not be retried).
     Done(Result<Applied, AppendError>),
+    /// The leader committed and applied it as entry `.1` of the log (this node may not have applied it yet).
+    Committed(Result<Applied, AppendError>, u64),
     /// The leader could not be reached: nothing was sent, the write may go elsewhere.
     NotSent,
     /// The node reached no longer leads: it appended nothing.
@@ -156,7 +159,7 @@ pub async fn forward(client: &reqwest::Client, addr: &str, secret: &str, op: &st
         ))));
     }
     match response.json::<WriteAnswer>().await {
-        Ok(Ok(written)) => Forwarded::Done(written.data.into_result()),
+        Ok(Ok(written)) => Forwarded::Committed(written.data.into_result(), written.log_id.index),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Forwarded::NotLeader,
         Ok(Err(e)) => unknown(e.to_string()),
         Err(e) => unknown(e.to_string()),
@@ -171,7 +174,7 @@ fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Res
 }
 
 /// Refuses a request that does not carry the cluster's secret.
-fn authenticate(cluster: &Cluster, headers: &HeaderMap) -> Result<(), Box<Response>> {
+pub fn authenticate(cluster: &Cluster, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -200,6 +203,8 @@ pub fn routes(cluster: Cluster) -> Router {
         .route("/v1/cluster/nodes", post(add_node))
         .route("/v1/cluster/nodes/{id}", delete(remove_node))
         .route("/v1/cluster/revoke", post(revoke))
+        .route("/v1/cluster/load", post(load))
+        .route("/v1/cluster/place", post(place_run))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(cluster)
 }
@@ -463,5 +468,95 @@ async fn revoke(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body:
             Some(why) => error(StatusCode::CONFLICT, "rejected", why),
         },
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "cluster", e),
+    }
+}
+
+/// A node's load report, taken by the leader (421 from a node that does not lead).
+async fn load(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
+    if let Err(r) = authenticate(&c, &headers) {
+        return *r;
+    }
+    let report: LoadReport = match body(&bytes) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    if let Err(why) = check_labels(&report.labels) {
+        return error(StatusCode::BAD_REQUEST, "invalid-request", why);
+    }
+    if !matches!(c.leadership(), super::Leadership::Leads) {
+        return not_leader(&c);
+    }
+    c.loads.record(report);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// A node for a run, chosen by the leader (421 from a node that does not lead; 409 `no-node` if none fits).
+async fn place_run(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
+    if let Err(r) = authenticate(&c, &headers) {
+        return *r;
+    }
+    let request: PlaceRequest = match body(&bytes) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    if let Err(why) = check_labels(&request.labels) {
+        return error(StatusCode::BAD_REQUEST, "invalid-request", why);
+    }
+    if !matches!(c.leadership(), super::Leadership::Leads) {
+        return not_leader(&c);
+    }
+    match c.place(&request).await {
+        Ok(placed) => Json(placed).into_response(),
+        Err(PlaceError::NoNode(why)) => error(StatusCode::CONFLICT, "no-node", why),
+        Err(PlaceError::NoLeader(why)) => error(StatusCode::SERVICE_UNAVAILABLE, "no-leader", why),
+    }
+}
+
+/// Sends this node's load report to the leader at `addr` (best effort: errors are dropped, the next report follows).
+pub async fn report(client: &reqwest::Client, addr: &str, secret: &str, report: &LoadReport) {
+    let sent = client
+        .post(format!("{addr}/v1/cluster/load"))
+        .bearer_auth(secret)
+        .json(report)
+        .timeout(super::placement::REPORT_EVERY * 2)
+        .send()
+        .await;
+    if let Ok(r) = sent
+        && !r.status().is_success()
+        && r.status() != StatusCode::MISDIRECTED_REQUEST
+    {
+        tracing::debug!(status = %r.status(), "placement: the leader refused this node's load report");
+    }
+}
+
+/// Asks the leader at `addr` for a node to run on.
+pub async fn place(
+    client: &reqwest::Client,
+    addr: &str,
+    secret: &str,
+    request: &PlaceRequest,
+) -> Result<Placed, PlaceError> {
+    let sent = client
+        .post(format!("{addr}/v1/cluster/place"))
+        .bearer_auth(secret)
+        .json(request)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| PlaceError::NoLeader(format!("the leader at {addr} did not answer: {e}")))?;
+    let status = sent.status();
+    let text = sent.text().await.unwrap_or_default();
+    if status.is_success() {
+        return serde_json::from_str(&text)
+            .map_err(|e| PlaceError::NoLeader(format!("the leader at {addr} answered an unreadable placement: {e}")));
+    }
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(String::from))
+        .unwrap_or_else(|| status.to_string());
+    if status == StatusCode::CONFLICT {
+        Err(PlaceError::NoNode(message))
+    } else {
+        Err(PlaceError::NoLeader(format!("the leader at {addr} answered {status}: {message}")))
     }
 }

@@ -29,7 +29,14 @@ fn log() -> Vec<Entry<TypeConfig>> {
     let mut ops = vec![op(
         1,
         "t",
-        Op::StartRun { run_id: "r".into(), agent: "a".into(), task_id: None, detail: json!({}), rate: None },
+        Op::StartRun {
+            run_id: "r".into(),
+            agent: "a".into(),
+            task_id: None,
+            detail: json!({}),
+            rate: None,
+            node: None,
+        },
     )];
     for i in 0..12 {
         ops.push(op(2 + i, "t", Op::EmitObservation { run_id: "r".into(), kind: "k".into(), payload: json!(i) }));
@@ -101,7 +108,14 @@ fn every_batching_gives_the_same_records_and_a_snapshot_reproduces_them() {
             &op(
                 30,
                 "u",
-                Op::StartRun { run_id: "r2".into(), agent: "a".into(), task_id: None, detail: json!({}), rate: None },
+                Op::StartRun {
+                    run_id: "r2".into(),
+                    agent: "a".into(),
+                    task_id: None,
+                    detail: json!({}),
+                    rate: None,
+                    node: None,
+                },
             ),
         );
         let on_one = one.apply(vec![next.clone()]).await.unwrap();

@@ -11,9 +11,8 @@ use super::runs::{RunRow, RunsCommand};
 use crate::client::{Client, ClientError, EventQuery};
 use crate::error::{Outcome, RunError};
 use crate::events::EventRecord;
-use crate::grants::StateGrant;
 use crate::report::RunReport;
-use crate::service::api::{ComponentRef, EventView, GrantsRequest, LimitsRequest, RunStatus, RunView, SubmitRun};
+use crate::service::api::{ComponentRef, EventView, RunStatus, RunView, SubmitRun};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -91,58 +90,10 @@ fn request(cmd: &RunCommand) -> Result<SubmitRun, Stop> {
         name: crate::run::agent_name(&cmd.component),
         wasm_base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
     };
-    let g = &spec.grants;
-    let mut dirs = Vec::new();
-    for d in &g.dirs {
-        // A relative directory means one relative to where the command runs, as locally.
-        let host = std::path::absolute(&d.host).unwrap_or_else(|_| d.host.clone());
-        let guest = d.guest.as_ref().map(|g| format!("::{g}")).unwrap_or_default();
-        dirs.push(format!("{}{guest}:{}", host.display(), if d.read_only { "ro" } else { "rw" }));
-    }
-    let mut env = Vec::new();
-    for e in &g.env {
-        // `--env NAME` passes this side's value: the server is never asked for its own environment.
-        let value = match &e.value {
-            Some(v) => v.clone(),
-            None => std::env::var(&e.name).map_err(|_| RunError::GrantRefused {
-                grant: e.to_string(),
-                reason: "not set in the host environment (use NAME=VALUE to set it)".into(),
-            })?,
-        };
-        env.push(format!("{}={value}", e.name));
-    }
-    let l = &spec.limits;
-    Ok(SubmitRun {
-        component,
-        input,
-        task_id: spec.task_id.clone(),
-        args: spec.args.clone(),
-        grants: GrantsRequest {
-            dirs,
-            env,
-            net: g.net.iter().map(crate::grants::NetGrant::canonical).collect(),
-            tools: spec.tools.clone(),
-            models: spec.models.clone(),
-            spawn: spec.spawn.clone(),
-            state: match g.state {
-                StateGrant::None => None,
-                StateGrant::ReadOnly => Some("ro".into()),
-                StateGrant::ReadWrite => Some("rw".into()),
-            },
-        },
-        limits: LimitsRequest {
-            fuel: l.fuel,
-            timeout_ms: l.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-            max_memory: l.max_memory,
-            max_output: l.max_output,
-            max_records: l.max_records,
-            llm_tokens: l.llm_tokens,
-            max_spawn_depth: l.max_spawn_depth,
-            max_spawns: l.max_spawns,
-        },
-        wait: true,
-        wait_ms: Some(u64::try_from(WAIT.as_millis()).unwrap_or(u64::MAX)),
-    })
+    let mut request = SubmitRun::from_spec(&spec, component, input)?;
+    request.wait = true;
+    request.wait_ms = Some(u64::try_from(WAIT.as_millis()).unwrap_or(u64::MAX));
+    Ok(request)
 }
 
 async fn submit_and_wait(cmd: &RunCommand, server: &str) -> Result<RunView, Stop> {

@@ -60,6 +60,16 @@ pub struct ServeCommand {
     #[arg(long, value_name = "FILE", requires = "node_id")]
     pub cluster: Option<PathBuf>,
 
+    /// A label of this node (repeatable), e.g. `gpu` or `zone=eu-1`: a run that requires labels
+    /// (`placement.labels`) is placed only on a node that has them all.
+    #[arg(long = "label", value_name = "LABEL", requires = "cluster")]
+    pub labels: Vec<String>,
+
+    /// A node the leader has not heard from for this long is lost, with its runs (which may then run elsewhere).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::units::parse_duration,
+          hide = true)]
+    pub node_timeout: Duration,
+
     /// Raft heartbeat interval in milliseconds (elections after 3 to 6 missed heartbeats).
     #[arg(long, value_name = "MS", default_value_t = 100, hide = true)]
     pub raft_heartbeat_ms: u64,
@@ -109,6 +119,8 @@ impl ServeCommand {
             progress: Some(crate::progress::Delayed::log()),
             record_prompts: self.record_prompts,
         };
+        crate::cluster::placement::check_labels(&self.labels)
+            .map_err(|e| RunError::InvalidInput(format!("--label: {e}")))?;
         let listener = tokio::net::TcpListener::bind(self.addr)
             .await
             .map_err(|e| RunError::host(format!("serve: cannot listen on {}: {e}", self.addr)))?;
@@ -127,6 +139,7 @@ impl ServeCommand {
             component_dirs: self.component_dirs.clone(),
             shutdown_grace: self.shutdown_grace,
             cluster: cluster.clone(),
+            labels: self.labels.clone(),
             ..ServiceConfig::default()
         };
         let service = Service::new(host, config);
@@ -135,6 +148,12 @@ impl ServeCommand {
         let Some(cluster) = cluster else {
             return crate::service::serve(service, listener, shutdown_signal()).await.map_err(RunError::host);
         };
+        let running = {
+            let service = service.clone();
+            std::sync::Arc::new(move || service.runs.running_here() as u64)
+        };
+        let slots = self.max_concurrent.max(1) as u64;
+        cluster.start_placement(self.labels.clone(), slots, running, service.shutdown.clone());
         let routes = crate::cluster::network::routes(cluster.clone());
         let served = crate::service::serve_with(service, listener, shutdown_signal(), routes).await;
         cluster.shutdown().await;
@@ -163,6 +182,7 @@ impl ServeCommand {
             heartbeat_ms,
             snapshot_every: self.raft_snapshot_every.max(1),
             leaderless_after: ClusterOptions::leaderless_for(heartbeat_ms),
+            node_timeout: self.node_timeout.max(Duration::from_secs(1)),
             ..ClusterOptions::default()
         };
         let cluster =

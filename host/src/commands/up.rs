@@ -99,7 +99,7 @@ impl UpCommand {
         };
         let jobs =
             self.jobs.map_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()), |j| j as usize);
-        let options = Options { jobs, token, plan_id: self.plan_id.clone(), runner: None };
+        let options = Options { jobs, token, plan_id: self.plan_id.clone(), runner: None, placer: None };
         let live = !self.plain && std::io::stderr().is_terminal();
         let observer: Arc<dyn Observer> = if live { Arc::new(LiveView::new()) } else { Arc::new(PlainLines) };
         let stop = CancellationToken::new();

@@ -730,6 +730,7 @@ mod tests {
                 task_id: None,
                 detail: serde_json::json!({}),
                 rate: None,
+                node: None,
             };
             log.submit(op(start)).unwrap();
             for i in 0..3 {

@@ -438,6 +438,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::OperatorWriteState { .. } => "operator-write-state",
         Op::CompleteRun { .. } => "complete-run",
         Op::FailRun { .. } => "fail-run",
+        Op::LoseRun { .. } => "lose-run",
         Op::RefuseRun { .. } => "refuse-run",
         Op::RevokeToken { .. } => "revoke-token",
         Op::StartToolCall { .. } => "start-tool-call",
@@ -463,6 +464,7 @@ fn unreadable_event(op: &Operation, reason: &str) -> EventDraft {
         | Op::WriteState { run_id, .. }
         | Op::CompleteRun { run_id, .. }
         | Op::FailRun { run_id, .. }
+        | Op::LoseRun { run_id, .. }
         | Op::ReachLimit { run_id, .. }
         | Op::StartToolCall { run_id: Some(run_id), .. }
         | Op::EndToolCall { run_id: Some(run_id), .. }
@@ -747,7 +749,14 @@ mod tests {
     }
 
     fn start(run: &str) -> Operation {
-        op(Op::StartRun { run_id: run.into(), agent: "a".into(), task_id: None, detail: json!({}), rate: None })
+        op(Op::StartRun {
+            run_id: run.into(),
+            agent: "a".into(),
+            task_id: None,
+            detail: json!({}),
+            rate: None,
+            node: None,
+        })
     }
 
     fn emit(run: &str, i: u64) -> Operation {

@@ -17,6 +17,7 @@ use super::manifest::{self, Pipes, Plan, Priority, Step};
 use crate::error::{Outcome, RunError};
 use crate::events::AppendError;
 use crate::kernel::{INTERRUPTED, Op, Operation, StepStatus};
+use crate::report::RunReport;
 use crate::run::{RunControl, Runner};
 use crate::runtime::{Host, LimitRequest, RunSpec, Source};
 use crate::sandbox::OutputMode;
@@ -53,6 +54,25 @@ pub struct Options {
     pub plan_id: Option<String>,
     /// The runner the steps go through (a server's, with the programs it has loaded); `None`: a new one on `host`.
     pub runner: Option<Arc<crate::run::Runner>>,
+    /// Where a step's attempt runs, on a cluster (`None`: every step runs here).
+    pub placer: Option<Arc<dyn StepPlacer>>,
+}
+
+/// One attempt of a step, for a [`StepPlacer`]: its run (the operator's token narrowed to the step, the run id its
+/// start was recorded under), the labels its node needs, and the plan's cancel.
+pub struct PlacedStep {
+    pub spec: RunSpec,
+    pub labels: Vec<String>,
+    pub cancel: Arc<Cancel>,
+}
+
+/// Runs a step's attempt on another node of a cluster (a server's placement).
+pub trait StepPlacer: Send + Sync {
+    /// The attempt's report once it has ended there; `None` if it is to run here.
+    fn run(
+        &self,
+        step: PlacedStep,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Result<RunReport, RunError>>> + Send + '_>>;
 }
 
 /// A refusal before the plan starts (or a host fault), with the exit code it maps to.
@@ -234,8 +254,15 @@ pub async fn up(
     });
 
     let agents = prepared.iter().map(|p| (p.step.name.clone(), p.agent.clone())).collect();
-    let context =
-        Arc::new(Context { host: host.clone(), runner, plan_id: plan_id.clone(), operator, observer, agents });
+    let context = Arc::new(Context {
+        host: host.clone(),
+        runner,
+        plan_id: plan_id.clone(),
+        operator,
+        observer,
+        agents,
+        placer: options.placer.clone(),
+    });
     let prepared: BTreeMap<String, Arc<Prepared>> =
         prepared.into_iter().map(|p| (p.step.name.clone(), Arc::new(p))).collect();
     let order: BTreeMap<&str, usize> = plan.steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
@@ -367,6 +394,7 @@ struct Context {
     observer: Arc<dyn Observer>,
     /// Each step's agent name.
     agents: BTreeMap<String, String>,
+    placer: Option<Arc<dyn StepPlacer>>,
 }
 
 fn operation_by(token: &str, op: Op) -> Operation {
@@ -742,6 +770,12 @@ async fn run_once(
 ) -> Result<crate::report::RunReport, RunError> {
     let input = input.clone().map_err(RunError::InvalidInput)?;
     let spec = spec(prepared, input, Some(run_id.to_string()));
+    if let Some(placer) = &context.placer {
+        let step = PlacedStep { spec: spec.clone(), labels: prepared.step.labels.clone(), cancel: cancel.clone() };
+        if let Some(ended) = placer.run(step).await {
+            return ended;
+        }
+    }
     let ready = context.host.prepare(&context.runner, &spec)?;
     let control =
         RunControl { run_id: Some(run_id.to_string()), cancel: Some(cancel.clone()), ..RunControl::default() };

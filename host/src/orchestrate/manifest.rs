@@ -115,6 +115,10 @@ pub struct AgentSection {
     /// The wait before the first retry, doubling at each further one (default `500ms`, at most `10m`).
     #[schemars(with = "Option<String>")]
     pub backoff: Option<Spanned<String>>,
+    /// On a cluster (a plan sent to `serve --cluster`): labels the node that runs this agent must have, all of them
+    /// (`serve --label`); elsewhere they are not used. A run lost with its node counts as a failed attempt.
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// The pipe syntax of `input_from`.
@@ -233,6 +237,9 @@ pub struct Step {
     pub retries: u32,
     #[serde(with = "humantime_serde_ms")]
     pub backoff: Duration,
+    /// Labels the cluster node that runs it must have.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 /// A manifest, resolved: steps in a dependency order (each after everything it waits for), ties by name.
@@ -538,6 +545,7 @@ impl Resolver<'_> {
         if a.retries > MAX_RETRIES {
             return Err(err(here, format!("retries must be at most {MAX_RETRIES}")));
         }
+        crate::cluster::placement::check_labels(&a.labels).map_err(|e| err(here, format!("labels: {e}")))?;
         let backoff = match &a.backoff {
             None => DEFAULT_BACKOFF,
             Some(b) => {
@@ -564,6 +572,7 @@ impl Resolver<'_> {
             limits,
             retries: a.retries,
             backoff,
+            labels: a.labels.clone(),
         })
     }
 

@@ -83,6 +83,89 @@ pub struct SubmitRun {
     #[serde(default)]
     pub wait: bool,
     pub wait_ms: Option<u64>,
+    /// On a cluster's node: where the run may execute, and whether it runs again if its node is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementRequest>,
+}
+
+impl SubmitRun {
+    /// The request that runs `spec` on a server, with `component` and the task `input`: its grants and limits as a
+    /// local run takes them (a relative directory is made absolute here; an `env` grant without a value passes this
+    /// side's value, never the server's). It answers at once (no `wait`) and asks for no placement.
+    pub fn from_spec(
+        spec: &crate::runtime::RunSpec,
+        component: ComponentRef,
+        input: Option<serde_json::Value>,
+    ) -> Result<SubmitRun, crate::error::RunError> {
+        use crate::error::RunError;
+        use crate::grants::StateGrant;
+        let g = &spec.grants;
+        let mut dirs = Vec::new();
+        for d in &g.dirs {
+            // A relative directory means one relative to where the command runs, as locally.
+            let host = std::path::absolute(&d.host).unwrap_or_else(|_| d.host.clone());
+            let guest = d.guest.as_ref().map(|g| format!("::{g}")).unwrap_or_default();
+            dirs.push(format!("{}{guest}:{}", host.display(), if d.read_only { "ro" } else { "rw" }));
+        }
+        let mut env = Vec::new();
+        for e in &g.env {
+            // `--env NAME` passes this side's value: the server is never asked for its own environment.
+            let value = match &e.value {
+                Some(v) => v.clone(),
+                None => std::env::var(&e.name).map_err(|_| RunError::GrantRefused {
+                    grant: e.to_string(),
+                    reason: "not set in the host environment (use NAME=VALUE to set it)".into(),
+                })?,
+            };
+            env.push(format!("{}={value}", e.name));
+        }
+        let l = &spec.limits;
+        Ok(SubmitRun {
+            component,
+            input,
+            task_id: spec.task_id.clone(),
+            args: spec.args.clone(),
+            grants: GrantsRequest {
+                dirs,
+                env,
+                net: g.net.iter().map(crate::grants::NetGrant::canonical).collect(),
+                tools: spec.tools.clone(),
+                models: spec.models.clone(),
+                spawn: spec.spawn.clone(),
+                state: match g.state {
+                    StateGrant::None => None,
+                    StateGrant::ReadOnly => Some("ro".into()),
+                    StateGrant::ReadWrite => Some("rw".into()),
+                },
+            },
+            limits: LimitsRequest {
+                fuel: l.fuel,
+                timeout_ms: l.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                max_memory: l.max_memory,
+                max_output: l.max_output,
+                max_records: l.max_records,
+                llm_tokens: l.llm_tokens,
+                max_spawn_depth: l.max_spawn_depth,
+                max_spawns: l.max_spawns,
+            },
+            wait: false,
+            wait_ms: None,
+            placement: None,
+        })
+    }
+}
+
+/// Where a run may execute in a cluster (ignored by a server that is not a cluster's node).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementRequest {
+    /// Labels the node must have, all of them (`serve --label`), e.g. `gpu` or `zone=eu-1`.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// How many times the run is started again on another node if its node is lost before the run ends (default
+    /// 0, at most 10). A retry is a new run (its own id); the run this submission answered with reports the last.
+    #[serde(default)]
+    pub retries: u32,
 }
 
 /// Where a run is.
@@ -105,6 +188,9 @@ pub struct RunView {
     /// answer to a submission that waited for the end (whole, up to the run's `max_output`).
     #[schema(value_type = Option<Object>)]
     pub report: Option<serde_json::Value>,
+    /// On a cluster: the node the run executes on (its last attempt's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u64>,
 }
 
 /// One run in a listing, assembled from its events.

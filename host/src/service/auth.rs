@@ -50,6 +50,11 @@ pub fn bearer(host: &Host, headers: &HeaderMap) -> Result<Bearer, ApiError> {
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?
         .trim();
+    verify(host, text)
+}
+
+/// Verifies a bearer token's text: against the home's root keys, then its revocations.
+pub fn verify(host: &Host, text: &str) -> Result<Bearer, ApiError> {
     if text.is_empty() || text.len() > MAX_TOKEN {
         return Err(ApiError::unauthorized(format!("the bearer token must be 1 to {MAX_TOKEN} bytes")));
     }

@@ -18,6 +18,7 @@ pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod placed;
 pub mod plans;
 pub mod runs;
 pub mod tools;
@@ -57,6 +58,8 @@ pub struct ServiceConfig {
     pub max_compiles: usize,
     /// The cluster this service is a node of (`/health` says whether it knows a leader).
     pub cluster: Option<crate::cluster::Cluster>,
+    /// This node's labels (`serve --label`), on a cluster.
+    pub labels: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -69,6 +72,7 @@ impl Default for ServiceConfig {
             shutdown_grace: Duration::from_secs(10),
             max_compiles: 2,
             cluster: None,
+            labels: Vec::new(),
         }
     }
 }
@@ -143,13 +147,18 @@ impl Drop for Slot {
 
 impl Service {
     pub fn new(host: Host, config: ServiceConfig) -> Arc<Service> {
-        let runner = Arc::new(host.runner());
+        let node = config.cluster.as_ref().map(|c| c.node_id);
+        let runner = Arc::new(host.runner().on_node(node));
+        let runs = runs::RunTable::default();
+        if let Some(node) = node {
+            runs.set_here(node);
+        }
         Arc::new(Service {
             slots: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             compiles: Arc::new(Semaphore::new(config.max_compiles.max(1))),
             host: Arc::new(host),
             runner,
-            runs: runs::RunTable::default(),
+            runs,
             plans: plans::PlanTable::default(),
             metrics: metrics::Metrics::default(),
             config,
@@ -312,7 +321,13 @@ pub fn router(service: Arc<Service>) -> axum::Router {
             }
         }
     };
+    // Node to node (a cluster's), behind the cluster's secret: not part of the documented API.
+    let peers = axum::Router::new()
+        .route("/v1/cluster/runs", axum::routing::post(runs::forwarded))
+        .route("/v1/cluster/runs/{run_id}", axum::routing::get(runs::forwarded_view))
+        .route("/v1/cluster/runs/{run_id}/cancel", axum::routing::post(runs::forwarded_cancel));
     api.route("/openapi.json", axum::routing::get(openapi))
+        .merge(peers)
         .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(service.clone(), observe))

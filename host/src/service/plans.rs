@@ -212,6 +212,10 @@ pub async fn submit(
         token: Some(bearer.text.clone()),
         plan_id: Some(plan_id.clone()),
         runner: Some(service.runner.clone()),
+        // On a cluster, each step's attempt runs where the leader places it.
+        placer: service.config.cluster.clone().map(|cluster| {
+            Arc::new(super::placed::Steps { service: service.clone(), cluster }) as Arc<dyn executor::StepPlacer>
+        }),
     };
     let task = tokio::spawn({
         let (service, plan_id) = (service.clone(), plan_id.clone());

@@ -30,7 +30,7 @@ const KEEP_ENDED: usize = 256;
 /// Captured output kept per stream in the table.
 const KEEP_OUTPUT: usize = 64 << 10;
 /// The longest a request may wait for its run.
-const MAX_WAIT: Duration = Duration::from_secs(600);
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// One run the service knows.
 #[derive(Debug)]
@@ -41,6 +41,8 @@ struct Entry {
     report: Option<serde_json::Value>,
     cancel: Arc<Cancel>,
     done: tokio::sync::watch::Sender<bool>,
+    /// The cluster node it executes on, if not this one.
+    node: Option<u64>,
 }
 
 /// The runs of this service: queued, running, and the last [`KEEP_ENDED`] that ended.
@@ -48,6 +50,8 @@ struct Entry {
 pub struct RunTable {
     entries: Mutex<BTreeMap<String, Entry>>,
     ended: Mutex<VecDeque<String>>,
+    /// This server's node id, on a cluster (the node of the runs it executes itself).
+    here: std::sync::OnceLock<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,9 +69,32 @@ impl RunTable {
             report: None,
             cancel: cancel.clone(),
             done,
+            node: None,
         };
         lock(&self.entries).insert(run_id.into(), entry);
         (cancel, watch)
+    }
+
+    /// A run executing on another node of the cluster (followed by [`super::placed`]): running from here on.
+    pub(super) fn insert_remote(
+        &self,
+        run_id: &str,
+        agent: &str,
+        node: u64,
+    ) -> (Arc<Cancel>, tokio::sync::watch::Receiver<bool>) {
+        let taken = self.insert(run_id, agent);
+        if let Some(e) = lock(&self.entries).get_mut(run_id) {
+            e.status = RunStatus::Running;
+            e.node = Some(node);
+        }
+        taken
+    }
+
+    /// The node a placed run's latest attempt executes on.
+    pub(super) fn set_node(&self, run_id: &str, node: u64) {
+        if let Some(e) = lock(&self.entries).get_mut(run_id) {
+            e.node = Some(node);
+        }
     }
 
     fn set_running(&self, run_id: &str) {
@@ -80,10 +107,20 @@ impl RunTable {
         for text in [&mut report.stdout, &mut report.stderr] {
             crate::bounds::truncate(text, KEEP_OUTPUT);
         }
+        self.finish_json(run_id, serde_json::json!(report));
+    }
+
+    /// Ends a run with its report as JSON (a placed run's, as the node that ran it gave it).
+    pub(super) fn finish_json(&self, run_id: &str, mut report: serde_json::Value) {
+        for stream in ["stdout", "stderr"] {
+            if let Some(serde_json::Value::String(text)) = report.get_mut(stream) {
+                crate::bounds::truncate(text, KEEP_OUTPUT);
+            }
+        }
         let mut entries = lock(&self.entries);
         if let Some(e) = entries.get_mut(run_id) {
             e.status = RunStatus::Ended;
-            e.report = Some(serde_json::json!(report));
+            e.report = Some(report);
             e.done.send_replace(true);
         }
         let mut ended = lock(&self.ended);
@@ -95,13 +132,14 @@ impl RunTable {
         }
     }
 
-    fn view(&self, run_id: &str) -> Option<RunView> {
+    pub(super) fn view(&self, run_id: &str) -> Option<RunView> {
         lock(&self.entries).get(run_id).map(|e| RunView {
             run_id: run_id.into(),
             agent: e.agent.clone(),
             status: e.status,
             submitted_ms: e.submitted_ms,
             report: e.report.clone(),
+            node: e.node.or_else(|| self.here.get().copied()),
         })
     }
 
@@ -121,6 +159,16 @@ impl RunTable {
             e.cancel.cancel();
         }
         live.len()
+    }
+
+    /// Names this server's cluster node as where its own runs execute.
+    pub fn set_here(&self, node: u64) {
+        self.here.get_or_init(|| node);
+    }
+
+    /// Runs executing on this node (queued or running; not those placed on another node).
+    pub fn running_here(&self) -> usize {
+        lock(&self.entries).values().filter(|e| e.status != RunStatus::Ended && e.node.is_none()).count()
     }
 
     /// Runs that have not ended.
@@ -189,9 +237,31 @@ fn source(service: &Service, component: &ComponentRef) -> Result<Source, ApiErro
     }
 }
 
+/// What a run asks for, to narrow its token to.
+pub struct Asked<'a> {
+    pub grants: &'a GrantRequest,
+    pub tools: &'a [String],
+    pub models: &'a [String],
+    pub spawn: &'a [String],
+    pub limits: &'a LimitRequest,
+}
+
+impl<'a> Asked<'a> {
+    fn of(spec: &'a RunSpec) -> Self {
+        Asked {
+            grants: &spec.grants,
+            tools: &spec.tools,
+            models: &spec.models,
+            spawn: &spec.spawn,
+            limits: &spec.limits,
+        }
+    }
+}
+
 /// The bearer token narrowed to exactly this run: its grants, fuel and a lifetime covering the run.
-fn run_token(bearer: &auth::Bearer, spec: &RunSpec, grants: &GrantRequest) -> Result<String, ApiError> {
+fn run_token(bearer: &auth::Bearer, spec: Asked<'_>) -> Result<String, ApiError> {
     use crate::token::{Attenuation, Grant};
+    let grants = spec.grants;
     let mut only = Vec::new();
     for d in &spec.grants.dirs {
         // The attenuation names the directory as given; the run's own request names it by its canonical path.
@@ -206,7 +276,7 @@ fn run_token(bearer: &auth::Bearer, spec: &RunSpec, grants: &GrantRequest) -> Re
         mode: String::new(),
     }));
     only.extend(spec.tools.iter().map(|t| Grant { kind: "tool".into(), value: t.clone(), mode: String::new() }));
-    for model in &spec.models {
+    for model in spec.models {
         only.push(Grant::parse(&format!("llm:{model}")).map_err(ApiError::bad_request)?);
     }
     only.extend(spec.spawn.iter().map(|a| Grant { kind: "spawn".into(), value: a.clone(), mode: String::new() }));
@@ -266,11 +336,77 @@ pub async fn submit(
     if service.shutting_down() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting-down", "the server is shutting down"));
     }
+    if let Some(cluster) = service.config.cluster.clone() {
+        let placement = request.placement.clone().unwrap_or_default();
+        crate::cluster::placement::check_labels(&placement.labels)
+            .map_err(|e| ApiError::bad_request(format!("placement: {e}")))?;
+        if placement.retries > super::placed::MAX_RETRIES {
+            let most = super::placed::MAX_RETRIES;
+            return Err(ApiError::bad_request(format!("placement: retries is {}, at most {most}", placement.retries)));
+        }
+        let labels = placement.labels;
+        let mine = labels.iter().all(|l| service.config.labels.contains(l));
+        let want = crate::cluster::placement::PlaceRequest { labels: labels.clone(), exclude: Vec::new() };
+        match cluster.place(&want).await {
+            Ok(placed) if placed.node != cluster.node_id => {
+                // Narrowed here to exactly this run, so the node that runs it never sees the client's whole token.
+                let (grants, tools) = grant_request(&request.grants)?;
+                let limits = limit_request(&request.limits);
+                let (models, spawn) = (&request.grants.models, &request.grants.spawn);
+                let asked = Asked { grants: &grants, tools: &tools, models, spawn, limits: &limits };
+                let token = run_token(&bearer, asked)?;
+                let forwarded =
+                    super::placed::submit(service.clone(), cluster.clone(), run_id.clone(), token, &request, placed);
+                if let Some(answer) = forwarded.await? {
+                    return Ok(answer);
+                }
+                if !mine {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no-node",
+                        format!("the node chosen for run {run_id} cannot be reached, and this node lacks its labels"),
+                    ));
+                }
+                // The chosen node cannot be reached from here: this node, a member too, runs it.
+            }
+            Ok(_) => {}
+            // Without a leader no run's start can be recorded: taken here, it is refused as any write is, within
+            // the leaderless bound, and leaves nothing behind.
+            Err(crate::cluster::placement::PlaceError::NoLeader(why)) if mine => {
+                tracing::warn!(run_id = %run_id, "run not placed ({why}); taken on this node");
+            }
+            Err(e) => return Err(super::placed::place_error(e)),
+        }
+    }
+    accept(&service, run_id, &bearer, request).await
+}
+
+/// A run's limits, as a request gives them.
+fn limit_request(l: &super::api::LimitsRequest) -> LimitRequest {
+    LimitRequest {
+        fuel: l.fuel,
+        timeout: l.timeout_ms.map(Duration::from_millis),
+        max_memory: l.max_memory,
+        max_output: Some(l.max_output.unwrap_or(1 << 20)),
+        max_records: l.max_records,
+        llm_tokens: l.llm_tokens,
+        max_spawn_depth: l.max_spawn_depth,
+        max_spawns: l.max_spawns,
+    }
+}
+
+/// Takes a run on this server: checked and prepared (component loaded, grants and token authorized) before the
+/// answer, then queued for a slot. `bearer` authorizes it, narrowed to exactly the run.
+async fn accept(
+    service: &Arc<Service>,
+    run_id: String,
+    bearer: &auth::Bearer,
+    request: SubmitRun,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
     let (grants, tools) = grant_request(&request.grants)?;
-    let l = &request.limits;
     let input = request.input.as_ref().map(|v| v.to_string());
     let mut spec = RunSpec {
-        source: source(&service, &request.component)?,
+        source: source(service, &request.component)?,
         task_id: request.task_id.clone(),
         input,
         args: request.args.clone(),
@@ -278,20 +414,11 @@ pub async fn submit(
         tools,
         models: request.grants.models.clone(),
         spawn: request.grants.spawn.clone(),
-        limits: LimitRequest {
-            fuel: l.fuel,
-            timeout: l.timeout_ms.map(Duration::from_millis),
-            max_memory: l.max_memory,
-            max_output: Some(l.max_output.unwrap_or(1 << 20)),
-            max_records: l.max_records,
-            llm_tokens: l.llm_tokens,
-            max_spawn_depth: l.max_spawn_depth,
-            max_spawns: l.max_spawns,
-        },
+        limits: limit_request(&request.limits),
         token: None,
         run_id: Some(run_id.clone()),
     };
-    spec.token = Some(run_token(&bearer, &spec, &grants)?);
+    spec.token = Some(run_token(bearer, Asked::of(&spec))?);
     let agent = match &spec.source {
         Source::Path(p) => crate::run::agent_name(p),
         Source::Bytes { name, .. } | Source::Plugin { name, .. } => name.clone(),
@@ -443,6 +570,7 @@ fn from_log(service: &Service, run_id: &str) -> Result<RunView, ApiError> {
         status: if ended.is_some() { RunStatus::Ended } else { RunStatus::Running },
         submitted_ms: started.time_ms,
         report: ended.map(|e| e.payload.clone()),
+        node: started.payload["node"].as_u64(),
     })
 }
 
@@ -595,4 +723,87 @@ pub async fn agents(State(service): State<Arc<Service>>, headers: HeaderMap) -> 
     .await
     .map_err(ApiError::internal)??;
     Ok(Json(list))
+}
+
+/// A node-to-node request's cluster, once its secret is checked (404 on a server that is no cluster's node).
+fn cluster_peer(service: &Service, headers: &HeaderMap) -> Result<(), axum::response::Response> {
+    use axum::response::IntoResponse;
+    let Some(cluster) = &service.config.cluster else {
+        return Err(ApiError::not_found("no such route").into_response());
+    };
+    crate::cluster::network::authenticate(cluster, headers).map_err(|r| *r)
+}
+
+/// A run another node placed here (`POST /v1/cluster/runs`, with the cluster's secret): taken as any submission is,
+/// under the token it carries (the client's, narrowed to this run), with the id the other node gave it.
+pub async fn forwarded(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Err(r) = cluster_peer(&service, &headers) {
+        return r;
+    }
+    let taken = async {
+        let f: super::placed::Forwarded =
+            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("forwarded run: {e}")))?;
+        crate::bounds::check_id("run id", &f.run_id).map_err(ApiError::bad_request)?;
+        if service.runs.view(&f.run_id).is_some() {
+            return Err(ApiError::new(StatusCode::CONFLICT, "duplicate", format!("run {} is known here", f.run_id)));
+        }
+        if service.shutting_down() {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting-down", "the server is shutting down"));
+        }
+        let bearer = auth::verify(&service.host, &f.token).inspect_err(|_| service.metrics.token_refused())?;
+        let mut request = f.request;
+        request.wait = false;
+        request.placement = None;
+        tracing::Span::current().record("run_id", f.run_id.as_str());
+        accept(&service, f.run_id, &bearer, request).await
+    };
+    match taken.await {
+        Ok(answer) => answer.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A run of this node, for the node that placed it here (`GET /v1/cluster/runs/{id}`, with the cluster's secret).
+pub async fn forwarded_view(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path(run_id): Path<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Err(r) = cluster_peer(&service, &headers) {
+        return r;
+    }
+    match service.runs.view(&run_id).map_or_else(|| from_log(&service, &run_id), Ok) {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Cancels a run of this node for the node that placed it here (`POST /v1/cluster/runs/{id}/cancel`, with the
+/// cluster's secret; that node checked the canceller's token).
+pub async fn forwarded_cancel(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path(run_id): Path<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Err(r) = cluster_peer(&service, &headers) {
+        return r;
+    }
+    match service.runs.cancel_of(&run_id) {
+        Some((_, RunStatus::Ended, _)) => {
+            ApiError::new(StatusCode::CONFLICT, "already-ended", format!("run {run_id} has already ended"))
+                .into_response()
+        }
+        Some((_, _, switch)) => {
+            switch.cancel();
+            StatusCode::ACCEPTED.into_response()
+        }
+        None => ApiError::not_found(format!("no live run {run_id} on this node")).into_response(),
+    }
 }
