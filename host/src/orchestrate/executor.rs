@@ -66,13 +66,13 @@ pub struct PlacedStep {
     pub cancel: Arc<Cancel>,
 }
 
+/// What a [`StepPlacer`] answers: the attempt's report once it has ended elsewhere, or `None` to run it here.
+pub type Placed<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<Result<RunReport, RunError>>> + Send + 'a>>;
+
 /// Runs a step's attempt on another node of a cluster (a server's placement).
 pub trait StepPlacer: Send + Sync {
-    /// The attempt's report once it has ended there; `None` if it is to run here.
-    fn run(
-        &self,
-        step: PlacedStep,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Result<RunReport, RunError>>> + Send + '_>>;
+    fn run(&self, step: PlacedStep) -> Placed<'_>;
 }
 
 /// A refusal before the plan starts (or a host fault), with the exit code it maps to.

@@ -304,10 +304,7 @@ pub struct Steps {
 }
 
 impl crate::orchestrate::executor::StepPlacer for Steps {
-    fn run(
-        &self,
-        step: crate::orchestrate::executor::PlacedStep,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Result<RunReport, RunError>>> + Send + '_>> {
+    fn run(&self, step: crate::orchestrate::executor::PlacedStep) -> crate::orchestrate::executor::Placed<'_> {
         Box::pin(self.place_step(step))
     }
 }

@@ -726,12 +726,12 @@ pub async fn agents(State(service): State<Arc<Service>>, headers: HeaderMap) -> 
 }
 
 /// A node-to-node request's cluster, once its secret is checked (404 on a server that is no cluster's node).
-fn cluster_peer(service: &Service, headers: &HeaderMap) -> Result<(), axum::response::Response> {
+fn cluster_peer(service: &Service, headers: &HeaderMap) -> Result<(), Box<axum::response::Response>> {
     use axum::response::IntoResponse;
     let Some(cluster) = &service.config.cluster else {
-        return Err(ApiError::not_found("no such route").into_response());
+        return Err(Box::new(ApiError::not_found("no such route").into_response()));
     };
-    crate::cluster::network::authenticate(cluster, headers).map_err(|r| *r)
+    crate::cluster::network::authenticate(cluster, headers)
 }
 
 /// A run another node placed here (`POST /v1/cluster/runs`, with the cluster's secret): taken as any submission is,
@@ -743,7 +743,7 @@ pub async fn forwarded(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     if let Err(r) = cluster_peer(&service, &headers) {
-        return r;
+        return *r;
     }
     let taken = async {
         let f: super::placed::Forwarded =
@@ -776,7 +776,7 @@ pub async fn forwarded_view(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     if let Err(r) = cluster_peer(&service, &headers) {
-        return r;
+        return *r;
     }
     match service.runs.view(&run_id).map_or_else(|| from_log(&service, &run_id), Ok) {
         Ok(view) => Json(view).into_response(),
@@ -793,7 +793,7 @@ pub async fn forwarded_cancel(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     if let Err(r) = cluster_peer(&service, &headers) {
-        return r;
+        return *r;
     }
     match service.runs.cancel_of(&run_id) {
         Some((_, RunStatus::Ended, _)) => {
