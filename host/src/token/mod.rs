@@ -402,7 +402,7 @@ pub fn verify(keys: &KeyStore, text: &str, now: SystemTime) -> Result<Verified, 
 /// rotation not over, and still the same key. Whoever holds a verified token for long (the MCP server, a run calling
 /// tools) asks this at each use, as the token cache does on each hit: keys change in other processes.
 pub fn root_key_still_verifies(home: &std::path::Path, verified: &Verified, now: SystemTime) -> Result<(), TokenError> {
-    let public = KeyStore::load(home)?.verifying(verified.root_key_id, ms(now))?;
+    let public = KeyStore::current(home)?.verifying(verified.root_key_id, ms(now))?;
     if public.to_bytes_hex() != verified.public_key {
         return Err(TokenError::Signature(format!("root key {} is no longer the key it was", verified.root_key_id)));
     }
@@ -519,7 +519,7 @@ const AUTHORIZER_LIMITS: AuthorizerLimits =
 pub fn limits_of(home: &std::path::Path, text: &str) -> Result<TokenLimits, crate::error::RunError> {
     let refused =
         |e: &dyn std::fmt::Display| crate::error::RunError::TokenRefused(crate::error::one_line(&e.to_string()));
-    let keys = KeyStore::load(home).map_err(|e| refused(&e))?;
+    let keys = KeyStore::current(home).map_err(|e| refused(&e))?;
     let verified = cache::global().verify(&keys, text, SystemTime::now()).map_err(|e| refused(&e))?;
     verified.limits.clone().map_err(|e| refused(&e))
 }
@@ -562,8 +562,8 @@ pub fn authorize_caller(
     let now = SystemTime::now();
     let refused = |e: &dyn std::fmt::Display| RunError::TokenRefused(crate::error::one_line(&e.to_string()));
     let keys = match token_text {
-        Some(_) => KeyStore::load(home),
-        None => KeyStore::load_or_init(home, ms(now)),
+        Some(_) => KeyStore::current(home),
+        None => KeyStore::load_or_init(home, ms(now)).map(std::sync::Arc::new),
     }
     .map_err(|e| refused(&e))?;
     let text = match token_text {
