@@ -58,6 +58,29 @@ pub fn mean(iters: u32, mut f: impl FnMut()) -> Duration {
     start.elapsed() / iters
 }
 
+/// Two sides measured in the same run on a busy machine: `rounds` rounds of `block` calls of each side back to back
+/// (which side goes first alternates), so that load from other processes falls on both alike. Returns the median of
+/// each side's per-round mean, and the median of the per-round ratios `a / b`.
+pub fn paired(rounds: usize, block: u32, mut a: impl FnMut(), mut b: impl FnMut()) -> (Duration, Duration, f64) {
+    let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (x, y) = if round % 2 == 0 {
+            let x = mean(block, &mut a);
+            (x, mean(block, &mut b))
+        } else {
+            let y = mean(block, &mut b);
+            (mean(block, &mut a), y)
+        };
+        ta.push(x);
+        tb.push(y);
+        ratios.push(x.as_secs_f64() / y.as_secs_f64());
+    }
+    ta.sort();
+    tb.sort();
+    ratios.sort_by(f64::total_cmp);
+    (ta[rounds / 2], tb[rounds / 2], ratios[rounds / 2])
+}
+
 /// A toka-host tool host with the `echo` tool installed, and a caller whose token grants `tool:echo`: one tool-call
 /// round trip is `rt.block_on(host.call(&caller, "echo", INPUT, fuel))`.
 pub mod tool_call {
@@ -100,6 +123,10 @@ pub mod tool_call {
             ..MintRequest::default()
         };
         let text = token::mint(&keys, &request, SystemTime::now()).unwrap().to_base64().unwrap();
+        // A long-running host's key file and manifests are older than the racy window of their cache (2 s,
+        // `toka_host::filecache::RACY`), inside which every call reads them again: wait it out, so that the
+        // benches measure the steady state.
+        std::thread::sleep(toka_host::filecache::RACY + Duration::from_millis(100));
         let caller = Caller {
             agent: "bench".into(),
             run_id: None,

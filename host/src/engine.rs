@@ -47,6 +47,11 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// on top, through the store's limiter).
 const POOL_MAX_MEMORY: usize = 1 << 32;
 
+/// Bytes of each pooled linear memory kept resident between instances (see the pooling settings): the memory a small
+/// tool or agent touches (a Rust guest's 1 MiB stack and its first heap pages). At most this much per slot in use
+/// stays resident after its instance is gone.
+const KEEP_RESIDENT: usize = 2 << 20;
+
 /// A preview 1 `proc_exit` with a status outside `0..126`: refused by WASI, so the program ends with status 1.
 #[derive(Debug)]
 pub struct InvalidExitStatus(pub i32);
@@ -119,7 +124,14 @@ impl HostEngine {
                 .max_component_instance_size(1 << 20)
                 .max_core_instance_size(1 << 20)
                 .table_elements(100_000)
-                .max_memory_size(POOL_MAX_MEMORY);
+                .max_memory_size(POOL_MAX_MEMORY)
+                // Resetting a slot for its next instance: with the kernel's PAGEMAP_SCAN (Linux 6.7+; wasmtime falls
+                // back without it) only the pages the last instance wrote are found, and up to KEEP_RESIDENT of
+                // them are restored in place instead of being given back with madvise and faulted in again by the
+                // next instance. Measured on the tools bench (echo tool, 2 cores): 36 -> 21 us per call, plain
+                // wasmtime on the same engine 25 -> 12 us; the table setting made no difference.
+                .pagemap_scan(wasmtime::Enabled::Auto)
+                .linear_memory_keep_resident(KEEP_RESIDENT);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&config)?;

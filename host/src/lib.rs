@@ -21,6 +21,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod filecache;
 pub mod grants;
 pub mod home;
 pub mod journal;

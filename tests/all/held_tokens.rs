@@ -12,7 +12,7 @@ use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use toka_tests::{Ran, root, shared_cache, toka_host, toka_with};
 
 fn t(home: &Path, args: &[&str]) -> Ran {
@@ -131,4 +131,52 @@ fn revoking_refuses_a_token_a_server_already_holds() {
     let rejected = t(h, &["events", "--json", "--kind", "op.rejected"]);
     assert_eq!(rejected.stdout.lines().count(), 1, "{}", rejected.stdout);
     assert!(rejected.stdout.contains("is revoked"), "{}", rejected.stdout);
+}
+
+/// When `file` last changed (its ctime, which no program can set back).
+pub fn changed_at(file: &Path) -> SystemTime {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(file).unwrap();
+    let nanos = u32::try_from(meta.ctime_nsec()).unwrap();
+    SystemTime::UNIX_EPOCH + Duration::new(u64::try_from(meta.ctime()).unwrap(), nanos)
+}
+
+/// How long after a file's last change the host trusts a cached parse of it (`toka_host::filecache::RACY`, 2 s),
+/// with a margin.
+pub const SETTLED: Duration = Duration::from_millis(2_500);
+
+/// Sleeps until `file` has been unchanged for [`SETTLED`]: the host's next read of it is trusted from then on, so
+/// only the stamp check of its cache (see `host/src/filecache.rs`) stands between a later change and a stale answer.
+pub fn until_settled(file: &Path) {
+    let settled = changed_at(file) + SETTLED;
+    if let Ok(left) = settled.duration_since(SystemTime::now()) {
+        std::thread::sleep(left);
+    }
+}
+
+/// The server keeps the key file parsed between calls and only looks at the file's stamp. With the file settled
+/// (the cache trusted, not re-read at every call as it is right after a change), a retirement written by another
+/// process is still seen at the very next call; a token of the active key, held by another server, keeps working.
+#[test]
+fn a_key_retired_after_the_server_cached_the_key_file_is_seen_at_the_next_call() {
+    let home = home();
+    let h = home.path();
+    let old = mint(h);
+    t(h, &["key", "rotate", "--overlap", "1h"]).expect_code(0);
+    let new = mint(h);
+    until_settled(&h.join("keys.json"));
+    run(async {
+        let server = serve(h, &old).await;
+        let fresh = serve(h, &new).await;
+        // The control, and the reads the cache trusts from now on (the file is older than the window).
+        for n in 1..=3 {
+            answered(&echo(&server, n).await, n);
+            answered(&echo(&fresh, n).await, n);
+        }
+        t(h, &["key", "retire", "1"]).expect_code(0);
+        refused(&echo(&server, 4).await, "token refused: token is signed by root key 1, which is retired");
+        answered(&echo(&fresh, 5).await, 5);
+        server.cancel().await.unwrap();
+        fresh.cancel().await.unwrap();
+    });
 }

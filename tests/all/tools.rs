@@ -643,3 +643,44 @@ mod mcp {
         }
     }
 }
+
+/// `serve` keeps tool manifests parsed between calls and only looks at each file's stamp. With the manifest
+/// settled (the cache trusted), another process removing the tool, then installing another component under its
+/// name, then the first one again, is seen at the very next call each time. The same input tells the two apart:
+/// `echo` returns it, `fail-tool` answers `{"ok": true}`.
+#[test]
+fn a_tool_removed_or_replaced_by_another_process_is_seen_by_serve_at_the_next_call() {
+    use crate::held_tokens::until_settled;
+    use serde_json::json;
+    let s = crate::service::Server::start(&[]);
+    let h = s.home().to_path_buf();
+    let echo = tool_path("echo");
+    t(&h, &["tool", "add", echo.to_str().unwrap()]).expect_code(0);
+    let token = s.mint(&["--agent", "*", "--grant", "tool:echo", "--ttl", "10m"]);
+    let call = || {
+        let (status, body) = s.post("/v1/tools/echo/call", Some(&token), &json!({ "input": { "mode": "ok" } }));
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let manifest = h.join("tools/echo.json");
+    let echoed = json!({ "mode": "ok" });
+    until_settled(&manifest);
+    // The control: the same answer at every call while nothing changes.
+    for _ in 0..3 {
+        let body = call();
+        assert_eq!((body["outcome"].as_str(), &body["output"]), (Some("success"), &echoed), "{body}");
+    }
+    t(&h, &["tool", "remove", "echo"]).expect_code(0);
+    let body = call();
+    assert_eq!(body["outcome"], "file-not-found", "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("no tool named `echo`")), "{body}");
+    t(&h, &["tool", "add", "--name", "echo", tool_path("fail-tool").to_str().unwrap()]).expect_code(0);
+    let body = call();
+    assert_eq!((body["outcome"].as_str(), &body["output"]), (Some("success"), &json!({ "ok": true })), "{body}");
+    until_settled(&manifest);
+    let body = call();
+    assert_eq!(body["output"], json!({ "ok": true }), "{body}");
+    t(&h, &["tool", "add", echo.to_str().unwrap()]).expect_code(0);
+    let body = call();
+    assert_eq!((body["outcome"].as_str(), &body["output"]), (Some("success"), &echoed), "{body}");
+}

@@ -14,7 +14,7 @@ use super::{
 };
 use biscuit_auth::{AuthorizerBuilder, Biscuit};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::SystemTime;
 
@@ -45,6 +45,31 @@ pub struct Verified {
     pub llm_budgets: Vec<TokenBudget>,
     /// Authorizations this token passed in the current second (see [`Verified::passed`]).
     passed: Mutex<Passed>,
+    /// Whole requests this token passed in one second (see [`Verified::asked_before`]).
+    asked: Mutex<(u64, HashSet<Asked>)>,
+}
+
+/// Everything of a request that the authorizer programs state, for a token without time windows (see
+/// [`super::authorize`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Asked {
+    agent: String,
+    grants: Vec<Grant>,
+    limits: TokenLimits,
+    component: Option<String>,
+    plugin: Option<String>,
+}
+
+impl Asked {
+    pub(super) fn of(request: &super::RunRequest) -> Asked {
+        Asked {
+            agent: request.agent.clone(),
+            grants: request.grants.clone(),
+            limits: request.limits,
+            component: request.component.clone(),
+            plugin: request.plugin.clone(),
+        }
+    }
 }
 
 /// Authorizer programs that accepted the token, all stating the same time facts.
@@ -163,6 +188,7 @@ impl Verified {
             llm_budgets,
             token,
             passed: Mutex::new(Passed::default()),
+            asked: Mutex::new((0, HashSet::new())),
         })
     }
 
@@ -172,6 +198,25 @@ impl Verified {
     pub(super) fn passed(&self, time: &str, program: &str) -> bool {
         let passed = self.passed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         passed.time == time && passed.programs.contains(program)
+    }
+
+    /// Whether the very same request passed in the unix second `second` (only asked for a token without windows,
+    /// whose programs are a function of the request and the second).
+    pub(super) fn asked_before(&self, second: u64, asked: &Asked) -> bool {
+        let memo = self.asked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        memo.0 == second && memo.1.contains(asked)
+    }
+
+    /// Remembers that `asked` passed in `second`; forgets every request of another second.
+    pub(super) fn remember_asked(&self, second: u64, asked: Asked) {
+        let mut memo = self.asked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if memo.0 != second {
+            memo.0 = second;
+            memo.1.clear();
+        }
+        if memo.1.len() < MAX_PASSED {
+            memo.1.insert(asked);
+        }
     }
 
     /// Remembers that `program`, stated with the time facts `time`, accepted this token; forgets every program of

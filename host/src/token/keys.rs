@@ -3,10 +3,17 @@
 //!
 //! One key is `active` (new tokens are signed with it). `rotate` makes a new active key and leaves the previous one
 //! verifying until its overlap window ends or it is `retire`d; a retired key's tokens are refused, saying so.
+//!
+//! Every held token is re-checked against this file at each use (a tool call, a model call), so reading it is on
+//! the hot path: [`KeyStore::load`] serves it from a process-wide [`FileCache`] that re-reads the file whenever its
+//! stamp says it may have changed (see [`crate::filecache`]), and each key's public point is decompressed once per
+//! read of the file. Writers ([`KeyStore::update`]) always read the file itself, under the lock.
 
+use crate::filecache::{self, FileCache};
 use biscuit_auth::{Algorithm, KeyPair, PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -27,6 +34,9 @@ pub struct RootKey {
     pub verify_until_ms: Option<u64>,
     pub public_hex: String,
     private_hex: String,
+    /// `public_hex` parsed (an Ed25519 point, decompressed), with the text it was parsed from.
+    #[serde(skip)]
+    public: OnceLock<(String, PublicKey)>,
 }
 
 /// Why a key cannot verify or sign.
@@ -59,12 +69,43 @@ pub fn path(home: &Path) -> PathBuf {
     home.join("keys.json")
 }
 
+/// The key files this process has read, by path. A process serves a handful of homes; the bound is for tests.
+static CACHE: LazyLock<FileCache<KeyStore>> = LazyLock::new(|| FileCache::new(64));
+
+/// How many times this process read a key file rather than serving it from the cache (for tests and benches).
+pub fn file_reads() -> u64 {
+    CACHE.reads()
+}
+
+fn parse(p: &Path, bytes: &[u8]) -> Result<KeyStore, KeyError> {
+    serde_json::from_slice(bytes).map_err(|e| KeyError::File { path: p.display().to_string(), reason: e.to_string() })
+}
+
 impl KeyStore {
+    /// The key file of `home` as it is now (an empty store if there is none), from the cache when the file has not
+    /// changed since this process last read it.
+    pub fn current(home: &Path) -> Result<Arc<KeyStore>, KeyError> {
+        let p = path(home);
+        match CACHE.get(&p, |bytes| parse(&p, bytes)) {
+            Ok(Some(store)) => Ok(store),
+            Ok(None) => Ok(Arc::new(KeyStore::default())),
+            Err(filecache::Error::Parse(e)) => Err(e),
+            Err(filecache::Error::Io(e)) => {
+                Err(KeyError::File { path: p.display().to_string(), reason: e.to_string() })
+            }
+        }
+    }
+
+    /// [`KeyStore::current`], as a store of its own.
     pub fn load(home: &Path) -> Result<Self, KeyError> {
+        Ok((*KeyStore::current(home)?).clone())
+    }
+
+    /// The file itself, never the cache: what a writer changes.
+    fn read(home: &Path) -> Result<Self, KeyError> {
         let p = path(home);
         match std::fs::read(&p) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| KeyError::File { path: p.display().to_string(), reason: e.to_string() }),
+            Ok(bytes) => parse(&p, &bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeyStore::default()),
             Err(e) => Err(KeyError::File { path: p.display().to_string(), reason: e.to_string() }),
         }
@@ -82,7 +123,7 @@ impl KeyStore {
         let lock =
             std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&lock_path).map_err(err)?;
         lock.lock().map_err(err)?;
-        let mut store = KeyStore::load(home)?;
+        let mut store = KeyStore::read(home)?;
         let value = change(&mut store)?;
         store.save(home)?;
         // The lock is released when `lock` is dropped.
@@ -129,6 +170,7 @@ impl KeyStore {
             verify_until_ms: None,
             public_hex: pair.public().to_bytes_hex(),
             private_hex: pair.private().to_bytes_hex(),
+            public: OnceLock::new(),
         }
     }
 
@@ -184,7 +226,23 @@ impl KeyStore {
             }
             _ => {}
         }
-        PublicKey::from_bytes_hex(&key.public_hex, Algorithm::Ed25519)
-            .map_err(|e| KeyError::File { path: "keys.json".into(), reason: e.to_string() })
+        key.public_key()
+    }
+}
+
+impl RootKey {
+    /// The public key, parsed on first use (decompressing an Ed25519 point costs about as much as a signature
+    /// check) and kept as long as `public_hex` is what it was parsed from.
+    pub fn public_key(&self) -> Result<PublicKey, KeyError> {
+        if let Some((hex, public)) = self.public.get()
+            && *hex == self.public_hex
+        {
+            return Ok(*public);
+        }
+        let public = PublicKey::from_bytes_hex(&self.public_hex, Algorithm::Ed25519)
+            .map_err(|e| KeyError::File { path: "keys.json".into(), reason: e.to_string() })?;
+        // A key whose text changed since (only tests do that) is parsed at each use.
+        drop(self.public.set((self.public_hex.clone(), public)));
+        Ok(public)
     }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const KINDS: [&str; 10] = ["fs", "env", "net", "tool", "llm", "spawn", "state", "stdin", "api", "publish"];
 
 /// One grant, as a token states it and as a run requests it: `(kind, value, mode)`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Grant {
     pub kind: String,
     pub value: String,
@@ -120,7 +120,7 @@ impl Grant {
 }
 
 /// Limits stated in a token: ceilings for what a run may ask.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct TokenLimits {
     pub fuel: u64,
     pub memory: u64,
@@ -402,7 +402,7 @@ pub fn verify(keys: &KeyStore, text: &str, now: SystemTime) -> Result<Verified, 
 /// rotation not over, and still the same key. Whoever holds a verified token for long (the MCP server, a run calling
 /// tools) asks this at each use, as the token cache does on each hit: keys change in other processes.
 pub fn root_key_still_verifies(home: &std::path::Path, verified: &Verified, now: SystemTime) -> Result<(), TokenError> {
-    let public = KeyStore::load(home)?.verifying(verified.root_key_id, ms(now))?;
+    let public = KeyStore::current(home)?.verifying(verified.root_key_id, ms(now))?;
     if public.to_bytes_hex() != verified.public_key {
         return Err(TokenError::Signature(format!("root key {} is no longer the key it was", verified.root_key_id)));
     }
@@ -469,6 +469,25 @@ fn time_facts(verified: &Verified, now: SystemTime) -> String {
 /// Authorizes every requested grant (and the limits) against a verified token; the first refusal names the grant
 /// and the checks that failed.
 pub fn authorize(verified: &Verified, request: &RunRequest, now: SystemTime) -> Result<(), (String, String)> {
+    // For a token that states no time window, every program below is a function of the request and of the second
+    // `now` falls in (the time facts are whole seconds, the skew whole seconds too): a request that passed in this
+    // second passes again without writing the programs out (a tool call per agent call, say).
+    let second = now.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs()).filter(|_| verified.windows.is_empty());
+    let asked = second.map(|s| (s, cache::Asked::of(request)));
+    if let Some((second, asked)) = &asked
+        && verified.asked_before(*second, asked)
+    {
+        return Ok(());
+    }
+    authorize_each(verified, request, now)?;
+    if let Some((second, asked)) = asked {
+        verified.remember_asked(second, asked);
+    }
+    Ok(())
+}
+
+/// [`authorize`], grant by grant.
+fn authorize_each(verified: &Verified, request: &RunRequest, now: SystemTime) -> Result<(), (String, String)> {
     let token = &verified.token;
     // A token for the agent `*` (an operator's) is for every agent.
     let agent_ok = format!("check if agent({:?}) or agent(\"*\");", request.agent);
@@ -519,7 +538,7 @@ const AUTHORIZER_LIMITS: AuthorizerLimits =
 pub fn limits_of(home: &std::path::Path, text: &str) -> Result<TokenLimits, crate::error::RunError> {
     let refused =
         |e: &dyn std::fmt::Display| crate::error::RunError::TokenRefused(crate::error::one_line(&e.to_string()));
-    let keys = KeyStore::load(home).map_err(|e| refused(&e))?;
+    let keys = KeyStore::current(home).map_err(|e| refused(&e))?;
     let verified = cache::global().verify(&keys, text, SystemTime::now()).map_err(|e| refused(&e))?;
     verified.limits.clone().map_err(|e| refused(&e))
 }
@@ -562,8 +581,8 @@ pub fn authorize_caller(
     let now = SystemTime::now();
     let refused = |e: &dyn std::fmt::Display| RunError::TokenRefused(crate::error::one_line(&e.to_string()));
     let keys = match token_text {
-        Some(_) => KeyStore::load(home),
-        None => KeyStore::load_or_init(home, ms(now)),
+        Some(_) => KeyStore::current(home),
+        None => KeyStore::load_or_init(home, ms(now)).map(std::sync::Arc::new),
     }
     .map_err(|e| refused(&e))?;
     let text = match token_text {
@@ -977,6 +996,43 @@ mod tests {
         // Expired a minute and a half later (60 s ttl, 30 s skew), though the same question passed before.
         assert!(ask("a", "tool:echo", now + Duration::from_secs(91)).is_err());
         assert!(ask("a", "tool:echo", now).is_ok());
+    }
+
+    /// The per-second memo of whole requests answers only the very same request: a token pinned to one component,
+    /// asked for it and then, in the same second, for another component, another plugin or more fuel, refuses
+    /// those; the same request again passes.
+    #[test]
+    fn a_remembered_request_answers_only_the_same_component_plugin_and_limits() {
+        let keys = store();
+        let pinned = "ab".repeat(32);
+        let req = MintRequest {
+            agent: "a".into(),
+            grants: vec![g("tool:echo")],
+            limits: limits(),
+            ttl: Some(Duration::from_secs(60)),
+            component: Some(pinned.clone()),
+            ..MintRequest::default()
+        };
+        let text = mint(&keys, &req, SystemTime::now()).unwrap().to_base64().unwrap();
+        let now = SystemTime::now();
+        let t = verify(&keys, &text, now).unwrap();
+        let ask = |component: &str, plugin: Option<&str>, fuel: u64| {
+            let req = RunRequest {
+                agent: "a".into(),
+                grants: vec![g("tool:echo")],
+                limits: TokenLimits { fuel, ..limits() },
+                component: Some(component.into()),
+                plugin: plugin.map(String::from),
+            };
+            authorize(&t, &req, now)
+        };
+        let fuel = limits().fuel;
+        for _ in 0..2 {
+            assert!(ask(&pinned, None, fuel).is_ok());
+            assert!(ask(&"cd".repeat(32), None, fuel).is_err());
+            assert!(ask(&pinned, None, fuel + 1).is_err());
+            assert!(ask(&pinned, Some("k/other"), fuel).is_ok(), "a plugin fact the token does not check");
+        }
     }
 
     fn check(keys: &KeyStore, token: &str, grants: &[&str], fuel: u64) -> Result<(), (String, String)> {

@@ -209,7 +209,7 @@ impl ToolHost {
 
     /// The installed tool `name`, loaded (and its digest checked) on first use.
     pub fn load(&self, name: &str) -> Result<Arc<LoadedTool>, Failure> {
-        let installed = self.registry.get(name).map_err(|e| match e {
+        let installed = self.registry.installed(name).map_err(|e| match e {
             RegistryError::Unknown(_) => Failure::InvalidInput(e.to_string()),
             e => Failure::Failed(e.to_string()),
         })?;
@@ -269,7 +269,7 @@ impl ToolHost {
         let tool = Arc::new(LoadedTool {
             input: schema(&installed.spec.input_schema)?,
             output: schema(&installed.spec.output_schema)?,
-            installed,
+            installed: (*installed).clone(),
             pre,
             declared,
         });

@@ -1,10 +1,16 @@
 //! The tool registry: `$TOKA_HOME/tools/NAME.json` (what `describe()` said, the digest, when it was added) and
 //! `$TOKA_HOME/tools/SHA256.wasm` (the component, stored by content). Files are written through a temporary file and
 //! renamed, so a crash never leaves half a tool behind; a component is checked against its digest when loaded.
+//!
+//! Every tool call looks its tool up here, so manifests are kept parsed in a [`FileCache`] shared by the clones of
+//! a registry: one `stat` per lookup, and a manifest changed by another process (`tool rm`, `tool add` under the same
+//! name) is read again at its next lookup (see [`crate::filecache`]).
 
 use super::{Spec, check_name};
+use crate::filecache::{self, FileCache};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// An installed tool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,7 +40,11 @@ pub enum RegistryError {
 #[derive(Debug, Clone)]
 pub struct Registry {
     dir: PathBuf,
+    manifests: Arc<FileCache<Installed>>,
 }
+
+/// Most manifests one registry keeps parsed.
+const CACHED_MANIFESTS: usize = 4096;
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> RegistryError + '_ {
     move |e| RegistryError::Io { path: path.display().to_string(), reason: e.to_string() }
@@ -51,7 +61,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
 impl Registry {
     /// The registry of a toka home.
     pub fn open(home: &Path) -> Registry {
-        Registry { dir: home.join("tools") }
+        Registry { dir: home.join("tools"), manifests: Arc::new(FileCache::new(CACHED_MANIFESTS)) }
     }
 
     pub fn dir(&self) -> &Path {
@@ -107,17 +117,30 @@ impl Registry {
     }
 
     pub fn get(&self, name: &str) -> Result<Installed, RegistryError> {
+        self.installed(name).map(|i| (*i).clone())
+    }
+
+    /// [`Registry::get`] without a copy: the manifest as this registry last parsed it, if the file is unchanged.
+    pub fn installed(&self, name: &str) -> Result<Arc<Installed>, RegistryError> {
         check_name(name).map_err(|_| RegistryError::Unknown(name.to_string()))?;
         let path = self.manifest_path(name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RegistryError::Unknown(name.into())),
-            Err(e) => return Err(io(&path)(e)),
+        let parse = |bytes: &[u8]| {
+            serde_json::from_slice(bytes).map_err(|e| RegistryError::Io {
+                path: path.display().to_string(),
+                reason: format!("corrupt manifest: {e}"),
+            })
         };
-        serde_json::from_slice(&bytes).map_err(|e| RegistryError::Io {
-            path: path.display().to_string(),
-            reason: format!("corrupt manifest: {e}"),
-        })
+        match self.manifests.get(&path, parse) {
+            Ok(Some(installed)) => Ok(installed),
+            Ok(None) => Err(RegistryError::Unknown(name.into())),
+            Err(filecache::Error::Parse(e)) => Err(e),
+            Err(filecache::Error::Io(e)) => Err(io(&path)(e)),
+        }
+    }
+
+    /// How many times a manifest was read from disk rather than served from the cache (for tests and benches).
+    pub fn manifest_reads(&self) -> u64 {
+        self.manifests.reads()
     }
 
     /// Every installed tool, by name.
