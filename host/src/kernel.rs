@@ -1091,6 +1091,60 @@ mod tests {
     }
 
     #[test]
+    fn a_run_is_lost_only_with_its_own_node_and_then_nothing_more_of_it_is_recorded() {
+        let mut s = State::default();
+        let start = |run: &str, node: Option<u64>| Op::StartRun {
+            run_id: run.into(),
+            agent: "a".into(),
+            task_id: None,
+            detail: json!({}),
+            rate: None,
+            node,
+        };
+        let lose = |run: &str, node: u64| Op::LoseRun { run_id: run.into(), node, reason: "gone".into() };
+        assert_eq!(apply(&mut s, &op(1, start("r1", Some(2))))[0].payload["node"], 2);
+        assert_eq!(apply(&mut s, &op(1, start("r0", None)))[0].kind, kind::RUN_STARTED);
+        // Refused: another node's run, a run on no node, a run that does not exist.
+        for (run, node, why) in [("r1", 3, "runs on node 2"), ("r0", 2, "no cluster node"), ("r9", 2, "not running")] {
+            let ev = apply(&mut s, &op(2, lose(run, node)));
+            assert_eq!(ev[0].kind, kind::OP_REJECTED);
+            assert!(ev[0].payload["reason"].as_str().unwrap().contains(why), "{}", ev[0].payload);
+        }
+        assert!(s.runs.contains_key("r1"), "a refused loss leaves the run live");
+        // Positive control: the run's own node.
+        let ev = apply(&mut s, &op(3, lose("r1", 2)));
+        assert_eq!((ev.len(), ev[0].kind.as_str()), (1, kind::RUN_FAILED));
+        assert_eq!((ev[0].payload["outcome"].as_str(), ev[0].payload["exit_code"].as_i64()), (Some("lost"), Some(103)));
+        assert!(!s.runs.contains_key("r1"));
+        // Fenced: the node's late ending (it was only slow) and its records are rejected.
+        let late = Op::CompleteRun { run_id: "r1".into(), fuel: 1, detail: json!({}) };
+        assert_eq!(apply(&mut s, &op(4, late))[0].kind, kind::OP_REJECTED);
+        let emit = Op::EmitObservation { run_id: "r1".into(), kind: "k".into(), payload: json!({}) };
+        assert_eq!(apply(&mut s, &op(4, emit))[0].kind, kind::OP_REJECTED);
+        // A loss is recorded whatever happened to the run's token meanwhile.
+        apply(&mut s, &op(5, start("r2", Some(2))));
+        apply(&mut s, &op(6, Op::RevokeToken { token_id: "tok".into() }));
+        assert_eq!(apply(&mut s, &op(7, lose("r2", 2)))[0].kind, kind::RUN_FAILED);
+    }
+
+    #[test]
+    fn a_spawned_child_runs_on_its_parents_node() {
+        let mut s = State::default();
+        let start = Op::StartRun {
+            run_id: "p".into(),
+            agent: "a".into(),
+            task_id: None,
+            detail: json!({}),
+            rate: None,
+            node: Some(4),
+        };
+        apply(&mut s, &op(1, start));
+        let spawn = Op::SpawnAgent { parent_run: "p".into(), run_id: "c".into(), agent: "b".into(), detail: json!({}) };
+        apply(&mut s, &op(2, spawn));
+        assert_eq!(s.runs["c"].node, Some(4));
+    }
+
+    #[test]
     fn a_run_lifecycle() {
         let mut s = State::default();
         let ev = apply(

@@ -1000,7 +1000,7 @@ fn runs_are_placed_on_nodes_with_their_labels_and_on_the_least_loaded_one() {
     cluster.node_args[1] = vec!["--label".into(), "zone=a".into()];
     cluster.node_args[2] = vec!["--label".into(), "zone=a".into(), "--label".into(), "gpu".into()];
     cluster.boot();
-    let token = cluster.mint(&["--agent", "*", "--grant", "api:read"]);
+    let token = cluster.mint(&["--agent", "*", "--grant", "api:read", "--grant", "state:rw"]);
     let url = cluster.nodes[0].url();
     // A run that needs a GPU goes to node 3, the only one with the label, wherever it was submitted.
     for i in 0..3 {
@@ -1036,8 +1036,18 @@ fn runs_are_placed_on_nodes_with_their_labels_and_on_the_least_loaded_one() {
         nodes.insert(view["node"].as_u64().unwrap_or(1));
     }
     assert!(nodes.contains(&1) && nodes.contains(&2), "runs without labels went to {nodes:?}");
-    // Refusals: no node has the label (503, named); a label that is no label (400). Nothing is recorded for them.
-    let before = events_at(&cluster, 0).len();
+    // A run granted the agent's state (kept per node) runs where it was sent, whatever is idle; it cannot ask for
+    // labels its node lacks.
+    let mut stateful = sleeper(10, &[], 0);
+    stateful["grants"] = json!({ "state": "rw" });
+    stateful["wait"] = json!(true);
+    for _ in 0..3 {
+        let (status, view) = submit(&url, &token, &stateful);
+        assert_eq!((status, &view["node"]), (200, &json!(1)), "{view}");
+    }
+    // Refusals: no node has the label (503, named); a label that is no label (400); a run
+    // granted state that asks for a label its node lacks (503). Nothing is recorded for them.
+    let before_refusals = events_at(&cluster, 0).len();
     let (status, body) = submit(&url, &token, &sleeper(10, &["tpu"], 0));
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no-node")), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("tpu"), "{body}");
@@ -1045,15 +1055,17 @@ fn runs_are_placed_on_nodes_with_their_labels_and_on_the_least_loaded_one() {
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid-request")), "{body}");
     let (status, body) = submit(&url, &token, &sleeper(10, &[], 11));
     assert_eq!(status, 400, "{body}");
+    stateful["placement"] = json!({ "labels": ["gpu"] });
+    let (status, body) = submit(&url, &token, &stateful);
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no-node")), "{body}");
+    let refused = events_at(&cluster, 0)[before_refusals..].iter().filter(|e| e["kind"] == "run.started").count();
+    assert_eq!(refused, 0, "a refused placement recorded a run");
     let busy_id = busy["run_id"].as_str().unwrap();
     let client = client();
     let cancel = client.post(format!("{url}/v1/runs/{busy_id}/cancel")).bearer_auth(&token).send().unwrap();
     assert_eq!(cancel.status().as_u16(), 202, "a run placed elsewhere is cancelled through the node it was sent to");
     let view = ended_run(&url, &token, busy_id, Duration::from_secs(30));
     assert_eq!(view["report"]["outcome"], "cancelled", "{view}");
-    let after = events_at(&cluster, 0);
-    let refused = after[before..].iter().filter(|e| e["kind"] == "run.started").count();
-    assert_eq!(refused, 0, "a refused placement recorded a run: {:?}", &after[before..]);
     cluster.converge(Duration::from_secs(30));
     let logs = cluster.events_of_every_node();
     assert!(logs.iter().all(|l| l == &logs[0]), "the nodes hold different logs");

@@ -483,6 +483,10 @@ async fn load(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::B
     if let Err(why) = check_labels(&report.labels) {
         return error(StatusCode::BAD_REQUEST, "invalid-request", why);
     }
+    // Only members are kept (the table stays as small as the cluster).
+    if !c.members().contains_key(&report.node) {
+        return error(StatusCode::BAD_REQUEST, "invalid-request", format!("node {} is not a member", report.node));
+    }
     if !matches!(c.leadership(), super::Leadership::Leads) {
         return not_leader(&c);
     }

@@ -312,6 +312,10 @@ impl crate::orchestrate::executor::StepPlacer for Steps {
 impl Steps {
     async fn place_step(&self, step: crate::orchestrate::executor::PlacedStep) -> Option<Result<RunReport, RunError>> {
         let (service, cluster) = (&self.service, &self.cluster);
+        // An agent's key-value state is per node: a step that uses it runs here (see `runs::submit`).
+        if step.spec.grants.state != crate::grants::StateGrant::None {
+            return None;
+        }
         let mine = step.labels.iter().all(|l| service.config.labels.contains(l));
         let request = PlaceRequest { labels: step.labels.clone(), exclude: Vec::new() };
         let placed = match cluster.place(&request).await {
