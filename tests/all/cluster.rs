@@ -487,6 +487,35 @@ fn raft_routes_refuse_a_request_without_the_clusters_secret() {
         let right = http.post(&path).bearer_auth(&cluster.secret).json(&body).send().unwrap();
         assert_eq!(right.status().as_u16(), if route == "write" { 200 } else { 400 }, "{route} with the secret");
     }
+    // Placement's routes too: load reports, placement, runs placed on a node, their views and cancels. With the
+    // secret, each reaches its handler: an empty body is a bad request, an unknown run is not found.
+    for (method, route, body, with_secret) in [
+        ("POST", "/v1/cluster/load", json!({}), 400),
+        ("POST", "/v1/cluster/place", json!({ "labels": ["no such label"] }), 400),
+        ("POST", "/v1/cluster/runs", json!({}), 400),
+        ("GET", "/v1/cluster/runs/run-0", json!(null), 404),
+        ("POST", "/v1/cluster/runs/run-0/cancel", json!(null), 404),
+    ] {
+        let call = |secret: Option<&str>| {
+            let mut req =
+                if method == "GET" { http.get(format!("{url}{route}")) } else { http.post(format!("{url}{route}")) };
+            if !body.is_null() {
+                req = req.json(&body);
+            }
+            if let Some(s) = secret {
+                req = req.bearer_auth(s);
+            }
+            req.send().unwrap().status().as_u16()
+        };
+        assert_eq!(call(None), 401, "{route} without a bearer");
+        assert_eq!(call(Some(&"0".repeat(64))), 401, "{route} with another secret");
+        assert_eq!(call(Some(&cluster.secret)), with_secret, "{route} with the secret");
+    }
+    // A forwarded run's token is checked as any bearer's: a forged one is refused, with the secret.
+    let forged =
+        json!({ "run_id": "run-x", "token": "not-a-token", "request": { "component": { "path": "hello-rust.wasm" } } });
+    let resp = http.post(format!("{url}/v1/cluster/runs")).bearer_auth(&cluster.secret).json(&forged).send().unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "a forwarded run with a forged token");
     let status = http.get(format!("{url}/v1/cluster/status")).send().unwrap();
     assert_eq!(status.status().as_u16(), 401);
     // A user's token (even the operator's) is not the cluster's secret.
