@@ -176,6 +176,8 @@ pub struct Cluster {
     pub bundle: Arc<Bundle>,
     pub db: Db,
     client: reqwest::Client,
+    /// For runs placed on other nodes: a connection per request (see [`network::fresh_client`]).
+    fresh: reqwest::Client,
     runtime: tokio::runtime::Handle,
     write_timeout: Duration,
     leaderless_after: Duration,
@@ -280,6 +282,7 @@ impl Cluster {
             bundle,
             db,
             client,
+            fresh: network::fresh_client(),
             runtime: tokio::runtime::Handle::current(),
             write_timeout: options.write_timeout,
             leaderless_after: options.leaderless_after,
@@ -359,9 +362,9 @@ impl Cluster {
         Ok(index)
     }
 
-    /// The HTTP client this node talks to the others with.
+    /// The HTTP client this node hands runs to the others with: a new connection per request.
     pub fn http(&self) -> &reqwest::Client {
-        &self.client
+        &self.fresh
     }
 
     /// How long a node may know no leader before it refuses writes at once.

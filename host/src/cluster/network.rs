@@ -39,6 +39,18 @@ pub fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// A client that keeps no idle connection: each request connects anew, so a node cut off since the last request is
+/// found out by the connect timeout (nothing sent, safe to go elsewhere), never by a request written into a pooled
+/// connection that silently leads nowhere (whose fate would be unknown).
+pub fn fresh_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_default()
+}
+
 /// Makes a [`Peer`] per node Raft talks to.
 pub struct Peers {
     client: reqwest::Client,
@@ -471,24 +483,34 @@ async fn revoke(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body:
     }
 }
 
+/// A placement request's body, for the leader: authenticated, parsed, its labels checked (400), and refused with 421
+/// by a node that does not lead.
+fn for_leader<T: serde::de::DeserializeOwned>(
+    c: &Cluster,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    labels: impl Fn(&T) -> &[String],
+) -> Result<T, Box<Response>> {
+    authenticate(c, headers)?;
+    let taken: T = body(bytes)?;
+    if let Err(why) = check_labels(labels(&taken)) {
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, "invalid-request", why)));
+    }
+    if !matches!(c.leadership(), super::Leadership::Leads) {
+        return Err(Box::new(not_leader(c)));
+    }
+    Ok(taken)
+}
+
 /// A node's load report, taken by the leader (421 from a node that does not lead).
 async fn load(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
-    if let Err(r) = authenticate(&c, &headers) {
-        return *r;
-    }
-    let report: LoadReport = match body(&bytes) {
+    let report = match for_leader(&c, &headers, &bytes, |r: &LoadReport| &r.labels) {
         Ok(r) => r,
         Err(r) => return *r,
     };
-    if let Err(why) = check_labels(&report.labels) {
-        return error(StatusCode::BAD_REQUEST, "invalid-request", why);
-    }
     // Only members are kept (the table stays as small as the cluster).
     if !c.members().contains_key(&report.node) {
         return error(StatusCode::BAD_REQUEST, "invalid-request", format!("node {} is not a member", report.node));
-    }
-    if !matches!(c.leadership(), super::Leadership::Leads) {
-        return not_leader(&c);
     }
     c.loads.record(report);
     StatusCode::NO_CONTENT.into_response()
@@ -496,19 +518,10 @@ async fn load(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::B
 
 /// A node for a run, chosen by the leader (421 from a node that does not lead; 409 `no-node` if none fits).
 async fn place_run(State(c): State<Cluster>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
-    if let Err(r) = authenticate(&c, &headers) {
-        return *r;
-    }
-    let request: PlaceRequest = match body(&bytes) {
+    let request = match for_leader(&c, &headers, &bytes, |r: &PlaceRequest| &r.labels) {
         Ok(r) => r,
         Err(r) => return *r,
     };
-    if let Err(why) = check_labels(&request.labels) {
-        return error(StatusCode::BAD_REQUEST, "invalid-request", why);
-    }
-    if !matches!(c.leadership(), super::Leadership::Leads) {
-        return not_leader(&c);
-    }
     match c.place(&request).await {
         Ok(placed) => Json(placed).into_response(),
         Err(PlaceError::NoNode(why)) => error(StatusCode::CONFLICT, "no-node", why),
