@@ -67,6 +67,30 @@ pub fn place_error(e: PlaceError) -> ApiError {
     }
 }
 
+/// Whether this node has every label in `labels`.
+pub fn has_labels(service: &Service, labels: &[String]) -> bool {
+    labels.iter().all(|l| service.config.labels.contains(l))
+}
+
+/// Where a run that needs `labels` executes: on another node (`Some`), or here (`None`: the leader chose this node,
+/// or there is no leader and this node has the labels, where the run's start is then refused as any write is, within
+/// the leaderless bound). No node fits, or no leader and this node lacks the labels: the error.
+pub async fn destination(
+    service: &Service,
+    cluster: &Cluster,
+    labels: &[String],
+) -> Result<Option<Placed>, PlaceError> {
+    match cluster.place(&PlaceRequest { labels: labels.to_vec(), exclude: Vec::new() }).await {
+        Ok(p) if p.node != cluster.node_id => Ok(Some(p)),
+        Ok(_) => Ok(None),
+        Err(PlaceError::NoLeader(why)) if has_labels(service, labels) => {
+            tracing::warn!("run not placed ({why}); taken on this node");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Forwards the submission to `placed`, then follows the run there; answers as a submission on this node would (202,
 /// or the ended run with `wait`). `None` if `placed` cannot be reached (nothing was sent).
 pub async fn submit(
@@ -189,7 +213,7 @@ async fn follow(
     let mut lost = Vec::new();
     let mut exclude = Vec::new();
     loop {
-        let mut report = match ending(&service, &cluster, &current, &mut after, &cancel, limit).await {
+        let mut report = match ended_report(&service, &cluster, &current, &mut after, &cancel, limit).await {
             Err(why) => json!({ "outcome": "host-error", "exit_code": 79, "error": why }),
             Ok(payload) if payload["outcome"] == "lost" => {
                 lost.push(json!({ "run_id": current.run_id, "node": current.node, "error": payload["error"] }));
@@ -215,8 +239,7 @@ async fn follow(
                 }
                 payload
             }
-            // The whole report (with its output) from the node that ran it; the log's, if it cannot answer.
-            Ok(payload) => fetch(&cluster, &current).await.unwrap_or(payload),
+            Ok(report) => report,
         };
         report["run_id"] = json!(current.run_id);
         report["node"] = json!(current.node);
@@ -287,6 +310,23 @@ async fn ending(
     }
 }
 
+/// The attempt's report once it has ended: the lost payload as the log has it, else the whole report (with its output)
+/// from the node that ran it, or the log's if that node cannot answer.
+async fn ended_report(
+    service: &Service,
+    cluster: &Cluster,
+    attempt: &Attempt,
+    after: &mut u64,
+    cancel: &Cancel,
+    limit: Duration,
+) -> Result<serde_json::Value, String> {
+    let payload = ending(service, cluster, attempt, after, cancel, limit).await?;
+    if payload["outcome"] == "lost" {
+        return Ok(payload);
+    }
+    Ok(fetch(cluster, attempt).await.unwrap_or(payload))
+}
+
 /// The ended run's whole report, from the node that ran it.
 async fn fetch(cluster: &Cluster, attempt: &Attempt) -> Option<serde_json::Value> {
     let url = format!("{}/v1/cluster/runs/{}", attempt.addr, attempt.run_id);
@@ -316,13 +356,9 @@ impl Steps {
         if step.spec.grants.state != crate::grants::StateGrant::None {
             return None;
         }
-        let mine = step.labels.iter().all(|l| service.config.labels.contains(l));
-        let request = PlaceRequest { labels: step.labels.clone(), exclude: Vec::new() };
-        let placed = match cluster.place(&request).await {
-            Ok(p) if p.node != cluster.node_id => p,
-            Ok(_) => return None,
-            // Without a leader nothing can be recorded anyway: the attempt's own start is refused here.
-            Err(PlaceError::NoLeader(_)) if mine => return None,
+        let placed = match destination(service, cluster, &step.labels).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
             Err(e) => return Some(Err(RunError::host(e))),
         };
         let spec = &step.spec;
@@ -345,7 +381,7 @@ impl Steps {
         let attempt = match start(cluster, &run_id, &token, &request, &step.labels, Vec::new(), Some(placed)).await {
             Ok(Some((attempt, _))) => attempt,
             // The chosen node cannot be reached (nothing was sent): this node, a member too, runs it.
-            Ok(None) if mine => return None,
+            Ok(None) if has_labels(service, &step.labels) => return None,
             Ok(None) => return Some(Err(RunError::host("the node chosen for the step cannot be reached"))),
             // Refused there, and recorded there as a refusal: the plan reads it as the attempt's outcome.
             Err(e) => {
@@ -355,11 +391,7 @@ impl Steps {
         };
         tracing::info!(run_id = %run_id, node = attempt.node, "plan step placed on another node");
         let limit = spec.limits.timeout.unwrap_or(Duration::from_secs(3600)).saturating_add(FOLLOW_SLACK);
-        let report = match ending(service, cluster, &attempt, &mut after, &step.cancel, limit).await {
-            Ok(payload) if payload["outcome"] == "lost" => payload,
-            Ok(payload) => fetch(cluster, &attempt).await.unwrap_or(payload),
-            Err(why) => return Some(Err(RunError::host(why))),
-        };
-        Some(Ok(RunReport::from_json(&report)))
+        let report = ended_report(service, cluster, &attempt, &mut after, &step.cancel, limit).await;
+        Some(report.map(|r| RunReport::from_json(&r)).map_err(RunError::host))
     }
 }

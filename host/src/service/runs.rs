@@ -358,38 +358,27 @@ pub async fn submit(
             let most = super::placed::MAX_RETRIES;
             return Err(ApiError::bad_request(format!("placement: retries is {}, at most {most}", placement.retries)));
         }
-        let labels = placement.labels;
-        let mine = labels.iter().all(|l| service.config.labels.contains(l));
-        let want = crate::cluster::placement::PlaceRequest { labels: labels.clone(), exclude: Vec::new() };
-        match cluster.place(&want).await {
-            Ok(placed) if placed.node != cluster.node_id => {
-                // Narrowed here to exactly this run, so the node that runs it never sees the client's whole token.
-                let (grants, tools) = grant_request(&request.grants)?;
-                let limits = limit_request(&request.limits);
-                let (models, spawn) = (&request.grants.models, &request.grants.spawn);
-                let asked = Asked { grants: &grants, tools: &tools, models, spawn, limits: &limits };
-                let token = run_token(&bearer, asked)?;
-                let forwarded =
-                    super::placed::submit(service.clone(), cluster.clone(), run_id.clone(), token, &request, placed);
-                if let Some(answer) = forwarded.await? {
-                    return Ok(answer);
-                }
-                if !mine {
-                    return Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no-node",
-                        format!("the node chosen for run {run_id} cannot be reached, and this node lacks its labels"),
-                    ));
-                }
-                // The chosen node cannot be reached from here: this node, a member too, runs it.
+        let destination = super::placed::destination(&service, &cluster, &placement.labels).await;
+        if let Some(placed) = destination.map_err(super::placed::place_error)? {
+            // Narrowed here to exactly this run, so the node that runs it never sees the client's whole token.
+            let (grants, tools) = grant_request(&request.grants)?;
+            let limits = limit_request(&request.limits);
+            let (models, spawn) = (&request.grants.models, &request.grants.spawn);
+            let asked = Asked { grants: &grants, tools: &tools, models, spawn, limits: &limits };
+            let token = run_token(&bearer, asked)?;
+            let forwarded =
+                super::placed::submit(service.clone(), cluster.clone(), run_id.clone(), token, &request, placed);
+            if let Some(answer) = forwarded.await? {
+                return Ok(answer);
             }
-            Ok(_) => {}
-            // Without a leader no run's start can be recorded: taken here, it is refused as any write is, within
-            // the leaderless bound, and leaves nothing behind.
-            Err(crate::cluster::placement::PlaceError::NoLeader(why)) if mine => {
-                tracing::warn!(run_id = %run_id, "run not placed ({why}); taken on this node");
+            // The chosen node cannot be reached from here (nothing was sent): this node, a member too, runs it.
+            if !super::placed::has_labels(&service, &placement.labels) {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no-node",
+                    format!("the node chosen for run {run_id} cannot be reached, and this node lacks its labels"),
+                ));
             }
-            Err(e) => return Err(super::placed::place_error(e)),
         }
     }
     accept(&service, run_id, &bearer, request).await
