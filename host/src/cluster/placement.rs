@@ -217,7 +217,9 @@ impl Cluster {
                 let Some(addr) = self.members().get(&leader).cloned() else {
                     return Err(PlaceError::NoLeader(format!("the leader (node {leader}) is not a member")));
                 };
-                super::network::place(&self.client, &addr, &self.bundle.secret, request).await
+                // A fresh connection: a leader cut off since the last request is found by the connect timeout,
+                // never waited for on a pooled connection that leads nowhere.
+                super::network::place(&self.fresh, &addr, &self.bundle.secret, request).await
             }
             Leadership::None { .. } => {
                 Err(PlaceError::NoLeader(format!("node {} knows no leader; nothing can be placed", self.node_id)))
