@@ -19,6 +19,11 @@ pub const MAX_TEXT: usize = 4096;
 /// Longest identifier accepted, in bytes.
 pub const MAX_ID: usize = 256;
 
+/// Longest key of an agent's state, in bytes.
+pub const MAX_STATE_KEY: usize = 256;
+/// Largest value of an agent's state, in bytes (it travels in its operation, in base64, beside the other bounds).
+pub const MAX_STATE_VALUE: usize = 1 << 20;
+
 /// Largest step output recorded with its ending (what a resumed plan pipes into later steps), in bytes.
 pub const MAX_STEP_OUTPUT: usize = 48 * 1024;
 
@@ -106,6 +111,30 @@ fn id(field: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A state write's key and value are the agent's data: refused, never cut, when over their bounds.
+fn state_change(change: Option<&crate::kernel::StateChange>) -> Result<(), String> {
+    let Some(change) = change else { return Ok(()) };
+    check_state_key(&change.key)?;
+    // The length the base64 text decodes to (padded, as the host encodes it; anything else fails to decode later).
+    let decoded = |v: &String| (v.len() / 4 * 3).saturating_sub(v.bytes().rev().take(2).filter(|b| *b == b'=').count());
+    if change.value.as_ref().is_some_and(|v| v.len() > MAX_STATE_VALUE.div_ceil(3) * 4 || decoded(v) > MAX_STATE_VALUE)
+    {
+        return Err(format!("state value is over the {MAX_STATE_VALUE} byte limit"));
+    }
+    if change.sha256.as_ref().is_some_and(|d| d.len() != 64) {
+        return Err("state value digest is not a SHA-256".into());
+    }
+    Ok(())
+}
+
+/// A key of an agent's state: 1 to [`MAX_STATE_KEY`] bytes without control characters.
+pub fn check_state_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_STATE_KEY || key.chars().any(char::is_control) {
+        return Err(format!("state keys are 1 to {MAX_STATE_KEY} bytes without control characters"));
+    }
+    Ok(())
+}
+
 fn detail(value: &mut Value) {
     bound_value(value, MAX_DEPTH, Some(MAX_TEXT));
 }
@@ -147,12 +176,14 @@ pub fn bound_operation(operation: &mut Operation) -> Result<(), String> {
             id("observation kind", kind)?;
             bound_value(payload, MAX_DEPTH, None);
         }
-        Op::WriteState { run_id, detail: d } => {
+        Op::WriteState { run_id, detail: d, change } => {
             id("run id", run_id)?;
+            state_change(change.as_ref())?;
             detail(d);
         }
-        Op::OperatorWriteState { agent, detail: d } => {
+        Op::OperatorWriteState { agent, detail: d, change } => {
             id("agent name", agent)?;
+            state_change(change.as_ref())?;
             detail(d);
         }
         Op::CompleteRun { detail: d, .. } => detail(d),

@@ -166,6 +166,93 @@ pub struct Bucket {
     pub at_ms: u64,
 }
 
+/// A write to one key of an agent's key-value state, carried by the operation that records it, so that the value
+/// reaches every node of a cluster with the record and is applied in the same transaction as its events (see
+/// `events::log`). The value travels in the operation as proposed (`value`, base64); the operation stored in the log
+/// keeps only its digest, so the log does not grow by the values an agent keeps overwriting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateChange {
+    pub key: String,
+    /// SHA-256 (hex) of the new value; absent for a delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The new value in base64, in the proposed operation only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Why the log's writer refused the write (the agent's quota, a value that is not what its digest says): written
+    /// into the stored operation, so that the kernel rejects it, and every replay rejects it the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl StateChange {
+    /// Sets `key` to `value`.
+    pub fn set(key: &str, value: &[u8]) -> StateChange {
+        use base64::Engine;
+        use sha2::Digest;
+        StateChange {
+            key: key.into(),
+            sha256: Some(hex::encode(sha2::Sha256::digest(value))),
+            value: Some(base64::engine::general_purpose::STANDARD.encode(value)),
+            refused: None,
+        }
+    }
+
+    /// Deletes `key`.
+    pub fn delete(key: &str) -> StateChange {
+        StateChange { key: key.into(), sha256: None, value: None, refused: None }
+    }
+
+    /// The new value (`None`: a delete), checked against its digest and its bound.
+    pub fn decoded(&self) -> Result<Option<Vec<u8>>, String> {
+        use base64::Engine;
+        use sha2::Digest;
+        match (&self.sha256, &self.value) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err("a state value without its digest".into()),
+            (Some(_), None) => Err("the state value is missing".into()),
+            (Some(digest), Some(text)) => {
+                if text.len() > crate::bounds::MAX_STATE_VALUE.div_ceil(3) * 4 {
+                    return Err(format!("the state value is over {} bytes", crate::bounds::MAX_STATE_VALUE));
+                }
+                let value = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| format!("the state value is not base64: {e}"))?;
+                if value.len() > crate::bounds::MAX_STATE_VALUE {
+                    return Err(format!("the state value is over {} bytes", crate::bounds::MAX_STATE_VALUE));
+                }
+                if hex::encode(sha2::Sha256::digest(&value)) != *digest {
+                    return Err("the state value does not match its digest".into());
+                }
+                Ok(Some(value))
+            }
+        }
+    }
+
+    /// The change as the log stores it: the digest without the value, and the writer's refusal if any.
+    pub fn stored(&self, refused: Option<String>) -> StateChange {
+        StateChange { key: self.key.clone(), sha256: self.sha256.clone(), value: None, refused }
+    }
+}
+
+impl Op {
+    /// The state write an operation carries.
+    pub fn state_change(&self) -> Option<&StateChange> {
+        match self {
+            Op::WriteState { change, .. } | Op::OperatorWriteState { change, .. } => change.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Replaces the state write an operation carries (no effect on other operations).
+    pub fn set_state_change(&mut self, new: StateChange) {
+        if let Op::WriteState { change, .. } | Op::OperatorWriteState { change, .. } = self {
+            *change = Some(new);
+        }
+    }
+}
+
 /// What an operation does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -222,10 +309,21 @@ pub enum Op {
     },
     /// A run's observation.
     EmitObservation { run_id: String, kind: String, payload: serde_json::Value },
-    /// A run's write to its agent's state.
-    WriteState { run_id: String, detail: serde_json::Value },
+    /// A run's write to its agent's state. `change` (absent in records written before state was replicated) is the
+    /// write itself, applied with the record on every node (see [`StateChange`]).
+    WriteState {
+        run_id: String,
+        detail: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change: Option<StateChange>,
+    },
     /// An operator's write to an agent's state (`toka-host state set`).
-    OperatorWriteState { agent: String, detail: serde_json::Value },
+    OperatorWriteState {
+        agent: String,
+        detail: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change: Option<StateChange>,
+    },
     /// A run ended well.
     CompleteRun { run_id: String, fuel: u64, detail: serde_json::Value },
     /// A run ended badly (trap, out of fuel, timeout, memory, denied ...).
@@ -638,6 +736,9 @@ fn check(state: &State, op: &Operation) -> Result<(), String> {
     if !ending && let Some(id) = revoked_id(state, op) {
         return Err(format!("token {id} is revoked"));
     }
+    if let Some(why) = op.op.state_change().and_then(|c| c.refused.as_ref()) {
+        return Err(why.clone());
+    }
     match &op.op {
         Op::ScheduleTask { task_id, .. } if state.tasks.contains_key(task_id) => {
             Err(format!("task {task_id} is already scheduled"))
@@ -893,12 +994,12 @@ fn effect(state: &mut State, op: &Operation) -> Vec<EventDraft> {
             let agent = run.agent.clone();
             vec![event(op, kind::OBSERVATION, &agent, run_id, json!({ "kind": observed, "payload": payload }))]
         }
-        Op::WriteState { run_id, detail } => {
+        Op::WriteState { run_id, detail, .. } => {
             let (agent, rate) = run_rate(state, run_id);
             take(state, &agent, rate, op.time_ms);
             vec![event(op, kind::STATE_WRITE, &agent, run_id, detail.clone())]
         }
-        Op::OperatorWriteState { agent, detail } => vec![event(op, kind::STATE_WRITE, agent, "", detail.clone())],
+        Op::OperatorWriteState { agent, detail, .. } => vec![event(op, kind::STATE_WRITE, agent, "", detail.clone())],
         Op::CompleteRun { run_id, fuel, detail } => {
             let agent = end_run(state, run_id, true);
             vec![

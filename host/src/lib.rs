@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapt;
+pub mod agent_state;
 pub mod bindings;
 pub mod bounds;
 pub mod cache_auth;

@@ -4,15 +4,15 @@
 //! nor skips one).
 //!
 //! A snapshot is the replicated tables whole (operations, events, kernel heads and snapshot, revocations,
-//! checkpoints): the event log is permanent history, so a node that joins or falls behind the purged log must
-//! receive all of it, and installing one replaces those tables with the leader's bytes. The snapshot is built in
+//! checkpoints, agents' key-value state): the event log is permanent history, so a node that joins or falls behind
+//! the purged log must receive all of it, and installing one replaces those tables with the leader's bytes. The snapshot is built in
 //! memory (a first step: it bounds the history a cluster can ship by the node's memory; see the README).
 //!
 //! This module must never apply an entry any other way than [`apply_replicated`], nor write an event itself.
 
 use super::store::{meta, put_meta};
 use super::{NodeId, Outcome, TypeConfig};
-use crate::db::{CHECKPOINTS, Db, EVENTS, KERNEL, OPS, REVOKED};
+use crate::db::{CHECKPOINTS, Db, EVENTS, KERNEL, OPS, REVOKED, STATE, STATE_USAGE};
 use crate::events::Signer;
 use crate::events::log::{CLUSTER_MARK, LogStats, apply_replicated};
 use crate::kernel::State;
@@ -59,6 +59,11 @@ struct Dump {
     checkpoints: Vec<(u64, String)>,
     kernel: Vec<(String, String)>,
     revoked: Vec<(String, u64)>,
+    /// Agents' key-value state: `((agent, key), value)` and each agent's usage.
+    #[serde(default)]
+    state: Vec<((String, String), String)>,
+    #[serde(default)]
+    state_usage: Vec<(String, u64)>,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -128,6 +133,15 @@ impl Machine {
                 let (k, v) = row?;
                 dump.revoked.push((k.value().to_string(), v.value()));
             }
+            for row in txn.open_table(STATE)?.iter()? {
+                let (k, v) = row?;
+                let (agent, key) = k.value();
+                dump.state.push(((agent.to_string(), key.to_string()), b64(v.value())));
+            }
+            for row in txn.open_table(STATE_USAGE)?.iter()? {
+                let (k, v) = row?;
+                dump.state_usage.push((k.value().to_string(), v.value()));
+            }
             Ok(())
         })()
         .map_err(e)?;
@@ -151,6 +165,10 @@ fn install(db: &Db, dump: &Dump, meta: &SnapshotMeta<NodeId, BasicNode>) -> Resu
         kernel.retain(|_, _| false)?;
         let mut revoked = txn.open_table(REVOKED)?;
         revoked.retain(|_, _| false)?;
+        let mut state = txn.open_table(STATE)?;
+        state.retain(|_, _| false)?;
+        let mut state_usage = txn.open_table(STATE_USAGE)?;
+        state_usage.retain(|_, _| false)?;
         let corrupt = |why: String| redb::Error::Corrupted(why);
         for (k, v) in &dump.ops {
             ops.insert(k, unb64(v).map_err(corrupt)?.as_slice())?;
@@ -166,6 +184,12 @@ fn install(db: &Db, dump: &Dump, meta: &SnapshotMeta<NodeId, BasicNode>) -> Resu
         }
         for (k, v) in &dump.revoked {
             revoked.insert(k.as_str(), v)?;
+        }
+        for ((agent, key), v) in &dump.state {
+            state.insert((agent.as_str(), key.as_str()), unb64(v).map_err(corrupt)?.as_slice())?;
+        }
+        for (agent, used) in &dump.state_usage {
+            state_usage.insert(agent.as_str(), used)?;
         }
         Ok(())
     })()

@@ -70,6 +70,9 @@ pub enum Outcome {
         events: Vec<(u64, String)>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rejected: Option<String>,
+        /// For a state write: whether its key held a value before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state_existed: Option<bool>,
     },
     Failed {
         /// `unreadable`, `invalid`, `too-large`, `unanchored` or `storage`.
@@ -85,6 +88,7 @@ impl Outcome {
                 op_seq: a.op_seq,
                 events: a.events.iter().map(|e| (e.seq, hex::encode(e.hash))).collect(),
                 rejected: a.rejected,
+                state_existed: a.state_existed,
             },
             Err(e) => {
                 let kind = match &e {
@@ -106,7 +110,7 @@ impl Outcome {
     /// Back into what a submitter of the event log expects.
     pub fn into_result(self) -> Result<Applied, AppendError> {
         match self {
-            Outcome::Applied { op_seq, events, rejected } => {
+            Outcome::Applied { op_seq, events, rejected, state_existed } => {
                 let mut acks = Vec::with_capacity(events.len());
                 for (seq, hash) in events {
                     let mut h = [0u8; 32];
@@ -115,7 +119,7 @@ impl Outcome {
                     })?;
                     acks.push(crate::events::Ack { seq, hash: h });
                 }
-                Ok(Applied { op_seq, events: acks, rejected })
+                Ok(Applied { op_seq, events: acks, rejected, state_existed })
             }
             Outcome::Failed { kind, message } => Err(match kind.as_str() {
                 "unreadable" => AppendError::Unreadable(message),

@@ -29,6 +29,9 @@ use std::time::Duration;
 /// Largest body a cluster route reads (a snapshot chunk is at most [`super::SNAPSHOT_CHUNK`] bytes, as JSON).
 pub const MAX_BODY: usize = 64 << 20;
 
+/// Most bytes of entries one append carries when it holds more than one (a few state values of 1 MiB at most).
+const MAX_APPEND_BYTES: usize = 4 << 20;
+
 /// The HTTP client nodes talk to each other with (plain HTTP or https with the platform's roots).
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -88,8 +91,19 @@ impl Peer {
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
+        let body = serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(route, body, timeout).await
+    }
+
+    /// Sends an encoded request.
+    async fn send<Resp, E>(&self, route: &str, body: Vec<u8>, timeout: Duration) -> RpcResult<Resp, E>
+    where
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
         let url = format!("{}/v1/raft/{route}", self.addr);
-        let sent = self.client.post(&url).bearer_auth(&self.secret).timeout(timeout).json(request).send().await;
+        let request = self.client.post(&url).bearer_auth(&self.secret).timeout(timeout);
+        let sent = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send().await;
         let response = sent.map_err(|e| {
             // Not reached at all: Raft backs off before trying this node again.
             if e.is_connect() {
@@ -114,7 +128,23 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call("append", &rpc, option.hard_ttl()).await
+        // Raft gives an append one heartbeat interval to be sent, stored durably and answered, and the receiver
+        // refuses a body over its limit: a batch of big entries (state values) would fail every time and replication
+        // to a node catching up would stall. Raft is asked for fewer entries instead; one entry always goes (an
+        // operation is bounded far below the limit).
+        let body = serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if rpc.entries.len() > 1 && body.len() > MAX_APPEND_BYTES {
+            let (mut fit, mut total) = (0u64, 4096usize);
+            for entry in &rpc.entries {
+                total = total.saturating_add(serde_json::to_vec(entry).map_or(usize::MAX, |b| b.len() + 1));
+                if total > MAX_APPEND_BYTES {
+                    break;
+                }
+                fit += 1;
+            }
+            return Err(RPCError::PayloadTooLarge(openraft::error::PayloadTooLarge::new_entries_hint(fit.max(1))));
+        }
+        self.send("append", body, option.hard_ttl()).await
     }
 
     async fn install_snapshot(

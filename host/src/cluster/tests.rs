@@ -1,11 +1,12 @@
-//! The state machine without a network: however Raft batches the committed entries, a node's records are the same
-//! bytes; a snapshot reproduces them on a node that never saw the entries; and a local writer cannot fork them.
+//! The state machine without a network: however Raft batches the committed entries, a node's records (and agents'
+//! state) are the same bytes; a snapshot reproduces them on a node that never saw the entries; and a local writer
+//! cannot fork them.
 
 use super::machine::Machine;
 use super::{Outcome, Proposal, TypeConfig};
-use crate::db::{Db, EVENTS, OPS, REVOKED};
+use crate::db::{Db, EVENTS, OPS, REVOKED, STATE, STATE_USAGE};
 use crate::events::{AppendError, EventLog, GroupCommit, LogStats};
-use crate::kernel::{Op, Operation};
+use crate::kernel::{Op, Operation, StateChange};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
 use redb::{ReadableDatabase, ReadableTable};
@@ -44,6 +45,33 @@ fn log() -> Vec<Entry<TypeConfig>> {
     ops.push(op(20, "local-cli", Op::RevokeToken { token_id: "t".into() }));
     ops.push(op(21, "t", Op::EmitObservation { run_id: "r".into(), kind: "k".into(), payload: json!("late") }));
     ops.push(op(22, "t", Op::CompleteRun { run_id: "r".into(), fuel: 7, detail: json!({}) }));
+    // State written by a run and by the operator: the values travel in the entries and every node keeps them.
+    ops.push(op(
+        23,
+        "s",
+        Op::StartRun {
+            run_id: "r3".into(),
+            agent: "a".into(),
+            task_id: None,
+            detail: json!({}),
+            rate: None,
+            node: None,
+        },
+    ));
+    let write = |run: &str, change: StateChange| Op::WriteState {
+        run_id: run.into(),
+        detail: json!({ "key": change.key }),
+        change: Some(change),
+    };
+    ops.push(op(24, "s", write("r3", StateChange::set("k", b"v1"))));
+    ops.push(op(25, "s", write("r3", StateChange::set("k2", b"v2"))));
+    ops.push(op(26, "s", write("r3", StateChange::delete("k2"))));
+    let by_operator = Op::OperatorWriteState {
+        agent: "b".into(),
+        detail: json!({}),
+        change: Some(StateChange::set("k", b"from the operator")),
+    };
+    ops.push(op(27, "local-cli", by_operator));
     let mut entries: Vec<_> = ops.iter().enumerate().map(|(i, o)| entry(i as u64 + 1, o)).collect();
     entries.insert(5, Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), 0), payload: EntryPayload::Blank });
     for (i, e) in entries.iter_mut().enumerate() {
@@ -52,8 +80,14 @@ fn log() -> Vec<Entry<TypeConfig>> {
     entries
 }
 
-/// Every row of the replicated tables, as stored.
-type Rows = (Vec<(u64, Vec<u8>)>, Vec<(u64, Vec<u8>)>, Vec<(String, u64)>);
+/// Every row of the replicated tables, as stored: operations, events, revocations, agents' state and its usage.
+type Rows = (
+    Vec<(u64, Vec<u8>)>,
+    Vec<(u64, Vec<u8>)>,
+    Vec<(String, u64)>,
+    Vec<((String, String), Vec<u8>)>,
+    Vec<(String, u64)>,
+);
 
 fn rows(db: &Db) -> Rows {
     let txn = db.redb().begin_read().unwrap();
@@ -63,7 +97,16 @@ fn rows(db: &Db) -> Rows {
     let revoked = txn.open_table(REVOKED).unwrap();
     let revoked =
         revoked.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_string(), v.value())).collect();
-    (u64_rows(txn.open_table(OPS).unwrap()), u64_rows(txn.open_table(EVENTS).unwrap()), revoked)
+    let state = txn.open_table(STATE).unwrap();
+    let state = state
+        .iter()
+        .unwrap()
+        .map(|r| r.unwrap())
+        .map(|(k, v)| ((k.value().0.to_string(), k.value().1.to_string()), v.value().to_vec()))
+        .collect();
+    let usage = txn.open_table(STATE_USAGE).unwrap();
+    let usage = usage.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_string(), v.value())).collect();
+    (u64_rows(txn.open_table(OPS).unwrap()), u64_rows(txn.open_table(EVENTS).unwrap()), revoked, state, usage)
 }
 
 #[test]
@@ -91,8 +134,15 @@ fn every_batching_gives_the_same_records_and_a_snapshot_reproduces_them() {
             "the observation after the revocation is rejected: {late:?}"
         );
         assert_eq!(rows(&one_db), rows(&two_db), "byte-identical records");
-        let (ops, events, revoked) = rows(&one_db);
-        assert_eq!((ops.len(), events.len(), revoked.len()), (16, 17, 1));
+        let (ops, events, revoked, state, usage) = rows(&one_db);
+        assert_eq!((ops.len(), events.len(), revoked.len()), (21, 22, 1));
+        let key = |agent: &str, key: &str| (agent.to_string(), key.to_string());
+        assert_eq!(
+            state,
+            vec![(key("a", "k"), b"v1".to_vec()), (key("b", "k"), b"from the operator".to_vec())],
+            "the values written, k2 deleted"
+        );
+        assert_eq!(usage, vec![("a".to_string(), 3), ("b".to_string(), 18)]);
         assert_eq!(crate::events::verify(&one_db).unwrap().first_bad, None);
 
         // A node that never saw the entries installs a snapshot and holds the same records.

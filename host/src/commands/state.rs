@@ -1,8 +1,8 @@
 //! `toka-host state`: an operator's view of (and hand on) agents' persistent state.
 
+use crate::agent_state::{self as store, StoreError};
 use crate::events::{EventLog, GroupCommit, Signer};
-use crate::kernel::Op;
-use crate::sandbox::state as store;
+use crate::kernel::{Op, StateChange};
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
@@ -76,16 +76,23 @@ impl StateCommand {
                     );
                     return 2;
                 }
-                let storage = |e: String| crate::bindings::agent::toka::agent::state::StateError::Storage(e);
-                // The writer first, so that a write it could not record is not made.
+                let storage = |e: String| StoreError::Storage(e);
+                // Recorded and written in one transaction by the log's writer.
                 EventLog::open(db.clone(), GroupCommit::default(), Some(Signer::for_home(home)))
                     .map_err(|e| storage(e.to_string()))
                     .and_then(|log| {
-                        store::write(&db, agent, key, Some(value.as_bytes()))?;
                         let payload =
                             serde_json::json!({ "op": "set", "key": key, "bytes": value.len(), "by": "operator" });
-                        let op = Op::OperatorWriteState { agent: agent.clone(), detail: payload };
-                        log.submit(crate::run::operation(op)).map(drop).map_err(|e| storage(e.to_string()))
+                        let change = Some(StateChange::set(key, value.as_bytes()));
+                        let op = Op::OperatorWriteState { agent: agent.clone(), detail: payload, change };
+                        match log.submit(crate::run::operation(op)) {
+                            Ok(applied) => match applied.rejected {
+                                Some(why) if why.starts_with(store::OVER_QUOTA) => Err(StoreError::OverQuota(why)),
+                                Some(why) => Err(storage(why)),
+                                None => Ok(()),
+                            },
+                            Err(e) => Err(storage(e.to_string())),
+                        }
                     })
             }
             StateAction::List { agent, prefix } => store::list(&db, agent, prefix).map(|keys| {
@@ -97,7 +104,7 @@ impl StateCommand {
         match result {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("toka-host: state: {e:?}");
+                eprintln!("toka-host: state: {e}");
                 79
             }
         }

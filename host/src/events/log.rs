@@ -69,6 +69,8 @@ pub struct Applied {
     pub events: Vec<Ack>,
     /// Why the kernel rejected it (then its only event is `op.rejected`).
     pub rejected: Option<String>,
+    /// For a state write applied: whether its key held a value before.
+    pub state_existed: Option<bool>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -260,8 +262,10 @@ impl EventLog {
         // Whoever built the operation, it is bounded before it is encoded (see `crate::bounds`).
         crate::bounds::bound_operation(&mut op).map_err(AppendError::Invalid)?;
         let encoded = serde_json::to_vec(&op).map_err(|e| AppendError::Storage(e.to_string()))?;
-        if encoded.len() > MAX_PAYLOAD + 4096 {
-            return Err(AppendError::PayloadTooLarge(encoded.len()));
+        // A state value travels in its operation (bounded on its own above) and is not stored with it.
+        let carried = op.op.state_change().and_then(|c| c.value.as_ref()).map_or(0, String::len);
+        if encoded.len() - carried > MAX_PAYLOAD + 4096 {
+            return Err(AppendError::PayloadTooLarge(encoded.len() - carried));
         }
         if let Some(replicator) = &self.replicator {
             // Every node decodes what it applies: bytes that do not read back are refused before they are proposed
@@ -521,6 +525,7 @@ fn commit(
         let mut kernel_table = txn.open_table(KERNEL)?;
         let mut revoked = txn.open_table(REVOKED)?;
         let mut checkpoints = txn.open_table(CHECKPOINTS)?;
+        let mut agent_state = crate::agent_state::Tables::open(&txn)?;
         if replicated.is_none()
             && let Some(cluster) = kernel_table.get(CLUSTER_MARK)?
         {
@@ -575,12 +580,20 @@ fn commit(
         let mut time_ms = 0;
         loop {
             let request = batch.last().expect("the batch holds at least the first submission");
-            let op = &request.op;
-            time_ms = time_ms.max(op.time_ms);
+            time_ms = time_ms.max(request.op.time_ms);
+            // A state write: what is stored and applied is decided here, on the tables of this transaction.
+            let prepared = match request.op.op.state_change() {
+                Some(change) => Some(prepare_state_write(state, &agent_state, &request.op, change)?),
+                None => None,
+            };
+            let (op, encoded) = match &prepared {
+                Some(p) => (&p.stored, p.encoded.as_slice()),
+                None => (&request.op, request.encoded.as_slice()),
+            };
             let outcome: Result<Applied, AppendError> = 'one: {
                 // The exact bytes to be stored must read back, and so must every event the operation produces: a
                 // value that cannot be decoded would make the log unreadable for every later process.
-                let unreadable = if let Err(e) = serde_json::from_slice::<Operation>(&request.encoded) {
+                let unreadable = if let Err(e) = serde_json::from_slice::<Operation>(encoded) {
                     format!("the operation does not read back: {e}")
                 } else {
                     let drafts = kernel::apply(state, op);
@@ -606,8 +619,8 @@ fn commit(
                             why
                         }
                         None => {
-                            op_table.insert(state.applied, request.encoded.as_slice())?;
-                            ops_chain.push_op(state.applied, &request.encoded);
+                            op_table.insert(state.applied, encoded)?;
+                            ops_chain.push_op(state.applied, encoded);
                             let rejected = drafts
                                 .first()
                                 .filter(|d| d.kind == kernel::kind::OP_REJECTED)
@@ -626,13 +639,18 @@ fn commit(
                                 revoked.insert(token_id.as_str(), op.time_ms)?;
                                 revocations_changed = true;
                             }
+                            let mut state_existed = None;
+                            if let (None, Some(PreparedState { write: Some(w), .. })) = (&rejected, prepared) {
+                                let existed = agent_state.apply(&w.agent, &w.key, w.value.as_deref(), w.planned)?;
+                                state_existed = Some(existed);
+                            }
                             let mut acks = Vec::with_capacity(values.len());
                             for (s, value, hash) in values {
                                 events.insert(s, value.as_slice())?;
                                 acks.push(Ack { seq: s, hash });
                             }
                             (seq, prev) = (s, p);
-                            break 'one Ok(Applied { op_seq: state.applied, events: acks, rejected });
+                            break 'one Ok(Applied { op_seq: state.applied, events: acks, rejected, state_existed });
                         }
                     }
                 };
@@ -672,6 +690,58 @@ fn commit(
     }
     txn.commit()?;
     Ok(outcomes)
+}
+
+/// A state write as the writer stores and applies it.
+struct PreparedState {
+    /// The operation stored: the value replaced by its digest, and the writer's refusal if any.
+    stored: Operation,
+    encoded: Vec<u8>,
+    /// What to apply if the kernel accepts it (none if refused here, or if the kernel will reject it anyway).
+    write: Option<StateWrite>,
+}
+
+struct StateWrite {
+    agent: String,
+    key: String,
+    value: Option<Vec<u8>>,
+    planned: crate::agent_state::Planned,
+}
+
+/// Decides what a state write stores and applies: its value must match its digest and fit the agent's quota on the
+/// tables as this transaction has them (so two writes that each fit alone cannot together pass it). A refusal is
+/// written into the stored operation, where the kernel rejects it now and on every replay, on every node alike.
+fn prepare_state_write(
+    state: &State,
+    tables: &crate::agent_state::Tables<'_>,
+    op: &Operation,
+    change: &kernel::StateChange,
+) -> Result<PreparedState, redb::Error> {
+    let agent = match &op.op {
+        Op::WriteState { run_id, .. } => state.runs.get(run_id).map(|r| r.agent.clone()),
+        Op::OperatorWriteState { agent, .. } => Some(agent.clone()),
+        _ => None,
+    };
+    let mut write = None;
+    let refused = match (&change.refused, agent) {
+        (Some(why), _) => Some(why.clone()),
+        // Not a live run's: the kernel rejects it.
+        (None, None) => None,
+        (None, Some(agent)) => match change.decoded() {
+            Err(why) => Some(why),
+            Ok(value) => match tables.plan(&agent, &change.key, value.as_ref().map(Vec::len))? {
+                Err(why) => Some(why),
+                Ok(planned) => {
+                    write = Some(StateWrite { agent, key: change.key.clone(), value, planned });
+                    None
+                }
+            },
+        },
+    };
+    let mut stored = op.clone();
+    stored.op.set_state_change(change.stored(refused));
+    let encoded = serde_json::to_vec(&stored).expect("an operation always serializes");
+    Ok(PreparedState { stored, encoded, write })
 }
 
 /// Applies operations of the cluster's replicated log to this node's database, exactly as a local writer's batch
@@ -761,6 +831,83 @@ mod tests {
 
     fn emit(run: &str, i: u64) -> Operation {
         op(Op::EmitObservation { run_id: run.into(), kind: "k".into(), payload: json!(i) })
+    }
+
+    fn write_state(run: &str, change: kernel::StateChange) -> Operation {
+        op(Op::WriteState { run_id: run.into(), detail: json!({ "key": change.key }), change: Some(change) })
+    }
+
+    #[test]
+    fn a_state_write_is_applied_with_its_record_within_the_quota_and_the_log_keeps_only_its_digest() {
+        use crate::agent_state::{MAX_VALUE, OVER_QUOTA, get};
+        use kernel::StateChange;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("s.redb")).unwrap();
+        let big = vec![7u8; MAX_VALUE];
+        // One batch: the quota is checked on the tables as the batch has them, so of 17 writes of 1 MiB that each
+        // fit alone, the 16th and 17th do not fit after the 15 before them.
+        let mut ops = vec![start("r")];
+        for i in 0..17 {
+            let key = format!("k{i:02}");
+            ops.push(write_state("r", StateChange::set(&key, &big)));
+        }
+        ops.push(write_state("r", StateChange::delete("k00")));
+        ops.push(write_state("r", StateChange::delete("never")));
+        // Once k00 is gone, k16 fits again: the usage went down with the delete.
+        ops.push(write_state("r", StateChange::set("k16", &big)));
+        // A value that is not what its digest says; a write of a run that is not running.
+        let mut forged = StateChange::set("f", b"one");
+        forged.value = StateChange::set("f", b"two").value;
+        ops.push(write_state("r", forged));
+        ops.push(write_state("gone", StateChange::set("n", b"x")));
+        let out = one_batch(&db, None, ops);
+        let applied: Vec<Applied> = out.into_iter().map(Result::unwrap).collect();
+        for a in &applied[1..16] {
+            assert_eq!((&a.rejected, a.state_existed), (&None, Some(false)));
+        }
+        for a in &applied[16..18] {
+            assert!(a.rejected.as_deref().unwrap().starts_with(OVER_QUOTA), "{a:?}");
+            assert_eq!(a.state_existed, None);
+        }
+        assert_eq!((&applied[18].rejected, applied[18].state_existed), (&None, Some(true)), "k00 existed");
+        assert_eq!((&applied[19].rejected, applied[19].state_existed), (&None, Some(false)), "never did not");
+        assert_eq!((&applied[20].rejected, applied[20].state_existed), (&None, Some(false)), "k16 fits now");
+        assert!(applied[21].rejected.as_deref().unwrap().contains("does not match its digest"));
+        assert!(applied[22].rejected.as_deref().unwrap().contains("not running"));
+        assert_eq!(get(&db, "a", "k01").unwrap().as_deref(), Some(big.as_slice()));
+        assert_eq!(get(&db, "a", "k16").unwrap().as_deref(), Some(big.as_slice()));
+        for absent in ["k00", "k15", "f"] {
+            assert_eq!(get(&db, "a", absent).unwrap(), None, "{absent}");
+        }
+        assert_eq!(get(&db, "", "n").unwrap(), None);
+        // The stored operations hold no value, only digests (and the refusals, replayed the same way by
+        // `one_batch`'s check): 16 MiB written, a few KiB stored.
+        let txn = redb::ReadableDatabase::begin_read(db.redb()).unwrap();
+        let mut stored = 0;
+        for row in txn.open_table(OPS).unwrap().iter().unwrap() {
+            let (_, bytes) = row.unwrap();
+            stored += bytes.value().len();
+            let op: Operation = serde_json::from_slice(bytes.value()).unwrap();
+            assert!(op.op.state_change().is_none_or(|c| c.value.is_none()), "{op:?}");
+        }
+        assert!(stored < 16 << 10, "the operations take {stored} bytes");
+        let usage = txn.open_table(crate::db::STATE_USAGE).unwrap().get("a").unwrap().unwrap().value();
+        assert_eq!(usage, 15 * (MAX_VALUE as u64 + 3));
+    }
+
+    #[test]
+    fn an_oversized_state_write_is_refused_before_it_is_proposed_and_one_at_the_bound_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(Db::open(&dir.path().join("s.redb")).unwrap(), GroupCommit::default(), None).unwrap();
+        log.submit(start("r")).unwrap();
+        let max = crate::agent_state::MAX_VALUE;
+        let at_bound = log.submit(write_state("r", kernel::StateChange::set("k", &vec![1; max]))).unwrap();
+        assert_eq!((at_bound.rejected, at_bound.state_existed), (None, Some(false)));
+        let over = log.submit(write_state("r", kernel::StateChange::set("k", &vec![1; max + 1]))).unwrap_err();
+        assert!(matches!(&over, AppendError::Invalid(why) if why.contains("state value is over")), "{over:?}");
+        let long_key = "k".repeat(crate::agent_state::MAX_KEY + 1);
+        let bad_key = log.submit(write_state("r", kernel::StateChange::set(&long_key, b"v"))).unwrap_err();
+        assert!(matches!(&bad_key, AppendError::Invalid(why) if why.contains("state keys")), "{bad_key:?}");
     }
 
     #[test]

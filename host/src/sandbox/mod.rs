@@ -169,7 +169,6 @@ pub fn build(
             run_id: context.run_id.clone(),
             grant: context.state,
             token: context.token.clone(),
-            db: context.events.as_ref().map(|e| e.db().clone()),
             log: context.events.clone(),
             budget: context.budget.clone(),
         },

@@ -352,10 +352,6 @@ impl crate::orchestrate::executor::StepPlacer for Steps {
 impl Steps {
     async fn place_step(&self, step: crate::orchestrate::executor::PlacedStep) -> Option<Result<RunReport, RunError>> {
         let (service, cluster) = (&self.service, &self.cluster);
-        // An agent's key-value state is per node: a step that uses it runs here (see `runs::submit`).
-        if step.spec.grants.state != crate::grants::StateGrant::None {
-            return None;
-        }
         let placed = match destination(service, cluster, &step.labels).await {
             Ok(Some(p)) => p,
             Ok(None) => return None,

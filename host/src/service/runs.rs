@@ -336,21 +336,7 @@ pub async fn submit(
     if service.shutting_down() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting-down", "the server is shutting down"));
     }
-    // An agent's key-value state is still kept per node (its writes are recorded in the replicated log, the values are
-    // not): a run that uses it runs where it was sent, as before placement, so that it sees what it wrote there.
-    let placeable = request.grants.state.is_none();
-    if !placeable
-        && service.config.cluster.is_some()
-        && let Some(p) = &request.placement
-        && let Some(missing) = p.labels.iter().find(|l| !service.config.labels.contains(l))
-    {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no-node",
-            format!("a run granted state runs on the node it is sent to, and this node has no label {missing}"),
-        ));
-    }
-    if let Some(cluster) = service.config.cluster.clone().filter(|_| placeable) {
+    if let Some(cluster) = service.config.cluster.clone() {
         let placement = request.placement.clone().unwrap_or_default();
         crate::cluster::placement::check_labels(&placement.labels)
             .map_err(|e| ApiError::bad_request(format!("placement: {e}")))?;
