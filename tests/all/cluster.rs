@@ -1027,7 +1027,8 @@ fn index_of(cluster: &Cluster, id: u64) -> usize {
 fn runs_are_placed_on_nodes_with_their_labels_and_on_the_least_loaded_one() {
     let mut cluster = Cluster::new(3, &[]);
     cluster.node_args[1] = vec!["--label".into(), "zone=a".into()];
-    cluster.node_args[2] = vec!["--label".into(), "zone=a".into(), "--label".into(), "gpu".into()];
+    // Node 3 runs one run at a time: a second one placed there waits for its slot.
+    cluster.node_args[2] = ["--label", "zone=a", "--label", "gpu", "--max-concurrent", "1"].map(String::from).to_vec();
     cluster.boot();
     let token = cluster.mint(&["--agent", "*", "--grant", "api:read"]);
     let url = cluster.nodes[0].url();
@@ -1077,6 +1078,15 @@ fn runs_are_placed_on_nodes_with_their_labels_and_on_the_least_loaded_one() {
     assert_eq!(status, 400, "{body}");
     let refused = events_at(&cluster, 0)[before_refusals..].iter().filter(|e| e["kind"] == "run.started").count();
     assert_eq!(refused, 0, "a refused placement recorded a run");
+    // A run placed on node 3 while its one slot is taken waits there; cancelled through node 1 before it started,
+    // it ends with no run ending of its own in the log (it never started): node 1 learns it from node 3.
+    let (status, queued) = submit(&url, &token, &sleeper(10, &["gpu"], 0));
+    assert_eq!((status, &queued["node"]), (202, &json!(3)), "{queued}");
+    let queued_id = queued["run_id"].as_str().unwrap();
+    let cancel = client().post(format!("{url}/v1/runs/{queued_id}/cancel")).bearer_auth(&token).send().unwrap();
+    assert_eq!(cancel.status().as_u16(), 202);
+    let view = ended_run(&url, &token, queued_id, Duration::from_secs(30));
+    assert_eq!(view["report"]["outcome"], "cancelled", "{view}");
     let busy_id = busy["run_id"].as_str().unwrap();
     let client = client();
     let cancel = client.post(format!("{url}/v1/runs/{busy_id}/cancel")).bearer_auth(&token).send().unwrap();

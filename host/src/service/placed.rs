@@ -31,6 +31,8 @@ const FOLLOW_SLACK: Duration = Duration::from_secs(600);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(300);
 /// Nodes tried for one attempt when the chosen one cannot be reached.
 const MAX_UNREACHABLE: usize = 3;
+/// How often a node following a placed run asks the node running it whether it ended (see `ending`).
+const ASK_EVERY: Duration = Duration::from_secs(2);
 
 /// A run forwarded to the node that executes it (`POST /v1/cluster/runs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,6 +267,7 @@ async fn ending(
     let mut head = service.host.log().stats().head.subscribe();
     let give_up = tokio::time::Instant::now() + limit;
     let mut cancel_sent = false;
+    let mut last_asked = tokio::time::Instant::now();
     loop {
         loop {
             let (db, f, from) = (service.host.db().clone(), filter.clone(), *after);
@@ -297,6 +300,14 @@ async fn ending(
             () = service.shutdown.cancelled() => {
                 return Err(format!("this server shut down while run {} was running on node {}", attempt.run_id,
                     attempt.node));
+            }
+        }
+        // A run that ends without a run ending of its own in the log (its start rejected by the kernel, a token
+        // revoked meanwhile; cancelled while it waited for a slot) is known ended only to the node that took it.
+        if last_asked.elapsed() >= ASK_EVERY {
+            last_asked = tokio::time::Instant::now();
+            if let Some(report) = fetch(cluster, attempt).await {
+                return Ok(report);
             }
         }
         if tokio::time::Instant::now() >= give_up {
