@@ -93,8 +93,8 @@ pub mod tool_call {
     use toka_host::token::keys::KeyStore;
     use toka_host::token::{self, Grant, MintRequest, Verified};
     use toka_host::tools::call::{Caller, ToolHost};
-    use toka_host::tools::reuse::KeptTools;
     use toka_host::tools::registry::Registry;
+    use toka_host::tools::reuse::KeptTools;
 
     /// The input every echo call sends (and gets back).
     pub const INPUT: &str = r#"{"message":"hello","n":42}"#;

@@ -19,8 +19,8 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::path::Path;
 use std::time::Duration;
-use toka_benches::{mean, paired};
 use toka_benches::tool_call::{INPUT, rt, setup};
+use toka_benches::{mean, paired};
 
 /// Fuel for one call, on both sides: far more than an echo needs.
 const FUEL: u64 = 1_000_000_000;

@@ -35,7 +35,11 @@ fn home_with_tally(reuse: bool) -> tempfile::TempDir {
     }
     let r = t(home.path(), &args);
     r.expect_code(0);
-    let said = if reuse { "installed tool tally 1.0.0 (none, reused per caller," } else { "installed tool tally 1.0.0 (none," };
+    let said = if reuse {
+        "installed tool tally 1.0.0 (none, reused per caller,"
+    } else {
+        "installed tool tally 1.0.0 (none,"
+    };
     assert!(r.stdout.starts_with(said), "{}", r.stdout);
     home
 }
@@ -81,7 +85,7 @@ fn reuse_is_refused_for_a_tool_with_side_effects_and_accepted_for_one_without() 
         assert_eq!(
             r.stderr.trim(),
             format!(
-                "toka-host: tool {name} cannot be kept for reuse (--reuse): its describe() declares side-effect \
+                "toka-host: invalid input: tool {name} cannot be kept for reuse (--reuse): its describe() declares side-effect \
                  `{class}`, and only a tool that declares `none` may keep its memory between calls"
             )
         );
@@ -138,7 +142,11 @@ fn a_trap_in_a_kept_instance_discards_it() {
     ]);
     let (answers, _) = run_calls(home.path(), calls);
     assert_eq!(answers[..2], [seen(1, None), seen(2, Some("a1"))]);
-    assert!(answers[2].starts_with("err: ToolError::Failed(\"tool tally: trap: wasm trap: wasm `unreachable`"), "{}", answers[2]);
+    assert!(
+        answers[2].starts_with("err: ToolError::Failed(\"tool tally: trap: wasm trap: wasm `unreachable`"),
+        "{}",
+        answers[2]
+    );
     assert_eq!(answers[3..], [seen(1, None), seen(2, Some("a4"))]);
 }
 
@@ -166,9 +174,8 @@ fn two_live_runs_never_see_each_others_memory() {
         answers
     };
     let (a, b) = std::thread::scope(|scope| {
-        let a = scope.spawn(|| {
-            submit(json!([tally("a1", "count"), { "sleep": { "ms": 2500 } }, tally("a2", "count")]))
-        });
+        let a =
+            scope.spawn(|| submit(json!([tally("a1", "count"), { "sleep": { "ms": 2500 } }, tally("a2", "count")])));
         std::thread::sleep(Duration::from_millis(800));
         let started = std::time::Instant::now();
         let b = submit(json!([tally("b1", "count"), tally("b2", "count")]));

@@ -591,7 +591,7 @@ impl ToolHost {
                 Some(instance) => instance,
                 None => tool.pre.instantiate_async(&mut sb.store).await?,
             };
-            let answer = instance.call_invoke(&mut sb.store, input).await?;
+            let answer = instance.call_invoke(&mut sb.store, input).await;
             Ok::<_, wasmtime::Error>((instance, answer))
         };
         let ended = tokio::time::timeout(timeout + Duration::from_millis(250), call).await;
@@ -599,7 +599,7 @@ impl ToolHost {
         // Kept for the caller's next call only after a call that returned: a trap, a limit or a timeout may have
         // left the guest's memory half-changed, so that instance is dropped here.
         let ended = match ended {
-            Ok(Ok((instance, answer))) => {
+            Ok(Ok((instance, Ok(answer)))) => {
                 if let Some(kept) = kept
                     && !sb.stdout.exceeded()
                     && !sb.stderr.exceeded()
@@ -608,7 +608,13 @@ impl ToolHost {
                 }
                 Ok(Ok(answer))
             }
-            Ok(Err(e)) => Ok(Err((e, sb))),
+            Ok(Ok((instance, Err(e)))) => {
+                let (outcome, message) = classify(&e, &sb.store, &sb.stdout, &sb.stderr, &limits);
+                // The guest's memory may be half-changed: the instance goes with this store.
+                drop((instance, sb));
+                Ok(Err((outcome, message)))
+            }
+            Ok(Err(e)) => Ok(Err(classify(&e, &sb.store, &sb.stdout, &sb.stderr, &limits))),
             Err(elapsed) => Err(elapsed),
         };
         match ended {
@@ -625,10 +631,7 @@ impl ToolHost {
                 };
                 (Outcome::AgentError, Err(f), used)
             }
-            Ok(Err((e, sb))) => {
-                let (outcome, message) = classify(&e, &sb.store, &sb.stdout, &sb.stderr, &limits);
-                (outcome, Err(Failure::Failed(format!("tool {name}: {message}"))), used)
-            }
+            Ok(Err((outcome, message))) => (outcome, Err(Failure::Failed(format!("tool {name}: {message}"))), used),
             Err(_) => {
                 let m = format!("tool {name}: timeout: still running after {}", humantime::format_duration(timeout));
                 (Outcome::Timeout, Err(Failure::Failed(m)), used)
