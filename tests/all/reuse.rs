@@ -266,3 +266,55 @@ fn a_token_revoked_between_two_calls_of_one_caller_refuses_the_second() {
         control.cancel().await.unwrap();
     });
 }
+
+/// Over streamable HTTP each MCP session is its own caller: two sessions under the same bearer token, live at once,
+/// each keep their own instance (the second never sees the first's count or notes).
+#[test]
+fn each_streamable_http_session_keeps_its_own_instance() {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use std::io::BufRead;
+    let home = home_with_tally(true);
+    let h = home.path();
+    let token = t(h, &["token", "mint", "--agent", "llm", "--grant", "tool:tally"]);
+    token.expect_code(0);
+    let token = token.stdout.trim().to_string();
+    let mut server = std::process::Command::new(toka_host())
+        .args(["mcp", "--http", "127.0.0.1:0", "--allow-tool", "tally"])
+        .env("TOKA_HOME", h)
+        .env("TOKA_CACHE_DIR", shared_cache())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    // Drained, so that the server never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let url = line.trim().strip_prefix("toka-host: serving MCP on ").unwrap_or_else(|| panic!("{line}")).to_string();
+    // reqwest's rustls needs a crypto provider; the client's transport is plain http here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let outcome = std::panic::catch_unwind(|| {
+        within(async {
+            let connect = || async {
+                let config = StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(token.as_str());
+                ().serve(StreamableHttpClientTransport::from_config(config)).await.unwrap()
+            };
+            let first = connect().await;
+            answered(&call_tally(&first, "a1", "count").await, 1, None);
+            answered(&call_tally(&first, "a2", "count").await, 2, Some("a1"));
+            let second = connect().await;
+            answered(&call_tally(&second, "b1", "count").await, 1, None);
+            answered(&call_tally(&first, "a3", "count").await, 3, Some("a2"));
+            answered(&call_tally(&second, "b2", "count").await, 2, Some("b1"));
+            first.cancel().await.unwrap();
+            second.cancel().await.unwrap();
+        })
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e);
+    }
+}
