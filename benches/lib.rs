@@ -82,7 +82,9 @@ pub fn paired(rounds: usize, block: u32, mut a: impl FnMut(), mut b: impl FnMut(
 }
 
 /// A toka-host tool host with the `echo` tool installed, and a caller whose token grants `tool:echo`: one tool-call
-/// round trip is `rt.block_on(host.call(&caller, "echo", INPUT, fuel))`.
+/// round trip is `rt.block_on(host.call(&caller, "echo", INPUT, fuel))`. The same component is also installed in the
+/// reuse mode as `echo-reuse` (`tool add --reuse`): one call of it by the caller that holds `kept` is
+/// `rt.block_on(host.call_kept(&caller, "echo-reuse", INPUT, fuel, Some(&kept)))`.
 pub mod tool_call {
     use std::sync::Arc;
     use std::time::{Duration, Instant, SystemTime};
@@ -92,6 +94,7 @@ pub mod tool_call {
     use toka_host::token::{self, Grant, MintRequest, Verified};
     use toka_host::tools::call::{Caller, ToolHost};
     use toka_host::tools::registry::Registry;
+    use toka_host::tools::reuse::KeptTools;
 
     /// The input every echo call sends (and gets back).
     pub const INPUT: &str = r#"{"message":"hello","n":42}"#;
@@ -104,6 +107,8 @@ pub mod tool_call {
         _home: tempfile::TempDir,
         pub host: Arc<ToolHost>,
         pub caller: Caller,
+        /// The caller's kept instances (for `echo-reuse`).
+        pub kept: KeptTools,
     }
 
     pub fn setup(rt: &tokio::runtime::Runtime) -> Setup {
@@ -113,12 +118,13 @@ pub mod tool_call {
         let registry = Registry::open(home.path());
         let host = Arc::new(ToolHost::new(engine, registry.clone(), None));
         let (bytes, spec) = rt.block_on(host.describe_file(&super::tool_component("echo"))).unwrap();
-        registry.add("echo", &bytes, spec).unwrap();
+        registry.add("echo", &bytes, spec.clone()).unwrap();
+        registry.add_reusable("echo-reuse", &bytes, spec).unwrap();
         // In the home, as `toka-host key init` leaves it: each call re-reads the key's status from there.
         let (keys, ()) = KeyStore::update(home.path(), |k| k.init(0).map(drop)).unwrap();
         let request = MintRequest {
             agent: "bench".into(),
-            grants: vec![Grant::parse("tool:echo").unwrap()],
+            grants: vec![Grant::parse("tool:echo").unwrap(), Grant::parse("tool:echo-reuse").unwrap()],
             ttl: Some(Duration::from_secs(3600)),
             ..MintRequest::default()
         };
@@ -143,6 +149,7 @@ pub mod tool_call {
             cancel: None,
             llm: None,
         };
-        Setup { _home: home, host, caller }
+        let kept = host.kept_tools();
+        Setup { _home: home, host, caller, kept }
     }
 }

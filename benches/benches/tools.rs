@@ -23,6 +23,12 @@ fn round_trip(c: &mut Criterion) {
         assert_eq!(r.result.as_deref().unwrap(), INPUT);
     };
 
+    // The reuse mode (`tool add --reuse`): the caller's kept instance, rearmed per call, every check still made.
+    let reuse_once = || {
+        let r = rt.block_on(s.host.call_kept(&s.caller, "echo-reuse", INPUT, 1_000_000_000, Some(&s.kept)));
+        assert_eq!(r.result.as_deref().unwrap(), INPUT);
+    };
+
     // Plain wasmtime: the same component, engine and WASI linker, instantiated from an `InstancePre` and called.
     let engine = s.host.engine.engine.clone();
     let component = Component::from_file(&engine, tool_component("echo")).unwrap();
@@ -44,6 +50,7 @@ fn round_trip(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("tool call round trip (echo)");
     group.bench_function("toka-host tool host", |b| b.iter(toka_once));
+    group.bench_function("toka-host tool host, reuse mode", |b| b.iter(reuse_once));
     group.bench_function("plain wasmtime instantiate+invoke", |b| b.iter(plain_once));
     group.finish();
     // 41 rounds of 200 calls a side, interleaved: the figure the README quotes.
@@ -52,6 +59,13 @@ fn round_trip(c: &mut Criterion) {
         "tool call round trip: toka-host {:.1} us vs plain wasmtime {:.1} us: {ratio:.2}x (medians of 41 interleaved \
          rounds of 200 calls; checks, schemas, sandbox)",
         t.as_secs_f64() * 1e6,
+        p.as_secs_f64() * 1e6,
+    );
+    let (r, p, ratio) = paired(41, 200, reuse_once, plain_once);
+    println!(
+        "tool call round trip, reuse mode: toka-host {:.1} us vs plain wasmtime (fresh instance) {:.1} us: {ratio:.2}x \
+         (medians of 41 interleaved rounds of 200 calls)",
+        r.as_secs_f64() * 1e6,
         p.as_secs_f64() * 1e6,
     );
 }

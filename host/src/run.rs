@@ -363,7 +363,7 @@ impl Runner {
                 cancel: context.cancel.clone(),
                 llm,
             };
-            context.tools = Some(Arc::new(ToolSession { host: host.clone(), caller }));
+            context.tools = Some(Arc::new(ToolSession::new(host.clone(), caller)));
         }
         if let Some(log) = &self.events {
             let detail = serde_json::json!({

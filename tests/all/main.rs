@@ -23,6 +23,7 @@ mod plans;
 mod preview1;
 mod progress;
 mod readme;
+mod reuse;
 mod scaffold;
 mod schema;
 mod service;

@@ -32,6 +32,7 @@
 //! | `http-fetch`     | `agents/http-fetch` (cdylib)        | same (raw `wasi:sockets` imports beside the adapter) |
 //! | `fail-tool`      | `agents/fail-tool` (cdylib)         | same (traps, spins, bad output: containment tests)   |
 //! | `llm-ask`        | `agents/llm-ask` (cdylib)           | same (a tool that calls a model it declares)         |
+//! | `tally`          | `agents/tally` (cdylib)             | same (counts its calls in memory: reuse-mode tests)  |
 //! | `date-validator` | `agents/date-validator/tool.py`     | componentize-py, world `toka:agent/tool`             |
 //!
 //! The Rust agents are built by one cargo invocation (cargo decides what is stale); the others are rebuilt only
@@ -152,6 +153,7 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("http-fetch", Kind::RustTool),
     Agent::new("fail-tool", Kind::RustTool),
     Agent::new("llm-ask", Kind::RustTool),
+    Agent::new("tally", Kind::RustTool),
     Agent::new("date-validator", Kind::PythonTool),
     Agent::new("extism-echo", Kind::ExtismPlugin),
 ];

@@ -140,12 +140,15 @@ impl McpCommand {
             timeout: self.caller.timeout,
             served,
             authenticated: false,
+            kept: None,
             slots: Arc::new(CallSlots::new(
                 self.max_concurrent.map_or_else(default_max_concurrent, |n| n as usize),
                 self.max_wait,
             )),
         };
         let Some(addr) = self.http else {
+            // On stdio the server has one client, its parent process, for its whole life: one caller.
+            server.kept = Some(Arc::new(host.tools().kept_tools()));
             let running =
                 server.serve(rmcp::transport::stdio()).await.map_err(|e| RunError::host(format!("mcp: {e}")))?;
             running.waiting().await.map_err(|e| RunError::host(format!("mcp: {e}")))?;
@@ -174,8 +177,13 @@ impl McpCommand {
         // The gate checks Host and Origin itself (one rule, tested, with one-line JSON refusals), so rmcp's own
         // checks, whose defaults differ, are turned off behind it.
         let config = StreamableHttpServerConfig::default().disable_allowed_hosts().disable_allowed_origins();
-        let service: StreamableHttpService<McpServer, LocalSessionManager> =
-            StreamableHttpService::new(move || Ok(server.clone()), Default::default(), config);
+        let service: StreamableHttpService<McpServer, LocalSessionManager> = StreamableHttpService::new(
+            // Each MCP session is its own caller, with its own kept instances (each also checked against the
+            // token that made it: see `reuse::KeptTools::take`).
+            move || Ok(McpServer { kept: Some(Arc::new(server.host.kept_tools())), ..server.clone() }),
+            Default::default(),
+            config,
+        );
         let router = axum::Router::new()
             .nest_service("/mcp", service)
             .layer(axum::middleware::from_fn_with_state(Arc::new(gate), crate::tools::mcp_auth::gate));

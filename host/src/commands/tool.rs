@@ -56,6 +56,11 @@ pub enum ToolAction {
         /// Install under this name instead of the one its describe() gives.
         #[arg(long)]
         name: Option<String>,
+        /// Reuse mode: each caller (a run, an MCP session) keeps one instance of the tool for all its calls, so a
+        /// call skips building a sandbox; another caller never gets it. Only for a tool whose describe() declares
+        /// side-effect `none`; refused otherwise.
+        #[arg(long)]
+        reuse: bool,
     },
     /// The installed tools.
     List {
@@ -165,17 +170,25 @@ impl ToolCommand {
             e => RunError::host(e.to_string()),
         };
         match self.action {
-            ToolAction::Add { path, name } => {
+            ToolAction::Add { path, name, reuse } => {
                 let host = Host::open(home.clone(), HostOptions::default())?;
                 let (bytes, spec) = runtime()?.block_on(host.tools().describe_file(&path))?;
                 let name = name.unwrap_or_else(|| spec.name.clone());
                 crate::tools::check_name(&name).map_err(RunError::InvalidInput)?;
-                let installed = registry.add(&name, &bytes, spec).map_err(io)?;
+                let installed = if reuse {
+                    registry.add_reusable(&name, &bytes, spec).map_err(|e| match e {
+                        crate::tools::registry::RegistryError::NotReusable(m) => RunError::InvalidInput(m),
+                        e => io(e),
+                    })?
+                } else {
+                    registry.add(&name, &bytes, spec).map_err(io)?
+                };
                 out!(
-                    "installed tool {} {} ({}, sha256 {})",
+                    "installed tool {} {} ({}{}, sha256 {})",
                     installed.name,
                     installed.spec.version,
                     installed.spec.side_effect,
+                    if installed.reuse { ", reused per caller" } else { "" },
                     &installed.sha256[..16]
                 );
                 Ok(0)

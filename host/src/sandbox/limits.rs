@@ -106,6 +106,20 @@ impl MemoryLimiter {
     pub fn refused(&self) -> bool {
         self.refused
     }
+
+    /// Arms the limiter for the next call into the same store (a kept tool instance) with that call's cap: the
+    /// memory already held still counts, the peak and the refusal start over. False (and nothing changed) if the
+    /// store already holds more than `max_memory`: such a store must not be used for the call.
+    pub fn rearm(&mut self, max_memory: u64) -> bool {
+        if self.total > max_memory {
+            return false;
+        }
+        self.max_memory = max_memory;
+        self.peak = self.total;
+        self.refused = false;
+        self.pending = 0;
+        true
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -171,6 +185,23 @@ mod tests {
         assert!(l.memory_growing(0, 8 << 16, None).unwrap());
         l.memory_grow_failed(wasmtime::format_err!("os said no")).unwrap();
         assert!(l.memory_growing(0, 9 << 16, None).unwrap());
+    }
+
+    /// A kept store's next call gets its own cap, counted with what the store already holds, and a fresh refusal
+    /// flag; a store holding more than the new cap is refused for it.
+    #[test]
+    fn rearm_applies_the_next_calls_cap() {
+        let mut l = MemoryLimiter::new(10 << 16, 1000);
+        assert!(l.memory_growing(0, 6 << 16, None).unwrap());
+        assert!(!l.memory_growing(6 << 16, 11 << 16, None).unwrap());
+        assert!(l.refused());
+        assert!(l.rearm(8 << 16));
+        assert!(!l.refused());
+        assert_eq!(l.max(), 8 << 16);
+        assert!(!l.memory_growing(6 << 16, 9 << 16, None).unwrap(), "the held 6 pages count against the new cap");
+        assert!(l.memory_growing(6 << 16, 8 << 16, None).unwrap());
+        assert!(!l.rearm(7 << 16), "holds 8 pages: more than a cap of 7");
+        assert_eq!(l.max(), 8 << 16, "a refused rearm changes nothing");
     }
 
     #[test]

@@ -183,11 +183,16 @@ pub fn build(
     if host.fuel {
         store.set_fuel(limits.fuel).map_err(RunError::host)?;
     }
+    arm_deadline(&mut store, deadline, context.cancel.clone());
+    Ok(Sandbox { store, stdout, stderr })
+}
+
+/// Stops the store's guest at `deadline` or when `cancel` is set.
+fn arm_deadline(store: &mut Store<SandboxState>, deadline: std::time::Instant, cancel: Option<Arc<cancel::Cancel>>) {
     // The epoch ticker advances every `EPOCH_TICK`; the deadline is an instant, checked at every tick.
     // At every epoch tick the guest yields to the async executor (so a guest spinning in wasm never holds a
     // worker thread: other runs, the service's requests and this run's outer deadline and cancellation all get
     // their turn), then goes on unless it is cancelled or past its deadline.
-    let cancel = context.cancel.clone();
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
@@ -198,5 +203,35 @@ pub fn build(
         }
         Ok(wasmtime::UpdateDeadline::Yield(1))
     });
-    Ok(Sandbox { store, stdout, stderr })
+}
+
+impl Sandbox {
+    /// Arms a store that already ran a call for the next one, as [`build`] arms a fresh store: `limits`' fuel (set,
+    /// not added to what is left), deadline (from now) and memory cap (counting what the store holds), outputs and
+    /// log empty and capped again, and the next call's `tools`, `llm` and `cancel` access. Grants, WASI state and
+    /// the guest's own memory are what the store already has: only a store built for the same caller and grants
+    /// may be rearmed. False if the store holds more memory than `limits` allow (it must not be used).
+    pub fn rearm(
+        &mut self,
+        host: &HostEngine,
+        limits: &Limits,
+        output: OutputMode,
+        context: &RunContext,
+    ) -> Result<bool, RunError> {
+        if !self.store.data_mut().limiter.rearm(limits.max_memory) {
+            return Ok(false);
+        }
+        let deadline = crate::units::deadline_after(limits.timeout);
+        self.stdout.rearm(deadline);
+        self.stderr.rearm(deadline);
+        let data = self.store.data_mut();
+        data.log = LogSink::new(context.agent.as_str(), output.echo, output.capture, limits.max_output, deadline);
+        data.tools = context.tools.clone();
+        data.llm = LlmAccess::new(context.llm.clone());
+        if host.fuel {
+            self.store.set_fuel(limits.fuel).map_err(RunError::host)?;
+        }
+        arm_deadline(&mut self.store, deadline, context.cancel.clone());
+        Ok(true)
+    }
 }

@@ -158,6 +158,18 @@ impl CappedOutput {
         self.lock().exceeded
     }
 
+    /// Starts the stream over for the next call into the same store (a kept tool instance): nothing written,
+    /// nothing captured, the cap whole again, echo waiting no later than `deadline`. The cap stays per call, as it
+    /// is for a fresh store.
+    pub fn rearm(&self, deadline: std::time::Instant) {
+        let mut s = self.lock();
+        s.buffer.clear();
+        s.written = 0;
+        s.exceeded = false;
+        s.unechoed = 0;
+        s.deadline = deadline;
+    }
+
     /// Accepts as much of `data` as the cap allows. Returns an error once the cap is passed.
     fn accept(&self, data: &[u8]) -> Result<(), OutputLimitExceeded> {
         let mut s = self.lock();

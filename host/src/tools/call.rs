@@ -14,6 +14,7 @@
 
 use super::grants::{Declared, intersect};
 use super::registry::{Installed, Registry, RegistryError};
+use super::reuse::{KeptBudget, KeptTools};
 use crate::bindings::ToolError as WitToolError;
 use crate::bindings::tool::ToolPre;
 use crate::engine::HostEngine;
@@ -74,6 +75,17 @@ pub struct Caller {
 pub struct ToolSession {
     pub host: Arc<ToolHost>,
     pub caller: Caller,
+    /// The caller's kept instances of reusable tools (see [`super::reuse`]), dropped with the session; `None`: every
+    /// call gets a fresh sandbox (a tool's own calls).
+    pub kept: Option<Arc<KeptTools>>,
+}
+
+impl ToolSession {
+    /// The session of a new top-level caller (a run), with its own, empty, set of kept instances.
+    pub fn new(host: Arc<ToolHost>, caller: Caller) -> ToolSession {
+        let kept = Some(Arc::new(host.kept_tools()));
+        ToolSession { host, caller, kept }
+    }
 }
 
 /// Why a call did not return an output.
@@ -131,6 +143,8 @@ pub struct ToolHost {
     events: Option<Arc<EventLog>>,
     loaded: Mutex<HashMap<String, Arc<LoadedTool>>>,
     pub max_depth: u32,
+    /// The host-wide cap on kept instances of reusable tools.
+    kept_budget: Arc<KeptBudget>,
 }
 
 impl std::fmt::Debug for ToolHost {
@@ -158,7 +172,24 @@ const DESCRIBE_LIMITS: Limits = Limits {
 
 impl ToolHost {
     pub fn new(engine: Arc<HostEngine>, registry: Registry, events: Option<Arc<EventLog>>) -> Self {
-        ToolHost { engine, registry, events, loaded: Mutex::new(HashMap::new()), max_depth: DEFAULT_MAX_DEPTH }
+        ToolHost {
+            engine,
+            registry,
+            events,
+            loaded: Mutex::new(HashMap::new()),
+            max_depth: DEFAULT_MAX_DEPTH,
+            kept_budget: Arc::default(),
+        }
+    }
+
+    /// A new caller's set of kept instances (see [`super::reuse`]), counted against this host's caps.
+    pub fn kept_tools(&self) -> KeptTools {
+        KeptTools::new(self.kept_budget.clone())
+    }
+
+    /// The host-wide caps on kept instances, and what they hold now.
+    pub fn kept_budget(&self) -> &KeptBudget {
+        &self.kept_budget
     }
 
     /// Loads a tool component from `path` and asks it to describe itself, in a sandbox with no grants.
@@ -321,7 +352,21 @@ impl ToolHost {
 
     /// Calls tool `name` for `caller` with at most `fuel` units of fuel. See the module documentation.
     pub async fn call(self: &Arc<Self>, caller: &Caller, name: &str, input: &str, fuel: u64) -> CallReport {
-        self.call_unless(caller, name, input, fuel, None).await
+        self.call_with(caller, name, input, fuel, None, None).await
+    }
+
+    /// [`ToolHost::call`] for a caller that keeps instances of reusable tools in `kept` (see [`super::reuse`]): a
+    /// tool installed with `--reuse` runs in the instance `kept` holds for it, if any, and is kept there after a
+    /// clean call. Every other tool, and every call without `kept`, gets a fresh sandbox.
+    pub async fn call_kept(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: &str,
+        input: &str,
+        fuel: u64,
+        kept: Option<&KeptTools>,
+    ) -> CallReport {
+        self.call_with(caller, name, input, fuel, None, kept).await
     }
 
     /// [`ToolHost::call`], refused with `refusal` if given (a check the caller's token cannot express, such as what
@@ -333,6 +378,19 @@ impl ToolHost {
         input: &str,
         fuel: u64,
         refusal: Option<Failure>,
+        kept: Option<&KeptTools>,
+    ) -> CallReport {
+        self.call_with(caller, name, input, fuel, refusal, kept).await
+    }
+
+    async fn call_with(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: &str,
+        input: &str,
+        fuel: u64,
+        refusal: Option<Failure>,
+        kept: Option<&KeptTools>,
     ) -> CallReport {
         let started = Instant::now();
         let call_id = crate::journal::fresh_call_id();
@@ -370,7 +428,7 @@ impl ToolHost {
         }
         let (outcome, result, fuel_consumed) = match refusal {
             Some(refused) => (Outcome::GrantRefused, Err(refused), 0),
-            None => self.checked_call(caller, name, input, fuel).await,
+            None => self.checked_call(caller, name, input, fuel, kept).await,
         };
         report.outcome = outcome;
         report.fuel_consumed = fuel_consumed;
@@ -407,6 +465,7 @@ impl ToolHost {
         name: &str,
         input: &str,
         fuel: u64,
+        kept: Option<&KeptTools>,
     ) -> (Outcome, Result<String, Failure>, u64) {
         if caller.depth >= self.max_depth {
             let m = format!("tool call depth limit reached: {} nested calls allowed", self.max_depth);
@@ -434,7 +493,9 @@ impl ToolHost {
             let m = format!("input does not match the input schema of tool {name}: {why}");
             return (Outcome::InvalidInput, Err(Failure::InvalidInput(m)), 0);
         }
-        let (outcome, result, fuel_consumed) = self.invoke(&tool, caller, input, fuel).await;
+        // Only a tool the operator opted in, and only for the caller that holds `kept`.
+        let kept = kept.filter(|_| tool.installed.reusable());
+        let (outcome, result, fuel_consumed) = self.invoke(&tool, caller, input, fuel, kept).await;
         let result = result.and_then(|output| {
             let value: serde_json::Value = serde_json::from_str(&output)
                 .map_err(|e| Failure::Failed(format!("tool {name} returned output that is not JSON: {e}")))?;
@@ -449,13 +510,14 @@ impl ToolHost {
         (outcome, result, fuel_consumed)
     }
 
-    /// Runs the tool in a fresh sandbox.
+    /// Runs the tool in a fresh sandbox, or in the instance `kept` holds for it (rearmed for this call).
     async fn invoke(
         self: &Arc<Self>,
         tool: &LoadedTool,
         caller: &Caller,
         input: &str,
         fuel: u64,
+        kept: Option<&KeptTools>,
     ) -> (Outcome, Result<String, Failure>, u64) {
         let name = tool.installed.name.as_str();
         let now = Instant::now();
@@ -495,7 +557,9 @@ impl ToolHost {
             events: None,
             state: Default::default(),
             token: caller.token_id.clone(),
-            tools: Some(Arc::new(ToolSession { host: self.clone(), caller: nested })),
+            // A tool's own calls never reuse: its grants are narrower than its caller's, so an instance kept for
+            // the caller must not serve them (and the reverse).
+            tools: Some(Arc::new(ToolSession { host: self.clone(), caller: nested, kept: None })),
             budget: caller.budget.clone().unwrap_or_default(),
             cancel: caller.cancel.clone(),
             llm: llm.map(|s| s as Arc<dyn ModelGateway>),
@@ -503,16 +567,56 @@ impl ToolHost {
             spawner: None,
         };
         let output = OutputMode { echo: false, capture: false };
-        let mut sb = match sandbox::build(&self.engine, &grants, &limits, output, &context, &[name.to_string()]) {
-            Ok(sb) => sb,
-            Err(e) => return (e.outcome(), Err(run_failure(&e)), 0),
+        let sha256 = tool.installed.sha256.as_str();
+        // A kept instance, rearmed with this call's limits and access; or none (none kept, or it holds more memory
+        // than this call may have: then it is dropped).
+        let mut reused = None;
+        if let Some(k) = kept.and_then(|kept| kept.take(name, sha256, &caller.token_id)) {
+            let super::reuse::Kept { mut sandbox, instance, .. } = k;
+            match sandbox.rearm(&self.engine, &limits, output, &context) {
+                Ok(true) => reused = Some((sandbox, instance)),
+                Ok(false) => {}
+                Err(e) => return (e.outcome(), Err(run_failure(&e)), 0),
+            }
+        }
+        let (mut sb, instance) = match reused {
+            Some((sb, instance)) => (sb, Some(instance)),
+            None => match sandbox::build(&self.engine, &grants, &limits, output, &context, &[name.to_string()]) {
+                Ok(sb) => (sb, None),
+                Err(e) => return (e.outcome(), Err(run_failure(&e)), 0),
+            },
         };
         let call = async {
-            let instance = tool.pre.instantiate_async(&mut sb.store).await?;
-            instance.call_invoke(&mut sb.store, input).await
+            let instance = match instance {
+                Some(instance) => instance,
+                None => tool.pre.instantiate_async(&mut sb.store).await?,
+            };
+            let answer = instance.call_invoke(&mut sb.store, input).await;
+            Ok::<_, wasmtime::Error>((instance, answer))
         };
         let ended = tokio::time::timeout(timeout + Duration::from_millis(250), call).await;
         let used = if self.engine.fuel { fuel.saturating_sub(sb.store.get_fuel().unwrap_or(0)) } else { 0 };
+        // Kept for the caller's next call only after a call that returned: a trap, a limit or a timeout may have
+        // left the guest's memory half-changed, so that instance is dropped here.
+        let ended = match ended {
+            Ok(Ok((instance, Ok(answer)))) => {
+                if let Some(kept) = kept
+                    && !sb.stdout.exceeded()
+                    && !sb.stderr.exceeded()
+                {
+                    kept.keep(name, sha256, &caller.token_id, sb, instance);
+                }
+                Ok(Ok(answer))
+            }
+            Ok(Ok((instance, Err(e)))) => {
+                let (outcome, message) = classify(&e, &sb.store, &sb.stdout, &sb.stderr, &limits);
+                // The guest's memory may be half-changed: the instance goes with this store.
+                drop((instance, sb));
+                Ok(Err((outcome, message)))
+            }
+            Ok(Err(e)) => Ok(Err(classify(&e, &sb.store, &sb.stdout, &sb.stderr, &limits))),
+            Err(elapsed) => Err(elapsed),
+        };
         match ended {
             Ok(Ok(Ok(output))) if output.len() > MAX_IO => {
                 let m = format!("tool {name} returned {} bytes, over the {MAX_IO} byte limit", output.len());
@@ -527,10 +631,7 @@ impl ToolHost {
                 };
                 (Outcome::AgentError, Err(f), used)
             }
-            Ok(Err(e)) => {
-                let (outcome, message) = classify(&e, &sb.store, &sb.stdout, &sb.stderr, &limits);
-                (outcome, Err(Failure::Failed(format!("tool {name}: {message}"))), used)
-            }
+            Ok(Err((outcome, message))) => (outcome, Err(Failure::Failed(format!("tool {name}: {message}"))), used),
             Err(_) => {
                 let m = format!("tool {name}: timeout: still running after {}", humantime::format_duration(timeout));
                 (Outcome::Timeout, Err(Failure::Failed(m)), used)
@@ -577,7 +678,7 @@ impl ToolBroker for ToolSession {
             }
             // The tool gets what is left of the caller's memory, not a cap of its own on top of it.
             let caller = Caller { max_memory: memory.min(self.caller.max_memory), ..self.caller.clone() };
-            let report = Box::pin(self.host.call(&caller, &name, &input, fuel)).await;
+            let report = Box::pin(self.host.call_kept(&caller, &name, &input, fuel, self.kept.as_deref())).await;
             ToolAnswer { result: report.result.map_err(Failure::into_wit), fuel_consumed: report.fuel_consumed }
         })
     }

@@ -7,7 +7,7 @@
 //! token's agent, with the server's grants narrowed to the token's: a tool is listed and callable only if both
 //! tokens grant it. `tools/list` offers those tools with the schemas their `describe()` gave and hints from their
 //! side-effect class; `tools/call` goes through [`ToolHost::call`] exactly as an agent's call does (each call in a
-//! fresh sandbox, recorded as `tool.called` and `tool.completed`/`tool.failed` events). At most `--max-concurrent`
+//! fresh sandbox, or for a tool installed with `--reuse` in the instance kept for this session, recorded as `tool.called` and `tool.completed`/`tool.failed` events). At most `--max-concurrent`
 //! calls run at once; a call beyond waits at most `--max-wait` for a slot, then fails. A failed call is a tool
 //! result with `isError: true` and a one-line message, never a crash of the server.
 
@@ -40,6 +40,9 @@ pub struct McpServer {
     /// Every request must carry an authenticated [`Client`] (HTTP, unless `--no-auth`): without one, nothing is
     /// listed or called.
     pub authenticated: bool,
+    /// The session's kept instances of reusable tools (see [`super::reuse`]): one per stdio server, one per HTTP
+    /// session; `None`: every call gets a fresh sandbox.
+    pub kept: Option<Arc<super::reuse::KeptTools>>,
     pub slots: Arc<CallSlots>,
 }
 
@@ -174,7 +177,7 @@ impl ServerHandler for McpServer {
         // What the server does not serve is refused (and recorded) as the client's call.
         let refusal = self.serves(&request.name).err();
         let span = tracing::info_span!("tool_call", tool = %request.name, agent = %caller.agent);
-        let call = self.host.call_unless(&caller, &request.name, &input, self.fuel, refusal);
+        let call = self.host.call_unless(&caller, &request.name, &input, self.fuel, refusal, self.kept.as_deref());
         let report = tracing::Instrument::instrument(call, span).await;
         // Per call: debug, so that a busy server's log (and its stderr pipe) stays quiet unless RUST_LOG asks.
         tracing::debug!(call_id = %report.call_id, tool = %report.tool, outcome = report.outcome.name(),

@@ -1,6 +1,7 @@
 //! Tools: components of the world `toka:agent/tool`, installed in a registry under `$TOKA_HOME/tools`, called by
 //! agents (the `tools` interface), by operators (`toka-host tool call`) and by LLM clients (`toka-host mcp`), each
-//! call in a fresh sandbox of its own.
+//! call in a fresh sandbox of its own (or, for a tool without side effects that the operator opted in, in an instance
+//! kept for that one caller: see [`reuse`]).
 //!
 //! A tool describes itself (`describe()`): name, version, JSON Schemas of its input and output, side-effect class,
 //! and the grants it needs. The host never gives a tool more than the caller has: a call's sandbox gets the tool's
@@ -13,6 +14,7 @@ pub mod grants;
 pub mod mcp;
 pub mod mcp_auth;
 pub mod registry;
+pub mod reuse;
 
 use serde::{Deserialize, Serialize};
 

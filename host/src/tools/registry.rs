@@ -25,6 +25,31 @@ pub struct Installed {
     /// tool is checked against the home's trust again when it is loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
+    /// The operator opted this tool into the reuse mode (`tool add --reuse`; see [`super::reuse`]): one caller's
+    /// calls may share one kept instance. Only ever true for a tool whose `describe()` said `side-effect: none`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reuse: bool,
+}
+
+impl Installed {
+    /// Whether one caller's calls may share a kept instance: opted in, and (checked again here, so that a
+    /// manifest edited by hand cannot turn it on for another class) a tool without side effects.
+    pub fn reusable(&self) -> bool {
+        self.reuse && self.spec.side_effect == "none"
+    }
+}
+
+/// Refuses the reuse mode for a tool that declares side effects: only a tool whose calls change nothing outside
+/// its own memory can keep that memory from one call to the next.
+pub fn check_reusable(name: &str, spec: &Spec) -> Result<(), RegistryError> {
+    if spec.side_effect == "none" {
+        return Ok(());
+    }
+    Err(RegistryError::NotReusable(format!(
+        "tool {name} cannot be kept for reuse (--reuse): its describe() declares side-effect `{}`, and only a tool \
+         that declares `none` may keep its memory between calls",
+        spec.side_effect
+    )))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +58,9 @@ pub enum RegistryError {
     Unknown(String),
     #[error("{0}")]
     Invalid(String),
+    /// The reuse mode asked for a tool that declares side effects.
+    #[error("{0}")]
+    NotReusable(String),
     #[error("tool registry {path}: {reason}")]
     Io { path: String, reason: String },
 }
@@ -84,7 +112,14 @@ impl Registry {
     /// Installs `bytes` (already checked to be a tool whose `describe()` gave `spec`) under `name`, replacing a tool
     /// of that name.
     pub fn add(&self, name: &str, bytes: &[u8], spec: Spec) -> Result<Installed, RegistryError> {
-        self.add_from(name, bytes, spec, None)
+        self.write(name, bytes, spec, None, false)
+    }
+
+    /// [`Registry::add`] in the reuse mode (see [`super::reuse`]); refused unless `spec` declares `side-effect:
+    /// none`.
+    pub fn add_reusable(&self, name: &str, bytes: &[u8], spec: Spec) -> Result<Installed, RegistryError> {
+        check_reusable(name, &spec)?;
+        self.write(name, bytes, spec, None, true)
     }
 
     /// [`Registry::add`] for a tool that comes from the installed package `plugin` (`KEY_ID/NAME`).
@@ -94,6 +129,17 @@ impl Registry {
         bytes: &[u8],
         spec: Spec,
         plugin: Option<String>,
+    ) -> Result<Installed, RegistryError> {
+        self.write(name, bytes, spec, plugin, false)
+    }
+
+    fn write(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        spec: Spec,
+        plugin: Option<String>,
+        reuse: bool,
     ) -> Result<Installed, RegistryError> {
         use sha2::{Digest, Sha256};
         check_name(name).map_err(RegistryError::Invalid)?;
@@ -110,6 +156,7 @@ impl Registry {
             added_ms: crate::events::now_ms(),
             spec,
             plugin,
+            reuse,
         };
         let manifest = serde_json::to_vec_pretty(&installed).expect("manifests serialize");
         write_atomically(&self.manifest_path(name), &manifest)?;
