@@ -64,6 +64,21 @@ fn round_trip(c: &mut Criterion) {
     let mut group = c.benchmark_group("tool call vs Extism (echo)");
     group.bench_function("toka-host tool call", |b| b.iter(toka_once));
     group.bench_function("toka-host tool call, reuse mode", |b| b.iter(reuse_once));
+    // As a run's tool calls are made: from a task already inside the runtime (an agent's host call is async), so
+    // without `block_on`'s waking and parking of the runtime's threads around each call, which the two figures above
+    // pay and a synchronous Extism call does not.
+    group.bench_function("toka-host tool call, reuse mode, inside the runtime", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let started = std::time::Instant::now();
+                for _ in 0..iters {
+                    let r = s.host.call_kept(&s.caller, "echo-reuse", INPUT, FUEL, Some(&s.kept)).await;
+                    assert_eq!(r.result.as_deref().unwrap(), INPUT);
+                }
+                started.elapsed()
+            })
+        })
+    });
     group.bench_function("extism call, live plugin", |b| b.iter(&mut live_once));
     group.bench_function("extism call, fresh plugin per call", |b| b.iter(fresh_once));
     group.finish();
