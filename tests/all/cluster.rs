@@ -67,6 +67,16 @@ struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A failed test shows the end of each node's own log (its temporary directory goes with it).
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join(format!("n{}.log", node.id))).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("--- node {}'s log, last {} lines:", node.id, lines.len().min(40));
+                lines[lines.len().saturating_sub(40)..].iter().for_each(|l| eprintln!("{l}"));
+            }
+        }
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 // A paused node is killed as well (SIGKILL needs no SIGCONT).
