@@ -48,6 +48,20 @@ fn usage_after(agent: &str, key: &str, used: u64, old: Option<u64>, new: Option<
     Ok(total)
 }
 
+/// Whether writing `new` bytes under `key` (or deleting it, `None`) fits the agent's quota on these tables (read or
+/// written ones): `Err` says why not.
+fn plan(
+    values: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    usage: &impl ReadableTable<&'static str, u64>,
+    agent: &str,
+    key: &str,
+    new: Option<usize>,
+) -> Result<Result<Planned, String>, redb::StorageError> {
+    let old = values.get((agent, key))?.map(|v| v.value().len() as u64);
+    let used = usage.get(agent)?.map_or(0, |v| v.value());
+    Ok(usage_after(agent, key, used, old, new).map(|total| Planned { existed: old.is_some(), total }))
+}
+
 /// The state tables, open in the log writer's transaction.
 pub struct Tables<'t> {
     pub values: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
@@ -68,9 +82,7 @@ impl<'t> Tables<'t> {
 
     /// Whether writing `new` bytes under `key` (or deleting it, `None`) fits the agent's quota: `Err` says why not.
     pub fn plan(&self, agent: &str, key: &str, new: Option<usize>) -> Result<Result<Planned, String>, redb::Error> {
-        let old = self.values.get((agent, key))?.map(|v| v.value().len() as u64);
-        let used = self.usage.get(agent)?.map_or(0, |v| v.value());
-        Ok(usage_after(agent, key, used, old, new).map(|total| Planned { existed: old.is_some(), total }))
+        Ok(plan(&self.values, &self.usage, agent, key, new)?)
     }
 
     /// Applies a planned write; returns whether the key held a value before.
@@ -95,10 +107,8 @@ impl<'t> Tables<'t> {
 /// checks again when it applies the write.
 pub fn quota_check(db: &Db, agent: &str, key: &str, new: Option<usize>) -> Result<(), StoreError> {
     let txn = db.redb().begin_read().map_err(storage)?;
-    let old =
-        txn.open_table(STATE).map_err(storage)?.get((agent, key)).map_err(storage)?.map(|v| v.value().len() as u64);
-    let used = txn.open_table(STATE_USAGE).map_err(storage)?.get(agent).map_err(storage)?.map_or(0, |v| v.value());
-    usage_after(agent, key, used, old, new).map(drop).map_err(StoreError::OverQuota)
+    let (values, usage) = (txn.open_table(STATE).map_err(storage)?, txn.open_table(STATE_USAGE).map_err(storage)?);
+    plan(&values, &usage, agent, key, new).map_err(storage)?.map(drop).map_err(StoreError::OverQuota)
 }
 
 /// The value under `key`, if any.

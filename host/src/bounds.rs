@@ -115,16 +115,20 @@ fn id(field: &str, value: &str) -> Result<(), String> {
 fn state_change(change: Option<&crate::kernel::StateChange>) -> Result<(), String> {
     let Some(change) = change else { return Ok(()) };
     check_state_key(&change.key)?;
-    // The length the base64 text decodes to (padded, as the host encodes it; anything else fails to decode later).
-    let decoded = |v: &String| (v.len() / 4 * 3).saturating_sub(v.bytes().rev().take(2).filter(|b| *b == b'=').count());
-    if change.value.as_ref().is_some_and(|v| v.len() > MAX_STATE_VALUE.div_ceil(3) * 4 || decoded(v) > MAX_STATE_VALUE)
-    {
+    if change.value.as_deref().is_some_and(state_value_over) {
         return Err(format!("state value is over the {MAX_STATE_VALUE} byte limit"));
     }
     if change.sha256.as_ref().is_some_and(|d| d.len() != 64) {
         return Err("state value digest is not a SHA-256".into());
     }
     Ok(())
+}
+
+/// Whether a state value in base64 decodes to more than [`MAX_STATE_VALUE`] bytes, told from its length (padded, as
+/// the host encodes it; anything else fails to decode later).
+pub fn state_value_over(base64: &str) -> bool {
+    let padding = base64.bytes().rev().take(2).filter(|b| *b == b'=').count();
+    base64.len() > MAX_STATE_VALUE.div_ceil(3) * 4 || (base64.len() / 4 * 3).saturating_sub(padding) > MAX_STATE_VALUE
 }
 
 /// A key of an agent's state: 1 to [`MAX_STATE_KEY`] bytes without control characters.

@@ -213,15 +213,12 @@ impl StateChange {
             (None, Some(_)) => Err("a state value without its digest".into()),
             (Some(_), None) => Err("the state value is missing".into()),
             (Some(digest), Some(text)) => {
-                if text.len() > crate::bounds::MAX_STATE_VALUE.div_ceil(3) * 4 {
+                if crate::bounds::state_value_over(text) {
                     return Err(format!("the state value is over {} bytes", crate::bounds::MAX_STATE_VALUE));
                 }
                 let value = base64::engine::general_purpose::STANDARD
                     .decode(text)
                     .map_err(|e| format!("the state value is not base64: {e}"))?;
-                if value.len() > crate::bounds::MAX_STATE_VALUE {
-                    return Err(format!("the state value is over {} bytes", crate::bounds::MAX_STATE_VALUE));
-                }
                 if hex::encode(sha2::Sha256::digest(&value)) != *digest {
                     return Err("the state value does not match its digest".into());
                 }

@@ -262,7 +262,7 @@ async fn ending(
     after: &mut u64,
     cancel: &Cancel,
     limit: Duration,
-) -> Result<serde_json::Value, String> {
+) -> Result<Ended, String> {
     let filter = Filter { run_id: Some(attempt.run_id.clone()), kind: Some("run".into()), ..Filter::default() };
     let mut head = service.host.log().stats().head.subscribe();
     let give_up = tokio::time::Instant::now() + limit;
@@ -279,7 +279,7 @@ async fn ending(
             *after = last;
             let end = records.into_iter().find(|r| r.kind == kind::RUN_COMPLETED || r.kind == kind::RUN_FAILED);
             if let Some(end) = end {
-                return Ok(end.payload);
+                return Ok(Ended { payload: end.payload, whole: false });
             }
             if !more {
                 break;
@@ -307,7 +307,7 @@ async fn ending(
         if last_asked.elapsed() >= ASK_EVERY {
             last_asked = tokio::time::Instant::now();
             if let Some(report) = fetch(cluster, attempt).await {
-                return Ok(report);
+                return Ok(Ended { payload: report, whole: true });
             }
         }
         if tokio::time::Instant::now() >= give_up {
@@ -321,6 +321,13 @@ async fn ending(
     }
 }
 
+/// How a followed attempt was seen to end: its ending's payload in the log, or (`whole`) the whole report from the
+/// node that ran it.
+struct Ended {
+    payload: serde_json::Value,
+    whole: bool,
+}
+
 /// The attempt's report once it has ended: the lost payload as the log has it, else the whole report (with its output)
 /// from the node that ran it, or the log's if that node cannot answer.
 async fn ended_report(
@@ -331,11 +338,11 @@ async fn ended_report(
     cancel: &Cancel,
     limit: Duration,
 ) -> Result<serde_json::Value, String> {
-    let payload = ending(service, cluster, attempt, after, cancel, limit).await?;
-    if payload["outcome"] == "lost" {
-        return Ok(payload);
+    let ended = ending(service, cluster, attempt, after, cancel, limit).await?;
+    if ended.whole || ended.payload["outcome"] == "lost" {
+        return Ok(ended.payload);
     }
-    Ok(fetch(cluster, attempt).await.unwrap_or(payload))
+    Ok(fetch(cluster, attempt).await.unwrap_or(ended.payload))
 }
 
 /// The ended run's whole report, from the node that ran it.

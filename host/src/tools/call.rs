@@ -352,7 +352,7 @@ impl ToolHost {
 
     /// Calls tool `name` for `caller` with at most `fuel` units of fuel. See the module documentation.
     pub async fn call(self: &Arc<Self>, caller: &Caller, name: &str, input: &str, fuel: u64) -> CallReport {
-        self.call_with(caller, name, input, fuel, None, None).await
+        self.call_unless(caller, name, input, fuel, None, None).await
     }
 
     /// [`ToolHost::call`] for a caller that keeps instances of reusable tools in `kept` (see [`super::reuse`]): a
@@ -366,24 +366,12 @@ impl ToolHost {
         fuel: u64,
         kept: Option<&KeptTools>,
     ) -> CallReport {
-        self.call_with(caller, name, input, fuel, None, kept).await
+        self.call_unless(caller, name, input, fuel, None, kept).await
     }
 
     /// [`ToolHost::call`], refused with `refusal` if given (a check the caller's token cannot express, such as what
     /// an MCP server serves): recorded like any refused call, and the tool never runs.
     pub async fn call_unless(
-        self: &Arc<Self>,
-        caller: &Caller,
-        name: &str,
-        input: &str,
-        fuel: u64,
-        refusal: Option<Failure>,
-        kept: Option<&KeptTools>,
-    ) -> CallReport {
-        self.call_with(caller, name, input, fuel, refusal, kept).await
-    }
-
-    async fn call_with(
         self: &Arc<Self>,
         caller: &Caller,
         name: &str,
