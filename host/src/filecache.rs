@@ -13,9 +13,15 @@
 //!   restore an old mtime, never an old ctime): any later write, rename or replacement stamps the then current time,
 //!   which is past the ctime recorded.
 //!
+//! A file used a second time unchanged is then watched ([`watch`]: inotify on the file and every directory above
+//! it), and while no change to its path is reported its uses need no `stat`: one non-blocking read of the process's
+//! notification queue tells that nothing happened. Where notification cannot be relied on, the `stat` stays.
+//!
 //! What this must never do: return a value it did not read from the file whose stamp it checked, or keep more than
 //! its capacity. The one assumption: the system clock does not step back by more than [`RACY`] between a read and a
 //! later change (a change then could carry an old ctime).
+
+pub mod watch;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -64,6 +70,10 @@ struct Entry<T> {
     stamp: Stamp,
     settled: bool,
     value: Arc<T>,
+    /// Set once the file is watched; while valid, the entry is used without a `stat`.
+    ticket: Option<watch::Ticket>,
+    /// Whether watching was tried (it is tried once per entry).
+    watch_tried: bool,
 }
 
 /// Parsed files by path, each checked against its [`Stamp`] at every use. Bounded: past `capacity` an arbitrary
@@ -72,7 +82,9 @@ pub struct FileCache<T> {
     entries: Mutex<HashMap<PathBuf, Entry<T>>>,
     capacity: usize,
     racy: Duration,
+    watching: bool,
     reads: AtomicU64,
+    stats: AtomicU64,
 }
 
 impl<T> std::fmt::Debug for FileCache<T> {
@@ -96,7 +108,20 @@ impl<T> FileCache<T> {
     /// A cache whose entries are trusted once the file's last change was `racy` old when it was read (tests use
     /// this to reach the stamp check without waiting).
     pub fn with_racy_window(capacity: usize, racy: Duration) -> Self {
-        FileCache { entries: Mutex::new(HashMap::new()), capacity: capacity.max(1), racy, reads: AtomicU64::new(0) }
+        FileCache {
+            entries: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            racy,
+            watching: true,
+            reads: AtomicU64::new(0),
+            stats: AtomicU64::new(0),
+        }
+    }
+
+    /// The same cache that never watches, so that every use checks by `stat` (for comparisons in tests and benches).
+    pub fn without_watching(mut self) -> Self {
+        self.watching = false;
+        self
     }
 
     /// How many times a file was read (and parsed) rather than served from the cache.
@@ -104,9 +129,23 @@ impl<T> FileCache<T> {
         self.reads.load(Ordering::Relaxed)
     }
 
+    /// How many times a use checked the file by `stat` (a watched file's uses do not).
+    pub fn stats(&self) -> u64 {
+        self.stats.load(Ordering::Relaxed)
+    }
+
     /// The parsed contents of `path` (`None` if there is no such file): the cached value if the file is unchanged
     /// (see the module documentation), else read, parsed with `parse` and remembered.
     pub fn get<E>(&self, path: &Path, parse: impl FnOnce(&[u8]) -> Result<T, E>) -> Result<Option<Arc<T>>, Error<E>> {
+        if self.watching {
+            watch::WATCHER.drain();
+            if let Some(entry) = self.lock().get(path)
+                && entry.ticket.as_ref().is_some_and(watch::Ticket::valid)
+            {
+                return Ok(Some(entry.value.clone()));
+            }
+        }
+        self.stats.fetch_add(1, Ordering::Relaxed);
         let current = match std::fs::metadata(path) {
             Ok(meta) => Stamp::of(&meta),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -115,12 +154,21 @@ impl<T> FileCache<T> {
             }
             Err(e) => return Err(Error::Io(e)),
         };
-        if let Some(entry) = self.lock().get(path)
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(path)
             && entry.settled
             && entry.stamp == current
         {
-            return Ok(Some(entry.value.clone()));
+            let value = entry.value.clone();
+            let watch = self.watching && !entry.watch_tried;
+            entry.watch_tried = true;
+            drop(entries);
+            if watch {
+                self.start_watching(path, current);
+            }
+            return Ok(Some(value));
         }
+        drop(entries);
         // Taken before the file is opened: whatever changes the file after this instant stamps a later ctime.
         let read_at = SystemTime::now();
         let mut file = match std::fs::File::open(path) {
@@ -137,7 +185,8 @@ impl<T> FileCache<T> {
         file.read_to_end(&mut bytes).map_err(Error::Io)?;
         self.reads.fetch_add(1, Ordering::Relaxed);
         let value = Arc::new(parse(&bytes).map_err(Error::Parse)?);
-        let entry = Entry { stamp, settled: stamp.settled(read_at, self.racy), value: value.clone() };
+        let settled = stamp.settled(read_at, self.racy);
+        let entry = Entry { stamp, settled, value: value.clone(), ticket: None, watch_tried: false };
         let mut entries = self.lock();
         if entries.len() >= self.capacity
             && !entries.contains_key(path)
@@ -147,6 +196,23 @@ impl<T> FileCache<T> {
         }
         entries.insert(path.to_path_buf(), entry);
         Ok(Some(value))
+    }
+
+    /// Watches `path`, whose entry was just found unchanged at `stamp`, so that its next uses need no `stat`.
+    fn start_watching(&self, path: &Path, stamp: Stamp) {
+        let Some(ticket) = watch::WATCHER.watch(path) else { return };
+        // The watch reports changes from now on; one made between the check and the watch's start must not be
+        // missed, so the file is checked once more, now that the watch is in place.
+        self.stats.fetch_add(1, Ordering::Relaxed);
+        let Ok(meta) = std::fs::metadata(path) else { return };
+        if Stamp::of(&meta) != stamp {
+            return;
+        }
+        if let Some(entry) = self.lock().get_mut(path)
+            && entry.stamp == stamp
+        {
+            entry.ticket = Some(ticket);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry<T>>> {
@@ -296,6 +362,126 @@ mod tests {
         assert!(!stamp(998_000_000_001).settled(read_at, RACY));
         assert!(!stamp(1_001_000_000_000).settled(read_at, RACY));
         assert!(stamp(999_999_999_999).settled(read_at, Duration::ZERO));
+    }
+
+    /// Uses `path` twice through `cache` (the second use starts the watch) and checks that ten more uses need
+    /// neither a read nor a `stat`: the positive control of every watched-file test.
+    fn watched(cache: &FileCache<String>, path: &Path, expected: &str) {
+        assert_eq!(get(cache, path).as_deref(), Some(expected));
+        assert_eq!(get(cache, path).as_deref(), Some(expected));
+        let (reads, stats) = (cache.reads(), cache.stats());
+        for _ in 0..10 {
+            assert_eq!(get(cache, path).as_deref(), Some(expected));
+        }
+        assert_eq!((cache.reads(), cache.stats()), (reads, stats), "a watched, unchanged file is used without a stat");
+    }
+
+    /// The directory of a test: canonical, since a path through a symbolic link is never watched.
+    fn tempdir() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = std::fs::canonicalize(dir.path()).unwrap();
+        (dir, path)
+    }
+
+    /// Every way of changing what a watched path names is seen at the very next use: the file rewritten in place
+    /// (size and mtime kept), replaced by a rename, written through a hard link in another directory, truncated,
+    /// its mode changed, removed; and after each, once the file is used twice again, it is watched again.
+    #[test]
+    fn a_watched_file_is_used_without_a_stat_and_any_change_to_it_is_seen_at_the_next_use() {
+        let (_guard, dir) = tempdir();
+        let path = dir.join("keys.json");
+        std::fs::write(&path, "aaaa").unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let cache = FileCache::with_racy_window(8, Duration::ZERO);
+        next_tick();
+        watched(&cache, &path, "aaaa");
+
+        rewrite_in_place(&path, "bbbb", mtime);
+        assert_eq!(get(&cache, &path).as_deref(), Some("bbbb"), "rewritten in place, mtime restored");
+        next_tick();
+        watched(&cache, &path, "bbbb");
+
+        replace_by_rename(&path, "cccc", mtime);
+        assert_eq!(get(&cache, &path).as_deref(), Some("cccc"), "replaced by a rename");
+        next_tick();
+        watched(&cache, &path, "cccc");
+
+        let elsewhere = dir.join("other");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::hard_link(&path, elsewhere.join("link")).unwrap();
+        next_tick();
+        assert_eq!(get(&cache, &path).as_deref(), Some("cccc"));
+        next_tick();
+        watched(&cache, &path, "cccc");
+        rewrite_in_place(&elsewhere.join("link"), "dddd", mtime);
+        assert_eq!(get(&cache, &path).as_deref(), Some("dddd"), "written through a link in another directory");
+        next_tick();
+        watched(&cache, &path, "dddd");
+
+        std::fs::File::options().write(true).open(&path).unwrap().set_len(2).unwrap();
+        assert_eq!(get(&cache, &path).as_deref(), Some("dd"), "truncated");
+        next_tick();
+        watched(&cache, &path, "dd");
+
+        let stats = cache.stats();
+        let mut mode = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o600);
+        std::fs::set_permissions(&path, mode).unwrap();
+        assert_eq!(get(&cache, &path).as_deref(), Some("dd"));
+        assert!(cache.stats() > stats, "a mode change makes the next use check the file");
+
+        next_tick();
+        watched(&cache, &path, "dd");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(get(&cache, &path), None, "removed");
+    }
+
+    /// A directory on the path renamed away and another put in its place, holding a file of the same name, size
+    /// and mtime: seen at the next use, for the parent and for a directory further up.
+    #[test]
+    fn a_directory_above_a_watched_file_replaced_by_another_is_seen_at_the_next_use() {
+        let (_guard, dir) = tempdir();
+        for depth in ["home/keys", "home"] {
+            let home = dir.join("home");
+            let file_dir = dir.join("home/keys");
+            std::fs::create_dir_all(&file_dir).unwrap();
+            let path = file_dir.join("root.json");
+            std::fs::write(&path, "first").unwrap();
+            let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+            let cache = FileCache::with_racy_window(8, Duration::ZERO);
+            next_tick();
+            watched(&cache, &path, "first");
+            // Build the replacement beside it, then swap it in by two renames.
+            let moved = dir.join(format!("{}.old", depth.replace('/', "-")));
+            let staged = dir.join("staged");
+            let staged_file = staged.join(file_dir.strip_prefix(dir.join(depth)).unwrap()).join("root.json");
+            std::fs::create_dir_all(staged_file.parent().unwrap()).unwrap();
+            std::fs::write(&staged_file, "other").unwrap();
+            std::fs::File::options().write(true).open(&staged_file).unwrap().set_modified(mtime).unwrap();
+            let target = dir.join(depth);
+            std::fs::rename(&target, &moved).unwrap();
+            std::fs::rename(&staged, &target).unwrap();
+            assert_eq!(get(&cache, &path).as_deref(), Some("other"), "{depth} replaced");
+            std::fs::remove_dir_all(&home).unwrap();
+            std::fs::remove_dir_all(&moved).unwrap();
+        }
+    }
+
+    /// A path through a symbolic link is not watched (a link retargeted is not an event on the path's
+    /// directories): every use checks it by `stat`. The control is the same file by its real path.
+    #[test]
+    fn a_path_through_a_symbolic_link_is_checked_by_stat_at_every_use() {
+        let (_guard, dir) = tempdir();
+        std::fs::create_dir(dir.join("real")).unwrap();
+        std::fs::write(dir.join("real/f"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        next_tick();
+        let cache = FileCache::with_racy_window(8, Duration::ZERO);
+        for _ in 0..5 {
+            assert_eq!(get(&cache, &dir.join("link/f")).as_deref(), Some("x"));
+        }
+        assert_eq!(cache.stats(), 5, "every use of a path through a link checks it");
+        watched(&cache, &dir.join("real/f"), "x");
     }
 
     /// Never more entries than its capacity.
