@@ -138,7 +138,7 @@ impl<T> FileCache<T> {
     /// (see the module documentation), else read, parsed with `parse` and remembered.
     pub fn get<E>(&self, path: &Path, parse: impl FnOnce(&[u8]) -> Result<T, E>) -> Result<Option<Arc<T>>, Error<E>> {
         if self.watching {
-            watch::WATCHER.drain();
+            watch::drain_unless_scoped();
             if let Some(entry) = self.lock().get(path)
                 && entry.ticket.as_ref().is_some_and(watch::Ticket::valid)
             {
@@ -434,6 +434,31 @@ mod tests {
         watched(&cache, &path, "dd");
         std::fs::remove_file(&path).unwrap();
         assert_eq!(get(&cache, &path), None, "removed");
+    }
+
+    /// A [`watch::Drained`] scope: a change made before it was opened is seen by every use within it, and once it
+    /// is closed each use reads the queue again (a scope left open would hide every later change on this thread).
+    #[test]
+    fn a_change_before_a_drained_scope_is_seen_within_it_and_changes_after_it_closed_are_seen_again() {
+        let (_guard, dir) = tempdir();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::write(&a, "a1").unwrap();
+        std::fs::write(&b, "b1").unwrap();
+        let cache = FileCache::with_racy_window(8, Duration::ZERO);
+        next_tick();
+        watched(&cache, &a, "a1");
+        watched(&cache, &b, "b1");
+        std::fs::write(&a, "a2").unwrap();
+        std::fs::write(&b, "b2").unwrap();
+        {
+            let _drained = watch::drained();
+            assert_eq!(get(&cache, &a).as_deref(), Some("a2"));
+            assert_eq!(get(&cache, &b).as_deref(), Some("b2"));
+        }
+        next_tick();
+        watched(&cache, &a, "a2");
+        std::fs::write(&a, "a3").unwrap();
+        assert_eq!(get(&cache, &a).as_deref(), Some("a3"), "after the scope, the next use reads the queue");
     }
 
     /// A directory on the path renamed away and another put in its place, holding a file of the same name, size

@@ -17,8 +17,10 @@
 //! seen: a filesystem mounted over a directory of the path, and writes through a shared memory map (the kernel
 //! raises no event for either); both need the privileges of the home's owner.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -222,5 +224,38 @@ impl Watcher {
         let ticket = Arc::new(AtomicBool::new(true));
         state.tickets.push((path.to_path_buf(), Arc::downgrade(&ticket)));
         Some(Ticket(ticket))
+    }
+}
+
+thread_local! {
+    /// How many [`Drained`] scopes are open on this thread.
+    static DRAINED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// One look at the queue for several uses: while this is held, uses of cached files on this thread do not read the
+/// queue again, so they see every change whose system call returned before it was taken (and maybe later ones). For
+/// a stretch of checks that must agree on one instant, such as a tool call's key file and manifest. It cannot be
+/// sent to another thread, so it cannot be held across an `.await` of a future that must be `Send`.
+pub struct Drained {
+    _on_this_thread: PhantomData<*const ()>,
+}
+
+/// Reads the queue now and opens a [`Drained`] scope.
+pub fn drained() -> Drained {
+    WATCHER.drain();
+    DRAINED.with(|d| d.set(d.get().saturating_add(1)));
+    Drained { _on_this_thread: PhantomData }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        DRAINED.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// Reads the queue unless a [`Drained`] scope is open on this thread.
+pub fn drain_unless_scoped() {
+    if DRAINED.with(Cell::get) == 0 {
+        WATCHER.drain();
     }
 }

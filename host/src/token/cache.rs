@@ -23,8 +23,8 @@ use std::time::SystemTime;
 pub struct Verified {
     pub token: Biscuit,
     pub root_key_id: u32,
-    /// The public key (hex) the signature verified against.
-    pub public_key: String,
+    /// The public key the signature verified against, as bytes (compared at every use: no hex encoding per call).
+    pub public_key: Vec<u8>,
     /// Hex revocation ids of every block, authority first.
     pub revocation_ids: Vec<String>,
     /// What the authority block states.
@@ -175,7 +175,7 @@ impl Verified {
         }
         Ok(Verified {
             root_key_id: id,
-            public_key: public.to_bytes_hex(),
+            public_key: public.to_bytes(),
             revocation_ids: token.revocation_identifiers().iter().map(hex::encode).collect(),
             agent: agents.into_iter().next().map(|(a,)| a),
             grants: grants.into_iter().map(|(kind, value, mode)| Grant { kind, value, mode }).collect(),
@@ -266,7 +266,7 @@ impl TokenCache {
         if let Some(v) = hit {
             // The key may have been retired, its overlap may have ended, or the key file may have changed.
             let public = keys.verifying(v.root_key_id, ms(now))?;
-            if public.to_bytes_hex() == v.public_key {
+            if public.to_bytes() == v.public_key {
                 return Ok(v);
             }
         }

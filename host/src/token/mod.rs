@@ -403,7 +403,7 @@ pub fn verify(keys: &KeyStore, text: &str, now: SystemTime) -> Result<Verified, 
 /// tools) asks this at each use, as the token cache does on each hit: keys change in other processes.
 pub fn root_key_still_verifies(home: &std::path::Path, verified: &Verified, now: SystemTime) -> Result<(), TokenError> {
     let public = KeyStore::current(home)?.verifying(verified.root_key_id, ms(now))?;
-    if public.to_bytes_hex() != verified.public_key {
+    if public.to_bytes() != verified.public_key {
         return Err(TokenError::Signature(format!("root key {} is no longer the key it was", verified.root_key_id)));
     }
     Ok(())

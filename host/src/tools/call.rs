@@ -459,15 +459,20 @@ impl ToolHost {
             let m = format!("tool call depth limit reached: {} nested calls allowed", self.max_depth);
             return (Outcome::GrantRefused, Err(Failure::Denied(m)), 0);
         }
-        if let Err(f) = self.allowed(caller, name) {
-            return (Outcome::GrantRefused, Err(f), 0);
-        }
-        let tool = match self.load(name) {
-            Ok(t) => t,
-            Err(f @ Failure::InvalidInput(_)) => return (Outcome::FileNotFound, Err(f), 0),
-            // A tool whose package is no longer trusted is refused, as a grant the caller does not hold is.
-            Err(f @ Failure::Denied(_)) => return (Outcome::GrantRefused, Err(f), 0),
-            Err(f) => return (Outcome::HostError, Err(f), 0),
+        let tool = {
+            // One look at the change queue for both files the checks consult (the caller's root key file, the
+            // tool's manifest): a change made before this call began is seen by both.
+            let _drained = crate::filecache::watch::drained();
+            if let Err(f) = self.allowed(caller, name) {
+                return (Outcome::GrantRefused, Err(f), 0);
+            }
+            match self.load(name) {
+                Ok(t) => t,
+                Err(f @ Failure::InvalidInput(_)) => return (Outcome::FileNotFound, Err(f), 0),
+                // A tool whose package is no longer trusted is refused, as a grant the caller does not hold is.
+                Err(f @ Failure::Denied(_)) => return (Outcome::GrantRefused, Err(f), 0),
+                Err(f) => return (Outcome::HostError, Err(f), 0),
+            }
         };
         if input.len() > MAX_IO {
             let m = format!("input is {} bytes, over the {MAX_IO} byte limit", input.len());
