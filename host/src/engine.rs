@@ -85,6 +85,8 @@ impl HostEngine {
     pub fn new(options: &EngineOptions) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
+        // WASI 0.3 components (streams, futures, async exports); runs of other programs do not use it.
+        config.wasm_component_model_async(true);
         config.consume_fuel(options.fuel);
         config.epoch_interruption(true);
         // A cache the host cannot authenticate is not used at all: compiled code is loaded only if the host vouches
@@ -139,6 +141,11 @@ impl HostEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         // Name lookups answer granted names only (replaces wasmtime-wasi's resolver; see `sandbox::net`).
         crate::sandbox::net::add_to_linker(&mut linker)?;
+        // WASI 0.3 (`@0.3.0` interfaces, for components that export `wasi:cli/run@0.3.0`) on the same WASI context
+        // as 0.2: the same preopens and permissions, environment, arguments, capped stdout and stderr, ungranted
+        // stdin, socket address check and random and clock sources. Its name lookup is replaced as 0.2's is.
+        wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+        crate::sandbox::net::add_p3_to_linker(&mut linker)?;
         crate::bindings::agent::toka::agent::log::add_to_linker::<_, HasSelf<_>>(
             &mut linker,
             |s: &mut SandboxState| &mut s.log,

@@ -20,6 +20,7 @@ mod market;
 mod newcomer;
 mod output_caps;
 mod plans;
+mod p3;
 mod preview1;
 mod progress;
 mod readme;
