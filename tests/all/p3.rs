@@ -417,6 +417,8 @@ fn fuel_stops_a_spinning_guest() {
     assert_eq!(report["outcome"], "success", "{report}");
 }
 
+/// `--max-memory` holds for a WASI 0.3 guest: an allocation past it fails inside the guest (a guest that aborts on it
+/// ends `memory-limit`; one that checks sees the failure and goes on), and an allocation under it succeeds.
 #[test]
 fn memory_cap_holds() {
     let report = report_of(&["--max-memory", "16MiB"], &["alloc", "64"]);
@@ -424,9 +426,16 @@ fn memory_cap_holds() {
     assert_eq!(report["outcome"], "memory-limit", "{report}");
     let peak = report["peak_memory_bytes"].as_u64().unwrap();
     assert!(peak <= 16 << 20, "peak {peak}");
-    let report = report_of(&["--max-memory", "16MiB"], &["alloc", "4"]);
-    assert_eq!(report["outcome"], "success", "{report}");
-    assert_eq!(report["stdout"], "allocated 4 MiB (1024 pages)\n");
+    let report = report_of(&["--max-memory", "16MiB"], &["try-alloc", "64"]);
+    assert_eq!(report["outcome"], "exited", "{report}");
+    assert_eq!(report["exit_code"], 1);
+    assert!(report["stderr"].as_str().unwrap().starts_with("p3-probe: try-alloc: allocating 64 MiB: "), "{report}");
+    assert!(report["peak_memory_bytes"].as_u64().unwrap() <= 16 << 20, "{report}");
+    for command in ["alloc", "try-alloc"] {
+        let report = report_of(&["--max-memory", "16MiB"], &[command, "4"]);
+        assert_eq!(report["outcome"], "success", "{report}");
+        assert_eq!(report["stdout"], "allocated 4 MiB (1024 pages)\n");
+    }
 }
 
 /// A WASI 0.3 write past `--max-output` fails its stream instead of trapping; the run still ends as `output-limit`

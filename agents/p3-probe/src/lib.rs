@@ -21,7 +21,8 @@
 //! * `resolve NAME`: the addresses a name lookup returns, sorted.
 //! * `stdin`: copies stdin to stdout.
 //! * `spin`: loops forever; `spin-task`: a second task loops forever while the first waits on a timer.
-//! * `alloc MIB`: allocates and touches `MIB` MiB; `flood BYTES`: writes `BYTES` bytes to stdout.
+//! * `alloc MIB`: allocates and touches `MIB` MiB, aborting if it cannot; `try-alloc MIB`: the same, reporting a
+//!   failed allocation as an error; `flood BYTES`: writes `BYTES` bytes to stdout.
 //!
 //! A failure is reported on stderr as `p3-probe: COMMAND: ERROR` with exit status 1.
 
@@ -144,11 +145,17 @@ async fn dispatch(command: &str, operands: &[String], args: &[String]) -> Result
             monotonic_clock::wait_for(600 * 1_000_000_000).await;
             print("the spinning task never ran\n".into()).await
         }
-        "alloc" => {
+        "alloc" | "try-alloc" => {
             let mib: usize = operand(0)?.parse().map_err(|e| format!("bad size: {e}"))?;
-            let mut block: Vec<u8> = Vec::new();
-            block.try_reserve_exact(mib << 20).map_err(|e| format!("allocating {mib} MiB: {e}"))?;
-            block.resize(mib << 20, 1);
+            // `alloc` aborts (a trap) when the allocator fails, as most programs do; `try-alloc` reports it.
+            let block: Vec<u8> = if command == "alloc" {
+                vec![1; mib << 20]
+            } else {
+                let mut block = Vec::new();
+                block.try_reserve_exact(mib << 20).map_err(|e| format!("allocating {mib} MiB: {e}"))?;
+                block.resize(mib << 20, 1);
+                block
+            };
             let sum: u64 = block.iter().step_by(4096).map(|b| u64::from(*b)).sum();
             print(format!("allocated {mib} MiB ({sum} pages)\n")).await
         }
