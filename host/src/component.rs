@@ -104,10 +104,18 @@ pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Load
         auth.before_load().map_err(|e| RunError::host(e.to_string()))?;
     }
     let invalid = |e: wasmtime::Error| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) };
-    let compiled = if core_module {
-        CompiledCode::Module(wasmtime::Module::new(&host.engine, &bytes).map_err(invalid)?)
+    // A WASI 0.3 command is compiled, linked and run on the engine with the component model's async ABI; anything
+    // else on the main engine, which refuses async features when it validates.
+    let p3 = if !core_module && exports_p3_cli_run(&bytes) {
+        Some(host.p3().map_err(|e| RunError::host(format!("cannot start the WASI 0.3 engine: {e:#}")))?)
     } else {
-        CompiledCode::Component(Component::new(&host.engine, &bytes).map_err(invalid)?)
+        None
+    };
+    let engine = p3.map_or(&host.engine, |p3| &p3.engine);
+    let compiled = if core_module {
+        CompiledCode::Module(wasmtime::Module::new(engine, &bytes).map_err(invalid)?)
+    } else {
+        CompiledCode::Component(Component::new(engine, &bytes).map_err(invalid)?)
     };
     let compile_time = started.elapsed();
     let cache_hit = host.cache_hits() > hits_before;
@@ -125,8 +133,9 @@ pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Load
     let (world, compiled) = match compiled {
         CompiledCode::Component(component) => {
             let world =
-                classify(host, &component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
-            let pre = host.linker.instantiate_pre(&component).map_err(wrong)?;
+                classify(&component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
+            let linker = p3.map_or(&host.linker, |p3| &p3.linker);
+            let pre = linker.instantiate_pre(&component).map_err(wrong)?;
             (world, Compiled::Component { pre })
         }
         CompiledCode::Module(module) => {
@@ -161,11 +170,11 @@ pub fn read(path: &Path) -> Result<Vec<u8>, RunError> {
     std::fs::read(path).map_err(|e| RunError::Unreadable { path: shown, reason: one_line(&e.to_string()) })
 }
 
-fn classify(host: &HostEngine, component: &Component) -> Result<World, String> {
+fn classify(component: &Component) -> Result<World, String> {
     let ty = component.component_type();
     let mut names = Vec::new();
     let (mut run, mut cli_run, mut describe, mut invoke) = (false, false, false, false);
-    for (name, item) in ty.exports(&host.engine) {
+    for (name, item) in ty.exports(component.engine()) {
         match (name, &item.ty) {
             ("run", ComponentItem::ComponentFunc(_)) => run = true,
             ("describe", ComponentItem::ComponentFunc(_)) => describe = true,
@@ -178,8 +187,8 @@ fn classify(host: &HostEngine, component: &Component) -> Result<World, String> {
     // WASI 0.3 interfaces are linked for WASI 0.3 commands, which run inside the store's concurrent event loop;
     // any other program calls them from outside one, which wasmtime-wasi's 0.3 implementation does not support.
     // Refused here rather than left to fail (or worse) mid-run.
-    if command_version(host, component) != Some(CliRun::P3)
-        && let Some((name, _)) = ty.imports(&host.engine).find(|(name, _)| name.contains("@0.3."))
+    if command_version(component) != Some(CliRun::P3)
+        && let Some((name, _)) = ty.imports(component.engine()).find(|(name, _)| name.contains("@0.3."))
     {
         return Err(format!(
             "imports the WASI 0.3 interface {name}, which only a WASI 0.3 command (export wasi:cli/run@0.3.x) may use"
@@ -205,6 +214,31 @@ pub enum CliRun {
     P3,
 }
 
+/// Whether a component's own exports (read from its binary, before it is compiled) include a `wasi:cli/run@0.3.x`:
+/// which engine compiles it. A component that hides the export deeper is compiled on the main engine, which refuses
+/// it if it uses async features.
+fn exports_p3_cli_run(bytes: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. }) => {
+                depth += 1
+            }
+            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(wasmparser::Payload::ComponentExportSection(exports)) if depth == 0 => {
+                for export in exports.into_iter().flatten() {
+                    if cli_run_version(export.name.name) == Some(CliRun::P3) {
+                        return true;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// The WASI version of an export named `name`, if it is a `wasi:cli/run` interface the host can call.
 pub fn cli_run_version(name: &str) -> Option<CliRun> {
     if name.starts_with("wasi:cli/run@0.2.") {
@@ -217,9 +251,9 @@ pub fn cli_run_version(name: &str) -> Option<CliRun> {
 }
 
 /// The `wasi:cli/run` version a command component exports (`None`: not a command).
-pub fn command_version(host: &HostEngine, component: &Component) -> Option<CliRun> {
+pub fn command_version(component: &Component) -> Option<CliRun> {
     let ty = component.component_type();
-    let mut versions = ty.exports(&host.engine).filter_map(|(name, item)| match item.ty {
+    let mut versions = ty.exports(component.engine()).filter_map(|(name, item)| match item.ty {
         ComponentItem::ComponentInstance(_) => cli_run_version(name),
         _ => None,
     });
@@ -264,6 +298,7 @@ mod tests {
         // Positive control: the same command without the 0.3 import loads as a command.
         let loaded = load_bytes(&host, Path::new("plain.wasm"), p2_command(false)).unwrap();
         assert_eq!(loaded.world, World::Command);
+        assert!(!exports_p3_cli_run(&p2_command(false)) && !exports_p3_cli_run(&p2_command(true)));
         let refused = load_bytes(&host, Path::new("mixed.wasm"), p2_command(true)).err().expect("refused");
         match refused {
             RunError::WrongWorld { reason, .. } => {

@@ -213,7 +213,7 @@ impl Runner {
                 Prepared::Agent(AgentPre::new(pre.clone()).map_err(wrong)?)
             }
             (component::Compiled::Component { pre }, World::Command) => {
-                match component::command_version(&self.host, pre.component()) {
+                match component::command_version(pre.component()) {
                     Some(component::CliRun::P2) => Prepared::Command(CommandPre::new(pre.clone()).map_err(wrong)?),
                     Some(component::CliRun::P3) => Prepared::P3Command(
                         wasmtime_wasi::p3::bindings::CommandPre::new(pre.clone()).map_err(wrong)?,
@@ -455,7 +455,12 @@ impl Runner {
             Invocation::Command { args } => std::iter::once(program.name.clone()).chain(args.iter().cloned()).collect(),
             Invocation::Task { .. } => vec![program.name.clone()],
         };
-        let mut sandbox = match sandbox::build(&self.host, grants, limits, output, context, &argv) {
+        // The store must be on the engine the program was compiled on.
+        let engine = match &program.loaded.compiled {
+            component::Compiled::Component { pre } => pre.component().engine(),
+            component::Compiled::Module { .. } => &self.host.engine,
+        };
+        let mut sandbox = match sandbox::build_on(&self.host, engine, grants, limits, output, context, &argv) {
             Ok(s) => s,
             Err(e) => return RunReport::refused(&e),
         };

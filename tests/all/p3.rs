@@ -115,6 +115,10 @@ fn the_probe_is_a_wasi_0_3_command() {
     let report = r.report();
     assert_eq!(report["component"]["world"], "command", "{report}");
     assert_eq!(report["component"]["core_module"], false, "{report}");
+    // Compiled once, on the engine of WASI 0.3 commands, and loaded from the compile cache after that.
+    let again = toka_only(&["--json".into()], &["args"], None, &[]);
+    again.expect_code(0);
+    assert_eq!(again.report()["component"]["cache_hit"], true, "{}", again.stdout);
     let bytes = std::fs::read(agent(PROBE)).unwrap();
     // Interface names are stored as plain strings in the component's import section.
     let text = String::from_utf8_lossy(&bytes);

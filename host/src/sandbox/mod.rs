@@ -103,9 +103,23 @@ pub struct Sandbox {
     pub stderr: CappedOutput,
 }
 
-/// Builds a sandbox. `argv` is the guest's argument vector, program name first.
+/// Builds a sandbox on the host's main engine. `argv` is the guest's argument vector, program name first.
 pub fn build(
     host: &HostEngine,
+    grants: &Authorized,
+    limits: &Limits,
+    output: OutputMode,
+    context: &RunContext,
+    argv: &[String],
+) -> Result<Sandbox, RunError> {
+    build_on(host, &host.engine, grants, limits, output, context, argv)
+}
+
+/// [`build`], with the store on `engine`: the engine the program was compiled on (the main one, or
+/// [`HostEngine::p3`]'s for a WASI 0.3 command).
+pub fn build_on(
+    host: &HostEngine,
+    engine: &wasmtime::Engine,
     grants: &Authorized,
     limits: &Limits,
     output: OutputMode,
@@ -178,7 +192,7 @@ pub fn build(
         denied,
         names,
     };
-    let mut store = Store::new(&host.engine, state);
+    let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     if host.fuel {
         store.set_fuel(limits.fuel).map_err(RunError::host)?;
