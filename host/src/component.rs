@@ -132,8 +132,7 @@ pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Load
     let wrong = |e: wasmtime::Error| RunError::WrongWorld { path: shown.clone(), reason: root_cause(&e) };
     let (world, compiled) = match compiled {
         CompiledCode::Component(component) => {
-            let world =
-                classify(&component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
+            let world = classify(&component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
             let linker = p3.map_or(&host.linker, |p3| &p3.linker);
             let pre = linker.instantiate_pre(&component).map_err(wrong)?;
             (world, Compiled::Component { pre })
@@ -221,9 +220,7 @@ fn exports_p3_cli_run(bytes: &[u8]) -> bool {
     let mut depth = 0usize;
     for payload in Parser::new(0).parse_all(bytes) {
         match payload {
-            Ok(wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. }) => {
-                depth += 1
-            }
+            Ok(wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. }) => depth += 1,
             Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
             Ok(wasmparser::Payload::ComponentExportSection(exports)) if depth == 0 => {
                 for export in exports.into_iter().flatten() {

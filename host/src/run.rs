@@ -215,9 +215,9 @@ impl Runner {
             (component::Compiled::Component { pre }, World::Command) => {
                 match component::command_version(pre.component()) {
                     Some(component::CliRun::P2) => Prepared::Command(CommandPre::new(pre.clone()).map_err(wrong)?),
-                    Some(component::CliRun::P3) => Prepared::P3Command(
-                        wasmtime_wasi::p3::bindings::CommandPre::new(pre.clone()).map_err(wrong)?,
-                    ),
+                    Some(component::CliRun::P3) => {
+                        Prepared::P3Command(wasmtime_wasi::p3::bindings::CommandPre::new(pre.clone()).map_err(wrong)?)
+                    }
                     None => {
                         return Err(RunError::WrongWorld {
                             path: shown,

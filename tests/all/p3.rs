@@ -128,7 +128,8 @@ fn the_probe_is_a_wasi_0_3_command() {
 
 #[test]
 fn arguments_with_quotes_spaces_and_newlines() {
-    let args = ["args", "two words", "a \"quoted\" word", "it's", "line one\nline two", "", " lead", "tab\there", "ü ∂"];
+    let args =
+        ["args", "two words", "a \"quoted\" word", "it's", "line one\nline two", "", " lead", "tab\there", "ü ∂"];
     let r = compare(&[], &args, None, &[]);
     expect(
         &r,
@@ -282,11 +283,7 @@ fn stdin_only_with_the_grant() {
     // Without the grant the guest sees an empty stdin, and toka-host says what was missing.
     let r = compare(&[], &["stdin"], Some(b"not for the guest\n"), &[]);
     expect(&r, 0, "");
-    assert!(
-        r.stderr.contains("toka-host: denied: read stdin: not granted (--inherit-stdin)"),
-        "stderr:\n{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("toka-host: denied: read stdin: not granted (--inherit-stdin)"), "stderr:\n{}", r.stderr);
 }
 
 /// A loopback listener that answers each of `count` connections with `echo:` and what it read; bounded in count and
@@ -310,9 +307,7 @@ fn echo_server(count: usize) -> (String, std::thread::JoinHandle<usize>) {
                     let _ = conn.write_all(&reply);
                     served += 1;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
                 Err(e) => panic!("accept: {e}"),
             }
         }
@@ -339,10 +334,7 @@ fn tcp_connect_needs_a_net_grant() {
         let r = toka_only(&options, &["connect", "127.0.0.1", &port, "ping"], None, &[]);
         r.expect_code(1);
         let report = r.report();
-        assert!(
-            report["stderr"].as_str().unwrap().starts_with("p3-probe: connect: "),
-            "{report}"
-        );
+        assert!(report["stderr"].as_str().unwrap().starts_with("p3-probe: connect: "), "{report}");
         if options.len() > 1 {
             // With some network grant, the refused address is the host's doing, and noted as such.
             assert_eq!(

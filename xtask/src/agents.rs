@@ -93,7 +93,10 @@ impl Kind {
 
     /// Whether cargo builds it (in one invocation over the `agents/` workspace).
     pub fn is_rust(self) -> bool {
-        matches!(self, Kind::RustReactor | Kind::RustCommand | Kind::RustTool | Kind::ExtismPlugin | Kind::RustP3Command)
+        matches!(
+            self,
+            Kind::RustReactor | Kind::RustCommand | Kind::RustTool | Kind::ExtismPlugin | Kind::RustP3Command
+        )
     }
 }
 

@@ -372,7 +372,8 @@ async fn report(what: &str, failures: Vec<String>) -> Result<(), String> {
 }
 
 async fn connect(ip: &str, port: &str, message: &str) -> Result<(), String> {
-    let octets: Vec<u8> = ip.split('.').map(|p| p.parse::<u8>()).collect::<Result<_, _>>().map_err(|e| format!("{e}"))?;
+    let octets: Vec<u8> =
+        ip.split('.').map(|p| p.parse::<u8>()).collect::<Result<_, _>>().map_err(|e| format!("{e}"))?;
     let [a, b, c, d] = octets[..] else {
         return Err(format!("{ip}: not an IPv4 address"));
     };
