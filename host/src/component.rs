@@ -2,7 +2,7 @@
 //! host can run.
 //!
 //! Accepted: components of the world `toka:agent/agent` (export `run`), `wasi:cli/command` components (export
-//! `wasi:cli/run`), and WASI preview 1 core modules with a `_start` export that import only
+//! `wasi:cli/run@0.2.x`, or WASI 0.3's async `wasi:cli/run@0.3.x`), and WASI preview 1 core modules with a `_start` export that import only
 //! `wasi_snapshot_preview1`, which run as they are on wasmtime-wasi's preview 1 implementation (as under
 //! `wasmtime run`). Everything else is refused with the reason.
 //! This module never runs guest code.
@@ -104,10 +104,18 @@ pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Load
         auth.before_load().map_err(|e| RunError::host(e.to_string()))?;
     }
     let invalid = |e: wasmtime::Error| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) };
-    let compiled = if core_module {
-        CompiledCode::Module(wasmtime::Module::new(&host.engine, &bytes).map_err(invalid)?)
+    // A WASI 0.3 command is compiled, linked and run on the engine with the component model's async ABI; anything
+    // else on the main engine, which refuses async features when it validates.
+    let p3 = if !core_module && exports_p3_cli_run(&bytes) {
+        Some(host.p3().map_err(|e| RunError::host(format!("cannot start the WASI 0.3 engine: {e:#}")))?)
     } else {
-        CompiledCode::Component(Component::new(&host.engine, &bytes).map_err(invalid)?)
+        None
+    };
+    let engine = p3.map_or(&host.engine, |p3| &p3.engine);
+    let compiled = if core_module {
+        CompiledCode::Module(wasmtime::Module::new(engine, &bytes).map_err(invalid)?)
+    } else {
+        CompiledCode::Component(Component::new(engine, &bytes).map_err(invalid)?)
     };
     let compile_time = started.elapsed();
     let cache_hit = host.cache_hits() > hits_before;
@@ -124,9 +132,9 @@ pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Load
     let wrong = |e: wasmtime::Error| RunError::WrongWorld { path: shown.clone(), reason: root_cause(&e) };
     let (world, compiled) = match compiled {
         CompiledCode::Component(component) => {
-            let world =
-                classify(host, &component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
-            let pre = host.linker.instantiate_pre(&component).map_err(wrong)?;
+            let world = classify(&component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
+            let linker = p3.map_or(&host.linker, |p3| &p3.linker);
+            let pre = linker.instantiate_pre(&component).map_err(wrong)?;
             (world, Compiled::Component { pre })
         }
         CompiledCode::Module(module) => {
@@ -161,19 +169,29 @@ pub fn read(path: &Path) -> Result<Vec<u8>, RunError> {
     std::fs::read(path).map_err(|e| RunError::Unreadable { path: shown, reason: one_line(&e.to_string()) })
 }
 
-fn classify(host: &HostEngine, component: &Component) -> Result<World, String> {
+fn classify(component: &Component) -> Result<World, String> {
     let ty = component.component_type();
     let mut names = Vec::new();
     let (mut run, mut cli_run, mut describe, mut invoke) = (false, false, false, false);
-    for (name, item) in ty.exports(&host.engine) {
+    for (name, item) in ty.exports(component.engine()) {
         match (name, &item.ty) {
             ("run", ComponentItem::ComponentFunc(_)) => run = true,
             ("describe", ComponentItem::ComponentFunc(_)) => describe = true,
             ("invoke", ComponentItem::ComponentFunc(_)) => invoke = true,
-            (n, ComponentItem::ComponentInstance(_)) if n.starts_with("wasi:cli/run@0.2.") => cli_run = true,
+            (n, ComponentItem::ComponentInstance(_)) if cli_run_version(n).is_some() => cli_run = true,
             _ => {}
         }
         names.push(name.to_string());
+    }
+    // WASI 0.3 interfaces are linked for WASI 0.3 commands, which run inside the store's concurrent event loop;
+    // any other program calls them from outside one, which wasmtime-wasi's 0.3 implementation does not support.
+    // Refused here rather than left to fail (or worse) mid-run.
+    if command_version(component) != Some(CliRun::P3)
+        && let Some((name, _)) = ty.imports(component.engine()).find(|(name, _)| name.contains("@0.3."))
+    {
+        return Err(format!(
+            "imports the WASI 0.3 interface {name}, which only a WASI 0.3 command (export wasi:cli/run@0.3.x) may use"
+        ));
     }
     match (run, cli_run, describe && invoke) {
         (true, false, false) => Ok(World::Agent),
@@ -186,7 +204,114 @@ fn classify(host: &HostEngine, component: &Component) -> Result<World, String> {
     }
 }
 
+/// Which WASI a `wasi:cli/command` is written for, told by the version of its `wasi:cli/run` export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CliRun {
+    /// `wasi:cli/run@0.2.x`: WASI 0.2 (preview 2), a plain `run` call.
+    P2,
+    /// `wasi:cli/run@0.3.x`: WASI 0.3, an async `run` called inside the store's concurrent event loop.
+    P3,
+}
+
+/// Whether a component's own exports (read from its binary, before it is compiled) include a `wasi:cli/run@0.3.x`:
+/// which engine compiles it. A component that hides the export deeper is compiled on the main engine, which refuses
+/// it if it uses async features.
+fn exports_p3_cli_run(bytes: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(wasmparser::Payload::ComponentExportSection(exports)) if depth == 0 => {
+                for export in exports.into_iter().flatten() {
+                    if cli_run_version(export.name.name) == Some(CliRun::P3) {
+                        return true;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// The WASI version of an export named `name`, if it is a `wasi:cli/run` interface the host can call.
+pub fn cli_run_version(name: &str) -> Option<CliRun> {
+    if name.starts_with("wasi:cli/run@0.2.") {
+        Some(CliRun::P2)
+    } else if name.starts_with("wasi:cli/run@0.3.") {
+        Some(CliRun::P3)
+    } else {
+        None
+    }
+}
+
+/// The `wasi:cli/run` version a command component exports (`None`: not a command).
+pub fn command_version(component: &Component) -> Option<CliRun> {
+    let ty = component.component_type();
+    let mut versions = ty.exports(component.engine()).filter_map(|(name, item)| match item.ty {
+        ComponentItem::ComponentInstance(_) => cli_run_version(name),
+        _ => None,
+    });
+    let first = versions.next()?;
+    // Both versions at once: which one to run would be a guess, so neither is.
+    versions.all(|v| v == first).then_some(first)
+}
+
 /// The innermost message of a wasmtime error chain, on one line.
 pub fn root_cause(err: &wasmtime::Error) -> String {
     one_line(&err.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineOptions;
+
+    /// A WASI 0.2 command (`wasi:cli/run@0.2.0` whose `run` returns `ok`), importing WASI 0.3's random interface
+    /// if `p3_import`.
+    fn p2_command(p3_import: bool) -> Vec<u8> {
+        let import = if p3_import {
+            r#"(import "wasi:random/random@0.3.0" (instance (export "get-random-u64" (func (result u64)))))"#
+        } else {
+            ""
+        };
+        wat::parse_str(format!(
+            r#"(component
+                {import}
+                (core module $m (func (export "run") (result i32) i32.const 0))
+                (core instance $i (instantiate $m))
+                (func $run (result (result)) (canon lift (core func $i "run")))
+                (instance $cli (export "run" (func $run)))
+                (export "wasi:cli/run@0.2.0" (instance $cli)))"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_wasi_0_3_command_may_import_wasi_0_3() {
+        let host = HostEngine::new(&EngineOptions { fuel: true, cache_dir: None, pooling: false }).unwrap();
+        // Positive control: the same command without the 0.3 import loads as a command.
+        let loaded = load_bytes(&host, Path::new("plain.wasm"), p2_command(false)).unwrap();
+        assert_eq!(loaded.world, World::Command);
+        assert!(!exports_p3_cli_run(&p2_command(false)) && !exports_p3_cli_run(&p2_command(true)));
+        let refused = load_bytes(&host, Path::new("mixed.wasm"), p2_command(true)).err().expect("refused");
+        match refused {
+            RunError::WrongWorld { reason, .. } => {
+                assert!(reason.contains("imports the WASI 0.3 interface wasi:random/random@0.3.0"), "{reason}")
+            }
+            other => panic!("expected wrong-world, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_cli_run_version_is_told_by_its_export_name() {
+        assert_eq!(cli_run_version("wasi:cli/run@0.2.0"), Some(CliRun::P2));
+        assert_eq!(cli_run_version("wasi:cli/run@0.2.12"), Some(CliRun::P2));
+        assert_eq!(cli_run_version("wasi:cli/run@0.3.0"), Some(CliRun::P3));
+        assert_eq!(cli_run_version("wasi:cli/run@0.3.0-rc-2025-09-16"), Some(CliRun::P3));
+        assert_eq!(cli_run_version("wasi:cli/run@0.1.0"), None);
+        assert_eq!(cli_run_version("wasi:cli/runner@0.2.0"), None);
+    }
 }

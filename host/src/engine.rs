@@ -79,12 +79,24 @@ pub struct HostEngine {
     pub cache_auth: Option<crate::cache_auth::CacheAuth>,
     /// Where a long compile is said (silent unless a face chose otherwise).
     pub progress: std::sync::Arc<dyn crate::progress::Progress>,
+    /// The engine of WASI 0.3 commands, once one was loaded (see [`HostEngine::p3`]).
+    p3: std::sync::OnceLock<P3Engine>,
+}
+
+/// The engine and linker that WASI 0.3 commands are compiled, linked and run on.
+pub struct P3Engine {
+    pub engine: Engine,
+    pub linker: Linker<SandboxState>,
 }
 
 impl HostEngine {
     pub fn new(options: &EngineOptions) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
+        // Not on this engine: with concurrency support every component call goes through wasmtime's concurrent
+        // event loop, which cost every preview 2 run about 5 us (the warm-run bench, 24 -> 30 us). WASI 0.3
+        // components get an engine of their own ([`HostEngine::p3`]).
+        config.concurrency_support(false);
         config.consume_fuel(options.fuel);
         config.epoch_interruption(true);
         // A cache the host cannot authenticate is not used at all: compiled code is loaded only if the host vouches
@@ -171,7 +183,49 @@ impl HostEngine {
         module_linker.allow_shadowing(false);
         start_epoch_ticker(&engine)?;
         let progress = std::sync::Arc::new(crate::progress::Silent);
-        Ok(HostEngine { engine, linker, module_linker, fuel: options.fuel, cache_dir, cache, cache_auth, progress })
+        Ok(HostEngine {
+            engine,
+            linker,
+            module_linker,
+            fuel: options.fuel,
+            cache_dir,
+            cache,
+            cache_auth,
+            progress,
+            p3: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The engine and linker of WASI 0.3 commands, built on first use (most processes never run one).
+    ///
+    /// The same fuel, epoch and cache settings as [`HostEngine::engine`], plus the component model's async ABI and
+    /// concurrency support; no pooling allocator (a WASI 0.3 command runs once per process or rarely). Its linker
+    /// has WASI 0.2 and 0.3 (`@0.3.0` interfaces) on the same WASI context: the same preopens and permissions,
+    /// environment, arguments, capped stdout and stderr, ungranted stdin, socket address check and random and clock
+    /// sources; both name lookups are replaced by [`crate::sandbox::net`]'s. Nothing else: a WASI 0.3 command gets
+    /// no toka interface.
+    pub fn p3(&self) -> anyhow::Result<&P3Engine> {
+        if let Some(p3) = self.p3.get() {
+            return Ok(p3);
+        }
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.wasm_component_model_async(true);
+        config.concurrency_support(true);
+        config.consume_fuel(self.fuel);
+        config.epoch_interruption(true);
+        if let Some(cache) = &self.cache {
+            config.cache(Some(cache.clone()));
+        }
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        crate::sandbox::net::add_to_linker(&mut linker)?;
+        wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+        crate::sandbox::net::add_p3_to_linker(&mut linker)?;
+        start_epoch_ticker(&engine)?;
+        // Two threads racing here build two engines; one is kept, the other dropped (its ticker stops with it).
+        Ok(self.p3.get_or_init(|| P3Engine { engine, linker }))
     }
 
     /// Says long compiles through `progress` (a face's choice: a spinner, plain lines, log records).

@@ -65,6 +65,8 @@ pub enum Invocation {
 enum Prepared {
     Agent(AgentPre<sandbox::SandboxState>),
     Command(CommandPre<sandbox::SandboxState>),
+    /// A WASI 0.3 command: its async `wasi:cli/run@0.3.x` is called inside the store's concurrent event loop.
+    P3Command(wasmtime_wasi::p3::bindings::CommandPre<sandbox::SandboxState>),
     /// A preview 1 command module: `_start` is called.
     Module(wasmtime::InstancePre<sandbox::SandboxState>),
 }
@@ -211,7 +213,18 @@ impl Runner {
                 Prepared::Agent(AgentPre::new(pre.clone()).map_err(wrong)?)
             }
             (component::Compiled::Component { pre }, World::Command) => {
-                Prepared::Command(CommandPre::new(pre.clone()).map_err(wrong)?)
+                match component::command_version(pre.component()) {
+                    Some(component::CliRun::P2) => Prepared::Command(CommandPre::new(pre.clone()).map_err(wrong)?),
+                    Some(component::CliRun::P3) => {
+                        Prepared::P3Command(wasmtime_wasi::p3::bindings::CommandPre::new(pre.clone()).map_err(wrong)?)
+                    }
+                    None => {
+                        return Err(RunError::WrongWorld {
+                            path: shown,
+                            reason: "a command must export one version of wasi:cli/run (0.2 or 0.3)".into(),
+                        });
+                    }
+                }
             }
             (component::Compiled::Component { .. }, World::Tool) => {
                 return Err(RunError::WrongWorld {
@@ -442,7 +455,12 @@ impl Runner {
             Invocation::Command { args } => std::iter::once(program.name.clone()).chain(args.iter().cloned()).collect(),
             Invocation::Task { .. } => vec![program.name.clone()],
         };
-        let mut sandbox = match sandbox::build(&self.host, grants, limits, output, context, &argv) {
+        // The store must be on the engine the program was compiled on.
+        let engine = match &program.loaded.compiled {
+            component::Compiled::Component { pre } => pre.component().engine(),
+            component::Compiled::Module { .. } => &self.host.engine,
+        };
+        let mut sandbox = match sandbox::build_on(&self.host, engine, grants, limits, output, context, &argv) {
             Ok(s) => s,
             Err(e) => return RunReport::refused(&e),
         };
@@ -464,10 +482,14 @@ impl Runner {
                 let call = call_module(pre, &mut sandbox);
                 bounded(call, grace, cancel.as_deref()).await
             }
+            (Prepared::P3Command(pre), Invocation::Command { .. }) => {
+                let call = call_p3_command(pre, &mut sandbox);
+                bounded(call, grace, cancel.as_deref()).await
+            }
             (Prepared::Agent(_), Invocation::Command { .. }) => {
                 Ok(Returned::Invalid("this is an agent: it takes a task (--input), not command-line arguments".into()))
             }
-            (Prepared::Command(_) | Prepared::Module(_), Invocation::Task { .. }) => {
+            (Prepared::Command(_) | Prepared::P3Command(_) | Prepared::Module(_), Invocation::Task { .. }) => {
                 Ok(Returned::Invalid("this is a command: it takes arguments, not a task".into()))
             }
         };
@@ -485,6 +507,14 @@ impl Runner {
         wall: Duration,
     ) -> RunReport {
         let Sandbox { store, stdout, stderr } = sandbox;
+        // A WASI 0.3 write past the cap fails its stream rather than trapping: a guest that passed the cap and then
+        // returned before the next epoch tick stopped it still ended by passing the cap.
+        let ending = match (ending, stdout.over_limit().or_else(|| stderr.over_limit())) {
+            (Ok(Returned::Exit(_) | Returned::Value(_) | Returned::AgentError(_)), Some(over)) => {
+                Err(Ending::Error(wasmtime::Error::new(over)))
+            }
+            (ending, _) => ending,
+        };
         let fuel_consumed = if self.host.fuel { limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)) } else { 0 };
         let (mut outcome, mut exit_code, mut error, mut result, mut agent_error) =
             (Outcome::Success, 0, None, None, None);
@@ -626,6 +656,22 @@ async fn call_command(pre: &CommandPre<sandbox::SandboxState>, sb: &mut Sandbox)
         Ok(Ok(())) => Ok(Returned::Exit(0)),
         Ok(Err(())) => Ok(Returned::Exit(1)),
         Err(e) => exit_or(e),
+    }
+}
+
+/// Calls a WASI 0.3 command's async `run` inside the store's concurrent event loop (which also drives the host's
+/// side of its streams and futures: stdout and stderr, files, sockets, timers), as `wasmtime run -S p3` does. The
+/// run ends when `run` returns, whatever other tasks the guest still has.
+async fn call_p3_command(
+    pre: &wasmtime_wasi::p3::bindings::CommandPre<sandbox::SandboxState>,
+    sb: &mut Sandbox,
+) -> Result<Returned, Ending> {
+    let command = pre.instantiate_async(&mut sb.store).await.map_err(Ending::NotStarted)?;
+    let ran = sb.store.run_concurrent(async move |store| command.wasi_cli_run().call_run(store).await).await;
+    match ran {
+        Ok(Ok(Ok(()))) => Ok(Returned::Exit(0)),
+        Ok(Ok(Err(()))) => Ok(Returned::Exit(1)),
+        Ok(Err(e)) | Err(e) => exit_or(e),
     }
 }
 

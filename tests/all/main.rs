@@ -19,6 +19,7 @@ mod llm;
 mod market;
 mod newcomer;
 mod output_caps;
+mod p3;
 mod plans;
 mod preview1;
 mod progress;

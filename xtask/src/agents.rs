@@ -19,6 +19,7 @@
 //! | `spawner`      | `agents/spawner` (cdylib)      | like `hello-rust` (starts installed agents: spawn tests)       |
 //! | `tool-chat-python` | `agents/tool-chat-python/agent.py` | componentize-py (the same conversation in Python)  |
 //! | `tool-chat-js`     | `agents/tool-chat-js/agent.js`     | componentize-js (the same conversation in JavaScript) |
+//! | `p3-probe`         | `agents/p3-probe` (cdylib)         | Debian cargo, wasm32-unknown-unknown + wit-bindgen async → component, no adapter: WASI 0.3 |
 //!
 //! Tools (world `toka:agent/tool`, `toka_sdk::tool!`), built into `target/tools/NAME.wasm`:
 //!
@@ -77,6 +78,9 @@ pub enum Kind {
     /// A Python tool module (`tool.py`, class `WitWorld` with `describe` and `invoke`) built with componentize-py
     /// for world `toka:agent/tool`; built into `target/tools/`.
     PythonTool,
+    /// A Rust `cdylib` exporting `wasi:cli/run@0.3.0` through wit-bindgen's async bindings, built for
+    /// wasm32-unknown-unknown and encoded with no adapter: a WASI 0.3 command component.
+    RustP3Command,
     /// A Rust `cdylib` Extism plugin (extism-pdk), left a core module: built into `target/extism/` for the benches.
     ExtismPlugin,
 }
@@ -89,7 +93,10 @@ impl Kind {
 
     /// Whether cargo builds it (in one invocation over the `agents/` workspace).
     pub fn is_rust(self) -> bool {
-        matches!(self, Kind::RustReactor | Kind::RustCommand | Kind::RustTool | Kind::ExtismPlugin)
+        matches!(
+            self,
+            Kind::RustReactor | Kind::RustCommand | Kind::RustTool | Kind::ExtismPlugin | Kind::RustP3Command
+        )
     }
 }
 
@@ -109,6 +116,7 @@ impl Agent {
     fn expect(&self) -> Expect {
         match self.kind {
             Kind::RustCommand => Expect::Command,
+            Kind::RustP3Command => Expect::P3Command,
             Kind::Go | Kind::Zig | Kind::CCommand => Expect::Preview1Command,
             Kind::RustReactor | Kind::Python | Kind::JavaScript | Kind::C => Expect::Agent,
             Kind::RustTool | Kind::PythonTool => Expect::Tool,
@@ -156,6 +164,7 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("tally", Kind::RustTool),
     Agent::new("date-validator", Kind::PythonTool),
     Agent::new("extism-echo", Kind::ExtismPlugin),
+    Agent::new("p3-probe", Kind::RustP3Command),
 ];
 
 /// `build-agents [NAME...]`: builds the named agents and tools, or all of them.
@@ -167,10 +176,13 @@ pub fn build(layout: &Layout, names: &[String]) -> Result<()> {
 
     let rust: Vec<&Agent> = selected.iter().filter(|a| a.kind.is_rust()).collect();
     if !rust.is_empty() {
-        let crates: Vec<&str> = rust.iter().map(|a| a.name).collect();
-        match crate::rust::cargo_build(layout, &crates) {
+        let built = crate::rust::targets_of(&rust).into_iter().try_fold(Duration::ZERO, |sum, (target, crates)| {
+            crate::rust::cargo_build(layout, target, &crates).map(|elapsed| sum + elapsed)
+        });
+        let crates = rust.len();
+        match built {
             Ok(elapsed) => {
-                println!("{:<14} {:>10} {:>8}  (cargo build of {} crates)", "rust", "", secs(elapsed), crates.len());
+                println!("{:<14} {:>10} {:>8}  (cargo build of {crates} crates)", "rust", "", secs(elapsed));
                 for agent in rust {
                     let started = Instant::now();
                     let result = crate::rust::componentize(layout, agent).and_then(|bytes| {
@@ -233,7 +245,7 @@ fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
         Kind::CCommand => crate::c::build_command(layout, agent.name, &scratch),
         Kind::Go => crate::preview1::go_build(layout, agent.name, &scratch),
         Kind::Zig => crate::preview1::zig_build(layout, agent.name, &scratch),
-        Kind::RustReactor | Kind::RustCommand | Kind::RustTool | Kind::ExtismPlugin => {
+        Kind::RustReactor | Kind::RustCommand | Kind::RustTool | Kind::ExtismPlugin | Kind::RustP3Command => {
             bail!("{} is a Rust agent: it is built by cargo", agent.name)
         }
     }

@@ -29,6 +29,8 @@ pub enum Expect {
     Agent,
     /// A `wasi:cli/command`: the `wasi:cli/run` interface.
     Command,
+    /// A WASI 0.3 command: the `wasi:cli/run@0.3` interface, and every WASI import a 0.3 one.
+    P3Command,
     /// Not a component but a WASI preview 1 command module: exports `_start`, imports `wasi_snapshot_preview1` only.
     Preview1Command,
     /// A core module that validates (an Extism plugin).
@@ -36,6 +38,17 @@ pub enum Expect {
     /// A `toka:agent/tool` world: top-level `describe` and `invoke` functions, and no import the tool world lacks
     /// (such as the agents' `events` and `state`, which a tool reaches by calling toka-sdk's functions for them).
     Tool,
+}
+
+/// Encodes `core` (a module carrying its WIT world in a `component-type` custom section, importing nothing but that
+/// world) into a component with no adapter: for WASI 0.3 programs, whose WASI imports are the world's own.
+pub fn encode_plain(core: &[u8]) -> Result<Vec<u8>> {
+    ComponentEncoder::default()
+        .validate(true)
+        .module(core)
+        .context("reading the core module and its component-type section")?
+        .encode()
+        .context("encoding the component")
 }
 
 /// Wraps `core` (a module carrying its WIT world in a `component-type` custom section) into a component.
@@ -105,10 +118,13 @@ impl Decoded {
     }
 
     fn exports_cli_run(&self) -> bool {
+        self.exports_interface("wasi:cli/run@0.2.")
+    }
+
+    fn exports_interface(&self, prefix: &str) -> bool {
         let world = &self.resolve.worlds[self.world];
         world.exports.iter().any(|(key, item)| {
-            matches!(item, WorldItem::Interface { .. })
-                && self.resolve.name_world_key(key).starts_with("wasi:cli/run@0.2.")
+            matches!(item, WorldItem::Interface { .. }) && self.resolve.name_world_key(key).starts_with(prefix)
         })
     }
 }
@@ -169,6 +185,19 @@ pub fn check(layout: &Layout, bytes: &[u8], expect: Expect) -> Result<()> {
         }
         Expect::Command if !decoded.exports_cli_run() => {
             bail!("no `wasi:cli/run@0.2.x` export; exports: {:?}", decoded.exports())
+        }
+        Expect::P3Command if !decoded.exports_interface("wasi:cli/run@0.3.") => {
+            bail!("no `wasi:cli/run@0.3.x` export; exports: {:?}", decoded.exports())
+        }
+        Expect::P3Command => {
+            // A WASI 0.3 program must not reach WASI through 0.2 (std's preview 1 imports, an adapter): the test
+            // would then not be testing 0.3.
+            let older: Vec<String> =
+                decoded.import_names().into_iter().filter(|name| !name.ends_with("@0.3")).collect();
+            if !older.is_empty() {
+                bail!("imports {older:?}, which are not WASI 0.3 interfaces");
+            }
+            Ok(())
         }
         Expect::Tool if !(decoded.exports_function("describe") && decoded.exports_function("invoke")) => {
             bail!("no top-level `describe` and `invoke` exports; exports: {:?}", decoded.exports())

@@ -103,9 +103,23 @@ pub struct Sandbox {
     pub stderr: CappedOutput,
 }
 
-/// Builds a sandbox. `argv` is the guest's argument vector, program name first.
+/// Builds a sandbox on the host's main engine. `argv` is the guest's argument vector, program name first.
 pub fn build(
     host: &HostEngine,
+    grants: &Authorized,
+    limits: &Limits,
+    output: OutputMode,
+    context: &RunContext,
+    argv: &[String],
+) -> Result<Sandbox, RunError> {
+    build_on(host, &host.engine, grants, limits, output, context, argv)
+}
+
+/// [`build`], with the store on `engine`: the engine the program was compiled on (the main one, or
+/// [`HostEngine::p3`]'s for a WASI 0.3 command).
+pub fn build_on(
+    host: &HostEngine,
+    engine: &wasmtime::Engine,
     grants: &Authorized,
     limits: &Limits,
     output: OutputMode,
@@ -178,17 +192,22 @@ pub fn build(
         denied,
         names,
     };
-    let mut store = Store::new(&host.engine, state);
+    let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     if host.fuel {
         store.set_fuel(limits.fuel).map_err(RunError::host)?;
     }
-    arm_deadline(&mut store, deadline, context.cancel.clone());
+    arm_deadline(&mut store, deadline, context.cancel.clone(), [stdout.clone(), stderr.clone()]);
     Ok(Sandbox { store, stdout, stderr })
 }
 
-/// Stops the store's guest at `deadline` or when `cancel` is set.
-fn arm_deadline(store: &mut Store<SandboxState>, deadline: std::time::Instant, cancel: Option<Arc<cancel::Cancel>>) {
+/// Stops the store's guest at `deadline`, when `cancel` is set, or once one of `outputs` passed its cap.
+fn arm_deadline(
+    store: &mut Store<SandboxState>,
+    deadline: std::time::Instant,
+    cancel: Option<Arc<cancel::Cancel>>,
+    outputs: [CappedOutput; 2],
+) {
     // The epoch ticker advances every `EPOCH_TICK`; the deadline is an instant, checked at every tick.
     // At every epoch tick the guest yields to the async executor (so a guest spinning in wasm never holds a
     // worker thread: other runs, the service's requests and this run's outer deadline and cancellation all get
@@ -200,6 +219,12 @@ fn arm_deadline(store: &mut Store<SandboxState>, deadline: std::time::Instant, c
         }
         if std::time::Instant::now() >= deadline {
             return Err(wasmtime::Error::new(wasmtime::Trap::Interrupt));
+        }
+        // A preview 2 write past the cap traps at once; a WASI 0.3 one only fails its stream (the guest is told
+        // through the write's future and may go on), so a guest still running after passing the cap is stopped
+        // here, within a tick. Nothing past the cap was kept or echoed either way.
+        if let Some(over) = outputs.iter().find_map(CappedOutput::over_limit) {
+            return Err(wasmtime::Error::new(over));
         }
         Ok(wasmtime::UpdateDeadline::Yield(1))
     });
@@ -231,7 +256,7 @@ impl Sandbox {
         if host.fuel {
             self.store.set_fuel(limits.fuel).map_err(RunError::host)?;
         }
-        arm_deadline(&mut self.store, deadline, context.cancel.clone());
+        arm_deadline(&mut self.store, deadline, context.cancel.clone(), [self.stdout.clone(), self.stderr.clone()]);
         Ok(true)
     }
 }

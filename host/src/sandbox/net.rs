@@ -11,7 +11,9 @@
 //!
 //! wasmtime-wasi's own resolver cannot be told which names to answer (its resolve stream is private), so
 //! [`add_to_linker`] redefines the whole `wasi:sockets/ip-name-lookup` instance over the one that
-//! `wasmtime_wasi::p2::add_to_linker_async` defined, with a resource of its own for `resolve-address-stream`.
+//! `wasmtime_wasi::p2::add_to_linker_async` defined, with a resource of its own for `resolve-address-stream`, and
+//! [`add_p3_to_linker`] does the same for WASI 0.3's `ip-name-lookup@0.3.0` over `wasmtime_wasi::p3::add_to_linker`
+//! (one async `resolve-addresses` function there): a guest gets no more through 0.3 than through 0.2.
 
 use super::SandboxState;
 use crate::grants::{NetPeer, canonical_name};
@@ -27,6 +29,9 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 /// The interface redefined here, under the exact name (and version) wasmtime-wasi's bindings link it as. Guests
 /// importing any compatible 0.2.x version reach it through the linker's semver matching.
 pub const IP_NAME_LOOKUP: &str = "wasi:sockets/ip-name-lookup@0.2.12";
+
+/// The WASI 0.3 twin of [`IP_NAME_LOOKUP`], as `wasmtime_wasi::p3` links it.
+pub const IP_NAME_LOOKUP_P3: &str = "wasi:sockets/ip-name-lookup@0.3.0";
 
 /// Longest name a denial quotes (a guest chooses the name; the list of denials is stored in the run's events).
 const MAX_QUOTED: usize = 80;
@@ -156,6 +161,48 @@ fn define(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// Redefines WASI 0.3's `wasi:sockets/ip-name-lookup@0.3.0` (see the module documentation), after
+/// `wasmtime_wasi::p3::add_to_linker`; fails, as [`add_to_linker`] does, if that did not define it.
+pub fn add_p3_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+    let probe = linker
+        .instance(IP_NAME_LOOKUP_P3)?
+        .func_wrap("resolve-addresses", |_: StoreContextMut<'_, SandboxState>, (): ()| -> wasmtime::Result<()> {
+            Ok(())
+        });
+    if probe.is_ok() {
+        wasmtime::bail!("wasmtime-wasi did not define {IP_NAME_LOOKUP_P3}: cannot replace its name resolver");
+    }
+    linker.allow_shadowing(true);
+    let defined = define_p3(linker);
+    linker.allow_shadowing(false);
+    defined
+}
+
+fn define_p3(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p3::bindings::sockets::ip_name_lookup::ErrorCode as P3ErrorCode;
+    use wasmtime_wasi::p3::bindings::sockets::types::IpAddress as P3IpAddress;
+    let mut lookup = linker.instance(IP_NAME_LOOKUP_P3)?;
+    lookup.func_wrap_concurrent("resolve-addresses", |accessor, (name,): (String,)| {
+        Box::pin(async move {
+            // Answered at once from the grants: nothing to wait for, so the store is held only for this closure.
+            let answer = accessor.with(|mut access| {
+                let state: &mut SandboxState = access.data_mut();
+                match state.names.resolve(&name) {
+                    Ok(addrs) => Ok(addrs.into_iter().map(P3IpAddress::from).collect::<Vec<_>>()),
+                    Err((code, denial)) => {
+                        state.denied.note(denial);
+                        Err(match code {
+                            ErrorCode::NameUnresolvable => P3ErrorCode::NameUnresolvable,
+                            _ => P3ErrorCode::PermanentResolverFailure,
+                        })
+                    }
+                }
+            });
+            Ok((answer,))
+        })
+    })
 }
 
 /// The socket policy: connect or send only to a granted peer; bind only the implicit wildcard bind that a

@@ -170,6 +170,12 @@ impl CappedOutput {
         s.deadline = deadline;
     }
 
+    /// The error a guest is stopped with once this output passed its cap (`None` while it has not).
+    pub fn over_limit(&self) -> Option<OutputLimitExceeded> {
+        let s = self.lock();
+        s.exceeded.then_some(OutputLimitExceeded { limit: s.limit })
+    }
+
     /// Accepts as much of `data` as the cap allows. Returns an error once the cap is passed.
     fn accept(&self, data: &[u8]) -> Result<(), OutputLimitExceeded> {
         let mut s = self.lock();
