@@ -635,6 +635,10 @@ impl ToolHost {
 
 /// The first few schema violations of `value`, or `None` if it is valid.
 fn schema_errors(validator: &jsonschema::Validator, value: &serde_json::Value) -> Option<String> {
+    // The common case first: a valid value needs no error objects (each carries paths and a message).
+    if validator.is_valid(value) {
+        return None;
+    }
     let errors: Vec<String> = validator
         .iter_errors(value)
         .take(3)
@@ -643,7 +647,8 @@ fn schema_errors(validator: &jsonschema::Validator, value: &serde_json::Value) -
             format!("{}{}", if at.is_empty() { String::new() } else { format!("at {at}: ") }, one_line(&e.to_string()))
         })
         .collect();
-    if errors.is_empty() { None } else { Some(errors.join("; ")) }
+    // Not valid, so never accepted, even if no error could be told.
+    if errors.is_empty() { Some("does not match the schema".to_string()) } else { Some(errors.join("; ")) }
 }
 
 /// A guest's tool calls: the caller is the sandbox's session.
