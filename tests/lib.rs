@@ -89,6 +89,11 @@ pub fn wasmtime_run<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)],
     }
 }
 
+/// The `run` option `--dir HOST::GUEST[:ro]`.
+pub fn dir_option(host: &Path, guest: &str, read_only: bool) -> String {
+    format!("--dir={}::{guest}{}", host.display(), if read_only { ":ro" } else { "" })
+}
+
 /// A finished `toka-host` process.
 #[derive(Debug)]
 pub struct Ran {
@@ -108,6 +113,13 @@ impl Ran {
     pub fn expect_code(&self, code: i32) -> &Self {
         assert_eq!(self.code, code, "exit code\nstdout:\n{}\nstderr:\n{}", trim(&self.stdout), trim(&self.stderr));
         self
+    }
+
+    /// The exit code and the whole stdout.
+    #[track_caller]
+    pub fn expect_output(&self, code: i32, stdout: &str) {
+        self.expect_code(code);
+        assert_eq!(self.stdout, stdout, "stderr:\n{}", self.stderr);
     }
 }
 

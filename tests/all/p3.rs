@@ -11,10 +11,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use toka_tests::{Ran, agent, toka_with, wasmtime_run};
+use toka_tests::{Ran, agent, dir_option, toka_with, wasmtime_run};
 
 const PROBE: &str = "p3-probe";
 
@@ -68,17 +67,6 @@ fn compare(options: &[String], args: &[&str], stdin: Option<&[u8]>, env: &[(&str
     toka
 }
 
-/// `--dir HOST::GUEST[:ro]`.
-fn dir(host: &Path, guest: &str, read_only: bool) -> String {
-    format!("--dir={}::{guest}{}", host.display(), if read_only { ":ro" } else { "" })
-}
-
-#[track_caller]
-fn expect(ran: &Ran, code: i32, stdout: &str) {
-    ran.expect_code(code);
-    assert_eq!(ran.stdout, stdout, "stderr:\n{}", ran.stderr);
-}
-
 /// The component is what these tests claim: a WASI 0.3 command, every WASI import a 0.3 one, run as a command.
 #[test]
 fn the_probe_is_a_wasi_0_3_command() {
@@ -103,14 +91,14 @@ fn arguments_with_quotes_spaces_and_newlines() {
     let args =
         ["args", "two words", "a \"quoted\" word", "it's", "line one\nline two", "", " lead", "tab\there", "ü ∂"];
     let r = compare(&[], &args, None, &[]);
-    expect(
+    Ran::expect_output(
         &r,
         0,
         "arg: \"two words\"\narg: \"a \\\"quoted\\\" word\"\narg: \"it's\"\narg: \"line one\\nline two\"\narg: \"\"\n\
          arg: \" lead\"\narg: \"tab\\there\"\narg: \"ü ∂\"\n",
     );
     let r = compare(&[], &["args"], None, &[]);
-    expect(&r, 0, "");
+    r.expect_output(0, "");
 }
 
 #[test]
@@ -123,7 +111,7 @@ fn only_granted_environment_with_quotes_spaces_and_newlines() {
         "--env=FROM_HOST".into(),
     ];
     let r = compare(&options, &["env"], None, &[("FROM_HOST", "it's = here"), ("LEAK", "no")]);
-    expect(
+    Ran::expect_output(
         &r,
         0,
         "env: EMPTY=\"\"\nenv: FROM_HOST=\"it's = here\"\nenv: LINES=\"one\\ntwo\"\nenv: QUOTED=\"say \\\"hi\\\"\"\n\
@@ -131,18 +119,18 @@ fn only_granted_environment_with_quotes_spaces_and_newlines() {
     );
     // Positive and negative in one: with no grant, nothing at all (LEAK and FROM_HOST stay out).
     let r = compare(&[], &["env"], None, &[("FROM_HOST", "yes"), ("LEAK", "no")]);
-    expect(&r, 0, "");
+    r.expect_output(0, "");
 }
 
 #[test]
 fn exit_statuses() {
     let r = compare(&[], &["exit", "7"], None, &[]);
-    expect(&r, 7, "exiting\n");
+    r.expect_output(7, "exiting\n");
     let r = compare(&[], &["exit", "0"], None, &[]);
-    expect(&r, 0, "exiting\n");
+    r.expect_output(0, "exiting\n");
     // `run` returning its error: status 1, as under wasmtime.
     let r = compare(&[], &["no-such-command"], None, &[]);
-    expect(&r, 1, "");
+    r.expect_output(1, "");
     assert_eq!(r.stderr, "p3-probe: no-such-command: unknown command \"no-such-command\"\n");
     // The report tells an exit status from a failure.
     let r = toka_only(&["--json".into()], &["exit", "7"], None, &[]);
@@ -155,16 +143,16 @@ fn exit_statuses() {
 #[test]
 fn writes_to_closed_streams_and_read_only_descriptors() {
     let r = compare(&[], &["streams"], None, &[]);
-    expect(
+    Ran::expect_output(
         &r,
         0,
         "first stream\nwrite to a closed stream: 14 of 14 bytes refused\nsecond stream\nsecond stream refused 0 bytes\n",
     );
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("a.txt"), "unchanged\n").unwrap();
-    let grant = [dir(data.path(), "/data", false)];
+    let grant = [dir_option(data.path(), "/data", false)];
     let r = compare(&grant, &["write-read-only", "/data/a.txt"], None, &[]);
-    expect(&r, 0, "write to a read-only descriptor: Err(ErrorCode::BadDescriptor), 12 of 12 bytes refused\n");
+    r.expect_output(0, "write to a read-only descriptor: Err(ErrorCode::BadDescriptor), 12 of 12 bytes refused\n");
     assert_eq!(std::fs::read_to_string(data.path().join("a.txt")).unwrap(), "unchanged\n");
 }
 
@@ -173,10 +161,10 @@ fn directory_calls_on_a_granted_directory() {
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("a.txt"), "from the host\n").unwrap();
     std::fs::create_dir(data.path().join("sub")).unwrap();
-    let grant = [dir(data.path(), "/data", false)];
-    expect(&compare(&grant, &["ls", "/data"], None, &[]), 0, "a.txt file\nsub dir\n");
-    expect(&compare(&grant, &["cat", "/data/a.txt"], None, &[]), 0, "from the host\n");
-    expect(&compare(&grant, &["stat", "/data/a.txt"], None, &[]), 0, "type: file\nsize: 14\n");
+    let grant = [dir_option(data.path(), "/data", false)];
+    Ran::expect_output(&compare(&grant, &["ls", "/data"], None, &[]), 0, "a.txt file\nsub dir\n");
+    Ran::expect_output(&compare(&grant, &["cat", "/data/a.txt"], None, &[]), 0, "from the host\n");
+    Ran::expect_output(&compare(&grant, &["stat", "/data/a.txt"], None, &[]), 0, "type: file\nsize: 14\n");
     // A directory's size depends on the file system: both runtimes must agree on it, whatever it is.
     let r = compare(&grant, &["stat", "/data/sub"], None, &[]);
     r.expect_code(0);
@@ -185,19 +173,19 @@ fn directory_calls_on_a_granted_directory() {
     let mut written = Vec::new();
     for _ in 0..2 {
         let fresh = tempfile::tempdir().unwrap();
-        let grant = [dir(fresh.path(), "/out", false)];
+        let grant = [dir_option(fresh.path(), "/out", false)];
         written.push((grant, fresh));
     }
     let toka = toka_only(&written[0].0, &["write", "/out/new.txt", "two words\nand a line"], None, &[]);
     let wasmtime = reference(&written[1].0, &["write", "/out/new.txt", "two words\nand a line"], None, &[]);
     for (ran, (_, fresh)) in [toka, wasmtime].iter().zip(&written) {
-        expect(ran, 0, "wrote 20 bytes\n");
+        Ran::expect_output(ran, 0, "wrote 20 bytes\n");
         assert_eq!(std::fs::read_to_string(fresh.path().join("new.txt")).unwrap(), "two words\nand a line");
     }
     let toka = toka_only(&written[0].0, &["mkdir", "/out/made"], None, &[]);
     let wasmtime = reference(&written[1].0, &["mkdir", "/out/made"], None, &[]);
     for (ran, (_, fresh)) in [toka, wasmtime].iter().zip(&written) {
-        expect(ran, 0, "created\n");
+        Ran::expect_output(ran, 0, "created\n");
         assert!(fresh.path().join("made").is_dir());
     }
 }
@@ -210,14 +198,14 @@ fn ungranted_paths_are_refused() {
     std::fs::write(data.path().join("a.txt"), "granted\n").unwrap();
     let secret = data.path().parent().unwrap().join(format!("p3-secret-{}", std::process::id()));
     std::fs::write(&secret, "secret\n").unwrap();
-    let grant = [dir(data.path(), "/data", true)];
-    expect(&compare(&grant, &["cat", "/data/a.txt"], None, &[]), 0, "granted\n");
+    let grant = [dir_option(data.path(), "/data", true)];
+    Ran::expect_output(&compare(&grant, &["cat", "/data/a.txt"], None, &[]), 0, "granted\n");
     let escape = format!("/data/../{}", secret.file_name().unwrap().to_str().unwrap());
     let r = compare(&grant, &["cat", &escape], None, &[]);
-    expect(&r, 1, "");
+    r.expect_output(1, "");
     assert_eq!(r.stderr, "p3-probe: cat: ErrorCode::NotPermitted\n");
     let r = compare(&[], &["cat", secret.to_str().unwrap()], None, &[]);
-    expect(&r, 1, "");
+    r.expect_output(1, "");
     assert!(r.stderr.ends_with(": not under a preopened directory\n"), "{}", r.stderr);
     std::fs::remove_file(&secret).unwrap();
 }
@@ -227,34 +215,34 @@ fn ungranted_paths_are_refused() {
 #[test]
 fn read_only_grant_refuses_writes_that_read_write_allows() {
     let data = tempfile::tempdir().unwrap();
-    let r = toka_only(&[dir(data.path(), "/data", true)], &["write", "/data/x.txt", "nope"], None, &[]);
-    expect(&r, 1, "");
+    let r = toka_only(&[dir_option(data.path(), "/data", true)], &["write", "/data/x.txt", "nope"], None, &[]);
+    r.expect_output(1, "");
     assert_eq!(r.stderr, "p3-probe: write: ErrorCode::NotPermitted\n");
     assert!(!data.path().join("x.txt").exists());
-    let r = toka_only(&[dir(data.path(), "/data", true)], &["mkdir", "/data/d"], None, &[]);
-    expect(&r, 1, "");
+    let r = toka_only(&[dir_option(data.path(), "/data", true)], &["mkdir", "/data/d"], None, &[]);
+    r.expect_output(1, "");
     assert!(!data.path().join("d").exists());
-    let r = toka_only(&[dir(data.path(), "/data", false)], &["write", "/data/x.txt", "yes"], None, &[]);
-    expect(&r, 0, "wrote 3 bytes\n");
+    let r = toka_only(&[dir_option(data.path(), "/data", false)], &["write", "/data/x.txt", "yes"], None, &[]);
+    r.expect_output(0, "wrote 3 bytes\n");
     assert_eq!(std::fs::read_to_string(data.path().join("x.txt")).unwrap(), "yes");
 }
 
 #[test]
 fn clocks_and_random() {
-    expect(&compare(&[], &["clock"], None, &[]), 0, "clock: ok\n");
-    expect(&compare(&[], &["random"], None, &[]), 0, "random: ok\n");
+    Ran::expect_output(&compare(&[], &["clock"], None, &[]), 0, "clock: ok\n");
+    Ran::expect_output(&compare(&[], &["random"], None, &[]), 0, "random: ok\n");
     let started = Instant::now();
-    expect(&compare(&[], &["sleep", "100"], None, &[]), 0, "slept\n");
+    Ran::expect_output(&compare(&[], &["sleep", "100"], None, &[]), 0, "slept\n");
     assert!(started.elapsed() >= Duration::from_millis(200), "two 100 ms sleeps took {:?}", started.elapsed());
 }
 
 #[test]
 fn stdin_only_with_the_grant() {
     let r = compare(&["--inherit-stdin".into()], &["stdin"], Some(b"line one\nline two\n"), &[]);
-    expect(&r, 0, "line one\nline two\n");
+    r.expect_output(0, "line one\nline two\n");
     // Without the grant the guest sees an empty stdin, and toka-host says what was missing.
     let r = compare(&[], &["stdin"], Some(b"not for the guest\n"), &[]);
-    expect(&r, 0, "");
+    r.expect_output(0, "");
     assert!(r.stderr.contains("toka-host: denied: read stdin: not granted (--inherit-stdin)"), "stderr:\n{}", r.stderr);
 }
 
@@ -296,7 +284,7 @@ fn tcp_connect_needs_a_net_grant() {
     let peer = format!("127.0.0.1:{port}");
     let grant = ["--allow-net".to_owned(), peer.clone()];
     let r = compare(&grant, &["connect", "127.0.0.1", &port, "ping"], None, &[]);
-    expect(&r, 0, "reply: \"echo:ping\"\n");
+    r.expect_output(0, "reply: \"echo:ping\"\n");
     assert_eq!(server.join().unwrap(), 2, "the listener served both runtimes");
 
     let (other_port, other) = echo_server(0);

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use toka_tests::{Ran, agent, toka_with, wasmtime_run};
+use toka_tests::{Ran, agent, dir_option, toka_with, wasmtime_run};
 
 /// The preview 1 agents, one per toolchain.
 const AGENTS: [&str; 2] = ["go-echo", "zig-echo"];
@@ -56,24 +56,13 @@ fn toka_only(name: &str, options: &[String], args: &[&str], stdin: Option<&[u8]>
     toka_with(&toka_args, stdin, env)
 }
 
-/// `--dir HOST::GUEST[:ro]`.
-fn dir(host: &Path, guest: &str, read_only: bool) -> String {
-    format!("--dir={}::{guest}{}", host.display(), if read_only { ":ro" } else { "" })
-}
-
-#[track_caller]
-fn expect(ran: &Ran, code: i32, stdout: &str) {
-    ran.expect_code(code);
-    assert_eq!(ran.stdout, stdout, "stderr:\n{}", ran.stderr);
-}
-
 #[test]
 fn arguments() {
     for name in AGENTS {
         let r = compare(name, &[], &["args", "a", "b", "c"], None, &[]);
-        expect(&r, 0, "args: a b c\n");
+        r.expect_output(0, "args: a b c\n");
         let r = compare(name, &[], &["args", "one two", "--flag"], None, &[]);
-        expect(&r, 0, "args: one two --flag\n");
+        r.expect_output(0, "args: one two --flag\n");
     }
 }
 
@@ -81,11 +70,11 @@ fn arguments() {
 fn only_granted_environment() {
     for name in AGENTS {
         let r = compare(name, &["--env=K=V".into()], &["env"], None, &[]);
-        expect(&r, 0, "env: K=V\n");
+        r.expect_output(0, "env: K=V\n");
         // `--env NAME` passes the host's value; variables that were not granted stay out.
         let options = ["--env=K=V".into(), "--env=A_B=1".into(), "--env=FROM_HOST".into()];
         let r = compare(name, &options, &["env"], None, &[("FROM_HOST", "yes"), ("LEAK", "no")]);
-        expect(&r, 0, "env: A_B=1\nenv: FROM_HOST=yes\nenv: K=V\n");
+        r.expect_output(0, "env: A_B=1\nenv: FROM_HOST=yes\nenv: K=V\n");
     }
 }
 
@@ -97,19 +86,19 @@ fn read_and_list_a_granted_directory() {
     std::fs::create_dir(data.path().join("sub")).unwrap();
     std::fs::write(data.path().join("sub/inner.txt"), "").unwrap();
     for name in AGENTS {
-        let grant = [dir(data.path(), "/data", true)];
+        let grant = [dir_option(data.path(), "/data", true)];
         let r = compare(name, &grant, &["cat", "/data/a.txt"], None, &[]);
-        expect(&r, 0, "from the host\n");
+        r.expect_output(0, "from the host\n");
         let r = compare(name, &grant, &["ls", "/data"], None, &[]);
-        expect(&r, 0, "a.txt\nb.txt\nsub\n");
+        r.expect_output(0, "a.txt\nb.txt\nsub\n");
         // A relative path starts from the first preopen (Go's rule, which zig-echo follows), or from $PWD.
         let r = compare(name, &grant, &["cat", "b.txt"], None, &[]);
-        expect(&r, 0, "bee\n");
+        r.expect_output(0, "bee\n");
         let with_pwd = [grant[0].clone(), "--env=PWD=/data/sub".into()];
         let r = compare(name, &with_pwd, &["ls", "."], None, &[]);
-        expect(&r, 0, "inner.txt\n");
+        r.expect_output(0, "inner.txt\n");
         let r = compare(name, &grant, &["cat", "/data/missing"], None, &[]);
-        expect(&r, 1, "");
+        r.expect_output(1, "");
         assert!(r.stderr.starts_with(&format!("{name}: cat /data/missing: ")));
     }
 }
@@ -120,11 +109,11 @@ fn whole_root_preopen() {
     std::fs::write(data.path().join("file"), "at the root\n").unwrap();
     std::fs::create_dir(data.path().join("dir")).unwrap();
     for name in AGENTS {
-        let grant = [dir(data.path(), "/", true)];
+        let grant = [dir_option(data.path(), "/", true)];
         let r = compare(name, &grant, &["ls", "/"], None, &[]);
-        expect(&r, 0, "dir\nfile\n");
+        r.expect_output(0, "dir\nfile\n");
         let r = compare(name, &grant, &["cat", "/file"], None, &[]);
-        expect(&r, 0, "at the root\n");
+        r.expect_output(0, "at the root\n");
     }
 }
 
@@ -137,8 +126,8 @@ fn a_directory_only_through_its_grant() {
         assert_ne!(r.code, 0, "{name} read /data/x without a grant");
         assert_eq!(r.stdout, "", "{name}");
         assert!(r.stderr.starts_with(&format!("{name}: cat /data/x: ")));
-        let r = compare(name, &[dir(data.path(), "/data", true)], &["cat", "/data/x"], None, &[]);
-        expect(&r, 0, "granted\n");
+        let r = compare(name, &[dir_option(data.path(), "/data", true)], &["cat", "/data/x"], None, &[]);
+        r.expect_output(0, "granted\n");
     }
 }
 
@@ -150,10 +139,10 @@ fn write_needs_a_read_write_grant() {
         let module = agent(name);
         let args = ["write", "/out/new.txt", "hello"];
 
-        let toka = toka_only(name, &[dir(for_toka.path(), "/out", false)], &args, None, &[]);
-        expect(&toka, 0, "wrote 5 bytes\n");
-        let wasmtime = reference(&[dir(for_wasmtime.path(), "/out", false)], &module, &args, None, &[]);
-        expect(&wasmtime, 0, "wrote 5 bytes\n");
+        let toka = toka_only(name, &[dir_option(for_toka.path(), "/out", false)], &args, None, &[]);
+        toka.expect_output(0, "wrote 5 bytes\n");
+        let wasmtime = reference(&[dir_option(for_wasmtime.path(), "/out", false)], &module, &args, None, &[]);
+        wasmtime.expect_output(0, "wrote 5 bytes\n");
         for d in [&for_toka, &for_wasmtime] {
             let written = std::fs::read_to_string(d.path().join("new.txt")).unwrap();
             assert_eq!(written, "hello", "{name}");
@@ -163,8 +152,8 @@ fn write_needs_a_read_write_grant() {
         // permission error (EPERM), and no file appears. Without the grant the same open fails differently
         // (ENOTCAPABLE), so a directory that was not mounted at all cannot pass for a read-only one.
         let ro = tempfile::tempdir().unwrap();
-        let r = toka_only(name, &[dir(ro.path(), "/out", true)], &args, None, &[]);
-        expect(&r, 1, "");
+        let r = toka_only(name, &[dir_option(ro.path(), "/out", true)], &args, None, &[]);
+        r.expect_output(1, "");
         let (eperm, enotcapable) = match name {
             "go-echo" => ("open /out/new.txt: Operation not permitted", "open /out/new.txt: Bad file number"),
             _ => ("PermissionDenied", "NotCapable"),
@@ -172,7 +161,7 @@ fn write_needs_a_read_write_grant() {
         assert_eq!(r.stderr, format!("{name}: write /out/new.txt: {eperm}\n"), "{name}");
         assert!(!ro.path().join("new.txt").exists(), "{name} left a file in a read-only grant");
         let r = toka_only(name, &[], &args, None, &[]);
-        expect(&r, 1, "");
+        r.expect_output(1, "");
         assert_eq!(r.stderr, format!("{name}: write /out/new.txt: {enotcapable}\n"), "{name}");
     }
 }
@@ -182,9 +171,9 @@ fn stdin_only_when_inherited() {
     let data = b"line one\nline two\n";
     for name in AGENTS {
         let r = compare(name, &["--inherit-stdin".into()], &["stdin"], Some(data), &[]);
-        expect(&r, 0, "line one\nline two\n");
+        r.expect_output(0, "line one\nline two\n");
         let r = compare(name, &[], &["stdin"], Some(data), &[]);
-        expect(&r, 0, "");
+        r.expect_output(0, "");
         // Stricter than `wasmtime run`, which passes its stdin on: toka-host says which grant the program lacked.
         assert!(
             r.stderr.contains("toka-host: denied: read stdin: not granted (--inherit-stdin)"),
@@ -199,8 +188,8 @@ fn stdin_only_when_inherited() {
 #[test]
 fn clocks_and_randomness() {
     for name in AGENTS {
-        expect(&compare(name, &[], &["clock"], None, &[]), 0, "clock ok\n");
-        expect(&compare(name, &[], &["random"], None, &[]), 0, "random ok\n");
+        Ran::expect_output(&compare(name, &[], &["clock"], None, &[]), 0, "clock ok\n");
+        Ran::expect_output(&compare(name, &[], &["random"], None, &[]), 0, "random ok\n");
     }
 }
 
@@ -211,7 +200,7 @@ fn exit_status_is_the_guests() {
         // 125 is the largest status wasmtime's preview 1 `proc_exit` accepts.
         for code in [0, 3, 42, 125] {
             let r = compare(name, &[], &["exit", &code.to_string()], None, &[]);
-            expect(&r, code, "");
+            r.expect_output(code, "");
         }
         // Out of wasmtime's range: refused by both, ending with status 1 (never a wrapped-around 0).
         for code in ["126", "255", "256", "-1"] {
@@ -280,7 +269,7 @@ fn wasi_probe_answers_as_under_wasmtime_run() {
         None,
         &[],
     );
-    expect(
+    Ran::expect_output(
         &r,
         0,
         "argc 6\n\"two words\"\n\"\\\"quoted\\\"\"\n\"back\\\\slash\"\n\"new\\nline\"\n\"tab\\there\"\n\"\"\n",
@@ -288,12 +277,12 @@ fn wasi_probe_answers_as_under_wasmtime_run() {
     // Environment values with the same; only granted variables.
     let options = ["--env=Q=say \"hi\"\nthen go".into(), "--env=EMPTY=".into(), "--env=SPACES= a b ".into()];
     let r = compare(probe, &options, &["env"], None, &[("LEAK", "no")]);
-    expect(&r, 0, "env 3\n\"EMPTY=\"\n\"Q=say \\\"hi\\\"\\nthen go\"\n\"SPACES= a b \"\n");
+    r.expect_output(0, "env 3\n\"EMPTY=\"\n\"Q=say \\\"hi\\\"\\nthen go\"\n\"SPACES= a b \"\n");
     // Closed, invalid and wrong-direction descriptors: EBADF (8), ESPIPE (70) for a seek on a stream.
     let data = tempfile::tempdir().unwrap();
-    let grant = [dir(data.path(), "/d", false)];
+    let grant = [dir_option(data.path(), "/d", false)];
     let r = compare(probe, &grant, &["fds", "/d"], None, &[]);
-    expect(
+    Ran::expect_output(
         &r,
         0,
         "open for writing: ok 4\nwrite: ok 3\nread from a write-only descriptor: errno 8\nclose: ok 0\n\
@@ -304,7 +293,7 @@ fn wasi_probe_answers_as_under_wasmtime_run() {
     );
     // Directory calls, and the ways out of a preopen: `..`, a symlink pointing out, an absolute path elsewhere.
     let r = compare(probe, &grant, &["fs", "/d"], None, &[]);
-    expect(
+    Ran::expect_output(
         &r,
         0,
         "mkdir: ok 0\nmkdir again: errno 20\ncreate: ok 4\nwrite: ok 13\nclose: ok 0\n\
@@ -317,18 +306,18 @@ fn wasi_probe_answers_as_under_wasmtime_run() {
     assert!(!data.path().join("../probe-outside.txt").exists(), "a file was created outside the grant");
     assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0, "the probe cleans up after itself");
     let r = compare(probe, &[], &["clock"], None, &[]);
-    expect(
+    Ran::expect_output(
         &r,
         0,
         "resolution of the monotonic clock: ok 0\nmonotonic resolution positive 1\nrealtime: ok 0\nafter 2020 1\n\
          sleep 2 ms: ok 0\nslept at least 2 ms 1\nprocess cpu time: errno 8\n",
     );
     let r = compare(probe, &[], &["random"], None, &[]);
-    expect(&r, 0, "getentropy: ok 0\ngetentropy: ok 0\ndiffer 1\ngetentropy over 256 bytes: errno 29\n");
+    r.expect_output(0, "getentropy: ok 0\ngetentropy: ok 0\ndiffer 1\ngetentropy over 256 bytes: errno 29\n");
     // Socket calls on descriptors that are not sockets: ENOTSOCK (57). The preview 1 adapter trapped here
     // (`unreachable` at adapter line 2421: exit 66) where wasmtime answers with the error.
     let r = compare(probe, &[], &["sockets"], None, &[]);
-    expect(
+    Ran::expect_output(
         &r,
         0,
         "accept on stdin: errno 57\nrecv on stdin: errno 57\nsend on stdout: errno 57\nshutdown stdout: errno 57\n\
@@ -336,7 +325,7 @@ fn wasi_probe_answers_as_under_wasmtime_run() {
     );
     // Stdout closed by the program, then written to: EBADF, told by the status the program chose (9).
     let r = compare(probe, &[], &["closed-stdout"], None, &[]);
-    expect(&r, 9, "");
+    r.expect_output(9, "");
 }
 
 /// A core module that imports `env::host_fn` and exports a `_start` calling it, written out byte by byte.
