@@ -82,7 +82,6 @@ pub struct FileCache<T> {
     entries: Mutex<HashMap<PathBuf, Entry<T>>>,
     capacity: usize,
     racy: Duration,
-    watching: bool,
     reads: AtomicU64,
     stats: AtomicU64,
 }
@@ -112,16 +111,9 @@ impl<T> FileCache<T> {
             entries: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
             racy,
-            watching: true,
             reads: AtomicU64::new(0),
             stats: AtomicU64::new(0),
         }
-    }
-
-    /// The same cache that never watches, so that every use checks by `stat` (for comparisons in tests and benches).
-    pub fn without_watching(mut self) -> Self {
-        self.watching = false;
-        self
     }
 
     /// How many times a file was read (and parsed) rather than served from the cache.
@@ -137,13 +129,11 @@ impl<T> FileCache<T> {
     /// The parsed contents of `path` (`None` if there is no such file): the cached value if the file is unchanged
     /// (see the module documentation), else read, parsed with `parse` and remembered.
     pub fn get<E>(&self, path: &Path, parse: impl FnOnce(&[u8]) -> Result<T, E>) -> Result<Option<Arc<T>>, Error<E>> {
-        if self.watching {
-            watch::drain_unless_scoped();
-            if let Some(entry) = self.lock().get(path)
-                && entry.ticket.as_ref().is_some_and(watch::Ticket::valid)
-            {
-                return Ok(Some(entry.value.clone()));
-            }
+        watch::drain_unless_scoped();
+        if let Some(entry) = self.lock().get(path)
+            && entry.ticket.as_ref().is_some_and(watch::Ticket::valid)
+        {
+            return Ok(Some(entry.value.clone()));
         }
         self.stats.fetch_add(1, Ordering::Relaxed);
         let current = match std::fs::metadata(path) {
@@ -160,7 +150,7 @@ impl<T> FileCache<T> {
             && entry.stamp == current
         {
             let value = entry.value.clone();
-            let watch = self.watching && !entry.watch_tried;
+            let watch = !entry.watch_tried;
             entry.watch_tried = true;
             drop(entries);
             if watch {

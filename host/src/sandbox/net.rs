@@ -108,15 +108,24 @@ impl Pollable for NameStream {
 /// `add_to_linker_async`: it fails if that did not define the instance under [`IP_NAME_LOOKUP`], since a second,
 /// unshadowed definition would leave the guest on wasmtime-wasi's resolver.
 pub fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
+    replace(linker, IP_NAME_LOOKUP, define)
+}
+
+/// Defines `instance` anew with `define`, over the definition wasmtime-wasi made; fails if there was none.
+fn replace(
+    linker: &mut Linker<SandboxState>,
+    instance: &str,
+    define: fn(&mut Linker<SandboxState>) -> wasmtime::Result<()>,
+) -> wasmtime::Result<()> {
     // Without shadowing, defining a name that is already there fails: that is the proof that the instance being
     // replaced is the one guests are linked to.
     let probe = linker
-        .instance(IP_NAME_LOOKUP)?
+        .instance(instance)?
         .func_wrap("resolve-addresses", |_: StoreContextMut<'_, SandboxState>, (): ()| -> wasmtime::Result<()> {
             Ok(())
         });
     if probe.is_ok() {
-        wasmtime::bail!("wasmtime-wasi did not define {IP_NAME_LOOKUP}: cannot replace its name resolver");
+        wasmtime::bail!("wasmtime-wasi did not define {instance}: cannot replace its name resolver");
     }
     linker.allow_shadowing(true);
     let defined = define(linker);
@@ -166,18 +175,7 @@ fn define(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
 /// Redefines WASI 0.3's `wasi:sockets/ip-name-lookup@0.3.0` (see the module documentation), after
 /// `wasmtime_wasi::p3::add_to_linker`; fails, as [`add_to_linker`] does, if that did not define it.
 pub fn add_p3_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
-    let probe = linker
-        .instance(IP_NAME_LOOKUP_P3)?
-        .func_wrap("resolve-addresses", |_: StoreContextMut<'_, SandboxState>, (): ()| -> wasmtime::Result<()> {
-            Ok(())
-        });
-    if probe.is_ok() {
-        wasmtime::bail!("wasmtime-wasi did not define {IP_NAME_LOOKUP_P3}: cannot replace its name resolver");
-    }
-    linker.allow_shadowing(true);
-    let defined = define_p3(linker);
-    linker.allow_shadowing(false);
-    defined
+    replace(linker, IP_NAME_LOOKUP_P3, define_p3)
 }
 
 fn define_p3(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
