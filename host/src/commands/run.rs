@@ -178,6 +178,12 @@ impl RunCommand {
             record_prompts: self.record_prompts,
         };
         let host = Host::open(home.clone(), options)?;
+        // This process ends with the run: every event it records is durable once acknowledged, so redb's clean
+        // close (four fdatasyncs) is skipped and the next open loads the allocator state the last commit recorded.
+        host.db().keep_open_until_exit();
+        if self.repeat == 1 && self.parallel == 1 {
+            crate::filecache::watch::WATCHER.disable();
+        }
         let runner = host.runner();
         // The token is read once: `--token -` reads stdin, which cannot be read twice.
         let prepared = self.spec(source).and_then(|spec| host.prepare(&runner, &spec));

@@ -156,14 +156,24 @@ impl State {
 /// This process's change notification.
 pub struct Watcher {
     state: Mutex<State>,
+    /// Set by [`Watcher::disable`]: nothing new is watched.
+    disabled: AtomicBool,
 }
 
 /// The one watcher of this process (a user may hold only 128 inotify instances by default).
-pub static WATCHER: LazyLock<Watcher> = LazyLock::new(|| Watcher { state: Mutex::new(State::default()) });
+pub static WATCHER: LazyLock<Watcher> =
+    LazyLock::new(|| Watcher { state: Mutex::new(State::default()), disabled: AtomicBool::new(false) });
 
 impl Watcher {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Watches nothing more in this process: for one that ends soon (a single `run`), whose files are used a few
+    /// times each. There a watch costs more than the `stat`s it saves: adding one on a directory, and removing it
+    /// when the process exits, makes the kernel walk that directory's cached entries, and `/` is on every path.
+    pub fn disable(&self) {
+        self.disabled.store(true, Ordering::Relaxed);
     }
 
     /// Reads every notification queued so far and invalidates the tickets they touch. A ticket checked after this
@@ -184,7 +194,10 @@ impl Watcher {
     /// check after this returns that the file is still what it read (a change before the watch began raises no
     /// event).
     pub fn watch(&self, path: &Path) -> Option<Ticket> {
-        if !path.is_absolute() || std::fs::canonicalize(path).ok().as_deref() != Some(path) {
+        if self.disabled.load(Ordering::Relaxed)
+            || !path.is_absolute()
+            || std::fs::canonicalize(path).ok().as_deref() != Some(path)
+        {
             return None;
         }
         let local = rustix::fs::statfs(path).ok().is_some_and(|fs| LOCAL_FILESYSTEMS.contains(&fs.f_type));
