@@ -7,8 +7,9 @@
 //! processes may share the database: each batch first applies, to this process's kernel state, the operations other
 //! processes committed since (the operation log is the source of truth), then extends both logs from their current
 //! heads, all inside one write transaction. A snapshot of the kernel state (only live runs and tasks, so it stays
-//! small) is stored every [`SNAPSHOT_EVERY`] operations, so a new process starts from it instead of replaying the
-//! whole log; the snapshot equals what replay from empty would give (the kernel is deterministic).
+//! small) is stored once the operations appended since the last one take as many bytes as it does (at least
+//! [`MIN_SNAPSHOT_GAP`]), so a new process reads at most about twice a snapshot's bytes to start instead of replaying
+//! the whole log; the snapshot equals what replay from empty would give (the kernel is deterministic).
 //!
 //! What the writer guarantees for every batch: the exact bytes of each operation and of each event are decoded the
 //! way `read` and `verify` decode them before anything is inserted, so no value can make the log unreadable; an
@@ -25,8 +26,12 @@ use redb::ReadableTable;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-/// A snapshot of the kernel state is stored each time the operation log passes a multiple of this.
-const SNAPSHOT_EVERY: u64 = 1024;
+/// The fewest bytes of operations between two snapshots of the kernel state. Past it, a snapshot is stored once the
+/// operations appended since the last one are as large as that snapshot was, so that what a new process parses to
+/// start (the snapshot, then the operations after it) stays within about twice a snapshot: its start costs what the
+/// kernel's state costs to read, not what the log's length does. (A fixed count of 1024 operations made a process
+/// starting late in the count replay up to a thousand: 4-8 ms.)
+const MIN_SNAPSHOT_GAP: u64 = 16 << 10;
 
 /// How long the writer waits for one more submission before committing what it has.
 const GATHER_GAP: std::time::Duration = std::time::Duration::from_micros(50);
@@ -36,6 +41,11 @@ const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// The key of the kernel snapshot in [`KERNEL`].
 const SNAPSHOT: &str = "snapshot";
+
+/// The key in [`KERNEL`] of the snapshot's pace: bytes of operations appended since the snapshot, then the bytes at
+/// which the next one is due (two little-endian u64). Kept in the database, not in a writer, so that every process
+/// (and every node of a cluster, applying the same operations) snapshots at the same operation.
+const SNAPSHOT_PACE: &str = "snapshot_pace";
 
 /// Longest reason stored in the `op.rejected` event of an operation that does not read back.
 const MAX_REASON: usize = 512;
@@ -326,7 +336,13 @@ fn write_loop(
     mut signer: Option<Signer>,
     stats: &LogStats,
 ) {
-    let mut state = State::default();
+    // Ready before the first submission, while the process is still loading what it will run: the kernel state
+    // (the latest snapshot and the operations after it) and the signing key. The first commit then only catches up
+    // with what other processes appended meanwhile; a failure here leaves it to that commit, which reports it.
+    let mut state = kernel_state(db).unwrap_or_default();
+    if let Some(signer) = signer.as_mut() {
+        drop(signer.ready());
+    }
     // The sizes of the last few batches: once a batch is as large as the largest of them and nothing more is
     // queued, it commits at once instead of waiting out a gap for a submitter that is probably not coming.
     let mut recent = [0usize; 8];
@@ -386,12 +402,12 @@ fn write_loop(
 }
 
 /// Brings `state` up to the operation log as it stands in the open transaction: from the latest snapshot if `state`
-/// is empty, then every operation after it. Returns the state's count of applied operations before the catch-up.
+/// is empty, then every operation after it.
 fn catch_up(
     state: &mut State,
     kernel_table: &impl ReadableTable<&'static str, &'static [u8]>,
     op_table: &impl ReadableTable<u64, &'static [u8]>,
-) -> Result<u64, redb::Error> {
+) -> Result<(), redb::Error> {
     if state.applied == 0 {
         // Start from the latest snapshot rather than from the first operation ever.
         if let Some(snapshot) = kernel_table.get(SNAPSHOT)? {
@@ -399,14 +415,13 @@ fn catch_up(
                 .map_err(|e| redb::Error::Corrupted(format!("kernel snapshot is unreadable: {e}")))?;
         }
     }
-    let before = state.applied;
     for entry in op_table.range(state.applied + 1..)? {
         let (k, v) = entry?;
         let op: Operation = serde_json::from_slice(v.value())
             .map_err(|e| redb::Error::Corrupted(format!("operation {} is unreadable: {e}", k.value())))?;
         kernel::apply(state, &op);
     }
-    Ok(before)
+    Ok(())
 }
 
 /// The kernel state as the operation log stands now (from the latest snapshot, then every operation after it), for a
@@ -496,6 +511,18 @@ fn unreadable_event(op: &Operation, reason: &str) -> EventDraft {
 ///
 /// `replicated`: the batch comes from the cluster's replicated log, and this hook records, in the same transaction,
 /// how far the replicated log has been applied. Without it (a local writer), a cluster node's database is refused.
+fn encode_pace((since, due): (u64, u64)) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&since.to_le_bytes());
+    bytes[8..].copy_from_slice(&due.to_le_bytes());
+    bytes
+}
+
+fn decode_pace(bytes: &[u8]) -> Option<(u64, u64)> {
+    let (since, due) = bytes.split_first_chunk::<8>()?;
+    Some((u64::from_le_bytes(*since), u64::from_le_bytes(due.try_into().ok()?)))
+}
+
 /// What a replicated batch records in its own transaction (see [`apply_replicated`]).
 type ReplicatedHook<'a> = dyn FnMut(&redb::WriteTransaction) -> Result<(), redb::Error> + 'a;
 
@@ -535,7 +562,9 @@ fn commit(
                  (`toka-host serve --cluster ...`, or `--server` to a node)"
             )));
         }
-        let before = catch_up(state, &kernel_table, &op_table)?;
+        catch_up(state, &kernel_table, &op_table)?;
+        // Bytes of the operations this batch appends, toward the next snapshot.
+        let mut appended_bytes = 0u64;
         let (mut seq, mut prev) = match events.last()? {
             None => (0, GENESIS),
             Some((k, v)) => {
@@ -620,6 +649,7 @@ fn commit(
                         }
                         None => {
                             op_table.insert(state.applied, encoded)?;
+                            appended_bytes += encoded.len() as u64;
                             ops_chain.push_op(state.applied, encoded);
                             let rejected = drafts
                                 .first()
@@ -680,9 +710,21 @@ fn commit(
                 checkpoint::store(&mut checkpoints, &cp)?;
             }
         }
-        if before / SNAPSHOT_EVERY != state.applied / SNAPSHOT_EVERY {
-            let snapshot = serde_json::to_vec(&*state).expect("the kernel state always serializes");
-            kernel_table.insert(SNAPSHOT, snapshot.as_slice())?;
+        if appended_bytes > 0 {
+            // Unreadable (never written by this version): due now, since a snapshot is always correct to store.
+            let (since, due) = kernel_table
+                .get(SNAPSHOT_PACE)?
+                .map_or(Some((0, MIN_SNAPSHOT_GAP)), |v| decode_pace(v.value()))
+                .unwrap_or((u64::MAX, 0));
+            let since = since.saturating_add(appended_bytes);
+            let pace = if since >= due {
+                let snapshot = serde_json::to_vec(&*state).expect("the kernel state always serializes");
+                kernel_table.insert(SNAPSHOT, snapshot.as_slice())?;
+                (0, (snapshot.len() as u64).max(MIN_SNAPSHOT_GAP))
+            } else {
+                (since, due)
+            };
+            kernel_table.insert(SNAPSHOT_PACE, encode_pace(pace).as_slice())?;
         }
     }
     if let Some(hook) = replicated {
@@ -950,30 +992,40 @@ mod tests {
         assert_eq!(only.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(), vec!["observation", "op.rejected"]);
     }
 
+    /// Snapshots come once the operations since the last one outweigh it, so a new process never replays more than
+    /// about a snapshot's bytes (a fixed count of 1024 operations replayed up to a thousand), and each snapshot is
+    /// exactly what replaying the operations before it gives.
     #[test]
     fn a_new_process_starts_from_the_snapshot_and_agrees_with_replay() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.redb")).unwrap();
-        {
-            let log = EventLog::open(db.clone(), GroupCommit::default(), None).unwrap();
-            log.submit(start("r")).unwrap();
-            for i in 0..(SNAPSHOT_EVERY + 10) {
-                log.submit(emit("r", i)).unwrap();
+        let log = EventLog::open(db.clone(), GroupCommit::default(), None).unwrap();
+        log.submit(start("r")).unwrap();
+        let mut snapshots = std::collections::BTreeSet::new();
+        for i in 0..400 {
+            log.submit(emit("r", i)).unwrap();
+            let txn = redb::ReadableDatabase::begin_read(db.redb()).unwrap();
+            let kernel_table = txn.open_table(KERNEL).unwrap();
+            let Some(snapshot) = kernel_table.get(SNAPSHOT).unwrap() else { continue };
+            let snapshot_len = snapshot.value().len() as u64;
+            let snapshot: State = serde_json::from_slice(snapshot.value()).unwrap();
+            let ops = txn.open_table(OPS).unwrap();
+            let after: u64 =
+                ops.range(snapshot.applied + 1..).unwrap().map(|e| e.unwrap().1.value().len() as u64).sum();
+            assert!(after < snapshot_len.max(MIN_SNAPSHOT_GAP), "{after} bytes of operations after the snapshot");
+            let pace = decode_pace(kernel_table.get(SNAPSHOT_PACE).unwrap().unwrap().value()).unwrap();
+            assert_eq!(pace, (after, snapshot_len.max(MIN_SNAPSHOT_GAP)));
+            if snapshots.insert(snapshot.applied) {
+                let before: Vec<Operation> = ops
+                    .range(..=snapshot.applied)
+                    .unwrap()
+                    .map(|e| serde_json::from_slice(e.unwrap().1.value()).unwrap())
+                    .collect();
+                assert_eq!(kernel::replay(&before), snapshot);
             }
         }
-        let txn = redb::ReadableDatabase::begin_read(db.redb()).unwrap();
-        let snapshot: State =
-            serde_json::from_slice(txn.open_table(KERNEL).unwrap().get(SNAPSHOT).unwrap().unwrap().value()).unwrap();
-        assert_eq!(snapshot.applied, SNAPSHOT_EVERY);
-        let ops: Vec<Operation> = txn
-            .open_table(OPS)
-            .unwrap()
-            .iter()
-            .unwrap()
-            .take(SNAPSHOT_EVERY as usize)
-            .map(|e| serde_json::from_slice(e.unwrap().1.value()).unwrap())
-            .collect();
-        assert_eq!(kernel::replay(&ops), snapshot);
+        assert!(snapshots.len() >= 2, "snapshots at {snapshots:?}");
+        drop(log);
         let log = EventLog::open(db.clone(), GroupCommit::default(), None).unwrap();
         assert_eq!(log.submit(emit("r", 0)).unwrap().rejected, None, "run r is known from snapshot + catch-up");
     }
