@@ -199,10 +199,13 @@ impl RunCommand {
         };
         let output = OutputMode { echo: !self.json, capture: self.json };
 
-        let rss_before = crate::run::resident_set_bytes();
+        // The process's memory is reported for repeated runs only (reading it costs a pass over /proc).
+        let many = self.repeat > 1 || self.parallel > 1;
+        let rss = || if many { crate::run::resident_set_bytes() } else { 0 };
+        let rss_before = rss();
         let control = crate::run::RunControl { run_id: Some(run_id), ..Default::default() };
         let first = runner.run_with(&program, &authorized, &limits, &invocation, output, control).await;
-        let rss_first = crate::run::resident_set_bytes();
+        let rss_first = rss();
         let mut tally = Tally::default();
         tally.add(first);
         let runner = Arc::new(runner);
@@ -223,7 +226,7 @@ impl RunCommand {
         while let Some(joined) = copies.join_next().await {
             tally.merge(joined.map_err(|e| RunError::host(format!("a parallel run panicked: {e}")))?);
         }
-        let rss_after = crate::run::resident_set_bytes();
+        let rss_after = rss();
         let total_runs = u64::from(self.repeat) * u64::from(self.parallel);
         let Tally { worst, failures, outcomes, .. } = tally;
         let report = worst.expect("at least one run");

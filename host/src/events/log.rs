@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 /// start (the snapshot, then the operations after it) stays within about twice a snapshot: its start costs what the
 /// kernel's state costs to read, not what the log's length does. (A fixed count of 1024 operations made a process
 /// starting late in the count replay up to a thousand: 4-8 ms.)
-const MIN_SNAPSHOT_GAP: u64 = 16 << 10;
+const MIN_SNAPSHOT_GAP: u64 = 4 << 10;
 
 /// How long the writer waits for one more submission before committing what it has.
 const GATHER_GAP: std::time::Duration = std::time::Duration::from_micros(50);
