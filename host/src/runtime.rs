@@ -127,7 +127,9 @@ impl Host {
     /// compile cache.
     pub fn open(home: Home, options: HostOptions) -> Result<Host, RunError> {
         home.ensure_dir().map_err(|e| RunError::host(e.to_string()))?;
-        let db = home.open_db().map_err(|e| RunError::host(format!("event log: {e}")))?;
+        let db = tracing::info_span!("open_db")
+            .in_scope(|| home.open_db())
+            .map_err(|e| RunError::host(format!("event log: {e}")))?;
         let signer = crate::events::Signer::for_home(&home);
         let log = EventLog::open(db, GroupCommit::default(), Some(signer))
             .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;

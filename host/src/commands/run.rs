@@ -177,7 +177,8 @@ impl RunCommand {
             progress: Some(crate::progress::Delayed::console()),
             record_prompts: self.record_prompts,
         };
-        let host = Host::open(home.clone(), options)?;
+        let host =
+            tracing::info_span!("open", home = %home.dir.display()).in_scope(|| Host::open(home.clone(), options))?;
         // This process ends with the run: every event it records is durable once acknowledged, so redb's clean
         // close (four fdatasyncs) is skipped and the next open loads the allocator state the last commit recorded.
         host.db().keep_open_until_exit();

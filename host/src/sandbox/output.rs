@@ -48,11 +48,12 @@ enum Chunk {
 /// Chunks queued for a host stream at most; a guest write beyond that waits (until its deadline).
 const ECHO_QUEUE: usize = 256;
 
+/// The writer threads' queues of the host's stdout and stderr, once started.
+static OUT: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Chunk>>> = std::sync::OnceLock::new();
+static ERR: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Chunk>>> = std::sync::OnceLock::new();
+
 /// The queue of the writer thread for `which` (started on first use; it lives as long as the process).
 fn echo_queue(which: Echo) -> Option<&'static std::sync::mpsc::SyncSender<Chunk>> {
-    use std::sync::OnceLock;
-    static OUT: OnceLock<Option<std::sync::mpsc::SyncSender<Chunk>>> = OnceLock::new();
-    static ERR: OnceLock<Option<std::sync::mpsc::SyncSender<Chunk>>> = OnceLock::new();
     let start = |stderr: bool| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(ECHO_QUEUE);
         let spawned = std::thread::Builder::new()
@@ -99,8 +100,9 @@ pub fn echo(which: Echo, bytes: &[u8], deadline: std::time::Instant) -> bool {
 /// lines, so they come after the guest's). This wait is the host's own, after the run: it may block like any
 /// program writing to a pipe nobody reads.
 pub fn drain_echo() {
-    for which in [Echo::Stdout, Echo::Stderr] {
-        if let Some(queue) = echo_queue(which) {
+    // A stream nothing was echoed to has no writer thread, and none is started for it here.
+    for queue in [&OUT, &ERR] {
+        if let Some(queue) = queue.get().and_then(Option::as_ref) {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             if queue.send(Chunk::Flush(tx)).is_ok() {
                 let _ = rx.recv();
