@@ -127,28 +127,50 @@ impl Host {
     /// compile cache.
     pub fn open(home: Home, options: HostOptions) -> Result<Host, RunError> {
         home.ensure_dir().map_err(|e| RunError::host(e.to_string()))?;
-        let db = tracing::info_span!("open_db")
-            .in_scope(|| home.open_db())
-            .map_err(|e| RunError::host(format!("event log: {e}")))?;
-        let signer = crate::events::Signer::for_home(&home);
-        let log = EventLog::open(db, GroupCommit::default(), Some(signer))
-            .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))?;
-        Host::open_with_log(home, options, Arc::new(log))
+        // The database's open (two fdatasyncs, its header's recovery flag) and the engine's start overlap.
+        let (log, engine) = std::thread::scope(|scope| {
+            let opening = scope.spawn(|| {
+                let db = tracing::info_span!("open_db")
+                    .in_scope(|| home.open_db())
+                    .map_err(|e| RunError::host(format!("event log: {e}")))?;
+                let signer = crate::events::Signer::for_home(&home);
+                EventLog::open(db, GroupCommit::default(), Some(signer))
+                    .map(Arc::new)
+                    .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))
+            });
+            let engine = Host::start_engine(&home, &options);
+            let log = opening.join().unwrap_or_else(|_| Err(RunError::host("opening the event log panicked")));
+            (log, engine)
+        });
+        Host::with_parts(home, options, log?, engine?)
     }
 
     /// Opens `home` with `log` as its event log (a cluster node's: its operations go through the cluster and are
     /// applied to `log`'s database by the cluster's state machine). `log`'s database must be `home`'s.
     pub fn open_with_log(home: Home, options: HostOptions, log: Arc<EventLog>) -> Result<Host, RunError> {
         home.ensure_dir().map_err(|e| RunError::host(e.to_string()))?;
+        let engine = Host::start_engine(&home, &options)?;
+        Host::with_parts(home, options, log, engine)
+    }
+
+    /// An engine on `home`'s compile cache (made owner-only: it holds code the host will execute).
+    fn start_engine(home: &Home, options: &HostOptions) -> Result<Arc<HostEngine>, RunError> {
         if let Some(cache) = &home.cache {
-            // The cache holds compiled code the host will execute: owner-only, like the home.
             crate::home::private_dir(cache).map_err(|e| RunError::host(format!("compile cache: {e}")))?;
         }
         let engine_options = EngineOptions { fuel: true, cache_dir: home.cache.clone(), pooling: options.pooling };
         let progress = options.progress.clone().unwrap_or_else(|| Arc::new(crate::progress::Silent));
-        let engine = HostEngine::new(&engine_options)
+        HostEngine::new(&engine_options)
             .map(|engine| Arc::new(engine.with_progress(progress)))
-            .map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))?;
+            .map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))
+    }
+
+    fn with_parts(
+        home: Home,
+        options: HostOptions,
+        log: Arc<EventLog>,
+        engine: Arc<HostEngine>,
+    ) -> Result<Host, RunError> {
         let tools = Arc::new(ToolHost::new(engine.clone(), Registry::open(&home.dir), Some(log.clone())));
         let llm = crate::llm::Gateway::open(&home.dir, Some(log.clone()), options.record_prompts)
             .map(Arc::new)

@@ -150,7 +150,15 @@ impl RunCommand {
                 return e.exit_code();
             }
         };
-        let report = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        // One run in this process needs no worker threads: it runs on this thread (blocking file calls still go to
+        // tokio's blocking pool), which saves starting two workers and handing each wake-up between threads.
+        // Repeated and parallel runs use a worker per core.
+        let runtime = if self.repeat == 1 && self.parallel == 1 {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        };
+        let report = match runtime {
             Ok(rt) => rt.block_on(self.run(home, source)),
             Err(e) => Err(RunError::host(format!("cannot start the async runtime: {e}"))),
         };
