@@ -2,10 +2,14 @@
 //! (a) `hello` from a warm `InstancePre` through toka-host's runner vs wasmtime at its best: the same component and
 //!     engine settings (pooling allocator, copy-on-write memory images), linked once into an `InstancePre`;
 //! (b) a cold run (new engine, load, run) with and without the on-disk compile cache;
-//! (c) a CPU-bound guest with fuel metering on vs off.
+//! (c) a CPU-bound guest with fuel metering on vs off;
+//! (d) the whole process: `toka-host run` (the release binary, in a home with a real event log) vs `wasmtime run`
+//!     (the command-line runtime `scripts/setup-toolchains` installs), the same component, both compile caches warm.
 //! Ratios are printed after each group. Run with `cargo bench --locked --workspace --bench run`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use toka_benches::{Plain, agent};
 use toka_host::bindings::Task;
@@ -148,5 +152,65 @@ fn fuel_on_vs_off(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, warm_run_vs_plain_wasmtime, cold_run_with_and_without_cache, fuel_on_vs_off);
+/// The `wasmtime` command-line binary that `scripts/setup-toolchains` installs (in `.tools/venv`'s wasmtime-cli).
+fn wasmtime_cli(root: &Path) -> Option<PathBuf> {
+    let lib = root.join(".tools/venv/lib");
+    std::fs::read_dir(lib)
+        .ok()?
+        .flatten()
+        .map(|python| python.path().join("site-packages/wasmtime_cli/wasmtime"))
+        .find(|p| p.exists())
+}
+
+fn whole_process_vs_wasmtime_run(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let toka = root.join("target/release/toka-host");
+    let (Some(wasmtime), true) = (wasmtime_cli(&root), toka.exists()) else {
+        println!("SKIP d_whole_process: needs target/release/toka-host and scripts/setup-toolchains' wasmtime");
+        return;
+    };
+    let component = agent("echo-cmd");
+    let dir = tempfile::tempdir().unwrap();
+    let (home, toka_cache, wasmtime_cache) =
+        (dir.path().join("home"), dir.path().join("toka-cache"), dir.path().join("wt"));
+    let cache_config = dir.path().join("wasmtime-cache.toml");
+    std::fs::write(&cache_config, format!("[cache]\ndirectory = {:?}\n", wasmtime_cache.display().to_string()))
+        .unwrap();
+    let run = |command: &mut Command| {
+        let out = command.arg(&component).arg("hello").stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.stdout, b"args: hello\n");
+    };
+    let toka_once =
+        || run(Command::new(&toka).env_clear().arg("run").env("TOKA_HOME", &home).env("TOKA_CACHE_DIR", &toka_cache));
+    let wasmtime_once = || {
+        run(Command::new(&wasmtime)
+            .env_clear()
+            .arg("run")
+            .arg("-C")
+            .arg(format!("cache-config={}", cache_config.display())))
+    };
+    // The first run of each compiles and fills its cache.
+    toka_once();
+    wasmtime_once();
+    let mut g = c.benchmark_group("d_whole_process");
+    g.sample_size(20);
+    g.bench_function("toka_host_run", |b| b.iter(toka_once));
+    g.bench_function("wasmtime_run", |b| b.iter(wasmtime_once));
+    g.finish();
+    let (t, w, ratio) = toka_benches::paired(15, 4, toka_once, wasmtime_once);
+    println!(
+        "RATIO d_whole_process: toka-host run {:.2} ms, wasmtime run {:.2} ms, toka/wasmtime = {ratio:.2} (target 1.2)",
+        t.as_secs_f64() * 1e3,
+        w.as_secs_f64() * 1e3,
+    );
+}
+
+criterion_group!(
+    benches,
+    warm_run_vs_plain_wasmtime,
+    cold_run_with_and_without_cache,
+    fuel_on_vs_off,
+    whole_process_vs_wasmtime_run
+);
 criterion_main!(benches);
