@@ -412,3 +412,23 @@ fn output_cap_holds() {
     assert_eq!(r.stdout.len(), 10000);
     assert!(r.stderr.contains("toka-host: output limit: stdout passed 10000 bytes"), "{}", r.stderr);
 }
+
+/// A run may hold at most `MAX_HANDLES` (4096) WASI handles at once: each open file is a host file descriptor, from
+/// the limit every run of the process shares. A guest that opens one file 5 000 times through `open-at` (no
+/// guest-side table in between) is stopped as a trap that says so; 1 000 held at once are fine.
+#[test]
+fn a_guest_holding_too_many_handles_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), "x").unwrap();
+    let grant = vec!["--dir".to_owned(), format!("{}::/data", dir.path().display())];
+    let held = toka_only(&grant, &["hold", "/data/f", "1000"], None, &[]);
+    held.expect_code(0);
+    assert_eq!(held.stdout, "opened: 1000\nstopped by: none\n");
+    let mut options = grant.clone();
+    options.push("--json".into());
+    let report = toka_only(&options, &["hold", "/data/f", "5000"], None, &[]).report();
+    assert_eq!(report["outcome"], "trap", "{report}");
+    assert_eq!(report["exit_code"], 66);
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("held more than 4096 WASI handles"), "{error}");
+}

@@ -15,6 +15,8 @@
 //!   does not allow it): prints the error code.
 //! * `ls DIR`, `cat FILE`, `write FILE TEXT`, `mkdir DIR`, `stat PATH`: directory and file calls through the
 //!   preopened directories (a path is resolved against the preopen whose name is its longest prefix).
+//! * `hold FILE COUNT`: opens `FILE` up to `COUNT` times and keeps every descriptor open (each is a host file
+//!   descriptor): prints how many opened and what stopped it.
 //! * `clock`: monotonic and system clock checks (prints `clock: ok` or what failed); `sleep MS`.
 //! * `random`: random, insecure random and insecure seed checks (prints `random: ok` or what failed).
 //! * `connect IPV4 PORT MESSAGE`: a TCP connection; sends `MESSAGE`, prints the reply read until the peer closes.
@@ -102,6 +104,10 @@ async fn dispatch(command: &str, operands: &[String], args: &[String]) -> Result
         "write-read-only" => write_read_only(operand(0)?).await,
         "ls" => ls(operand(0)?).await,
         "cat" => cat(operand(0)?).await,
+        "hold" => {
+            let count: u32 = operand(1)?.parse().map_err(|e| format!("bad count: {e}"))?;
+            hold(operand(0)?, count).await
+        }
         "write" => write(operand(0)?, operand(1)?).await,
         "mkdir" => {
             let (dir, rest) = resolve(operand(0)?)?;
@@ -273,6 +279,24 @@ async fn ls(path: &str) -> Result<(), String> {
     let mut names: Vec<String> = entries.into_iter().map(|e| format!("{} {}\n", e.name, type_name(&e.type_))).collect();
     names.sort();
     print(names.concat()).await
+}
+
+/// Opens `path` up to `count` times through `open-at` directly (no guest-side descriptor table in between), keeping
+/// every descriptor until the run ends: prints how many opened, and the error that stopped it if one did.
+async fn hold(path: &str, count: u32) -> Result<(), String> {
+    let (dir, rest) = resolve(path)?;
+    let mut held = Vec::new();
+    let mut stopped = String::from("none");
+    for _ in 0..count {
+        match dir.open_at(PathFlags::empty(), rest.clone(), OpenFlags::empty(), DescriptorFlags::READ).await {
+            Ok(file) => held.push(file),
+            Err(e) => {
+                stopped = format!("{e:?}");
+                break;
+            }
+        }
+    }
+    print(format!("opened: {}\nstopped by: {stopped}\n", held.len())).await
 }
 
 async fn cat(path: &str) -> Result<(), String> {

@@ -166,8 +166,10 @@ pub fn build_on(
     });
     let names = Arc::new(net::Names::new(&grants.peers, has_net));
 
+    let mut wasi = wasi.build_p1();
+    wasi.ctx().table.set_max_capacity(limits::MAX_HANDLES);
     let state = SandboxState {
-        wasi: wasi.build_p1(),
+        wasi,
         limiter: MemoryLimiter::new(limits.max_memory, limits.max_table_elements),
         log: LogSink::new(name, output.echo, output.capture, limits.max_output, deadline),
         observer: observe::Observer {

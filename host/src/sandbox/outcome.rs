@@ -39,6 +39,22 @@ pub(crate) fn classify(
             Outcome::MemoryLimit,
             format!("memory limit: guest tried to grow past {} bytes, then failed: {cause}", limits.max_memory),
         ),
+        _ if e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<wasmtime::component::ResourceTableError>(),
+                Some(wasmtime::component::ResourceTableError::Full)
+            )
+        }) =>
+        {
+            (
+                Outcome::Trap,
+                format!(
+                    "trap: the guest held more than {} WASI handles at once (open files, streams, sockets, \
+                     pollables): {cause}",
+                    super::limits::MAX_HANDLES
+                ),
+            )
+        }
         _ => (Outcome::Trap, format!("trap: {cause}")),
     }
 }
