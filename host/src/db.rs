@@ -141,6 +141,9 @@ impl Db {
         };
         let db = open().map_err(|source| OpenError::Open { path: shown, source })?;
         let repaired = repaired.load(std::sync::atomic::Ordering::Relaxed);
+        if repaired {
+            tracing::warn!(path = %path.display(), "database repaired: a writer that recorded no allocator state stopped without closing it");
+        }
         Ok(Db { inner: Arc::new(db), path: path.to_path_buf(), repaired })
     }
 
