@@ -420,10 +420,8 @@ fn output_cap_holds() {
 fn a_guest_holding_too_many_handles_is_stopped() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), "x").unwrap();
-    let grant = vec!["--dir".to_owned(), format!("{}::/data", dir.path().display())];
-    let held = toka_only(&grant, &["hold", "/data/f", "1000"], None, &[]);
-    held.expect_code(0);
-    assert_eq!(held.stdout, "opened: 1000\nstopped by: none\n");
+    let grant = vec![dir_option(dir.path(), "/data", false)];
+    toka_only(&grant, &["hold", "/data/f", "1000"], None, &[]).expect_output(0, "opened: 1000\nstopped by: none\n");
     let mut options = grant.clone();
     options.push("--json".into());
     let report = toka_only(&options, &["hold", "/data/f", "5000"], None, &[]).report();

@@ -153,7 +153,7 @@ impl RunCommand {
         // One run in this process needs no worker threads: it runs on this thread (blocking file calls still go to
         // tokio's blocking pool), which saves starting two workers and handing each wake-up between threads.
         // Repeated and parallel runs use a worker per core.
-        let runtime = if self.repeat == 1 && self.parallel == 1 {
+        let runtime = if self.single() {
             tokio::runtime::Builder::new_current_thread().enable_all().build()
         } else {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()
@@ -190,7 +190,7 @@ impl RunCommand {
         // This process ends with the run: every event it records is durable once acknowledged, so redb's clean
         // close (four fdatasyncs) is skipped and the next open loads the allocator state the last commit recorded.
         host.db().keep_open_until_exit();
-        if self.repeat == 1 && self.parallel == 1 {
+        if self.single() {
             crate::filecache::watch::WATCHER.disable();
         }
         let runner = host.runner();
@@ -209,7 +209,7 @@ impl RunCommand {
         let output = OutputMode { echo: !self.json, capture: self.json };
 
         // The process's memory is reported for repeated runs only (reading it costs a pass over /proc).
-        let many = self.repeat > 1 || self.parallel > 1;
+        let many = !self.single();
         let rss = || if many { crate::run::resident_set_bytes() } else { 0 };
         let rss_before = rss();
         let control = crate::run::RunControl { run_id: Some(run_id), ..Default::default() };
@@ -276,6 +276,11 @@ impl RunCommand {
             }
         }
         Ok(report)
+    }
+
+    /// One run, neither repeated nor parallel: the process ends with it.
+    fn single(&self) -> bool {
+        self.repeat == 1 && self.parallel == 1
     }
 
     /// What to run: the installed agent package of that name (a bare name, no `/`, not ending in `.wasm`), else

@@ -47,6 +47,20 @@ const SNAPSHOT: &str = "snapshot";
 /// (and every node of a cluster, applying the same operations) snapshots at the same operation.
 const SNAPSHOT_PACE: &str = "snapshot_pace";
 
+/// The value stored under [`SNAPSHOT_PACE`].
+fn encode_pace((since, due): (u64, u64)) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&since.to_le_bytes());
+    bytes[8..].copy_from_slice(&due.to_le_bytes());
+    bytes
+}
+
+/// What [`encode_pace`] stored, if `bytes` is that.
+fn decode_pace(bytes: &[u8]) -> Option<(u64, u64)> {
+    let (since, due) = bytes.split_first_chunk::<8>()?;
+    Some((u64::from_le_bytes(*since), u64::from_le_bytes(due.try_into().ok()?)))
+}
+
 /// Longest reason stored in the `op.rejected` event of an operation that does not read back.
 const MAX_REASON: usize = 512;
 
@@ -503,6 +517,9 @@ fn unreadable_event(op: &Operation, reason: &str) -> EventDraft {
     }
 }
 
+/// What a replicated batch records in its own transaction (see [`apply_replicated`]).
+type ReplicatedHook<'a> = dyn FnMut(&redb::WriteTransaction) -> Result<(), redb::Error> + 'a;
+
 /// In one durable transaction: catches `state` up with the operation log, checks that the logs still match their
 /// latest checkpoint (with a signer), then applies and appends `first` and each further submission `next` yields
 /// (called with the batch's size so far, `None` ends the batch), and stores the new heads and checkpoint. Every
@@ -511,21 +528,6 @@ fn unreadable_event(op: &Operation, reason: &str) -> EventDraft {
 ///
 /// `replicated`: the batch comes from the cluster's replicated log, and this hook records, in the same transaction,
 /// how far the replicated log has been applied. Without it (a local writer), a cluster node's database is refused.
-fn encode_pace((since, due): (u64, u64)) -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&since.to_le_bytes());
-    bytes[8..].copy_from_slice(&due.to_le_bytes());
-    bytes
-}
-
-fn decode_pace(bytes: &[u8]) -> Option<(u64, u64)> {
-    let (since, due) = bytes.split_first_chunk::<8>()?;
-    Some((u64::from_le_bytes(*since), u64::from_le_bytes(due.try_into().ok()?)))
-}
-
-/// What a replicated batch records in its own transaction (see [`apply_replicated`]).
-type ReplicatedHook<'a> = dyn FnMut(&redb::WriteTransaction) -> Result<(), redb::Error> + 'a;
-
 fn commit(
     db: &Db,
     state: &mut State,
