@@ -153,7 +153,21 @@ pub fn without_compile_progress(stderr: &str) -> String {
 
 /// [`toka_with`], with stderr exactly as the host wrote it.
 pub fn toka_raw(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Ran {
-    let mut cmd = Command::new(toka_host());
+    run_toka(Command::new(toka_host()), args, stdin, env)
+}
+
+/// [`toka_with`], the binary run under `prlimit --nofile=NOFILE` (`SOFT:HARD`; `SOFT:` keeps the hard limit): with
+/// another file descriptor limit than the test's own.
+pub fn toka_with_nofile(nofile: &str, args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}")).arg("--").arg(toka_host());
+    let mut ran = run_toka(cmd, args, None, env);
+    ran.stderr = without_compile_progress(&ran.stderr);
+    ran
+}
+
+/// Runs `cmd` (which starts toka-host) with `args`, the shared cache and home, and `env`.
+fn run_toka(mut cmd: Command, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Ran {
     cmd.args(args).env("TOKA_CACHE_DIR", shared_cache()).env("TOKA_HOME", shared_home()).env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);

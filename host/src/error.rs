@@ -57,6 +57,9 @@ pub enum Outcome {
     /// The cluster node the run executed on was lost (killed, cut off, restarted) before the run ended: what the run
     /// did before is in the log; it was not completed.
     Lost,
+    /// The host could not give the run what every run needs (its file descriptors are held by live runs); retry
+    /// later.
+    HostBusy,
 }
 
 impl Outcome {
@@ -86,6 +89,7 @@ impl Outcome {
             Outcome::Unreachable => 83,
             Outcome::ServerBusy => 84,
             Outcome::Lost => crate::kernel::LOST_EXIT_CODE,
+            Outcome::HostBusy => 104,
         }
     }
 
@@ -114,6 +118,7 @@ impl Outcome {
             Outcome::Unreachable => "unreachable",
             Outcome::ServerBusy => "server-busy",
             Outcome::Lost => "lost",
+            Outcome::HostBusy => "host-busy",
         }
     }
 
@@ -123,7 +128,7 @@ impl Outcome {
     }
 
     /// Every outcome, for documentation and for tests that check the codes are distinct.
-    pub const ALL: [Outcome; 22] = [
+    pub const ALL: [Outcome; 23] = [
         Outcome::Success,
         Outcome::Exited,
         Outcome::AgentError,
@@ -146,6 +151,7 @@ impl Outcome {
         Outcome::Unreachable,
         Outcome::ServerBusy,
         Outcome::Lost,
+        Outcome::HostBusy,
     ];
 }
 
@@ -176,6 +182,9 @@ pub enum RunError {
     RateLimited(String),
     #[error("cancelled before it started")]
     Cancelled,
+    /// The host has no room for the run now (see [`crate::sandbox::fds`]).
+    #[error("{0}")]
+    HostBusy(String),
 }
 
 impl RunError {
@@ -191,6 +200,7 @@ impl RunError {
             RunError::RateLimited(_) => Outcome::RateLimited,
             RunError::Host(_) => Outcome::HostError,
             RunError::Cancelled => Outcome::Cancelled,
+            RunError::HostBusy(_) => Outcome::HostBusy,
         }
     }
 

@@ -25,6 +25,7 @@ pub mod events;
 pub mod filecache;
 pub mod grants;
 pub mod home;
+pub mod http;
 pub mod journal;
 pub mod kernel;
 pub mod llm;

@@ -10,6 +10,7 @@ mod client;
 mod cluster;
 mod command;
 mod dashboard;
+mod descriptors;
 mod dirstat;
 mod events;
 mod held_tokens;

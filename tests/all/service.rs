@@ -18,12 +18,23 @@ pub struct Server {
     pub url: String,
     pub home: tempfile::TempDir,
     extra: Vec<String>,
+    /// `prlimit`'s `--nofile` value the server runs under, if not the test's own limit.
+    nofile: Option<String>,
 }
 
-/// Starts `toka-host serve` on `addr` with `home`; the child and the URL it printed.
-fn spawn(home: &Path, addr: &str, extra: &[&str]) -> (Child, String) {
+/// Starts `toka-host serve` on `addr` with `home` (under `prlimit --nofile=NOFILE` if given); the child and the URL
+/// it printed.
+fn spawn(home: &Path, addr: &str, extra: &[&str], nofile: Option<&str>) -> (Child, String) {
     let agents = root().join("target").join("agents");
-    let mut child = Command::new(toka_host())
+    let mut command = match nofile {
+        Some(limit) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={limit}")).arg("--").arg(toka_host());
+            c
+        }
+        None => Command::new(toka_host()),
+    };
+    let mut child = command
         .args(["serve", "--addr", addr, "--component-dir", agents.to_str().unwrap()])
         .args(extra)
         .env("TOKA_HOME", home)
@@ -58,8 +69,14 @@ impl Server {
     }
 
     pub fn start_in(home: tempfile::TempDir, extra: &[&str]) -> Server {
-        let (child, url) = spawn(home.path(), "127.0.0.1:0", extra);
-        Server { child, url, home, extra: extra.iter().map(ToString::to_string).collect() }
+        Server::start_limited(home, extra, None)
+    }
+
+    /// [`Server::start_in`], the server running under `prlimit --nofile=NOFILE` (`SOFT:HARD`) if given.
+    pub fn start_limited(home: tempfile::TempDir, extra: &[&str], nofile: Option<&str>) -> Server {
+        let (child, url) = spawn(home.path(), "127.0.0.1:0", extra, nofile);
+        let extra = extra.iter().map(ToString::to_string).collect();
+        Server { child, url, home, extra, nofile: nofile.map(str::to_owned) }
     }
 
     /// Stops the server (SIGTERM, a clean exit), calls `while_down` with its home, and starts it again on the same
@@ -69,7 +86,7 @@ impl Server {
         let done = while_down(self.home.path());
         let addr = self.url.trim_start_matches("http://").to_string();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let (child, url) = spawn(self.home.path(), &addr, &extra);
+        let (child, url) = spawn(self.home.path(), &addr, &extra, self.nofile.as_deref());
         assert_eq!(url, self.url, "the server came back on another address");
         self.child = child;
         done
@@ -81,7 +98,7 @@ impl Server {
         self.child.wait().unwrap();
         let addr = self.url.trim_start_matches("http://").to_string();
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let (child, url) = spawn(self.home.path(), &addr, &extra);
+        let (child, url) = spawn(self.home.path(), &addr, &extra, self.nofile.as_deref());
         assert_eq!(url, self.url, "the server came back on another address");
         self.child = child;
     }

@@ -19,6 +19,9 @@
 //! |            |                           | on `path`: a nested grant must still be the directory it was           |
 //! | `resolve`  | `name`, `port`, `connect` | looks `name` up through `wasi:sockets/ip-name-lookup`; returns every  |
 //! |            |                           | address; with `connect`, then connects to the first one at `port`     |
+//! | `hold`     | `path`, `count`, `ms`     | opens `path` up to `count` times through `wasi:filesystem` and keeps   |
+//! |            |                           | every descriptor for `ms` milliseconds; returns how many opened and   |
+//! |            |                           | what stopped it (each is a host file descriptor)                      |
 //!
 //! The probing attacks (`escape`, `write-ro`, `env`, `net`, `resolve`) return `denied` with every attempt and its error when
 //! the host blocks them all, and `Ok` with what got through otherwise, so a test can tell a leak from a block.
@@ -82,6 +85,12 @@ enum Attack {
         #[serde(default)]
         connect: bool,
     },
+    Hold {
+        path: String,
+        count: u32,
+        #[serde(default)]
+        ms: u64,
+    },
 }
 
 /// One guest-facing host call, with the guest's own (arbitrary) arguments; `times` repeats it.
@@ -135,7 +144,38 @@ fn hostile(_task: &Task, attack: Attack) -> Result<Value, AgentError> {
             port,
             connect,
         } => resolve(&name, port, connect),
+        Attack::Hold { path, count, ms } => hold(&path, count, ms),
     }
+}
+
+/// Opens `path` (under a preopened directory) up to `count` times through `wasi:filesystem` itself, with no libc
+/// table in between, keeps every descriptor, and waits `ms` milliseconds before it returns.
+fn hold(path: &str, count: u32, ms: u64) -> Result<Value, AgentError> {
+    use toka_sdk::bindings::wasi::filesystem::preopens::get_directories;
+    use toka_sdk::bindings::wasi::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
+    let dirs = get_directories();
+    let (dir, rest) = dirs
+        .iter()
+        .find_map(|(dir, name)| {
+            let rest = path.strip_prefix(name.as_str())?;
+            Some((dir, rest.trim_start_matches('/')))
+        })
+        .ok_or_else(|| AgentError::Failed(format!("{path}: under no preopened directory")))?;
+    let mut held = Vec::new();
+    let mut stopped = "none".to_owned();
+    for _ in 0..count {
+        match dir.open_at(PathFlags::empty(), rest, OpenFlags::empty(), DescriptorFlags::READ) {
+            Ok(file) => held.push(file),
+            Err(e) => {
+                stopped = format!("{e:?}");
+                break;
+            }
+        }
+    }
+    if ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    Ok(json!({ "opened": held.len(), "stopped": stopped }))
 }
 
 /// Makes each call; the answer of each is `ok: ...` or `err: ...` (for `times`, the first error and the count).

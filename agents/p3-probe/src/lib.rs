@@ -15,11 +15,13 @@
 //!   does not allow it): prints the error code.
 //! * `ls DIR`, `cat FILE`, `write FILE TEXT`, `mkdir DIR`, `stat PATH`: directory and file calls through the
 //!   preopened directories (a path is resolved against the preopen whose name is its longest prefix).
-//! * `hold FILE COUNT`: opens `FILE` up to `COUNT` times and keeps every descriptor open (each is a host file
-//!   descriptor): prints how many opened and what stopped it.
+//! * `hold FILE COUNT [MS]`: opens `FILE` up to `COUNT` times and keeps every descriptor open (each is a host file
+//!   descriptor), for `MS` milliseconds more if given: prints how many opened and what stopped it.
 //! * `clock`: monotonic and system clock checks (prints `clock: ok` or what failed); `sleep MS`.
 //! * `random`: random, insecure random and insecure seed checks (prints `random: ok` or what failed).
 //! * `connect IPV4 PORT MESSAGE`: a TCP connection; sends `MESSAGE`, prints the reply read until the peer closes.
+//! * `udp IPV4 PORT MESSAGE`: sends `MESSAGE` as one UDP datagram to the peer, prints the first datagram back and
+//!   whether it came from that peer.
 //! * `resolve NAME`: the addresses a name lookup returns, sorted.
 //! * `stdin`: copies stdin to stdout.
 //! * `spin`: loops forever; `spin-task`: a second task loops forever while the first waits on a timer.
@@ -54,7 +56,9 @@ use bindings::wasi::filesystem::preopens;
 use bindings::wasi::filesystem::types::{Descriptor, DescriptorFlags, DescriptorType, OpenFlags, PathFlags};
 use bindings::wasi::random::{insecure, insecure_seed, random};
 use bindings::wasi::sockets::ip_name_lookup;
-use bindings::wasi::sockets::types::{IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, TcpSocket};
+use bindings::wasi::sockets::types::{
+    IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, TcpSocket, UdpSocket,
+};
 use bindings::wit_stream;
 
 pub struct Probe;
@@ -106,7 +110,11 @@ async fn dispatch(command: &str, operands: &[String], args: &[String]) -> Result
         "cat" => cat(operand(0)?).await,
         "hold" => {
             let count: u32 = operand(1)?.parse().map_err(|e| format!("bad count: {e}"))?;
-            hold(operand(0)?, count).await
+            let keep_ms: u64 = match operand(2) {
+                Ok(ms) => ms.parse().map_err(|e| format!("bad milliseconds: {e}"))?,
+                Err(_) => 0,
+            };
+            hold(operand(0)?, count, keep_ms).await
         }
         "write" => write(operand(0)?, operand(1)?).await,
         "mkdir" => {
@@ -127,6 +135,7 @@ async fn dispatch(command: &str, operands: &[String], args: &[String]) -> Result
         }
         "random" => random_checks().await,
         "connect" => connect(operand(0)?, operand(1)?, operand(2)?).await,
+        "udp" => udp(operand(0)?, operand(1)?, operand(2)?).await,
         "resolve" => {
             let mut found: Vec<String> = ip_name_lookup::resolve_addresses(operand(0)?.to_owned())
                 .await
@@ -283,7 +292,7 @@ async fn ls(path: &str) -> Result<(), String> {
 
 /// Opens `path` up to `count` times through `open-at` directly (no guest-side descriptor table in between), keeping
 /// every descriptor until the run ends: prints how many opened, and the error that stopped it if one did.
-async fn hold(path: &str, count: u32) -> Result<(), String> {
+async fn hold(path: &str, count: u32, keep_ms: u64) -> Result<(), String> {
     let (dir, rest) = resolve(path)?;
     let mut held = Vec::new();
     let mut stopped = String::from("none");
@@ -295,6 +304,9 @@ async fn hold(path: &str, count: u32) -> Result<(), String> {
                 break;
             }
         }
+    }
+    if keep_ms > 0 {
+        monotonic_clock::wait_for(keep_ms * 1_000_000).await;
     }
     print(format!("opened: {}\nstopped by: {stopped}\n", held.len())).await
 }
@@ -395,15 +407,32 @@ async fn report(what: &str, failures: Vec<String>) -> Result<(), String> {
     if failures.is_empty() { print(format!("{what}: ok\n")).await } else { Err(failures.join("; ")) }
 }
 
-async fn connect(ip: &str, port: &str, message: &str) -> Result<(), String> {
+/// `IP` (dotted IPv4) and `PORT` as a socket address.
+fn ipv4_peer(ip: &str, port: &str) -> Result<IpSocketAddress, String> {
     let octets: Vec<u8> =
         ip.split('.').map(|p| p.parse::<u8>()).collect::<Result<_, _>>().map_err(|e| format!("{e}"))?;
     let [a, b, c, d] = octets[..] else {
         return Err(format!("{ip}: not an IPv4 address"));
     };
     let port: u16 = port.parse().map_err(|e| format!("bad port: {e}"))?;
+    Ok(IpSocketAddress::Ipv4(Ipv4SocketAddress { port, address: (a, b, c, d) }))
+}
+
+async fn udp(ip: &str, port: &str, message: &str) -> Result<(), String> {
+    let peer = ipv4_peer(ip, port)?;
+    let socket = UdpSocket::create(IpAddressFamily::Ipv4).map_err(|e| format!("create: {e:?}"))?;
+    socket.send(message.as_bytes().to_vec(), Some(peer)).await.map_err(|e| format!("send: {e:?}"))?;
+    let (reply, from) = socket.receive().await.map_err(|e| format!("receive: {e:?}"))?;
+    let from_peer = match (&from, &peer) {
+        (IpSocketAddress::Ipv4(f), IpSocketAddress::Ipv4(p)) => f.address == p.address && f.port == p.port,
+        _ => false,
+    };
+    print(format!("reply: {:?}\nfrom the peer: {from_peer}\n", String::from_utf8_lossy(&reply))).await
+}
+
+async fn connect(ip: &str, port: &str, message: &str) -> Result<(), String> {
+    let address = ipv4_peer(ip, port)?;
     let socket = TcpSocket::create(IpAddressFamily::Ipv4).map_err(|e| format!("create: {e:?}"))?;
-    let address = IpSocketAddress::Ipv4(Ipv4SocketAddress { port, address: (a, b, c, d) });
     socket.connect(address).await.map_err(|e| format!("connect: {e:?}"))?;
     let (mut tx, rx) = wit_stream::new::<u8>();
     let sent = socket.send(rx);

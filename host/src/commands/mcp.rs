@@ -196,7 +196,10 @@ impl McpCommand {
                 hosts.join(" or ")
             );
         }
-        axum::serve(listener, router).await.map_err(|e| RunError::host(format!("mcp: {e}")))
+        let limits = crate::http::Limits::for_process();
+        crate::http::serve(listener, router, limits, std::future::pending(), Duration::ZERO)
+            .await
+            .map_err(|e| RunError::host(format!("mcp: {e}")))
     }
 }
 

@@ -142,6 +142,8 @@ impl Cli {
     pub fn execute(self) -> i32 {
         let home = self.home.home();
         crate::error::set_verbose(self.verbose);
+        // Raises the soft file descriptor limit to the hard one before anything opens a file or a socket.
+        crate::sandbox::fds::budget();
         match self.command {
             Command::Run(cmd) => cmd.execute(&home),
             Command::Events(cmd) => cmd.execute(&home),

@@ -79,8 +79,9 @@ impl RegistryCommand {
                         Arc::new(registry),
                         usize::try_from(max_body).unwrap_or(usize::MAX),
                     );
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(crate::commands::serve::shutdown_signal())
+                    let limits = crate::http::Limits::for_process();
+                    let stop = crate::commands::serve::shutdown_signal();
+                    crate::http::serve(listener, app, limits, stop, std::time::Duration::from_secs(5))
                         .await
                         .map_err(PluginError::host)
                 })

@@ -153,6 +153,7 @@ impl RunCommand {
         // One run in this process needs no worker threads: it runs on this thread (blocking file calls still go to
         // tokio's blocking pool), which saves starting two workers and handing each wake-up between threads.
         // Repeated and parallel runs use a worker per core.
+        crate::sandbox::fds::plan(self.parallel as usize);
         let runtime = if self.single() {
             tokio::runtime::Builder::new_current_thread().enable_all().build()
         } else {

@@ -9,6 +9,7 @@ pub mod budget;
 pub mod cancel;
 pub mod caps;
 pub mod denied;
+pub mod fds;
 pub mod limits;
 pub mod log;
 pub mod net;
@@ -51,6 +52,10 @@ pub struct SandboxState {
     pub denied: denied::Denied,
     /// What the guest's name lookups may answer.
     names: Arc<net::Names>,
+    /// The cap of the store's resource table: the most WASI handles the guest may hold at once.
+    pub handle_cap: usize,
+    /// The sandbox's part of the process's file descriptors, if it can open any; given back with the store.
+    _fds: Option<fds::Share>,
 }
 
 /// Who is running and where its records go.
@@ -127,6 +132,22 @@ pub fn build_on(
     argv: &[String],
 ) -> Result<Sandbox, RunError> {
     let name = context.agent.as_str();
+    // Only a directory or a network peer lets a guest open host file descriptors: such a sandbox takes its share of
+    // the process's (see `fds`), and its table's cap is that share.
+    let fds = if grants.dirs.is_empty() && grants.net.is_empty() {
+        None
+    } else {
+        let budget = fds::budget();
+        Some(budget.take(grants.dirs.len()).ok_or_else(|| {
+            RunError::HostBusy(format!(
+                "host busy: live runs hold the file descriptors this process gives guests ({} of {}, under a \
+                 limit of {}); retry later",
+                budget.held(),
+                budget.guests(),
+                budget.limit()
+            ))
+        })?)
+    };
     let mut wasi = WasiCtxBuilder::new();
     wasi.args(argv);
     wasi.envs(&grants.env);
@@ -165,9 +186,10 @@ pub fn build_on(
         Box::pin(async move { ok })
     });
     let names = Arc::new(net::Names::new(&grants.peers, has_net));
+    let handle_cap = fds.as_ref().map_or(limits::MAX_HANDLES, fds::Share::handles);
 
     let mut wasi = wasi.build_p1();
-    wasi.ctx().table.set_max_capacity(limits::MAX_HANDLES);
+    wasi.ctx().table.set_max_capacity(handle_cap);
     let state = SandboxState {
         wasi,
         limiter: MemoryLimiter::new(limits.max_memory, limits.max_table_elements),
@@ -193,6 +215,8 @@ pub fn build_on(
         spawner: context.spawner.clone(),
         denied,
         names,
+        handle_cap,
+        _fds: fds,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);

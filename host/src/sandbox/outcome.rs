@@ -51,7 +51,7 @@ pub(crate) fn classify(
                 format!(
                     "trap: the guest held more than {} WASI handles at once (open files, streams, sockets, \
                      pollables): {cause}",
-                    super::limits::MAX_HANDLES
+                    store.data().handle_cap
                 ),
             )
         }

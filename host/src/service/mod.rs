@@ -31,7 +31,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use error::ApiError;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -60,6 +59,8 @@ pub struct ServiceConfig {
     pub cluster: Option<crate::cluster::Cluster>,
     /// This node's labels (`serve --label`), on a cluster.
     pub labels: Vec<String>,
+    /// Bounds on clients' connections (see [`crate::http`]).
+    pub connections: crate::http::Limits,
 }
 
 impl Default for ServiceConfig {
@@ -73,6 +74,7 @@ impl Default for ServiceConfig {
             max_compiles: 2,
             cluster: None,
             labels: Vec::new(),
+            connections: crate::http::Limits::for_process(),
         }
     }
 }
@@ -150,6 +152,7 @@ impl Service {
         let node = config.cluster.as_ref().map(|c| c.node_id);
         let runner = Arc::new(host.runner().on_node(node));
         let runs = runs::RunTable::default();
+        crate::sandbox::fds::plan(config.max_concurrent);
         if let Some(node) = node {
             runs.set_here(node);
         }
@@ -370,9 +373,8 @@ pub async fn serve_with(
         stopping.stopping.store(true, Ordering::SeqCst);
         stopping.shutdown.cancel();
     };
-    let server =
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown);
-    server.await?;
+    // Requests in flight get the runs' grace period to be answered (a waiting request ends with its run).
+    crate::http::serve(listener, app, service.config.connections, shutdown, service.config.shutdown_grace).await?;
     // Queued runs do not start; running runs get the grace period, then are cancelled.
     service.slots.close();
     let running = service.runs.live();

@@ -61,6 +61,7 @@ const QUEUE_PER_SLOT: usize = 8;
 impl CallSlots {
     pub fn new(max: usize, max_wait: Duration) -> CallSlots {
         let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        crate::sandbox::fds::plan(max);
         CallSlots { semaphore: Semaphore::new(max), max, max_wait, waiting: AtomicUsize::new(0) }
     }
 

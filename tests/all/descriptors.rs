@@ -1,0 +1,226 @@
+//! The process's file descriptors, which every run and the host itself share (`sandbox::fds`): the soft limit is
+//! raised at start, a sandbox that can open descriptors holds at most its share of them, a sandbox past the budget
+//! is refused (`host-busy`), and concurrent runs that try to take them all leave the host and the other runs theirs.
+
+use crate::service::Server;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use toka_tests::{agent, dir_option, toka_with_nofile};
+
+/// The test process's hard `RLIMIT_NOFILE`, from `/proc/self/limits`.
+fn hard_nofile() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a Max open files line");
+    // "Max open files  SOFT  HARD  files"
+    line.split_whitespace().nth(4).and_then(|hard| hard.parse().ok()).unwrap_or(u64::MAX)
+}
+
+/// A directory holding one small file, `f`.
+fn one_file() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), "x").unwrap();
+    dir
+}
+
+/// The soft limit is raised to the hard one at start (stock Debian gives 1 024 soft and 524 288 hard), so a run may
+/// hold more files than the soft limit it was started with. Before, the same guest stopped at about 1 015 files,
+/// with `io`. Under a hard limit of 1 024 too, nothing can be raised, and the run's table is sized to its share
+/// instead: (1 024 - 256 kept for the host) / 4 sandboxes planned for one run = 192, the table cap, plus one
+/// descriptor for the preopen. The guest is stopped there, long before the process runs out.
+#[test]
+fn the_soft_limit_is_raised_and_a_low_hard_limit_shrinks_the_share() {
+    let hard = hard_nofile();
+    assert!(hard >= 4_096, "this test needs a hard descriptor limit of at least 4 096, not {hard}");
+    let dir = one_file();
+    let probe = agent("p3-probe");
+    let grant = dir_option(dir.path(), "/data", false);
+    let args = ["run", &grant, probe.to_str().unwrap(), "hold", "/data/f", "2000"];
+    toka_with_nofile("1024:", &args, &[]).expect_output(0, "opened: 2000\nstopped by: none\n");
+
+    let low = toka_with_nofile("1024:1024", &args, &[]);
+    low.expect_code(66);
+    assert!(low.stderr.contains("held more than 192 WASI handles"), "{}", low.stderr);
+}
+
+/// Sandboxes that can open descriptors share the guests' part of the limit, and one that finds less than the least
+/// share left is refused with `host-busy` (exit 104) rather than built. Under a limit of 400, guests may hold 144
+/// (256 are kept for the host). Each sandbox takes the least share, 32 handles and its preopen, so 4 fit at once.
+/// `--parallel N` runs one copy alone, then N - 1 at once; each copy holds 10 files for 1.5 s.
+#[test]
+fn concurrent_sandboxes_share_the_budget_and_one_past_it_is_refused() {
+    let dir = one_file();
+    let probe = agent("p3-probe");
+    let grant = dir_option(dir.path(), "/data", false);
+    let outcomes = |parallel: &str| {
+        let args =
+            ["run", "--json", "--parallel", parallel, &grant, probe.to_str().unwrap(), "hold", "/data/f", "10", "1500"];
+        let ran = toka_with_nofile("400:400", &args, &[]);
+        (ran.code, ran.report())
+    };
+    // Positive control: 4 at once fit.
+    let (code, report) = outcomes("5");
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["repeat"]["outcomes"], json!({ "success": 5 }), "{report}");
+    // 6 at once: 2 are refused.
+    let (code, report) = outcomes("7");
+    assert_eq!(code, 104, "{report}");
+    assert_eq!(report["repeat"]["outcomes"], json!({ "success": 5, "host-busy": 2 }), "{report}");
+    assert_eq!(report["outcome"], "host-busy");
+    let error = report["error"].as_str().unwrap();
+    assert!(error.starts_with("host busy: live runs hold the file descriptors"), "{error}");
+    assert!(error.contains("of 144, under a limit of 400"), "{error}");
+}
+
+/// Submits the `hold` attack to `server` under `token`, with `dir` granted as `/data`; the run id.
+fn submit_hold(server: &Server, token: &str, dir: &str, count: u32, ms: u64) -> String {
+    let body = json!({
+        "component": { "path": "hostile.wasm" },
+        "input": { "attack": "hold", "path": "/data/f", "count": count, "ms": ms },
+        "grants": { "dirs": [format!("{dir}::/data:ro")] },
+    });
+    let (status, answer) = server.post("/v1/runs", Some(token), &body);
+    assert_eq!(status, 202, "{answer}");
+    answer["run_id"].as_str().unwrap().to_owned()
+}
+
+/// What the agent returned (a report carries it as JSON text).
+fn result(report: &Value) -> Value {
+    serde_json::from_str(report["result"].as_str().unwrap_or_else(|| panic!("no result: {report}"))).unwrap()
+}
+
+/// The run's record once it ended.
+fn ended(server: &Server, token: &str, id: &str) -> Value {
+    let (status, run) = server.get(&format!("/v1/runs/{id}?wait_ms=30000"), Some(token));
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["status"], "ended", "{run}");
+    run["report"].clone()
+}
+
+/// The attack: under `serve`, with the process limited to 1 200 descriptors, one run opens a file as often as it
+/// can and holds every descriptor for 3 s while two others hold 40 each. Each sandbox's share is (1 200 - 256) /
+/// (4 runs at once x 4 sandboxes each) = 59 handles: the first run is stopped at 59, the others and a run started
+/// while they hold theirs get what they asked for, and the server goes on answering. Before the budget, the first
+/// run alone held 1 099 descriptors for its 3 s (until `io` said the process had none left), and whatever the others
+/// got was what it left.
+#[test]
+fn runs_under_serve_cannot_take_the_descriptors_of_the_host_and_the_other_runs() {
+    let home = tempfile::tempdir().unwrap();
+    toka_tests::toka_with(&["key", "init"], None, &[("TOKA_HOME", home.path().to_str().unwrap())]).expect_code(0);
+    let s = Server::start_limited(home, &["--max-concurrent", "4"], Some("1200:1200"));
+    let dir = one_file();
+    let path = dir.path().canonicalize().unwrap().display().to_string();
+    let token = s.mint(&["--agent", "hostile", "--grant", &format!("fs:{path}:ro"), "--grant", "api:read"]);
+
+    let greedy = submit_hold(&s, &token, &path, 5_000, 3_000);
+    let modest: Vec<String> = (0..2).map(|_| submit_hold(&s, &token, &path, 40, 3_000)).collect();
+    // Once both modest runs are running (holding theirs), a third run opens 20 and ends.
+    let started = Instant::now();
+    while modest.iter().any(|id| s.get(&format!("/v1/runs/{id}"), Some(&token)).1["status"] != "running") {
+        assert!(started.elapsed() < Duration::from_secs(20), "the modest runs never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let late = submit_hold(&s, &token, &path, 20, 0);
+    let report = ended(&s, &token, &late);
+    assert_eq!(report["outcome"], "success", "{report}");
+    assert_eq!(result(&report), json!({ "opened": 20, "stopped": "none" }), "{report}");
+
+    let report = ended(&s, &token, &greedy);
+    assert_eq!(report["outcome"], "trap", "{report}");
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("held more than 59 WASI handles"), "{error}");
+    for id in &modest {
+        let report = ended(&s, &token, id);
+        assert_eq!(result(&report), json!({ "opened": 40, "stopped": "none" }), "{report}");
+    }
+    let (status, health) = s.get("/health", None);
+    assert_eq!(status, 200, "{health}");
+    toka_tests::toka_with(&["events", "verify"], None, &[("TOKA_HOME", s.home().to_str().unwrap())]).expect_code(0);
+}
+
+/// A TCP connection to `server` from the loopback address `local` (127.0.0.0/8 is all loopback).
+fn connect_from(local: &str, server: std::net::SocketAddr) -> std::net::TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+        socket.connect(server).await.unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+/// What the server sends on `stream` within `limit`, until it closes the connection: `None` if it is still open
+/// (nothing more came) when `limit` ends.
+fn read_until_closed(stream: &mut std::net::TcpStream, limit: Duration) -> Option<String> {
+    use std::io::Read;
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return None;
+            }
+            Err(_) => return Some(String::from_utf8_lossy(&got).into_owned()),
+        }
+    }
+}
+
+/// Before any request is authenticated, each connection is a descriptor of the process. `serve` bounds them: per
+/// address (8 here), in all (24 here), and in time (a request's headers must come within 2 s here). One past a bound
+/// gets a 503 and is closed, and a client that sends nothing, or sends its headers a byte at a time, is closed once
+/// the time is up; another address is served meanwhile. Before, every connection was kept for as long as the client
+/// liked: a server under a limit of 1 200 descriptors kept 1 318 idle connections from one address, closed none of
+/// them in 36 s, and `/health` from another address timed out.
+#[test]
+fn unauthenticated_connections_are_bounded_per_address_in_all_and_in_time() {
+    let s = Server::start(&["--max-connections", "24", "--max-connections-per-ip", "8", "--header-timeout", "2s"]);
+    let server: std::net::SocketAddr = s.url.trim_start_matches("http://").parse().unwrap();
+    let held: Vec<std::net::TcpStream> = (0..8).map(|_| connect_from("127.0.0.2", server)).collect();
+    let mut ninth = connect_from("127.0.0.2", server);
+    let refused = read_until_closed(&mut ninth, Duration::from_secs(5)).expect("the ninth is closed at once");
+    assert!(refused.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{refused}");
+    assert!(refused.contains(r#""code":"too-many-connections""#), "{refused}");
+    assert!(refused.contains("this address has as many connections open"), "{refused}");
+    let mut eighth = held[7].try_clone().unwrap();
+    assert_eq!(read_until_closed(&mut eighth, Duration::from_millis(300)), None, "the first eight are kept");
+    // Another address is served.
+    assert_eq!(s.get("/health", None).0, 200);
+
+    let more: Vec<std::net::TcpStream> =
+        ["127.0.0.3", "127.0.0.4"].iter().flat_map(|ip| (0..8).map(|_| connect_from(ip, server))).collect();
+    let mut past = connect_from("127.0.0.5", server);
+    let refused = read_until_closed(&mut past, Duration::from_secs(5)).expect("the 25th is closed at once");
+    assert!(refused.contains("the server has as many connections open as it allows"), "{refused}");
+    let (status, body) = s.get("/health", None);
+    assert_eq!(status, 503, "the bound in all holds for every address: {body}");
+
+    // A client sending its headers a byte every 200 ms is closed once its 2 s are up, as the idle ones are.
+    drop(more);
+    let mut slow = connect_from("127.0.0.6", server);
+    let started = Instant::now();
+    std::io::Write::write_all(&mut slow, b"GET /health HTTP/1.1\r\n").unwrap();
+    let closed = loop {
+        assert!(started.elapsed() < Duration::from_secs(10), "the slow client was never closed");
+        if std::io::Write::write_all(&mut slow, b"x").is_err() {
+            break true;
+        }
+        if read_until_closed(&mut slow, Duration::from_millis(200)).is_some() {
+            break true;
+        }
+    };
+    assert!(closed && started.elapsed() >= Duration::from_millis(1_500), "closed after {:?}", started.elapsed());
+    for mut idle in held {
+        let ended = read_until_closed(&mut idle, Duration::from_secs(5));
+        assert!(ended.is_some(), "an idle connection is closed once its time is up");
+    }
+    assert_eq!(s.get("/health", None).0, 200, "closed connections are counted out");
+}
