@@ -307,6 +307,54 @@ fn tcp_connect_needs_a_net_grant() {
     other.join().unwrap();
 }
 
+/// A UDP echo server on loopback answering up to `count` datagrams (for 60 s at most); its port and a handle that
+/// says how many it answered.
+fn udp_echo_server(count: usize) -> (String, std::thread::JoinHandle<usize>) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port().to_string();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let server = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut served = 0;
+        let mut buf = [0u8; 512];
+        while served < count && Instant::now() < until {
+            if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let mut reply = b"udp-echo:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                socket.send_to(&reply, from).unwrap();
+                served += 1;
+            }
+        }
+        served
+    });
+    (port, server)
+}
+
+/// UDP through WASI 0.3: a datagram to a granted peer and its answer, as under `wasmtime run -S inherit-network`;
+/// refused without a network grant (no socket at all) and with a grant for another peer (the send, noted as denied).
+#[test]
+fn udp_needs_a_net_grant() {
+    let (port, server) = udp_echo_server(2);
+    let peer = format!("127.0.0.1:{port}");
+    let grant = ["--allow-net".to_owned(), peer.clone()];
+    let r = compare(&grant, &["udp", "127.0.0.1", &port, "ping"], None, &[]);
+    r.expect_output(0, "reply: \"udp-echo:ping\"\nfrom the peer: true\n");
+    assert_eq!(server.join().unwrap(), 2, "the server answered both runtimes");
+
+    let (other_port, other) = udp_echo_server(0);
+    let no_grant = toka_only(&["--json".to_owned()], &["udp", "127.0.0.1", &port, "ping"], None, &[]);
+    no_grant.expect_code(1);
+    let report = no_grant.report();
+    assert_eq!(report["stderr"], "p3-probe: udp: create: ErrorCode::AccessDenied\n", "{report}");
+    let other_grant = ["--json".to_owned(), "--allow-net".to_owned(), format!("127.0.0.1:{other_port}")];
+    let refused = toka_only(&other_grant, &["udp", "127.0.0.1", &port, "ping"], None, &[]);
+    refused.expect_code(1);
+    let report = refused.report();
+    assert_eq!(report["stderr"], "p3-probe: udp: send: ErrorCode::AccessDenied\n", "{report}");
+    assert_eq!(report["denied"], serde_json::json!([format!("send to {peer}: not granted (--allow-net {peer})")]));
+    other.join().unwrap();
+}
+
 /// Name lookups through WASI 0.3 answer only granted names, as through 0.2: the granted name resolves to the
 /// addresses the host authorized; another name is `name-unresolvable` and noted; without any grant, refused.
 #[test]
