@@ -478,3 +478,59 @@ fn a_guest_holding_too_many_handles_is_stopped() {
     let error = report["error"].as_str().unwrap();
     assert!(error.contains("held more than 4096 WASI handles"), "{error}");
 }
+
+/// WASI 0.3 commands under `serve`, submitted over HTTP as any run is: arguments with quotes, spaces and newlines
+/// reach the guest unchanged; a directory grant is the guest's to list (and only with a token that holds it); a
+/// spinning second task is stopped at the run's deadline; a guest parked on a timer is cancelled through the API at
+/// once, not when its timer fires.
+#[test]
+fn wasi_0_3_commands_run_under_serve() {
+    use crate::service::Server;
+    use serde_json::json;
+    let s = Server::start(&[]);
+    let token = s.mint(&["--agent", "p3-probe", "--grant", "api:read"]);
+    let run = |token: &str, body: serde_json::Value| {
+        let (status, answer) = s.post("/v1/runs", Some(token), &body);
+        assert_eq!(status, 200, "{answer}");
+        answer
+    };
+    let args = json!({ "component": { "path": "p3-probe.wasm" }, "args": ["args", "a \"b\"", "c\nd"], "wait": true });
+    let answer = run(&token, args);
+    assert_eq!(answer["report"]["stdout"], "arg: \"a \\\"b\\\"\"\narg: \"c\\nd\"\n", "{answer}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("note.txt"), "hi").unwrap();
+    let path = dir.path().canonicalize().unwrap().display().to_string();
+    let ls = json!({
+        "component": { "path": "p3-probe.wasm" }, "args": ["ls", "/data"], "wait": true,
+        "grants": { "dirs": [format!("{path}::/data:ro")] },
+    });
+    let (status, refused) = s.post("/v1/runs", Some(&token), &ls);
+    assert_eq!((status, refused["error"]["code"].as_str()), (403, Some("grant-refused")), "{refused}");
+    let with_fs = s.mint(&["--agent", "p3-probe", "--grant", &format!("fs:{path}:ro")]);
+    let answer = run(&with_fs, ls);
+    assert_eq!(answer["report"]["outcome"], "success", "{answer}");
+    assert!(answer["report"]["stdout"].as_str().unwrap().contains("note.txt"), "{answer}");
+
+    let spin = json!({
+        "component": { "path": "p3-probe.wasm" }, "args": ["spin-task"], "wait": true, "limits": { "timeout_ms": 300 },
+    });
+    let answer = run(&token, spin);
+    assert_eq!(answer["report"]["outcome"], "timeout", "{answer}");
+
+    let parked = json!({ "component": { "path": "p3-probe.wasm" }, "args": ["sleep", "60000"] });
+    let (status, submitted) = s.post("/v1/runs", Some(&token), &parked);
+    assert_eq!(status, 202, "{submitted}");
+    let id = submitted["run_id"].as_str().unwrap();
+    let started = Instant::now();
+    while s.get(&format!("/v1/runs/{id}"), Some(&token)).1["status"] != "running" {
+        assert!(started.elapsed() < Duration::from_secs(20), "the parked run never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cancelled = Instant::now();
+    let (status, answer) = s.post(&format!("/v1/runs/{id}/cancel"), Some(&token), &json!({}));
+    assert_eq!(status, 202, "{answer}");
+    let (_, run) = s.get(&format!("/v1/runs/{id}?wait_ms=30000"), Some(&token));
+    assert_eq!(run["report"]["outcome"], "cancelled", "{run}");
+    assert!(cancelled.elapsed() < Duration::from_secs(10), "cancelled after {:?}", cancelled.elapsed());
+}
