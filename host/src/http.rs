@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -46,6 +46,32 @@ impl Limits {
     }
 }
 
+/// Connections open now on every listener of the process.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Connections refused past the bound in all, and past the bound per address, since the process started.
+static REFUSED_ALL: AtomicU64 = AtomicU64::new(0);
+static REFUSED_PER_ADDRESS: AtomicU64 = AtomicU64::new(0);
+
+/// What the process's listeners have seen (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectionStats {
+    /// Connections open now.
+    pub open: usize,
+    /// Connections refused because as many as `--max-connections` were open.
+    pub refused_all: u64,
+    /// Connections refused because as many as `--max-connections-per-ip` were open from their address.
+    pub refused_per_address: u64,
+}
+
+/// The process's [`ConnectionStats`].
+pub fn stats() -> ConnectionStats {
+    ConnectionStats {
+        open: OPEN.load(Ordering::Relaxed),
+        refused_all: REFUSED_ALL.load(Ordering::Relaxed),
+        refused_per_address: REFUSED_PER_ADDRESS.load(Ordering::Relaxed),
+    }
+}
+
 /// Connections open now, in all and per address.
 #[derive(Debug, Default)]
 struct Open {
@@ -65,14 +91,17 @@ impl Connections {
     fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted, &'static str> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if open.total >= self.limits.max_connections {
+            REFUSED_ALL.fetch_add(1, Ordering::Relaxed);
             return Err("the server has as many connections open as it allows; retry later");
         }
         let here = open.per_peer.entry(peer).or_default();
         if *here >= self.limits.per_peer {
+            REFUSED_PER_ADDRESS.fetch_add(1, Ordering::Relaxed);
             return Err("this address has as many connections open as the server allows one address; retry later");
         }
         *here += 1;
         open.total += 1;
+        OPEN.fetch_add(1, Ordering::Relaxed);
         Ok(Admitted { connections: self.clone(), peer })
     }
 }
@@ -88,6 +117,7 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         let mut open = self.connections.open.lock().unwrap_or_else(PoisonError::into_inner);
         open.total -= 1;
+        OPEN.fetch_sub(1, Ordering::Relaxed);
         if let Some(here) = open.per_peer.get_mut(&self.peer) {
             *here -= 1;
             if *here == 0 {

@@ -205,7 +205,7 @@ fn unauthenticated_connections_are_bounded_per_address_in_all_and_in_time() {
 
     // A client sending its headers a byte every 200 ms is closed once its 2 s are up, as the idle ones are.
     drop(more);
-    let mut slow = connect_from("127.0.0.6", server);
+    let mut slow = admitted_from("127.0.0.6", server);
     let started = Instant::now();
     std::io::Write::write_all(&mut slow, b"GET /health HTTP/1.1\r\n").unwrap();
     let closed = loop {
@@ -223,4 +223,35 @@ fn unauthenticated_connections_are_bounded_per_address_in_all_and_in_time() {
         assert!(ended.is_some(), "an idle connection is closed once its time is up");
     }
     assert_eq!(s.get("/health", None).0, 200, "closed connections are counted out");
+    // Operators see it in the metrics: what was refused, by bound.
+    let operator = s.mint(&["--agent", "*", "--grant", "api:read"]);
+    let metrics = client_text(&format!("{}/metrics", s.url), &operator);
+    let refused = |bound: &str| -> u64 {
+        let prefix = format!("toka_http_connections_refused_total{{bound=\"{bound}\"}} ");
+        let line = metrics.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("{metrics}"));
+        line.parse().unwrap()
+    };
+    assert_eq!(refused("per-address"), 1, "the ninth from 127.0.0.2");
+    // The 25th and the GET of /health, and any connection that came before the server counted closed ones out.
+    assert!(refused("all") >= 2, "{metrics}");
+}
+
+/// [`connect_from`], again while the server answers 503 (the connections the test just closed may not all be counted
+/// out yet): a connection the server kept, with nothing read from it.
+fn admitted_from(local: &str, server: std::net::SocketAddr) -> std::net::TcpStream {
+    let started = Instant::now();
+    loop {
+        let mut stream = connect_from(local, server);
+        match read_until_closed(&mut stream, Duration::from_millis(100)) {
+            None => return stream,
+            Some(answer) => assert!(answer.starts_with("HTTP/1.1 503"), "{answer}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the server kept refusing connections");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The body of a GET of `url` with a bearer token.
+fn client_text(url: &str, token: &str) -> String {
+    reqwest::blocking::Client::new().get(url).bearer_auth(token).send().unwrap().text().unwrap()
 }

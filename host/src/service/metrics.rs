@@ -1,7 +1,8 @@
 //! The service's counters, served at `/metrics` in the Prometheus text exposition format (0.0.4): runs by outcome,
 //! run latency, fuel used, events appended and group-commit batch sizes, token refusals, tool calls, compile cache
-//! hits, runs in flight and queued, HTTP requests by route and status, and model calls through the gateway (by model
-//! and outcome, with tokens and time).
+//! hits, runs in flight and queued, HTTP requests by route and status, clients' connections (open, and refused by
+//! bound), the process's file descriptors (its limit, the guests' part, what sandboxes hold), and model calls through
+//! the gateway (by model and outcome, with tokens and time).
 //!
 //! Label values come only from closed sets the host defines (outcomes, route templates, status codes, the models the
 //! operator configured), never from what a client sent, so a client cannot grow the set of series.
@@ -88,6 +89,11 @@ pub struct HostCounters {
     pub cache_hits: u64,
     /// Model usage through the gateway, per configured model.
     pub llm: Vec<crate::llm::ModelUsage>,
+    /// Clients' connections (see [`crate::http`]).
+    pub connections: crate::http::ConnectionStats,
+    /// The process's file descriptor limit, the guests' part of it, and what live sandboxes hold of that part (see
+    /// [`crate::sandbox::fds`]).
+    pub descriptors: (usize, usize, usize),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -222,6 +228,31 @@ impl Metrics {
         for u in &host.llm {
             let _ = writeln!(out, "toka_llm_call_seconds_total{{model=\"{}\"}} {}", u.model, u.seconds);
         }
+        let c = host.connections;
+        simple(&mut out, "toka_http_connections_open", "gauge", "Clients' connections open now.", c.open.to_string());
+        let _ = writeln!(
+            out,
+            "# HELP toka_http_connections_refused_total Connections refused, by the bound they were past."
+        );
+        let _ = writeln!(out, "# TYPE toka_http_connections_refused_total counter");
+        let _ = writeln!(out, "toka_http_connections_refused_total{{bound=\"all\"}} {}", c.refused_all);
+        let _ = writeln!(out, "toka_http_connections_refused_total{{bound=\"per-address\"}} {}", c.refused_per_address);
+        let (limit, guests, held) = host.descriptors;
+        simple(
+            &mut out,
+            "toka_fd_limit",
+            "gauge",
+            "The process's file descriptor limit (soft, after raising).",
+            limit.to_string(),
+        );
+        simple(
+            &mut out,
+            "toka_fd_guest_budget",
+            "gauge",
+            "File descriptors guests may hold together.",
+            guests.to_string(),
+        );
+        simple(&mut out, "toka_fd_guest_held", "gauge", "Of those, the shares live sandboxes hold.", held.to_string());
         let _ = writeln!(out, "# HELP toka_http_requests_total HTTP requests, by method, route and status.");
         let _ = writeln!(out, "# TYPE toka_http_requests_total counter");
         for ((method, route, status), n) in lock(&self.requests).iter() {
@@ -257,5 +288,14 @@ mod tests {
         assert!(text.contains("toka_run_duration_seconds_count 3\n"));
         assert!(text.contains("toka_fuel_consumed_total 151\n"));
         assert!(text.contains("toka_http_requests_total{method=\"GET\",route=\"/v1/runs\",status=\"200\"} 1\n"));
+        let host = HostCounters {
+            connections: crate::http::ConnectionStats { open: 3, refused_all: 1, refused_per_address: 2 },
+            descriptors: (1_200, 944, 60),
+            ..HostCounters::default()
+        };
+        let text = m.render(&host);
+        assert!(text.contains("toka_http_connections_open 3\n"), "{text}");
+        assert!(text.contains("toka_http_connections_refused_total{bound=\"per-address\"} 2\n"), "{text}");
+        assert!(text.contains("toka_fd_guest_budget 944\n") && text.contains("toka_fd_guest_held 60\n"), "{text}");
     }
 }

@@ -198,6 +198,11 @@ impl Service {
             batch_count: stats.batches.load(Ordering::Relaxed),
             cache_hits: self.host.engine().cache_hits() as u64,
             llm: self.host.llm().usage(),
+            connections: crate::http::stats(),
+            descriptors: {
+                let fds = crate::sandbox::fds::budget();
+                (fds.limit(), fds.guests(), fds.held())
+            },
         }
     }
 }
