@@ -5,7 +5,7 @@
 use crate::service::Server;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use toka_tests::{agent, dir_option, toka_with_nofile};
+use toka_tests::{agent, connect_from, dir_option, read_until_closed, toka_with_nofile};
 
 /// The test process's hard `RLIMIT_NOFILE`, from `/proc/self/limits`.
 fn hard_nofile() -> u64 {
@@ -137,43 +137,6 @@ fn runs_under_serve_cannot_take_the_descriptors_of_the_host_and_the_other_runs()
     toka_tests::toka_with(&["events", "verify"], None, &[("TOKA_HOME", s.home().to_str().unwrap())]).expect_code(0);
 }
 
-/// A TCP connection to `server` from the loopback address `local` (127.0.0.0/8 is all loopback).
-fn connect_from(local: &str, server: std::net::SocketAddr) -> std::net::TcpStream {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let stream = runtime.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
-        socket.connect(server).await.unwrap()
-    });
-    let stream = stream.into_std().unwrap();
-    stream.set_nonblocking(false).unwrap();
-    stream
-}
-
-/// What the server sends on `stream` within `limit`, until it closes the connection: `None` if it is still open
-/// (nothing more came) when `limit` ends.
-fn read_until_closed(stream: &mut std::net::TcpStream, limit: Duration) -> Option<String> {
-    use std::io::Read;
-    let deadline = Instant::now() + limit;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut buf) {
-            Ok(0) => return Some(String::from_utf8_lossy(&got).into_owned()),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return None;
-            }
-            Err(_) => return Some(String::from_utf8_lossy(&got).into_owned()),
-        }
-    }
-}
-
 /// Before any request is authenticated, each connection is a descriptor of the process. `serve` bounds them: per
 /// address (8 here), in all (24 here), and in time (a request's headers must come within 2 s here). One past a bound
 /// gets a 503 and is closed, and a client that sends nothing, or sends its headers a byte at a time, is closed once
@@ -254,4 +217,52 @@ fn admitted_from(local: &str, server: std::net::SocketAddr) -> std::net::TcpStre
 /// The body of a GET of `url` with a bearer token.
 fn client_text(url: &str, token: &str) -> String {
     reqwest::blocking::Client::new().get(url).bearer_auth(token).send().unwrap().text().unwrap()
+}
+
+/// Sends a request head declaring a body of `length` bytes, and `sent` of it, on a new connection to `server`.
+pub fn partial_request(server: std::net::SocketAddr, head: &str, length: usize, sent: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = connect_from("127.0.0.1", server);
+    write!(stream, "{head}Host: {server}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n")
+        .unwrap();
+    stream.write_all(sent).unwrap();
+    stream
+}
+
+/// What comes back on `stream` within `limit` (one read: the status line comes first).
+pub fn first_answer(stream: &mut std::net::TcpStream, limit: Duration) -> String {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A body is read only from a client whose token authenticates: the server reads a body whole (up to `--max-body`,
+/// 64 MiB) before a handler runs, so before this an unauthenticated client could have it buffer that much on every
+/// connection. A request that declares 100 000 bytes and sends 1 is answered 401 at once when its token is missing or
+/// forged, and node-to-node routes on a server that is not a cluster's node are 404 at once; with a token of the home,
+/// the body is awaited, and the run is taken once it is complete.
+#[test]
+fn a_body_is_read_only_from_an_authenticated_client() {
+    let s = Server::start(&[]);
+    let server: std::net::SocketAddr = s.url.trim_start_matches("http://").parse().unwrap();
+    for auth in ["", "Authorization: Bearer not-a-token\r\n"] {
+        let mut c = partial_request(server, &format!("POST /v1/runs HTTP/1.1\r\n{auth}"), 100_000, b"{");
+        let answer = read_until_closed(&mut c, Duration::from_secs(5)).expect("answered without the body");
+        assert!(answer.starts_with("HTTP/1.1 401 "), "{auth:?}: {answer}");
+    }
+    let mut c = partial_request(server, "POST /v1/raft/append HTTP/1.1\r\n", 100_000, b"{");
+    let answer = read_until_closed(&mut c, Duration::from_secs(5)).expect("answered without the body");
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+
+    let token = s.mint(&["--agent", "hello-rust"]);
+    let body = json!({ "component": { "path": "hello-rust.wasm" }, "input": { "name": "Ada" }, "wait": true });
+    let body = body.to_string().into_bytes();
+    let head = format!("POST /v1/runs HTTP/1.1\r\nAuthorization: Bearer {token}\r\n");
+    let mut c = partial_request(server, &head, body.len(), &body[..10]);
+    assert_eq!(first_answer(&mut c, Duration::from_millis(500)), "", "the body is awaited");
+    std::io::Write::write_all(&mut c, &body[10..]).unwrap();
+    let answer = first_answer(&mut c, Duration::from_secs(30));
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
 }

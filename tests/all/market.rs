@@ -804,3 +804,28 @@ fn a_package_does_not_replace_a_tool_installed_another_way() {
     let again = t(&user, &["plugin", "install", "--yes", pkg.to_str().unwrap()]);
     assert!(again.stdout.contains("already installed"), "{}", again.stdout);
 }
+
+/// The registry reads no package from a client whose token does not authenticate: a publish that declares 100 000
+/// bytes and sends 1 is answered 401 at once (before, the package was read and parsed first). With a token of the
+/// registry's home, the body is awaited, then refused for what it is (not a package).
+#[test]
+fn the_registry_reads_no_package_from_an_unauthenticated_client() {
+    use crate::descriptors::{first_answer, partial_request};
+    let w = World::new();
+    let operator = w.home("operator");
+    t(&operator, &["key", "init"]).expect_code(0);
+    let registry = RegistryServer::start(&operator, &w.home("registry-data"));
+    let server: std::net::SocketAddr = registry.url.trim_start_matches("http://").parse().unwrap();
+    let publish = |auth: &str| partial_request(server, &format!("POST /v1/packages HTTP/1.1\r\n{auth}"), 100_000, b"x");
+    for auth in ["", "Authorization: Bearer not-a-token\r\n"] {
+        let mut c = publish(auth);
+        let answer = toka_tests::read_until_closed(&mut c, Duration::from_secs(5)).expect("answered without the body");
+        assert!(answer.starts_with("HTTP/1.1 401 "), "{auth:?}: {answer}");
+    }
+    let token = registry.token("publish:echo");
+    let mut c = publish(&format!("Authorization: Bearer {token}\r\n"));
+    assert_eq!(first_answer(&mut c, Duration::from_millis(500)), "", "the body is awaited");
+    std::io::Write::write_all(&mut c, &[b'x'; 99_999]).unwrap();
+    let answer = first_answer(&mut c, Duration::from_secs(30));
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+}

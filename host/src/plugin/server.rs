@@ -106,8 +106,9 @@ impl Registry {
             .map_err(|e| PluginError::host(format!("{}: {e}", p.display())))
     }
 
-    /// Checks the bearer token grants `publish:NAME` (or `publish:*`).
-    fn authorize(&self, headers: &HeaderMap, name: &str) -> Result<String, Refusal> {
+    /// Checks the bearer token: well formed, signed by a root key of the registry's home, not revoked. What it allows
+    /// is [`Registry::authorize`]'s to check.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<crate::token::Verified>, Refusal> {
         let unauthorized = |m: String| Refusal(StatusCode::UNAUTHORIZED, "unauthorized", m);
         let value = headers
             .get(header::AUTHORIZATION)
@@ -127,6 +128,13 @@ impl Registry {
             Ok(Some(id)) => return Err(unauthorized(format!("token is revoked (revocation id {id})"))),
             Err(e) => return Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, "host-error", e.to_string())),
         }
+        Ok(verified)
+    }
+
+    /// Checks the bearer token grants `publish:NAME` (or `publish:*`).
+    fn authorize(&self, headers: &HeaderMap, name: &str) -> Result<String, Refusal> {
+        let now = SystemTime::now();
+        let verified = self.authenticate(headers)?;
         let agent = verified.agent.clone().unwrap_or_default();
         let request = RunRequest {
             agent: agent.clone(),
@@ -257,11 +265,34 @@ pub fn router(registry: Arc<Registry>, max_body: usize) -> axum::Router {
         .route("/health", get(|| async { "ok" }))
         .route("/v1/index", get(index))
         .route("/v1/search", get(search))
-        .route("/v1/packages", post(publish))
         .route("/v1/packages/{name}/{version}", get(download))
-        .route("/v1/packages/{name}/{version}/yank", post(yank))
+        .merge(
+            axum::Router::new()
+                .route("/v1/packages", post(publish))
+                .route("/v1/packages/{name}/{version}/yank", post(yank))
+                .route_layer(axum::middleware::from_fn_with_state(registry.clone(), authenticated_first)),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .with_state(registry)
+}
+
+/// Refuses a write whose bearer token does not authenticate before anything reads its body: an unauthenticated
+/// client never has a package of up to `--max-body` read, buffered and parsed.
+async fn authenticated_first(
+    State(r): State<Arc<Registry>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let checked = {
+        let r = r.clone();
+        let headers = request.headers().clone();
+        tokio::task::spawn_blocking(move || r.authenticate(&headers).map(drop)).await
+    };
+    match checked {
+        Ok(Ok(())) => next.run(request).await,
+        Ok(Err(refusal)) => refusal.into_response(),
+        Err(e) => Refusal(StatusCode::INTERNAL_SERVER_ERROR, "host-error", e.to_string()).into_response(),
+    }
 }
 
 async fn index(State(r): State<Arc<Registry>>) -> Response {

@@ -302,6 +302,32 @@ pub fn openapi_json() -> String {
     api().1.to_pretty_json().unwrap_or_default()
 }
 
+/// Refuses a request that carries a body before anything reads it, unless it authenticates: a bearer token of this
+/// home for the API, the cluster's secret for node-to-node routes (`/v1/raft/*`, `/v1/cluster/*`, only on a cluster's
+/// node). Handlers read a body whole (up to `--max-body`) before they run, so without this an unauthenticated client
+/// could have the server buffer that much on each of its connections. What the token allows is still the handler's to
+/// check; a request without a body is authenticated by its handler alone.
+async fn authenticated_first(State(service): State<Arc<Service>>, request: Request, next: Next) -> Response {
+    use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let path = request.uri().path();
+    if path.starts_with("/v1/raft/") || path.starts_with("/v1/cluster/") {
+        let Some(cluster) = &service.config.cluster else {
+            return ApiError::not_found("no such route").into_response();
+        };
+        if let Err(refused) = crate::cluster::network::authenticate(cluster, request.headers()) {
+            return *refused;
+        }
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let body = headers.contains_key(TRANSFER_ENCODING) || headers.get(CONTENT_LENGTH).is_some_and(|n| n != "0");
+    if body && let Err(refused) = auth::bearer(&service.host, headers) {
+        service.metrics.token_refused();
+        return refused.into_response();
+    }
+    next.run(request).await
+}
+
 /// Counts each request by route template and status, and traces it.
 async fn observe(State(service): State<Arc<Service>>, request: Request, next: Next) -> Response {
     let method = request.method().to_string();
@@ -361,7 +387,9 @@ pub async fn serve_with(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
     extra: axum::Router,
 ) -> std::io::Result<()> {
-    let app = extra.merge(router(service.clone()));
+    let app = extra
+        .merge(router(service.clone()))
+        .layer(axum::middleware::from_fn_with_state(service.clone(), authenticated_first));
     // Scheduled tasks: started when due, from the log (so also those scheduled before this process started).
     let scheduler = tokio::spawn(crate::tasks::scheduler(
         service.host.clone(),
