@@ -169,9 +169,11 @@ impl Cli {
 }
 
 /// Opens an existing database for a reading command; on failure prints the one-line error and gives the exit code
-/// (76 when it does not exist: reading never creates one).
+/// (76 when it does not exist: reading never creates one). The database is left open at exit, as `run` leaves it
+/// (see [`crate::db::Db::keep_open_until_exit`]): redb's clean close would cost a reader four `fdatasync`s for
+/// nothing it wrote.
 pub(crate) fn existing_db(home: &Home) -> Result<crate::db::Db, i32> {
-    home.existing_db().map_err(|e| {
+    home.existing_db().inspect(crate::db::Db::keep_open_until_exit).map_err(|e| {
         eprintln!("toka-host: {e}");
         match e {
             crate::home::HomeError::NoDatabase { .. } => crate::error::Outcome::FileNotFound.exit_code(),
