@@ -49,7 +49,8 @@ pub const MAX_SPAWNS: u32 = 1024;
 /// 0.3 futures): the size of its store's resource table, which wasmtime otherwise lets grow to a million entries.
 /// Every open file or socket among them is a host file descriptor, taken from the process's `RLIMIT_NOFILE` that all
 /// runs share, so without this one guest could exhaust it (measured: 19 985 descriptors held by one WASI 0.3 guest
-/// under a limit of 20 000). A run past it is stopped as a trap.
+/// under a limit of 20 000). A run past it is stopped as a trap. A sandbox that can open descriptors gets its share of
+/// the process's instead, at most this (see [`super::fds`]).
 pub const MAX_HANDLES: usize = 4096;
 
 impl Default for Limits {
