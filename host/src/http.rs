@@ -10,8 +10,11 @@
 //! - A request's headers must arrive within [`Limits::header_timeout`] of the connection's start, or of the previous
 //!   response's end on a kept-alive connection (hyper's header read timeout). A client that sends nothing, or too
 //!   slowly, is closed then.
-//! - Once its headers are in, a request has no time limit here: its handler bounds it (body size limits, `wait_ms`,
-//!   the event stream's keep-alives).
+//! - A request's body must keep coming: all of it within the header timeout plus one second for every
+//!   [`MIN_BODY_RATE`] bytes received, or reading it fails (the handler answers 400). A client with a valid token
+//!   cannot hold its connection by sending a byte now and then.
+//! - Past that, a request has no time limit here: its handler bounds it (body size limits, `wait_ms`, the event
+//!   stream's keep-alives).
 //! - The defaults come from the process's descriptor limit ([`Limits::for_process`]): half of the part kept for the
 //!   host (see [`crate::sandbox::fds`]) for connections, a quarter of those for one address.
 
@@ -24,6 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// How long a client has to send a request's headers, by default.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes of a request body that buy one more second to send the rest (see the module's documentation).
+pub const MIN_BODY_RATE: u64 = 1024;
 
 /// The bounds on clients' connections.
 #[derive(Debug, Clone, Copy)]
@@ -186,7 +191,9 @@ async fn connection(
     drop(stream.set_nodelay(true));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
-    let service = hyper_util::service::TowerToHyperService::new(router);
+    let service = hyper_util::service::TowerToHyperService::new(router.layer(axum::middleware::map_request(
+        move |request: axum::extract::Request| async move { request.map(|body| paced(body, header_timeout)) },
+    )));
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -200,6 +207,30 @@ async fn connection(
     }
     conn.as_mut().graceful_shutdown();
     drop(conn.await);
+}
+
+/// `body`, failing once it falls behind: all of it must come within `grace` plus a second per [`MIN_BODY_RATE`]
+/// bytes received.
+fn paced(body: axum::body::Body, grace: Duration) -> axum::body::Body {
+    use futures_util::StreamExt;
+    let start = tokio::time::Instant::now();
+    let chunks = futures_util::stream::unfold(Some((body.into_data_stream(), 0u64)), move |state| async move {
+        let (mut data, received) = state?;
+        let deadline = start + grace + Duration::from_secs(received / MIN_BODY_RATE);
+        match tokio::time::timeout_at(deadline, data.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                let received = received + chunk.len() as u64;
+                Some((Ok(chunk), Some((data, received))))
+            }
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+            Ok(None) => None,
+            Err(_) => {
+                let why = format!("the request body came too slowly: {received} bytes in {:?}", start.elapsed());
+                Some((Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)), None))
+            }
+        }
+    });
+    axum::body::Body::from_stream(chunks)
 }
 
 /// Refused connections still being closed (see [`refuse`]).

@@ -266,3 +266,31 @@ fn a_body_is_read_only_from_an_authenticated_client() {
     let answer = first_answer(&mut c, Duration::from_secs(30));
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
 }
+
+/// A body must keep coming, even from a client whose token is good: all of it within the header timeout (1 s here)
+/// plus a second per KiB received. A client that sends one byte of 100 000 and stops gets a 400 once its second is
+/// up; a body sent in pieces, each within its time, is taken. Before, the first client held its connection for as
+/// long as it liked.
+#[test]
+fn a_body_that_stops_coming_fails_once_its_time_is_up() {
+    let s = Server::start(&["--header-timeout", "1s"]);
+    let server: std::net::SocketAddr = s.url.trim_start_matches("http://").parse().unwrap();
+    let token = s.mint(&["--agent", "hello-rust"]);
+    let head = format!("POST /v1/runs HTTP/1.1\r\nAuthorization: Bearer {token}\r\n");
+    let started = Instant::now();
+    let mut stalled = partial_request(server, &head, 100_000, b"{");
+    let answer = first_answer(&mut stalled, Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "answered after {:?}", started.elapsed());
+
+    let name = "A".repeat(3_000);
+    let body = json!({ "component": { "path": "hello-rust.wasm" }, "input": { "name": name }, "wait": true });
+    let body = body.to_string().into_bytes();
+    let mut paced = partial_request(server, &head, body.len(), &body[..1_024]);
+    for piece in [&body[1_024..2_048], &body[2_048..]] {
+        std::thread::sleep(Duration::from_millis(700));
+        std::io::Write::write_all(&mut paced, piece).unwrap();
+    }
+    let answer = first_answer(&mut paced, Duration::from_secs(30));
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+}
