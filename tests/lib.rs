@@ -292,3 +292,22 @@ pub fn read_until_closed(stream: &mut std::net::TcpStream, limit: std::time::Dur
         }
     }
 }
+
+/// Sends a request head declaring a body of `length` bytes, and `sent` of it, on a new connection to `server`.
+pub fn partial_request(server: std::net::SocketAddr, head: &str, length: usize, sent: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = connect_from("127.0.0.1", server);
+    write!(stream, "{head}Host: {server}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n")
+        .unwrap();
+    stream.write_all(sent).unwrap();
+    stream
+}
+
+/// What comes back on `stream` within `limit` (one read: the status line comes first).
+pub fn first_answer(stream: &mut std::net::TcpStream, limit: std::time::Duration) -> String {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}

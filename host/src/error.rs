@@ -57,8 +57,8 @@ pub enum Outcome {
     /// The cluster node the run executed on was lost (killed, cut off, restarted) before the run ended: what the run
     /// did before is in the log; it was not completed.
     Lost,
-    /// The host could not give the run what every run needs (its file descriptors are held by live runs); retry
-    /// later.
+    /// A sandbox that could open files or sockets found less than its least share of the process's file descriptors
+    /// left: live runs hold them (see [`crate::sandbox::fds`]); retry later.
     HostBusy,
 }
 

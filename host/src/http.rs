@@ -142,6 +142,11 @@ pub async fn serve(
     drain: Duration,
 ) -> std::io::Result<()> {
     let connections = Arc::new(Connections { limits, open: Mutex::new(Open::default()) });
+    // Layered once here: `Router::layer` rebuilds every route, which each connection need not repeat.
+    let header_timeout = limits.header_timeout;
+    let router = router.layer(axum::middleware::map_request(move |request: axum::extract::Request| async move {
+        request.map(|body| paced(body, header_timeout))
+    }));
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut stop = std::pin::pin!(stop);
@@ -159,7 +164,7 @@ pub async fn serve(
         while tasks.try_join_next().is_some() {}
         match connections.admit(peer.ip()) {
             Ok(admitted) => {
-                tasks.spawn(connection(stream, admitted, router.clone(), limits.header_timeout, stopped.clone()));
+                tasks.spawn(connection(stream, admitted, router.clone(), header_timeout, stopped.clone()));
             }
             Err(why) => refuse(stream, peer, why),
         }
@@ -178,7 +183,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves one connection until it closes; once `stopped` turns true, finishes the request in flight and closes.
+/// Serves one connection with `router` (its bodies already paced) until it closes; once `stopped` turns true,
+/// finishes the request in flight and closes.
 async fn connection(
     stream: TcpStream,
     admitted: Admitted,
@@ -191,9 +197,7 @@ async fn connection(
     drop(stream.set_nodelay(true));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
-    let service = hyper_util::service::TowerToHyperService::new(router.layer(axum::middleware::map_request(
-        move |request: axum::extract::Request| async move { request.map(|body| paced(body, header_timeout)) },
-    )));
+    let service = hyper_util::service::TowerToHyperService::new(router);
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {

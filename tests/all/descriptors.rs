@@ -5,7 +5,7 @@
 use crate::service::Server;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use toka_tests::{agent, connect_from, dir_option, read_until_closed, toka_with_nofile};
+use toka_tests::{agent, connect_from, dir_option, first_answer, partial_request, read_until_closed, toka_with_nofile};
 
 /// The test process's hard `RLIMIT_NOFILE`, from `/proc/self/limits`.
 fn hard_nofile() -> u64 {
@@ -217,25 +217,6 @@ fn admitted_from(local: &str, server: std::net::SocketAddr) -> std::net::TcpStre
 /// The body of a GET of `url` with a bearer token.
 fn client_text(url: &str, token: &str) -> String {
     reqwest::blocking::Client::new().get(url).bearer_auth(token).send().unwrap().text().unwrap()
-}
-
-/// Sends a request head declaring a body of `length` bytes, and `sent` of it, on a new connection to `server`.
-pub fn partial_request(server: std::net::SocketAddr, head: &str, length: usize, sent: &[u8]) -> std::net::TcpStream {
-    use std::io::Write;
-    let mut stream = connect_from("127.0.0.1", server);
-    write!(stream, "{head}Host: {server}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n")
-        .unwrap();
-    stream.write_all(sent).unwrap();
-    stream
-}
-
-/// What comes back on `stream` within `limit` (one read: the status line comes first).
-pub fn first_answer(stream: &mut std::net::TcpStream, limit: Duration) -> String {
-    use std::io::Read;
-    stream.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 4096];
-    let n = stream.read(&mut buf).unwrap_or(0);
-    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// A body is read only from a client whose token authenticates: the server reads a body whole (up to `--max-body`,

@@ -810,7 +810,7 @@ fn a_package_does_not_replace_a_tool_installed_another_way() {
 /// registry's home, the body is awaited, then refused for what it is (not a package).
 #[test]
 fn the_registry_reads_no_package_from_an_unauthenticated_client() {
-    use crate::descriptors::{first_answer, partial_request};
+    use toka_tests::{first_answer, partial_request};
     let w = World::new();
     let operator = w.home("operator");
     t(&operator, &["key", "init"]).expect_code(0);
