@@ -24,9 +24,10 @@
 pub mod watch;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -79,7 +80,9 @@ struct Entry<T> {
 /// Parsed files by path, each checked against its [`Stamp`] at every use. Bounded: past `capacity` an arbitrary
 /// entry is dropped (and read again on its next use).
 pub struct FileCache<T> {
-    entries: Mutex<HashMap<PathBuf, Entry<T>>>,
+    /// By the path's bytes, not by [`std::path::PathBuf`]: hashing a `Path` walks its components, and two spellings of one path
+    /// only cost an entry each.
+    entries: Mutex<HashMap<OsString, Entry<T>>>,
     capacity: usize,
     racy: Duration,
     reads: AtomicU64,
@@ -130,7 +133,7 @@ impl<T> FileCache<T> {
     /// (see the module documentation), else read, parsed with `parse` and remembered.
     pub fn get<E>(&self, path: &Path, parse: impl FnOnce(&[u8]) -> Result<T, E>) -> Result<Option<Arc<T>>, Error<E>> {
         watch::drain_unless_scoped();
-        if let Some(entry) = self.lock().get(path)
+        if let Some(entry) = self.lock().get(path.as_os_str())
             && entry.ticket.as_ref().is_some_and(watch::Ticket::valid)
         {
             return Ok(Some(entry.value.clone()));
@@ -139,13 +142,13 @@ impl<T> FileCache<T> {
         let current = match std::fs::metadata(path) {
             Ok(meta) => Stamp::of(&meta),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.lock().remove(path);
+                self.lock().remove(path.as_os_str());
                 return Ok(None);
             }
             Err(e) => return Err(Error::Io(e)),
         };
         let mut entries = self.lock();
-        if let Some(entry) = entries.get_mut(path)
+        if let Some(entry) = entries.get_mut(path.as_os_str())
             && entry.settled
             && entry.stamp == current
         {
@@ -164,7 +167,7 @@ impl<T> FileCache<T> {
         let mut file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.lock().remove(path);
+                self.lock().remove(path.as_os_str());
                 return Ok(None);
             }
             Err(e) => return Err(Error::Io(e)),
@@ -179,12 +182,12 @@ impl<T> FileCache<T> {
         let entry = Entry { stamp, settled, value: value.clone(), ticket: None, watch_tried: false };
         let mut entries = self.lock();
         if entries.len() >= self.capacity
-            && !entries.contains_key(path)
+            && !entries.contains_key(path.as_os_str())
             && let Some(evicted) = entries.keys().next().cloned()
         {
             entries.remove(&evicted);
         }
-        entries.insert(path.to_path_buf(), entry);
+        entries.insert(path.as_os_str().to_owned(), entry);
         Ok(Some(value))
     }
 
@@ -198,14 +201,14 @@ impl<T> FileCache<T> {
         if Stamp::of(&meta) != stamp {
             return;
         }
-        if let Some(entry) = self.lock().get_mut(path)
+        if let Some(entry) = self.lock().get_mut(path.as_os_str())
             && entry.stamp == stamp
         {
             entry.ticket = Some(ticket);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry<T>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OsString, Entry<T>>> {
         self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -221,6 +224,7 @@ impl<T> FileCache<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use std::time::Duration;
 
     fn parse(bytes: &[u8]) -> Result<String, std::string::FromUtf8Error> {

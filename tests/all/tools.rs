@@ -231,6 +231,23 @@ fn schemas_are_checked_in_and_out() {
     let r = call(h, "file-reader", r#"{"path":"/x","extra":1}"#, &[]);
     r.expect_code(77);
     call(h, "echo", "not json", &[]).expect_code(77);
+    // `echo`'s schema only asks for an object, so its valid inputs take the shallow check (no JSON tree): it must
+    // refuse what the full check refuses, at any depth, and pass on what it accepts.
+    let r = call(h, "echo", "[1]", &[]);
+    r.expect_code(77);
+    assert!(
+        r.stderr.contains("input does not match the input schema of tool echo: [1] is not of type"),
+        "{}",
+        r.stderr
+    );
+    for (bad, why) in [(r#"{"a":[1e400]}"#, "number out of range"), (r#"{"a":"\x"}"#, "invalid escape")] {
+        let r = call(h, "echo", bad, &[]);
+        r.expect_code(77);
+        assert!(r.stderr.contains(&format!("input is not JSON: {why}")), "{bad}: {}", r.stderr);
+    }
+    let r = call(h, "echo", r#"{"a":[1.5e300,{"b":null}],"c":"\u00e9"}"#, &[]);
+    r.expect_code(0);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["a"][1], serde_json::json!({"b": null}));
     let r = call(h, "fail-tool", r#"{"mode":"bad-output"}"#, &["--json"]);
     r.expect_code(65);
     let report = r.report();

@@ -15,6 +15,7 @@
 use super::grants::{Declared, intersect};
 use super::registry::{Installed, Registry, RegistryError};
 use super::reuse::{KeptBudget, KeptTools};
+use super::schema::Refusal;
 use crate::bindings::ToolError as WitToolError;
 use crate::bindings::tool::ToolPre;
 use crate::engine::HostEngine;
@@ -130,13 +131,13 @@ pub struct CallReport {
 pub struct LoadedTool {
     pub installed: Installed,
     pre: ToolPre<SandboxState>,
-    input: jsonschema::Validator,
-    output: jsonschema::Validator,
+    input: super::schema::Schema,
+    output: super::schema::Schema,
     declared: Vec<Declared>,
 }
 
-/// Runs tools for any number of callers; keeps every tool it loaded (by name and digest), so a second call only
-/// instantiates.
+/// Runs tools for any number of callers; keeps the tool it last loaded under each name (with its digest), so a
+/// second call only instantiates.
 pub struct ToolHost {
     pub engine: Arc<HostEngine>,
     pub registry: Registry,
@@ -256,9 +257,11 @@ impl ToolHost {
             }
             None => None,
         };
-        // By name and digest: a tool re-installed under the same name with new bytes is loaded again.
-        let key = format!("{}@{}", installed.name, installed.sha256);
-        if let Some(t) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        // By name, checked against the digest: a tool re-installed under the same name with new bytes is loaded
+        // again, and replaces the old one here.
+        if let Some(t) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(name)
+            && t.installed.sha256 == installed.sha256
+        {
             return Ok(t.clone());
         }
         if let (Some(identity), Some(trust)) = (&installed.plugin, &trust) {
@@ -288,7 +291,7 @@ impl ToolHost {
         let pre = ToolPre::new(pre.clone())
             .map_err(|e| Failure::Failed(format!("tool {name}: {}", crate::component::root_cause(&e))))?;
         let schema = |v: &serde_json::Value| {
-            jsonschema::validator_for(v).map_err(|e| Failure::Failed(format!("tool {name}: bad schema: {e}")))
+            super::schema::Schema::compile(v).map_err(|e| Failure::Failed(format!("tool {name}: bad schema: {e}")))
         };
         let declared = installed
             .spec
@@ -304,14 +307,15 @@ impl ToolHost {
             pre,
             declared,
         });
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(key, tool.clone());
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), tool.clone());
         Ok(tool)
     }
 
     /// Whether the caller's token allows `tool:NAME` now (and is not revoked, nor signed by a key retired or out of
     /// its overlap since the caller verified it).
     pub fn allowed(&self, caller: &Caller, name: &str) -> Result<(), Failure> {
-        token::root_key_still_verifies(self.registry.home(), &caller.token, SystemTime::now())
+        let now = SystemTime::now();
+        token::root_key_still_verifies(self.registry.home(), &caller.token, now)
             .map_err(|e| Failure::Denied(format!("token refused: {}", one_line(&e.to_string()))))?;
         if let Some(log) = &self.events {
             match token::revoked_among(log.db(), &caller.token.revocation_ids) {
@@ -327,7 +331,7 @@ impl ToolHost {
             component: caller.component.clone(),
             plugin: caller.plugin.clone(),
         };
-        token::authorize(&caller.token, &request, SystemTime::now()).map_err(|(grant, reason)| {
+        token::authorize(&caller.token, &request, now).map_err(|(grant, reason)| {
             Failure::Denied(format!(
                 "grant refused: {grant}: {}",
                 token::explain_refusal(&caller.token, &request, &grant, &reason)
@@ -340,9 +344,10 @@ impl ToolHost {
         self.registry.list().unwrap_or_default().into_iter().filter(|t| self.allowed(caller, &t.name).is_ok()).collect()
     }
 
-    async fn record(&self, caller: &Caller, op: Op) -> Result<(), AppendError> {
+    /// Records the operation `op` makes, if this host records at all (it is built only then).
+    async fn record(&self, caller: &Caller, op: impl FnOnce() -> Op) -> Result<(), AppendError> {
         let Some(log) = &self.events else { return Ok(()) };
-        let mut operation = crate::journal::operation_by(&caller.token_id, op);
+        let mut operation = crate::journal::operation_by(&caller.token_id, op());
         // A call outside a run names its token's whole chain; a run's calls are checked against the run's.
         if caller.run_id.is_none() {
             operation.chain = caller.token.revocation_ids.clone();
@@ -390,7 +395,7 @@ impl ToolHost {
             fuel_consumed: 0,
             wall: Duration::ZERO,
         };
-        let start = Op::StartToolCall {
+        let start = || Op::StartToolCall {
             call_id: call_id.clone(),
             run_id: caller.run_id.clone(),
             agent: caller.agent.clone(),
@@ -421,21 +426,21 @@ impl ToolHost {
         report.outcome = outcome;
         report.fuel_consumed = fuel_consumed;
         report.wall = started.elapsed();
-        let detail = serde_json::json!({
-            "outcome": outcome,
-            "input_bytes": input.len(),
-            "output_bytes": result.as_ref().map_or(0, |o| o.len()),
-            "fuel": fuel_consumed,
-            "wall_time_ms": report.wall.as_secs_f64() * 1e3,
-            "error": result.as_ref().err().map(|f| f.message().to_string()),
-        });
-        let end = Op::EndToolCall {
+        let wall = report.wall;
+        let end = || Op::EndToolCall {
             call_id,
             run_id: caller.run_id.clone(),
             agent: caller.agent.clone(),
             tool: name.to_string(),
             ok: result.is_ok(),
-            detail,
+            detail: serde_json::json!({
+                "outcome": outcome,
+                "input_bytes": input.len(),
+                "output_bytes": result.as_ref().map_or(0, |o| o.len()),
+                "fuel": fuel_consumed,
+                "wall_time_ms": wall.as_secs_f64() * 1e3,
+                "error": result.as_ref().err().map(|f| f.message().to_string()),
+            }),
         };
         report.result = match self.record(caller, end).await {
             Ok(()) => result,
@@ -478,25 +483,26 @@ impl ToolHost {
             let m = format!("input is {} bytes, over the {MAX_IO} byte limit", input.len());
             return (Outcome::InvalidInput, Err(Failure::InvalidInput(m)), 0);
         }
-        let value: serde_json::Value = match serde_json::from_str(input) {
-            Ok(v) => v,
-            Err(e) => return (Outcome::InvalidInput, Err(Failure::InvalidInput(format!("input is not JSON: {e}"))), 0),
-        };
-        if let Some(why) = schema_errors(&tool.input, &value) {
-            let m = format!("input does not match the input schema of tool {name}: {why}");
-            return (Outcome::InvalidInput, Err(Failure::InvalidInput(m)), 0);
+        match tool.input.check(input) {
+            Ok(()) => {}
+            Err(Refusal::NotJson(e)) => {
+                return (Outcome::InvalidInput, Err(Failure::InvalidInput(format!("input is not JSON: {e}"))), 0);
+            }
+            Err(Refusal::Invalid(why)) => {
+                let m = format!("input does not match the input schema of tool {name}: {why}");
+                return (Outcome::InvalidInput, Err(Failure::InvalidInput(m)), 0);
+            }
         }
         // Only a tool the operator opted in, and only for the caller that holds `kept`.
         let kept = kept.filter(|_| tool.installed.reusable());
         let (outcome, result, fuel_consumed) = self.invoke(&tool, caller, input, fuel, kept).await;
-        let result = result.and_then(|output| {
-            let value: serde_json::Value = serde_json::from_str(&output)
-                .map_err(|e| Failure::Failed(format!("tool {name} returned output that is not JSON: {e}")))?;
-            match schema_errors(&tool.output, &value) {
-                None => Ok(output),
-                Some(why) => {
-                    Err(Failure::Failed(format!("tool {name} returned output against its output schema: {why}")))
-                }
+        let result = result.and_then(|output| match tool.output.check(&output) {
+            Ok(()) => Ok(output),
+            Err(Refusal::NotJson(e)) => {
+                Err(Failure::Failed(format!("tool {name} returned output that is not JSON: {e}")))
+            }
+            Err(Refusal::Invalid(why)) => {
+                Err(Failure::Failed(format!("tool {name} returned output against its output schema: {why}")))
             }
         });
         let outcome = if outcome == Outcome::Success && result.is_err() { Outcome::AgentError } else { outcome };
@@ -631,24 +637,6 @@ impl ToolHost {
             }
         }
     }
-}
-
-/// The first few schema violations of `value`, or `None` if it is valid.
-fn schema_errors(validator: &jsonschema::Validator, value: &serde_json::Value) -> Option<String> {
-    // The common case first: a valid value needs no error objects (each carries paths and a message).
-    if validator.is_valid(value) {
-        return None;
-    }
-    let errors: Vec<String> = validator
-        .iter_errors(value)
-        .take(3)
-        .map(|e| {
-            let at = e.instance_path().to_string();
-            format!("{}{}", if at.is_empty() { String::new() } else { format!("at {at}: ") }, one_line(&e.to_string()))
-        })
-        .collect();
-    // Not valid, so never accepted, even if no error could be told.
-    if errors.is_empty() { Some("does not match the schema".to_string()) } else { Some(errors.join("; ")) }
 }
 
 /// A guest's tool calls: the caller is the sandbox's session.

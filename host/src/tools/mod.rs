@@ -15,6 +15,7 @@ pub mod mcp;
 pub mod mcp_auth;
 pub mod registry;
 pub mod reuse;
+pub mod schema;
 
 use serde::{Deserialize, Serialize};
 
