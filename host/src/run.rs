@@ -190,6 +190,17 @@ impl Runner {
         self.prepare(path.to_path_buf(), loaded, agent_name(path))
     }
 
+    /// The program loaded from `path` before in this process, if any.
+    pub fn loaded(&self, path: &Path) -> Option<Arc<Program>> {
+        self.programs.lock().unwrap_or_else(|p| p.into_inner()).get(path).cloned()
+    }
+
+    /// [`Runner::load`] of `bytes`, read from `path`, whose [`component::digest`] is `sha256`.
+    pub fn load_read(&self, path: &Path, bytes: Vec<u8>, sha256: String) -> Result<Arc<Program>, RunError> {
+        let loaded = component::load_digested(&self.host, path, bytes, sha256)?;
+        self.prepare(path.to_path_buf(), loaded, agent_name(path))
+    }
+
     /// Loads a component handed over as bytes, known as agent `name` (or the copy loaded before, by name and digest).
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Arc<Program>, RunError> {
         use sha2::{Digest, Sha256};

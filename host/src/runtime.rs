@@ -248,6 +248,10 @@ impl Host {
     /// Everything that can refuse a run before the guest starts, in order: the input, the component (loaded through
     /// `runner`), the invocation its world takes, the grants on the host, then the token for all of it.
     ///
+    /// The token check needs only the component's name and digest, not the compiled code: for a file not loaded
+    /// before in this process, it is made on this thread while another loads the component (a run's two longest
+    /// steps before the guest starts, side by side). The refusals are still reported in the order above.
+    ///
     /// Traced as the spans `load` (the component: compiled or from the cache) and `authorize` (grants and token),
     /// each with the run's id, under whatever span the caller is in.
     pub fn prepare(&self, runner: &Runner, spec: &RunSpec) -> Result<Ready, RunError> {
@@ -260,34 +264,74 @@ impl Host {
                 "spawn caps: depth at most {MAX_SPAWN_DEPTH}, spawns per run at most {MAX_SPAWNS}"
             )));
         }
-        let program = {
+        let plugin = match &spec.source {
+            Source::Plugin { identity, .. } => Some(identity.clone()),
+            _ => None,
+        };
+        let parent = tracing::Span::current();
+        type Load<'a> = Box<dyn FnOnce() -> Result<Arc<Program>, RunError> + Send + 'a>;
+        let load = |load: Load<'_>| {
             let component = match &spec.source {
                 Source::Path(path) => path.display().to_string(),
                 Source::Bytes { name, .. } => format!("upload:{name}"),
                 Source::Plugin { identity, .. } => format!("plugin:{identity}"),
             };
-            let span = tracing::info_span!("load", run_id = %run_id, %component, cache_hit = tracing::field::Empty,
-                compile_ms = tracing::field::Empty);
+            let span = tracing::info_span!(parent: &parent, "load", run_id = %run_id, %component,
+                cache_hit = tracing::field::Empty, compile_ms = tracing::field::Empty);
             let _entered = span.enter();
-            let program = match &spec.source {
-                Source::Path(path) => runner.load(path)?,
-                Source::Bytes { name, bytes } | Source::Plugin { name, bytes, .. } => runner.load_bytes(name, bytes)?,
-            };
+            let program = load()?;
             span.record("cache_hit", program.loaded.cache_hit);
             span.record("compile_ms", program.loaded.compile_time.as_secs_f64() * 1000.0);
-            program
+            Ok::<_, RunError>(program)
         };
-        let plugin = match &spec.source {
-            Source::Plugin { identity, .. } => Some(identity.clone()),
-            _ => None,
+        let authorize = |name: &str, digest: String| {
+            let _authorize =
+                tracing::info_span!(parent: &parent, "authorize", run_id = %run_id, agent = %name).entered();
+            self.authorize_run(spec, name, digest, plugin.clone(), &limits)
         };
-        let _authorize = tracing::info_span!("authorize", run_id = %run_id, agent = %program.name()).entered();
+        let (program, authorized) = match &spec.source {
+            Source::Path(path) if runner.loaded(path).is_none() => {
+                let bytes = crate::component::read(path)?;
+                let digest = crate::component::digest(&bytes);
+                std::thread::scope(|scope| {
+                    let read = digest.clone();
+                    let loading = scope.spawn(|| load(Box::new(move || runner.load_read(path, bytes, read))));
+                    let authorized = authorize(&crate::run::agent_name(path), digest.clone());
+                    let program = loading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (program, authorized)
+                })
+            }
+            source => {
+                let program = load(Box::new(|| match source {
+                    Source::Path(path) => runner.load(path),
+                    Source::Bytes { name, bytes } | Source::Plugin { name, bytes, .. } => {
+                        runner.load_bytes(name, bytes)
+                    }
+                }))?;
+                let authorized = authorize(program.name(), program.loaded.sha256.clone());
+                (Ok(program), authorized)
+            }
+        };
+        let program = program?;
         let invocation = invocation(program.world(), spec, input)?;
+        let mut authorized = authorized?;
+        authorized.plugin = plugin;
+        Ok(Ready { run_id, program, invocation, grants: authorized, limits })
+    }
+
+    /// The grants on the host, then the token for all a run of agent `name`, the component of `digest`, asks for.
+    fn authorize_run(
+        &self,
+        spec: &RunSpec,
+        name: &str,
+        digest: String,
+        plugin: Option<String>,
+        limits: &Limits,
+    ) -> Result<Authorized, RunError> {
         let mut authorized = self.authorize_grants(&spec.grants)?;
-        let digest = Some(program.loaded.sha256.clone());
         let mut request =
-            crate::commands::run::token_request(program.name(), &spec.grants.net, &authorized, &limits, digest);
-        request.plugin = plugin.clone();
+            crate::commands::run::token_request(name, &spec.grants.net, &authorized, limits, Some(digest));
+        request.plugin = plugin;
         for tool in &spec.tools {
             crate::tools::check_name(tool).map_err(RunError::InvalidInput)?;
             request.grants.push(crate::token::Grant { kind: "tool".into(), value: tool.clone(), mode: "".into() });
@@ -306,8 +350,7 @@ impl Host {
         authorized.rate = authorization.rate;
         authorized.token = Some(authorization.token);
         authorized.local_token = spec.token.is_none();
-        authorized.plugin = plugin;
-        Ok(Ready { run_id, program, invocation, grants: authorized, limits })
+        Ok(authorized)
     }
 
     /// The run's limits: each asked for, else the token's ceiling (with a token), else the default.

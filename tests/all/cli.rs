@@ -66,6 +66,41 @@ fn wrong_world() {
     assert!(r.stderr.contains("wrong world"), "{}", r.stderr);
 }
 
+/// The token is checked on one thread while the component loads on another, but the refusals keep their order: a
+/// broken component, then a wrong world, then the grants on the host, then the token; each check is shown to refuse
+/// on its own at the end (the positive control of the ones before it).
+#[test]
+fn refusals_keep_their_order_while_the_token_is_checked_beside_the_load() {
+    let good = agent("hello-rust");
+    let truncated = temp_file(&std::fs::read(&good).unwrap()[..1000]);
+    let empty_component = temp_file(&[0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00]);
+    // A well-formed token (its limits are read before anything loads) for another agent.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("other.token");
+    toka(&["token", "mint", "--agent", "someone-else", "--out", token.to_str().unwrap()]).expect_code(0);
+    let refused_everywhere = ["--token", token.to_str().unwrap(), "--dir", "/no/such/dir::/data"];
+    let run = |component: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        args.push(component.to_str().unwrap());
+        toka(&args)
+    };
+    let r = run(truncated.path(), &refused_everywhere);
+    r.expect_code(73);
+    one_line_error(&r.stderr, "toka-host: ");
+    assert!(r.stderr.contains("invalid WebAssembly"), "{}", r.stderr);
+    let r = run(empty_component.path(), &refused_everywhere);
+    r.expect_code(75);
+    assert!(r.stderr.contains("wrong world"), "{}", r.stderr);
+    let r = run(&good, &refused_everywhere);
+    r.expect_code(72);
+    one_line_error(&r.stderr, "toka-host: grant refused: dir /no/such/dir::/data:rw: cannot open host directory");
+    let r = run(&good, &refused_everywhere[..2]);
+    r.expect_code(78);
+    one_line_error(&r.stderr, "toka-host: token refused: token is not for agent hello-rust");
+    run(&good, &[]).expect_code(0);
+}
+
 #[test]
 fn input_must_be_json() {
     let r = toka(&["run", "--input", "{not json", agent("hello-rust").to_str().unwrap()]);
