@@ -653,3 +653,61 @@ where
     }
     out
 }
+
+/// `mcp --http` and `registry serve` take `serve`'s bounds on connections (`--max-connections`,
+/// `--max-connections-per-ip`, `--header-timeout`): one past the bound from one address gets a 503 and is closed at
+/// once while another address is served, and a silent client is closed once its time is up (positive control: it is
+/// kept until then). Before, both used the process's defaults, with no flag to change them. The flags bound
+/// `--http`'s clients, so `mcp` on stdio refuses them.
+#[test]
+fn mcp_and_the_registry_bound_their_connections_as_serve_does() {
+    let home = home_with(&["echo"]);
+    let h = home.path();
+    let r = t(h, &["mcp", "--allow-tool", "echo", "--max-connections", "4"]);
+    r.expect_code(77);
+    assert!(r.stderr.contains("bound --http's clients"), "{}", r.stderr);
+
+    let bounds = ["--max-connections-per-ip", "2", "--header-timeout", "2s"];
+    let mcp = Server::start(h, &[&["--allow-tool", "echo"][..], &bounds].concat());
+    bounded(mcp.addr);
+    drop(mcp);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Command::new(toka_host())
+        .args(["registry", "serve", "--addr", "127.0.0.1:0", "--dir", dir.path().to_str().unwrap()])
+        .args(bounds)
+        .env("TOKA_HOME", h)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(registry.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("http://")).and_then(|a| a.parse().ok());
+    let result = std::panic::catch_unwind(|| bounded(addr.unwrap_or_else(|| panic!("no address in {line:?}"))));
+    let _ = registry.kill();
+    let _ = registry.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Checks the bounds `--max-connections-per-ip 2 --header-timeout 2s` on the server at `server`.
+fn bounded(server: SocketAddr) {
+    use toka_tests::{connect_from, read_until_closed};
+    let held: Vec<TcpStream> = (0..2).map(|_| connect_from("127.0.0.2", server)).collect();
+    let mut third = connect_from("127.0.0.2", server);
+    let refused = read_until_closed(&mut third, Duration::from_secs(5)).expect("the third is closed at once");
+    assert!(refused.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{refused}");
+    assert!(refused.contains(r#""code":"too-many-connections""#), "{refused}");
+    let mut other = connect_from("127.0.0.3", server);
+    write!(other, "GET / HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n").unwrap();
+    let answer = read_until_closed(&mut other, Duration::from_secs(5)).expect("another address is answered");
+    assert!(answer.starts_with("HTTP/1.1 ") && !answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let mut first = held[0].try_clone().unwrap();
+    assert_eq!(read_until_closed(&mut first, Duration::from_millis(300)), None, "the two are kept");
+    for mut idle in held {
+        assert!(read_until_closed(&mut idle, Duration::from_secs(6)).is_some(), "closed once its 2 s are up");
+    }
+}

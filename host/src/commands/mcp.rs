@@ -61,6 +61,10 @@ pub struct McpCommand {
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
+    /// With --http: the bounds on client connections.
+    #[command(flatten)]
+    pub connections: crate::commands::serve::ConnectionArgs,
+
     #[command(flatten)]
     pub caller: CallerArgs,
 }
@@ -100,6 +104,12 @@ impl McpCommand {
             return Err(RunError::InvalidInput(format!(
                 "--no-auth serves anyone who can connect: it is allowed on a loopback address only, not {addr}"
             )));
+        }
+        if self.http.is_none() && self.connections.given() {
+            return Err(RunError::InvalidInput(
+                "--max-connections, --max-connections-per-ip and --header-timeout bound --http's clients; stdio has                  one"
+                .into(),
+            ));
         }
         for tool in &self.tools {
             crate::tools::check_name(tool).map_err(RunError::InvalidInput)?;
@@ -196,7 +206,7 @@ impl McpCommand {
                 hosts.join(" or ")
             );
         }
-        let limits = crate::http::Limits::for_process();
+        let limits = self.connections.limits();
         crate::http::serve(listener, router, limits, std::future::pending(), Duration::ZERO)
             .await
             .map_err(|e| RunError::host(format!("mcp: {e}")))

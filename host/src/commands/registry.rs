@@ -32,6 +32,8 @@ pub enum RegistryAction {
         /// Largest package accepted.
         #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::units::parse_size)]
         max_body: u64,
+        #[command(flatten)]
+        connections: crate::commands::serve::ConnectionArgs,
     },
     /// Print the public key of the registry in DIR (what clients pass to `registry add --key`).
     Key {
@@ -65,7 +67,7 @@ impl RegistryCommand {
 
     fn run(self, home: &Home) -> Result<(), PluginError> {
         match self.action {
-            RegistryAction::Serve { dir, name, addr, max_body } => {
+            RegistryAction::Serve { dir, name, addr, max_body, connections } => {
                 crate::commands::init_logging("text");
                 let registry = crate::plugin::server::Registry::open(dir, &name, home.clone())?;
                 let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(PluginError::host)?;
@@ -79,7 +81,7 @@ impl RegistryCommand {
                         Arc::new(registry),
                         usize::try_from(max_body).unwrap_or(usize::MAX),
                     );
-                    let limits = crate::http::Limits::for_process();
+                    let limits = connections.limits();
                     let stop = crate::commands::serve::shutdown_signal();
                     crate::http::serve(listener, app, limits, stop, std::time::Duration::from_secs(5))
                         .await

@@ -35,19 +35,8 @@ pub struct ServeCommand {
     #[arg(long = "component-dir", value_name = "DIR")]
     pub component_dirs: Vec<PathBuf>,
 
-    /// Most client connections open at once; one more is answered 503 and closed. Default: half the file
-    /// descriptors the process keeps for itself (an eighth of its limit, at least 256).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_connections: Option<u32>,
-
-    /// Most connections open at once from one IP address. Default: a quarter of --max-connections.
-    #[arg(long = "max-connections-per-ip", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_connections_per_ip: Option<u32>,
-
-    /// How long a client has to send a request's headers, from connecting or from the previous response: a
-    /// client that sends nothing (an idle kept-alive connection too) or too slowly is closed after it.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration)]
-    pub header_timeout: Duration,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 
     /// On shutdown, how long running runs get to finish before they are cancelled.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration)]
@@ -93,9 +82,29 @@ pub struct ServeCommand {
     pub raft_snapshot_every: u64,
 }
 
-impl ServeCommand {
-    /// `--max-connections`, `--max-connections-per-ip` and `--header-timeout`, with the process's defaults.
-    fn connection_limits(&self) -> crate::http::Limits {
+/// The bounds on client connections, the same flags on every listening command (`serve`, `mcp --http`, `registry
+/// serve`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ConnectionArgs {
+    /// Most client connections open at once; one more is answered 503 and closed. Default: half the file
+    /// descriptors the process keeps for itself (an eighth of its limit, at least 256).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Most connections open at once from one IP address. Default: a quarter of --max-connections.
+    #[arg(long = "max-connections-per-ip", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: Option<u32>,
+
+    /// How long a client has to send a request's headers, from connecting or from the previous response: a
+    /// client that sends nothing (an idle kept-alive connection too) or too slowly is closed after it. A body must
+    /// then keep coming: all of it within this time plus a second per KiB received. Default: 30s.
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    pub header_timeout: Option<Duration>,
+}
+
+impl ConnectionArgs {
+    /// The flags, with the process's defaults for those not given.
+    pub fn limits(&self) -> crate::http::Limits {
         let defaults = crate::http::Limits::for_process();
         let max_connections = self.max_connections.map_or(defaults.max_connections, |n| n as usize);
         let per_peer = match self.max_connections_per_ip {
@@ -103,9 +112,17 @@ impl ServeCommand {
             None if self.max_connections.is_some() => (max_connections / 4).max(1),
             None => defaults.per_peer,
         };
-        crate::http::Limits { max_connections, per_peer, header_timeout: self.header_timeout }
+        let header_timeout = self.header_timeout.unwrap_or(defaults.header_timeout);
+        crate::http::Limits { max_connections, per_peer, header_timeout }
     }
 
+    /// Whether any of the flags was given.
+    pub fn given(&self) -> bool {
+        self.max_connections.is_some() || self.max_connections_per_ip.is_some() || self.header_timeout.is_some()
+    }
+}
+
+impl ServeCommand {
     pub fn execute(self, home: &Home) -> i32 {
         let telemetry =
             match crate::telemetry::Telemetry::init(self.log_format == "json", self.otlp_endpoint.as_deref()) {
@@ -166,7 +183,7 @@ impl ServeCommand {
             shutdown_grace: self.shutdown_grace,
             cluster: cluster.clone(),
             labels: self.labels.clone(),
-            connections: self.connection_limits(),
+            connections: self.connections.limits(),
             ..ServiceConfig::default()
         };
         let service = Service::new(host, config);
