@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// Build a project made by `toka-host new` (its `toka-project.toml`) into NAME.wasm, a component, with the toolchains
-/// that `scripts/setup-toolchains` installs.
+// (Not a doc comment: the subcommand's `--help` text is its variant's in `commands::Command`.)
+// Build a project made by `toka-host new` (its `toka-project.toml`) into NAME.wasm, a component, with the toolchains
+// that `scripts/setup-toolchains` installs.
 #[derive(Debug, Args)]
 pub struct BuildCommand {
     /// The project directory [default: the current directory].

@@ -16,7 +16,8 @@ pub const EXIT_REFUSED: i32 = 109;
 /// The bundle is missing or invalid, or this home belongs to another cluster or has other root keys.
 pub const EXIT_BUNDLE: i32 = 110;
 
-/// Run a cluster of toka-host nodes that replicate one log of operations (see the README's "Cluster").
+// (Not a doc comment: the subcommand's `--help` text is its variant's in `commands::Command`.)
+// Run a cluster of toka-host nodes that replicate one log of operations (see the README's "Cluster").
 #[derive(Debug, Args)]
 pub struct ClusterCommand {
     #[command(subcommand)]

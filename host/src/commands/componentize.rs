@@ -4,8 +4,9 @@
 use clap::Args;
 use std::path::PathBuf;
 
-/// Make a component of a core module: one built against the toka:agent worlds (cargo or clang for wasm32-wasip1
-/// with wit-bindgen) gets the reactor adapter; a plain WASI preview 1 program becomes a wasi:cli/command.
+// (Not a doc comment: the subcommand's `--help` text is its variant's in `commands::Command`.)
+// Make a component of a core module: one built against the toka:agent worlds (cargo or clang for wasm32-wasip1
+// with wit-bindgen) gets the reactor adapter; a plain WASI preview 1 program becomes a wasi:cli/command.
 #[derive(Debug, Args)]
 pub struct ComponentizeCommand {
     /// The core module.

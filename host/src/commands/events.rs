@@ -14,7 +14,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-/// Show the event log (oldest first), or verify its hash chain.
+// (Not a doc comment: the subcommand's `--help` text is its variant's in `commands::Command`.)
+// Show the event log (oldest first), or verify its hash chain.
 #[derive(Debug, Args)]
 pub struct EventsCommand {
     #[command(subcommand)]

@@ -11,15 +11,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Serve installed tools over the Model Context Protocol.
-///
-/// The server's rights are those of its token (`--token`) and grant flags: it serves only the tools that token
-/// grants (`tool:NAME`), narrowed to `--allow-tool` if given, and each call's sandbox gets at most the server's
-/// grants. Without `--token`, the tools to serve must be named (`--allow-tool`, repeatable): they and the grant flags
-/// are minted into a token for the agent `operator` living `--ttl`. Over HTTP, every request needs
-/// `Authorization: Bearer TOKEN` (a token of this home's root keys) and calls as that token's agent, with what both
-/// tokens allow; `Host` must name this server and a browser `Origin` must be listed. Logs go to stderr; stdout
-/// carries only the protocol.
+// (Not a doc comment: the subcommand's `--help` text is its variant's in `commands::Command`.)
+// Serve installed tools over the Model Context Protocol.
+//
+// The server's rights are those of its token (`--token`) and grant flags: it serves only the tools that token
+// grants (`tool:NAME`), narrowed to `--allow-tool` if given, and each call's sandbox gets at most the server's
+// grants. Without `--token`, the tools to serve must be named (`--allow-tool`, repeatable): they and the grant flags
+// are minted into a token for the agent `operator` living `--ttl`. Over HTTP, every request needs
+// `Authorization: Bearer TOKEN` (a token of this home's root keys) and calls as that token's agent, with what both
+// tokens allow; `Host` must name this server and a browser `Origin` must be listed. Logs go to stderr; stdout
+// carries only the protocol.
 #[derive(Debug, Args)]
 pub struct McpCommand {
     /// Serve streamable HTTP at ADDR (e.g. 127.0.0.1:8080; path /mcp) instead of stdio.

@@ -5,8 +5,9 @@ use crate::project::{self, Kind, Lang};
 use clap::Args;
 use std::path::PathBuf;
 
-/// Make a new agent, tool or command project: `toka-host new agent NAME --lang rust|python|js|c`, `toka-host new
-/// tool NAME --lang ...`, `toka-host new command NAME --lang go|zig`. Then `cd NAME && toka-host build`.
+// (Not a doc comment: the subcommand's `--help` text is its variant's in `commands::Command`.)
+// Make a new agent, tool or command project: `toka-host new agent NAME --lang rust|python|js|c`, `toka-host new
+// tool NAME --lang ...`, `toka-host new command NAME --lang go|zig`. Then `cd NAME && toka-host build`.
 #[derive(Debug, Args)]
 pub struct NewCommand {
     /// What to make: `agent` (run(task), JSON in and out), `tool` (describe and invoke, callable by agents and over

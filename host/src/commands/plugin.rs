@@ -30,7 +30,8 @@ pub struct PluginCommand {
     pub action: PluginAction,
 }
 
-/// How to reach a registry.
+// (Not a doc comment: flattened into subcommands, whose `--help` text is their variant's.)
+// How to reach a registry.
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
     /// The registry to use (`toka-host registry list`); needed when several are configured.

@@ -15,13 +15,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Run an agent component, a wasi:cli/command component, or a WASI preview 1 module.
-///
-/// Nothing is granted unless asked for: no files, no environment, no network, stdin closed. Exit codes: 0 success,
-/// the guest's own status for commands, 65 agent error, 66 trap, 67 stack overflow, 68 out of fuel, 69 timeout,
-/// 70 memory limit, 71 output limit, 72 grant refused, 73 invalid wasm, 74 not a component, 75 wrong world,
-/// 76 file not found, 77 invalid input, 78 token refused, 79 host error, 81 rate limited, 82 cancelled; with
-/// --server, 83 server unreachable, 84 server busy.
+// (Not a doc comment: the subcommand's `--help` text is its variant's in `commands::Command`.)
+// Run an agent component, a wasi:cli/command component, or a WASI preview 1 module.
+//
+// Nothing is granted unless asked for: no files, no environment, no network, stdin closed. Exit codes: 0 success,
+// the guest's own status for commands, 65 agent error, 66 trap, 67 stack overflow, 68 out of fuel, 69 timeout,
+// 70 memory limit, 71 output limit, 72 grant refused, 73 invalid wasm, 74 not a component, 75 wrong world,
+// 76 file not found, 77 invalid input, 78 token refused, 79 host error, 81 rate limited, 82 cancelled; with
+// --server, 83 server unreachable, 84 server busy.
 #[derive(Debug, Args)]
 pub struct RunCommand {
     /// Run on the toka-host server at URL (`toka-host serve`) instead of in this process: the component is uploaded

@@ -5,7 +5,8 @@ use clap::Args;
 use serde::Serialize;
 use std::time::{Duration, UNIX_EPOCH};
 
-/// A table of recent runs: outcome, fuel, wall time.
+// (Not a doc comment: the subcommand's `--help` text is its variant's in `commands::Command`.)
+// A table of recent runs: outcome, fuel, wall time.
 #[derive(Debug, Args)]
 pub struct RunsCommand {
     /// Read the runs from the toka-host server at URL (`toka-host serve`) instead of this home's log; needs

@@ -9,10 +9,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Serve the host over HTTP: submit runs, watch events live, call tools, read metrics (see `/openapi.json`).
-///
-/// Every route but /health needs `Authorization: Bearer <token>` (a token from this home's key store): a run is
-/// authorized with the bearer token narrowed to exactly that run; reading runs, events and metrics needs `api:read`.
+// (Not a doc comment: the subcommand's `--help` text is its variant's in `commands::Command`.)
+// Serve the host over HTTP: submit runs, watch events live, call tools, read metrics (see `/openapi.json`).
+//
+// Every route but /health needs `Authorization: Bearer <token>` (a token from this home's key store): a run is
+// authorized with the bearer token narrowed to exactly that run; reading runs, events and metrics needs `api:read`.
 #[derive(Debug, Args)]
 pub struct ServeCommand {
     /// Address to listen on.
@@ -82,8 +83,9 @@ pub struct ServeCommand {
     pub raft_snapshot_every: u64,
 }
 
-/// The bounds on client connections, the same flags on every listening command (`serve`, `mcp --http`, `registry
-/// serve`).
+// (Not a doc comment: flattened into subcommands, whose `--help` text is their variant's.)
+// The bounds on client connections, the same flags on every listening command (`serve`, `mcp --http`, `registry
+// serve`).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ConnectionArgs {
     /// Most client connections open at once; one more is answered 503 and closed. Default: half the file

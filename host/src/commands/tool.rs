@@ -26,7 +26,8 @@ pub struct ToolCommand {
     pub action: ToolAction,
 }
 
-/// The rights and limits a caller brings to a tool call (`tool call`, `mcp`).
+// (Not a doc comment: flattened into subcommands, whose `--help` text is their variant's.)
+// The rights and limits a caller brings to a tool call (`tool call`, `mcp`).
 #[derive(Debug, Clone, Args)]
 pub struct CallerArgs {
     #[command(flatten)]

@@ -15,14 +15,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Run the agents of a plan manifest: critical agents first, one at a time, then the rest by dependency order and
-/// priority, `--jobs` at once.
-///
-/// Every agent runs with the operator's token (`--token`, else one minted from the manifest by the local root key)
-/// attenuated to exactly its grants, limits and component. Exit codes: 0 every agent completed, 85 an agent failed
-/// or was skipped, 82 cancelled (Ctrl-C), 69 the plan timed out; before anything starts, 77 an invalid manifest
-/// (a cycle, an unknown key ...), 72 a grant the operator's token does not allow, 76 a missing component, 78 a
-/// refused token.
+// (Not a doc comment: the subcommand's `--help` text is its variant's in `commands::Command`.)
+// Run the agents of a plan manifest: critical agents first, one at a time, then the rest by dependency order and
+// priority, `--jobs` at once.
+//
+// Every agent runs with the operator's token (`--token`, else one minted from the manifest by the local root key)
+// attenuated to exactly its grants, limits and component. Exit codes: 0 every agent completed, 85 an agent failed
+// or was skipped, 82 cancelled (Ctrl-C), 69 the plan timed out; before anything starts, 77 an invalid manifest
+// (a cycle, an unknown key ...), 72 a grant the operator's token does not allow, 76 a missing component, 78 a
+// refused token.
 #[derive(Debug, Args)]
 pub struct UpCommand {
     /// The plan manifest.

@@ -120,7 +120,7 @@ impl Registry {
             return Err(unauthorized("the bearer token must be 1 to 65536 bytes".into()));
         }
         let now = SystemTime::now();
-        let keys = crate::token::keys::KeyStore::load(&self.home.dir).map_err(|e| unauthorized(e.to_string()))?;
+        let keys = crate::token::keys::KeyStore::current(&self.home.dir).map_err(|e| unauthorized(e.to_string()))?;
         let verified =
             crate::token::cache::global().verify(&keys, value, now).map_err(|e| unauthorized(e.to_string()))?;
         match crate::token::revoked_among(&self.db, &verified.revocation_ids) {

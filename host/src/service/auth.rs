@@ -58,7 +58,7 @@ pub fn verify(host: &Host, text: &str) -> Result<Bearer, ApiError> {
     if text.is_empty() || text.len() > MAX_TOKEN {
         return Err(ApiError::unauthorized(format!("the bearer token must be 1 to {MAX_TOKEN} bytes")));
     }
-    let keys = crate::token::keys::KeyStore::load(&host.home().dir).map_err(ApiError::internal)?;
+    let keys = crate::token::keys::KeyStore::current(&host.home().dir).map_err(ApiError::internal)?;
     let verified = crate::token::cache::global().verify(&keys, text, SystemTime::now()).map_err(|e| {
         ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "token-refused", format!("token refused: {e}"))
     })?;

@@ -108,7 +108,7 @@ impl BearerAuth {
     /// covers only read-only is passed on read-only).
     pub fn caller(&self, text: &str) -> Result<Caller, Refusal> {
         let now = SystemTime::now();
-        let keys = token::keys::KeyStore::load(&self.home)
+        let keys = token::keys::KeyStore::current(&self.home)
             .map_err(|e| Refusal::Host(format!("cannot read the root keys: {e}")))?;
         let verified = token::cache::global()
             .verify(&keys, text, now)
