@@ -154,7 +154,9 @@ pub fn load_digested(host: &HostEngine, path: &Path, bytes: Vec<u8>, sha256: Str
             (world, Compiled::Component { pre })
         }
         CompiledCode::Module(module) => {
-            (World::Command, Compiled::Module { pre: host.module_linker.instantiate_pre(&module).map_err(wrong)? })
+            let linker =
+                host.module_linker().map_err(|e| RunError::host(format!("cannot link preview 1 programs: {e:#}")))?;
+            (World::Command, Compiled::Module { pre: linker.instantiate_pre(&module).map_err(wrong)? })
         }
     };
     Ok(Loaded { path: path.to_path_buf(), sha256, world, compile_time, cache_hit, compiled })

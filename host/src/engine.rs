@@ -68,8 +68,8 @@ impl std::error::Error for InvalidExitStatus {}
 pub struct HostEngine {
     pub engine: Engine,
     pub linker: Linker<SandboxState>,
-    /// The linker of preview 1 core modules: `wasi_snapshot_preview1` only, on the same store state as components.
-    pub module_linker: wasmtime::Linker<SandboxState>,
+    /// The linker of preview 1 core modules, once one was loaded (see [`HostEngine::module_linker`]).
+    module_linker: std::sync::OnceLock<wasmtime::Linker<SandboxState>>,
     /// Whether stores of this engine meter fuel.
     pub fuel: bool,
     /// Where compiled components and preview 1 modules are cached, if anywhere.
@@ -167,26 +167,12 @@ impl HostEngine {
         crate::sandbox::caps::llm::add_to_linker(&mut linker)?;
         crate::sandbox::caps::tools::add_to_linker(&mut linker, options.fuel)?;
         crate::sandbox::caps::spawn::add_to_linker(&mut linker, options.fuel)?;
-        // Preview 1 programs run on wasmtime-wasi's own preview 1 implementation, as under `wasmtime run`: no
-        // adapter in between, so they behave exactly as there. They import nothing else (checked when loaded).
-        let mut module_linker = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, SandboxState::preview1)?;
-        // wasmtime-wasi's `proc_exit` refuses a status of 126 and up with an untyped error; ours ends the same way
-        // with a typed one, so that a run tells it from a host failure without reading the message.
-        module_linker.allow_shadowing(true);
-        module_linker.func_wrap("wasi_snapshot_preview1", "proc_exit", |status: i32| -> wasmtime::Result<()> {
-            match u32::try_from(status) {
-                Ok(code) if code < 126 => Err(wasmtime_wasi::I32Exit(status).into()),
-                _ => Err(InvalidExitStatus(status).into()),
-            }
-        })?;
-        module_linker.allow_shadowing(false);
         start_epoch_ticker(&engine)?;
         let progress = std::sync::Arc::new(crate::progress::Silent);
         Ok(HostEngine {
             engine,
             linker,
-            module_linker,
+            module_linker: std::sync::OnceLock::new(),
             fuel: options.fuel,
             cache_dir,
             cache,
@@ -194,6 +180,31 @@ impl HostEngine {
             progress,
             p3: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The linker of preview 1 core modules: `wasi_snapshot_preview1` only, on the same store state as components.
+    /// Built on first use: most processes never run a core module, and building it took about a tenth of a
+    /// millisecond of every run's start.
+    pub fn module_linker(&self) -> anyhow::Result<&wasmtime::Linker<SandboxState>> {
+        if let Some(linker) = self.module_linker.get() {
+            return Ok(linker);
+        }
+        // Preview 1 programs run on wasmtime-wasi's own preview 1 implementation, as under `wasmtime run`: no
+        // adapter in between, so they behave exactly as there. They import nothing else (checked when loaded).
+        let mut linker = wasmtime::Linker::new(&self.engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, SandboxState::preview1)?;
+        // wasmtime-wasi's `proc_exit` refuses a status of 126 and up with an untyped error; ours ends the same way
+        // with a typed one, so that a run tells it from a host failure without reading the message.
+        linker.allow_shadowing(true);
+        linker.func_wrap("wasi_snapshot_preview1", "proc_exit", |status: i32| -> wasmtime::Result<()> {
+            match u32::try_from(status) {
+                Ok(code) if code < 126 => Err(wasmtime_wasi::I32Exit(status).into()),
+                _ => Err(InvalidExitStatus(status).into()),
+            }
+        })?;
+        linker.allow_shadowing(false);
+        // Two threads racing here build two linkers; one is kept.
+        Ok(self.module_linker.get_or_init(|| linker))
     }
 
     /// The engine and linker of WASI 0.3 commands, built on first use (most processes never run one).
