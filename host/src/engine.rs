@@ -117,6 +117,12 @@ impl HostEngine {
                 let mut cc = CacheConfig::new();
                 // wasmtime owns (and garbage-collects) its own subdirectory.
                 cc.with_directory(absolute(dir)?.join("compiled"));
+                // wasmtime's cache worker rewrites an artifact used 256 times with a stronger compression (zstd 20),
+                // from a thread of whatever process loaded it: seconds of CPU taken from that process's guests for
+                // a large component, and a file `CacheAuth` no longer vouches for, so the next process deleted it
+                // and compiled the component again. Never: the artifacts stay as the host wrote and authenticated
+                // them.
+                cc.with_optimized_compression_usage_counter_threshold(u64::MAX);
                 let cache = Cache::new(cc)?;
                 config.cache(Some(cache.clone()));
                 Some(cache)
