@@ -75,19 +75,8 @@ pub fn load(host: &HostEngine, path: &Path) -> Result<Loaded, RunError> {
 
 /// Classifies, compiles and links `bytes` (read from, or known as, `path`: a file or an upload's name).
 pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Loaded, RunError> {
-    too_large(path, &bytes)?;
     let sha256 = digest(&bytes);
     load_digested(host, path, bytes, sha256)
-}
-
-fn too_large(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
-    if bytes.len() as u64 > MAX_WASM_SIZE {
-        return Err(RunError::InvalidWasm {
-            path: path.display().to_string(),
-            reason: format!("{} bytes, over the {MAX_WASM_SIZE} byte limit", bytes.len()),
-        });
-    }
-    Ok(())
 }
 
 /// The digest components are known by: sha256 of the bytes, hex.
@@ -97,8 +86,13 @@ pub fn digest(bytes: &[u8]) -> String {
 
 /// [`load_bytes`] of bytes whose [`digest`] is `sha256`.
 pub fn load_digested(host: &HostEngine, path: &Path, bytes: Vec<u8>, sha256: String) -> Result<Loaded, RunError> {
-    too_large(path, &bytes)?;
     let shown = path.display().to_string();
+    if bytes.len() as u64 > MAX_WASM_SIZE {
+        return Err(RunError::InvalidWasm {
+            path: shown,
+            reason: format!("{} bytes, over the {MAX_WASM_SIZE} byte limit", bytes.len()),
+        });
+    }
     let core_module = if Parser::is_component(&bytes) {
         false
     } else if Parser::is_core_wasm(&bytes) {

@@ -183,11 +183,12 @@ impl Runner {
 
     /// Loads `path` (or returns the copy loaded before in this process).
     pub fn load(&self, path: &Path) -> Result<Arc<Program>, RunError> {
-        if let Some(p) = self.programs.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
-            return Ok(p.clone());
+        if let Some(p) = self.loaded(path) {
+            return Ok(p);
         }
-        let loaded = component::load(&self.host, path)?;
-        self.prepare(path.to_path_buf(), loaded, agent_name(path))
+        let bytes = component::read(path)?;
+        let sha256 = component::digest(&bytes);
+        self.load_read(path, bytes, sha256)
     }
 
     /// The program loaded from `path` before in this process, if any.
@@ -203,13 +204,13 @@ impl Runner {
 
     /// Loads a component handed over as bytes, known as agent `name` (or the copy loaded before, by name and digest).
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Arc<Program>, RunError> {
-        use sha2::{Digest, Sha256};
         crate::tools::check_name(name).map_err(|e| RunError::InvalidInput(e.replace("tool name", "agent name")))?;
-        let key = std::path::PathBuf::from(format!("upload:{name}@{}", hex::encode(Sha256::digest(bytes))));
-        if let Some(p) = self.programs.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(p.clone());
+        let sha256 = component::digest(bytes);
+        let key = std::path::PathBuf::from(format!("upload:{name}@{sha256}"));
+        if let Some(p) = self.loaded(&key) {
+            return Ok(p);
         }
-        let loaded = component::load_bytes(&self.host, Path::new(name), bytes.to_vec())?;
+        let loaded = component::load_digested(&self.host, Path::new(name), bytes.to_vec(), sha256)?;
         self.prepare(key, loaded, name.to_string())
     }
 

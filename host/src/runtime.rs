@@ -296,7 +296,7 @@ impl Host {
                 std::thread::scope(|scope| {
                     let read = digest.clone();
                     let loading = scope.spawn(|| load(Box::new(move || runner.load_read(path, bytes, read))));
-                    let authorized = authorize(&crate::run::agent_name(path), digest.clone());
+                    let authorized = authorize(&crate::run::agent_name(path), digest);
                     let program = loading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                     (program, authorized)
                 })
