@@ -6,7 +6,8 @@
 //! the process: no run could open a file, and no other client could connect. Here:
 //! - At most [`Limits::max_connections`] connections are open at once, and at most [`Limits::per_peer`] from one IP
 //!   address. A connection past either bound is answered `503 Service Unavailable` (error code
-//!   `too-many-connections`) and closed at once, before anything is read from it.
+//!   `too-many-connections`) and closed: the answer follows the first bytes of its request, or comes after a second
+//!   if none come, and the connection is not served.
 //! - A request's headers must arrive within [`Limits::header_timeout`] of the connection's start, or of the previous
 //!   response's end on a kept-alive connection (hyper's header read timeout). A client that sends nothing, or too
 //!   slowly, is closed then.
@@ -237,15 +238,22 @@ fn paced(body: axum::body::Body, grace: Duration) -> axum::body::Body {
     axum::body::Body::from_stream(chunks)
 }
 
-/// Refused connections still being closed (see [`refuse`]).
+/// Refused connections still being answered or closed (see [`refuse`]).
 static CLOSING: AtomicUsize = AtomicUsize::new(0);
-/// Most refused connections being closed at once; past it, one is closed at once without an answer.
+/// Most refused connections being answered or closed at once; past it, one is answered and closed at once.
 const MAX_CLOSING: usize = 64;
+/// How long a refused connection's answer waits for the client's request to start.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 
-/// Answers a connection past a bound with a 503 and closes it. The answer is written only if the socket takes it at
-/// once (a fresh socket always has room), so a refusal never waits on the client. Closing a socket with unread data
-/// resets the connection, which can make the client lose the answer; so, while fewer than [`MAX_CLOSING`] are, what
-/// the client sent is read and dropped for up to a second (64 KiB at most) before the socket is closed.
+/// Answers a connection past a bound with a 503 and closes it, never waiting on the client for long.
+///
+/// The answer follows the first bytes of the client's request, or comes after [`REFUSAL_WAIT`] if none come: an
+/// HTTP client that reads an answer before it has written its request may take it for a broken connection (hyper's
+/// client reports `UnexpectedMessage`, and its user sees an error, not the 503). Closing a socket with unread data
+/// resets the connection, which can make the client lose the answer; so what the client sent is then read and dropped
+/// for up to a second (64 KiB at most) before the socket is closed. At most [`MAX_CLOSING`] refused connections are
+/// held so at once; past that, the answer is written at once if the socket takes it (a fresh socket always has room)
+/// and the socket is closed.
 fn refuse(stream: TcpStream, peer: SocketAddr, why: &str) {
     tracing::debug!(%peer, "connection refused: {why}");
     let body = serde_json::json!({ "error": { "code": "too-many-connections", "message": why } }).to_string();
@@ -254,15 +262,18 @@ fn refuse(stream: TcpStream, peer: SocketAddr, why: &str) {
          connection: close\r\n\r\n{body}",
         body.len()
     );
-    if stream.try_write(answer.as_bytes()).is_err()
-        || CLOSING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_CLOSING).then_some(n + 1)).is_err()
-    {
+    if CLOSING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_CLOSING).then_some(n + 1)).is_err() {
+        drop(stream.try_write(answer.as_bytes()));
         return;
     }
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = stream;
-        let drained = async {
+        // `peek`, not `readable`: readiness can be reported before anything came (tokio says so, and a fresh
+        // socket's first event is reported so here).
+        drop(tokio::time::timeout(REFUSAL_WAIT, stream.peek(&mut [0u8; 1])).await);
+        let answered = async {
+            stream.write_all(answer.as_bytes()).await?;
             stream.shutdown().await?;
             let mut sink = [0u8; 4096];
             let mut read = 0;
@@ -274,7 +285,7 @@ fn refuse(stream: TcpStream, peer: SocketAddr, why: &str) {
             }
             std::io::Result::Ok(())
         };
-        drop(tokio::time::timeout(Duration::from_secs(1), drained).await);
+        drop(tokio::time::timeout(Duration::from_secs(1), answered).await);
         CLOSING.fetch_sub(1, Ordering::AcqRel);
     });
 }

@@ -698,7 +698,8 @@ fn bounded(server: SocketAddr) {
     use toka_tests::{connect_from, read_until_closed};
     let held: Vec<TcpStream> = (0..2).map(|_| connect_from("127.0.0.2", server)).collect();
     let mut third = connect_from("127.0.0.2", server);
-    let refused = read_until_closed(&mut third, Duration::from_secs(5)).expect("the third is closed at once");
+    write!(third, "GET / HTTP/1.1\r\n").unwrap();
+    let refused = read_until_closed(&mut third, Duration::from_secs(5)).expect("the third is answered and closed");
     assert!(refused.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{refused}");
     assert!(refused.contains(r#""code":"too-many-connections""#), "{refused}");
     let mut other = connect_from("127.0.0.3", server);
