@@ -266,6 +266,27 @@ impl Cluster {
         })
     }
 
+    /// Every node's `events --json`, once the nodes have converged and the logs read are identical. A node can still
+    /// append after [`Cluster::converge`] has seen equal heads (a restarted node records the runs it lost once it has
+    /// caught up, the leader those of a silent node), and the logs are read one after another; so they are read
+    /// again until equal, within `within`. One that is not a prefix of another has diverged: that fails at once.
+    fn identical_logs(&self, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            self.converge(deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)));
+            let logs = self.events_of_every_node();
+            if logs.iter().all(|l| l == &logs[0]) {
+                return logs;
+            }
+            let longest = logs.iter().max_by_key(|l| l.len()).unwrap();
+            for (i, log) in logs.iter().enumerate() {
+                assert!(longest.starts_with(log.as_str()), "node {} holds another event log", self.nodes[i].id);
+            }
+            assert!(Instant::now() < deadline, "the nodes' logs were still not identical after {within:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Every node's `events --json` (read from its database while it runs), verified.
     fn events_of_every_node(&self) -> Vec<String> {
         self.nodes
@@ -354,11 +375,7 @@ fn stream(
 /// verify; a token revoked through one node is refused by every node (and accepted by every node before).
 fn check_after_fault(cluster: &Cluster, acked: &[(String, u64)], rng: &mut Rng) {
     assert!(acked.len() >= 10, "too few runs were acknowledged to prove anything: {}", acked.len());
-    cluster.converge(Duration::from_secs(60));
-    let logs = cluster.events_of_every_node();
-    for (i, log) in logs.iter().enumerate().skip(1) {
-        assert!(log == &logs[0], "node {} holds another event log than node 1", cluster.nodes[i].id);
-    }
+    let logs = cluster.identical_logs(Duration::from_secs(60));
     let mut completed = std::collections::BTreeSet::new();
     for line in logs[0].lines() {
         let event: Value = serde_json::from_str(line).unwrap();
@@ -1103,9 +1120,7 @@ fn runs_are_placed_on_nodes_with_their_labels_and_on_the_least_loaded_one() {
     assert_eq!(cancel.status().as_u16(), 202, "a run placed elsewhere is cancelled through the node it was sent to");
     let view = ended_run(&url, &token, busy_id, Duration::from_secs(30));
     assert_eq!(view["report"]["outcome"], "cancelled", "{view}");
-    cluster.converge(Duration::from_secs(30));
-    let logs = cluster.events_of_every_node();
-    assert!(logs.iter().all(|l| l == &logs[0]), "the nodes hold different logs");
+    cluster.identical_logs(Duration::from_secs(30));
 }
 
 /// A run of `notes` doing `op`, granted its agent's state, placed on a node with `labels`, waited for.
@@ -1182,8 +1197,7 @@ fn an_agents_state_is_kept_by_every_node_and_its_next_run_reads_it_wherever_it_i
         let r = t(&node.home, &["state", "get", "--agent", "notes", "b"]);
         assert_eq!((r.code, r.stdout.trim()), (0, "two"), "node {}: {}", node.id, r.stderr);
     }
-    let logs = cluster.events_of_every_node();
-    assert!(logs.iter().all(|l| l == &logs[0]), "the nodes hold different logs");
+    cluster.identical_logs(Duration::from_secs(30));
 }
 
 #[test]
@@ -1264,9 +1278,7 @@ fn a_run_whose_node_is_lost_is_recorded_lost_and_with_retries_runs_again_elsewhe
     cluster.signal(paused, "CONT");
     // The resumed node's run wakes (its timer is long past) and tries to record its ending.
     std::thread::sleep(Duration::from_secs(4));
-    cluster.converge(Duration::from_secs(60));
-    let logs = cluster.events_of_every_node();
-    assert!(logs.iter().all(|l| l == &logs[0]), "the nodes hold different logs");
+    let logs = cluster.identical_logs(Duration::from_secs(60));
     let events: Vec<Value> = logs[0].lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let of = |run: &str| -> Vec<String> {
         events.iter().filter(|e| e["run_id"] == run).map(|e| e["kind"].as_str().unwrap().to_string()).collect()
@@ -1315,9 +1327,7 @@ fn a_node_restarted_mid_run_records_its_old_runs_lost_before_the_leader_would() 
     assert!(lost["error"].as_str().unwrap().contains("restarted"), "{view}");
     // Lost by the restart (not the leader's minute), then run again for 8 s.
     assert!(took < Duration::from_secs(45), "the run ended {took:?} after the restart");
-    cluster.converge(Duration::from_secs(30));
-    let logs = cluster.events_of_every_node();
-    assert!(logs.iter().all(|l| l == &logs[0]), "the nodes hold different logs");
+    cluster.identical_logs(Duration::from_secs(30));
 }
 
 /// A plan whose first step sleeps on a worker node (retried if its node is lost), then a step that needs a GPU.
@@ -1382,9 +1392,7 @@ fn a_plan_sent_to_a_follower_places_its_steps_by_label_and_survives_its_leader_b
     .expect("the plan ended");
     assert_eq!(ended["status"], "completed", "{ended}");
     cluster.spawn(leader);
-    cluster.converge(Duration::from_secs(60));
-    let logs = cluster.events_of_every_node();
-    assert!(logs.iter().all(|l| l == &logs[0]), "the nodes hold different logs");
+    let logs = cluster.identical_logs(Duration::from_secs(60));
     let events: Vec<Value> = logs[0].lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let steps: Vec<&Value> = ended["steps"].as_array().unwrap().iter().collect();
     let run_of = |name: &str| steps.iter().find(|s| s["name"] == name).unwrap()["run_id"].as_str().unwrap().to_string();
