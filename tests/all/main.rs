@@ -16,6 +16,7 @@ mod events;
 mod held_tokens;
 mod hello;
 mod hostile;
+mod link;
 mod llm;
 mod market;
 mod newcomer;
