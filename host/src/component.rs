@@ -70,11 +70,7 @@ impl Loaded {
 
 /// Reads, classifies, compiles and links `path`.
 pub fn load(host: &HostEngine, path: &Path) -> Result<Loaded, RunError> {
-    load_bytes(host, path, read(path)?)
-}
-
-/// Classifies, compiles and links `bytes` (read from, or known as, `path`: a file or an upload's name).
-pub fn load_bytes(host: &HostEngine, path: &Path, bytes: Vec<u8>) -> Result<Loaded, RunError> {
+    let bytes = read(path)?;
     let sha256 = digest(&bytes);
     load_digested(host, path, bytes, sha256)
 }
@@ -84,7 +80,8 @@ pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// [`load_bytes`] of bytes whose [`digest`] is `sha256`.
+/// Classifies, compiles and links `bytes` (read from, or known as, `path`: a file or an upload's name), whose
+/// [`digest`] is `sha256`.
 pub fn load_digested(host: &HostEngine, path: &Path, bytes: Vec<u8>, sha256: String) -> Result<Loaded, RunError> {
     let shown = path.display().to_string();
     if bytes.len() as u64 > MAX_WASM_SIZE {
@@ -305,10 +302,14 @@ mod tests {
     fn only_a_wasi_0_3_command_may_import_wasi_0_3() {
         let host = HostEngine::new(&EngineOptions { fuel: true, cache_dir: None, pooling: false }).unwrap();
         // Positive control: the same command without the 0.3 import loads as a command.
-        let loaded = load_bytes(&host, Path::new("plain.wasm"), p2_command(false)).unwrap();
+        let load = |name: &str, bytes: Vec<u8>| {
+            let sha256 = digest(&bytes);
+            load_digested(&host, Path::new(name), bytes, sha256)
+        };
+        let loaded = load("plain.wasm", p2_command(false)).unwrap();
         assert_eq!(loaded.world, World::Command);
         assert!(!exports_p3_cli_run(&p2_command(false)) && !exports_p3_cli_run(&p2_command(true)));
-        let refused = load_bytes(&host, Path::new("mixed.wasm"), p2_command(true)).err().expect("refused");
+        let refused = load("mixed.wasm", p2_command(true)).err().expect("refused");
         match refused {
             RunError::WrongWorld { reason, .. } => {
                 assert!(reason.contains("imports the WASI 0.3 interface wasi:random/random@0.3.0"), "{reason}")

@@ -240,12 +240,8 @@ fn a_connection_past_a_bound_is_answered_after_its_request_starts() {
     let answer = read_until_closed(&mut silent, Duration::from_secs(5)).expect("answered without a request");
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
 
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::blocking::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    // Each 503 closes its connection: every GET below is on a new one.
+    let client = crate::service::client();
     for i in 0..50 {
         let resp = client.get(format!("{}/health", s.url)).send();
         let resp = resp.unwrap_or_else(|e| panic!("request {i}: the client saw {e:?}, not the 503"));
