@@ -226,23 +226,83 @@ pub enum CliRun {
 /// which engine compiles it. A component that hides the export deeper is compiled on the main engine, which refuses
 /// it if it uses async features.
 fn exports_p3_cli_run(bytes: &[u8]) -> bool {
-    let mut depth = 0usize;
-    for payload in Parser::new(0).parse_all(bytes) {
+    outline(bytes).is_some_and(|o| o.cli_runs.contains(&CliRun::P3))
+}
+
+/// The world `bytes` will load as, read from its own imports and exports without compiling it: `None` for bytes the
+/// load will refuse (not a WebAssembly binary, a tool, no export the host can call, WASI 0.3 imports outside a 0.3
+/// command), and for any it cannot tell. The same rules as the load's own (see `classify`), which decides; this
+/// lets a run be recorded as started while its program still loads.
+pub fn world_of(bytes: &[u8]) -> Option<World> {
+    if Parser::is_core_wasm(bytes) {
+        return Some(World::Command);
+    }
+    let o = outline(bytes)?;
+    let command = match o.cli_runs.as_slice() {
+        [] => None,
+        [first, rest @ ..] if rest.iter().all(|v| v == first) => Some(*first),
+        _ => return None,
+    };
+    if o.imports_p3 && command != Some(CliRun::P3) {
+        return None;
+    }
+    match (o.run, command.is_some(), o.describe && o.invoke) {
+        (true, false, false) => Some(World::Agent),
+        (false, true, false) => Some(World::Command),
+        _ => None,
+    }
+}
+
+/// What a component's top level imports and exports, read from its binary (nested modules and components are
+/// skipped, not parsed).
+#[derive(Debug, Default)]
+struct Outline {
+    run: bool,
+    describe: bool,
+    invoke: bool,
+    cli_runs: Vec<CliRun>,
+    imports_p3: bool,
+}
+
+fn outline(bytes: &[u8]) -> Option<Outline> {
+    use wasmparser::{Chunk, ComponentExternalKind, Payload};
+    if !Parser::is_component(bytes) {
+        return None;
+    }
+    let mut outline = Outline::default();
+    let mut parser = Parser::new(0);
+    let mut at = 0usize;
+    loop {
+        let Chunk::Parsed { consumed, payload } = parser.parse(bytes.get(at..)?, true).ok()? else {
+            return None;
+        };
+        at += consumed;
         match payload {
-            Ok(wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. }) => depth += 1,
-            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
-            Ok(wasmparser::Payload::ComponentExportSection(exports)) if depth == 0 => {
-                for export in exports.into_iter().flatten() {
-                    if cli_run_version(export.name.name) == Some(CliRun::P3) {
-                        return true;
+            // The parser has stepped over the nested binary; so does the reading here.
+            Payload::ModuleSection { unchecked_range, .. } | Payload::ComponentSection { unchecked_range, .. } => {
+                at = unchecked_range.end;
+            }
+            Payload::ComponentImportSection(imports) => {
+                for import in imports {
+                    outline.imports_p3 |= import.ok()?.name.name.contains("@0.3.");
+                }
+            }
+            Payload::ComponentExportSection(exports) => {
+                for export in exports {
+                    let export = export.ok()?;
+                    match (export.name.name, export.kind) {
+                        ("run", ComponentExternalKind::Func) => outline.run = true,
+                        ("describe", ComponentExternalKind::Func) => outline.describe = true,
+                        ("invoke", ComponentExternalKind::Func) => outline.invoke = true,
+                        (name, ComponentExternalKind::Instance) => outline.cli_runs.extend(cli_run_version(name)),
+                        _ => {}
                     }
                 }
             }
-            Ok(_) => {}
-            Err(_) => return false,
+            Payload::End(_) => return Some(outline),
+            _ => {}
         }
     }
-    false
 }
 
 /// The WASI version of an export named `name`, if it is a `wasi:cli/run` interface the host can call.

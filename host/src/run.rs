@@ -45,6 +45,47 @@ pub struct RunControl {
     /// Revocation ids the run's start names besides its token's (a scheduled task: the scheduling token's chain),
     /// so that revoking any of them stops the run.
     pub chain: Vec<String>,
+    /// The run's start, already submitted to the event log by [`Runner::start_early`] (while its program loaded):
+    /// the run waits for it to be durable instead of submitting its own.
+    pub started: Option<Started>,
+}
+
+/// A run's start submitted to the event log before the run is called; see [`Runner::start_early`].
+#[derive(Clone)]
+pub struct Started {
+    run_id: String,
+    token: String,
+    pending: Arc<std::sync::Mutex<Option<crate::events::Pending>>>,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started").field("run_id", &self.run_id).finish_non_exhaustive()
+    }
+}
+
+impl Started {
+    /// Resolves once the start is durable (a rejection is an error). Only the first caller waits for it.
+    async fn accepted(&self) -> Result<(), AppendError> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match pending {
+            Some(pending) => pending.accepted().await.map(drop),
+            None => Err(AppendError::Invalid(format!("the start of run {} was awaited twice", self.run_id))),
+        }
+    }
+}
+
+/// What a run's start records about it.
+pub struct StartOf<'a> {
+    pub run_id: &'a str,
+    pub agent: &'a str,
+    /// The component's file (or upload name), and the sha256 of its bytes.
+    pub component: &'a Path,
+    pub sha256: &'a str,
+    pub world: World,
+    pub grants: &'a Authorized,
+    pub limits: &'a Limits,
+    pub invocation: &'a Invocation,
 }
 
 /// Most programs a runner keeps loaded.
@@ -156,6 +197,38 @@ impl Runner {
     pub fn with_events(mut self, log: Arc<EventLog>) -> Self {
         self.events = Some(log);
         self
+    }
+
+    /// Submits the start of a run (`of`) before its program is loaded: the start is made durable while the load goes
+    /// on, and the run (given the returned [`Started`] in its [`RunControl`]) waits for it before the guest starts.
+    /// Without an event log, `None`. Once this is called, the run must be recorded as ended: by
+    /// [`Runner::run_with`], or by [`Runner::record_refusal_after`] if the load fails.
+    pub fn start_early(&self, of: &StartOf<'_>) -> Option<Started> {
+        let log = self.events.as_ref()?;
+        let start = self.start_operation(of, &RunControl::default());
+        Some(Started {
+            run_id: of.run_id.to_string(),
+            token: token_of(of.grants),
+            pending: Arc::new(std::sync::Mutex::new(Some(log.submit_pending(start)))),
+        })
+    }
+
+    /// Records a run refused while its start, submitted early, was being made durable: as the run's ending (with
+    /// the refusal's outcome and exit code) once the start is in the log, else as a refusal.
+    pub async fn record_refusal_after(
+        &self,
+        component: &Path,
+        err: &RunError,
+        started: Option<&Started>,
+    ) -> Result<(), AppendError> {
+        if let (Some(log), Some(started)) = (&self.events, started)
+            && started.accepted().await.is_ok()
+        {
+            let mut report = RunReport::refused(err);
+            report.run_id = Some(started.run_id.clone());
+            return record_ending(log, &started.token, &started.run_id, &report, None).await;
+        }
+        self.record_refusal(component, err).await
     }
 
     /// Records a run that was refused before it started (bad file, refused grant, bad input).
@@ -310,13 +383,13 @@ impl Runner {
         use tracing::Instrument;
         let context = RunContext {
             agent: program.name.clone(),
-            run_id: control.run_id.unwrap_or_else(fresh_run_id),
+            run_id: control.run_id.clone().unwrap_or_else(fresh_run_id),
             events: self.events.clone(),
             state: grants.state,
-            token: if grants.token_id.is_empty() { LOCAL_TOKEN.to_string() } else { grants.token_id.clone() },
+            token: token_of(grants),
             tools: None,
             budget: Arc::new(crate::sandbox::budget::RunBudget::new(limits.max_records)),
-            cancel: control.cancel,
+            cancel: control.cancel.clone(),
             llm: None,
             spawner: None,
         };
@@ -391,46 +464,26 @@ impl Runner {
             context.tools = Some(Arc::new(ToolSession::new(host.clone(), caller)));
         }
         if let Some(log) = &self.events {
-            let detail = serde_json::json!({
-                "component": program.loaded.path.display().to_string(),
-                "sha256": program.loaded.sha256,
-                "world": program.loaded.world,
-                "grants": grants.summary(),
-                "limits": { "fuel": limits.fuel, "timeout_ms": limits.timeout.as_millis() as u64,
-                            "max_memory": limits.max_memory, "max_output": limits.max_output },
-            });
-            let task_id = match invocation {
-                Invocation::Task { id, .. } => Some(id.clone()),
-                Invocation::Command { .. } => None,
-            };
-            let op = match &control.spawned {
-                None => Op::StartRun {
-                    run_id: context.run_id.clone(),
-                    agent: context.agent.clone(),
-                    task_id,
-                    detail,
-                    rate: grants.rate,
-                    node: self.node,
-                },
-                Some(by) => {
-                    let mut detail = detail;
-                    detail["depth"] = serde_json::json!(by.depth);
-                    Op::SpawnAgent {
-                        parent_run: by.parent_run.clone(),
-                        run_id: context.run_id.clone(),
-                        agent: context.agent.clone(),
-                        detail,
-                    }
+            let record = tracing::info_span!("record", run_id = %context.run_id, event = "run.started");
+            let started = match &control.started {
+                Some(started) => started.accepted().instrument(record).await,
+                None => {
+                    let of = StartOf {
+                        run_id: &context.run_id,
+                        agent: &context.agent,
+                        component: &program.loaded.path,
+                        sha256: &program.loaded.sha256,
+                        world: program.loaded.world,
+                        grants,
+                        limits,
+                        invocation,
+                    };
+                    let start = self.start_operation(&of, &control);
+                    log.submit_accepted(start).instrument(record).await.map(drop)
                 }
             };
-            let mut start = operation_by(&context.token, op);
-            start.chain = grants.token.as_ref().map(|t| t.revocation_ids.clone()).unwrap_or_default();
-            start
-                .chain
-                .extend(control.chain.iter().filter(|id| !start.chain.contains(id)).cloned().collect::<Vec<_>>());
-            let record = tracing::info_span!("record", run_id = %context.run_id, event = "run.started");
-            match log.submit_accepted(start).instrument(record).await {
-                Ok(_) => {}
+            match started {
+                Ok(()) => {}
                 // The kernel refused the start (the `op.rejected` event records why): a used-up rate limit, or a
                 // token revoked since it was checked.
                 Err(AppendError::Rejected(reason)) if reason.starts_with("rate limit") => {
@@ -445,13 +498,56 @@ impl Runner {
         let record = tracing::info_span!("record", run_id = %context.run_id, event = "run.ended");
         let parent = control.spawned.as_ref().map(|by| by.parent_run.as_str());
         if let Some(log) = &self.events
-            && let Err(e) = record_ending(log, &context, &report, parent).instrument(record).await
+            && let Err(e) =
+                record_ending(log, &context.token, &context.run_id, &report, parent).instrument(record).await
         {
             report.outcome = Outcome::HostError;
             report.exit_code = Outcome::HostError.exit_code();
             report.error = Some(format!("the run ended but its ending could not be recorded: {e}"));
         }
         report
+    }
+
+    /// The operation recording a run's start (`start-run`, or `spawn-agent` for a spawned child).
+    fn start_operation(&self, of: &StartOf<'_>, control: &RunControl) -> crate::kernel::Operation {
+        let grants = of.grants;
+        let limits = of.limits;
+        let detail = serde_json::json!({
+            "component": of.component.display().to_string(),
+            "sha256": of.sha256,
+            "world": of.world,
+            "grants": grants.summary(),
+            "limits": { "fuel": limits.fuel, "timeout_ms": limits.timeout.as_millis() as u64,
+                        "max_memory": limits.max_memory, "max_output": limits.max_output },
+        });
+        let task_id = match of.invocation {
+            Invocation::Task { id, .. } => Some(id.clone()),
+            Invocation::Command { .. } => None,
+        };
+        let op = match &control.spawned {
+            None => Op::StartRun {
+                run_id: of.run_id.to_string(),
+                agent: of.agent.to_string(),
+                task_id,
+                detail,
+                rate: grants.rate,
+                node: self.node,
+            },
+            Some(by) => {
+                let mut detail = detail;
+                detail["depth"] = serde_json::json!(by.depth);
+                Op::SpawnAgent {
+                    parent_run: by.parent_run.clone(),
+                    run_id: of.run_id.to_string(),
+                    agent: of.agent.to_string(),
+                    detail,
+                }
+            }
+        };
+        let mut start = operation_by(&token_of(grants), op);
+        start.chain = grants.token.as_ref().map(|t| t.revocation_ids.clone()).unwrap_or_default();
+        start.chain.extend(control.chain.iter().filter(|id| !start.chain.contains(id)).cloned().collect::<Vec<_>>());
+        start
     }
 
     async fn run_in_sandbox(
@@ -736,9 +832,15 @@ pub fn agent_name(path: &Path) -> String {
     path.file_stem().map_or_else(|| "guest".into(), |s| s.to_string_lossy().into_owned())
 }
 
+/// The token a run's events are recorded under: its token's id, or the operator's own for a run without one.
+fn token_of(grants: &Authorized) -> String {
+    if grants.token_id.is_empty() { LOCAL_TOKEN.to_string() } else { grants.token_id.clone() }
+}
+
 async fn record_ending(
     log: &EventLog,
-    context: &RunContext,
+    token: &str,
+    run_id: &str,
     report: &RunReport,
     parent: Option<&str>,
 ) -> Result<(), AppendError> {
@@ -763,12 +865,12 @@ async fn record_ending(
     if let Some(result) = &report.result {
         detail["result"] = serde_json::json!(result);
     }
-    let (run_id, fuel) = (context.run_id.clone(), report.fuel_consumed);
+    let (run_id, fuel) = (run_id.to_string(), report.fuel_consumed);
     let op = if report.outcome == Outcome::Success {
         Op::CompleteRun { run_id, fuel, detail }
     } else {
         let reason = serde_json::to_value(report.outcome).ok().and_then(|v| v.as_str().map(String::from));
         Op::FailRun { run_id, reason: reason.unwrap_or_default(), fuel, detail }
     };
-    log.submit_accepted(operation_by(&context.token, op)).await.map(drop)
+    log.submit_accepted(operation_by(token, op)).await.map(drop)
 }

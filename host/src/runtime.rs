@@ -13,7 +13,7 @@ use crate::error::RunError;
 use crate::events::{EventLog, GroupCommit};
 use crate::grants::{self, Authorized, GrantRequest, Protected};
 use crate::home::Home;
-use crate::run::{Invocation, Limits, MAX_INPUT, Program, Runner};
+use crate::run::{Invocation, Limits, MAX_INPUT, Program, Runner, Started};
 use crate::token::{RunAuthorization, RunRequest, TokenLimits};
 use crate::tools::call::ToolHost;
 use crate::tools::registry::Registry;
@@ -82,6 +82,22 @@ pub struct Ready {
     pub invocation: Invocation,
     pub grants: Authorized,
     pub limits: Limits,
+    /// The run's start, already submitted to the event log ([`Host::prepare_started`]); the run waits for it.
+    pub started: Option<Started>,
+}
+
+/// A run refused by [`Host::prepare_started`]: why, and its start if that was already submitted (the refusal is
+/// then recorded as the run's ending, [`Runner::record_refusal_after`]).
+#[derive(Debug)]
+pub struct Refused {
+    pub error: RunError,
+    pub started: Option<Started>,
+}
+
+impl From<RunError> for Refused {
+    fn from(error: RunError) -> Self {
+        Refused { error, started: None }
+    }
 }
 
 impl std::fmt::Debug for Ready {
@@ -255,14 +271,28 @@ impl Host {
     /// Traced as the spans `load` (the component: compiled or from the cache) and `authorize` (grants and token),
     /// each with the run's id, under whatever span the caller is in.
     pub fn prepare(&self, runner: &Runner, spec: &RunSpec) -> Result<Ready, RunError> {
+        self.prepare_as(runner, spec, false).map_err(|refused| refused.error)
+    }
+
+    /// [`Host::prepare`], which also submits the run's start to the event log as soon as the grants and the token
+    /// are checked, while the component still loads ([`Runner::start_early`]): the start's durable commit and the
+    /// load (a run's two longest steps before the guest starts) then overlap. The world the start records is read
+    /// from the component's own exports ([`crate::component::world_of`]); the load must agree. If the load then
+    /// fails, the refusal carries the start, and must be recorded with [`Runner::record_refusal_after`].
+    pub fn prepare_started(&self, runner: &Runner, spec: &RunSpec) -> Result<Ready, Refused> {
+        self.prepare_as(runner, spec, true)
+    }
+
+    fn prepare_as(&self, runner: &Runner, spec: &RunSpec, early: bool) -> Result<Ready, Refused> {
         let run_id = spec.run_id.clone().unwrap_or_else(crate::run::fresh_run_id);
-        let input = check_input(spec.input.as_deref())?;
+        let mut input = check_input(spec.input.as_deref())?;
         let limits = self.limits(spec)?;
         use crate::sandbox::limits::{MAX_SPAWN_DEPTH, MAX_SPAWNS};
         if limits.max_spawn_depth > MAX_SPAWN_DEPTH || limits.max_spawns > MAX_SPAWNS {
             return Err(RunError::InvalidInput(format!(
                 "spawn caps: depth at most {MAX_SPAWN_DEPTH}, spawns per run at most {MAX_SPAWNS}"
-            )));
+            ))
+            .into());
         }
         let plugin = match &spec.source {
             Source::Plugin { identity, .. } => Some(identity.clone()),
@@ -289,14 +319,33 @@ impl Host {
                 tracing::info_span!(parent: &parent, "authorize", run_id = %run_id, agent = %name).entered();
             self.authorize_run(spec, name, digest, plugin.clone(), &limits)
         };
+        // The start submitted early, with the world it records and the invocation that world takes.
+        let mut early_start: Option<(Started, World, Invocation)> = None;
         let (program, authorized) = match &spec.source {
             Source::Path(path) if runner.loaded(path).is_none() => {
                 let bytes = crate::component::read(path)?;
                 let digest = crate::component::digest(&bytes);
+                let world = if early { crate::component::world_of(&bytes) } else { None };
                 std::thread::scope(|scope| {
                     let read = digest.clone();
                     let loading = scope.spawn(|| load(Box::new(move || runner.load_read(path, bytes, read))));
-                    let authorized = authorize(&crate::run::agent_name(path), digest);
+                    let authorized = authorize(&crate::run::agent_name(path), digest.clone());
+                    if let (Ok(granted), Some(world)) = (&authorized, world)
+                        && let Ok(invoked) = invocation(world, spec, &mut input)
+                    {
+                        let agent = crate::run::agent_name(path);
+                        let of = crate::run::StartOf {
+                            run_id: &run_id,
+                            agent: &agent,
+                            component: path,
+                            sha256: &digest,
+                            world,
+                            grants: granted,
+                            limits: &limits,
+                            invocation: &invoked,
+                        };
+                        early_start = runner.start_early(&of).map(|started| (started, world, invoked));
+                    }
                     let program = loading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                     (program, authorized)
                 })
@@ -312,11 +361,23 @@ impl Host {
                 (Ok(program), authorized)
             }
         };
-        let program = program?;
-        let invocation = invocation(program.world(), spec, input)?;
+        let started = early_start.as_ref().map(|(started, ..)| started.clone());
+        let refused = |error: RunError| Refused { error, started: started.clone() };
+        let program = program.map_err(refused)?;
+        let invocation = match early_start {
+            Some((_, world, invoked)) if world == program.world() => invoked,
+            Some((_, world, _)) => {
+                return Err(refused(RunError::host(format!(
+                    "the run's start recorded the world {world:?}, but {} loaded as {:?}",
+                    program.loaded.path.display(),
+                    program.world()
+                ))));
+            }
+            None => invocation(program.world(), spec, &mut input)?,
+        };
         let mut authorized = authorized?;
         authorized.plugin = plugin;
-        Ok(Ready { run_id, program, invocation, grants: authorized, limits })
+        Ok(Ready { run_id, program, invocation, grants: authorized, limits, started })
     }
 
     /// The grants on the host, then the token for all a run of agent `name`, the component of `digest`, asks for.
@@ -393,7 +454,8 @@ pub fn check_input(input: Option<&str>) -> Result<Option<String>, RunError> {
 }
 
 /// What to call, decided by the component's world: an agent takes a task, a command takes arguments.
-fn invocation(world: World, spec: &RunSpec, input: Option<String>) -> Result<Invocation, RunError> {
+/// The call a run of a `world` component makes, with the task `input` (taken only if the call is made).
+fn invocation(world: World, spec: &RunSpec, input: &mut Option<String>) -> Result<Invocation, RunError> {
     match world {
         World::Command => {
             if input.is_some() || spec.task_id.is_some() {
@@ -418,7 +480,7 @@ fn invocation(world: World, spec: &RunSpec, input: Option<String>) -> Result<Inv
                 )));
             }
             let id = spec.task_id.clone().unwrap_or_else(crate::run::fresh_task_id);
-            Ok(Invocation::Task { id, input: input.unwrap_or_else(|| "{}".into()) })
+            Ok(Invocation::Task { id, input: input.take().unwrap_or_else(|| "{}".into()) })
         }
     }
 }

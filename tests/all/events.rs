@@ -77,6 +77,61 @@ fn every_run_is_recorded_with_its_outcome() {
     assert!(v.stdout.starts_with("ok: 7 records, chain head "), "{}", v.stdout);
 }
 
+/// A run's start is made durable while its component still loads (issue 12). So a component that reads as an agent
+/// from its exports but cannot be linked (it imports an interface the host does not have) is a run that started and
+/// then failed `wrong-world` (exit 75, the same one line as before), its ending carrying the load's reason. Bytes
+/// that read as no runnable world are refused with no start, as before. Positive control: a real agent runs and
+/// completes, and the log verifies.
+#[test]
+fn a_component_that_fails_to_load_after_its_start_is_recorded_ends_that_run() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("foreign.wasm");
+    let component = wat::parse_str(
+        r#"(component
+            (import "toka:agent/nowhere@1.0.0" (instance (export "f" (func))))
+            (core module $m (func (export "run")))
+            (core instance $i (instantiate $m))
+            (func $run (canon lift (core func $i "run")))
+            (export "run" (func $run)))"#,
+    )
+    .unwrap();
+    std::fs::write(&foreign, component).unwrap();
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, wat::parse_str("(component)").unwrap()).unwrap();
+
+    let r = toka_in(h, &["run", foreign.to_str().unwrap()]);
+    r.expect_code(75);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("wrong world") && r.stderr.contains("toka:agent/nowhere@1.0.0"), "{}", r.stderr);
+    let r = toka_in(h, &["run", empty.to_str().unwrap()]);
+    r.expect_code(75);
+    assert!(r.stderr.contains("wrong world"), "{}", r.stderr);
+    toka_in(h, &["run", "--input", r#"{"name":"Ada"}"#, agent("hello-rust").to_str().unwrap()]).expect_code(0);
+
+    let all = events_json(h, &[]);
+    let kinds: Vec<&str> = all.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["run.started", "fuel.consumed", "run.failed", "run.failed", "run.started", "fuel.consumed", "run.completed"]
+    );
+    // The foreign component's run: started as an agent, ended with the load's refusal.
+    assert_eq!((all[0]["agent"].as_str(), all[0]["payload"]["world"].as_str()), (Some("foreign"), Some("agent")));
+    assert_eq!(all[0]["run_id"], all[2]["run_id"]);
+    assert_eq!(
+        (all[2]["payload"]["outcome"].as_str(), all[2]["payload"]["exit_code"].as_u64()),
+        (Some("wrong-world"), Some(75))
+    );
+    assert!(all[2]["payload"]["error"].as_str().unwrap().contains("toka:agent/nowhere@1.0.0"), "{}", all[2]);
+    // The empty component: a refusal, no run.
+    assert_eq!((all[3]["run_id"].as_str(), all[3]["payload"]["outcome"].as_str()), (Some(""), Some("wrong-world")));
+    assert_eq!(all[6]["payload"]["outcome"], "success");
+    let v = toka_in(h, &["events", "verify"]);
+    v.expect_code(0);
+    assert!(v.stdout.starts_with("ok: 7 records, chain head "), "{}", v.stdout);
+}
+
 /// An observation is in the log while its run is still going: the agent emits, then blocks in a tool call that
 /// never returns (a spinning tool under a 60 s deadline), and another process reads the observation from the
 /// database before the run ends (no `run.completed` or `run.failed` yet). A log that held events in memory until the

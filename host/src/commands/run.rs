@@ -5,7 +5,7 @@ use crate::grants::{self, NetGrant};
 use crate::home::Home;
 use crate::report::RunReport;
 use crate::run::{Limits, MAX_INPUT};
-use crate::runtime::{Host, HostOptions, LimitRequest, Ready, RunSpec, Source};
+use crate::runtime::{Host, HostOptions, LimitRequest, Ready, Refused, RunSpec, Source};
 use crate::sandbox::OutputMode;
 use crate::units::{parse_duration, parse_fuel, parse_size};
 use clap::Args;
@@ -160,8 +160,17 @@ impl RunCommand {
         } else {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()
         };
+        let single = self.single();
         let report = match runtime {
-            Ok(rt) => rt.block_on(self.run(home, source)),
+            Ok(rt) => {
+                let report = rt.block_on(self.run(home, source));
+                // One run, ended: its events are durable and its output written. The process exits now, without
+                // taking down the runtime (joining its blocking threads) first; see also `run`.
+                if single {
+                    std::mem::forget(rt);
+                }
+                report
+            }
             Err(e) => Err(RunError::host(format!("cannot start the async runtime: {e}"))),
         };
         let report = match report {
@@ -196,16 +205,18 @@ impl RunCommand {
             crate::filecache::watch::WATCHER.disable();
         }
         let runner = host.runner();
-        // The token is read once: `--token -` reads stdin, which cannot be read twice.
-        let prepared = self.spec(source).and_then(|spec| host.prepare(&runner, &spec));
-        let Ready { run_id, program, invocation, grants: authorized, limits } = match prepared {
+        // The token is read once: `--token -` reads stdin, which cannot be read twice. The run's start is recorded
+        // while its component loads.
+        let prepared = self.spec(source).map_err(Refused::from).and_then(|spec| host.prepare_started(&runner, &spec));
+        let Ready { run_id, program, invocation, grants: authorized, limits, started } = match prepared {
             Ok(p) => p,
-            Err(e) => {
-                // The refusal is recorded too; failing to record it must not hide the refusal itself.
-                if let Err(record) = runner.record_refusal(&self.component, &e).await {
+            Err(Refused { error, started }) => {
+                // The refusal is recorded too (as the run's ending if its start already was); failing to record it
+                // must not hide the refusal itself.
+                if let Err(record) = runner.record_refusal_after(&self.component, &error, started.as_ref()).await {
                     eprintln!("toka-host: warning: could not record the refusal: {record}");
                 }
-                return Err(e);
+                return Err(error);
             }
         };
         let output = OutputMode { echo: !self.json, capture: self.json };
@@ -214,7 +225,7 @@ impl RunCommand {
         let many = !self.single();
         let rss = || if many { crate::run::resident_set_bytes() } else { 0 };
         let rss_before = rss();
-        let control = crate::run::RunControl { run_id: Some(run_id), ..Default::default() };
+        let control = crate::run::RunControl { run_id: Some(run_id), started, ..Default::default() };
         let first = runner.run_with(&program, &authorized, &limits, &invocation, output, control).await;
         let rss_first = rss();
         let mut tally = Tally::default();
@@ -276,6 +287,12 @@ impl RunCommand {
                     mib(rss_after)
                 );
             }
+        }
+        // One run, ended: the process exits next, so the host is not taken down piece by piece (the engine's code
+        // unmapped, the log's writer thread joined). Every event the run recorded was acknowledged durable before
+        // its report was made, and the database is not closed anyway (above), so nothing is lost.
+        if self.single() {
+            std::mem::forget(host);
         }
         Ok(report)
     }

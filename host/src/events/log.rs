@@ -326,11 +326,38 @@ impl EventLog {
 
     /// Like [`Self::submit_async`], but a rejection is an error.
     pub async fn submit_accepted(&self, op: Operation) -> Result<Applied, AppendError> {
-        let applied = self.submit_async(op).await?;
-        match applied.rejected {
-            Some(reason) => Err(AppendError::Rejected(reason)),
-            None => Ok(applied),
-        }
+        accepted(self.submit_async(op).await)
+    }
+
+    /// Submits now, without waiting: the writer commits the operation while the caller does other work, and
+    /// [`Pending::accepted`] resolves once it is durable (a rejection is an error, as for
+    /// [`Self::submit_accepted`]). Dropping the `Pending` does not withdraw the operation.
+    pub fn submit_pending(&self, op: Operation) -> Pending {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        Pending(self.enqueue(op, Reply::Async(tx)).map(|()| rx))
+    }
+}
+
+/// An operation submitted by [`EventLog::submit_pending`].
+#[derive(Debug)]
+pub struct Pending(Result<tokio::sync::oneshot::Receiver<Result<Applied, AppendError>>, AppendError>);
+
+impl Pending {
+    /// Resolves once the operation and its events are durable; a rejection is an error.
+    pub async fn accepted(self) -> Result<Applied, AppendError> {
+        let applied = match self.0 {
+            Ok(rx) => rx.await.map_err(|_| AppendError::Closed)?,
+            Err(e) => Err(e),
+        };
+        accepted(applied)
+    }
+}
+
+fn accepted(applied: Result<Applied, AppendError>) -> Result<Applied, AppendError> {
+    let applied = applied?;
+    match applied.rejected {
+        Some(reason) => Err(AppendError::Rejected(reason)),
+        None => Ok(applied),
     }
 }
 

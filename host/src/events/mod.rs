@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use checkpoint::{Checkpoint, Signer};
-pub use log::{Ack, AppendError, Applied, EventLog, GroupCommit, LogStats, Replicate};
+pub use log::{Ack, AppendError, Applied, EventLog, GroupCommit, LogStats, Pending, Replicate};
 
 /// The current body schema version, stored in every record as `v`.
 pub const SCHEMA_VERSION: u32 = 1;
