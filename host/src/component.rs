@@ -111,9 +111,10 @@ pub fn load_digested(host: &HostEngine, path: &Path, bytes: Vec<u8>, sha256: Str
         auth.before_load().map_err(|e| RunError::host(e.to_string()))?;
     }
     let invalid = |e: wasmtime::Error| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) };
-    // A WASI 0.3 command is compiled, linked and run on the engine with the component model's async ABI; anything
-    // else on the main engine, which refuses async features when it validates.
-    let p3 = if !core_module && exports_p3_cli_run(&bytes) {
+    // A WASI 0.3 program (a command, or an agent whose `run` is async) is compiled, linked and run on the engine with
+    // the component model's async ABI; anything else on the main engine, which refuses async features when it
+    // validates.
+    let p3 = if !core_module && needs_p3_engine(&bytes) {
         Some(host.p3().map_err(|e| RunError::host(format!("cannot start the WASI 0.3 engine: {e:#}")))?)
     } else {
         None
@@ -192,14 +193,18 @@ fn classify(component: &Component) -> Result<World, String> {
         }
         names.push(name.to_string());
     }
-    // WASI 0.3 interfaces are linked for WASI 0.3 commands, which run inside the store's concurrent event loop;
-    // any other program calls them from outside one, which wasmtime-wasi's 0.3 implementation does not support.
-    // Refused here rather than left to fail (or worse) mid-run.
+    // WASI 0.3 interfaces are linked for WASI 0.3 commands and agents whose `run` is async, which run inside the
+    // store's concurrent event loop; a plain `run` cannot wait on them (wasmtime traps: "cannot block a synchronous
+    // task before returning"). Refused here rather than left to fail mid-run.
     if command_version(component) != Some(CliRun::P3)
+        && !export_is_async(component, "run")
+        && !export_is_async(component, "invoke")
         && let Some((name, _)) = ty.imports(component.engine()).find(|(name, _)| name.contains("@0.3."))
     {
         return Err(format!(
-            "imports the WASI 0.3 interface {name}, which only a WASI 0.3 command (export wasi:cli/run@0.3.x) may use"
+            "imports the WASI 0.3 interface {name}, which only a WASI 0.3 command (export wasi:cli/run@0.3.x), an \
+             agent whose `run` is async or a tool whose `invoke` is async (worlds toka:agent-async/agent and \
+             toka:agent-async/tool) may use"
         ));
     }
     match (run, cli_run, describe && invoke) {
@@ -222,11 +227,21 @@ pub enum CliRun {
     P3,
 }
 
-/// Whether a component's own exports (read from its binary, before it is compiled) include a `wasi:cli/run@0.3.x`:
-/// which engine compiles it. A component that hides the export deeper is compiled on the main engine, which refuses
-/// it if it uses async features.
-fn exports_p3_cli_run(bytes: &[u8]) -> bool {
-    outline(bytes).is_some_and(|o| o.cli_runs.contains(&CliRun::P3))
+/// Whether a component's own imports, exports and types (read from its binary, before it is compiled) call for the
+/// WASI 0.3 engine: an export of `wasi:cli/run@0.3.x`, an import of a `@0.3.x` interface, or a function type of the
+/// component model's async ABI (an async `run`). Anything else is compiled on the main engine, which refuses async
+/// features when it validates.
+fn needs_p3_engine(bytes: &[u8]) -> bool {
+    outline(bytes).is_some_and(|o| o.cli_runs.contains(&CliRun::P3) || o.imports_p3 || o.async_types)
+}
+
+/// Whether a component exports a function `name` that is async: `run` of an agent of `toka:agent-async/agent`,
+/// `invoke` of a tool of `toka:agent-async/tool`.
+pub fn export_is_async(component: &Component, name: &str) -> bool {
+    component.component_type().exports(component.engine()).any(|(export, item)| match item.ty {
+        ComponentItem::ComponentFunc(f) => export == name && f.async_(),
+        _ => false,
+    })
 }
 
 /// The world `bytes` will load as, read from its own imports and exports without compiling it: `None` for bytes the
@@ -243,7 +258,8 @@ pub fn world_of(bytes: &[u8]) -> Option<World> {
         [first, rest @ ..] if rest.iter().all(|v| v == first) => Some(*first),
         _ => return None,
     };
-    if o.imports_p3 && command != Some(CliRun::P3) {
+    // An agent's `run` may be async (its type is not read here): the load refuses a plain one that imports 0.3.
+    if o.imports_p3 && command != Some(CliRun::P3) && !o.run {
         return None;
     }
     match (o.run, command.is_some(), o.describe && o.invoke) {
@@ -262,10 +278,12 @@ struct Outline {
     invoke: bool,
     cli_runs: Vec<CliRun>,
     imports_p3: bool,
+    /// A function type of the component model's async ABI is defined at the top level.
+    async_types: bool,
 }
 
 fn outline(bytes: &[u8]) -> Option<Outline> {
-    use wasmparser::{Chunk, ComponentExternalKind, Payload};
+    use wasmparser::{Chunk, ComponentExternalKind, ComponentType, Payload};
     if !Parser::is_component(bytes) {
         return None;
     }
@@ -281,6 +299,11 @@ fn outline(bytes: &[u8]) -> Option<Outline> {
             // The parser has stepped over the nested binary; so does the reading here.
             Payload::ModuleSection { unchecked_range, .. } | Payload::ComponentSection { unchecked_range, .. } => {
                 at = unchecked_range.end;
+            }
+            Payload::ComponentTypeSection(types) => {
+                for ty in types {
+                    outline.async_types |= matches!(ty.ok()?, ComponentType::Func(f) if f.async_);
+                }
             }
             Payload::ComponentImportSection(imports) => {
                 for import in imports {
@@ -368,13 +391,48 @@ mod tests {
         };
         let loaded = load("plain.wasm", p2_command(false)).unwrap();
         assert_eq!(loaded.world, World::Command);
-        assert!(!exports_p3_cli_run(&p2_command(false)) && !exports_p3_cli_run(&p2_command(true)));
+        assert!(!needs_p3_engine(&p2_command(false)) && needs_p3_engine(&p2_command(true)));
         let refused = load("mixed.wasm", p2_command(true)).err().expect("refused");
         match refused {
             RunError::WrongWorld { reason, .. } => {
                 assert!(reason.contains("imports the WASI 0.3 interface wasi:random/random@0.3.0"), "{reason}")
             }
             other => panic!("expected wrong-world, got {other:?}"),
+        }
+    }
+
+    /// The world read from a binary's own imports and exports agrees with the load's, and anything the load would
+    /// refuse, or that cannot be read, has none.
+    #[test]
+    fn the_world_is_read_from_the_binary_as_the_load_tells_it() {
+        let host = HostEngine::new(&EngineOptions { fuel: true, cache_dir: None, pooling: false }).unwrap();
+        let component = |body: &str| wat::parse_str(format!("(component {body})")).unwrap();
+        let lifted = |name: &str| {
+            format!(
+                r#"(core module $m (func (export "{name}")))
+                (core instance $i (instantiate $m))
+                (func ${name} (canon lift (core func $i "{name}")))
+                (export "{name}" (func ${name}))"#
+            )
+        };
+        let agent = component(&lifted("run"));
+        let tool = component(&format!("{}{}", lifted("describe"), lifted("invoke")));
+        let command = p2_command(false);
+        assert_eq!(world_of(&agent), Some(World::Agent));
+        assert_eq!(world_of(&command), Some(World::Command));
+        assert_eq!(world_of(&wat::parse_str("(module)").unwrap()), Some(World::Command));
+        // Not runnable, or not readable: no world.
+        assert_eq!(world_of(&tool), None);
+        assert_eq!(world_of(&component("")), None);
+        assert_eq!(world_of(b"not wasm"), None);
+        assert_eq!(world_of(&command[..command.len() - 3]), None);
+        // A plain command that imports WASI 0.3 is refused by the load: no world.
+        assert_eq!(world_of(&p2_command(true)), None);
+        // The load agrees wherever a world is read.
+        for bytes in [agent, command] {
+            let loaded = load_digested(&host, Path::new("x.wasm"), bytes.clone(), digest(&bytes));
+            // The agent's `run` has no task parameter, so it is refused later (when prepared), not here.
+            assert_eq!(loaded.map(|l| l.world).ok(), world_of(&bytes));
         }
     }
 

@@ -157,22 +157,7 @@ impl HostEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         // Name lookups answer granted names only (replaces wasmtime-wasi's resolver; see `sandbox::net`).
         crate::sandbox::net::add_to_linker(&mut linker)?;
-        crate::bindings::agent::toka::agent::log::add_to_linker::<_, HasSelf<_>>(
-            &mut linker,
-            |s: &mut SandboxState| &mut s.log,
-        )?;
-        crate::bindings::agent::toka::agent::events::add_to_linker::<_, HasSelf<_>>(
-            &mut linker,
-            |s: &mut SandboxState| &mut s.observer,
-        )?;
-        crate::bindings::agent::toka::agent::state::add_to_linker::<_, HasSelf<_>>(
-            &mut linker,
-            |s: &mut SandboxState| &mut s.state,
-        )?;
-        // Tools, models and child agents are served above the sandbox; these reach them through the traits the sandbox defines.
-        crate::sandbox::caps::llm::add_to_linker(&mut linker)?;
-        crate::sandbox::caps::tools::add_to_linker(&mut linker, options.fuel)?;
-        crate::sandbox::caps::spawn::add_to_linker(&mut linker, options.fuel)?;
+        add_toka_to_linker(&mut linker, options.fuel)?;
         start_epoch_ticker(&engine)?;
         let progress = std::sync::Arc::new(crate::progress::Silent);
         Ok(HostEngine {
@@ -213,14 +198,15 @@ impl HostEngine {
         Ok(self.module_linker.get_or_init(|| linker))
     }
 
-    /// The engine and linker of WASI 0.3 commands, built on first use (most processes never run one).
+    /// The engine and linker of WASI 0.3 programs (commands, and agents whose `run` is async), built on first use
+    /// (most processes never run one).
     ///
     /// The same fuel, epoch and cache settings as [`HostEngine::engine`], plus the component model's async ABI and
     /// concurrency support; no pooling allocator (a WASI 0.3 command runs once per process or rarely). Its linker
     /// has WASI 0.2 and 0.3 (`@0.3.0` interfaces) on the same WASI context: the same preopens and permissions,
     /// environment, arguments, capped stdout and stderr, ungranted stdin, socket address check and random and clock
-    /// sources; both name lookups are replaced by [`crate::sandbox::net`]'s. Nothing else: a WASI 0.3 command gets
-    /// no toka interface.
+    /// sources; both name lookups are replaced by [`crate::sandbox::net`]'s. And the toka interfaces, on the same
+    /// implementations as the main engine's.
     pub fn p3(&self) -> anyhow::Result<&P3Engine> {
         if let Some(p3) = self.p3.get() {
             return Ok(p3);
@@ -240,6 +226,8 @@ impl HostEngine {
         crate::sandbox::net::add_to_linker(&mut linker)?;
         wasmtime_wasi::p3::add_to_linker(&mut linker)?;
         crate::sandbox::net::add_p3_to_linker(&mut linker)?;
+        // Agents whose WASI is 0.3 (`toka:agent-async/agent`) import the toka interfaces too.
+        add_toka_to_linker(&mut linker, self.fuel)?;
         start_epoch_ticker(&engine)?;
         // Two threads racing here build two engines; one is kept, the other dropped (its ticker stops with it).
         Ok(self.p3.get_or_init(|| P3Engine { engine, linker }))
@@ -255,6 +243,25 @@ impl HostEngine {
     pub fn cache_hits(&self) -> usize {
         self.cache.as_ref().map_or(0, |c| c.cache_hits())
     }
+}
+
+/// The toka interfaces (`log`, `events`, `state`, `llm`, `tools`, `spawn`) on `linker`: the same implementations for
+/// every world and both engines.
+fn add_toka_to_linker(linker: &mut Linker<SandboxState>, fuel: bool) -> anyhow::Result<()> {
+    crate::bindings::agent::toka::agent::log::add_to_linker::<_, HasSelf<_>>(linker, |s: &mut SandboxState| {
+        &mut s.log
+    })?;
+    crate::bindings::agent::toka::agent::events::add_to_linker::<_, HasSelf<_>>(linker, |s: &mut SandboxState| {
+        &mut s.observer
+    })?;
+    crate::bindings::agent::toka::agent::state::add_to_linker::<_, HasSelf<_>>(linker, |s: &mut SandboxState| {
+        &mut s.state
+    })?;
+    // Tools, models and child agents are served above the sandbox; these reach them through the traits the sandbox defines.
+    crate::sandbox::caps::llm::add_to_linker(linker)?;
+    crate::sandbox::caps::tools::add_to_linker(linker, fuel)?;
+    crate::sandbox::caps::spawn::add_to_linker(linker, fuel)?;
+    Ok(())
 }
 
 fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {

@@ -105,6 +105,9 @@ pub enum Invocation {
 
 enum Prepared {
     Agent(AgentPre<sandbox::SandboxState>),
+    /// An agent whose `run` is async (`toka:agent-async/agent`, WASI 0.3): called inside the store's concurrent
+    /// event loop.
+    P3Agent(crate::bindings::agent_async::AgentPre<sandbox::SandboxState>),
     Command(CommandPre<sandbox::SandboxState>),
     /// A WASI 0.3 command: its async `wasi:cli/run@0.3.x` is called inside the store's concurrent event loop.
     P3Command(wasmtime_wasi::p3::bindings::CommandPre<sandbox::SandboxState>),
@@ -294,6 +297,11 @@ impl Runner {
             |e: wasmtime::Error| RunError::WrongWorld { path: shown.clone(), reason: component::root_cause(&e) };
         let prepared = match (&loaded.compiled, loaded.world) {
             (component::Compiled::Module { pre }, _) => Prepared::Module(pre.clone()),
+            (component::Compiled::Component { pre }, World::Agent)
+                if component::export_is_async(pre.component(), "run") =>
+            {
+                Prepared::P3Agent(crate::bindings::agent_async::AgentPre::new(pre.clone()).map_err(wrong)?)
+            }
             (component::Compiled::Component { pre }, World::Agent) => {
                 Prepared::Agent(AgentPre::new(pre.clone()).map_err(wrong)?)
             }
@@ -582,6 +590,11 @@ impl Runner {
                 let call = call_agent(pre, &mut sandbox, &task);
                 bounded(call, grace, cancel.as_deref()).await
             }
+            (Prepared::P3Agent(pre), Invocation::Task { id, input }) => {
+                let task = Task { id: id.clone(), input: input.clone() };
+                let call = call_p3_agent(pre, &mut sandbox, task);
+                bounded(call, grace, cancel.as_deref()).await
+            }
             (Prepared::Command(pre), Invocation::Command { .. }) => {
                 let call = call_command(pre, &mut sandbox);
                 bounded(call, grace, cancel.as_deref()).await
@@ -594,7 +607,7 @@ impl Runner {
                 let call = call_p3_command(pre, &mut sandbox);
                 bounded(call, grace, cancel.as_deref()).await
             }
-            (Prepared::Agent(_), Invocation::Command { .. }) => {
+            (Prepared::Agent(_) | Prepared::P3Agent(_), Invocation::Command { .. }) => {
                 Ok(Returned::Invalid("this is an agent: it takes a task (--input), not command-line arguments".into()))
             }
             (Prepared::Command(_) | Prepared::P3Command(_) | Prepared::Module(_), Invocation::Task { .. }) => {
@@ -794,6 +807,22 @@ async fn call_module(pre: &wasmtime::InstancePre<sandbox::SandboxState>, sb: &mu
 
 /// `proc_exit` reaches the host as an error carrying the status; it is a normal ending, not a failure. A preview 1
 /// status outside `0..126` is refused, and the program ends with status 1 (as under `wasmtime run`).
+/// Calls an async `run` (`toka:agent-async/agent`) inside the store's concurrent event loop, as WASI 0.3 commands are
+/// called: the agent's own tasks and its WASI 0.3 calls make progress while it waits.
+async fn call_p3_agent(
+    pre: &crate::bindings::agent_async::AgentPre<sandbox::SandboxState>,
+    sb: &mut Sandbox,
+    task: Task,
+) -> Result<Returned, Ending> {
+    let agent = pre.instantiate_async(&mut sb.store).await.map_err(Ending::NotStarted)?;
+    let ran = sb.store.run_concurrent(async move |store| agent.call_run(store, task).await).await;
+    match ran {
+        Ok(Ok(Ok(v))) => Ok(Returned::Value(v)),
+        Ok(Ok(Err(e))) => Ok(Returned::AgentError(e)),
+        Ok(Err(e)) | Err(e) => exit_or(e),
+    }
+}
+
 fn exit_or(e: wasmtime::Error) -> Result<Returned, Ending> {
     if let Some(I32Exit(code)) = e.downcast_ref::<I32Exit>() {
         return Ok(Returned::Exit(*code));

@@ -22,6 +22,7 @@ mod market;
 mod newcomer;
 mod output_caps;
 mod p3;
+mod p3_agents;
 mod plans;
 mod preview1;
 mod progress;

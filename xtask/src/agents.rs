@@ -20,6 +20,8 @@
 //! | `tool-chat-python` | `agents/tool-chat-python/agent.py` | componentize-py (the same conversation in Python)  |
 //! | `tool-chat-js`     | `agents/tool-chat-js/agent.js`     | componentize-js (the same conversation in JavaScript) |
 //! | `p3-probe`         | `agents/p3-probe` (cdylib)         | Debian cargo, wasm32-unknown-unknown + wit-bindgen async → component, no adapter: WASI 0.3 |
+//! | `p3-agent`         | `agents/p3-agent` (cdylib)         | Debian cargo, wasm32-unknown-unknown + wit-bindgen async → component, no adapter: WASI 0.3 agent (`wit-p3/`) |
+//! | `p3-tool`          | `agents/p3-tool` (cdylib)          | Debian cargo, wasm32-unknown-unknown + wit-bindgen async → component, no adapter: WASI 0.3 tool (`wit-p3/`), into `target/tools/` |
 //!
 //! Tools (world `toka:agent/tool`, `toka_sdk::tool!`), built into `target/tools/NAME.wasm`:
 //!
@@ -81,6 +83,12 @@ pub enum Kind {
     /// A Rust `cdylib` exporting `wasi:cli/run@0.3.0` through wit-bindgen's async bindings, built for
     /// wasm32-unknown-unknown and encoded with no adapter: a WASI 0.3 command component.
     RustP3Command,
+    /// A Rust `cdylib` agent of world `toka:agent-async/agent` (`wit-p3/`: an async `run`, WASI 0.3), built and
+    /// encoded as `RustP3Command` is.
+    RustP3Agent,
+    /// A Rust `cdylib` tool of world `toka:agent-async/tool` (an async `invoke`, WASI 0.3), built and encoded as
+    /// `RustP3Command` is; built into `target/tools/`.
+    RustP3Tool,
     /// A Rust `cdylib` Extism plugin (extism-pdk), left a core module: built into `target/extism/` for the benches.
     ExtismPlugin,
 }
@@ -88,14 +96,20 @@ pub enum Kind {
 impl Kind {
     /// Whether this is a tool (built into `target/tools/`) rather than an agent.
     pub fn is_tool(self) -> bool {
-        matches!(self, Kind::RustTool | Kind::PythonTool)
+        matches!(self, Kind::RustTool | Kind::PythonTool | Kind::RustP3Tool)
     }
 
     /// Whether cargo builds it (in one invocation over the `agents/` workspace).
     pub fn is_rust(self) -> bool {
         matches!(
             self,
-            Kind::RustReactor | Kind::RustCommand | Kind::RustTool | Kind::ExtismPlugin | Kind::RustP3Command
+            Kind::RustReactor
+                | Kind::RustCommand
+                | Kind::RustTool
+                | Kind::ExtismPlugin
+                | Kind::RustP3Command
+                | Kind::RustP3Agent
+                | Kind::RustP3Tool
         )
     }
 }
@@ -117,6 +131,8 @@ impl Agent {
         match self.kind {
             Kind::RustCommand => Expect::Command,
             Kind::RustP3Command => Expect::P3Command,
+            Kind::RustP3Agent => Expect::P3Agent,
+            Kind::RustP3Tool => Expect::P3Tool,
             Kind::Go | Kind::Zig | Kind::CCommand => Expect::Preview1Command,
             Kind::RustReactor | Kind::Python | Kind::JavaScript | Kind::C => Expect::Agent,
             Kind::RustTool | Kind::PythonTool => Expect::Tool,
@@ -129,6 +145,9 @@ impl Agent {
         let mut inputs = vec![layout.agents.join(self.name)];
         if !matches!(self.kind, Kind::Go | Kind::Zig | Kind::CCommand) {
             inputs.push(layout.wit.clone());
+        }
+        if matches!(self.kind, Kind::RustP3Agent | Kind::RustP3Tool) {
+            inputs.push(layout.root.join("wit-p3"));
         }
         inputs
     }
@@ -165,6 +184,8 @@ pub const AGENTS: &[Agent] = &[
     Agent::new("date-validator", Kind::PythonTool),
     Agent::new("extism-echo", Kind::ExtismPlugin),
     Agent::new("p3-probe", Kind::RustP3Command),
+    Agent::new("p3-agent", Kind::RustP3Agent),
+    Agent::new("p3-tool", Kind::RustP3Tool),
 ];
 
 /// `build-agents [NAME...]`: builds the named agents and tools, or all of them.
@@ -245,7 +266,13 @@ fn build_one(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
         Kind::CCommand => crate::c::build_command(layout, agent.name, &scratch),
         Kind::Go => crate::preview1::go_build(layout, agent.name, &scratch),
         Kind::Zig => crate::preview1::zig_build(layout, agent.name, &scratch),
-        Kind::RustReactor | Kind::RustCommand | Kind::RustTool | Kind::ExtismPlugin | Kind::RustP3Command => {
+        Kind::RustReactor
+        | Kind::RustCommand
+        | Kind::RustTool
+        | Kind::ExtismPlugin
+        | Kind::RustP3Command
+        | Kind::RustP3Agent
+        | Kind::RustP3Tool => {
             bail!("{} is a Rust agent: it is built by cargo", agent.name)
         }
     }

@@ -31,6 +31,11 @@ pub enum Expect {
     Command,
     /// A WASI 0.3 command: the `wasi:cli/run@0.3` interface, and every WASI import a 0.3 one.
     P3Command,
+    /// An agent of `toka:agent-async/agent`: a top-level `run` function, and every import a WASI 0.3 or a toka one.
+    P3Agent,
+    /// A tool of `toka:agent-async/tool`: top-level `describe` and `invoke` functions, and every import a WASI 0.3
+    /// one or one of the tool world's toka interfaces.
+    P3Tool,
     /// Not a component but a WASI preview 1 command module: exports `_start`, imports `wasi_snapshot_preview1` only.
     Preview1Command,
     /// A core module that validates (an Extism plugin).
@@ -196,6 +201,36 @@ pub fn check(layout: &Layout, bytes: &[u8], expect: Expect) -> Result<()> {
                 decoded.import_names().into_iter().filter(|name| !name.ends_with("@0.3")).collect();
             if !older.is_empty() {
                 bail!("imports {older:?}, which are not WASI 0.3 interfaces");
+            }
+            Ok(())
+        }
+        Expect::P3Tool if !(decoded.exports_function("describe") && decoded.exports_function("invoke")) => {
+            bail!("no top-level `describe` and `invoke` exports; exports: {:?}", decoded.exports())
+        }
+        Expect::P3Tool => {
+            let toka = ["toka:agent/log@0.1", "toka:agent/tools@0.1", "toka:agent/llm@0.1", "toka:agent/types@0.1"];
+            let other: Vec<String> = decoded
+                .import_names()
+                .into_iter()
+                .filter(|name| !name.ends_with("@0.3") && !toka.contains(&name.as_str()))
+                .collect();
+            if !other.is_empty() {
+                bail!("imports {other:?}, which are neither WASI 0.3 nor interfaces of the tool world");
+            }
+            Ok(())
+        }
+        Expect::P3Agent if !decoded.exports_run_function() => {
+            bail!("no top-level `run` export; exports: {:?}", decoded.exports())
+        }
+        Expect::P3Agent => {
+            // As for a WASI 0.3 command: no WASI through 0.2, or the tests would not be testing 0.3.
+            let older: Vec<String> = decoded
+                .import_names()
+                .into_iter()
+                .filter(|name| !name.ends_with("@0.3") && !name.starts_with("toka:agent/"))
+                .collect();
+            if !older.is_empty() {
+                bail!("imports {older:?}, which are neither WASI 0.3 nor toka:agent interfaces");
             }
             Ok(())
         }

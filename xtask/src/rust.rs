@@ -24,7 +24,7 @@ const P3_TARGET: &str = "wasm32-unknown-unknown";
 
 /// The cargo target an agent is built for.
 pub fn target_of(kind: Kind) -> &'static str {
-    if kind == Kind::RustP3Command { P3_TARGET } else { TARGET }
+    if matches!(kind, Kind::RustP3Command | Kind::RustP3Agent | Kind::RustP3Tool) { P3_TARGET } else { TARGET }
 }
 
 /// The Rust agents grouped by cargo target (one cargo invocation each), in a fixed order.
@@ -102,7 +102,7 @@ pub fn componentize(layout: &Layout, agent: &Agent) -> Result<Vec<u8>> {
             (format!("{}.wasm", agent.name.replace('-', "_")), Some(Adapter::Reactor))
         }
         Kind::RustCommand => (format!("{}.wasm", agent.name), Some(Adapter::Command)),
-        Kind::RustP3Command => {
+        Kind::RustP3Command | Kind::RustP3Agent | Kind::RustP3Tool => {
             let file = format!("{}.wasm", agent.name.replace('-', "_"));
             let core_path = target_dir(layout).join(P3_TARGET).join("release").join(file);
             let core = std::fs::read(&core_path).with_context(|| format!("reading {}", core_path.display()))?;

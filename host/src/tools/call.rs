@@ -127,10 +127,45 @@ pub struct CallReport {
     pub wall: Duration,
 }
 
+/// A tool component, linked and type-checked for the world it implements.
+enum Pre {
+    /// `toka:agent/tool`.
+    Plain(ToolPre<SandboxState>),
+    /// `toka:agent-async/tool` (WASI 0.3): `invoke` is async, called inside its store's concurrent event loop on the
+    /// WASI 0.3 engine. Its instances are never kept for reuse.
+    Async(crate::bindings::tool_async::ToolPre<SandboxState>),
+}
+
+impl Pre {
+    fn new(pre: &wasmtime::component::InstancePre<SandboxState>) -> wasmtime::Result<Pre> {
+        Ok(if crate::component::export_is_async(pre.component(), "invoke") {
+            Pre::Async(crate::bindings::tool_async::ToolPre::new(pre.clone())?)
+        } else {
+            Pre::Plain(ToolPre::new(pre.clone())?)
+        })
+    }
+
+    /// The engine the tool was compiled on, which its stores must be on.
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Pre::Plain(pre) => pre.engine(),
+            Pre::Async(pre) => pre.engine(),
+        }
+    }
+
+    /// Instantiates the tool in `store` and calls `describe`.
+    async fn describe(&self, store: &mut wasmtime::Store<SandboxState>) -> wasmtime::Result<crate::bindings::ToolSpec> {
+        match self {
+            Pre::Plain(pre) => pre.instantiate_async(&mut *store).await?.call_describe(store).await,
+            Pre::Async(pre) => pre.instantiate_async(&mut *store).await?.call_describe(store).await,
+        }
+    }
+}
+
 /// An installed tool, compiled and linked, with its schemas compiled.
 pub struct LoadedTool {
     pub installed: Installed,
-    pre: ToolPre<SandboxState>,
+    pre: Pre,
     input: super::schema::Schema,
     output: super::schema::Schema,
     declared: Vec<Declared>,
@@ -205,7 +240,7 @@ impl ToolHost {
         let wrong = |reason: String| RunError::WrongWorld { path: path.display().to_string(), reason };
         let pre =
             loaded.component_pre().ok_or_else(|| wrong("a preview 1 core module, not a tool component".into()))?;
-        let pre = ToolPre::new(pre.clone()).map_err(|e| wrong(crate::component::root_cause(&e)))?;
+        let pre = Pre::new(pre).map_err(|e| wrong(crate::component::root_cause(&e)))?;
         let context = RunContext {
             agent: "tool-describe".into(),
             run_id: "describe".into(),
@@ -219,11 +254,16 @@ impl ToolHost {
             spawner: None,
         };
         let output = OutputMode { echo: false, capture: false };
-        let mut sb = sandbox::build(&self.engine, &Authorized::default(), &DESCRIBE_LIMITS, output, &context, &[])?;
-        let call = async {
-            let tool = pre.instantiate_async(&mut sb.store).await?;
-            tool.call_describe(&mut sb.store).await
-        };
+        let mut sb = sandbox::build_on(
+            &self.engine,
+            pre.engine(),
+            &Authorized::default(),
+            &DESCRIBE_LIMITS,
+            output,
+            &context,
+            &[],
+        )?;
+        let call = pre.describe(&mut sb.store);
         let spec = match tokio::time::timeout(DESCRIBE_LIMITS.timeout + Duration::from_millis(250), call).await {
             Ok(Ok(spec)) => spec,
             Ok(Err(e)) => {
@@ -288,8 +328,8 @@ impl ToolHost {
         let pre = loaded
             .component_pre()
             .ok_or_else(|| Failure::Failed(format!("tool {name}: a preview 1 core module, not a tool component")))?;
-        let pre = ToolPre::new(pre.clone())
-            .map_err(|e| Failure::Failed(format!("tool {name}: {}", crate::component::root_cause(&e))))?;
+        let pre =
+            Pre::new(pre).map_err(|e| Failure::Failed(format!("tool {name}: {}", crate::component::root_cause(&e))))?;
         let schema = |v: &serde_json::Value| {
             super::schema::Schema::compile(v).map_err(|e| Failure::Failed(format!("tool {name}: bad schema: {e}")))
         };
@@ -566,6 +606,10 @@ impl ToolHost {
             spawner: None,
         };
         let output = OutputMode { echo: false, capture: false };
+        let pre = match &tool.pre {
+            Pre::Plain(pre) => pre,
+            Pre::Async(pre) => return self.invoke_async(tool, pre, input, &grants, &limits, &context).await,
+        };
         let sha256 = tool.installed.sha256.as_str();
         // A kept instance, rearmed with this call's limits and access; or none (none kept, or it holds more memory
         // than this call may have: then it is dropped).
@@ -588,7 +632,7 @@ impl ToolHost {
         let call = async {
             let instance = match instance {
                 Some(instance) => instance,
-                None => tool.pre.instantiate_async(&mut sb.store).await?,
+                None => pre.instantiate_async(&mut sb.store).await?,
             };
             let answer = instance.call_invoke(&mut sb.store, input).await;
             Ok::<_, wasmtime::Error>((instance, answer))
@@ -616,26 +660,46 @@ impl ToolHost {
             Ok(Err(e)) => Ok(Err(classify(&e, &sb.store, &sb.stdout, &sb.stderr, &limits))),
             Err(elapsed) => Err(elapsed),
         };
-        match ended {
-            Ok(Ok(Ok(output))) if output.len() > MAX_IO => {
-                let m = format!("tool {name} returned {} bytes, over the {MAX_IO} byte limit", output.len());
-                (Outcome::OutputLimit, Err(Failure::Failed(m)), used)
+        answered(name, ended, timeout, used)
+    }
+
+    /// Runs a tool whose `invoke` is async (`toka:agent-async/tool`) in a fresh sandbox on the WASI 0.3 engine,
+    /// inside the store's concurrent event loop.
+    async fn invoke_async(
+        &self,
+        tool: &LoadedTool,
+        pre: &crate::bindings::tool_async::ToolPre<SandboxState>,
+        input: &str,
+        grants: &Authorized,
+        limits: &Limits,
+        context: &RunContext,
+    ) -> (Outcome, Result<String, Failure>, u64) {
+        let name = tool.installed.name.as_str();
+        let output = OutputMode { echo: false, capture: false };
+        let mut sb =
+            match sandbox::build_on(&self.engine, pre.engine(), grants, limits, output, context, &[name.to_string()]) {
+                Ok(sb) => sb,
+                Err(e) => return (e.outcome(), Err(run_failure(&e)), 0),
+            };
+        let input = input.to_string();
+        let call = async {
+            let instance = pre.instantiate_async(&mut sb.store).await?;
+            sb.store.run_concurrent(async move |store| instance.call_invoke(store, input).await).await?
+        };
+        let ended = tokio::time::timeout(limits.timeout + Duration::from_millis(250), call).await;
+        let used = if self.engine.fuel { limits.fuel.saturating_sub(sb.store.get_fuel().unwrap_or(0)) } else { 0 };
+        // A 0.3 write past the output cap fails the guest's stream rather than trapping: an answer after it is
+        // still the cap's.
+        let over = sb.stdout.over_limit().or_else(|| sb.stderr.over_limit());
+        let ended = match (ended, over) {
+            (Ok(Ok(Ok(_))), Some(over)) => {
+                Ok(Err(classify(&wasmtime::Error::new(over), &sb.store, &sb.stdout, &sb.stderr, limits)))
             }
-            Ok(Ok(Ok(output))) => (Outcome::Success, Ok(output), used),
-            Ok(Ok(Err(e))) => {
-                let f = match e {
-                    WitToolError::InvalidInput(m) => Failure::InvalidInput(format!("tool {name}: {}", one_line(&m))),
-                    WitToolError::Failed(m) => Failure::Failed(format!("tool {name}: {}", one_line(&m))),
-                    WitToolError::Denied(m) => Failure::Denied(format!("tool {name}: {}", one_line(&m))),
-                };
-                (Outcome::AgentError, Err(f), used)
-            }
-            Ok(Err((outcome, message))) => (outcome, Err(Failure::Failed(format!("tool {name}: {message}"))), used),
-            Err(_) => {
-                let m = format!("tool {name}: timeout: still running after {}", humantime::format_duration(timeout));
-                (Outcome::Timeout, Err(Failure::Failed(m)), used)
-            }
-        }
+            (Ok(Ok(answer)), _) => Ok(Ok(answer)),
+            (Ok(Err(e)), _) => Ok(Err(classify(&e, &sb.store, &sb.stdout, &sb.stderr, limits))),
+            (Err(elapsed), _) => Err(elapsed),
+        };
+        answered(name, ended, limits.timeout, used)
     }
 }
 
@@ -667,5 +731,33 @@ impl ToolBroker for ToolSession {
             let report = Box::pin(self.host.call_kept(&caller, &name, &input, fuel, self.kept.as_deref())).await;
             ToolAnswer { result: report.result.map_err(Failure::into_wit), fuel_consumed: report.fuel_consumed }
         })
+    }
+}
+
+/// How a tool's call ended: it answered (its output or its own error), it was stopped (how, and the message), or its
+/// deadline passed.
+type Ended = Result<Result<Result<String, WitToolError>, (Outcome, String)>, tokio::time::error::Elapsed>;
+
+/// What a tool's call came to.
+fn answered(name: &str, ended: Ended, timeout: Duration, used: u64) -> (Outcome, Result<String, Failure>, u64) {
+    match ended {
+        Ok(Ok(Ok(output))) if output.len() > MAX_IO => {
+            let m = format!("tool {name} returned {} bytes, over the {MAX_IO} byte limit", output.len());
+            (Outcome::OutputLimit, Err(Failure::Failed(m)), used)
+        }
+        Ok(Ok(Ok(output))) => (Outcome::Success, Ok(output), used),
+        Ok(Ok(Err(e))) => {
+            let f = match e {
+                WitToolError::InvalidInput(m) => Failure::InvalidInput(format!("tool {name}: {}", one_line(&m))),
+                WitToolError::Failed(m) => Failure::Failed(format!("tool {name}: {}", one_line(&m))),
+                WitToolError::Denied(m) => Failure::Denied(format!("tool {name}: {}", one_line(&m))),
+            };
+            (Outcome::AgentError, Err(f), used)
+        }
+        Ok(Err((outcome, message))) => (outcome, Err(Failure::Failed(format!("tool {name}: {message}"))), used),
+        Err(_) => {
+            let m = format!("tool {name}: timeout: still running after {}", humantime::format_duration(timeout));
+            (Outcome::Timeout, Err(Failure::Failed(m)), used)
+        }
     }
 }
