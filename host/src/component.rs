@@ -409,9 +409,9 @@ mod tests {
         let component = |body: &str| wat::parse_str(format!("(component {body})")).unwrap();
         let lifted = |name: &str| {
             format!(
-                r#"(core module $m (func (export "{name}")))
-                (core instance $i (instantiate $m))
-                (func ${name} (canon lift (core func $i "{name}")))
+                r#"(core module $m_{name} (func (export "{name}")))
+                (core instance $i_{name} (instantiate $m_{name}))
+                (func ${name} (canon lift (core func $i_{name} "{name}")))
                 (export "{name}" (func ${name}))"#
             )
         };
