@@ -149,6 +149,9 @@ impl Agent {
         if matches!(self.kind, Kind::RustP3Agent | Kind::RustP3Tool) {
             inputs.push(layout.root.join("wit-p3"));
         }
+        if matches!(self.kind, Kind::RustP3Command | Kind::RustP3Agent | Kind::RustP3Tool) {
+            inputs.push(layout.agents.join("p3-common"));
+        }
         inputs
     }
 }

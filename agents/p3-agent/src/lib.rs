@@ -39,9 +39,12 @@ mod bindings {
     export!(P3Agent);
 }
 
-use bindings::toka::agent::{events, tools};
+#[path = "../../p3-common/files.rs"]
+mod files;
+
 use bindings::toka::agent::log::{self, Level};
 use bindings::toka::agent::types::{AgentError, Task};
+use bindings::toka::agent::{events, tools};
 // Two versions of each WASI package are in the WIT read (0.2.12 beside `toka:agent`, 0.3.0 here), so the generated
 // modules carry the version.
 use bindings::wasi::cli0_3_0::{environment, stdout};
@@ -60,11 +63,17 @@ impl bindings::Guest for P3Agent {
         let step = input["do"].as_str().unwrap_or_default().to_owned();
         log::log(Level::Info, &format!("task {}: {step}", task.id));
         let text = |name: &str| {
-            input[name].as_str().map(str::to_owned).ok_or_else(|| AgentError::InvalidInput(format!("{step}: no `{name}`")))
+            input[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| AgentError::InvalidInput(format!("{step}: no `{name}`")))
         };
         let failed = |e: String| AgentError::Failed(format!("{step}: {e}"));
         let result = match step.as_str() {
-            "cat" => json!({ "text": cat(&text("path")?).await.map_err(failed)? }),
+            "cat" => {
+                let bytes = files::read(&text("path")?).await.map_err(failed)?;
+                json!({ "text": String::from_utf8(bytes).map_err(|e| failed(e.to_string()))? })
+            }
             "write" => json!({ "written": write(&text("path")?, &text("text")?).await.map_err(failed)? }),
             "sleep" => {
                 let ms = input["ms"].as_u64().unwrap_or(0);
@@ -123,42 +132,8 @@ async fn print(bytes: Vec<u8>) -> Result<(), String> {
     result.map_err(|e| format!("{e:?}"))
 }
 
-/// The preopened directory whose name is the longest prefix of `path`, and the rest of the path.
-fn resolve(path: &str) -> Result<(Descriptor, String), String> {
-    let mut best: Option<(Descriptor, String)> = None;
-    let mut best_len = 0;
-    for (dir, name) in preopens::get_directories() {
-        let rest = if path == name {
-            Some(".".to_owned())
-        } else if name == "/" {
-            path.strip_prefix('/').map(str::to_owned)
-        } else {
-            path.strip_prefix(&name).and_then(|r| r.strip_prefix('/')).map(str::to_owned)
-        };
-        if let Some(rest) = rest
-            && (best.is_none() || name.len() > best_len)
-        {
-            best_len = name.len();
-            best = Some((dir, if rest.is_empty() { ".".into() } else { rest }));
-        }
-    }
-    best.ok_or_else(|| format!("{path}: not under a preopened directory"))
-}
-
-async fn cat(path: &str) -> Result<String, String> {
-    let (dir, rest) = resolve(path)?;
-    let file = dir
-        .open_at(PathFlags::SYMLINK_FOLLOW, rest, OpenFlags::empty(), DescriptorFlags::READ)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let (data, done) = file.read_via_stream(0);
-    let bytes = data.collect().await;
-    done.await.map_err(|e| format!("{e:?}"))?;
-    String::from_utf8(bytes).map_err(|e| e.to_string())
-}
-
 async fn write(path: &str, text: &str) -> Result<usize, String> {
-    let (dir, rest) = resolve(path)?;
+    let (dir, rest) = files::resolve(path)?;
     let file = dir
         .open_at(PathFlags::empty(), rest, OpenFlags::CREATE | OpenFlags::TRUNCATE, DescriptorFlags::WRITE)
         .await

@@ -47,6 +47,9 @@ mod bindings {
     export!(Probe);
 }
 
+#[path = "../../p3-common/files.rs"]
+mod files;
+
 use std::fmt::Write as _;
 
 use bindings::exports::wasi::cli::run::Guest;
@@ -118,12 +121,12 @@ async fn dispatch(command: &str, operands: &[String], args: &[String]) -> Result
         }
         "write" => write(operand(0)?, operand(1)?).await,
         "mkdir" => {
-            let (dir, rest) = resolve(operand(0)?)?;
+            let (dir, rest) = files::resolve(operand(0)?)?;
             dir.create_directory_at(rest).await.map_err(|e| format!("{e:?}"))?;
             print("created\n".into()).await
         }
         "stat" => {
-            let (dir, rest) = resolve(operand(0)?)?;
+            let (dir, rest) = files::resolve(operand(0)?)?;
             let stat = dir.stat_at(PathFlags::empty(), rest).await.map_err(|e| format!("{e:?}"))?;
             print(format!("type: {}\nsize: {}\n", type_name(&stat.type_), stat.size)).await
         }
@@ -238,7 +241,7 @@ async fn streams() -> Result<(), String> {
 }
 
 async fn write_read_only(path: &str) -> Result<(), String> {
-    let (dir, rest) = resolve(path)?;
+    let (dir, rest) = files::resolve(path)?;
     let file = dir
         .open_at(PathFlags::empty(), rest, OpenFlags::empty(), DescriptorFlags::READ)
         .await
@@ -251,30 +254,8 @@ async fn write_read_only(path: &str) -> Result<(), String> {
     print(format!("write to a read-only descriptor: {result:?}, {} of 12 bytes refused\n", refused.len())).await
 }
 
-/// The preopen whose name is the longest prefix of `path` (a component boundary), and the rest of the path.
-fn resolve(path: &str) -> Result<(Descriptor, String), String> {
-    let mut best: Option<(Descriptor, String)> = None;
-    let mut best_len = 0;
-    for (dir, name) in preopens::get_directories() {
-        let rest = if path == name {
-            Some(".".to_owned())
-        } else if name == "/" {
-            path.strip_prefix('/').map(str::to_owned)
-        } else {
-            path.strip_prefix(&name).and_then(|r| r.strip_prefix('/')).map(str::to_owned)
-        };
-        if let Some(rest) = rest
-            && (best.is_none() || name.len() > best_len)
-        {
-            best_len = name.len();
-            best = Some((dir, if rest.is_empty() { ".".into() } else { rest }));
-        }
-    }
-    best.ok_or_else(|| format!("{path}: not under a preopened directory"))
-}
-
 async fn ls(path: &str) -> Result<(), String> {
-    let (dir, rest) = resolve(path)?;
+    let (dir, rest) = files::resolve(path)?;
     let target = if rest == "." {
         dir
     } else {
@@ -293,7 +274,7 @@ async fn ls(path: &str) -> Result<(), String> {
 /// Opens `path` up to `count` times through `open-at` directly (no guest-side descriptor table in between), keeping
 /// every descriptor until the run ends: prints how many opened, and the error that stopped it if one did.
 async fn hold(path: &str, count: u32, keep_ms: u64) -> Result<(), String> {
-    let (dir, rest) = resolve(path)?;
+    let (dir, rest) = files::resolve(path)?;
     let mut held = Vec::new();
     let mut stopped = String::from("none");
     for _ in 0..count {
@@ -312,19 +293,11 @@ async fn hold(path: &str, count: u32, keep_ms: u64) -> Result<(), String> {
 }
 
 async fn cat(path: &str) -> Result<(), String> {
-    let (dir, rest) = resolve(path)?;
-    let file = dir
-        .open_at(PathFlags::SYMLINK_FOLLOW, rest, OpenFlags::empty(), DescriptorFlags::READ)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let (data, done) = file.read_via_stream(0);
-    let bytes = data.collect().await;
-    done.await.map_err(|e| format!("{e:?}"))?;
-    emit(bytes, Target::Stdout).await
+    emit(files::read(path).await?, Target::Stdout).await
 }
 
 async fn write(path: &str, text: &str) -> Result<(), String> {
-    let (dir, rest) = resolve(path)?;
+    let (dir, rest) = files::resolve(path)?;
     let file = dir
         .open_at(PathFlags::empty(), rest, OpenFlags::CREATE | OpenFlags::TRUNCATE, DescriptorFlags::WRITE)
         .await

@@ -29,6 +29,9 @@ mod bindings {
     export!(P3Tool);
 }
 
+#[path = "../../p3-common/files.rs"]
+mod files;
+
 use bindings::toka::agent::types::{SideEffect, ToolError, ToolSpec};
 // Two versions of each WASI package are in the WIT read, so the generated modules carry the version.
 use bindings::wasi::clocks0_3_0::monotonic_clock;
@@ -61,7 +64,8 @@ impl bindings::Guest for P3Tool {
         let output = match step.as_str() {
             "cat" => {
                 let path = input["path"].as_str().ok_or_else(|| ToolError::InvalidInput("cat: no `path`".into()))?;
-                json!({ "text": cat(path).await.map_err(failed)? })
+                let bytes = files::read(path).await.map_err(failed)?;
+                json!({ "text": String::from_utf8(bytes).map_err(|e| failed(e.to_string()))? })
             }
             "sleep" => {
                 let ms = input["ms"].as_u64().unwrap_or(0);
@@ -83,38 +87,4 @@ impl bindings::Guest for P3Tool {
         };
         Ok(output.to_string())
     }
-}
-
-/// The preopened directory whose name is the longest prefix of `path`, and the rest of the path.
-fn resolve(path: &str) -> Result<(Descriptor, String), String> {
-    let mut best: Option<(Descriptor, String)> = None;
-    let mut best_len = 0;
-    for (dir, name) in preopens::get_directories() {
-        let rest = if path == name {
-            Some(".".to_owned())
-        } else if name == "/" {
-            path.strip_prefix('/').map(str::to_owned)
-        } else {
-            path.strip_prefix(&name).and_then(|r| r.strip_prefix('/')).map(str::to_owned)
-        };
-        if let Some(rest) = rest
-            && (best.is_none() || name.len() > best_len)
-        {
-            best_len = name.len();
-            best = Some((dir, if rest.is_empty() { ".".into() } else { rest }));
-        }
-    }
-    best.ok_or_else(|| format!("{path}: not under a preopened directory"))
-}
-
-async fn cat(path: &str) -> Result<String, String> {
-    let (dir, rest) = resolve(path)?;
-    let file = dir
-        .open_at(PathFlags::SYMLINK_FOLLOW, rest, OpenFlags::empty(), DescriptorFlags::READ)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let (data, done) = file.read_via_stream(0);
-    let bytes = data.collect().await;
-    done.await.map_err(|e| format!("{e:?}"))?;
-    String::from_utf8(bytes).map_err(|e| e.to_string())
 }
