@@ -3,7 +3,7 @@
 //! it is compiled against that program's bindings: `Descriptor`, `preopens` and the flag types are the including
 //! module's.
 
-use super::{Descriptor, DescriptorFlags, OpenFlags, PathFlags, preopens};
+use super::{Descriptor, DescriptorFlags, OpenFlags, PathFlags, preopens, wit_stream};
 
 /// The preopen whose name is the longest prefix of `path` (a component boundary), and the rest of the path.
 pub fn resolve(path: &str) -> Result<(Descriptor, String), String> {
@@ -38,4 +38,23 @@ pub async fn read(path: &str) -> Result<Vec<u8>, String> {
     let bytes = data.collect().await;
     done.await.map_err(|e| format!("{e:?}"))?;
     Ok(bytes)
+}
+
+/// Writes `text` as the whole content of the file at `path` (created or truncated) through a stream; the bytes
+/// written.
+pub async fn write(path: &str, text: &str) -> Result<usize, String> {
+    let (dir, rest) = resolve(path)?;
+    let file = dir
+        .open_at(PathFlags::empty(), rest, OpenFlags::CREATE | OpenFlags::TRUNCATE, DescriptorFlags::WRITE)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let (mut tx, rx) = wit_stream::new::<u8>();
+    let done = file.write_via_stream(rx, 0);
+    let refused = tx.write_all(text.as_bytes().to_vec()).await;
+    drop(tx);
+    done.await.map_err(|e| format!("{e:?}"))?;
+    if !refused.is_empty() {
+        return Err(format!("{} bytes not written", refused.len()));
+    }
+    Ok(text.len())
 }

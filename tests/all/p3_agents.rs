@@ -242,6 +242,15 @@ fn a_tool_whose_wasi_is_0_3_is_installed_and_called() {
     r.expect_code(65);
     assert!(r.stderr.contains("not under a preopened directory"), "{}", r.stderr);
 
+    // The tool declares `fs:/:ro`: a caller that may write there does not lend it that right.
+    let rw = dir.display().to_string();
+    let out = dir.join("out.txt");
+    let write = serde_json::json!({"do": "write", "path": out.display().to_string(), "text": "x"});
+    let r = tool_call(h, write, &["--dir", &rw]);
+    r.expect_code(65);
+    assert!(r.stderr.contains("write: ErrorCode::NotPermitted"), "{}", r.stderr);
+    assert!(!out.exists(), "the tool wrote through a read-only grant");
+
     let r = tool_call(h, serde_json::json!({"do": "echo", "value": [1, "two"]}), &[]);
     r.expect_code(0);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["value"], serde_json::json!([1, "two"]));

@@ -74,7 +74,7 @@ impl bindings::Guest for P3Agent {
                 let bytes = files::read(&text("path")?).await.map_err(failed)?;
                 json!({ "text": String::from_utf8(bytes).map_err(|e| failed(e.to_string()))? })
             }
-            "write" => json!({ "written": write(&text("path")?, &text("text")?).await.map_err(failed)? }),
+            "write" => json!({ "written": files::write(&text("path")?, &text("text")?).await.map_err(failed)? }),
             "sleep" => {
                 let ms = input["ms"].as_u64().unwrap_or(0);
                 let start = monotonic_clock::now();
@@ -130,21 +130,4 @@ async fn print(bytes: Vec<u8>) -> Result<(), String> {
         return Err(format!("{} bytes not taken ({result:?})", refused.len()));
     }
     result.map_err(|e| format!("{e:?}"))
-}
-
-async fn write(path: &str, text: &str) -> Result<usize, String> {
-    let (dir, rest) = files::resolve(path)?;
-    let file = dir
-        .open_at(PathFlags::empty(), rest, OpenFlags::CREATE | OpenFlags::TRUNCATE, DescriptorFlags::WRITE)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let (mut tx, rx) = wit_stream::new::<u8>();
-    let done = file.write_via_stream(rx, 0);
-    let refused = tx.write_all(text.as_bytes().to_vec()).await;
-    drop(tx);
-    done.await.map_err(|e| format!("{e:?}"))?;
-    if !refused.is_empty() {
-        return Err(format!("{} bytes not written", refused.len()));
-    }
-    Ok(text.len())
 }

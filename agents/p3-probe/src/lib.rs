@@ -297,20 +297,8 @@ async fn cat(path: &str) -> Result<(), String> {
 }
 
 async fn write(path: &str, text: &str) -> Result<(), String> {
-    let (dir, rest) = files::resolve(path)?;
-    let file = dir
-        .open_at(PathFlags::empty(), rest, OpenFlags::CREATE | OpenFlags::TRUNCATE, DescriptorFlags::WRITE)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let (mut tx, rx) = wit_stream::new::<u8>();
-    let done = file.write_via_stream(rx, 0);
-    let refused = tx.write_all(text.as_bytes().to_vec()).await;
-    drop(tx);
-    done.await.map_err(|e| format!("{e:?}"))?;
-    if !refused.is_empty() {
-        return Err(format!("{} bytes not written", refused.len()));
-    }
-    print(format!("wrote {} bytes\n", text.len())).await
+    let written = files::write(path, text).await?;
+    print(format!("wrote {written} bytes\n")).await
 }
 
 fn type_name(kind: &DescriptorType) -> &'static str {

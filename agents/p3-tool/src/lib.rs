@@ -9,6 +9,8 @@
 //!   `{"text":...}`; a path it may not read is the tool error `failed`.
 //! * `{"do":"sleep","ms":N}`: waits on WASI 0.3's monotonic clock: `{"slept_ms":N}` (measured).
 //! * `{"do":"spin"}`: loops until the host stops it.
+//! * `{"do":"write","path":P,"text":T}`: writes `T` to the file `P`: `{"written":N}`. The tool declares `fs:/:ro`,
+//!   so this is refused whatever its caller may write.
 //! * `{"do":"echo","value":V}`: `{"value":V}`.
 
 // Not `forbid`: the canonical-ABI glue that `wit_bindgen::generate!` emits is `unsafe`; it is confined to the
@@ -37,6 +39,7 @@ use bindings::toka::agent::types::{SideEffect, ToolError, ToolSpec};
 use bindings::wasi::clocks0_3_0::monotonic_clock;
 use bindings::wasi::filesystem0_3_0::preopens;
 use bindings::wasi::filesystem0_3_0::types::{Descriptor, DescriptorFlags, OpenFlags, PathFlags};
+use bindings::wit_stream;
 use serde_json::{Value, json};
 
 pub struct P3Tool;
@@ -81,6 +84,13 @@ impl bindings::Guest for P3Tool {
                         break json!({ "spun": n });
                     }
                 }
+            }
+            "write" => {
+                let (path, text) = (input["path"].as_str(), input["text"].as_str());
+                let (Some(path), Some(text)) = (path, text) else {
+                    return Err(ToolError::InvalidInput("write: `path` and `text` are required".into()));
+                };
+                json!({ "written": files::write(path, text).await.map_err(failed)? })
             }
             "echo" => json!({ "value": input["value"] }),
             other => return Err(ToolError::InvalidInput(format!("unknown step {other:?}"))),
