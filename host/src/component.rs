@@ -111,7 +111,7 @@ pub fn load_digested(host: &HostEngine, path: &Path, bytes: Vec<u8>, sha256: Str
         auth.before_load().map_err(|e| RunError::host(e.to_string()))?;
     }
     let invalid = |e: wasmtime::Error| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) };
-    // A WASI 0.3 program (a command, or an agent whose `run` is async) is compiled, linked and run on the engine with
+    // A WASI 0.3 program (a command, an agent whose `run` is async, a tool whose `invoke` is) is compiled, linked and run on the engine with
     // the component model's async ABI; anything else on the main engine, which refuses async features when it
     // validates.
     let p3 = if !core_module && needs_p3_engine(&bytes) {
@@ -245,7 +245,7 @@ pub fn export_is_async(component: &Component, name: &str) -> bool {
 }
 
 /// The world `bytes` will load as, read from its own imports and exports without compiling it: `None` for bytes the
-/// load will refuse (not a WebAssembly binary, a tool, no export the host can call, WASI 0.3 imports outside a 0.3
+/// load will refuse (not a WebAssembly binary, a tool, no export the host can call, WASI 0.3 imports in a 0.2
 /// command), and for any it cannot tell. The same rules as the load's own (see `classify`), which decides; this
 /// lets a run be recorded as started while its program still loads.
 pub fn world_of(bytes: &[u8]) -> Option<World> {

@@ -198,8 +198,8 @@ impl HostEngine {
         Ok(self.module_linker.get_or_init(|| linker))
     }
 
-    /// The engine and linker of WASI 0.3 programs (commands, and agents whose `run` is async), built on first use
-    /// (most processes never run one).
+    /// The engine and linker of WASI 0.3 programs (commands, agents whose `run` is async, tools whose `invoke` is),
+    /// built on first use (most processes never run one).
     ///
     /// The same fuel, epoch and cache settings as [`HostEngine::engine`], plus the component model's async ABI and
     /// concurrency support; no pooling allocator (a WASI 0.3 command runs once per process or rarely). Its linker
@@ -226,7 +226,7 @@ impl HostEngine {
         crate::sandbox::net::add_to_linker(&mut linker)?;
         wasmtime_wasi::p3::add_to_linker(&mut linker)?;
         crate::sandbox::net::add_p3_to_linker(&mut linker)?;
-        // Agents whose WASI is 0.3 (`toka:agent-async/agent`) import the toka interfaces too.
+        // Agents and tools whose WASI is 0.3 (`toka:agent-async`) import the toka interfaces too.
         add_toka_to_linker(&mut linker, self.fuel)?;
         start_epoch_ticker(&engine)?;
         // Two threads racing here build two engines; one is kept, the other dropped (its ticker stops with it).

@@ -805,8 +805,6 @@ async fn call_module(pre: &wasmtime::InstancePre<sandbox::SandboxState>, sb: &mu
     }
 }
 
-/// `proc_exit` reaches the host as an error carrying the status; it is a normal ending, not a failure. A preview 1
-/// status outside `0..126` is refused, and the program ends with status 1 (as under `wasmtime run`).
 /// Calls an async `run` (`toka:agent-async/agent`) inside the store's concurrent event loop, as WASI 0.3 commands are
 /// called: the agent's own tasks and its WASI 0.3 calls make progress while it waits.
 async fn call_p3_agent(
@@ -823,6 +821,8 @@ async fn call_p3_agent(
     }
 }
 
+/// `proc_exit` reaches the host as an error carrying the status; it is a normal ending, not a failure. A preview 1
+/// status outside `0..126` is refused, and the program ends with status 1 (as under `wasmtime run`).
 fn exit_or(e: wasmtime::Error) -> Result<Returned, Ending> {
     if let Some(I32Exit(code)) = e.downcast_ref::<I32Exit>() {
         return Ok(Returned::Exit(*code));

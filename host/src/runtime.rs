@@ -329,11 +329,11 @@ impl Host {
                 std::thread::scope(|scope| {
                     let read = digest.clone();
                     let loading = scope.spawn(|| load(Box::new(move || runner.load_read(path, bytes, read))));
-                    let authorized = authorize(&crate::run::agent_name(path), digest.clone());
+                    let agent = crate::run::agent_name(path);
+                    let authorized = authorize(&agent, digest.clone());
                     if let (Ok(granted), Some(world)) = (&authorized, world)
                         && let Ok(invoked) = invocation(world, spec, &mut input)
                     {
-                        let agent = crate::run::agent_name(path);
                         let of = crate::run::StartOf {
                             run_id: &run_id,
                             agent: &agent,
@@ -453,8 +453,8 @@ pub fn check_input(input: Option<&str>) -> Result<Option<String>, RunError> {
     Ok(Some(input.to_string()))
 }
 
-/// What to call, decided by the component's world: an agent takes a task, a command takes arguments.
-/// The call a run of a `world` component makes, with the task `input` (taken only if the call is made).
+/// What to call, decided by the component's world: an agent takes a task (`input`, taken only if the call is made), a
+/// command takes arguments.
 fn invocation(world: World, spec: &RunSpec, input: &mut Option<String>) -> Result<Invocation, RunError> {
     match world {
         World::Command => {

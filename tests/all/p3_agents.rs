@@ -171,6 +171,8 @@ fn limits_hold() {
     let r = report_of(&["--max-output", "10000"], &serde_json::json!({"do": "print", "text": "fits"}));
     assert_eq!(result(&r)["printed"], 4);
     assert_eq!(r["stdout"], "fits");
+    let r = report_of(&[], &serde_json::json!({"do": "print", "text": "to stderr", "stderr": true}));
+    assert_eq!((r["stdout"].as_str(), r["stderr"].as_str()), (Some(""), Some("to stderr")), "{r}");
 }
 
 /// An agent error is the agent's own (exit 65, its message kept); a task that is not JSON is refused before it runs.

@@ -11,7 +11,8 @@
 //!   `{"text":...}`.
 //! * `{"do":"write","path":P,"text":T}`: writes `T` to the file `P`: `{"written":N}`.
 //! * `{"do":"sleep","ms":N}`: waits on WASI 0.3's monotonic clock: `{"slept_ms":N}` (measured).
-//! * `{"do":"print","text":T}`: writes `T` to stdout through a WASI 0.3 stream: `{"printed":N}`.
+//! * `{"do":"print","text":T}`: writes `T` to stdout through a WASI 0.3 stream (to stderr with `"stderr":true`):
+//!   `{"printed":N}`.
 //! * `{"do":"emit","text":T}`: records the observation `p3.note` with `{"text":T}` (`toka:agent/events`): `{"seq":S}`.
 //! * `{"do":"env"}`: the environment it was given: `{"env":[[NAME,VALUE],...]}`.
 //! * `{"do":"tool","name":N,"input":I}`: calls the tool `N` with the JSON text `I` (`toka:agent/tools`):
@@ -41,13 +42,17 @@ mod bindings {
 
 #[path = "../../p3-common/files.rs"]
 mod files;
+#[path = "../../p3-common/output.rs"]
+mod output;
+
+use output::{Target, emit};
 
 use bindings::toka::agent::log::{self, Level};
 use bindings::toka::agent::types::{AgentError, Task};
 use bindings::toka::agent::{events, tools};
 // Two versions of each WASI package are in the WIT read (0.2.12 beside `toka:agent`, 0.3.0 here), so the generated
 // modules carry the version.
-use bindings::wasi::cli0_3_0::{environment, stdout};
+use bindings::wasi::cli0_3_0::{environment, stderr, stdout};
 use bindings::wasi::clocks0_3_0::monotonic_clock;
 use bindings::wasi::filesystem0_3_0::preopens;
 use bindings::wasi::filesystem0_3_0::types::{Descriptor, DescriptorFlags, OpenFlags, PathFlags};
@@ -83,7 +88,8 @@ impl bindings::Guest for P3Agent {
             }
             "print" => {
                 let text = text("text")?;
-                print(text.clone().into_bytes()).await.map_err(failed)?;
+                let target = if input["stderr"] == true { Target::Stderr } else { Target::Stdout };
+                emit(text.clone().into_bytes(), target).await.map_err(failed)?;
                 json!({ "printed": text.len() })
             }
             "emit" => {
@@ -117,17 +123,4 @@ fn spin() -> Value {
             return json!({ "spun": n });
         }
     }
-}
-
-/// Writes `bytes` to stdout through a new stream and waits until the host has taken all of them.
-async fn print(bytes: Vec<u8>) -> Result<(), String> {
-    let (mut tx, rx) = wit_stream::new::<u8>();
-    let done = stdout::write_via_stream(rx);
-    let refused = tx.write_all(bytes).await;
-    drop(tx);
-    let result = done.await;
-    if !refused.is_empty() {
-        return Err(format!("{} bytes not taken ({result:?})", refused.len()));
-    }
-    result.map_err(|e| format!("{e:?}"))
 }

@@ -49,6 +49,10 @@ mod bindings {
 
 #[path = "../../p3-common/files.rs"]
 mod files;
+#[path = "../../p3-common/output.rs"]
+mod output;
+
+use output::{Target, emit};
 
 use std::fmt::Write as _;
 
@@ -196,28 +200,6 @@ async fn dispatch(command: &str, operands: &[String], args: &[String]) -> Result
         "stderr" => emit(format!("{}\n", operand(0)?).into_bytes(), Target::Stderr).await,
         other => Err(format!("unknown command {other:?}")),
     }
-}
-
-#[derive(Clone, Copy)]
-enum Target {
-    Stdout,
-    Stderr,
-}
-
-/// Writes `bytes` through a new stream to stdout or stderr and waits until the host has taken all of them.
-async fn emit(bytes: Vec<u8>, target: Target) -> Result<(), String> {
-    let (mut tx, rx) = wit_stream::new::<u8>();
-    let done = match target {
-        Target::Stdout => stdout::write_via_stream(rx),
-        Target::Stderr => stderr::write_via_stream(rx),
-    };
-    let refused = tx.write_all(bytes).await;
-    drop(tx);
-    let result = done.await;
-    if !refused.is_empty() {
-        return Err(format!("{} bytes not taken ({result:?})", refused.len()));
-    }
-    result.map_err(|e| format!("{e:?}"))
 }
 
 async fn print(text: String) -> Result<(), String> {
