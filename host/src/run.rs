@@ -123,6 +123,45 @@ pub struct Program {
 }
 
 impl Program {
+    /// Checks that `loaded` is a world a run can call, and readies the call: agent `name`'s program.
+    pub fn prepare(loaded: Loaded, name: String) -> Result<Program, RunError> {
+        let shown = loaded.path.display().to_string();
+        let wrong =
+            |e: wasmtime::Error| RunError::WrongWorld { path: shown.clone(), reason: component::root_cause(&e) };
+        let prepared = match (&loaded.compiled, loaded.world) {
+            (component::Compiled::Module { pre }, _) => Prepared::Module(pre.clone()),
+            (component::Compiled::Component { pre }, World::Agent)
+                if component::export_is_async(pre.component(), "run") =>
+            {
+                Prepared::P3Agent(crate::bindings::agent_async::AgentPre::new(pre.clone()).map_err(wrong)?)
+            }
+            (component::Compiled::Component { pre }, World::Agent) => {
+                Prepared::Agent(AgentPre::new(pre.clone()).map_err(wrong)?)
+            }
+            (component::Compiled::Component { pre }, World::Command) => {
+                match component::command_version(pre.component()) {
+                    Some(component::CliRun::P2) => Prepared::Command(CommandPre::new(pre.clone()).map_err(wrong)?),
+                    Some(component::CliRun::P3) => {
+                        Prepared::P3Command(wasmtime_wasi::p3::bindings::CommandPre::new(pre.clone()).map_err(wrong)?)
+                    }
+                    None => {
+                        return Err(RunError::WrongWorld {
+                            path: shown,
+                            reason: "a command must export one version of wasi:cli/run (0.2 or 0.3)".into(),
+                        });
+                    }
+                }
+            }
+            (component::Compiled::Component { .. }, World::Tool) => {
+                return Err(RunError::WrongWorld {
+                    path: shown,
+                    reason: "this is a toka:agent/tool component; tools are called by agents, not run".into(),
+                });
+            }
+        };
+        Ok(Program { loaded, prepared, name })
+    }
+
     pub fn world(&self) -> World {
         self.loaded.world
     }
@@ -262,20 +301,13 @@ impl Runner {
         if let Some(p) = self.loaded(path) {
             return Ok(p);
         }
-        let bytes = component::read(path)?;
-        let sha256 = component::digest(&bytes);
-        self.load_read(path, bytes, sha256)
+        let loaded = component::load(&self.host, path)?;
+        self.prepare(path.to_path_buf(), loaded, agent_name(path))
     }
 
     /// The program loaded from `path` before in this process, if any.
     pub fn loaded(&self, path: &Path) -> Option<Arc<Program>> {
         self.programs.lock().unwrap_or_else(|p| p.into_inner()).get(path).cloned()
-    }
-
-    /// [`Runner::load`] of `bytes`, read from `path`, whose [`component::digest`] is `sha256`.
-    pub fn load_read(&self, path: &Path, bytes: Vec<u8>, sha256: String) -> Result<Arc<Program>, RunError> {
-        let loaded = component::load_digested(&self.host, path, bytes, sha256)?;
-        self.prepare(path.to_path_buf(), loaded, agent_name(path))
     }
 
     /// Loads a component handed over as bytes, known as agent `name` (or the copy loaded before, by name and digest).
@@ -292,41 +324,12 @@ impl Runner {
 
     /// Checks that a loaded component is a world a run can call, and keeps it under `key`.
     fn prepare(&self, key: std::path::PathBuf, loaded: Loaded, name: String) -> Result<Arc<Program>, RunError> {
-        let shown = loaded.path.display().to_string();
-        let wrong =
-            |e: wasmtime::Error| RunError::WrongWorld { path: shown.clone(), reason: component::root_cause(&e) };
-        let prepared = match (&loaded.compiled, loaded.world) {
-            (component::Compiled::Module { pre }, _) => Prepared::Module(pre.clone()),
-            (component::Compiled::Component { pre }, World::Agent)
-                if component::export_is_async(pre.component(), "run") =>
-            {
-                Prepared::P3Agent(crate::bindings::agent_async::AgentPre::new(pre.clone()).map_err(wrong)?)
-            }
-            (component::Compiled::Component { pre }, World::Agent) => {
-                Prepared::Agent(AgentPre::new(pre.clone()).map_err(wrong)?)
-            }
-            (component::Compiled::Component { pre }, World::Command) => {
-                match component::command_version(pre.component()) {
-                    Some(component::CliRun::P2) => Prepared::Command(CommandPre::new(pre.clone()).map_err(wrong)?),
-                    Some(component::CliRun::P3) => {
-                        Prepared::P3Command(wasmtime_wasi::p3::bindings::CommandPre::new(pre.clone()).map_err(wrong)?)
-                    }
-                    None => {
-                        return Err(RunError::WrongWorld {
-                            path: shown,
-                            reason: "a command must export one version of wasi:cli/run (0.2 or 0.3)".into(),
-                        });
-                    }
-                }
-            }
-            (component::Compiled::Component { .. }, World::Tool) => {
-                return Err(RunError::WrongWorld {
-                    path: shown,
-                    reason: "this is a toka:agent/tool component; tools are called by agents, not run".into(),
-                });
-            }
-        };
-        let program = Arc::new(Program { loaded, prepared, name });
+        Ok(self.keep(key, Program::prepare(loaded, name)?))
+    }
+
+    /// Keeps `program` under `key`, for [`Runner::loaded`] to find.
+    pub fn keep(&self, key: std::path::PathBuf, program: Program) -> Arc<Program> {
+        let program = Arc::new(program);
         let mut programs = self.programs.lock().unwrap_or_else(|p| p.into_inner());
         // A long-running host keeps a bounded number of programs (uploads could otherwise grow it without end).
         if programs.len() >= MAX_PROGRAMS
@@ -335,7 +338,7 @@ impl Runner {
             programs.remove(&old);
         }
         programs.insert(key, program.clone());
-        Ok(program)
+        program
     }
 
     /// Runs `program` once in a fresh sandbox. Never panics on guest behaviour; every ending is a report.

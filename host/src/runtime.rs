@@ -18,7 +18,7 @@ use crate::token::{RunAuthorization, RunRequest, TokenLimits};
 use crate::tools::call::ToolHost;
 use crate::tools::registry::Registry;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Where a run's component comes from.
@@ -100,6 +100,86 @@ impl From<RunError> for Refused {
     }
 }
 
+/// A component file for [`Host::open_loading`] to begin loading, and the id of the run it is for.
+#[derive(Debug, Clone, Copy)]
+pub struct Preload<'a> {
+    pub path: &'a std::path::Path,
+    pub run_id: &'a str,
+}
+
+/// A component file being read and loaded on a thread of its own while the run is authorized and its start
+/// recorded. The file is read once: the digest the run is authorized for is that of the bytes it loads.
+struct Loading {
+    path: PathBuf,
+    run_id: String,
+    /// The digest of the bytes read and the world they declare ([`crate::component::world_of`]), sent before the
+    /// compile begins; nothing is sent if the file cannot be read.
+    read: std::sync::mpsc::Receiver<(String, Option<World>)>,
+    thread: Option<std::thread::JoinHandle<Result<Program, RunError>>>,
+}
+
+impl Loading {
+    /// Begins loading `path` on `engine`, in a `load` span of run `run_id` under `parent`.
+    fn start(
+        engine: Arc<HostEngine>,
+        path: PathBuf,
+        run_id: &str,
+        parent: &tracing::Span,
+    ) -> Result<Loading, RunError> {
+        let span = load_span(parent, run_id, &path.display().to_string());
+        let (send, read) = std::sync::mpsc::sync_channel(1);
+        let file = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("toka-load".into())
+            .spawn(move || {
+                let loaded = span.in_scope(|| {
+                    let bytes = crate::component::read(&file)?;
+                    let digest = crate::component::digest(&bytes);
+                    // Whoever waits for the digest may have gone (a refused token); the load goes on, and is joined.
+                    let _ = send.send((digest.clone(), crate::component::world_of(&bytes)));
+                    let loaded = crate::component::load_digested(&engine, &file, bytes, digest)?;
+                    record_load(&span, &loaded);
+                    Program::prepare(loaded, crate::run::agent_name(&file))
+                });
+                loaded
+            })
+            .map_err(|e| RunError::host(format!("cannot start a thread to load {}: {e}", path.display())))?;
+        Ok(Loading { path, run_id: run_id.to_string(), read, thread: Some(thread) })
+    }
+
+    /// The digest of the bytes read and the world they declare; or why the file could not be read.
+    fn read(&mut self) -> Result<(String, Option<World>), RunError> {
+        match self.read.recv() {
+            Ok(read) => Ok(read),
+            Err(_) => Err(self.join().err().unwrap_or_else(|| RunError::host("the component's load ended unread"))),
+        }
+    }
+
+    /// The loaded program, or why it could not be loaded.
+    fn finish(mut self) -> Result<Program, RunError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Program, RunError> {
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => Err(RunError::host("the component's load was already taken")),
+        }
+    }
+}
+
+/// The `load` span of run `run_id`, of `component` as the run names it.
+fn load_span(parent: &tracing::Span, run_id: &str, component: &str) -> tracing::Span {
+    tracing::info_span!(parent: parent, "load", run_id = %run_id, %component,
+        cache_hit = tracing::field::Empty, compile_ms = tracing::field::Empty)
+}
+
+/// Whether `loaded` came from the compile cache, and how long its compile (or cache load) took.
+fn record_load(span: &tracing::Span, loaded: &crate::component::Loaded) {
+    span.record("cache_hit", loaded.cache_hit);
+    span.record("compile_ms", loaded.compile_time.as_secs_f64() * 1000.0);
+}
+
 impl std::fmt::Debug for Ready {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ready")
@@ -129,6 +209,8 @@ pub struct Host {
     engine: Arc<HostEngine>,
     tools: Arc<ToolHost>,
     llm: Arc<crate::llm::Gateway>,
+    /// The component [`Host::open_loading`] began loading, until a run takes it over.
+    preloaded: Mutex<Option<Loading>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -142,9 +224,16 @@ impl Host {
     /// writer, signing checkpoints with the home's active root key (once it has one), and starts an engine on its
     /// compile cache.
     pub fn open(home: Home, options: HostOptions) -> Result<Host, RunError> {
+        Host::open_loading(home, options, None)
+    }
+
+    /// [`Host::open`], also reading and loading the component file of `preload` from the moment the engine is up
+    /// (while the database may still be opening), for [`Host::prepare_started`] of that run to take over: a
+    /// process that makes one run (`toka-host run`) starts its longest step before the guest sooner.
+    pub fn open_loading(home: Home, options: HostOptions, preload: Option<Preload<'_>>) -> Result<Host, RunError> {
         home.ensure_dir().map_err(|e| RunError::host(e.to_string()))?;
         // The database's open (two fdatasyncs, its header's recovery flag) and the engine's start overlap.
-        let (log, engine) = std::thread::scope(|scope| {
+        let (log, engine, loading) = std::thread::scope(|scope| {
             let opening = scope.spawn(|| {
                 let db = tracing::info_span!("open_db")
                     .in_scope(|| home.open_db())
@@ -155,10 +244,20 @@ impl Host {
                     .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))
             });
             let engine = Host::start_engine(&home, &options);
+            // Its span is a root, as the run's other spans are in a process of one run. Without a thread to load
+            // on, the run loads later, as any other.
+            let loading = match (&engine, preload) {
+                (Ok(engine), Some(Preload { path, run_id })) => {
+                    Loading::start(engine.clone(), path.to_path_buf(), run_id, &tracing::Span::none()).ok()
+                }
+                _ => None,
+            };
             let log = opening.join().unwrap_or_else(|_| Err(RunError::host("opening the event log panicked")));
-            (log, engine)
+            (log, engine, loading)
         });
-        Host::with_parts(home, options, log?, engine?)
+        let host = Host::with_parts(home, options, log?, engine?)?;
+        *host.preloaded.lock().unwrap_or_else(|p| p.into_inner()) = loading;
+        Ok(host)
     }
 
     /// Opens `home` with `log` as its event log (a cluster node's: its operations go through the cluster and are
@@ -192,7 +291,7 @@ impl Host {
             .map(Arc::new)
             .map_err(|e| RunError::host(format!("model gateway: {e}")))?;
         let protected = Protected::of(&home);
-        Ok(Host { home, protected, log, engine, tools, llm })
+        Ok(Host { home, protected, log, engine, tools, llm, preloaded: Mutex::new(None) })
     }
 
     pub fn home(&self) -> &Home {
@@ -299,21 +398,6 @@ impl Host {
             _ => None,
         };
         let parent = tracing::Span::current();
-        type Load<'a> = Box<dyn FnOnce() -> Result<Arc<Program>, RunError> + Send + 'a>;
-        let load = |load: Load<'_>| {
-            let component = match &spec.source {
-                Source::Path(path) => path.display().to_string(),
-                Source::Bytes { name, .. } => format!("upload:{name}"),
-                Source::Plugin { identity, .. } => format!("plugin:{identity}"),
-            };
-            let span = tracing::info_span!(parent: &parent, "load", run_id = %run_id, %component,
-                cache_hit = tracing::field::Empty, compile_ms = tracing::field::Empty);
-            let _entered = span.enter();
-            let program = load()?;
-            span.record("cache_hit", program.loaded.cache_hit);
-            span.record("compile_ms", program.loaded.compile_time.as_secs_f64() * 1000.0);
-            Ok::<_, RunError>(program)
-        };
         let authorize = |name: &str, digest: String| {
             let _authorize =
                 tracing::info_span!(parent: &parent, "authorize", run_id = %run_id, agent = %name).entered();
@@ -323,40 +407,45 @@ impl Host {
         let mut early_start: Option<(Started, World, Invocation)> = None;
         let (program, authorized) = match &spec.source {
             Source::Path(path) if runner.loaded(path).is_none() => {
-                let bytes = crate::component::read(path)?;
-                let digest = crate::component::digest(&bytes);
-                let world = if early { crate::component::world_of(&bytes) } else { None };
-                std::thread::scope(|scope| {
-                    let read = digest.clone();
-                    let loading = scope.spawn(|| load(Box::new(move || runner.load_read(path, bytes, read))));
-                    let agent = crate::run::agent_name(path);
-                    let authorized = authorize(&agent, digest.clone());
-                    if let (Ok(granted), Some(world)) = (&authorized, world)
-                        && let Ok(invoked) = invocation(world, spec, &mut input)
-                    {
-                        let of = crate::run::StartOf {
-                            run_id: &run_id,
-                            agent: &agent,
-                            component: path,
-                            sha256: &digest,
-                            world,
-                            grants: granted,
-                            limits: &limits,
-                            invocation: &invoked,
-                        };
-                        early_start = runner.start_early(&of).map(|started| (started, world, invoked));
-                    }
-                    let program = loading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    (program, authorized)
-                })
+                let mut loading = match self.take_preload(runner, path, &run_id) {
+                    Some(loading) => loading,
+                    None => Loading::start(runner.engine().clone(), path.clone(), &run_id, &parent)?,
+                };
+                let (digest, world) = loading.read()?;
+                let agent = crate::run::agent_name(path);
+                let authorized = authorize(&agent, digest.clone());
+                if early
+                    && let (Ok(granted), Some(world)) = (&authorized, world)
+                    && let Ok(invoked) = invocation(world, spec, &mut input)
+                {
+                    let of = crate::run::StartOf {
+                        run_id: &run_id,
+                        agent: &agent,
+                        component: path,
+                        sha256: &digest,
+                        world,
+                        grants: granted,
+                        limits: &limits,
+                        invocation: &invoked,
+                    };
+                    early_start = runner.start_early(&of).map(|started| (started, world, invoked));
+                }
+                (loading.finish().map(|program| runner.keep(path.clone(), program)), authorized)
             }
             source => {
-                let program = load(Box::new(|| match source {
+                let component = match source {
+                    Source::Path(path) => path.display().to_string(),
+                    Source::Bytes { name, .. } => format!("upload:{name}"),
+                    Source::Plugin { identity, .. } => format!("plugin:{identity}"),
+                };
+                let span = load_span(&parent, &run_id, &component);
+                let program = span.in_scope(|| match source {
                     Source::Path(path) => runner.load(path),
                     Source::Bytes { name, bytes } | Source::Plugin { name, bytes, .. } => {
                         runner.load_bytes(name, bytes)
                     }
-                }))?;
+                })?;
+                record_load(&span, &program.loaded);
                 let authorized = authorize(program.name(), program.loaded.sha256.clone());
                 (Ok(program), authorized)
             }
@@ -378,6 +467,15 @@ impl Host {
         let mut authorized = authorized?;
         authorized.plugin = plugin;
         Ok(Ready { run_id, program, invocation, grants: authorized, limits, started })
+    }
+
+    /// The load [`Host::open_loading`] began, if it is of `path` for run `run_id`, on `runner`'s engine.
+    fn take_preload(&self, runner: &Runner, path: &std::path::Path, run_id: &str) -> Option<Loading> {
+        let mut preloaded = self.preloaded.lock().unwrap_or_else(|p| p.into_inner());
+        let ours = preloaded
+            .as_ref()
+            .is_some_and(|l| l.path == path && l.run_id == run_id && Arc::ptr_eq(&self.engine, runner.engine()));
+        if ours { preloaded.take() } else { None }
     }
 
     /// The grants on the host, then the token for all a run of agent `name`, the component of `digest`, asks for.

@@ -5,7 +5,7 @@ use crate::grants::{self, NetGrant};
 use crate::home::Home;
 use crate::report::RunReport;
 use crate::run::{Limits, MAX_INPUT};
-use crate::runtime::{Host, HostOptions, LimitRequest, Ready, Refused, RunSpec, Source};
+use crate::runtime::{Host, HostOptions, LimitRequest, Preload, Ready, Refused, RunSpec, Source};
 use crate::sandbox::OutputMode;
 use crate::units::{parse_duration, parse_fuel, parse_size};
 use clap::Args;
@@ -196,8 +196,14 @@ impl RunCommand {
             progress: Some(crate::progress::Delayed::console()),
             record_prompts: self.record_prompts,
         };
-        let host =
-            tracing::info_span!("open", home = %home.dir.display()).in_scope(|| Host::open(home.clone(), options))?;
+        // The component file starts loading as soon as the engine is up, for the run of this id.
+        let run_id = crate::run::fresh_run_id();
+        let preload = match &source {
+            Source::Path(path) => Some(Preload { path, run_id: &run_id }),
+            _ => None,
+        };
+        let host = tracing::info_span!("open", home = %home.dir.display())
+            .in_scope(|| Host::open_loading(home.clone(), options, preload))?;
         // This process ends with the run: every event it records is durable once acknowledged, so redb's clean
         // close (four fdatasyncs) is skipped and the next open loads the allocator state the last commit recorded.
         host.db().keep_open_until_exit();
@@ -207,7 +213,11 @@ impl RunCommand {
         let runner = host.runner();
         // The token is read once: `--token -` reads stdin, which cannot be read twice. The run's start is recorded
         // while its component loads.
-        let prepared = self.spec(source).map_err(Refused::from).and_then(|spec| host.prepare_started(&runner, &spec));
+        let prepared = self
+            .spec(source)
+            .map(|spec| RunSpec { run_id: Some(run_id), ..spec })
+            .map_err(Refused::from)
+            .and_then(|spec| host.prepare_started(&runner, &spec));
         let Ready { run_id, program, invocation, grants: authorized, limits, started } = match prepared {
             Ok(p) => p,
             Err(Refused { error, started }) => {
