@@ -83,6 +83,27 @@ pub fn digest(bytes: &[u8]) -> String {
 /// Classifies, compiles and links `bytes` (read from, or known as, `path`: a file or an upload's name), whose
 /// [`digest`] is `sha256`.
 pub fn load_digested(host: &HostEngine, path: &Path, bytes: Vec<u8>, sha256: String) -> Result<Loaded, RunError> {
+    load_vouched(host, path, bytes, sha256, || vouch_cache(host))
+}
+
+/// Removes from the compile cache every artifact the host cannot vouch for ([`crate::cache_auth`]); a load must
+/// not read the cache before this has passed.
+pub fn vouch_cache(host: &HostEngine) -> Result<(), RunError> {
+    match &host.cache_auth {
+        Some(auth) => auth.before_load().map(drop).map_err(|e| RunError::host(e.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// [`load_digested`], where `vouched` is [`vouch_cache`] or waits for it to have passed on another thread; it is
+/// called once, before the cache may be read.
+pub fn load_vouched(
+    host: &HostEngine,
+    path: &Path,
+    bytes: Vec<u8>,
+    sha256: String,
+    vouched: impl FnOnce() -> Result<(), RunError>,
+) -> Result<Loaded, RunError> {
     let shown = path.display().to_string();
     if bytes.len() as u64 > MAX_WASM_SIZE {
         return Err(RunError::InvalidWasm {
@@ -106,10 +127,8 @@ pub fn load_digested(host: &HostEngine, path: &Path, bytes: Vec<u8>, sha256: Str
     let started = Instant::now();
     // A first compile of a large component takes seconds: said once it lasts (a cached load never is).
     let task = host.progress.begin(format!("compiling {shown} ({})", crate::progress::size(bytes.len() as u64)));
-    if let Some(auth) = &host.cache_auth {
-        // Whatever the cache holds that the host cannot vouch for is removed before wasmtime may load it.
-        auth.before_load().map_err(|e| RunError::host(e.to_string()))?;
-    }
+    // Whatever the cache holds that the host cannot vouch for is removed before wasmtime may load it.
+    vouched()?;
     let invalid = |e: wasmtime::Error| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) };
     // A WASI 0.3 program (a command, an agent whose `run` is async, a tool whose `invoke` is) is compiled, linked and run on the engine with
     // the component model's async ABI; anything else on the main engine, which refuses async features when it

@@ -95,11 +95,27 @@ struct Shared {
     total: AtomicU64,
     /// The terminal's bar while it is shown.
     bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+    speech: std::sync::Mutex<Speech>,
+}
+
+/// Where the speaking thread is: a task that ends before it speaks does not wait for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speech {
+    /// Silent, until the delay has passed.
+    Waiting,
+    /// Showing the work: its last line must come before whatever the caller prints next.
+    Speaking,
+    /// The work ended unshown: the thread leaves without a word.
+    Over,
 }
 
 impl Shared {
     fn bar(&self) -> std::sync::MutexGuard<'_, Option<indicatif::ProgressBar>> {
         self.bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn speech(&self) -> std::sync::MutexGuard<'_, Speech> {
+        self.speech.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -111,8 +127,12 @@ struct DelayedTask {
 
 impl Progress for Delayed {
     fn begin(&self, what: String) -> Box<dyn Task> {
-        let shared =
-            Arc::new(Shared { done: AtomicU64::new(0), total: AtomicU64::new(0), bar: std::sync::Mutex::new(None) });
+        let shared = Arc::new(Shared {
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            bar: std::sync::Mutex::new(None),
+            speech: std::sync::Mutex::new(Speech::Waiting),
+        });
         let (tell, listen) = mpsc::channel();
         let (style, delay, seen) = (self.style, self.delay, shared.clone());
         let speaker = std::thread::Builder::new()
@@ -138,11 +158,30 @@ impl Task for DelayedTask {
     }
 
     fn finish(mut self: Box<Self>, said: Option<String>) {
-        if let Some(tell) = self.tell.take() {
-            drop(tell.send(Message::Finish(said)));
+        self.end(Some(Message::Finish(said)));
+    }
+}
+
+impl DelayedTask {
+    /// Tells the speaker the work is over. If it has begun speaking, waits for its last line, so that it comes
+    /// before whatever the caller prints next; if not, it never will, and is left to leave on its own (a cached load
+    /// does not wait for a thread to wake up).
+    fn end(&mut self, message: Option<Message>) {
+        let speaking = {
+            let mut speech = self.shared.speech();
+            if *speech == Speech::Waiting {
+                *speech = Speech::Over;
+            }
+            *speech == Speech::Speaking
+        };
+        if let Some(tell) = self.tell.take()
+            && let Some(message) = message
+        {
+            drop(tell.send(message));
         }
-        // Waits for the last line, so it comes before whatever the caller prints next.
-        if let Some(speaker) = self.speaker.take() {
+        if let Some(speaker) = self.speaker.take()
+            && speaking
+        {
             drop(speaker.join());
         }
     }
@@ -150,10 +189,7 @@ impl Task for DelayedTask {
 
 impl Drop for DelayedTask {
     fn drop(&mut self) {
-        drop(self.tell.take());
-        if let Some(speaker) = self.speaker.take() {
-            drop(speaker.join());
-        }
+        self.end(None);
     }
 }
 
@@ -163,6 +199,13 @@ fn speak(style: Style, delay: Duration, what: &str, shared: &Shared, listen: &mp
     match listen.recv_timeout(delay) {
         Ok(Message::Finish(_)) | Err(RecvTimeoutError::Disconnected) => return,
         Err(RecvTimeoutError::Timeout) => {}
+    }
+    {
+        let mut speech = shared.speech();
+        if *speech == Speech::Over {
+            return;
+        }
+        *speech = Speech::Speaking;
     }
     let position = || {
         let total = shared.total.load(Ordering::Relaxed);

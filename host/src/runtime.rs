@@ -119,12 +119,15 @@ struct Loading {
 }
 
 impl Loading {
-    /// Begins loading `path` on `engine`, in a `load` span of run `run_id` under `parent`.
+    /// Begins loading `path` on `engine`, in a `load` span of run `run_id` under `parent`. With `vouched`, the
+    /// compile cache is checked elsewhere and its outcome sent there ([`crate::component::vouch_cache`]); else the
+    /// load checks it itself.
     fn start(
         engine: Arc<HostEngine>,
         path: PathBuf,
         run_id: &str,
         parent: &tracing::Span,
+        vouched: Option<std::sync::mpsc::Receiver<Result<(), RunError>>>,
     ) -> Result<Loading, RunError> {
         let span = load_span(parent, run_id, &path.display().to_string());
         let (send, read) = std::sync::mpsc::sync_channel(1);
@@ -132,16 +135,21 @@ impl Loading {
         let thread = std::thread::Builder::new()
             .name("toka-load".into())
             .spawn(move || {
-                let loaded = span.in_scope(|| {
+                span.in_scope(|| {
                     let bytes = crate::component::read(&file)?;
                     let digest = crate::component::digest(&bytes);
                     // Whoever waits for the digest may have gone (a refused token); the load goes on, and is joined.
                     let _ = send.send((digest.clone(), crate::component::world_of(&bytes)));
-                    let loaded = crate::component::load_digested(&engine, &file, bytes, digest)?;
+                    let vouched = || match vouched {
+                        Some(vouched) => {
+                            vouched.recv().unwrap_or_else(|_| Err(RunError::host("the compile cache was not checked")))
+                        }
+                        None => crate::component::vouch_cache(&engine),
+                    };
+                    let loaded = crate::component::load_vouched(&engine, &file, bytes, digest, vouched)?;
                     record_load(&span, &loaded);
                     Program::prepare(loaded, crate::run::agent_name(&file))
-                });
-                loaded
+                })
             })
             .map_err(|e| RunError::host(format!("cannot start a thread to load {}: {e}", path.display())))?;
         Ok(Loading { path, run_id: run_id.to_string(), read, thread: Some(thread) })
@@ -248,7 +256,21 @@ impl Host {
             // on, the run loads later, as any other.
             let loading = match (&engine, preload) {
                 (Ok(engine), Some(Preload { path, run_id })) => {
-                    Loading::start(engine.clone(), path.to_path_buf(), run_id, &tracing::Span::none()).ok()
+                    let (vouch, vouched) = std::sync::mpsc::sync_channel(1);
+                    let loading = Loading::start(
+                        engine.clone(),
+                        path.to_path_buf(),
+                        run_id,
+                        &tracing::Span::none(),
+                        Some(vouched),
+                    )
+                    .ok();
+                    // The compile cache is checked on this thread while the load's reads the file and the database
+                    // opens; the load reads the cache only once this has passed.
+                    if loading.is_some() {
+                        drop(vouch.send(crate::component::vouch_cache(engine)));
+                    }
+                    loading
                 }
                 _ => None,
             };
@@ -409,7 +431,7 @@ impl Host {
             Source::Path(path) if runner.loaded(path).is_none() => {
                 let mut loading = match self.take_preload(runner, path, &run_id) {
                     Some(loading) => loading,
-                    None => Loading::start(runner.engine().clone(), path.clone(), &run_id, &parent)?,
+                    None => Loading::start(runner.engine().clone(), path.clone(), &run_id, &parent, None)?,
                 };
                 let (digest, world) = loading.read()?;
                 let agent = crate::run::agent_name(path);

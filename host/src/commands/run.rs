@@ -303,6 +303,8 @@ impl RunCommand {
         // its report was made, and the database is not closed anyway (above), so nothing is lost.
         if self.single() {
             std::mem::forget(host);
+            // Nor is its component's code unmapped.
+            std::mem::forget(runner);
         }
         Ok(report)
     }
