@@ -240,43 +240,36 @@ impl Host {
     /// process that makes one run (`toka-host run`) starts its longest step before the guest sooner.
     pub fn open_loading(home: Home, options: HostOptions, preload: Option<Preload<'_>>) -> Result<Host, RunError> {
         home.ensure_dir().map_err(|e| RunError::host(e.to_string()))?;
-        // The database's open (two fdatasyncs, its header's recovery flag) and the engine's start overlap.
-        let (log, engine, loading) = std::thread::scope(|scope| {
-            let opening = scope.spawn(|| {
+        // The database's open (two fdatasyncs, its header's recovery flag), on the log writer's thread, and the
+        // engine's start overlap.
+        let opening = {
+            let home = home.clone();
+            EventLog::begin_open(GroupCommit::default(), move || {
                 let db = tracing::info_span!("open_db")
                     .in_scope(|| home.open_db())
-                    .map_err(|e| RunError::host(format!("event log: {e}")))?;
-                let signer = crate::events::Signer::for_home(&home);
-                EventLog::open(db, GroupCommit::default(), Some(signer))
-                    .map(Arc::new)
-                    .map_err(|e| RunError::host(format!("cannot start the event log writer: {e}")))
-            });
-            let engine = Host::start_engine(&home, &options);
-            // Its span is a root, as the run's other spans are in a process of one run. Without a thread to load
-            // on, the run loads later, as any other.
-            let loading = match (&engine, preload) {
-                (Ok(engine), Some(Preload { path, run_id })) => {
-                    let (vouch, vouched) = std::sync::mpsc::sync_channel(1);
-                    let loading = Loading::start(
-                        engine.clone(),
-                        path.to_path_buf(),
-                        run_id,
-                        &tracing::Span::none(),
-                        Some(vouched),
-                    )
-                    .ok();
-                    // The compile cache is checked on this thread while the load's reads the file and the database
-                    // opens; the load reads the cache only once this has passed.
-                    if loading.is_some() {
-                        drop(vouch.send(crate::component::vouch_cache(engine)));
-                    }
-                    loading
+                    .map_err(|e| format!("event log: {e}"))?;
+                Ok((db, Some(crate::events::Signer::for_home(&home))))
+            })
+        };
+        let engine = Host::start_engine(&home, &options);
+        // Its span is a root, as the run's other spans are in a process of one run. Without a thread to load on,
+        // the run loads later, as any other.
+        let loading = match (&engine, preload) {
+            (Ok(engine), Some(Preload { path, run_id })) => {
+                let (vouch, vouched) = std::sync::mpsc::sync_channel(1);
+                let loading =
+                    Loading::start(engine.clone(), path.to_path_buf(), run_id, &tracing::Span::none(), Some(vouched))
+                        .ok();
+                // The compile cache is checked on this thread while the load's reads the file and the database
+                // opens; the load reads the cache only once this has passed.
+                if loading.is_some() {
+                    drop(vouch.send(crate::component::vouch_cache(engine)));
                 }
-                _ => None,
-            };
-            let log = opening.join().unwrap_or_else(|_| Err(RunError::host("opening the event log panicked")));
-            (log, engine, loading)
-        });
+                loading
+            }
+            _ => None,
+        };
+        let log = opening.finish().map(Arc::new).map_err(RunError::host);
         let host = Host::with_parts(home, options, log?, engine?)?;
         *host.preloaded.lock().unwrap_or_else(|p| p.into_inner()) = loading;
         Ok(host)

@@ -226,6 +226,33 @@ pub struct EventLog {
     replicator: Option<std::sync::Arc<dyn Replicate>>,
 }
 
+/// An event log whose writer is opening its database ([`EventLog::begin_open`]).
+pub struct Opening {
+    queue: mpsc::Sender<Request>,
+    on_open: mpsc::Receiver<Result<Db, String>>,
+    writer: Result<JoinHandle<()>, String>,
+    stats: std::sync::Arc<LogStats>,
+}
+
+impl Opening {
+    /// The log, once its database is open; or why it could not be opened.
+    pub fn finish(self) -> Result<EventLog, String> {
+        let Opening { queue, on_open, writer, stats } = self;
+        let writer = writer?;
+        match on_open.recv() {
+            Ok(Ok(db)) => Ok(EventLog { queue: Some(queue), writer: Some(writer), db, stats, replicator: None }),
+            Ok(Err(e)) => {
+                drop(writer.join());
+                Err(e)
+            }
+            Err(_) => {
+                drop(writer.join());
+                Err("opening the event log panicked".into())
+            }
+        }
+    }
+}
+
 /// A replicated operation log (the cluster): takes an operation, makes it durable on a quorum, applies it on every
 /// node with [`apply_replicated`], and answers with what it did on the node that proposed it. Defined here, and
 /// implemented by the layer above, so that the record layer never imports the cluster.
@@ -251,15 +278,29 @@ impl EventLog {
     /// checkpoint; without one (tests, benches), none is written, and `events verify` reports whatever this log
     /// appends after an existing checkpoint as an unsigned tail.
     pub fn open(db: Db, policy: GroupCommit, signer: Option<Signer>) -> std::io::Result<Self> {
+        EventLog::begin_open(policy, move || Ok((db, signer))).finish().map_err(std::io::Error::other)
+    }
+
+    /// [`EventLog::open`] of the database `open` returns, opened on the writer's own thread while the caller goes on
+    /// ([`Opening::finish`] waits for it): a process that starts by opening its home starts one thread for its log,
+    /// not one to open the database and another to write to it. `open` also says with which [`Signer`].
+    pub fn begin_open(
+        policy: GroupCommit,
+        open: impl FnOnce() -> Result<(Db, Option<Signer>), String> + Send + 'static,
+    ) -> Opening {
         let (queue, inbox) = mpsc::channel::<Request>();
-        let writer_db = db.clone();
+        let (opened, on_open) = mpsc::sync_channel(1);
         let max_batch = policy.max_batch.max(1);
         let stats = std::sync::Arc::new(LogStats::default());
         let writer_stats = stats.clone();
-        let writer = std::thread::Builder::new()
-            .name("toka-events".into())
-            .spawn(move || write_loop(&writer_db, &inbox, max_batch, signer, &writer_stats))?;
-        Ok(EventLog { queue: Some(queue), writer: Some(writer), db, stats, replicator: None })
+        let writer = std::thread::Builder::new().name("toka-events".into()).spawn(move || match open() {
+            Ok((db, signer)) => {
+                drop(opened.send(Ok(db.clone())));
+                write_loop(&db, &inbox, max_batch, signer, &writer_stats);
+            }
+            Err(e) => drop(opened.send(Err(e))),
+        });
+        Opening { queue, on_open, writer: writer.map_err(|e| format!("cannot start the event log writer: {e}")), stats }
     }
 
     /// A submitter that writes nothing itself: every operation goes to `replicator`, which applies it to `db` (on
