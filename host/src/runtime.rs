@@ -112,10 +112,17 @@ pub struct Preload<'a> {
 struct Loading {
     path: PathBuf,
     run_id: String,
-    /// The digest of the bytes read and the world they declare ([`crate::component::world_of`]), sent before the
-    /// compile begins; nothing is sent if the file cannot be read.
-    read: std::sync::mpsc::Receiver<(String, Option<World>)>,
-    thread: Option<std::thread::JoinHandle<Result<Program, RunError>>>,
+    /// What the load thread says, in order: the digest of the bytes read and the world they declare
+    /// ([`crate::component::world_of`], before the compile; not if the file cannot be read), then the outcome.
+    /// The outcome is sent rather than returned, so that it is taken while the thread is still taking itself down.
+    said: std::sync::mpsc::Receiver<Said>,
+    /// Joined only if the thread ends without saying its outcome (a panic, which is then resumed here).
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+enum Said {
+    Read(String, Option<World>),
+    Loaded(Result<Program, RunError>),
 }
 
 impl Loading {
@@ -130,16 +137,16 @@ impl Loading {
         vouched: Option<std::sync::mpsc::Receiver<Result<(), RunError>>>,
     ) -> Result<Loading, RunError> {
         let span = load_span(parent, run_id, &path.display().to_string());
-        let (send, read) = std::sync::mpsc::sync_channel(1);
+        // Room for both messages: the thread never waits for its reader (who may have gone, a refused token).
+        let (say, said) = std::sync::mpsc::sync_channel(2);
         let file = path.clone();
         let thread = std::thread::Builder::new()
             .name("toka-load".into())
             .spawn(move || {
-                span.in_scope(|| {
+                let loaded = span.in_scope(|| {
                     let bytes = crate::component::read(&file)?;
                     let digest = crate::component::digest(&bytes);
-                    // Whoever waits for the digest may have gone (a refused token); the load goes on, and is joined.
-                    let _ = send.send((digest.clone(), crate::component::world_of(&bytes)));
+                    drop(say.send(Said::Read(digest.clone(), crate::component::world_of(&bytes))));
                     let vouched = || match vouched {
                         Some(vouched) => {
                             vouched.recv().unwrap_or_else(|_| Err(RunError::host("the compile cache was not checked")))
@@ -149,29 +156,37 @@ impl Loading {
                     let loaded = crate::component::load_vouched(&engine, &file, bytes, digest, vouched)?;
                     record_load(&span, &loaded);
                     Program::prepare(loaded, crate::run::agent_name(&file))
-                })
+                });
+                drop(say.send(Said::Loaded(loaded)));
             })
             .map_err(|e| RunError::host(format!("cannot start a thread to load {}: {e}", path.display())))?;
-        Ok(Loading { path, run_id: run_id.to_string(), read, thread: Some(thread) })
+        Ok(Loading { path, run_id: run_id.to_string(), said, thread: Some(thread) })
     }
 
     /// The digest of the bytes read and the world they declare; or why the file could not be read.
     fn read(&mut self) -> Result<(String, Option<World>), RunError> {
-        match self.read.recv() {
-            Ok(read) => Ok(read),
-            Err(_) => Err(self.join().err().unwrap_or_else(|| RunError::host("the component's load ended unread"))),
+        match self.next() {
+            Said::Read(digest, world) => Ok((digest, world)),
+            Said::Loaded(Err(e)) => Err(e),
+            Said::Loaded(Ok(_)) => Err(RunError::host("the component's load ended unread")),
         }
     }
 
     /// The loaded program, or why it could not be loaded.
     fn finish(mut self) -> Result<Program, RunError> {
-        self.join()
+        match self.next() {
+            Said::Loaded(loaded) => loaded,
+            Said::Read(..) => Err(RunError::host("the component's load said it had read twice")),
+        }
     }
 
-    fn join(&mut self) -> Result<Program, RunError> {
-        match self.thread.take() {
-            Some(thread) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            None => Err(RunError::host("the component's load was already taken")),
+    fn next(&mut self) -> Said {
+        match self.said.recv() {
+            Ok(said) => said,
+            Err(_) => match self.thread.take().map(std::thread::JoinHandle::join) {
+                Some(Err(panic)) => std::panic::resume_unwind(panic),
+                _ => Said::Loaded(Err(RunError::host("the component's load ended without a word"))),
+            },
         }
     }
 }

@@ -211,6 +211,11 @@ impl RunCommand {
             crate::filecache::watch::WATCHER.disable();
         }
         let runner = host.runner();
+        let output = OutputMode { echo: !self.json, capture: self.json };
+        if output.echo {
+            // Started while the component loads, not at the guest's first write.
+            crate::sandbox::output::start_echo(crate::sandbox::output::Echo::Stdout);
+        }
         // The token is read once: `--token -` reads stdin, which cannot be read twice. The run's start is recorded
         // while its component loads.
         let prepared = self
@@ -229,7 +234,6 @@ impl RunCommand {
                 return Err(error);
             }
         };
-        let output = OutputMode { echo: !self.json, capture: self.json };
 
         // The process's memory is reported for repeated runs only (reading it costs a pass over /proc).
         let many = !self.single();

@@ -80,6 +80,12 @@ fn echo_queue(which: Echo) -> Option<&'static std::sync::mpsc::SyncSender<Chunk>
     }
 }
 
+/// Starts the writer thread of the host stream `which` now, for a caller that knows it will echo to it and has a
+/// moment to spare (a run waiting for its component to load), rather than at the guest's first write.
+pub fn start_echo(which: Echo) {
+    echo_queue(which);
+}
+
 /// Queues `bytes` for the host stream `which`, waiting for room until `deadline`. False if it could not.
 pub fn echo(which: Echo, bytes: &[u8], deadline: std::time::Instant) -> bool {
     let Some(queue) = echo_queue(which) else { return true };
