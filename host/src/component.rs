@@ -160,7 +160,10 @@ pub fn load_vouched(
     let (world, compiled) = match compiled {
         CompiledCode::Component(component) => {
             let world = classify(&component).map_err(|reason| RunError::WrongWorld { path: shown.clone(), reason })?;
-            let linker = p3.map_or(&host.linker, |p3| &p3.linker);
+            let linker = match p3 {
+                Some(p3) => &p3.linker,
+                None => host.linker().map_err(|e| RunError::host(format!("cannot link components: {e:#}")))?,
+            };
             let pre = linker.instantiate_pre(&component).map_err(wrong)?;
             (world, Compiled::Component { pre })
         }

@@ -67,7 +67,8 @@ impl std::error::Error for InvalidExitStatus {}
 /// An engine with its linker. Dropping it stops the epoch ticker.
 pub struct HostEngine {
     pub engine: Engine,
-    pub linker: Linker<SandboxState>,
+    /// The component linker, once built (see [`HostEngine::linker`]).
+    linker: std::sync::OnceLock<Linker<SandboxState>>,
     /// The linker of preview 1 core modules, once one was loaded (see [`HostEngine::module_linker`]).
     module_linker: std::sync::OnceLock<wasmtime::Linker<SandboxState>>,
     /// Whether stores of this engine meter fuel.
@@ -153,16 +154,11 @@ impl HostEngine {
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&config)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        // Name lookups answer granted names only (replaces wasmtime-wasi's resolver; see `sandbox::net`).
-        crate::sandbox::net::add_to_linker(&mut linker)?;
-        add_toka_to_linker(&mut linker, options.fuel)?;
         start_epoch_ticker(&engine)?;
         let progress = std::sync::Arc::new(crate::progress::Silent);
         Ok(HostEngine {
             engine,
-            linker,
+            linker: std::sync::OnceLock::new(),
             module_linker: std::sync::OnceLock::new(),
             fuel: options.fuel,
             cache_dir,
@@ -171,6 +167,22 @@ impl HostEngine {
             progress,
             p3: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The component linker: WASI 0.2, name lookups that answer granted names only, and the toka interfaces. Built on
+    /// first use, so that a process can start loading a component before it is built (`toka-host run` builds it on
+    /// its main thread while the component loads; the load needs it only at the end).
+    pub fn linker(&self) -> anyhow::Result<&Linker<SandboxState>> {
+        if let Some(linker) = self.linker.get() {
+            return Ok(linker);
+        }
+        let mut linker = Linker::new(&self.engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // Name lookups answer granted names only (replaces wasmtime-wasi's resolver; see `sandbox::net`).
+        crate::sandbox::net::add_to_linker(&mut linker)?;
+        add_toka_to_linker(&mut linker, self.fuel)?;
+        // Two threads racing here build two linkers; one is kept.
+        Ok(self.linker.get_or_init(|| linker))
     }
 
     /// The linker of preview 1 core modules: `wasi_snapshot_preview1` only, on the same store state as components.

@@ -279,6 +279,9 @@ impl Host {
                 // opens; the load reads the cache only once this has passed.
                 if loading.is_some() {
                     drop(vouch.send(crate::component::vouch_cache(engine)));
+                    // And the linker, which the load needs only once its code is in memory. An error here is the
+                    // load's to report (it builds the linker itself then).
+                    drop(engine.linker());
                 }
                 loading
             }
