@@ -130,9 +130,9 @@ pub fn load_vouched(
     // Whatever the cache holds that the host cannot vouch for is removed before wasmtime may load it.
     vouched()?;
     let invalid = |e: wasmtime::Error| RunError::InvalidWasm { path: shown.clone(), reason: root_cause(&e) };
-    // A WASI 0.3 program (a command, an agent whose `run` is async, a tool whose `invoke` is) is compiled, linked and run on the engine with
-    // the component model's async ABI; anything else on the main engine, which refuses async features when it
-    // validates.
+    // A WASI 0.3 program (a command, an agent whose `run` is async, a tool whose `invoke` is) is compiled, linked
+    // and run on the engine with the component model's async ABI; anything else on the main engine, which refuses
+    // async features when it validates.
     let p3 = if !core_module && needs_p3_engine(&bytes) {
         Some(host.p3().map_err(|e| RunError::host(format!("cannot start the WASI 0.3 engine: {e:#}")))?)
     } else {
