@@ -279,9 +279,6 @@ impl Host {
                 // opens; the load reads the cache only once this has passed.
                 if loading.is_some() {
                     drop(vouch.send(crate::component::vouch_cache(engine)));
-                    // And the linker, which the load needs only once its code is in memory. An error here is the
-                    // load's to report (it builds the linker itself then).
-                    drop(engine.linker());
                 }
                 loading
             }
@@ -463,6 +460,10 @@ impl Host {
                     };
                     early_start = runner.start_early(&of).map(|started| (started, world, invoked));
                 }
+                // The component linker, which the load needs only once its code is in memory: built here while the
+                // start commits and the code loads, after the token check, so that the start is submitted first.
+                // An error here is the load's to report (it builds the linker itself then).
+                drop(runner.engine().linker());
                 (loading.finish().map(|program| runner.keep(path.clone(), program)), authorized)
             }
             source => {

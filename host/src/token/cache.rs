@@ -89,6 +89,20 @@ impl Verified {
         let id = unverified.root_key_id().ok_or_else(|| TokenError::Malformed("token names no root key id".into()))?;
         let public = keys.verifying(id, ms(now))?;
         let token = Biscuit::from_base64(text.trim(), public).map_err(|e| TokenError::Signature(e.to_string()))?;
+        Verified::read(token, id, public)
+    }
+
+    /// A token this process has just minted ([`crate::token::mint`]) with one of `keys`, read without the round trip
+    /// through its base64 form: its signatures are the ones this process made, so checking them again would only
+    /// re-derive what is in memory. The root key it names must still verify at `now`, as for any token.
+    pub fn minted(keys: &KeyStore, token: Biscuit, now: SystemTime) -> Result<Verified, TokenError> {
+        let id = token.root_key_id().ok_or_else(|| TokenError::Malformed("token names no root key id".into()))?;
+        let public = keys.verifying(id, ms(now))?;
+        Verified::read(token, id, public)
+    }
+
+    /// Reads what `token`, verified against the root key `id` (`public`), states.
+    fn read(token: Biscuit, id: u32, public: biscuit_auth::PublicKey) -> Result<Verified, TokenError> {
         let invalid = |e: biscuit_auth::error::Token| TokenError::Invalid(e.to_string());
         let mut authorizer = AuthorizerBuilder::new().set_limits(AUTHORIZER_LIMITS).build(&token).map_err(invalid)?;
 
@@ -293,7 +307,7 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::{MintRequest, mint};
+    use crate::token::{Grant, MintRequest, TokenLimits, mint};
 
     fn token(keys: &KeyStore, agent: &str) -> String {
         let request =
@@ -321,6 +335,63 @@ mod tests {
             &cache.verify(&keys, &texts[2], now).unwrap(),
             &cache.verify(&keys, &texts[2], now).unwrap()
         ));
+    }
+
+    /// A token read as minted, in memory, states exactly what its base64 form states once verified, and its root key
+    /// is checked as any token's: once the key is retired, the same read refuses it.
+    #[test]
+    fn a_minted_token_reads_as_its_verified_text_does() {
+        let mut keys = KeyStore::default();
+        keys.init(0).unwrap();
+        let now = SystemTime::now();
+        let g =
+            |kind: &str, value: &str, mode: &str| Grant { kind: kind.into(), value: value.into(), mode: mode.into() };
+        let request = MintRequest {
+            agent: "notes".into(),
+            grants: vec![g("dir", "/srv/data", "ro"), g("env", "HOME", "")],
+            limits: TokenLimits { fuel: 1_000, memory: 1 << 20, timeout_ms: 5_000 },
+            ttl: Some(std::time::Duration::from_secs(60)),
+            max_depth: Some(2),
+            windows: vec![crate::token::Window::parse("Mon-Fri 09:00-17:00 UTC").unwrap()],
+            rate: Some(crate::token::Rate { n: 5, period_ms: 60_000 }),
+            component: Some("ab".repeat(32)),
+            llm_tokens: Some(900),
+            ..MintRequest::default()
+        };
+        let minted = mint(&keys, &request, now).unwrap();
+        let (text, kept) = (minted.to_base64().unwrap(), minted.clone());
+        let (read, verified) =
+            (Verified::minted(&keys, minted, now).unwrap(), Verified::new(&keys, &text, now).unwrap());
+        let states = |v: &Verified| {
+            format!(
+                "{} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                v.root_key_id,
+                v.public_key,
+                v.revocation_ids,
+                v.agent,
+                v.grants,
+                v.limits,
+                v.max_depth,
+                v.windows,
+                v.rate,
+                v.pinned,
+                v.llm_tokens,
+                v.llm_budgets
+            )
+        };
+        assert_eq!(states(&read), states(&verified));
+        // What was minted is there (the comparison is not of two empty readings).
+        assert_eq!(read.agent.as_deref(), Some("notes"));
+        assert_eq!(read.grants.len(), 2);
+        assert_eq!(
+            (read.max_depth, read.llm_tokens, read.pinned.len(), read.windows.len()),
+            (Some(2), Some(900), 1, 1)
+        );
+        // The root key is checked: retired, it refuses the token read in memory too.
+        keys.rotate(ms(now), 60_000).unwrap();
+        keys.retire(1).unwrap();
+        let retired = Verified::minted(&keys, kept, now).err().map(|e| e.to_string());
+        assert_eq!(retired.as_deref(), Some("token is signed by root key 1, which is retired"));
     }
 
     /// A hit re-checks the root key: once key 1 is retired, its token is refused though it is in the cache.

@@ -585,8 +585,8 @@ pub fn authorize_caller(
         None => KeyStore::load_or_init(home, ms(now)).map(std::sync::Arc::new),
     }
     .map_err(|e| refused(&e))?;
-    let text = match token_text {
-        Some(t) => t.to_string(),
+    let verified = match token_text {
+        Some(text) => cache::global().verify(&keys, text, now).map_err(|e| refused(&e))?,
         None => {
             let mint_request = MintRequest {
                 agent: request.agent.clone(),
@@ -597,12 +597,14 @@ pub fn authorize_caller(
                 plugin: request.plugin.clone(),
                 ..MintRequest::default()
             };
+            // Minted here, for this run: read as it is in memory (see `Verified::minted`), not cached (no other run
+            // presents it).
             mint(&keys, &mint_request, now)
-                .and_then(|t| t.to_base64().map_err(|e| TokenError::Invalid(e.to_string())))
+                .and_then(|token| Verified::minted(&keys, token, now))
+                .map(std::sync::Arc::new)
                 .map_err(|e| refused(&e))?
         }
     };
-    let verified = cache::global().verify(&keys, &text, now).map_err(|e| refused(&e))?;
     if let Some(id) =
         revoked_among(db, &verified.revocation_ids).map_err(|e| RunError::host(format!("reading revocations: {e}")))?
     {
