@@ -72,7 +72,7 @@ impl Loaded {
 pub fn load(host: &HostEngine, path: &Path) -> Result<Loaded, RunError> {
     let bytes = read(path)?;
     let sha256 = digest(&bytes);
-    load_digested(host, path, bytes, sha256)
+    load_digested(host, path, &bytes, sha256)
 }
 
 /// The digest components are known by: sha256 of the bytes, hex.
@@ -82,7 +82,7 @@ pub fn digest(bytes: &[u8]) -> String {
 
 /// Classifies, compiles and links `bytes` (read from, or known as, `path`: a file or an upload's name), whose
 /// [`digest`] is `sha256`.
-pub fn load_digested(host: &HostEngine, path: &Path, bytes: Vec<u8>, sha256: String) -> Result<Loaded, RunError> {
+pub fn load_digested(host: &HostEngine, path: &Path, bytes: &[u8], sha256: String) -> Result<Loaded, RunError> {
     load_vouched(host, path, bytes, sha256, || vouch_cache(host))
 }
 
@@ -100,7 +100,7 @@ pub fn vouch_cache(host: &HostEngine) -> Result<(), RunError> {
 pub fn load_vouched(
     host: &HostEngine,
     path: &Path,
-    bytes: Vec<u8>,
+    bytes: &[u8],
     sha256: String,
     vouched: impl FnOnce() -> Result<(), RunError>,
 ) -> Result<Loaded, RunError> {
@@ -111,10 +111,10 @@ pub fn load_vouched(
             reason: format!("{} bytes, over the {MAX_WASM_SIZE} byte limit", bytes.len()),
         });
     }
-    let core_module = if Parser::is_component(&bytes) {
+    let core_module = if Parser::is_component(bytes) {
         false
-    } else if Parser::is_core_wasm(&bytes) {
-        crate::adapt::check_preview1_command(&shown, &bytes)?;
+    } else if Parser::is_core_wasm(bytes) {
+        crate::adapt::check_preview1_command(&shown, bytes)?;
         true
     } else {
         return Err(RunError::InvalidWasm {
@@ -133,16 +133,16 @@ pub fn load_vouched(
     // A WASI 0.3 program (a command, an agent whose `run` is async, a tool whose `invoke` is) is compiled, linked
     // and run on the engine with the component model's async ABI; anything else on the main engine, which refuses
     // async features when it validates.
-    let p3 = if !core_module && needs_p3_engine(&bytes) {
+    let p3 = if !core_module && needs_p3_engine(bytes) {
         Some(host.p3().map_err(|e| RunError::host(format!("cannot start the WASI 0.3 engine: {e:#}")))?)
     } else {
         None
     };
     let engine = p3.map_or(&host.engine, |p3| &p3.engine);
     let compiled = if core_module {
-        CompiledCode::Module(wasmtime::Module::new(engine, &bytes).map_err(invalid)?)
+        CompiledCode::Module(wasmtime::Module::new(engine, bytes).map_err(invalid)?)
     } else {
-        CompiledCode::Component(Component::new(engine, &bytes).map_err(invalid)?)
+        CompiledCode::Component(Component::new(engine, bytes).map_err(invalid)?)
     };
     let compile_time = started.elapsed();
     let cache_hit = host.cache_hits() > hits_before;
@@ -409,7 +409,7 @@ mod tests {
         // Positive control: the same command without the 0.3 import loads as a command.
         let load = |name: &str, bytes: Vec<u8>| {
             let sha256 = digest(&bytes);
-            load_digested(&host, Path::new(name), bytes, sha256)
+            load_digested(&host, Path::new(name), &bytes, sha256)
         };
         let loaded = load("plain.wasm", p2_command(false)).unwrap();
         assert_eq!(loaded.world, World::Command);
@@ -452,7 +452,7 @@ mod tests {
         assert_eq!(world_of(&p2_command(true)), None);
         // The load agrees wherever a world is read.
         for bytes in [agent, command] {
-            let loaded = load_digested(&host, Path::new("x.wasm"), bytes.clone(), digest(&bytes));
+            let loaded = load_digested(&host, Path::new("x.wasm"), &bytes, digest(&bytes));
             // The agent's `run` has no task parameter, so it is refused later (when prepared), not here.
             assert_eq!(loaded.map(|l| l.world).ok(), world_of(&bytes));
         }

@@ -318,7 +318,7 @@ impl Runner {
         if let Some(p) = self.loaded(&key) {
             return Ok(p);
         }
-        let loaded = component::load_digested(&self.host, Path::new(name), bytes.to_vec(), sha256)?;
+        let loaded = component::load_digested(&self.host, Path::new(name), bytes, sha256)?;
         self.prepare(key, loaded, name.to_string())
     }
 

@@ -108,20 +108,24 @@ pub struct Preload<'a> {
 }
 
 /// A component file being read and loaded on a thread of its own while the run is authorized and its start
-/// recorded. The file is read once: the digest the run is authorized for is that of the bytes it loads.
+/// recorded. The file is read once: the digest the run is authorized for is that of the bytes it loads. The load
+/// thread hands the bytes over as soon as they are read and goes on compiling them; the digest and the world they
+/// declare are worked out by the thread that authorizes the run ([`Loading::read`]), which sends the digest back for
+/// the loaded program to carry, so that hashing is not on the load's path.
 struct Loading {
     path: PathBuf,
     run_id: String,
-    /// What the load thread says, in order: the digest of the bytes read and the world they declare
-    /// ([`crate::component::world_of`], before the compile; not if the file cannot be read), then the outcome.
+    /// What the load thread says, in order: the bytes it read (not if the file cannot be read), then the outcome.
     /// The outcome is sent rather than returned, so that it is taken while the thread is still taking itself down.
     said: std::sync::mpsc::Receiver<Said>,
+    /// The digest of the bytes, for the loaded program ([`Loading::read`] sends it).
+    digest: Option<std::sync::mpsc::SyncSender<String>>,
     /// Joined only if the thread ends without saying its outcome (a panic, which is then resumed here).
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 enum Said {
-    Read(String, Option<World>),
+    Read(Arc<Vec<u8>>),
     Loaded(Result<Program, RunError>),
 }
 
@@ -139,34 +143,46 @@ impl Loading {
         let span = load_span(parent, run_id, &path.display().to_string());
         // Room for both messages: the thread never waits for its reader (who may have gone, a refused token).
         let (say, said) = std::sync::mpsc::sync_channel(2);
+        let (digest, digested) = std::sync::mpsc::sync_channel::<String>(1);
         let file = path.clone();
         let thread = std::thread::Builder::new()
             .name("toka-load".into())
             .spawn(move || {
                 let loaded = span.in_scope(|| {
-                    let bytes = crate::component::read(&file)?;
-                    let digest = crate::component::digest(&bytes);
-                    drop(say.send(Said::Read(digest.clone(), crate::component::world_of(&bytes))));
+                    let bytes = Arc::new(crate::component::read(&file)?);
+                    drop(say.send(Said::Read(bytes.clone())));
                     let vouched = || match vouched {
                         Some(vouched) => {
                             vouched.recv().unwrap_or_else(|_| Err(RunError::host("the compile cache was not checked")))
                         }
                         None => crate::component::vouch_cache(&engine),
                     };
-                    let loaded = crate::component::load_vouched(&engine, &file, bytes, digest, vouched)?;
+                    // The digest is known by the time the code is: it is filled in once both are.
+                    let mut loaded = crate::component::load_vouched(&engine, &file, &bytes, String::new(), vouched)?;
+                    drop(bytes);
+                    loaded.sha256 =
+                        digested.recv().map_err(|_| RunError::host("the component's digest was not worked out"))?;
                     record_load(&span, &loaded);
                     Program::prepare(loaded, crate::run::agent_name(&file))
                 });
                 drop(say.send(Said::Loaded(loaded)));
             })
             .map_err(|e| RunError::host(format!("cannot start a thread to load {}: {e}", path.display())))?;
-        Ok(Loading { path, run_id: run_id.to_string(), said, thread: Some(thread) })
+        Ok(Loading { path, run_id: run_id.to_string(), said, digest: Some(digest), thread: Some(thread) })
     }
 
-    /// The digest of the bytes read and the world they declare; or why the file could not be read.
+    /// The digest of the bytes read and the world they declare ([`crate::component::world_of`], before the compile);
+    /// or why the file could not be read. Called once, before [`Loading::finish`].
     fn read(&mut self) -> Result<(String, Option<World>), RunError> {
         match self.next() {
-            Said::Read(digest, world) => Ok((digest, world)),
+            Said::Read(bytes) => {
+                let digest = crate::component::digest(&bytes);
+                let world = crate::component::world_of(&bytes);
+                if let Some(to_load) = self.digest.take() {
+                    drop(to_load.send(digest.clone()));
+                }
+                Ok((digest, world))
+            }
             Said::Loaded(Err(e)) => Err(e),
             Said::Loaded(Ok(_)) => Err(RunError::host("the component's load ended unread")),
         }
