@@ -426,14 +426,13 @@ fn write_loop(
         drop(signer.ready());
     }
     // The sizes of the last few batches: once a batch is as large as the largest of them and nothing more is
-    // queued, it commits at once instead of waiting out a gap for a submitter that is probably not coming. It starts
-    // as if the last batch had been one: a process's first submission (a run's start, which its guest waits for)
-    // commits at once. Batches grow from what queues up during a commit, and the gathering follows them.
-    let mut recent = [0usize; 8];
-    recent[0] = 1;
+    // queued, it commits at once instead of waiting out a gap for a submitter that is probably not coming. They
+    // start as batches of one: a process's first submission (a run's start, which its guest waits for) commits at
+    // once. Batches grow from what queues up during a commit, and the gathering follows them.
+    let mut recent = [1usize; 8];
     let mut batches = 0usize;
     while let Ok(first) = inbox.recv() {
-        let target = recent.iter().copied().max().filter(|&m| m > 0).unwrap_or(usize::MAX);
+        let target = recent.iter().copied().max().unwrap_or(1);
         let deadline = std::time::Instant::now() + GATHER_MAX;
         // Gather: callers acknowledged by the previous batch resubmit within microseconds of each other, so wait
         // while they keep arriving (a gap of GATHER_GAP ends the wait, GATHER_MAX caps it). Each arrival is applied
