@@ -24,6 +24,10 @@ pub trait Progress: Send + Sync + std::fmt::Debug {
     /// Long work begins: `what` says what it is (`compiling x.wasm (17.9 MiB)`). Dropping the returned task without
     /// [`Task::finish`] ends it silently.
     fn begin(&self, what: String) -> Box<dyn Task>;
+
+    /// Gets ready to say long work, for a caller with time to spare before work begins on another thread (a
+    /// reporter that speaks from a thread starts it now, so that the work does not). Optional: `begin` does it too.
+    fn prepare(&self) {}
 }
 
 /// One piece of long work under way.
@@ -67,6 +71,10 @@ pub enum Style {
 }
 
 /// Says long work after [`DELAY`], in one [`Style`].
+///
+/// Work that ends within its delay costs no thread of its own: one process-wide thread ([`prepare`]) waits out
+/// every task's delay, and only work that outlasts it gets a thread to speak from. So a cached load does not start a
+/// thread and wake it again to end it.
 #[derive(Debug, Clone, Copy)]
 pub struct Delayed {
     pub style: Style,
@@ -96,16 +104,20 @@ struct Shared {
     /// The terminal's bar while it is shown.
     bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
     speech: std::sync::Mutex<Speech>,
+    /// Signalled when the speech is [`Speech::Said`].
+    said: std::sync::Condvar,
 }
 
-/// Where the speaking thread is: a task that ends before it speaks does not wait for it.
+/// Where the work's speech is: a task that ends before it is shown waits for nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Speech {
     /// Silent, until the delay has passed.
     Waiting,
     /// Showing the work: its last line must come before whatever the caller prints next.
     Speaking,
-    /// The work ended unshown: the thread leaves without a word.
+    /// The work was shown, and its last line is out.
+    Said,
+    /// The work ended unshown: it never will be.
     Over,
 }
 
@@ -117,29 +129,126 @@ impl Shared {
     fn speech(&self) -> std::sync::MutexGuard<'_, Speech> {
         self.speech.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// The work's last line is out (or will never be).
+    fn said(&self) {
+        *self.speech() = Speech::Said;
+        self.said.notify_all();
+    }
+}
+
+/// A task not yet shown, held by the waiting thread until its delay has passed.
+struct Unshown {
+    style: Style,
+    what: String,
+    started: Instant,
+    due: Instant,
+    shared: Arc<Shared>,
+    listen: mpsc::Receiver<Message>,
+}
+
+/// The tasks the waiting thread holds, and whether it runs.
+#[derive(Default)]
+struct Waiting {
+    unshown: std::sync::Mutex<Vec<Unshown>>,
+    running: std::sync::OnceLock<bool>,
+}
+
+/// How long the waiting thread sleeps at most: a task begun meanwhile is seen before its delay has passed if the
+/// delay is at least this long (every reporter's is), else at most this late.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+static WAITING: std::sync::LazyLock<Waiting> = std::sync::LazyLock::new(Waiting::default);
+
+impl Waiting {
+    fn unshown(&self) -> std::sync::MutexGuard<'_, Vec<Unshown>> {
+        self.unshown.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Starts the process-wide thread that waits out long work's delays, if it is not running yet: for a caller with
+/// time to spare before work that may be long begins on another thread (a run's load), so that the work does not
+/// start it. Otherwise the first [`Delayed`] task does.
+pub fn prepare() -> bool {
+    *WAITING
+        .running
+        .get_or_init(|| std::thread::Builder::new().name("toka-progress".into()).spawn(|| wait_out(&WAITING)).is_ok())
+}
+
+/// The waiting thread: shows each task whose delay has passed and that has not ended, on a thread of its own.
+fn wait_out(waiting: &Waiting) {
+    loop {
+        let now = Instant::now();
+        let (due, next) = {
+            let mut unshown = waiting.unshown();
+            unshown.retain(|task| *task.shared.speech() == Speech::Waiting);
+            let (due, left): (Vec<Unshown>, Vec<Unshown>) = unshown.drain(..).partition(|task| task.due <= now);
+            *unshown = left;
+            (due, unshown.iter().map(|task| task.due).min())
+        };
+        for task in due {
+            show(task);
+        }
+        let sleep = next.map_or(LOOK_EVERY, |next| next.saturating_duration_since(Instant::now()).min(LOOK_EVERY));
+        std::thread::sleep(sleep);
+    }
+}
+
+/// Shows `task` from a thread of its own, unless it has just ended.
+fn show(task: Unshown) {
+    {
+        let mut speech = task.shared.speech();
+        if *speech != Speech::Waiting {
+            return;
+        }
+        *speech = Speech::Speaking;
+    }
+    let shared = task.shared.clone();
+    let spoken = std::thread::Builder::new().name("toka-progress".into()).spawn(move || {
+        speak(task.style, &task.what, task.started, &task.shared, &task.listen);
+        task.shared.said();
+    });
+    if spoken.is_err() {
+        // Nothing will be said: whoever ends the task must not wait for it.
+        shared.said();
+    }
 }
 
 struct DelayedTask {
     shared: Arc<Shared>,
     tell: Option<mpsc::Sender<Message>>,
-    speaker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Progress for Delayed {
     fn begin(&self, what: String) -> Box<dyn Task> {
+        Box::new(self.start(what))
+    }
+
+    fn prepare(&self) {
+        prepare();
+    }
+}
+
+impl Delayed {
+    fn start(&self, what: String) -> DelayedTask {
         let shared = Arc::new(Shared {
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
             bar: std::sync::Mutex::new(None),
             speech: std::sync::Mutex::new(Speech::Waiting),
+            said: std::sync::Condvar::new(),
         });
         let (tell, listen) = mpsc::channel();
-        let (style, delay, seen) = (self.style, self.delay, shared.clone());
-        let speaker = std::thread::Builder::new()
-            .name("toka-progress".into())
-            .spawn(move || speak(style, delay, &what, &seen, &listen))
-            .ok();
-        Box::new(DelayedTask { shared, tell: Some(tell), speaker })
+        if prepare() {
+            let started = Instant::now();
+            let due = started + self.delay;
+            let task = Unshown { style: self.style, what, started, due, shared: shared.clone(), listen };
+            WAITING.unshown().push(task);
+        } else {
+            // Without the waiting thread the work is never shown: it goes on regardless.
+            *shared.speech() = Speech::Over;
+        }
+        DelayedTask { shared, tell: Some(tell) }
     }
 }
 
@@ -163,9 +272,8 @@ impl Task for DelayedTask {
 }
 
 impl DelayedTask {
-    /// Tells the speaker the work is over. If it has begun speaking, waits for its last line, so that it comes
-    /// before whatever the caller prints next; if not, it never will, and is left to leave on its own (a cached load
-    /// does not wait for a thread to wake up).
+    /// Tells the speaker the work is over. If it is being shown, waits for its last line, so that it comes before
+    /// whatever the caller prints next; if not, it never will be (a cached load wakes no thread).
     fn end(&mut self, message: Option<Message>) {
         let speaking = {
             let mut speech = self.shared.speech();
@@ -176,13 +284,15 @@ impl DelayedTask {
         };
         if let Some(tell) = self.tell.take()
             && let Some(message) = message
+            && speaking
         {
             drop(tell.send(message));
         }
-        if let Some(speaker) = self.speaker.take()
-            && speaking
-        {
-            drop(speaker.join());
+        if speaking {
+            let mut speech = self.shared.speech();
+            while *speech == Speech::Speaking {
+                speech = self.shared.said.wait(speech).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
         }
     }
 }
@@ -193,20 +303,8 @@ impl Drop for DelayedTask {
     }
 }
 
-/// The speaking thread: silent until `delay` has passed, then the work until it ends.
-fn speak(style: Style, delay: Duration, what: &str, shared: &Shared, listen: &mpsc::Receiver<Message>) {
-    let started = Instant::now();
-    match listen.recv_timeout(delay) {
-        Ok(Message::Finish(_)) | Err(RecvTimeoutError::Disconnected) => return,
-        Err(RecvTimeoutError::Timeout) => {}
-    }
-    {
-        let mut speech = shared.speech();
-        if *speech == Speech::Over {
-            return;
-        }
-        *speech = Speech::Speaking;
-    }
+/// The speaking thread of work whose delay has passed (begun at `started`): the work until it ends.
+fn speak(style: Style, what: &str, started: Instant, shared: &Shared, listen: &mpsc::Receiver<Message>) {
     let position = || {
         let total = shared.total.load(Ordering::Relaxed);
         (total > 0).then(|| (shared.done.load(Ordering::Relaxed).min(total), total))
@@ -305,7 +403,30 @@ mod tests {
         let task = progress.begin("quick".into());
         task.position(1, 2);
         task.finish(Some("done".into()));
-        // Finishing wakes the speaker at once instead of waiting out the delay.
+        // Finishing waits for nothing: the task was never shown.
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        let task = progress.start("quick".into());
+        let shared = task.shared.clone();
+        drop(task);
+        assert_eq!(*shared.speech(), Speech::Over);
+    }
+
+    #[test]
+    fn work_that_outlasts_its_delay_is_shown_until_it_ends() {
+        // Log records go nowhere without a subscriber; the speech is what is checked.
+        let progress = Delayed { style: Style::Log, delay: LOOK_EVERY + Duration::from_millis(50) };
+        let quick = progress.start("quick".into());
+        let long = progress.start("long".into());
+        let (quick_shared, long_shared) = (quick.shared.clone(), long.shared.clone());
+        Box::new(quick).finish(None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while *long_shared.speech() == Speech::Waiting && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(*long_shared.speech(), Speech::Speaking);
+        assert_eq!(*quick_shared.speech(), Speech::Over);
+        // Finishing waits for the last line.
+        Box::new(long).finish(Some("done".into()));
+        assert_eq!(*long_shared.speech(), Speech::Said);
     }
 }

@@ -16,12 +16,13 @@ use crate::grants::Authorized;
 use crate::kernel::{LOCAL_TOKEN, Op};
 use crate::report::{AgentErrorReport, ComponentReport, RunReport};
 use crate::sandbox::outcome::classify;
-use crate::sandbox::{self, OutputMode, RunContext, Sandbox};
+use crate::sandbox::{self, OutputMode, RunContext, Sandbox, SandboxState};
 use crate::tools::call::{Caller, ToolHost, ToolSession};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wasmtime::Store;
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
@@ -504,14 +505,18 @@ impl Runner {
                 Err(e) => return RunReport::refused(&RunError::host(format!("cannot record the run's start: {e}"))),
             }
         }
-        let mut report = self.run_in_sandbox(program, grants, limits, invocation, output, &context).await;
+        let (mut report, remains) = self.run_in_sandbox(program, grants, limits, invocation, output, &context).await;
         report.run_id = Some(context.run_id.clone());
         let record = tracing::info_span!("record", run_id = %context.run_id, event = "run.ended");
         let parent = control.spawned.as_ref().map(|by| by.parent_run.as_str());
-        if let Some(log) = &self.events
-            && let Err(e) =
-                record_ending(log, &context.token, &context.run_id, &report, parent).instrument(record).await
-        {
+        let Some(log) = &self.events else {
+            return report;
+        };
+        // The ending is submitted first: the guest's store (its memories' reservations unmapped, its instances
+        // freed) is taken down while the ending commits, not before.
+        let ending = log.submit_pending(ending_operation(&context.token, &context.run_id, &report, parent));
+        drop(remains);
+        if let Err(e) = ending.accepted().instrument(record).await {
             report.outcome = Outcome::HostError;
             report.exit_code = Outcome::HostError.exit_code();
             report.error = Some(format!("the run ended but its ending could not be recorded: {e}"));
@@ -569,7 +574,7 @@ impl Runner {
         invocation: &Invocation,
         output: OutputMode,
         context: &RunContext,
-    ) -> RunReport {
+    ) -> (RunReport, Option<Store<SandboxState>>) {
         let argv: Vec<String> = match invocation {
             Invocation::Command { args } => std::iter::once(program.name.clone()).chain(args.iter().cloned()).collect(),
             Invocation::Task { .. } => vec![program.name.clone()],
@@ -581,7 +586,7 @@ impl Runner {
         };
         let mut sandbox = match sandbox::build_on(&self.host, engine, grants, limits, output, context, &argv) {
             Ok(s) => s,
-            Err(e) => return RunReport::refused(&e),
+            Err(e) => return (RunReport::refused(&e), None),
         };
         let started = Instant::now();
         // The epoch deadline stops guest code; this outer deadline also stops a guest parked in a host call.
@@ -621,6 +626,7 @@ impl Runner {
         self.report(program, invocation, limits, sandbox, ending, wall)
     }
 
+    /// The run's report, and its store, for the caller to drop once the run's ending is on its way to the log.
     fn report(
         &self,
         program: &Program,
@@ -629,7 +635,7 @@ impl Runner {
         sandbox: Sandbox,
         ending: Result<Returned, Ending>,
         wall: Duration,
-    ) -> RunReport {
+    ) -> (RunReport, Option<Store<SandboxState>>) {
         let Sandbox { store, stdout, stderr } = sandbox;
         // A WASI 0.3 write past the cap fails its stream rather than trapping: a guest that passed the cap and then
         // returned before the next epoch tick stopped it still ended by passing the cap.
@@ -693,7 +699,7 @@ impl Runner {
             exit_code = outcome.exit_code();
         }
         let state = store.data();
-        RunReport {
+        let report = RunReport {
             outcome,
             exit_code,
             error,
@@ -723,7 +729,8 @@ impl Runner {
             logs_dropped: state.log.dropped(),
             unechoed_bytes: stdout.unechoed() + stderr.unechoed(),
             denied: state.denied.list(),
-        }
+        };
+        (report, Some(store))
     }
 }
 
@@ -876,6 +883,11 @@ async fn record_ending(
     report: &RunReport,
     parent: Option<&str>,
 ) -> Result<(), AppendError> {
+    log.submit_accepted(ending_operation(token, run_id, report, parent)).await.map(drop)
+}
+
+/// The operation recording how run `run_id` ended (`complete-run`, or `fail-run`), under `token`.
+fn ending_operation(token: &str, run_id: &str, report: &RunReport, parent: Option<&str>) -> crate::kernel::Operation {
     let mut detail = serde_json::json!({
         "outcome": report.outcome,
         "exit_code": report.exit_code,
@@ -904,5 +916,5 @@ async fn record_ending(
         let reason = serde_json::to_value(report.outcome).ok().and_then(|v| v.as_str().map(String::from));
         Op::FailRun { run_id, reason: reason.unwrap_or_default(), fuel, detail }
     };
-    log.submit_accepted(operation_by(token, op)).await.map(drop)
+    operation_by(token, op)
 }

@@ -292,8 +292,10 @@ impl Host {
                     Loading::start(engine.clone(), path.to_path_buf(), run_id, &tracing::Span::none(), Some(vouched))
                         .ok();
                 // The compile cache is checked on this thread while the load's reads the file and the database
-                // opens; the load reads the cache only once this has passed.
+                // opens; the load reads the cache only once this has passed. This thread, not the load's, first
+                // starts the one that would say a long compile.
                 if loading.is_some() {
+                    engine.progress.prepare();
                     drop(vouch.send(crate::component::vouch_cache(engine)));
                 }
                 loading
