@@ -129,12 +129,18 @@ enum Said {
     Loaded(Result<Program, RunError>),
 }
 
+/// The engine a [`Loading`] compiles on: known, or still starting (the file is read meanwhile).
+enum EngineFor {
+    Now(Arc<HostEngine>),
+    Soon(std::sync::mpsc::Receiver<Arc<HostEngine>>),
+}
+
 impl Loading {
     /// Begins loading `path` on `engine`, in a `load` span of run `run_id` under `parent`. With `vouched`, the
     /// compile cache is checked elsewhere and its outcome sent there ([`crate::component::vouch_cache`]); else the
     /// load checks it itself.
     fn start(
-        engine: Arc<HostEngine>,
+        engine: EngineFor,
         path: PathBuf,
         run_id: &str,
         parent: &tracing::Span,
@@ -151,6 +157,12 @@ impl Loading {
                 let loaded = span.in_scope(|| {
                     let bytes = Arc::new(crate::component::read(&file)?);
                     drop(say.send(Said::Read(bytes.clone())));
+                    let engine = match engine {
+                        EngineFor::Now(engine) => engine,
+                        EngineFor::Soon(engine) => {
+                            engine.recv().map_err(|_| RunError::host("the engine did not start"))?
+                        }
+                    };
                     let vouched = || match vouched {
                         Some(vouched) => {
                             vouched.recv().unwrap_or_else(|_| Err(RunError::host("the compile cache was not checked")))
@@ -282,26 +294,25 @@ impl Host {
                 Ok((db, Some(crate::events::Signer::for_home(&home))))
             })
         };
-        let engine = Host::start_engine(&home, &options);
+        // The file is read on the load's thread while the engine starts here; the load compiles once it has it.
         // Its span is a root, as the run's other spans are in a process of one run. Without a thread to load on,
         // the run loads later, as any other.
-        let loading = match (&engine, preload) {
-            (Ok(engine), Some(Preload { path, run_id })) => {
-                let (vouch, vouched) = std::sync::mpsc::sync_channel(1);
-                let loading =
-                    Loading::start(engine.clone(), path.to_path_buf(), run_id, &tracing::Span::none(), Some(vouched))
-                        .ok();
-                // The compile cache is checked on this thread while the load's reads the file and the database
-                // opens; the load reads the cache only once this has passed. This thread, not the load's, first
-                // starts the one that would say a long compile.
-                if loading.is_some() {
-                    engine.progress.prepare();
-                    drop(vouch.send(crate::component::vouch_cache(engine)));
-                }
-                loading
-            }
-            _ => None,
-        };
+        let (vouch, vouched) = std::sync::mpsc::sync_channel(1);
+        let (to_load, engine_for_load) = std::sync::mpsc::sync_channel(1);
+        let loading = preload.and_then(|Preload { path, run_id }| {
+            let engine = EngineFor::Soon(engine_for_load);
+            Loading::start(engine, path.to_path_buf(), run_id, &tracing::Span::none(), Some(vouched)).ok()
+        });
+        let engine = Host::start_engine(&home, &options);
+        // If the engine did not start, the load ends (dropping `to_load` tells it so) and the error is reported below.
+        if let (Some(_), Ok(engine)) = (&loading, &engine) {
+            drop(to_load.send(engine.clone()));
+            // The compile cache is checked on this thread while the load's thread goes on and the database opens;
+            // the load reads the cache only once this has passed. This thread, not the load's, first starts the one
+            // that would say a long compile.
+            engine.progress.prepare();
+            drop(vouch.send(crate::component::vouch_cache(engine)));
+        }
         let log = opening.finish().map(Arc::new).map_err(RunError::host);
         let host = Host::with_parts(home, options, log?, engine?)?;
         *host.preloaded.lock().unwrap_or_else(|p| p.into_inner()) = loading;
@@ -457,7 +468,9 @@ impl Host {
             Source::Path(path) if runner.loaded(path).is_none() => {
                 let mut loading = match self.take_preload(runner, path, &run_id) {
                     Some(loading) => loading,
-                    None => Loading::start(runner.engine().clone(), path.clone(), &run_id, &parent, None)?,
+                    None => {
+                        Loading::start(EngineFor::Now(runner.engine().clone()), path.clone(), &run_id, &parent, None)?
+                    }
                 };
                 let (digest, world) = loading.read()?;
                 let agent = crate::run::agent_name(path);
