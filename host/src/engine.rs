@@ -92,6 +92,30 @@ pub struct P3Engine {
 
 impl HostEngine {
     pub fn new(options: &EngineOptions) -> anyhow::Result<Self> {
+        HostEngine::with_cache_auth(options, HostEngine::cache_auth(options)?)
+    }
+
+    /// What vouches for the compile cache of `options` ([`crate::cache_auth::CacheAuth::open`]): `None` without a
+    /// cache, and (with a warning) when it cannot be opened, in which case the engine runs without the cache.
+    pub fn cache_auth(options: &EngineOptions) -> anyhow::Result<Option<crate::cache_auth::CacheAuth>> {
+        Ok(match &options.cache_dir {
+            Some(dir) => match crate::cache_auth::CacheAuth::open(&absolute(dir)?) {
+                Ok(auth) => Some(auth),
+                Err(e) => {
+                    eprintln!("toka-host: warning: running without the compile cache: {e}");
+                    None
+                }
+            },
+            None => None,
+        })
+    }
+
+    /// [`HostEngine::new`], with [`HostEngine::cache_auth`] of `options` already opened: the engine uses the compile
+    /// cache if and only if `cache_auth` is there.
+    pub fn with_cache_auth(
+        options: &EngineOptions,
+        cache_auth: Option<crate::cache_auth::CacheAuth>,
+    ) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         // Not on this engine: with concurrency support every component call goes through wasmtime's concurrent
@@ -102,16 +126,6 @@ impl HostEngine {
         config.epoch_interruption(true);
         // A cache the host cannot authenticate is not used at all: compiled code is loaded only if the host vouches
         // for it.
-        let cache_auth = match &options.cache_dir {
-            Some(dir) => match crate::cache_auth::CacheAuth::open(&absolute(dir)?) {
-                Ok(auth) => Some(auth),
-                Err(e) => {
-                    eprintln!("toka-host: warning: running without the compile cache: {e}");
-                    None
-                }
-            },
-            None => None,
-        };
         let cache_dir = cache_auth.as_ref().and(options.cache_dir.clone());
         let cache = match &cache_dir {
             Some(dir) => {

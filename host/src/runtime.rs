@@ -129,23 +129,22 @@ enum Said {
     Loaded(Result<Program, RunError>),
 }
 
-/// The engine a [`Loading`] compiles on: known, or still starting (the file is read meanwhile).
+/// The engine a [`Loading`] compiles on.
 enum EngineFor {
+    /// A started engine: the load checks its compile cache ([`crate::component::vouch_cache`]) before reading it.
     Now(Arc<HostEngine>),
-    Soon(std::sync::mpsc::Receiver<Arc<HostEngine>>),
+    /// An engine still starting, on the compile cache `auth` vouches for (the engine's own, opened before it): while
+    /// it starts, the load reads the file, checks the cache and gets `progress` ready, then takes the engine.
+    Soon {
+        engine: std::sync::mpsc::Receiver<Arc<HostEngine>>,
+        auth: Option<crate::cache_auth::CacheAuth>,
+        progress: Arc<dyn crate::progress::Progress>,
+    },
 }
 
 impl Loading {
-    /// Begins loading `path` on `engine`, in a `load` span of run `run_id` under `parent`. With `vouched`, the
-    /// compile cache is checked elsewhere and its outcome sent there ([`crate::component::vouch_cache`]); else the
-    /// load checks it itself.
-    fn start(
-        engine: EngineFor,
-        path: PathBuf,
-        run_id: &str,
-        parent: &tracing::Span,
-        vouched: Option<std::sync::mpsc::Receiver<Result<(), RunError>>>,
-    ) -> Result<Loading, RunError> {
+    /// Begins loading `path` on `engine`, in a `load` span of run `run_id` under `parent`.
+    fn start(engine: EngineFor, path: PathBuf, run_id: &str, parent: &tracing::Span) -> Result<Loading, RunError> {
         let span = load_span(parent, run_id, &path.display().to_string());
         // Room for both messages: the thread never waits for its reader (who may have gone, a refused token).
         let (say, said) = std::sync::mpsc::sync_channel(2);
@@ -157,18 +156,18 @@ impl Loading {
                 let loaded = span.in_scope(|| {
                     let bytes = Arc::new(crate::component::read(&file)?);
                     drop(say.send(Said::Read(bytes.clone())));
-                    let engine = match engine {
-                        EngineFor::Now(engine) => engine,
-                        EngineFor::Soon(engine) => {
-                            engine.recv().map_err(|_| RunError::host("the engine did not start"))?
+                    let (engine, vouched) = match engine {
+                        EngineFor::Now(engine) => (engine, None),
+                        EngineFor::Soon { engine, auth, progress } => {
+                            let vouched = auth.map_or(Ok(()), |auth| {
+                                auth.before_load().map(drop).map_err(|e| RunError::host(e.to_string()))
+                            });
+                            progress.prepare();
+                            let engine = engine.recv().map_err(|_| RunError::host("the engine did not start"))?;
+                            (engine, Some(vouched))
                         }
                     };
-                    let vouched = || match vouched {
-                        Some(vouched) => {
-                            vouched.recv().unwrap_or_else(|_| Err(RunError::host("the compile cache was not checked")))
-                        }
-                        None => crate::component::vouch_cache(&engine),
-                    };
+                    let vouched = || vouched.unwrap_or_else(|| crate::component::vouch_cache(&engine));
                     // The digest is known by the time the code is: it is filled in once both are.
                     let mut loaded = crate::component::load_vouched(&engine, &file, &bytes, String::new(), vouched)?;
                     drop(bytes);
@@ -294,24 +293,27 @@ impl Host {
                 Ok((db, Some(crate::events::Signer::for_home(&home))))
             })
         };
-        // The file is read on the load's thread while the engine starts here; the load compiles once it has it.
-        // Its span is a root, as the run's other spans are in a process of one run. Without a thread to load on,
-        // the run loads later, as any other.
-        let (vouch, vouched) = std::sync::mpsc::sync_channel(1);
-        let (to_load, engine_for_load) = std::sync::mpsc::sync_channel(1);
-        let loading = preload.and_then(|Preload { path, run_id }| {
-            let engine = EngineFor::Soon(engine_for_load);
-            Loading::start(engine, path.to_path_buf(), run_id, &tracing::Span::none(), Some(vouched)).ok()
+        // The file is read and the compile cache checked on the load's thread while the engine starts here, on the
+        // cache that check vouched for; the load compiles once it has the engine. Its span is a root, as the run's
+        // other spans are in a process of one run. Without a thread to load on, the run loads later, as any other.
+        let engine_options = Host::engine_options(&home, &options);
+        let engine = Host::private_cache(&home).and_then(|()| {
+            HostEngine::cache_auth(&engine_options)
+                .map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))
         });
-        let engine = Host::start_engine(&home, &options);
+        let (to_load, engine_for_load) = std::sync::mpsc::sync_channel(1);
+        let loading = match (&engine, preload) {
+            (Ok(auth), Some(Preload { path, run_id })) => {
+                let progress = Host::progress(&options);
+                let engine = EngineFor::Soon { engine: engine_for_load, auth: auth.clone(), progress };
+                Loading::start(engine, path.to_path_buf(), run_id, &tracing::Span::none()).ok()
+            }
+            _ => None,
+        };
+        let engine = engine.and_then(|auth| Host::engine_with(&engine_options, &options, auth));
         // If the engine did not start, the load ends (dropping `to_load` tells it so) and the error is reported below.
         if let (Some(_), Ok(engine)) = (&loading, &engine) {
             drop(to_load.send(engine.clone()));
-            // The compile cache is checked on this thread while the load's thread goes on and the database opens;
-            // the load reads the cache only once this has passed. This thread, not the load's, first starts the one
-            // that would say a long compile.
-            engine.progress.prepare();
-            drop(vouch.send(crate::component::vouch_cache(engine)));
         }
         let log = opening.finish().map(Arc::new).map_err(RunError::host);
         let host = Host::with_parts(home, options, log?, engine?)?;
@@ -329,13 +331,37 @@ impl Host {
 
     /// An engine on `home`'s compile cache (made owner-only: it holds code the host will execute).
     fn start_engine(home: &Home, options: &HostOptions) -> Result<Arc<HostEngine>, RunError> {
-        if let Some(cache) = &home.cache {
-            crate::home::private_dir(cache).map_err(|e| RunError::host(format!("compile cache: {e}")))?;
+        Host::private_cache(home)?;
+        let engine_options = Host::engine_options(home, options);
+        let auth = HostEngine::cache_auth(&engine_options)
+            .map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))?;
+        Host::engine_with(&engine_options, options, auth)
+    }
+
+    /// Makes `home`'s compile cache owner-only.
+    fn private_cache(home: &Home) -> Result<(), RunError> {
+        match &home.cache {
+            Some(cache) => crate::home::private_dir(cache).map_err(|e| RunError::host(format!("compile cache: {e}"))),
+            None => Ok(()),
         }
-        let engine_options = EngineOptions { fuel: true, cache_dir: home.cache.clone(), pooling: options.pooling };
-        let progress = options.progress.clone().unwrap_or_else(|| Arc::new(crate::progress::Silent));
-        HostEngine::new(&engine_options)
-            .map(|engine| Arc::new(engine.with_progress(progress)))
+    }
+
+    fn engine_options(home: &Home, options: &HostOptions) -> EngineOptions {
+        EngineOptions { fuel: true, cache_dir: home.cache.clone(), pooling: options.pooling }
+    }
+
+    fn progress(options: &HostOptions) -> Arc<dyn crate::progress::Progress> {
+        options.progress.clone().unwrap_or_else(|| Arc::new(crate::progress::Silent))
+    }
+
+    /// The engine of `engine_options`, on the compile cache `auth` vouches for, saying long compiles as `options` say.
+    fn engine_with(
+        engine_options: &EngineOptions,
+        options: &HostOptions,
+        auth: Option<crate::cache_auth::CacheAuth>,
+    ) -> Result<Arc<HostEngine>, RunError> {
+        HostEngine::with_cache_auth(engine_options, auth)
+            .map(|engine| Arc::new(engine.with_progress(Host::progress(options))))
             .map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))
     }
 
@@ -468,9 +494,7 @@ impl Host {
             Source::Path(path) if runner.loaded(path).is_none() => {
                 let mut loading = match self.take_preload(runner, path, &run_id) {
                     Some(loading) => loading,
-                    None => {
-                        Loading::start(EngineFor::Now(runner.engine().clone()), path.clone(), &run_id, &parent, None)?
-                    }
+                    None => Loading::start(EngineFor::Now(runner.engine().clone()), path.clone(), &run_id, &parent)?,
                 };
                 let (digest, world) = loading.read()?;
                 let agent = crate::run::agent_name(path);
