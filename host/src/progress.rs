@@ -150,19 +150,42 @@ struct Unshown {
 /// The tasks the waiting thread holds, and whether it runs.
 #[derive(Default)]
 struct Waiting {
-    unshown: std::sync::Mutex<Vec<Unshown>>,
+    held: std::sync::Mutex<Held>,
+    /// Signalled when a task is begun while the waiting thread is parked.
+    begun: std::sync::Condvar,
     running: std::sync::OnceLock<bool>,
+}
+
+#[derive(Default)]
+struct Held {
+    unshown: Vec<Unshown>,
+    /// The waiting thread sleeps until a task is begun (it had nothing to wait for during [`PARK_AFTER`]).
+    parked: bool,
 }
 
 /// How long the waiting thread sleeps at most: a task begun meanwhile is seen before its delay has passed if the
 /// delay is at least this long (every reporter's is), else at most this late.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 
+/// How long the waiting thread goes on looking without a task before it parks: a one-run process never waits for it
+/// to wake, and an idle server does not wake it four times a second.
+const PARK_AFTER: Duration = Duration::from_secs(2);
+
 static WAITING: std::sync::LazyLock<Waiting> = std::sync::LazyLock::new(Waiting::default);
 
 impl Waiting {
-    fn unshown(&self) -> std::sync::MutexGuard<'_, Vec<Unshown>> {
-        self.unshown.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Holds `task` until its delay has passed, waking the waiting thread if it is parked.
+    fn hold(&self, task: Unshown) {
+        let mut held = self.held();
+        held.unshown.push(task);
+        if held.parked {
+            held.parked = false;
+            self.begun.notify_one();
+        }
     }
 }
 
@@ -177,14 +200,26 @@ pub fn prepare() -> bool {
 
 /// The waiting thread: shows each task whose delay has passed and that has not ended, on a thread of its own.
 fn wait_out(waiting: &Waiting) {
+    let mut busy = Instant::now();
     loop {
         let now = Instant::now();
         let (due, next) = {
-            let mut unshown = waiting.unshown();
-            unshown.retain(|task| *task.shared.speech() == Speech::Waiting);
-            let (due, left): (Vec<Unshown>, Vec<Unshown>) = unshown.drain(..).partition(|task| task.due <= now);
-            *unshown = left;
-            (due, unshown.iter().map(|task| task.due).min())
+            let mut held = waiting.held();
+            held.unshown.retain(|task| *task.shared.speech() == Speech::Waiting);
+            let (due, left): (Vec<Unshown>, Vec<Unshown>) = held.unshown.drain(..).partition(|task| task.due <= now);
+            held.unshown = left;
+            let next = held.unshown.iter().map(|task| task.due).min();
+            if next.is_some() || !due.is_empty() {
+                busy = now;
+            } else if now.duration_since(busy) >= PARK_AFTER {
+                held.parked = true;
+                while held.parked {
+                    held = waiting.begun.wait(held).unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                busy = Instant::now();
+                continue;
+            }
+            (due, next)
         };
         for task in due {
             show(task);
@@ -242,8 +277,7 @@ impl Delayed {
         if prepare() {
             let started = Instant::now();
             let due = started + self.delay;
-            let task = Unshown { style: self.style, what, started, due, shared: shared.clone(), listen };
-            WAITING.unshown().push(task);
+            WAITING.hold(Unshown { style: self.style, what, started, due, shared: shared.clone(), listen });
         } else {
             // Without the waiting thread the work is never shown: it goes on regardless.
             *shared.speech() = Speech::Over;
@@ -428,5 +462,26 @@ mod tests {
         // Finishing waits for the last line.
         Box::new(long).finish(Some("done".into()));
         assert_eq!(*long_shared.speech(), Speech::Said);
+    }
+
+    #[test]
+    fn the_waiting_thread_parks_when_idle_and_a_new_task_wakes_it() {
+        // Whatever the other tests began has ended: the thread parks once it has had nothing to wait for.
+        assert!(prepare());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !WAITING.held().parked && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(WAITING.held().parked, "the waiting thread never parked");
+        let progress = Delayed { style: Style::Log, delay: LOOK_EVERY + Duration::from_millis(50) };
+        let task = progress.start("after a while".into());
+        let shared = task.shared.clone();
+        assert!(!WAITING.held().parked, "beginning a task wakes the parked thread");
+        while *shared.speech() == Speech::Waiting && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(*shared.speech(), Speech::Speaking);
+        Box::new(task).finish(None);
+        assert_eq!(*shared.speech(), Speech::Said);
     }
 }
