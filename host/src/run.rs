@@ -16,13 +16,12 @@ use crate::grants::Authorized;
 use crate::kernel::{LOCAL_TOKEN, Op};
 use crate::report::{AgentErrorReport, ComponentReport, RunReport};
 use crate::sandbox::outcome::classify;
-use crate::sandbox::{self, OutputMode, RunContext, Sandbox, SandboxState};
+use crate::sandbox::{self, OutputMode, RunContext, Sandbox};
 use crate::tools::call::{Caller, ToolHost, ToolSession};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::Store;
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
@@ -505,18 +504,16 @@ impl Runner {
                 Err(e) => return RunReport::refused(&RunError::host(format!("cannot record the run's start: {e}"))),
             }
         }
-        let (mut report, remains) = self.run_in_sandbox(program, grants, limits, invocation, output, &context).await;
+        // The guest's store is taken down inside: whatever it still held that records its own ending when dropped (a
+        // model stream the guest left open) is recorded before the run's ending.
+        let mut report = self.run_in_sandbox(program, grants, limits, invocation, output, &context).await;
         report.run_id = Some(context.run_id.clone());
         let record = tracing::info_span!("record", run_id = %context.run_id, event = "run.ended");
         let parent = control.spawned.as_ref().map(|by| by.parent_run.as_str());
-        let Some(log) = &self.events else {
-            return report;
-        };
-        // The ending is submitted first: the guest's store (its memories' reservations unmapped, its instances
-        // freed) is taken down while the ending commits, not before.
-        let ending = log.submit_pending(ending_operation(&context.token, &context.run_id, &report, parent));
-        drop(remains);
-        if let Err(e) = ending.accepted().instrument(record).await {
+        if let Some(log) = &self.events
+            && let Err(e) =
+                record_ending(log, &context.token, &context.run_id, &report, parent).instrument(record).await
+        {
             report.outcome = Outcome::HostError;
             report.exit_code = Outcome::HostError.exit_code();
             report.error = Some(format!("the run ended but its ending could not be recorded: {e}"));
@@ -574,7 +571,7 @@ impl Runner {
         invocation: &Invocation,
         output: OutputMode,
         context: &RunContext,
-    ) -> (RunReport, Option<Store<SandboxState>>) {
+    ) -> RunReport {
         let argv: Vec<String> = match invocation {
             Invocation::Command { args } => std::iter::once(program.name.clone()).chain(args.iter().cloned()).collect(),
             Invocation::Task { .. } => vec![program.name.clone()],
@@ -586,7 +583,7 @@ impl Runner {
         };
         let mut sandbox = match sandbox::build_on(&self.host, engine, grants, limits, output, context, &argv) {
             Ok(s) => s,
-            Err(e) => return (RunReport::refused(&e), None),
+            Err(e) => return RunReport::refused(&e),
         };
         let started = Instant::now();
         // The epoch deadline stops guest code; this outer deadline also stops a guest parked in a host call.
@@ -626,7 +623,6 @@ impl Runner {
         self.report(program, invocation, limits, sandbox, ending, wall)
     }
 
-    /// The run's report, and its store, for the caller to drop once the run's ending is on its way to the log.
     fn report(
         &self,
         program: &Program,
@@ -635,7 +631,7 @@ impl Runner {
         sandbox: Sandbox,
         ending: Result<Returned, Ending>,
         wall: Duration,
-    ) -> (RunReport, Option<Store<SandboxState>>) {
+    ) -> RunReport {
         let Sandbox { store, stdout, stderr } = sandbox;
         // A WASI 0.3 write past the cap fails its stream rather than trapping: a guest that passed the cap and then
         // returned before the next epoch tick stopped it still ended by passing the cap.
@@ -699,7 +695,7 @@ impl Runner {
             exit_code = outcome.exit_code();
         }
         let state = store.data();
-        let report = RunReport {
+        RunReport {
             outcome,
             exit_code,
             error,
@@ -729,8 +725,7 @@ impl Runner {
             logs_dropped: state.log.dropped(),
             unechoed_bytes: stdout.unechoed() + stderr.unechoed(),
             denied: state.denied.list(),
-        };
-        (report, Some(store))
+        }
     }
 }
 
@@ -883,11 +878,6 @@ async fn record_ending(
     report: &RunReport,
     parent: Option<&str>,
 ) -> Result<(), AppendError> {
-    log.submit_accepted(ending_operation(token, run_id, report, parent)).await.map(drop)
-}
-
-/// The operation recording how run `run_id` ended (`complete-run`, or `fail-run`), under `token`.
-fn ending_operation(token: &str, run_id: &str, report: &RunReport, parent: Option<&str>) -> crate::kernel::Operation {
     let mut detail = serde_json::json!({
         "outcome": report.outcome,
         "exit_code": report.exit_code,
@@ -916,5 +906,5 @@ fn ending_operation(token: &str, run_id: &str, report: &RunReport, parent: Optio
         let reason = serde_json::to_value(report.outcome).ok().and_then(|v| v.as_str().map(String::from));
         Op::FailRun { run_id, reason: reason.unwrap_or_default(), fuel, detail }
     };
-    operation_by(token, op)
+    log.submit_accepted(operation_by(token, op)).await.map(drop)
 }

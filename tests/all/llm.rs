@@ -593,6 +593,19 @@ fn calls_cut_short_still_end_with_an_event() {
     let failed = events.iter().find(|e| e["kind"] == "llm.failed").expect("the abandoned call is recorded");
     assert_eq!(failed["payload"]["outcome"], "abandoned");
     assert!(failed["payload"]["tokens_charged"].as_u64().unwrap() > 0, "text already generated counts");
+
+    // A stream the agent leaves open is ended by the host when it takes the guest down: before the run's ending.
+    let input = serde_json::json!({ "model": "an-chat", "question": "a long answer to leave open", "stream": true,
+        "max_deltas": 1, "leave_open": true });
+    let r = home.chat("tool-chat", &input, &["--allow-llm", "an-chat"]);
+    r.expect_code(0);
+    let run = r.report()["run_id"].as_str().unwrap().to_string();
+    let events = home.run_events(&run);
+    let failed = events.iter().position(|e| e["kind"] == "llm.failed").expect("the call left open is recorded");
+    assert_eq!(events[failed]["payload"]["outcome"], "abandoned");
+    let k = kinds(&events);
+    let run_end = k.iter().position(|x| x.starts_with("run.") && x != "run.started").unwrap();
+    assert!(failed < run_end, "the call left open ends before the run: {k:?}");
 }
 
 /// A tool that declares `llm:` needs calls models through its calling run's access: only a model that the tool

@@ -9,7 +9,8 @@
 //! Output: `{"answer": "...", "turns": 3, "tool_calls": [{"name": "echo", "ok": true}], "prompt_tokens": N,
 //! "completion_tokens": M, "deltas": D}` (`deltas`: streamed pieces received, with `"stream": true`). With
 //! `max_deltas`, a streamed answer is cut off after that many pieces (a user's stop button): the stream is dropped,
-//! which the host records as an abandoned call, and the partial text is the answer.
+//! which the host records as an abandoned call, and the partial text is the answer. With `"leave_open": true` as
+//! well, the stream is not dropped but left to the host: still open when the run ends, as a careless agent leaves it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -30,6 +31,8 @@ struct Input {
     max_turns: u32,
     #[serde(default)]
     max_deltas: Option<u32>,
+    #[serde(default)]
+    leave_open: bool,
 }
 
 #[derive(Serialize)]
@@ -62,26 +65,37 @@ enum Turn {
     Stopped(String),
 }
 
-/// One turn of the model: whole, or streamed and counted (and cut off after `max_deltas` pieces).
-fn ask(chat: &Chat, stream: bool, max_deltas: Option<u32>, deltas: &mut u32) -> Result<Turn, LlmError> {
-    if !stream {
+/// One turn of the model: whole, or streamed and counted (and cut off after `max_deltas` pieces; the stream left
+/// open with `leave_open`).
+fn ask(chat: &Chat, input: &Input, deltas: &mut u32) -> Result<Turn, LlmError> {
+    if !input.stream {
         return chat.send().map(Turn::Whole);
     }
     let mut text = String::new();
-    for event in chat.stream()? {
+    let mut events = chat.stream()?;
+    let mut cut = false;
+    for event in events.by_ref() {
         match event? {
             StreamEvent::Delta(piece) => {
                 *deltas += 1;
                 text.push_str(&piece);
-                if max_deltas.is_some_and(|max| *deltas >= max) {
-                    // Leaving the loop drops the stream: the host ends the call as abandoned.
-                    return Ok(Turn::Stopped(text));
+                if input.max_deltas.is_some_and(|max| *deltas >= max) {
+                    cut = true;
+                    break;
                 }
             }
             StreamEvent::Done(response) => return Ok(Turn::Whole(response)),
         }
     }
-    Err(LlmError::Provider("the stream ended without a response".into()))
+    if !cut {
+        return Err(LlmError::Provider("the stream ended without a response".into()));
+    }
+    // Returning drops the stream: the host ends the call as abandoned. Left open, the host ends it when it takes the
+    // guest down.
+    if input.leave_open {
+        std::mem::forget(events);
+    }
+    Ok(Turn::Stopped(text))
 }
 
 fn converse(_task: &Task, input: Input) -> Result<Output, AgentError> {
@@ -99,7 +113,7 @@ fn converse(_task: &Task, input: Input) -> Result<Output, AgentError> {
     };
     while out.turns < input.max_turns {
         out.turns += 1;
-        let response = match ask(&chat, input.stream, input.max_deltas, &mut out.deltas).map_err(model_error)? {
+        let response = match ask(&chat, &input, &mut out.deltas).map_err(model_error)? {
             Turn::Whole(response) => response,
             Turn::Stopped(text) => {
                 out.answer = text;
