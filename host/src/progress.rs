@@ -72,9 +72,9 @@ pub enum Style {
 
 /// Says long work after [`DELAY`], in one [`Style`].
 ///
-/// Work that ends within its delay costs no thread of its own: one process-wide thread ([`prepare`]) waits out
-/// every task's delay, and only work that outlasts it gets a thread to speak from. So a cached load does not start a
-/// thread and wake it again to end it.
+/// Work that ends within its delay costs no thread of its own: one process-wide thread (started by
+/// [`Progress::prepare`] or the first task) waits out every task's delay, and only work that outlasts it gets a thread
+/// to speak from. So a cached load does not start a thread and wake it again to end it.
 #[derive(Debug, Clone, Copy)]
 pub struct Delayed {
     pub style: Style,
@@ -192,7 +192,7 @@ impl Waiting {
 /// Starts the process-wide thread that waits out long work's delays, if it is not running yet: for a caller with
 /// time to spare before work that may be long begins on another thread (a run's load), so that the work does not
 /// start it. Otherwise the first [`Delayed`] task does.
-pub fn prepare() -> bool {
+fn prepare() -> bool {
     *WAITING
         .running
         .get_or_init(|| std::thread::Builder::new().name("toka-progress".into()).spawn(|| wait_out(&WAITING)).is_ok())

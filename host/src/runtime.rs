@@ -297,10 +297,7 @@ impl Host {
         // cache that check vouched for; the load compiles once it has the engine. Its span is a root, as the run's
         // other spans are in a process of one run. Without a thread to load on, the run loads later, as any other.
         let engine_options = Host::engine_options(&home, &options);
-        let engine = Host::private_cache(&home).and_then(|()| {
-            HostEngine::cache_auth(&engine_options)
-                .map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))
-        });
+        let engine = Host::cache_auth(&home, &engine_options);
         let (to_load, engine_for_load) = std::sync::mpsc::sync_channel(1);
         let loading = match (&engine, preload) {
             (Ok(auth), Some(Preload { path, run_id })) => {
@@ -331,19 +328,20 @@ impl Host {
 
     /// An engine on `home`'s compile cache (made owner-only: it holds code the host will execute).
     fn start_engine(home: &Home, options: &HostOptions) -> Result<Arc<HostEngine>, RunError> {
-        Host::private_cache(home)?;
         let engine_options = Host::engine_options(home, options);
-        let auth = HostEngine::cache_auth(&engine_options)
-            .map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))?;
+        let auth = Host::cache_auth(home, &engine_options)?;
         Host::engine_with(&engine_options, options, auth)
     }
 
-    /// Makes `home`'s compile cache owner-only.
-    fn private_cache(home: &Home) -> Result<(), RunError> {
-        match &home.cache {
-            Some(cache) => crate::home::private_dir(cache).map_err(|e| RunError::host(format!("compile cache: {e}"))),
-            None => Ok(()),
+    /// Makes `home`'s compile cache owner-only and opens what vouches for it ([`HostEngine::cache_auth`]).
+    fn cache_auth(
+        home: &Home,
+        engine_options: &EngineOptions,
+    ) -> Result<Option<crate::cache_auth::CacheAuth>, RunError> {
+        if let Some(cache) = &home.cache {
+            crate::home::private_dir(cache).map_err(|e| RunError::host(format!("compile cache: {e}")))?;
         }
+        HostEngine::cache_auth(engine_options).map_err(|e| RunError::host(format!("cannot start the engine: {e:#}")))
     }
 
     fn engine_options(home: &Home, options: &HostOptions) -> EngineOptions {
