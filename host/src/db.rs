@@ -1,5 +1,6 @@
-//! The one redb database of a toka home (`$TOKA_HOME/toka.redb`, or `--db PATH`): events, and later kernel
-//! operations, agent state and token revocations.
+//! The one redb database of a toka home (`$TOKA_HOME/toka.redb`, or `--db PATH`): events, kernel operations, agent
+//! state and token revocations. The logs' old rows move to an archive beside it (`toka.redb.archive`, see
+//! `crate::events::archive`), so that the file every commit writes to stays small.
 //!
 //! Opened in redb's multi-writer mode, so that several `toka-host` processes (two runs in two shells, `events
 //! --follow` beside them) share the file: write transactions are serialized across processes by redb's byte-range
@@ -69,12 +70,22 @@ pub fn default_path() -> PathBuf {
     default_home().join("toka.redb")
 }
 
+/// Where the archive of the database at `db` keeps the logs' old rows (see `crate::events::archive`): beside it,
+/// `<file>.archive`.
+pub fn archive_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    name.push(".archive");
+    db.with_file_name(name)
+}
+
 /// A shared handle on the open database.
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<Database>,
     path: PathBuf,
     repaired: bool,
+    /// The archive of the logs' old rows (see `crate::events::archive`), once this process has opened it.
+    archive: Arc<std::sync::Mutex<Option<Arc<Database>>>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -144,7 +155,43 @@ impl Db {
         if repaired {
             tracing::warn!(path = %path.display(), "database repaired: a writer that recorded no allocator state stopped without closing it");
         }
-        Ok(Db { inner: Arc::new(db), path: path.to_path_buf(), repaired })
+        Ok(Db { inner: Arc::new(db), path: path.to_path_buf(), repaired, archive: Arc::default() })
+    }
+
+    /// Where the archive of this database's old log rows lives (see [`archive_path`]).
+    pub fn archive_path(&self) -> PathBuf {
+        archive_path(&self.path)
+    }
+
+    /// The archive of the logs' old rows, opened once per process: `None` if there is none and `create` is false
+    /// (a reader never creates it). Created owner-only, in the same multi-writer mode as the database, with the
+    /// two log tables.
+    pub(crate) fn archive(&self, create: bool) -> Result<Option<Arc<Database>>, redb::Error> {
+        let mut slot = self.archive.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(db) = slot.as_ref() {
+            return Ok(Some(db.clone()));
+        }
+        let path = self.archive_path();
+        if !create && !path.exists() {
+            return Ok(None);
+        }
+        crate::home::private_file(&path).map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)?;
+        let txn = db.begin_read()?;
+        let ready = matches!((txn.open_table(EVENTS), txn.open_table(OPS)), (Ok(_), Ok(_)));
+        drop(txn);
+        if !ready {
+            let txn = db.begin_write()?;
+            txn.open_table(EVENTS)?;
+            txn.open_table(OPS)?;
+            txn.commit()?;
+        }
+        let db = Arc::new(db);
+        *slot = Some(db.clone());
+        Ok(Some(db))
     }
 
     /// Whether this open had to repair the file: rebuild its allocator state by walking every tree, a cost that

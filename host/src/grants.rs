@@ -216,7 +216,7 @@ fn fd_path(file: &std::fs::File) -> PathBuf {
 /// Something toka-host keeps for itself, which no grant may cover.
 #[derive(Debug, Clone)]
 pub struct Protected {
-    /// What it is, for the refusal: `home`, `database`, `key file`, `compile cache`.
+    /// What it is, for the refusal: `home`, `database`, `database archive`, `key file`, `compile cache`.
     pub what: &'static str,
     /// Its absolute path, symlinks resolved.
     pub path: PathBuf,
@@ -225,7 +225,7 @@ pub struct Protected {
 impl Protected {
     /// The protected locations of `home`.
     pub fn of(home: &crate::home::Home) -> Vec<Protected> {
-        let what = ["home", "database", "key file", "compile cache"];
+        let what = ["home", "database", "database archive", "key file", "compile cache"];
         home.protected().into_iter().zip(what).map(|(path, what)| Protected { what, path }).collect()
     }
 }

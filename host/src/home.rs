@@ -80,7 +80,7 @@ impl Home {
     /// neither contain one of these nor lie inside one. Paths that do not exist yet are resolved through their
     /// nearest existing ancestor, so a grant cannot cover a home that the first run is about to create.
     pub fn protected(&self) -> Vec<PathBuf> {
-        let mut paths = vec![self.dir.clone(), self.db.clone(), self.keys()];
+        let mut paths = vec![self.dir.clone(), self.db.clone(), crate::db::archive_path(&self.db), self.keys()];
         paths.extend(self.cache.iter().cloned());
         paths.iter().map(|p| resolve_lenient(p)).collect()
     }
@@ -190,5 +190,6 @@ mod tests {
         let canonical = tmp.path().canonicalize().unwrap();
         assert_eq!(home.protected()[0], canonical.join("real/not/yet"));
         assert_eq!(home.protected()[1], canonical.join("real/not/yet/toka.redb"));
+        assert_eq!(home.protected()[2], canonical.join("real/not/yet/toka.redb.archive"));
     }
 }

@@ -441,3 +441,72 @@ fn processes_writing_at_once_share_one_verified_log() {
         assert_eq!(kinds, &expected, "run {run}");
     }
 }
+
+/// Issue 12, item 3: what a run's commits cost must not grow with the log. In redb's multi-writer mode each commit
+/// rewrites the allocator state of the whole file, so past 32 768 events the writer moves the log's old rows to an
+/// archive beside the database (`toka.redb.archive`). Filled twice through the real binary past that bound: the
+/// database's file stays about the size the first fill left it while the archive grows, and `events` and `events
+/// verify` read the whole log across both files. The archive is owner-only. Attacks on copies of both files: a
+/// record rewritten in the archive with its chain recomputed, and the archive deleted, are each refused by `events
+/// verify` (positive control: the untouched copy verifies).
+#[test]
+fn old_events_move_to_an_archive_and_the_whole_log_still_reads_and_verifies() {
+    use crate::anchoring::{attack, rewrite_and_rechain, verify};
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let fill = || {
+        let task = r#"{"attack":"calls","calls":[{"emit":{"kind":"fill","payload":"{\"n\":1}","times":1000}}]}"#;
+        let hostile = agent("hostile");
+        let args = ["run", "--parallel", "4", "--repeat", "10", "--json", "--input", task, hostile.to_str().unwrap()];
+        toka_in(h, &args).expect_code(0);
+    };
+    let records = |r: &Ran| -> u64 {
+        let count = r.stdout.strip_prefix("ok: ").and_then(|s| s.split(' ').next()).map(str::parse);
+        count.unwrap_or_else(|| panic!("{}", r.stdout)).unwrap()
+    };
+    let (db, archive) = (h.join("toka.redb"), h.join("toka.redb.archive"));
+    let size = |path: &Path| std::fs::metadata(path).unwrap().len();
+    fill();
+    let first = records(&toka_in(h, &["events", "verify"]));
+    assert!(first > 40_000, "{first} records");
+    assert!(archive.exists(), "past the bound, old rows moved");
+    assert_eq!(std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777, 0o600);
+    let (db_size, archive_size) = (size(&db), size(&archive));
+    fill();
+    let v = toka_in(h, &["events", "verify"]);
+    v.expect_code(0);
+    assert_eq!(records(&v), 2 * first, "{}", v.stdout);
+    assert!(size(&db) <= db_size + db_size / 4, "the database grew from {db_size} to {} bytes", size(&db));
+    assert!(
+        size(&archive) > archive_size + archive_size / 2,
+        "the archive held {archive_size} bytes, now {}",
+        size(&archive)
+    );
+    // Read across both files: every run's start, the first one's from the archive.
+    let starts = events_json(h, &["--kind", "run.started"]);
+    assert_eq!(starts.len(), 80);
+    assert_eq!(starts[0]["seq"], 1);
+
+    let copy = || {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy.redb");
+        std::fs::copy(&db, &copy).unwrap();
+        std::fs::copy(&archive, dir.path().join("copy.redb.archive")).unwrap();
+        (dir, copy)
+    };
+    let (_untouched_dir, untouched) = copy();
+    verify(h, &untouched, &[]).expect_code(0);
+    let (rechained_dir, rechained) = copy();
+    attack(&rechained_dir.path().join("copy.redb.archive"), |txn| {
+        rewrite_and_rechain(txn, 5, "\"n\":1", "\"n\":2");
+    });
+    let r = verify(h, &rechained, &[]);
+    r.expect_code(80);
+    assert!(r.stderr.contains("does not verify"), "{}", r.stderr);
+    let (_deleted_dir, deleted) = copy();
+    std::fs::remove_file(deleted.with_file_name("copy.redb.archive")).unwrap();
+    let r = verify(h, &deleted, &[]);
+    r.expect_code(80);
+    assert!(r.stderr.contains("expected sequence number 1"), "{}", r.stderr);
+}

@@ -14,6 +14,7 @@ use super::store::{meta, put_meta};
 use super::{NodeId, Outcome, TypeConfig};
 use crate::db::{CHECKPOINTS, Db, EVENTS, KERNEL, OPS, REVOKED, STATE, STATE_USAGE};
 use crate::events::Signer;
+use crate::events::archive::LogView;
 use crate::events::log::{CLUSTER_MARK, LogStats, apply_replicated};
 use crate::kernel::State;
 use base64::Engine;
@@ -102,7 +103,9 @@ impl Machine {
 
     /// The replicated tables and the Raft position they are at, read in one transaction.
     fn dump(&self) -> Result<Dumped, String> {
-        let txn = self.db.redb().begin_read().map_err(|e| e.to_string())?;
+        // The logs' rows from the first, across the archive if a node's database had moved some there.
+        let view = LogView::on(&self.db, self.db.redb().begin_read().map_err(|e| e.to_string())?);
+        let txn = view.hot();
         let read_meta = |key: &str| -> Result<Option<Vec<u8>>, String> {
             let table = txn.open_table(super::store::RAFT_META).map_err(|e| e.to_string())?;
             Ok(table.get(key).map_err(|e| e.to_string())?.map(|v| v.value().to_vec()))
@@ -115,7 +118,7 @@ impl Machine {
         let e = |e: redb::Error| e.to_string();
         let mut dump = Dump::default();
         let u64_rows = |def, out: &mut Vec<(u64, String)>| -> Result<(), redb::Error> {
-            for row in txn.open_table(def)?.iter()? {
+            for row in view.rows(def, 0)? {
                 let (k, v) = row?;
                 out.push((k.value(), b64(v.value())));
             }

@@ -306,6 +306,8 @@ impl RunCommand {
         // unmapped, the log's writer thread joined). Every event the run recorded was acknowledged durable before
         // its report was made, and the database is not closed anyway (above), so nothing is lost.
         if self.single() {
+            // Unless its writer is moving the log's old rows to the archive (once per thousands of runs).
+            host.log().stats().wait_for_upkeep();
             std::mem::forget(host);
             // Nor is its component's code unmapped.
             std::mem::forget(runner);

@@ -268,6 +268,17 @@ pub(crate) fn ops_chain(
     if recorded.seq > last {
         return Ok(Err(format!("the operation log ends at {last}, before its recorded head at {}", recorded.seq)));
     }
+    // The operations before the database's first are in the archive: the head must be recorded past them.
+    if let Some((first, _)) = ops.first()?
+        && first.value() > recorded.seq + 1
+    {
+        return Ok(Err(format!(
+            "the operation log's head is recorded at {}, before its first operation here ({}); the earlier ones are \
+             archived",
+            recorded.seq,
+            first.value()
+        )));
+    }
     let mut chain = recorded;
     for entry in ops.range(recorded.seq + 1..)? {
         let (k, v) = entry?;
@@ -423,13 +434,13 @@ struct OpsWalk {
     gap: Option<u64>,
 }
 
-fn walk_ops(table: &impl ReadableTable<u64, &'static [u8]>, wanted: &BTreeSet<u64>) -> Result<OpsWalk, redb::Error> {
+fn walk_ops(rows: impl Iterator<Item = super::archive::Row>, wanted: &BTreeSet<u64>) -> Result<OpsWalk, redb::Error> {
     let mut chain = Chain::EMPTY;
     let mut at = BTreeMap::new();
     if wanted.contains(&0) {
         at.insert(0, GENESIS);
     }
-    for entry in table.iter()? {
+    for entry in rows {
         let (k, v) = entry?;
         if k.value() != chain.seq + 1 {
             return Ok(OpsWalk { chain, at, gap: Some(k.value()) });
@@ -486,7 +497,8 @@ pub fn verify(
     keys: &KeyStore,
     external: Option<&Checkpoint>,
 ) -> Result<(Verification, Anchoring), redb::Error> {
-    let txn = db.redb().begin_read()?;
+    let view = super::archive::LogView::begin(db)?;
+    let txn = view.hot();
     let mut problem = None;
     let mut stored = Vec::new();
     for entry in txn.open_table(CHECKPOINTS)?.iter()? {
@@ -510,8 +522,8 @@ pub fn verify(
         .collect();
     let wanted_events: BTreeSet<u64> = all.iter().map(|(_, cp)| cp.events_seq).collect();
     let wanted_ops: BTreeSet<u64> = all.iter().map(|(_, cp)| cp.ops_seq).collect();
-    let (chain, event_heads) = walk(&txn.open_table(EVENTS)?, &wanted_events)?;
-    let ops = walk_ops(&txn.open_table(OPS)?, &wanted_ops)?;
+    let (chain, event_heads) = walk(view.rows(EVENTS, 0)?, &wanted_events)?;
+    let ops = walk_ops(view.rows(OPS, 0)?, &wanted_ops)?;
     let revoked = revocations_digest(&txn.open_table(REVOKED)?)?;
     if let (None, Some(seq)) = (&problem, ops.gap) {
         problem = Some(Tamper::Rewritten { at: "of the operation log".into(), log: Log::Operations, seq });

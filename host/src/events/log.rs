@@ -182,6 +182,10 @@ pub struct LogStats {
     pub by_size: [std::sync::atomic::AtomicU64; BATCH_BOUNDS.len()],
     /// The sequence number of the last event this process committed (readers wait on it).
     pub head: tokio::sync::watch::Sender<u64>,
+    /// Whether the writer is moving the log's old rows to the archive (see [`super::archive`]), and its signal when
+    /// it is done.
+    moving: std::sync::Mutex<bool>,
+    moved: std::sync::Condvar,
 }
 
 /// Upper bounds of the batch-size classes in [`LogStats::by_size`].
@@ -195,6 +199,8 @@ impl Default for LogStats {
             operations: Default::default(),
             by_size: Default::default(),
             head: tokio::sync::watch::Sender::new(0),
+            moving: std::sync::Mutex::new(false),
+            moved: std::sync::Condvar::new(),
         }
     }
 }
@@ -211,6 +217,24 @@ impl LogStats {
         }
         if head > 0 {
             self.head.send_replace(head);
+        }
+    }
+
+    fn set_moving(&self, moving: bool) {
+        *self.moving.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = moving;
+        if !moving {
+            self.moved.notify_all();
+        }
+    }
+
+    /// Waits until the writer is not moving old rows to the archive: for a process about to exit without stopping
+    /// its writer (one `run`), so that a move it began is finished rather than cut off (a cut-off move loses
+    /// nothing, but the next process would start it again). Set before the commit that made the move due is
+    /// acknowledged, so a submitter that waits after its acknowledgement sees it.
+    pub fn wait_for_upkeep(&self) {
+        let mut moving = self.moving.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *moving {
+            moving = self.moved.wait(moving).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 }
@@ -431,6 +455,10 @@ fn write_loop(
     // once. Batches grow from what queues up during a commit, and the gathering follows them.
     let mut recent = [1usize; 8];
     let mut batches = 0usize;
+    // Where the database's event table starts (as far as this process knows), and the head from which moving its old
+    // rows to the archive is tried again after a refusal.
+    let mut hot_first = super::archive::hot_first(db).unwrap_or(0);
+    let mut retry_from = 0u64;
     while let Ok(first) = inbox.recv() {
         let target = recent.iter().copied().max().unwrap_or(1);
         let deadline = std::time::Instant::now() + GATHER_MAX;
@@ -464,8 +492,27 @@ fn write_loop(
                 let events = applied.clone().map(|a| a.events.len() as u64).sum();
                 let head = applied.flat_map(|a| a.events.last()).map(|e| e.seq).max().unwrap_or(0);
                 stats.committed(batch.len(), events, head);
+                let move_due = head >= retry_from && super::archive::due(hot_first.max(1), head);
+                if move_due {
+                    stats.set_moving(true);
+                }
                 for (request, outcome) in batch.into_iter().zip(outcomes) {
                     request.reply.send(outcome);
+                }
+                if move_due {
+                    // After the answers: nobody waits on the move, which takes tens of milliseconds.
+                    match super::archive::move_old_rows(db) {
+                        Ok(Some(moved)) => tracing::debug!(?moved, "moved the log's old rows to the archive"),
+                        // Not due after all (another process moved them; or a cluster node's database, whose rows
+                        // never move): not tried again on every commit.
+                        Ok(None) => retry_from = head + (super::archive::HOT_MAX - super::archive::HOT_KEEP),
+                        Err(why) => {
+                            tracing::warn!("the log's old rows stay in the database: {why}");
+                            retry_from = head + (super::archive::HOT_MAX - super::archive::HOT_KEEP);
+                        }
+                    }
+                    hot_first = super::archive::hot_first(db).unwrap_or(hot_first);
+                    stats.set_moving(false);
                 }
             }
             Err(e) => {
@@ -492,6 +539,11 @@ fn catch_up(
     kernel_table: &impl ReadableTable<&'static str, &'static [u8]>,
     op_table: &impl ReadableTable<u64, &'static [u8]>,
 ) -> Result<(), redb::Error> {
+    // Operations the kernel's snapshot covers may have moved to the archive (see `super::archive`) since this
+    // state was last caught up: then start again from the snapshot, which covers every moved operation.
+    if state.applied > 0 && op_table.first()?.is_some_and(|(k, _)| k.value() > state.applied + 1) {
+        *state = State::default();
+    }
     if state.applied == 0 {
         // Start from the latest snapshot rather than from the first operation ever.
         if let Some(snapshot) = kernel_table.get(SNAPSHOT)? {
@@ -518,13 +570,24 @@ pub fn kernel_state(db: &Db) -> Result<State, redb::Error> {
     Ok(state)
 }
 
-/// The stored operation `seq`, if there is one.
+/// The sequence number of the last operation the kernel's stored snapshot covers (0: no snapshot).
+pub(crate) fn snapshot_applied(
+    kernel_table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, redb::Error> {
+    #[derive(serde::Deserialize)]
+    struct Covered {
+        applied: u64,
+    }
+    let Some(snapshot) = kernel_table.get(SNAPSHOT)? else { return Ok(0) };
+    serde_json::from_slice::<Covered>(snapshot.value())
+        .map(|c| c.applied)
+        .map_err(|e| redb::Error::Corrupted(format!("kernel snapshot is unreadable: {e}")))
+}
+
+/// The stored operation `seq`, if there is one (in the database or its archive).
 pub fn operation_at(db: &Db, seq: u64) -> Result<Option<Operation>, redb::Error> {
-    use redb::ReadableDatabase;
-    let txn = db.redb().begin_read()?;
-    let table = txn.open_table(OPS)?;
-    let Some(value) = table.get(seq)? else { return Ok(None) };
-    serde_json::from_slice(value.value())
+    let Some(value) = super::archive::LogView::begin(db)?.get(OPS, seq)? else { return Ok(None) };
+    serde_json::from_slice(&value)
         .map(Some)
         .map_err(|e| redb::Error::Corrupted(format!("operation {seq} is unreadable: {e}")))
 }
@@ -653,7 +716,7 @@ fn commit(
             Err(why) if signer.is_some() => return Err(CommitError::Unanchored(why)),
             Err(_) => {
                 let mut chain = Chain::EMPTY;
-                for entry in op_table.iter()? {
+                for entry in super::archive::LogView::begin(db)?.rows(OPS, 1)? {
                     let (k, v) = entry?;
                     chain.push_op(k.value(), v.value());
                 }
@@ -1330,5 +1393,76 @@ mod tests {
         log.submit(emit("r", 1)).unwrap();
         let (chain, anchoring) = checkpoint::verify(&db, &keys, None).unwrap();
         assert_eq!((chain.records, anchoring.latest.map(|c| c.events_seq), anchoring.problem), (2, Some(2), None));
+    }
+
+    /// Submits `ops` without waiting, then one more with: the queue is first in, first out, so once that one is
+    /// answered every one before it is committed; then waits for a move to the archive the last batch began.
+    fn submit_all(log: &EventLog, ops: impl Iterator<Item = Operation>, last: Operation) -> Applied {
+        for op in ops {
+            drop(log.submit_pending(op));
+        }
+        let applied = log.submit(last).unwrap();
+        log.stats().wait_for_upkeep();
+        applied
+    }
+
+    /// Past `HOT_MAX` events the writer moves the old rows to the archive. Every reader still sees the whole log
+    /// across both files (read, scan, verify, the checkpoints, an archived operation), a process whose kernel state
+    /// is older than the database's first operation starts again from the snapshot, and an archive that goes missing
+    /// is seen by `verify` while the database, refused a move that would leave a gap, keeps every row.
+    #[test]
+    fn old_rows_move_to_the_archive_and_every_reader_still_sees_the_whole_log() {
+        use crate::events::archive::{HOT_KEEP, HOT_MAX, hot_first};
+        use crate::events::scan;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyStore::load_or_init(dir.path(), 1).unwrap();
+        let path = dir.path().join("t.redb");
+        let db = Db::open(&path).unwrap();
+        let signer = || Some(Signer::from_keys(&keys).unwrap());
+        let log = EventLog::open(db.clone(), GroupCommit::default(), signer()).unwrap();
+        log.submit(start("r")).unwrap();
+        // A second process's writer, whose kernel state is caught up now, before the move.
+        let late = EventLog::open(Db::open(&path).unwrap(), GroupCommit::default(), signer()).unwrap();
+        late.submit(emit("r", 0)).unwrap();
+        // Positive control: below the bound nothing moves.
+        let n = HOT_MAX + 2000;
+        submit_all(&log, (1..HOT_MAX - 100).map(|i| emit("r", i)), emit("r", HOT_MAX - 100));
+        assert_eq!(hot_first(&db).unwrap(), 1);
+        assert!(!db.archive_path().exists());
+        let last = submit_all(&log, (HOT_MAX - 99..n).map(|i| emit("r", i)), emit("r", n));
+        let head = last.events.last().unwrap().seq;
+        let first = hot_first(&db).unwrap();
+        assert!(first > 1 && head - first < HOT_KEEP + 4096, "the database holds {first}..={head}");
+        assert!(db.archive_path().exists());
+
+        let chain = verify(&db).unwrap();
+        assert_eq!((chain.records, chain.first_bad), (head, None));
+        let (_, anchoring) = checkpoint::verify(&db, &keys, None).unwrap();
+        assert_eq!((anchoring.problem, anchoring.ops), (None, last.op_seq));
+        let seqs = |records: Vec<crate::events::EventRecord>| records.iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(read(&db, &Filter { limit: Some(3), ..Filter::default() }).unwrap()), [1, 2, 3]);
+        let (across, _, more) = scan(&db, &Filter::default(), first - 3, 6).unwrap();
+        assert_eq!((seqs(across), more), ((first - 2..first + 4).collect::<Vec<_>>(), true));
+        assert!(matches!(operation_at(&db, 1).unwrap().unwrap().op, Op::StartRun { .. }));
+        assert_eq!(kernel_state(&db).unwrap().applied, last.op_seq);
+
+        // The second writer's state stopped at operation 2, before the database's first: it starts again from the
+        // snapshot instead of applying only what the database holds.
+        let next = late.submit(emit("r", n + 1)).unwrap();
+        assert_eq!((next.op_seq, next.rejected), (last.op_seq + 1, None));
+        assert_eq!(next.events[0].seq, head + 1);
+        drop((log, late));
+
+        // The archive goes missing: verify says where the chain breaks, and the writer, due again, refuses to move
+        // rows that would leave a gap, so the database keeps them all.
+        drop(db);
+        std::fs::remove_file(dir.path().join("t.redb.archive")).unwrap();
+        let db = Db::open(&path).unwrap();
+        assert_eq!(verify(&db).unwrap().first_bad.map(|(seq, _)| seq), Some(first));
+        let log = EventLog::open(db.clone(), GroupCommit::default(), None).unwrap();
+        let more = HOT_MAX;
+        submit_all(&log, (0..more).map(|i| emit("r", n + 2 + i)), emit("r", 0));
+        assert_eq!(hot_first(&db).unwrap(), first, "nothing left the database");
+        assert!(db.archive_path().exists(), "an empty archive was opened to append to");
     }
 }

@@ -10,6 +10,7 @@
 //! This module never writes (the writer is [`log`]) and never repairs: it reports the first record that does not
 //! verify.
 
+pub mod archive;
 pub mod checkpoint;
 pub mod log;
 
@@ -175,13 +176,11 @@ impl Filter {
     }
 }
 
-/// Reads events in sequence order.
+/// Reads events in sequence order (from the database and, below its first, its archive).
 pub fn read(db: &Db, filter: &Filter) -> Result<Vec<EventRecord>, redb::Error> {
-    let txn = db.redb().begin_read()?;
-    let table = txn.open_table(EVENTS)?;
     let start = filter.after.map_or(0, |a| a.saturating_add(1));
     let mut out = Vec::new();
-    for entry in table.range(start..)? {
+    for entry in archive::LogView::begin(db)?.rows(EVENTS, start)? {
         let (k, v) = entry?;
         let record = decode(k.value(), v.value()).unwrap_or_else(|e| invalid(k.value(), e));
         if filter.matches(&record) {
@@ -202,11 +201,9 @@ pub fn scan(
     after: u64,
     max_scan: usize,
 ) -> Result<(Vec<EventRecord>, u64, bool), redb::Error> {
-    let txn = db.redb().begin_read()?;
-    let table = txn.open_table(EVENTS)?;
     let mut out = Vec::new();
     let mut last = after;
-    for (read, entry) in table.range(after.saturating_add(1)..)?.enumerate() {
+    for (read, entry) in archive::LogView::begin(db)?.rows(EVENTS, after.saturating_add(1))?.enumerate() {
         if read == max_scan {
             return Ok((out, last, true));
         }
@@ -251,16 +248,15 @@ pub struct Verification {
     pub head: String,
 }
 
-/// Walks the whole chain from the first record.
+/// Walks the whole chain from the first record (across the archive and the database).
 pub fn verify(db: &Db) -> Result<Verification, redb::Error> {
-    let txn = db.redb().begin_read()?;
-    Ok(walk(&txn.open_table(EVENTS)?, &BTreeSet::new())?.0)
+    Ok(walk(archive::LogView::begin(db)?.rows(EVENTS, 0)?, &BTreeSet::new())?.0)
 }
 
-/// Walks the chain of `table` from the first record; also returns the head after each record of `wanted` that the
-/// chain reaches intact (0: before the first record).
+/// Walks the chain of `rows` (a log's rows from its first); also returns the head after each record of `wanted` that
+/// the chain reaches intact (0: before the first record).
 pub(crate) fn walk(
-    table: &impl ReadableTable<u64, &'static [u8]>,
+    rows: impl Iterator<Item = archive::Row>,
     wanted: &BTreeSet<u64>,
 ) -> Result<(Verification, BTreeMap<u64, [u8; 32]>), redb::Error> {
     let mut heads = BTreeMap::new();
@@ -269,7 +265,7 @@ pub(crate) fn walk(
     }
     let mut prev = GENESIS;
     let mut records = 0u64;
-    for (expected_seq, entry) in (1u64..).zip(table.iter()?) {
+    for (expected_seq, entry) in (1u64..).zip(rows) {
         let (k, v) = entry?;
         let seq = k.value();
         records = expected_seq;
