@@ -86,6 +86,8 @@ pub struct Db {
     repaired: bool,
     /// The archive of the logs' old rows (see `crate::events::archive`), once this process has opened it.
     archive: Arc<std::sync::Mutex<Option<Arc<Database>>>>,
+    /// Set by [`Db::keep_open_until_exit`]: the archive too is left open when the process exits.
+    kept_open: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Db {
@@ -155,7 +157,13 @@ impl Db {
         if repaired {
             tracing::warn!(path = %path.display(), "database repaired: a writer that recorded no allocator state stopped without closing it");
         }
-        Ok(Db { inner: Arc::new(db), path: path.to_path_buf(), repaired, archive: Arc::default() })
+        Ok(Db {
+            inner: Arc::new(db),
+            path: path.to_path_buf(),
+            repaired,
+            archive: Arc::default(),
+            kept_open: Arc::default(),
+        })
     }
 
     /// Where the archive of this database's old log rows lives (see [`archive_path`]).
@@ -190,6 +198,9 @@ impl Db {
             txn.commit()?;
         }
         let db = Arc::new(db);
+        if self.kept_open.load(std::sync::atomic::Ordering::Relaxed) {
+            std::mem::forget(db.clone());
+        }
         *slot = Some(db.clone());
         Ok(Some(db))
     }
@@ -211,6 +222,11 @@ impl Db {
     /// clean close. Nothing acknowledged is lost: a commit is durable before it returns.
     pub fn keep_open_until_exit(&self) {
         std::mem::forget(self.inner.clone());
+        // So is the archive, opened now or later (a reader such as `events verify` opens it after this call).
+        self.kept_open.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(archive) = self.archive.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+            std::mem::forget(archive.clone());
+        }
     }
 
     pub fn redb(&self) -> &Database {

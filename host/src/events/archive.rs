@@ -159,11 +159,27 @@ fn try_move(db: &Db) -> Result<Result<Option<Moved>, String>, redb::Error> {
         Ok(copied) => copied,
         Err(refused) => return Ok(Err(refused)),
     };
+    // The last row of each table moved, as copied: the deletion goes ahead only if the database still holds those.
+    let last_copied = |table: &redb::ReadOnlyTable<u64, &'static [u8]>, to: u64| -> Result<_, redb::Error> {
+        Ok(table.get(to)?.map(|v| v.value().to_vec()))
+    };
+    let boundary = [(EVENTS, events_to, last_copied(&events, events_to)?), (OPS, ops_to, last_copied(&ops, ops_to)?)];
     drop((events, ops, kernel, hot));
     let txn = db.redb().begin_write()?;
-    txn.open_table(EVENTS)?.retain_in(..=events_to, |_, _| false)?;
-    if copied[1] > 0 {
-        txn.open_table(OPS)?.retain_in(..=ops_to, |_, _| false)?;
+    // Checked again in the transaction that deletes: between the copy and now, the database may have become a
+    // cluster node's, or had its history replaced (a cluster snapshot installed).
+    if txn.open_table(KERNEL)?.get(super::log::CLUSTER_MARK)?.is_some() {
+        return Ok(Ok(None));
+    }
+    for (n, (def, to, copied_row)) in boundary.into_iter().enumerate() {
+        if copied[n] == 0 {
+            continue;
+        }
+        let mut table = txn.open_table(def)?;
+        if table.get(to)?.map(|v| v.value().to_vec()) != copied_row {
+            return Ok(Err(format!("the database's {} row {to} changed while it was archived", def.name())));
+        }
+        table.retain_in(..=to, |_, _| false)?;
     }
     txn.commit()?;
     Ok(Ok(Some(Moved { events: copied[0], events_to, ops: copied[1], ops_to })))

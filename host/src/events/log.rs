@@ -239,6 +239,22 @@ impl LogStats {
     }
 }
 
+/// A move of the log's old rows under way: [`LogStats::wait_for_upkeep`] waits until it is dropped.
+struct Moving<'a>(&'a LogStats);
+
+impl<'a> Moving<'a> {
+    fn begin(stats: &'a LogStats) -> Self {
+        stats.set_moving(true);
+        Moving(stats)
+    }
+}
+
+impl Drop for Moving<'_> {
+    fn drop(&mut self) {
+        self.0.set_moving(false);
+    }
+}
+
 /// The process's submitter. Dropping it drains the queue and stops the writer.
 pub struct EventLog {
     queue: Option<mpsc::Sender<Request>>,
@@ -493,9 +509,8 @@ fn write_loop(
                 let head = applied.flat_map(|a| a.events.last()).map(|e| e.seq).max().unwrap_or(0);
                 stats.committed(batch.len(), events, head);
                 let move_due = head >= retry_from && super::archive::due(hot_first.max(1), head);
-                if move_due {
-                    stats.set_moving(true);
-                }
+                // Set before the answers (see `wait_for_upkeep`), cleared however the move ends, a panic included.
+                let _moving = move_due.then(|| Moving::begin(stats));
                 for (request, outcome) in batch.into_iter().zip(outcomes) {
                     request.reply.send(outcome);
                 }
@@ -512,7 +527,6 @@ fn write_loop(
                         }
                     }
                     hot_first = super::archive::hot_first(db).unwrap_or(hot_first);
-                    stats.set_moving(false);
                 }
             }
             Err(e) => {
@@ -553,6 +567,17 @@ fn catch_up(
     }
     for entry in op_table.range(state.applied + 1..)? {
         let (k, v) = entry?;
+        // Operations follow one another: a gap (a snapshot deleted or rolled back while the operations before the
+        // database's first are archived) would number every later one wrongly, and the next commit would overwrite
+        // a stored operation. Fail closed instead.
+        if k.value() != state.applied + 1 {
+            return Err(redb::Error::Corrupted(format!(
+                "the operation log continues at {} where {} was expected: its kernel snapshot does not cover the \
+                 operations before it",
+                k.value(),
+                state.applied + 1
+            )));
+        }
         let op: Operation = serde_json::from_slice(v.value())
             .map_err(|e| redb::Error::Corrupted(format!("operation {} is unreadable: {e}", k.value())))?;
         kernel::apply(state, &op);
@@ -1451,7 +1476,41 @@ mod tests {
         let next = late.submit(emit("r", n + 1)).unwrap();
         assert_eq!((next.op_seq, next.rejected), (last.op_seq + 1, None));
         assert_eq!(next.events[0].seq, head + 1);
-        drop((log, late));
+        drop(late);
+
+        // A move cut off between its two commits leaves rows in both files: each is read once, from the database.
+        let archived = db.archive(false).unwrap().unwrap();
+        let overlap = |edit: bool| {
+            let view = crate::events::archive::LogView::begin(&db).unwrap();
+            let rows: Vec<(u64, Vec<u8>)> = view
+                .rows(EVENTS, first)
+                .unwrap()
+                .take(10)
+                .map(|r| r.unwrap())
+                .map(|(k, v)| (k.value(), v.value().to_vec()))
+                .collect();
+            let txn = archived.begin_write().unwrap();
+            let mut table = txn.open_table(EVENTS).unwrap();
+            for (seq, mut value) in rows {
+                if edit && seq == first + 9 {
+                    value[40] ^= 1;
+                }
+                table.insert(seq, value.as_slice()).unwrap();
+            }
+            drop(table);
+            txn.commit().unwrap();
+        };
+        overlap(false);
+        let chain = verify(&db).unwrap();
+        assert_eq!((chain.records, chain.first_bad), (head + 1, None));
+        assert_eq!(read(&db, &Filter::default()).unwrap().len() as u64, head + 1);
+        // One of those rows differs from the database's: the next move is refused and the database keeps its rows.
+        overlap(true);
+        let again = submit_all(&log, (0..HOT_MAX).map(|i| emit("r", n + 2 + i)), emit("r", 0));
+        assert_eq!(hot_first(&db).unwrap(), first, "nothing left the database");
+        assert_eq!(verify(&db).unwrap().records, again.events[0].seq, "and the log reads whole");
+        drop(log);
+        let head = again.events[0].seq;
 
         // The archive goes missing: verify says where the chain breaks, and the writer, due again, refuses to move
         // rows that would leave a gap, so the database keeps them all.
@@ -1460,9 +1519,20 @@ mod tests {
         let db = Db::open(&path).unwrap();
         assert_eq!(verify(&db).unwrap().first_bad.map(|(seq, _)| seq), Some(first));
         let log = EventLog::open(db.clone(), GroupCommit::default(), None).unwrap();
-        let more = HOT_MAX;
-        submit_all(&log, (0..more).map(|i| emit("r", n + 2 + i)), emit("r", 0));
+        let last = submit_all(&log, (0..HOT_MAX).map(|i| emit("r", i)), emit("r", 0));
+        assert_eq!(last.events[0].seq, head + HOT_MAX + 1);
         assert_eq!(hot_first(&db).unwrap(), first, "nothing left the database");
         assert!(db.archive_path().exists(), "an empty archive was opened to append to");
+        drop(log);
+
+        // The kernel snapshot deleted, with the operations before the database's first archived: a writer refuses
+        // to number operations from the wrong place (it would overwrite stored ones).
+        tamper(&db, |txn| {
+            txn.open_table(KERNEL).unwrap().remove(SNAPSHOT).unwrap();
+        });
+        let log = EventLog::open(db.clone(), GroupCommit::default(), None).unwrap();
+        let refused = log.submit(emit("r", 1)).unwrap_err();
+        assert!(refused.to_string().contains("its kernel snapshot does not cover"), "{refused}");
+        assert_eq!(crate::events::last_seq(&db).unwrap(), last.events[0].seq, "nothing was appended");
     }
 }
