@@ -34,6 +34,9 @@ pub const HOT_KEEP: u64 = 1 << 14;
 /// One of the two log tables: sequence number -> stored bytes.
 pub(crate) type LogTable = TableDefinition<'static, u64, &'static [u8]>;
 
+/// A log table as one read transaction of the hot database sees it.
+type HotTable = redb::ReadOnlyTable<u64, &'static [u8]>;
+
 /// One row of a log table, as a range yields it.
 pub(crate) type Row = Result<(AccessGuard<'static, u64>, AccessGuard<'static, &'static [u8]>), StorageError>;
 
@@ -137,7 +140,7 @@ pub fn move_old_rows(db: &Db) -> Result<Option<Moved>, String> {
 fn try_move(db: &Db) -> Result<Result<Option<Moved>, String>, redb::Error> {
     let hot = db.redb().begin_read()?;
     let events = hot.open_table(EVENTS)?;
-    let bounds = |t: &redb::ReadOnlyTable<u64, &'static [u8]>| -> Result<(u64, u64), redb::Error> {
+    let bounds = |t: &HotTable| -> Result<(u64, u64), redb::Error> {
         let first = t.first()?.map_or(0, |(k, _)| k.value());
         let last = t.last()?.map_or(0, |(k, _)| k.value());
         Ok((first, last))
@@ -160,9 +163,8 @@ fn try_move(db: &Db) -> Result<Result<Option<Moved>, String>, redb::Error> {
         Err(refused) => return Ok(Err(refused)),
     };
     // The last row of each table moved, as copied: the deletion goes ahead only if the database still holds those.
-    let last_copied = |table: &redb::ReadOnlyTable<u64, &'static [u8]>, to: u64| -> Result<_, redb::Error> {
-        Ok(table.get(to)?.map(|v| v.value().to_vec()))
-    };
+    let last_copied =
+        |table: &HotTable, to: u64| -> Result<_, redb::Error> { Ok(table.get(to)?.map(|v| v.value().to_vec())) };
     let boundary = [(EVENTS, events_to, last_copied(&events, events_to)?), (OPS, ops_to, last_copied(&ops, ops_to)?)];
     drop((events, ops, kernel, hot));
     let txn = db.redb().begin_write()?;
@@ -190,7 +192,7 @@ fn try_move(db: &Db) -> Result<Result<Option<Moved>, String>, redb::Error> {
 /// how many rows of each table the archive now holds from `first` to `to`; `Err`: why nothing was appended.
 fn copy(
     archive: &Arc<redb::Database>,
-    tables: &[(LogTable, &redb::ReadOnlyTable<u64, &'static [u8]>, u64, u64)],
+    tables: &[(LogTable, &HotTable, u64, u64)],
 ) -> Result<Result<Vec<u64>, String>, redb::Error> {
     let txn = archive.begin_write()?;
     let mut counts = Vec::with_capacity(tables.len());
