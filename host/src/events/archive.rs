@@ -45,7 +45,7 @@ pub(crate) type Row = Result<(AccessGuard<'static, u64>, AccessGuard<'static, &'
 pub(crate) struct LogView {
     db: Db,
     hot: redb::ReadTransaction,
-    archive: std::sync::OnceLock<Option<redb::ReadTransaction>>,
+    archive: std::cell::OnceCell<Option<redb::ReadTransaction>>,
 }
 
 impl LogView {
@@ -56,7 +56,7 @@ impl LogView {
 
     /// A view on a read transaction of the hot database the caller has already begun.
     pub(crate) fn on(db: &Db, hot: redb::ReadTransaction) -> Self {
-        LogView { db: db.clone(), hot, archive: std::sync::OnceLock::new() }
+        LogView { db: db.clone(), hot, archive: std::cell::OnceCell::new() }
     }
 
     /// The hot database's read transaction (for the tables that never move).
@@ -76,8 +76,8 @@ impl LogView {
     }
 
     /// The rows of `table` from sequence number `from` on, in order: for the two tables that move (events and
-    /// operations), the archive's below the hot table's first row, then the hot table's. A hot table that is empty consults no archive (one left from another database's history
-    /// must not show through).
+    /// operations), the archive's below the hot table's first row, then the hot table's. A hot table that is empty
+    /// consults no archive (one left from another database's history must not show through).
     pub(crate) fn rows(&self, table: LogTable, from: u64) -> Result<Box<dyn Iterator<Item = Row>>, redb::Error> {
         let hot = self.hot.open_table(table)?;
         let first = hot.first()?.map(|(k, _)| k.value());

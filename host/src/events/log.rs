@@ -518,11 +518,12 @@ fn write_loop(
                     // After the answers: nobody waits on the move, which takes tens of milliseconds.
                     match super::archive::move_old_rows(db) {
                         Ok(Some(moved)) => tracing::debug!(?moved, "moved the log's old rows to the archive"),
-                        // Not due after all (another process moved them; or a cluster node's database, whose rows
-                        // never move): not tried again on every commit.
-                        Ok(None) => retry_from = head + (super::archive::HOT_MAX - super::archive::HOT_KEEP),
-                        Err(why) => {
-                            tracing::warn!("the log's old rows stay in the database: {why}");
+                        // Refused, or not due after all (another process moved them; or a cluster node's database,
+                        // whose rows never move): not tried again on every commit.
+                        other => {
+                            if let Err(why) = other {
+                                tracing::warn!("the log's old rows stay in the database: {why}");
+                            }
                             retry_from = head + (super::archive::HOT_MAX - super::archive::HOT_KEEP);
                         }
                     }
