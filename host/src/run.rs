@@ -246,13 +246,12 @@ impl Runner {
     /// Without an event log, `None`. Once this is called, the run must be recorded as ended: by
     /// [`Runner::run_with`], or by [`Runner::record_refusal_after`] if the load fails.
     pub fn start_early(&self, of: &StartOf<'_>) -> Option<Started> {
-        let log = self.events.as_ref()?;
-        let start = self.start_operation(of, &RunControl::default());
-        Some(Started {
-            run_id: of.run_id.to_string(),
-            token: token_of(of.grants),
-            pending: Arc::new(std::sync::Mutex::new(Some(log.submit_pending(start)))),
-        })
+        Some(submit_start(self.events.as_ref()?, self.node, of))
+    }
+
+    /// The cluster node this runner's runs execute on, if this host is a node.
+    pub fn node(&self) -> Option<u64> {
+        self.node
     }
 
     /// Records a run refused while its start, submitted early, was being made durable: as the run's ending (with
@@ -489,7 +488,7 @@ impl Runner {
                         limits,
                         invocation,
                     };
-                    let start = self.start_operation(&of, &control);
+                    let start = start_operation(self.node, &of, &control);
                     log.submit_accepted(start).instrument(record).await.map(drop)
                 }
             };
@@ -522,46 +521,6 @@ impl Runner {
     }
 
     /// The operation recording a run's start (`start-run`, or `spawn-agent` for a spawned child).
-    fn start_operation(&self, of: &StartOf<'_>, control: &RunControl) -> crate::kernel::Operation {
-        let grants = of.grants;
-        let limits = of.limits;
-        let detail = serde_json::json!({
-            "component": of.component.display().to_string(),
-            "sha256": of.sha256,
-            "world": of.world,
-            "grants": grants.summary(),
-            "limits": { "fuel": limits.fuel, "timeout_ms": limits.timeout.as_millis() as u64,
-                        "max_memory": limits.max_memory, "max_output": limits.max_output },
-        });
-        let task_id = match of.invocation {
-            Invocation::Task { id, .. } => Some(id.clone()),
-            Invocation::Command { .. } => None,
-        };
-        let op = match &control.spawned {
-            None => Op::StartRun {
-                run_id: of.run_id.to_string(),
-                agent: of.agent.to_string(),
-                task_id,
-                detail,
-                rate: grants.rate,
-                node: self.node,
-            },
-            Some(by) => {
-                let mut detail = detail;
-                detail["depth"] = serde_json::json!(by.depth);
-                Op::SpawnAgent {
-                    parent_run: by.parent_run.clone(),
-                    run_id: of.run_id.to_string(),
-                    agent: of.agent.to_string(),
-                    detail,
-                }
-            }
-        };
-        let mut start = operation_by(&token_of(grants), op);
-        start.chain = grants.token.as_ref().map(|t| t.revocation_ids.clone()).unwrap_or_default();
-        start.chain.extend(control.chain.iter().filter(|id| !start.chain.contains(id)).cloned().collect::<Vec<_>>());
-        start
-    }
 
     async fn run_in_sandbox(
         &self,
@@ -869,6 +828,59 @@ pub fn agent_name(path: &Path) -> String {
 /// The token a run's events are recorded under: its token's id, or the operator's own for a run without one.
 fn token_of(grants: &Authorized) -> String {
     if grants.token_id.is_empty() { LOCAL_TOKEN.to_string() } else { grants.token_id.clone() }
+}
+
+/// Submits the start of a run (`of`) to `log` without waiting for it, as a runner on cluster node `node` does
+/// ([`Runner::start_early`], whose contract holds: the run must then be recorded as ended).
+pub fn submit_start(log: &EventLog, node: Option<u64>, of: &StartOf<'_>) -> Started {
+    let start = start_operation(node, of, &RunControl::default());
+    Started {
+        run_id: of.run_id.to_string(),
+        token: token_of(of.grants),
+        pending: Arc::new(std::sync::Mutex::new(Some(log.submit_pending(start)))),
+    }
+}
+
+/// The operation that records the start of a run (`of`) on cluster node `node`.
+fn start_operation(node: Option<u64>, of: &StartOf<'_>, control: &RunControl) -> crate::kernel::Operation {
+    let grants = of.grants;
+    let limits = of.limits;
+    let detail = serde_json::json!({
+        "component": of.component.display().to_string(),
+        "sha256": of.sha256,
+        "world": of.world,
+        "grants": grants.summary(),
+        "limits": { "fuel": limits.fuel, "timeout_ms": limits.timeout.as_millis() as u64,
+                    "max_memory": limits.max_memory, "max_output": limits.max_output },
+    });
+    let task_id = match of.invocation {
+        Invocation::Task { id, .. } => Some(id.clone()),
+        Invocation::Command { .. } => None,
+    };
+    let op = match &control.spawned {
+        None => Op::StartRun {
+            run_id: of.run_id.to_string(),
+            agent: of.agent.to_string(),
+            task_id,
+            detail,
+            rate: grants.rate,
+            node,
+        },
+        Some(by) => {
+            let mut detail = detail;
+            detail["depth"] = serde_json::json!(by.depth);
+            Op::SpawnAgent {
+                parent_run: by.parent_run.clone(),
+                run_id: of.run_id.to_string(),
+                agent: of.agent.to_string(),
+                detail,
+            }
+        }
+    };
+    let mut start = operation_by(&token_of(grants), op);
+    start.chain = grants.token.as_ref().map(|t| t.revocation_ids.clone()).unwrap_or_default();
+    start.chain.extend(control.chain.iter().filter(|id| !start.chain.contains(id)).cloned().collect::<Vec<_>>());
+    start
 }
 
 async fn record_ending(

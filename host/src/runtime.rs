@@ -14,7 +14,7 @@ use crate::events::{EventLog, GroupCommit};
 use crate::grants::{self, Authorized, GrantRequest, Protected};
 use crate::home::Home;
 use crate::run::{Invocation, Limits, MAX_INPUT, Program, Runner, Started};
-use crate::token::{RunAuthorization, RunRequest, TokenLimits};
+use crate::token::{RunAuthorization, RunRequest, TokenLimits, Unrevoked};
 use crate::tools::call::ToolHost;
 use crate::tools::registry::Registry;
 use std::path::PathBuf;
@@ -100,11 +100,73 @@ impl From<RunError> for Refused {
     }
 }
 
-/// A component file for [`Host::open_loading`] to begin loading, and the id of the run it is for.
-#[derive(Debug, Clone, Copy)]
-pub struct Preload<'a> {
-    pub path: &'a std::path::Path,
-    pub run_id: &'a str,
+/// The run [`Host::open_loading`] began, for [`Host::prepare_preloaded`] to finish.
+struct Preloaded {
+    spec: RunSpec,
+    /// For a component file: the run begun on the load begun with the host (or why it could not be); `None`: the
+    /// run is prepared as any other.
+    begun: Option<Result<Begun, RunError>>,
+}
+
+/// What [`Host::prepare`] settles about a run before its component: its id, its input, its limits and its package.
+struct Checked {
+    run_id: String,
+    input: Option<String>,
+    limits: Limits,
+    plugin: Option<String>,
+}
+
+/// A run of a component file whose load is under way: the file read, the run authorized for the digest of those
+/// bytes (or why not), the invocation the world they declare takes, and the run's start if it was submitted. All
+/// of it happens while the code loads.
+struct Begun {
+    checked: Checked,
+    path: PathBuf,
+    loading: Loading,
+    agent: String,
+    digest: String,
+    authorized: Result<Authorized, RunError>,
+    /// The token, until it is checked against the revocations ([`Begun::settle`]).
+    unrevoked: Option<Unrevoked>,
+    /// The world the file declares, and the invocation it takes, if the run may start before its code is loaded.
+    early: Option<(World, Invocation)>,
+    started: Option<Started>,
+}
+
+impl Begun {
+    /// Checks the run's token against `db`'s revocations, once.
+    fn settle(&mut self, db: &Db) {
+        let Some(unrevoked) = self.unrevoked.take() else { return };
+        match unrevoked.settle(db) {
+            Ok(authorization) => {
+                if let Ok(authorized) = &mut self.authorized {
+                    settled(authorized, authorization);
+                }
+            }
+            Err(refused) => self.authorized = Err(refused),
+        }
+    }
+
+    /// Submits the run's start through `submit` (a runner's [`Runner::start_early`]), if it is authorized (its
+    /// token checked against the revocations, [`Begun::settle`]) and may start before its code is loaded; once only.
+    fn start(&mut self, submit: impl FnOnce(&crate::run::StartOf<'_>) -> Option<Started>) {
+        let (Ok(granted), None, Some((world, invoked)), None) =
+            (&self.authorized, &self.unrevoked, &self.early, &self.started)
+        else {
+            return;
+        };
+        let of = crate::run::StartOf {
+            run_id: &self.checked.run_id,
+            agent: &self.agent,
+            component: &self.path,
+            sha256: &self.digest,
+            world: *world,
+            grants: granted,
+            limits: &self.checked.limits,
+            invocation: invoked,
+        };
+        self.started = submit(&of);
+    }
 }
 
 /// A component file being read and loaded on a thread of its own while the run is authorized and its start
@@ -114,7 +176,6 @@ pub struct Preload<'a> {
 /// the loaded program to carry, so that hashing is not on the load's path.
 struct Loading {
     path: PathBuf,
-    run_id: String,
     /// What the load thread says, in order: the bytes it read (not if the file cannot be read), then the outcome.
     /// The outcome is sent rather than returned, so that it is taken while the thread is still taking itself down.
     said: std::sync::mpsc::Receiver<Said>,
@@ -179,7 +240,7 @@ impl Loading {
                 drop(say.send(Said::Loaded(loaded)));
             })
             .map_err(|e| RunError::host(format!("cannot start a thread to load {}: {e}", path.display())))?;
-        Ok(Loading { path, run_id: run_id.to_string(), said, digest: Some(digest), thread: Some(thread) })
+        Ok(Loading { path, said, digest: Some(digest), thread: Some(thread) })
     }
 
     /// The digest of the bytes read and the world they declare ([`crate::component::world_of`], before the compile);
@@ -259,8 +320,8 @@ pub struct Host {
     engine: Arc<HostEngine>,
     tools: Arc<ToolHost>,
     llm: Arc<crate::llm::Gateway>,
-    /// The component [`Host::open_loading`] began loading, until a run takes it over.
-    preloaded: Mutex<Option<Loading>>,
+    /// The run [`Host::open_loading`] began, until [`Host::prepare_preloaded`] takes it over.
+    preloaded: Mutex<Option<Preloaded>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -277,13 +338,22 @@ impl Host {
         Host::open_loading(home, options, None)
     }
 
-    /// [`Host::open`], also reading and loading the component file of `preload` from the moment the engine is up
-    /// (while the database may still be opening), for [`Host::prepare_started`] of that run to take over: a
-    /// process that makes one run (`toka-host run`) starts its longest step before the guest sooner.
-    pub fn open_loading(home: Home, options: HostOptions, preload: Option<Preload<'_>>) -> Result<Host, RunError> {
+    /// [`Host::open`], also beginning `run` (a run of this host's own runner, [`Host::runner`]) while the host
+    /// opens, for [`Host::prepare_preloaded`] to finish: a process that makes one run (`toka-host run`) starts its
+    /// longest steps before the guest sooner. For a component file:
+    /// - the file is read and its code loaded (from the compile cache, or compiled) on a thread of its own from the
+    ///   start, on the engine once that is up;
+    /// - this thread starts the engine, then checks the run's input, limits, grants and token for the digest of the
+    ///   bytes read while the database opens on the log writer's thread, then the token against the database's
+    ///   revocations;
+    /// - the run's start is submitted to the log at once, so that its durable commit overlaps the load.
+    ///
+    /// Once `run`'s start is submitted, the caller must record the run's ending: with [`Runner::run_with`], or
+    /// [`Runner::record_refusal_after`] if it is refused.
+    pub fn open_loading(home: Home, options: HostOptions, run: Option<RunSpec>) -> Result<Host, RunError> {
         home.ensure_dir().map_err(|e| RunError::host(e.to_string()))?;
-        // The database's open (two fdatasyncs, its header's recovery flag), on the log writer's thread, and the
-        // engine's start overlap.
+        // The database's open (two fdatasyncs, its header's recovery flag), on the log writer's thread, the
+        // engine's start and the component's load overlap.
         let opening = {
             let home = home.clone();
             EventLog::begin_open(GroupCommit::default(), move || {
@@ -293,28 +363,49 @@ impl Host {
                 Ok((db, Some(crate::events::Signer::for_home(&home))))
             })
         };
-        // The file is read and the compile cache checked on the load's thread while the engine starts here, on the
-        // cache that check vouched for; the load compiles once it has the engine. Its span is a root, as the run's
-        // other spans are in a process of one run. Without a thread to load on, the run loads later, as any other.
+        let run = run.map(|mut spec| {
+            spec.run_id.get_or_insert_with(crate::run::fresh_run_id);
+            spec
+        });
+        // The file is read and the compile cache checked on the load's thread while the engine starts, on the cache
+        // that check vouched for; the load compiles once it has the engine. Its span is a root, as the run's other
+        // spans are in a process of one run. Without a thread to load on, the run loads later, as any other.
         let engine_options = Host::engine_options(&home, &options);
-        let engine = Host::cache_auth(&home, &engine_options);
+        let auth = Host::cache_auth(&home, &engine_options);
         let (to_load, engine_for_load) = std::sync::mpsc::sync_channel(1);
-        let loading = match (&engine, preload) {
-            (Ok(auth), Some(Preload { path, run_id })) => {
+        let loading = match (&auth, &run) {
+            (Ok(auth), Some(spec @ RunSpec { source: Source::Path(path), run_id: Some(run_id), .. })) => {
                 let progress = Host::progress(&options);
                 let engine = EngineFor::Soon { engine: engine_for_load, auth: auth.clone(), progress };
-                Loading::start(engine, path.to_path_buf(), run_id, &tracing::Span::none()).ok()
+                Loading::start(engine, path.clone(), run_id, &tracing::Span::none()).ok().map(|l| (spec, l))
             }
             _ => None,
         };
-        let engine = engine.and_then(|auth| Host::engine_with(&engine_options, &options, auth));
-        // If the engine did not start, the load ends (dropping `to_load` tells it so) and the error is reported below.
+        // The engine starts here while the database opens (a fraction of its time). If it does not start, the load
+        // ends (dropping `to_load` tells it so) and the error is reported once the database's is.
+        let engine = auth.and_then(|auth| Host::engine_with(&engine_options, &options, auth));
         if let (Some(_), Ok(engine)) = (&loading, &engine) {
             drop(to_load.send(engine.clone()));
         }
-        let log = opening.finish().map(Arc::new).map_err(RunError::host);
-        let host = Host::with_parts(home, options, log?, engine?)?;
-        *host.preloaded.lock().unwrap_or_else(|p| p.into_inner()) = loading;
+        // The run is checked and authorized while its code loads and the database opens, all but the revocations.
+        let protected = Protected::of(&home);
+        let mut begun = loading.map(|(spec, loading)| {
+            let gate = Gate { home: &home, protected: &protected };
+            let checked = gate.check(spec)?;
+            gate.begin(spec, checked, loading, &tracing::Span::none(), true)
+        });
+        let log = opening.finish().map(Arc::new).map_err(RunError::host)?;
+        let engine = engine?;
+        let llm = Host::gateway(&home, &log, options.record_prompts)?;
+        // Then the revocations, and the start is submitted as the host's own runner would submit it.
+        if let Some(Ok(begun)) = &mut begun {
+            begun.settle(log.db());
+            begun.start(|of| Some(crate::run::submit_start(&log, None, of)));
+        }
+        let host = Host::with_parts(home, log, engine, protected, llm);
+        if let Some(spec) = run {
+            *host.preloaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(Preloaded { spec, begun });
+        }
         Ok(host)
     }
 
@@ -323,7 +414,9 @@ impl Host {
     pub fn open_with_log(home: Home, options: HostOptions, log: Arc<EventLog>) -> Result<Host, RunError> {
         home.ensure_dir().map_err(|e| RunError::host(e.to_string()))?;
         let engine = Host::start_engine(&home, &options)?;
-        Host::with_parts(home, options, log, engine)
+        let protected = Protected::of(&home);
+        let llm = Host::gateway(&home, &log, options.record_prompts)?;
+        Ok(Host::with_parts(home, log, engine, protected, llm))
     }
 
     /// An engine on `home`'s compile cache (made owner-only: it holds code the host will execute).
@@ -365,16 +458,20 @@ impl Host {
 
     fn with_parts(
         home: Home,
-        options: HostOptions,
         log: Arc<EventLog>,
         engine: Arc<HostEngine>,
-    ) -> Result<Host, RunError> {
+        protected: Vec<Protected>,
+        llm: Arc<crate::llm::Gateway>,
+    ) -> Host {
         let tools = Arc::new(ToolHost::new(engine.clone(), Registry::open(&home.dir), Some(log.clone())));
-        let llm = crate::llm::Gateway::open(&home.dir, Some(log.clone()), options.record_prompts)
+        Host { home, protected, log, engine, tools, llm, preloaded: Mutex::new(None) }
+    }
+
+    /// The model gateway of `home` (its `llm.toml`), recording in `log`.
+    fn gateway(home: &Home, log: &Arc<EventLog>, record_prompts: bool) -> Result<Arc<crate::llm::Gateway>, RunError> {
+        crate::llm::Gateway::open(&home.dir, Some(log.clone()), record_prompts)
             .map(Arc::new)
-            .map_err(|e| RunError::host(format!("model gateway: {e}")))?;
-        let protected = Protected::of(&home);
-        Ok(Host { home, protected, log, engine, tools, llm, preloaded: Mutex::new(None) })
+            .map_err(|e| RunError::host(format!("model gateway: {e}")))
     }
 
     pub fn home(&self) -> &Home {
@@ -412,7 +509,7 @@ impl Host {
 
     /// Checks grants against the host filesystem and environment; nothing of the home is ever grantable.
     pub fn authorize_grants(&self, request: &GrantRequest) -> Result<Authorized, RunError> {
-        grants::authorize(request, &self.protected)
+        self.gate().authorize_grants(request)
     }
 
     /// Verifies `token` (or mints one from the operator's flags, living `local_ttl`) against this home's keys and
@@ -440,7 +537,12 @@ impl Host {
 
     /// The limits a token allows, for a run that did not ask for its own.
     pub fn token_limits(&self, token: &str) -> Result<TokenLimits, RunError> {
-        crate::token::limits_of(&self.home.dir, token)
+        self.gate().token_limits(token)
+    }
+
+    /// What authorizes runs on this host: its home, its protected paths, its database.
+    fn gate(&self) -> Gate<'_> {
+        Gate { home: &self.home, protected: &self.protected }
     }
 
     /// Everything that can refuse a run before the guest starts, in order: the input, the component (loaded through
@@ -465,115 +567,189 @@ impl Host {
         self.prepare_as(runner, spec, true)
     }
 
+    /// [`Host::prepare_started`] of the run [`Host::open_loading`] began, on this host's own runner
+    /// ([`Host::runner`]); its start may already be submitted.
+    pub fn prepare_preloaded(&self, runner: &Runner) -> Result<Ready, Refused> {
+        let preloaded = self.preloaded.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(Preloaded { spec, begun }) = preloaded else {
+            return Err(RunError::host("no run was begun with this host").into());
+        };
+        let own = Arc::ptr_eq(&self.engine, runner.engine())
+            && runner.events().is_some_and(|log| Arc::ptr_eq(log, &self.log))
+            && runner.node().is_none();
+        match begun {
+            Some(Ok(begun)) if own => self.finish_begun(runner, &spec, begun),
+            Some(Ok(begun)) => Err(Refused {
+                error: RunError::host("the run begun with this host must be prepared on the host's own runner"),
+                started: begun.started,
+            }),
+            Some(Err(error)) => Err(error.into()),
+            None => self.prepare_as(runner, &spec, true),
+        }
+    }
+
     fn prepare_as(&self, runner: &Runner, spec: &RunSpec, early: bool) -> Result<Ready, Refused> {
+        let checked = self.gate().check(spec)?;
+        let parent = tracing::Span::current();
+        if let Source::Path(path) = &spec.source
+            && runner.loaded(path).is_none()
+        {
+            let loading =
+                Loading::start(EngineFor::Now(runner.engine().clone()), path.clone(), &checked.run_id, &parent)?;
+            let mut begun = self.gate().begin(spec, checked, loading, &parent, early)?;
+            begun.settle(self.db());
+            begun.start(|of| runner.start_early(of));
+            return self.finish_begun(runner, spec, begun);
+        }
+        let Checked { run_id, mut input, limits, plugin } = checked;
+        let component = match &spec.source {
+            Source::Path(path) => path.display().to_string(),
+            Source::Bytes { name, .. } => format!("upload:{name}"),
+            Source::Plugin { identity, .. } => format!("plugin:{identity}"),
+        };
+        let span = load_span(&parent, &run_id, &component);
+        let program = span.in_scope(|| match &spec.source {
+            Source::Path(path) => runner.load(path),
+            Source::Bytes { name, bytes } | Source::Plugin { name, bytes, .. } => runner.load_bytes(name, bytes),
+        })?;
+        record_load(&span, &program.loaded);
+        let authorized = {
+            let _authorize =
+                tracing::info_span!(parent: &parent, "authorize", run_id = %run_id, agent = %program.name()).entered();
+            let digest = program.loaded.sha256.clone();
+            self.gate().authorize_run(self.db(), spec, program.name(), digest, plugin.clone(), &limits)
+        };
+        let invocation = invocation(program.world(), spec, &mut input)?;
+        let mut authorized = authorized?;
+        authorized.plugin = plugin;
+        Ok(Ready { run_id, program, invocation, grants: authorized, limits, started: None })
+    }
+
+    /// The rest of a run [`Gate::begin`] began: its code loaded (the linker built meanwhile), then every refusal in
+    /// [`Host::prepare`]'s order. A refusal carries the run's start if that was submitted.
+    fn finish_begun(&self, runner: &Runner, spec: &RunSpec, mut begun: Begun) -> Result<Ready, Refused> {
+        begun.settle(self.db());
+        // The component linker, which the load needs only once its code is in memory: built here while the start
+        // commits and the code loads, after the token check, so that the start is submitted first. An error here
+        // is the load's to report (it builds the linker itself then).
+        drop(runner.engine().linker());
+        let Begun { checked, path, loading, authorized, early, started, .. } = begun;
+        let program = loading.finish().map(|program| runner.keep(path, program));
+        let Checked { run_id, mut input, limits, plugin } = checked;
+        let refused = |error: RunError| Refused { error, started: started.clone() };
+        let program = program.map_err(refused)?;
+        let invocation = match early {
+            Some((world, invoked)) if world == program.world() => invoked,
+            Some((world, _)) => {
+                return Err(refused(RunError::host(format!(
+                    "{} declares the world {world:?}, but loaded as {:?}",
+                    program.loaded.path.display(),
+                    program.world()
+                ))));
+            }
+            None => invocation(program.world(), spec, &mut input).map_err(refused)?,
+        };
+        let mut authorized = authorized.map_err(refused)?;
+        authorized.plugin = plugin;
+        Ok(Ready { run_id, program, invocation, grants: authorized, limits, started })
+    }
+}
+
+/// What authorizes a run, before any engine: the home (its keys), its protected paths, its database (the
+/// revocations).
+struct Gate<'a> {
+    home: &'a Home,
+    protected: &'a [Protected],
+}
+
+impl Gate<'_> {
+    fn authorize_grants(&self, request: &GrantRequest) -> Result<Authorized, RunError> {
+        grants::authorize(request, self.protected)
+    }
+
+    fn token_limits(&self, token: &str) -> Result<TokenLimits, RunError> {
+        crate::token::limits_of(&self.home.dir, token)
+    }
+
+    /// What is settled about a run before its component: its id, its input (bounded JSON), its limits (the spawn
+    /// caps bounded) and the package it runs.
+    fn check(&self, spec: &RunSpec) -> Result<Checked, RunError> {
         let run_id = spec.run_id.clone().unwrap_or_else(crate::run::fresh_run_id);
-        let mut input = check_input(spec.input.as_deref())?;
+        let input = check_input(spec.input.as_deref())?;
         let limits = self.limits(spec)?;
         use crate::sandbox::limits::{MAX_SPAWN_DEPTH, MAX_SPAWNS};
         if limits.max_spawn_depth > MAX_SPAWN_DEPTH || limits.max_spawns > MAX_SPAWNS {
             return Err(RunError::InvalidInput(format!(
                 "spawn caps: depth at most {MAX_SPAWN_DEPTH}, spawns per run at most {MAX_SPAWNS}"
-            ))
-            .into());
+            )));
         }
         let plugin = match &spec.source {
             Source::Plugin { identity, .. } => Some(identity.clone()),
             _ => None,
         };
-        let parent = tracing::Span::current();
-        let authorize = |name: &str, digest: String| {
+        Ok(Checked { run_id, input, limits, plugin })
+    }
+
+    /// Begins the run of `spec`'s component file that `loading` loads: the file read, the grants and the token
+    /// checked for the digest of its bytes (on this thread, while the code loads on the load's), and, if the run
+    /// may start `early`, the invocation the world the file declares takes. A refused grant or token is kept, to
+    /// be reported after the load's own errors. Traced as the span `authorize` under `parent`.
+    fn begin(
+        &self,
+        spec: &RunSpec,
+        mut checked: Checked,
+        mut loading: Loading,
+        parent: &tracing::Span,
+        early: bool,
+    ) -> Result<Begun, RunError> {
+        let (digest, world) = loading.read()?;
+        let path = loading.path.clone();
+        let agent = crate::run::agent_name(&path);
+        let authorized = {
+            let run_id = &checked.run_id;
             let _authorize =
-                tracing::info_span!(parent: &parent, "authorize", run_id = %run_id, agent = %name).entered();
-            self.authorize_run(spec, name, digest, plugin.clone(), &limits)
+                tracing::info_span!(parent: parent, "authorize", run_id = %run_id, agent = %agent).entered();
+            self.authorize_unrevoked(spec, &agent, digest.clone(), checked.plugin.clone(), &checked.limits)
         };
-        // The start submitted early, with the world it records and the invocation that world takes.
-        let mut early_start: Option<(Started, World, Invocation)> = None;
-        let (program, authorized) = match &spec.source {
-            Source::Path(path) if runner.loaded(path).is_none() => {
-                let mut loading = match self.take_preload(runner, path, &run_id) {
-                    Some(loading) => loading,
-                    None => Loading::start(EngineFor::Now(runner.engine().clone()), path.clone(), &run_id, &parent)?,
-                };
-                let (digest, world) = loading.read()?;
-                let agent = crate::run::agent_name(path);
-                let authorized = authorize(&agent, digest.clone());
-                if early
-                    && let (Ok(granted), Some(world)) = (&authorized, world)
-                    && let Ok(invoked) = invocation(world, spec, &mut input)
-                {
-                    let of = crate::run::StartOf {
-                        run_id: &run_id,
-                        agent: &agent,
-                        component: path,
-                        sha256: &digest,
-                        world,
-                        grants: granted,
-                        limits: &limits,
-                        invocation: &invoked,
-                    };
-                    early_start = runner.start_early(&of).map(|started| (started, world, invoked));
-                }
-                // The component linker, which the load needs only once its code is in memory: built here while the
-                // start commits and the code loads, after the token check, so that the start is submitted first.
-                // An error here is the load's to report (it builds the linker itself then).
-                drop(runner.engine().linker());
-                (loading.finish().map(|program| runner.keep(path.clone(), program)), authorized)
-            }
-            source => {
-                let component = match source {
-                    Source::Path(path) => path.display().to_string(),
-                    Source::Bytes { name, .. } => format!("upload:{name}"),
-                    Source::Plugin { identity, .. } => format!("plugin:{identity}"),
-                };
-                let span = load_span(&parent, &run_id, &component);
-                let program = span.in_scope(|| match source {
-                    Source::Path(path) => runner.load(path),
-                    Source::Bytes { name, bytes } | Source::Plugin { name, bytes, .. } => {
-                        runner.load_bytes(name, bytes)
-                    }
-                })?;
-                record_load(&span, &program.loaded);
-                let authorized = authorize(program.name(), program.loaded.sha256.clone());
-                (Ok(program), authorized)
-            }
+        let (authorized, unrevoked) = match authorized {
+            Ok((authorized, unrevoked)) => (Ok(authorized), Some(unrevoked)),
+            Err(refused) => (Err(refused), None),
         };
-        let started = early_start.as_ref().map(|(started, ..)| started.clone());
-        let refused = |error: RunError| Refused { error, started: started.clone() };
-        let program = program.map_err(refused)?;
-        let invocation = match early_start {
-            Some((_, world, invoked)) if world == program.world() => invoked,
-            Some((_, world, _)) => {
-                return Err(refused(RunError::host(format!(
-                    "the run's start recorded the world {world:?}, but {} loaded as {:?}",
-                    program.loaded.path.display(),
-                    program.world()
-                ))));
+        let early = match (early, &authorized, world) {
+            (true, Ok(_), Some(world)) => {
+                invocation(world, spec, &mut checked.input).ok().map(|invoked| (world, invoked))
             }
-            None => invocation(program.world(), spec, &mut input)?,
+            _ => None,
         };
-        let mut authorized = authorized?;
-        authorized.plugin = plugin;
-        Ok(Ready { run_id, program, invocation, grants: authorized, limits, started })
+        Ok(Begun { checked, path, loading, agent, digest, authorized, unrevoked, early, started: None })
     }
 
-    /// The load [`Host::open_loading`] began, if it is of `path` for run `run_id`, on `runner`'s engine.
-    fn take_preload(&self, runner: &Runner, path: &std::path::Path, run_id: &str) -> Option<Loading> {
-        let mut preloaded = self.preloaded.lock().unwrap_or_else(|p| p.into_inner());
-        let ours = preloaded
-            .as_ref()
-            .is_some_and(|l| l.path == path && l.run_id == run_id && Arc::ptr_eq(&self.engine, runner.engine()));
-        if ours { preloaded.take() } else { None }
-    }
-
-    /// The grants on the host, then the token for all a run of agent `name`, the component of `digest`, asks for.
+    /// The grants on the host, then the token for all a run of agent `name`, the component of `digest`, asks for,
+    /// the token checked against `db`'s revocations.
     fn authorize_run(
         &self,
+        db: &Db,
         spec: &RunSpec,
         name: &str,
         digest: String,
         plugin: Option<String>,
         limits: &Limits,
     ) -> Result<Authorized, RunError> {
+        let (mut authorized, unrevoked) = self.authorize_unrevoked(spec, name, digest, plugin, limits)?;
+        settled(&mut authorized, unrevoked.settle(db)?);
+        Ok(authorized)
+    }
+
+    /// [`Gate::authorize_run`] but for the revocations, which the returned [`Unrevoked`] is still to be checked
+    /// against; the grants lack the token until then ([`settled`]).
+    fn authorize_unrevoked(
+        &self,
+        spec: &RunSpec,
+        name: &str,
+        digest: String,
+        plugin: Option<String>,
+        limits: &Limits,
+    ) -> Result<(Authorized, Unrevoked), RunError> {
         let mut authorized = self.authorize_grants(&spec.grants)?;
         let mut request =
             crate::commands::run::token_request(name, &spec.grants.net, &authorized, limits, Some(digest));
@@ -591,12 +767,10 @@ impl Host {
                 .map_err(|e| RunError::InvalidInput(e.replace("tool name", "agent name")))?;
             request.grants.push(crate::token::Grant { kind: "spawn".into(), value: child.clone(), mode: "".into() });
         }
-        let authorization = self.authorize_token(spec.token.as_deref(), &request, crate::token::LOCAL_TTL)?;
-        authorized.token_id = authorization.token_id;
-        authorized.rate = authorization.rate;
-        authorized.token = Some(authorization.token);
+        let unrevoked =
+            crate::token::check_caller(&self.home.dir, spec.token.as_deref(), &request, crate::token::LOCAL_TTL)?;
         authorized.local_token = spec.token.is_none();
-        Ok(authorized)
+        Ok((authorized, unrevoked))
     }
 
     /// The run's limits: each asked for, else the token's ceiling (with a token), else the default.
@@ -621,6 +795,13 @@ impl Host {
             ..defaults
         })
     }
+}
+
+/// `authorized` completed with the token `authorization` carries.
+fn settled(authorized: &mut Authorized, authorization: RunAuthorization) {
+    authorized.token_id = authorization.token_id;
+    authorized.rate = authorization.rate;
+    authorized.token = Some(authorization.token);
 }
 
 /// The task input, checked to be JSON of a bounded size.

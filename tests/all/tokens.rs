@@ -130,14 +130,23 @@ fn revoking_a_parent_revokes_its_children_and_is_recorded() {
     let parent = mint(h, &["--grant", "env:A"]);
     let child = t(h, &["token", "attenuate", &parent, "--only", "env:A"]).stdout.trim().to_string();
     t(h, &["run", "--token", &child, "--env", "A=1", &echo(), "args"]).expect_code(0);
+    // A grant the token lacks is refused as such while the token stands (the control for the order below).
+    let beyond = ["--env", "A=1", "--env", "B=2"];
+    let r = t(h, &[&["run", "--token", &child][..], &beyond, &[&echo(), "args"]].concat());
+    r.expect_code(72);
     t(h, &["token", "revoke", &parent]).expect_code(0);
     for token in [&parent, &child] {
         let r = t(h, &["run", "--token", token, "--env", "A=1", &echo(), "args"]);
         r.expect_code(78);
         assert!(r.stderr.starts_with("toka-host: token refused: token is revoked"), "{}", r.stderr);
     }
+    // Once revoked, the token is refused as revoked, whatever else it would be refused for: the revocations are
+    // read last (they need the database) but decide first.
+    let r = t(h, &[&["run", "--token", &child][..], &beyond, &[&echo(), "args"]].concat());
+    r.expect_code(78);
+    assert!(r.stderr.starts_with("toka-host: token refused: token is revoked"), "{}", r.stderr);
     let ev = t(h, &["events", "--json", "--kind", "run.failed"]);
-    assert_eq!(ev.stdout.lines().count(), 2, "each refused attempt is an event");
+    assert_eq!(ev.stdout.lines().count(), 4, "each refused attempt is an event");
     assert!(ev.stdout.contains("token-refused"));
     assert_eq!(t(h, &["events", "--json", "--kind", "token.revoked"]).stdout.lines().count(), 1);
     let inspect = t(h, &["token", "inspect", &child]);

@@ -5,7 +5,7 @@ use crate::grants::{self, NetGrant};
 use crate::home::Home;
 use crate::report::RunReport;
 use crate::run::{Limits, MAX_INPUT};
-use crate::runtime::{Host, HostOptions, LimitRequest, Preload, Ready, Refused, RunSpec, Source};
+use crate::runtime::{Host, HostOptions, LimitRequest, Ready, Refused, RunSpec, Source};
 use crate::sandbox::OutputMode;
 use crate::units::{parse_duration, parse_fuel, parse_size};
 use clap::Args;
@@ -142,6 +142,12 @@ impl RunCommand {
         // Spans of the run (load, authorize, run, record) are logged only when RUST_LOG asks for them.
         let _telemetry = std::env::var_os("RUST_LOG").map(|_| crate::commands::init_logging("text"));
         let json = self.json;
+        // One run reads each cached file (the keys, above all) once or twice: watching it and every directory above
+        // it would cost more than the `stat` calls it saves (an inotify watch on a directory with many entries,
+        // such as `/tmp`, takes about a millisecond), from the first read on.
+        if self.single() {
+            crate::filecache::watch::WATCHER.disable();
+        }
         // An installed package is checked (digest on disk, signature against the home's trust now) before anything
         // else; its refusals keep the plugin commands' exit codes.
         let source = match self.source(home) {
@@ -196,33 +202,28 @@ impl RunCommand {
             progress: Some(crate::progress::Delayed::console()),
             record_prompts: self.record_prompts,
         };
-        // The component file starts loading as soon as the engine is up, for the run of this id.
-        let run_id = crate::run::fresh_run_id();
-        let preload = match &source {
-            Source::Path(path) => Some(Preload { path, run_id: &run_id }),
-            _ => None,
+        // The run begins while the host opens: its component file loads from the start, and its start is submitted
+        // as soon as the host stands. The token is read once, here: `--token -` reads stdin, which cannot be read
+        // twice. A run whose flags cannot be read is refused once the host (and its log) is open.
+        let (run, unread) = match self.spec(source) {
+            Ok(spec) => (Some(spec), None),
+            Err(e) => (None, Some(e)),
         };
         let host = tracing::info_span!("open", home = %home.dir.display())
-            .in_scope(|| Host::open_loading(home.clone(), options, preload))?;
+            .in_scope(|| Host::open_loading(home.clone(), options, run))?;
         // This process ends with the run: every event it records is durable once acknowledged, so redb's clean
         // close (four fdatasyncs) is skipped and the next open loads the allocator state the last commit recorded.
         host.db().keep_open_until_exit();
-        if self.single() {
-            crate::filecache::watch::WATCHER.disable();
-        }
         let runner = host.runner();
         let output = OutputMode { echo: !self.json, capture: self.json };
         if output.echo {
             // Started while the component loads, not at the guest's first write.
             crate::sandbox::output::start_echo(crate::sandbox::output::Echo::Stdout);
         }
-        // The token is read once: `--token -` reads stdin, which cannot be read twice. The run's start is recorded
-        // while its component loads.
-        let prepared = self
-            .spec(source)
-            .map(|spec| RunSpec { run_id: Some(run_id), ..spec })
-            .map_err(Refused::from)
-            .and_then(|spec| host.prepare_started(&runner, &spec));
+        let prepared = match unread {
+            Some(error) => Err(Refused::from(error)),
+            None => host.prepare_preloaded(&runner),
+        };
         let Ready { run_id, program, invocation, grants: authorized, limits, started } = match prepared {
             Ok(p) => p,
             Err(Refused { error, started }) => {

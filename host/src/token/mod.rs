@@ -577,6 +577,48 @@ pub fn authorize_caller(
     request: &RunRequest,
     local_ttl: Duration,
 ) -> Result<RunAuthorization, crate::error::RunError> {
+    check_caller(home, token_text, request, local_ttl)?.settle(db)
+}
+
+/// A caller's token checked in every way but against the revocations, which are in the database: the first of
+/// [`authorize_caller`]'s two steps, which needs no database, so that it can be taken while the database opens.
+#[must_use = "a token is authorized only once it is checked against the revocations (`Unrevoked::settle`)"]
+pub struct Unrevoked {
+    verified: std::sync::Arc<Verified>,
+    /// The token's own check, then the grants': refused, if so, only if none of its ids is revoked.
+    checked: Result<(), crate::error::RunError>,
+}
+
+impl Unrevoked {
+    /// Refuses the token if any of its revocation ids is in `db`'s revocations, else whatever the other checks
+    /// refused, else authorizes the run.
+    pub fn settle(self, db: &crate::db::Db) -> Result<RunAuthorization, crate::error::RunError> {
+        use crate::error::RunError;
+        let Unrevoked { verified, checked } = self;
+        if let Some(id) = revoked_among(db, &verified.revocation_ids)
+            .map_err(|e| RunError::host(format!("reading revocations: {e}")))?
+        {
+            return Err(RunError::TokenRefused(crate::error::one_line(&TokenError::Revoked(id).to_string())));
+        }
+        checked?;
+        Ok(RunAuthorization {
+            // The token's own block: what `token revoke` of this token revokes, and what its records name.
+            token_id: verified.revocation_ids.last().cloned().unwrap_or_default(),
+            rate: verified.rate,
+            token: verified,
+        })
+    }
+}
+
+/// Every check of [`authorize_caller`] but the revocations': the token verified (or minted), then the token as a
+/// whole and each grant and limit authorized. A token that cannot be verified is refused at once; a refusal of
+/// the rest waits for [`Unrevoked::settle`], since a revoked token is refused as revoked first.
+pub fn check_caller(
+    home: &std::path::Path,
+    token_text: Option<&str>,
+    request: &RunRequest,
+    local_ttl: Duration,
+) -> Result<Unrevoked, crate::error::RunError> {
     use crate::error::RunError;
     let now = SystemTime::now();
     let refused = |e: &dyn std::fmt::Display| RunError::TokenRefused(crate::error::one_line(&e.to_string()));
@@ -605,25 +647,18 @@ pub fn authorize_caller(
                 .map_err(|e| refused(&e))?
         }
     };
-    if let Some(id) =
-        revoked_among(db, &verified.revocation_ids).map_err(|e| RunError::host(format!("reading revocations: {e}")))?
-    {
-        return Err(refused(&TokenError::Revoked(id)));
-    }
     // The token as a whole first (its time checks, its agent, the limits), so that an expired token or one for
     // another agent is refused as a token, and a refused grant is named as such afterwards.
     let base = RunRequest { grants: Vec::new(), ..request.clone() };
-    authorize(&verified, &base, now).map_err(|(grant, reason)| token_refusal(&verified, &base, grant, reason))?;
-    authorize(&verified, request, now).map_err(|(grant, reason)| RunError::GrantRefused {
-        reason: explain_refusal(&verified, request, &grant, &reason),
-        grant,
-    })?;
-    Ok(RunAuthorization {
-        // The token's own block: what `token revoke` of this token revokes, and what its records name.
-        token_id: verified.revocation_ids.last().cloned().unwrap_or_default(),
-        rate: verified.rate,
-        token: verified,
-    })
+    let checked = authorize(&verified, &base, now)
+        .map_err(|(grant, reason)| token_refusal(&verified, &base, grant, reason))
+        .and_then(|()| {
+            authorize(&verified, request, now).map_err(|(grant, reason)| RunError::GrantRefused {
+                reason: explain_refusal(&verified, request, &grant, &reason),
+                grant,
+            })
+        });
+    Ok(Unrevoked { verified, checked })
 }
 
 /// Names what a failed whole-token check was about, in words; the Datalog only with `--verbose`.
