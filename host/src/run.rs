@@ -520,8 +520,6 @@ impl Runner {
         report
     }
 
-    /// The operation recording a run's start (`start-run`, or `spawn-agent` for a spawned child).
-
     async fn run_in_sandbox(
         &self,
         program: &Program,
@@ -841,7 +839,8 @@ pub fn submit_start(log: &EventLog, node: Option<u64>, of: &StartOf<'_>) -> Star
     }
 }
 
-/// The operation that records the start of a run (`of`) on cluster node `node`.
+/// The operation recording the start of a run (`of`) on cluster node `node`: `start-run`, or `spawn-agent` for a
+/// spawned child.
 fn start_operation(node: Option<u64>, of: &StartOf<'_>, control: &RunControl) -> crate::kernel::Operation {
     let grants = of.grants;
     let limits = of.limits;
