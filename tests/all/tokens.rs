@@ -146,7 +146,8 @@ fn revoking_a_parent_revokes_its_children_and_is_recorded() {
     r.expect_code(78);
     assert!(r.stderr.starts_with("toka-host: token refused: token is revoked"), "{}", r.stderr);
     let ev = t(h, &["events", "--json", "--kind", "run.failed"]);
-    assert_eq!(ev.stdout.lines().count(), 4, "each refused attempt is an event");
+    assert_eq!(ev.stdout.lines().count(), 3, "each refused attempt is an event");
+    assert_eq!(t(h, &["events", "--json", "--kind", "grant.refused"]).stdout.lines().count(), 1, "the control");
     assert!(ev.stdout.contains("token-refused"));
     assert_eq!(t(h, &["events", "--json", "--kind", "token.revoked"]).stdout.lines().count(), 1);
     let inspect = t(h, &["token", "inspect", &child]);
