@@ -214,7 +214,7 @@ fn fd_path(file: &std::fs::File) -> PathBuf {
 }
 
 /// Something toka-host keeps for itself, which no grant may cover.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Protected {
     /// What it is, for the refusal: `home`, `database`, `database archive`, `key file`, `compile cache`.
     pub what: &'static str,

@@ -128,9 +128,11 @@ struct Begun {
     authorized: Result<Authorized, RunError>,
     /// The token, until it is checked against the revocations ([`Begun::settle`]).
     unrevoked: Option<Unrevoked>,
-    /// The world the file declares, and the invocation it takes, if the run may start before its code is loaded.
-    early: Option<(World, Invocation)>,
-    started: Option<Started>,
+    /// The world the file's own exports declare ([`crate::component::world_of`]), if they could be read.
+    world: Option<World>,
+    /// The run's start, once submitted ([`Begun::start`]), with the world it records and the invocation that world
+    /// takes: the load must agree.
+    started: Option<(Started, World, Invocation)>,
 }
 
 impl Begun {
@@ -147,25 +149,46 @@ impl Begun {
         }
     }
 
-    /// Submits the run's start through `submit` (a runner's [`Runner::start_early`]), if it is authorized (its
-    /// token checked against the revocations, [`Begun::settle`]) and may start before its code is loaded; once only.
-    fn start(&mut self, submit: impl FnOnce(&crate::run::StartOf<'_>) -> Option<Started>) {
-        let (Ok(granted), None, Some((world, invoked)), None) =
-            (&self.authorized, &self.unrevoked, &self.early, &self.started)
+    /// Checks the grants and the token again with `gate`, whose protected paths differ from those the run was
+    /// authorized against (a path that did not exist then, such as the database's before its first open).
+    fn reauthorize(&mut self, gate: &Gate<'_>, spec: &RunSpec) {
+        let checked = &self.checked;
+        (self.authorized, self.unrevoked) = match gate.authorize_unrevoked(
+            spec,
+            &self.agent,
+            self.digest.clone(),
+            checked.plugin.clone(),
+            &checked.limits,
+        ) {
+            Ok((authorized, unrevoked)) => (Ok(authorized), Some(unrevoked)),
+            Err(refused) => (Err(refused), None),
+        };
+    }
+
+    /// Submits the run's start through `submit` (a runner's [`Runner::start_early`]) if the run is authorized (its
+    /// token checked against the revocations, [`Begun::settle`]) and the world its file declares takes `spec`'s
+    /// invocation; once only. A run that does not start here is refused, or starts as any other once loaded.
+    fn start(&mut self, spec: &RunSpec, submit: impl FnOnce(&crate::run::StartOf<'_>) -> Option<Started>) {
+        let (Ok(granted), None, Some(world), None) = (&self.authorized, &self.unrevoked, self.world, &self.started)
         else {
             return;
         };
+        // Worked out on a copy of the input: if no start is submitted, the input is still there for the load's world.
+        let mut input = self.checked.input.clone();
+        let Ok(invoked) = invocation(world, spec, &mut input) else { return };
         let of = crate::run::StartOf {
             run_id: &self.checked.run_id,
             agent: &self.agent,
             component: &self.path,
             sha256: &self.digest,
-            world: *world,
+            world,
             grants: granted,
             limits: &self.checked.limits,
-            invocation: invoked,
+            invocation: &invoked,
         };
-        self.started = submit(&of);
+        if let Some(started) = submit(&of) {
+            self.started = Some((started, world, invoked));
+        }
     }
 }
 
@@ -388,19 +411,25 @@ impl Host {
             drop(to_load.send(engine.clone()));
         }
         // The run is checked and authorized while its code loads and the database opens, all but the revocations.
-        let protected = Protected::of(&home);
+        let opening_protected = Protected::of(&home);
         let mut begun = loading.map(|(spec, loading)| {
-            let gate = Gate { home: &home, protected: &protected };
+            let gate = Gate { home: &home, protected: &opening_protected };
             let checked = gate.check(spec)?;
-            gate.begin(spec, checked, loading, &tracing::Span::none(), true)
+            gate.begin(spec, checked, loading, &tracing::Span::none())
         });
         let log = opening.finish().map(Arc::new).map_err(RunError::host)?;
+        // The protected paths again, now that the database exists: a path resolves through symbolic links only once
+        // it exists (a `--db` link whose target the open created), and this host keeps these for its lifetime.
+        let protected = Protected::of(&home);
         let engine = engine?;
         let llm = Host::gateway(&home, &log, options.record_prompts)?;
         // Then the revocations, and the start is submitted as the host's own runner would submit it.
-        if let Some(Ok(begun)) = &mut begun {
+        if let (Some(Ok(begun)), Some(spec)) = (&mut begun, &run) {
+            if protected != opening_protected {
+                begun.reauthorize(&Gate { home: &home, protected: &protected }, spec);
+            }
             begun.settle(log.db());
-            begun.start(|of| Some(crate::run::submit_start(&log, None, of)));
+            begun.start(spec, |of| Some(crate::run::submit_start(&log, None, of)));
         }
         let host = Host::with_parts(home, log, engine, protected, llm);
         if let Some(spec) = run {
@@ -581,7 +610,7 @@ impl Host {
             Some(Ok(begun)) if own => self.finish_begun(runner, &spec, begun),
             Some(Ok(begun)) => Err(Refused {
                 error: RunError::host("the run begun with this host must be prepared on the host's own runner"),
-                started: begun.started,
+                started: begun.started.map(|(started, ..)| started),
             }),
             Some(Err(error)) => Err(error.into()),
             None => self.prepare_as(runner, &spec, true),
@@ -596,9 +625,11 @@ impl Host {
         {
             let loading =
                 Loading::start(EngineFor::Now(runner.engine().clone()), path.clone(), &checked.run_id, &parent)?;
-            let mut begun = self.gate().begin(spec, checked, loading, &parent, early)?;
+            let mut begun = self.gate().begin(spec, checked, loading, &parent)?;
             begun.settle(self.db());
-            begun.start(|of| runner.start_early(of));
+            if early {
+                begun.start(spec, |of| runner.start_early(of));
+            }
             return self.finish_begun(runner, spec, begun);
         }
         let Checked { run_id, mut input, limits, plugin } = checked;
@@ -633,16 +664,20 @@ impl Host {
         // commits and the code loads, after the token check, so that the start is submitted first. An error here
         // is the load's to report (it builds the linker itself then).
         drop(runner.engine().linker());
-        let Begun { checked, path, loading, authorized, early, started, .. } = begun;
+        let Begun { checked, path, loading, authorized, started, .. } = begun;
         let program = loading.finish().map(|program| runner.keep(path, program));
         let Checked { run_id, mut input, limits, plugin } = checked;
+        let (started, early) = match started {
+            Some((started, world, invoked)) => (Some(started), Some((world, invoked))),
+            None => (None, None),
+        };
         let refused = |error: RunError| Refused { error, started: started.clone() };
         let program = program.map_err(refused)?;
         let invocation = match early {
             Some((world, invoked)) if world == program.world() => invoked,
             Some((world, _)) => {
                 return Err(refused(RunError::host(format!(
-                    "{} declares the world {world:?}, but loaded as {:?}",
+                    "the run's start recorded the world {world:?}, but {} loaded as {:?}",
                     program.loaded.path.display(),
                     program.world()
                 ))));
@@ -690,17 +725,16 @@ impl Gate<'_> {
         Ok(Checked { run_id, input, limits, plugin })
     }
 
-    /// Begins the run of `spec`'s component file that `loading` loads: the file read, the grants and the token
-    /// checked for the digest of its bytes (on this thread, while the code loads on the load's), and, if the run
-    /// may start `early`, the invocation the world the file declares takes. A refused grant or token is kept, to
-    /// be reported after the load's own errors. Traced as the span `authorize` under `parent`.
+    /// Begins the run of `spec`'s component file that `loading` loads: the file read, and the grants and the token
+    /// checked for the digest of its bytes (on this thread, while the code loads on the load's), all but the
+    /// revocations ([`Begun::settle`]). A refused grant or token is kept, to be reported after the load's own
+    /// errors. Traced as the span `authorize` under `parent`.
     fn begin(
         &self,
         spec: &RunSpec,
-        mut checked: Checked,
+        checked: Checked,
         mut loading: Loading,
         parent: &tracing::Span,
-        early: bool,
     ) -> Result<Begun, RunError> {
         let (digest, world) = loading.read()?;
         let path = loading.path.clone();
@@ -715,13 +749,7 @@ impl Gate<'_> {
             Ok((authorized, unrevoked)) => (Ok(authorized), Some(unrevoked)),
             Err(refused) => (Err(refused), None),
         };
-        let early = match (early, &authorized, world) {
-            (true, Ok(_), Some(world)) => {
-                invocation(world, spec, &mut checked.input).ok().map(|invoked| (world, invoked))
-            }
-            _ => None,
-        };
-        Ok(Begun { checked, path, loading, agent, digest, authorized, unrevoked, early, started: None })
+        Ok(Begun { checked, path, loading, agent, digest, authorized, unrevoked, world, started: None })
     }
 
     /// The grants on the host, then the token for all a run of agent `name`, the component of `digest`, asks for,

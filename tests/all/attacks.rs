@@ -281,6 +281,43 @@ fn own_state_is_never_grantable() {
     }
 }
 
+/// A `--db` that is a symbolic link to a file not created yet: the run that creates the database already refuses a
+/// grant of the directory the link points into. (The run is authorized while the database opens; the protected
+/// paths are read again once it exists, since a path resolves through a link only then.) A sibling directory is
+/// granted in a run that also creates its database behind a link (the positive control). Before that second read,
+/// the outcome was a race between the log's thread creating the file and the main thread reading the paths, which
+/// the file's creation usually won here: this test fails on that code only when the race goes the other way.
+#[test]
+fn a_database_behind_a_link_is_protected_in_the_run_that_creates_it() {
+    let base = tempfile::tempdir().unwrap();
+    let home = base.path().join("home");
+    let data = base.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let hello = agent("hello-rust");
+    let linked = |name: &str| {
+        let target = base.path().join(name);
+        std::fs::create_dir(&target).unwrap();
+        let link = base.path().join(format!("{name}.redb"));
+        std::os::unix::fs::symlink(target.join("x.redb"), &link).unwrap();
+        (target, link)
+    };
+    let run = |db: &Path, dir: &Path| {
+        let grant = format!("{}::/d", dir.display());
+        let args = ["--home", home.to_str().unwrap(), "--db", db.to_str().unwrap()];
+        let mut all = args.to_vec();
+        all.extend(["run", "--dir", &grant, hello.to_str().unwrap()]);
+        toka_with(&all, None, &[])
+    };
+    let (control, control_link) = linked("control");
+    run(&control_link, &data).expect_code(0);
+    assert!(control.join("x.redb").exists(), "the control's run created its database behind the link");
+    let (target, link) = linked("target");
+    let r = run(&link, &target);
+    r.expect_code(72);
+    assert!(r.stderr.contains("toka-host's database"), "{}", r.stderr);
+    assert!(target.join("x.redb").exists(), "the refused run created the database it was refused for");
+}
+
 /// The home, database, key file, compile cache and token files are created owner-only.
 #[test]
 fn own_state_is_created_owner_only() {
