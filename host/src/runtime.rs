@@ -153,16 +153,13 @@ impl Begun {
     /// authorized against (a path that did not exist then, such as the database's before its first open).
     fn reauthorize(&mut self, gate: &Gate<'_>, spec: &RunSpec) {
         let checked = &self.checked;
-        (self.authorized, self.unrevoked) = match gate.authorize_unrevoked(
+        (self.authorized, self.unrevoked) = unsettled(gate.authorize_unrevoked(
             spec,
             &self.agent,
             self.digest.clone(),
             checked.plugin.clone(),
             &checked.limits,
-        ) {
-            Ok((authorized, unrevoked)) => (Ok(authorized), Some(unrevoked)),
-            Err(refused) => (Err(refused), None),
-        };
+        ));
     }
 
     /// Submits the run's start through `submit` (a runner's [`Runner::start_early`]) if the run is authorized (its
@@ -411,6 +408,9 @@ impl Host {
             drop(to_load.send(engine.clone()));
         }
         // The run is checked and authorized while its code loads and the database opens, all but the revocations.
+        // A database file that exists already resolves the same once opened; one the open creates resolves through
+        // a symbolic link only once it exists, so the protected paths are read again after the open only then.
+        let db_existed = home.db.exists();
         let opening_protected = Protected::of(&home);
         let mut begun = loading.map(|(spec, loading)| {
             let gate = Gate { home: &home, protected: &opening_protected };
@@ -418,20 +418,19 @@ impl Host {
             gate.begin(spec, checked, loading, &tracing::Span::none())
         });
         let log = opening.finish().map(Arc::new).map_err(RunError::host)?;
-        // The protected paths again, now that the database exists: a path resolves through symbolic links only once
-        // it exists (a `--db` link whose target the open created), and this host keeps these for its lifetime.
-        let protected = Protected::of(&home);
+        // This host keeps the paths as they resolve after the open, for its lifetime.
+        let reread = (!db_existed).then(|| Protected::of(&home)).filter(|now| *now != opening_protected);
         let engine = engine?;
         let llm = Host::gateway(&home, &log, options.record_prompts)?;
         // Then the revocations, and the start is submitted as the host's own runner would submit it.
         if let (Some(Ok(begun)), Some(spec)) = (&mut begun, &run) {
-            if protected != opening_protected {
-                begun.reauthorize(&Gate { home: &home, protected: &protected }, spec);
+            if let Some(protected) = &reread {
+                begun.reauthorize(&Gate { home: &home, protected }, spec);
             }
             begun.settle(log.db());
             begun.start(spec, |of| Some(crate::run::submit_start(&log, None, of)));
         }
-        let host = Host::with_parts(home, log, engine, protected, llm);
+        let host = Host::with_parts(home, log, engine, reread.unwrap_or(opening_protected), llm);
         if let Some(spec) = run {
             *host.preloaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(Preloaded { spec, begun });
         }
@@ -569,7 +568,7 @@ impl Host {
         self.gate().token_limits(token)
     }
 
-    /// What authorizes runs on this host: its home, its protected paths, its database.
+    /// What authorizes runs on this host: its home and its protected paths.
     fn gate(&self) -> Gate<'_> {
         Gate { home: &self.home, protected: &self.protected }
     }
@@ -690,8 +689,8 @@ impl Host {
     }
 }
 
-/// What authorizes a run, before any engine: the home (its keys), its protected paths, its database (the
-/// revocations).
+/// What authorizes a run, before any engine or database: the home (its keys) and its protected paths. The
+/// revocations, in the database, are checked apart ([`Unrevoked::settle`]).
 struct Gate<'a> {
     home: &'a Home,
     protected: &'a [Protected],
@@ -745,10 +744,7 @@ impl Gate<'_> {
                 tracing::info_span!(parent: parent, "authorize", run_id = %run_id, agent = %agent).entered();
             self.authorize_unrevoked(spec, &agent, digest.clone(), checked.plugin.clone(), &checked.limits)
         };
-        let (authorized, unrevoked) = match authorized {
-            Ok((authorized, unrevoked)) => (Ok(authorized), Some(unrevoked)),
-            Err(refused) => (Err(refused), None),
-        };
+        let (authorized, unrevoked) = unsettled(authorized);
         Ok(Begun { checked, path, loading, agent, digest, authorized, unrevoked, world, started: None })
     }
 
@@ -822,6 +818,15 @@ impl Gate<'_> {
             max_spawns: asked.max_spawns.unwrap_or(defaults.max_spawns),
             ..defaults
         })
+    }
+}
+
+/// The outcome of [`Gate::authorize_unrevoked`] as a [`Begun`] keeps it: the grants (or the refusal, reported after
+/// the load's), and the token still to be checked against the revocations.
+fn unsettled(outcome: Result<(Authorized, Unrevoked), RunError>) -> (Result<Authorized, RunError>, Option<Unrevoked>) {
+    match outcome {
+        Ok((authorized, unrevoked)) => (Ok(authorized), Some(unrevoked)),
+        Err(refused) => (Err(refused), None),
     }
 }
 
