@@ -295,18 +295,24 @@ fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+/// It also looks after long work's progress ([`crate::progress::look`]): a process with an engine needs no thread of
+/// its own to wait out progress delays.
 fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
     let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("toka-epoch".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
-                }
-            }
-        })
-        .map(drop)
+    crate::progress::looker_started();
+    let ticker = std::thread::Builder::new().name("toka-epoch".into()).spawn(move || {
+        while let Some(engine) = {
+            std::thread::sleep(EPOCH_TICK);
+            weak.upgrade()
+        } {
+            engine.increment_epoch();
+            drop(engine);
+            crate::progress::look();
+        }
+        crate::progress::looker_stopped();
+    });
+    if ticker.is_err() {
+        crate::progress::looker_stopped();
+    }
+    ticker.map(drop)
 }

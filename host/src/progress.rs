@@ -189,10 +189,54 @@ impl Waiting {
     }
 }
 
-/// Starts the process-wide thread that waits out long work's delays, if it is not running yet: for a caller with
-/// time to spare before work that may be long begins on another thread (a run's load), so that the work does not
-/// start it. Otherwise the first [`Delayed`] task does.
+/// Threads that wake every few milliseconds anyway and look at the held tasks on each wake ([`look`]): engines'
+/// epoch tickers. While one runs, no waiting thread is started, so a run (whose engine ticks) starts one thread
+/// fewer.
+static LOOKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A thread that wakes often anyway starts calling [`look`] on each of its wakes (every few milliseconds, a small
+/// fraction of [`DELAY`]). Called before it starts, so that work begun meanwhile is looked after.
+pub fn looker_started() {
+    LOOKERS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A thread counted by [`looker_started`] stops looking: if it was the last and tasks are still held, the waiting
+/// thread takes them over.
+pub fn looker_stopped() {
+    if LOOKERS.fetch_sub(1, Ordering::SeqCst) == 1 && !WAITING.held().unshown.is_empty() {
+        start_waiting();
+    }
+}
+
+/// Shows every held task whose delay has passed, each from a thread of its own (what the waiting thread does on each
+/// of its wakes); for a thread counted by [`looker_started`].
+pub fn look() {
+    let due = {
+        let mut held = WAITING.held();
+        if held.unshown.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        held.unshown.retain(|task| *task.shared.speech() == Speech::Waiting);
+        let (due, left): (Vec<Unshown>, Vec<Unshown>) = held.unshown.drain(..).partition(|task| task.due <= now);
+        held.unshown = left;
+        due
+    };
+    for task in due {
+        show(task);
+    }
+}
+
+/// Gets held tasks looked after: by a thread counted by [`looker_started`] if one runs, else by the process-wide
+/// waiting thread, started now if it is not running yet (for a caller with time to spare before work that may be
+/// long begins on another thread, so that the work does not start it; otherwise the first [`Delayed`] task does).
+/// False if nothing will look.
 fn prepare() -> bool {
+    LOOKERS.load(Ordering::SeqCst) > 0 || start_waiting()
+}
+
+/// Starts the process-wide waiting thread, if it is not running yet.
+fn start_waiting() -> bool {
     *WAITING
         .running
         .get_or_init(|| std::thread::Builder::new().name("toka-progress".into()).spawn(|| wait_out(&WAITING)).is_ok())
@@ -274,12 +318,12 @@ impl Delayed {
             said: std::sync::Condvar::new(),
         });
         let (tell, listen) = mpsc::channel();
-        if prepare() {
-            let started = Instant::now();
-            let due = started + self.delay;
-            WAITING.hold(Unshown { style: self.style, what, started, due, shared: shared.clone(), listen });
-        } else {
-            // Without the waiting thread the work is never shown: it goes on regardless.
+        let started = Instant::now();
+        let due = started + self.delay;
+        // Held before anything is asked to look: a looker that stops meanwhile then sees it and hands it over.
+        WAITING.hold(Unshown { style: self.style, what, started, due, shared: shared.clone(), listen });
+        if !prepare() {
+            // Nothing will look (no thread could be started): the work is never shown, and goes on regardless.
             *shared.speech() = Speech::Over;
         }
         DelayedTask { shared, tell: Some(tell) }
@@ -466,8 +510,9 @@ mod tests {
 
     #[test]
     fn the_waiting_thread_parks_when_idle_and_a_new_task_wakes_it() {
-        // Whatever the other tests began has ended: the thread parks once it has had nothing to wait for.
-        assert!(prepare());
+        // Whatever the other tests began has ended: the thread parks once it has had nothing to wait for. Started
+        // here whether or not an engine's ticker looks after tasks meanwhile (other tests start engines).
+        assert!(start_waiting());
         let deadline = Instant::now() + Duration::from_secs(30);
         while !WAITING.held().parked && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));

@@ -77,6 +77,33 @@ fn every_run_is_recorded_with_its_outcome() {
     assert!(v.stdout.starts_with("ok: 7 records, chain head "), "{}", v.stdout);
 }
 
+/// A host that cannot stand up refuses a run before its start is recorded (exit 79, no `run.started`); the same run
+/// starts and ends once the cause is gone.
+#[test]
+fn a_broken_model_config_refuses_a_run_before_its_start_is_recorded() {
+    // In a home whose log exists, a run's start is submitted by the log's writer as soon as the database is open;
+    // a host that cannot stand up (here, its model gateway's configuration does not parse) must refuse the run
+    // first, or the log would hold a start that nothing ends.
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let hello = agent("hello-rust");
+    let run = ["run", "--input", r#"{"name":"Ada"}"#, hello.to_str().unwrap()];
+    toka_in(h, &run).expect_code(0);
+    std::fs::write(h.join("llm.toml"), "[providers.p]\nkind = \"openai\"\nkeyenv = \"X\"\n").unwrap();
+    let r = toka_in(h, &run);
+    r.expect_code(79);
+    assert!(r.stderr.contains("model gateway") && r.stderr.contains("keyenv"), "{}", r.stderr);
+    let all = events_json(h, &[]);
+    let kinds: Vec<&str> = all.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["run.started", "fuel.consumed", "run.completed"]);
+    // The control: the same run, once the file is gone, starts and ends.
+    std::fs::remove_file(h.join("llm.toml")).unwrap();
+    toka_in(h, &run).expect_code(0);
+    let all = events_json(h, &[]);
+    assert_eq!(all.iter().filter(|e| e["kind"] == "run.started").count(), 2);
+    assert_eq!(all.iter().filter(|e| e["kind"] == "run.completed").count(), 2);
+}
+
 /// A run's start is made durable while its component still loads (issue 12). So a component that reads as an agent
 /// from its exports but cannot be linked (it imports an interface the host does not have) is a run that started and
 /// then failed `wrong-world` (exit 75, the same one line as before), its ending carrying the load's reason. Bytes
