@@ -418,47 +418,13 @@ impl Host {
             let checked = gate.check(spec)?;
             gate.begin(spec, checked, loading, &tracing::Span::none())
         });
-        // The model gateway's configuration is read before the start is submitted: a bad `llm.toml` cannot leave a
-        // start without an ending.
-        let gateway = crate::llm::Gateway::open(&home.dir, None, options.record_prompts);
-        // Then the revocations, and the start is submitted as the host's own runner would submit it: by the log's
-        // writer, on its own thread, as soon as the database is open (no thread waits for another to wake in
-        // between: measured, the start's commit began 0.5 ms sooner), if the host has all it needs to stand (the
-        // engine, the model gateway) and the protected paths cannot resolve differently once the database is open
-        // (its file existed before).
-        let offer = match (begun.take(), &run) {
-            (Some(Ok(early)), Some(spec)) if db_existed && engine.is_ok() && gateway.is_ok() => {
-                Some((early, spec.clone()))
-            }
-            (other, _) => {
-                begun = other;
-                None
-            }
-        };
-        let (returned, came_back) = std::sync::mpsc::sync_channel::<Begun>(1);
-        let handed = offer.map(|(mut early, spec)| {
-            opening.offer_first(Box::new(move |log: &EventLog| {
-                early.settle(log.db());
-                early.start(&spec, |of| Some(crate::run::submit_start(log, None, of)));
-                drop(returned.send(early));
-            }))
-        });
         let log = opening.finish().map(Arc::new).map_err(RunError::host)?;
-        let early = handed.is_some();
-        if let Some(handed) = handed {
-            // The writer was past its open already: the work is done here.
-            if let Err(work) = handed {
-                work(&log);
-            }
-            begun = Some(came_back.recv().map_err(|_| RunError::host("the run's start was not worked out")));
-        }
         // This host keeps the paths as they resolve after the open, for its lifetime.
         let reread = (!db_existed).then(|| Protected::of(&home)).filter(|now| *now != opening_protected);
         let engine = engine?;
-        let llm =
-            Arc::new(gateway.map_err(|e| RunError::host(format!("model gateway: {e}")))?.recording_in(log.clone()));
-        // Otherwise the revocations, and the start, here.
-        if let (Some(Ok(begun)), Some(spec), false) = (&mut begun, &run, early) {
+        let llm = Host::gateway(&home, &log, options.record_prompts)?;
+        // Then the revocations, and the start is submitted as the host's own runner would submit it.
+        if let (Some(Ok(begun)), Some(spec)) = (&mut begun, &run) {
             if let Some(protected) = &reread {
                 begun.reauthorize(&Gate { home: &home, protected }, spec);
             }

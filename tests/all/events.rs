@@ -81,9 +81,10 @@ fn every_run_is_recorded_with_its_outcome() {
 /// starts and ends once the cause is gone.
 #[test]
 fn a_broken_model_config_refuses_a_run_before_its_start_is_recorded() {
-    // In a home whose log exists, a run's start is submitted by the log's writer as soon as the database is open;
-    // a host that cannot stand up (here, its model gateway's configuration does not parse) must refuse the run
-    // first, or the log would hold a start that nothing ends.
+    // A run's start is submitted as soon as the database is open and the token's revocations are read, while the
+    // component still loads; a host that cannot stand up (here, its model gateway's configuration does not parse)
+    // must refuse the run first, or the log would hold a start that nothing ends. In a home whose log exists, so
+    // that the start could be submitted as early as it ever is.
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
     let hello = agent("hello-rust");

@@ -272,41 +272,12 @@ pub struct Opening {
     on_open: mpsc::Receiver<Result<Db, String>>,
     writer: Result<JoinHandle<()>, String>,
     stats: std::sync::Arc<LogStats>,
-    first: std::sync::Arc<std::sync::Mutex<First>>,
-}
-
-/// Work done on the writer's own thread as soon as its database is open, before the opener is told
-/// ([`Opening::offer_first`]), with a handle that submits to the log.
-pub type FirstWork = Box<dyn FnOnce(&EventLog) + Send>;
-
-/// Where the writer is, for [`Opening::offer_first`].
-enum First {
-    /// Still opening the database: work offered now is done once it is open.
-    Opening,
-    Offered(FirstWork),
-    /// Past the open (done or failed): work offered now is the opener's to do.
-    Past,
 }
 
 impl Opening {
-    /// Gives `work` to the writer, which does it on its own thread as soon as the database is open and before
-    /// [`Opening::finish`] returns: a process's first submission (a run's start) then waits neither for the opener's
-    /// thread to wake nor for the writer to wake again. `Err(work)` if the writer is already past its open (the
-    /// opener does it itself, once finished); work offered to an open that fails is dropped undone.
-    pub fn offer_first(&self, work: FirstWork) -> Result<(), FirstWork> {
-        let mut first = self.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match *first {
-            First::Opening => {
-                *first = First::Offered(work);
-                Ok(())
-            }
-            First::Offered(_) | First::Past => Err(work),
-        }
-    }
-
     /// The log, once its database is open; or why it could not be opened.
     pub fn finish(self) -> Result<EventLog, String> {
-        let Opening { queue, on_open, writer, stats, first: _ } = self;
+        let Opening { queue, on_open, writer, stats } = self;
         let writer = writer?;
         match on_open.recv() {
             Ok(Ok(db)) => Ok(EventLog { queue: Some(queue), writer: Some(writer), db, stats, replicator: None }),
@@ -362,45 +333,14 @@ impl EventLog {
         let max_batch = policy.max_batch.max(1);
         let stats = std::sync::Arc::new(LogStats::default());
         let writer_stats = stats.clone();
-        let first = std::sync::Arc::new(std::sync::Mutex::new(First::Opening));
-        let (writer_first, own_queue) = (first.clone(), queue.clone());
-        let writer = std::thread::Builder::new().name("toka-events".into()).spawn(move || {
-            let opened_db = open();
-            let offered = std::mem::replace(
-                &mut *writer_first.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
-                First::Past,
-            );
-            match opened_db {
-                Ok((db, signer)) => {
-                    if let First::Offered(work) = offered {
-                        // A handle of its own, dropped before the loop: the loop ends once every other is.
-                        let log = EventLog {
-                            queue: Some(own_queue),
-                            writer: None,
-                            db: db.clone(),
-                            stats: writer_stats.clone(),
-                            replicator: None,
-                        };
-                        work(&log);
-                    } else {
-                        drop(own_queue);
-                    }
-                    drop(opened.send(Ok(db.clone())));
-                    write_loop(&db, &inbox, max_batch, signer, &writer_stats);
-                }
-                Err(e) => {
-                    drop(own_queue);
-                    drop(opened.send(Err(e)));
-                }
+        let writer = std::thread::Builder::new().name("toka-events".into()).spawn(move || match open() {
+            Ok((db, signer)) => {
+                drop(opened.send(Ok(db.clone())));
+                write_loop(&db, &inbox, max_batch, signer, &writer_stats);
             }
+            Err(e) => drop(opened.send(Err(e))),
         });
-        Opening {
-            queue,
-            on_open,
-            writer: writer.map_err(|e| format!("cannot start the event log writer: {e}")),
-            stats,
-            first,
-        }
+        Opening { queue, on_open, writer: writer.map_err(|e| format!("cannot start the event log writer: {e}")), stats }
     }
 
     /// A submitter that writes nothing itself: every operation goes to `replicator`, which applies it to `db` (on

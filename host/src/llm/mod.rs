@@ -303,12 +303,6 @@ impl Gateway {
         Ok(Gateway { config, engines, log, home: None, record_prompts, stats: Mutex::default() })
     }
 
-    /// This gateway, recording in `log` from now on (one opened before its host's log was).
-    pub fn recording_in(mut self, log: Arc<EventLog>) -> Self {
-        self.log = Some(log);
-        self
-    }
-
     /// Replaces a provider's engine (an embedder's own engine, or a test's).
     pub fn with_engine(mut self, provider: &str, engine: Arc<dyn LlmEngine>) -> Self {
         self.engines.insert(provider.to_string(), engine);
