@@ -163,6 +163,17 @@ struct Held {
     parked: bool,
 }
 
+impl Held {
+    /// Takes out the tasks whose delay has passed by `now`, forgetting those that ended unshown; says when the next
+    /// of the rest is due.
+    fn take_due(&mut self, now: Instant) -> (Vec<Unshown>, Option<Instant>) {
+        self.unshown.retain(|task| *task.shared.speech() == Speech::Waiting);
+        let (due, left): (Vec<Unshown>, Vec<Unshown>) = self.unshown.drain(..).partition(|task| task.due <= now);
+        self.unshown = left;
+        (due, self.unshown.iter().map(|task| task.due).min())
+    }
+}
+
 /// How long the waiting thread sleeps at most: a task begun meanwhile is seen before its delay has passed if the
 /// delay is at least this long (every reporter's is), else at most this late.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
@@ -216,11 +227,7 @@ pub fn look() {
         if held.unshown.is_empty() {
             return;
         }
-        let now = Instant::now();
-        held.unshown.retain(|task| *task.shared.speech() == Speech::Waiting);
-        let (due, left): (Vec<Unshown>, Vec<Unshown>) = held.unshown.drain(..).partition(|task| task.due <= now);
-        held.unshown = left;
-        due
+        held.take_due(Instant::now()).0
     };
     for task in due {
         show(task);
@@ -249,10 +256,7 @@ fn wait_out(waiting: &Waiting) {
         let now = Instant::now();
         let (due, next) = {
             let mut held = waiting.held();
-            held.unshown.retain(|task| *task.shared.speech() == Speech::Waiting);
-            let (due, left): (Vec<Unshown>, Vec<Unshown>) = held.unshown.drain(..).partition(|task| task.due <= now);
-            held.unshown = left;
-            let next = held.unshown.iter().map(|task| task.due).min();
+            let (due, next) = held.take_due(now);
             if next.is_some() || !due.is_empty() {
                 busy = now;
             } else if now.duration_since(busy) >= PARK_AFTER {
@@ -323,8 +327,10 @@ impl Delayed {
         // Held before anything is asked to look: a looker that stops meanwhile then sees it and hands it over.
         WAITING.hold(Unshown { style: self.style, what, started, due, shared: shared.clone(), listen });
         if !prepare() {
-            // Nothing will look (no thread could be started): the work is never shown, and goes on regardless.
+            // Nothing will look (no thread could be started): the work is never shown, and goes on regardless; it is
+            // not left held either.
             *shared.speech() = Speech::Over;
+            WAITING.held().unshown.retain(|task| !Arc::ptr_eq(&task.shared, &shared));
         }
         DelayedTask { shared, tell: Some(tell) }
     }
