@@ -40,3 +40,45 @@ fn a_first_compile_says_so_and_a_cached_run_is_quiet() {
     assert_eq!(second.stdout, first.stdout);
     assert!(!second.stderr.contains("toka-host: "), "{}", second.stderr);
 }
+
+/// A run starts no thread of its own to wait out progress delays: its engine's epoch ticker looks after them (the
+/// test above shows that a long compile is still said). Seen in `/proc` while a guest sleeps; the control is that
+/// the run's other threads (the ticker, the log's writer) are seen there, so the look is not blind.
+#[test]
+fn a_run_waits_out_progress_delays_on_its_engines_ticker() {
+    use std::time::{Duration, Instant};
+    let home = tempfile::tempdir().unwrap();
+    let input = r#"{"attack":"calls","calls":[{"sleep":{"ms":3000}}]}"#;
+    let mut child = std::process::Command::new(toka_tests::toka_host())
+        .args(["run", "--timeout", "20s", "--input", input, agent("hostile").to_str().unwrap()])
+        .env("TOKA_HOME", home.path())
+        .env("TOKA_CACHE_DIR", toka_tests::shared_cache())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tasks = format!("/proc/{}/task", child.id());
+    let names = || -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(&tasks) else { return Vec::new() };
+        dir.flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|n| n.trim().into())
+            .collect()
+    };
+    // The guest sleeps once the run has started: by then every thread the run starts is up.
+    let started = Instant::now();
+    let seen = loop {
+        let seen = names();
+        if seen.iter().any(|n| n == "toka-epoch") && seen.iter().any(|n| n == "toka-events") {
+            break seen;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "the run's threads never showed: {seen:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Looked at again a little later, while the guest still sleeps.
+    std::thread::sleep(Duration::from_millis(300));
+    let later = names();
+    assert!(!seen.iter().chain(&later).any(|n| n == "toka-progress"), "{seen:?} then {later:?}");
+    assert!(child.wait().unwrap().success());
+}
