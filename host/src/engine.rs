@@ -301,10 +301,9 @@ fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
     let weak = engine.weak();
     crate::progress::looker_started();
     let ticker = std::thread::Builder::new().name("toka-epoch".into()).spawn(move || {
-        while let Some(engine) = {
+        loop {
             std::thread::sleep(EPOCH_TICK);
-            weak.upgrade()
-        } {
+            let Some(engine) = weak.upgrade() else { break };
             engine.increment_epoch();
             drop(engine);
             crate::progress::look();

@@ -1,8 +1,10 @@
 //! Progress of long work, as plain lines when stderr is not a terminal: a first compile of a large component (the
 //! Python agent, 5-20 s) says it is compiling and then that later runs are fast; a later run from the compile cache
-//! says nothing.
+//! says nothing. A run starts no thread of its own to wait out those delays.
 
-use toka_tests::{agent, toka_raw};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use toka_tests::{agent, shared_cache, toka_host, toka_raw};
 
 #[test]
 fn a_first_compile_says_so_and_a_cached_run_is_quiet() {
@@ -46,16 +48,15 @@ fn a_first_compile_says_so_and_a_cached_run_is_quiet() {
 /// the run's other threads (the ticker, the log's writer) are seen there, so the look is not blind.
 #[test]
 fn a_run_waits_out_progress_delays_on_its_engines_ticker() {
-    use std::time::{Duration, Instant};
     let home = tempfile::tempdir().unwrap();
     let input = r#"{"attack":"calls","calls":[{"sleep":{"ms":3000}}]}"#;
-    let mut child = std::process::Command::new(toka_tests::toka_host())
+    let mut child = Command::new(toka_host())
         .args(["run", "--timeout", "20s", "--input", input, agent("hostile").to_str().unwrap()])
         .env("TOKA_HOME", home.path())
-        .env("TOKA_CACHE_DIR", toka_tests::shared_cache())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .env("TOKA_CACHE_DIR", shared_cache())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let tasks = format!("/proc/{}/task", child.id());
@@ -66,7 +67,8 @@ fn a_run_waits_out_progress_delays_on_its_engines_ticker() {
             .map(|n| n.trim().into())
             .collect()
     };
-    // The guest sleeps once the run has started: by then every thread the run starts is up.
+    // Looked at once the ticker and the log's writer are up (the load may still be under way), and again 300 ms later,
+    // while the guest sleeps (3 s).
     let started = Instant::now();
     let seen = loop {
         let seen = names();
@@ -76,7 +78,6 @@ fn a_run_waits_out_progress_delays_on_its_engines_ticker() {
         assert!(started.elapsed() < Duration::from_secs(15), "the run's threads never showed: {seen:?}");
         std::thread::sleep(Duration::from_millis(20));
     };
-    // Looked at again a little later, while the guest still sleeps.
     std::thread::sleep(Duration::from_millis(300));
     let later = names();
     assert!(!seen.iter().chain(&later).any(|n| n == "toka-progress"), "{seen:?} then {later:?}");
